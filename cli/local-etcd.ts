@@ -1,0 +1,102 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtemp, rm } from "node:fs/promises";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+/** A single-member etcd on free loopback ports with a temporary data dir. */
+export interface LocalEtcd {
+  /** Client URL, e.g. `http://127.0.0.1:41379`. */
+  readonly endpoint: string;
+  readonly process: ChildProcess;
+  /** Kills etcd (SIGKILL) and removes its data dir. Idempotent. */
+  stop(): Promise<void>;
+}
+
+/** Asks the kernel for a free TCP port on 127.0.0.1. */
+export async function freePort(): Promise<number> {
+  return await new Promise((resolve, reject) => {
+    const server = createServer();
+    server.unref();
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const address = server.address();
+      const port = typeof address === "object" && address !== null ? address.port : 0;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/**
+ * Starts `etcd` (from PATH, or `LEASEHOLD_ETCD_BIN`) on free loopback ports and waits until its
+ * `/health` answers. Another etcd may already run on this machine, so ports are never fixed.
+ *
+ * @param readyTimeoutMs how long to wait for `/health`; default 15000.
+ * @throws Error when etcd is not installed or does not become healthy in time.
+ */
+export async function startLocalEtcd(options: { readyTimeoutMs?: number } = {}): Promise<LocalEtcd> {
+  const readyTimeoutMs = options.readyTimeoutMs ?? 15_000;
+  const dataDir = await mkdtemp(join(tmpdir(), "leasehold-etcd-"));
+  const [clientPort, peerPort] = [await freePort(), await freePort()];
+  const endpoint = `http://127.0.0.1:${clientPort}`;
+  const peer = `http://127.0.0.1:${peerPort}`;
+  const child = spawn(
+    process.env["LEASEHOLD_ETCD_BIN"] ?? "etcd",
+    [
+      "--name=leasehold",
+      `--data-dir=${dataDir}`,
+      `--listen-client-urls=${endpoint}`,
+      `--advertise-client-urls=${endpoint}`,
+      `--listen-peer-urls=${peer}`,
+      `--initial-advertise-peer-urls=${peer}`,
+      `--initial-cluster=leasehold=${peer}`,
+      "--logger=zap",
+      "--log-level=error",
+    ],
+    { stdio: ["ignore", "ignore", "pipe"] },
+  );
+  let stderr = "";
+  child.stderr?.setEncoding("utf8").on("data", (chunk: string) => {
+    stderr = (stderr + chunk).slice(-2000);
+  });
+  let stopped = false;
+  const stop = async (): Promise<void> => {
+    if (!stopped) {
+      stopped = true;
+      if (child.exitCode === null && child.signalCode === null) {
+        const exited = new Promise((resolve) => child.once("exit", resolve));
+        child.kill("SIGKILL");
+        await exited;
+      }
+    }
+    await rm(dataDir, { recursive: true, force: true });
+  };
+  const spawnError = new Promise<never>((_, reject) => {
+    child.once("error", (error) =>
+      reject(new Error(`cannot start etcd (${error.message}); install Debian's etcd-server or put etcd on PATH`)),
+    );
+    child.once("exit", (code) => reject(new Error(`etcd exited with code ${code}: ${stderr.trim()}`)));
+  });
+  spawnError.catch(() => undefined); // observed below; avoids an unhandled rejection after success
+  try {
+    await Promise.race([waitHealthy(endpoint, readyTimeoutMs), spawnError]);
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+  return { endpoint, process: child, stop };
+}
+
+async function waitHealthy(endpoint: string, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    try {
+      const response = await fetch(`${endpoint}/health`, { signal: AbortSignal.timeout(1000) });
+      if (response.ok) return;
+    } catch {
+      // not listening yet
+    }
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  throw new Error(`etcd at ${endpoint} did not become healthy within ${timeoutMs} ms`);
+}

@@ -1,0 +1,82 @@
+import { Counter, Gauge, Histogram, type Registry } from "prom-client";
+
+/** Breaker state as exported: 0 closed, 1 half-open, 2 open (DESIGN §7). */
+export type BreakerStateValue = 0 | 1 | 2;
+
+/**
+ * The caller-side metrics of DESIGN §7, registered in an injected registry (never the global one).
+ * Labels are never named `instance` or `job`: Prometheus would rename them.
+ */
+export class ClientMetrics {
+  readonly requests: Counter<"service" | "instance_id" | "method" | "code">;
+  readonly requestDuration: Histogram<"service" | "instance_id" | "method">;
+  readonly breakerState: Gauge<"service" | "instance_id">;
+  readonly instances: Gauge<"service" | "status">;
+  readonly membershipEvents: Counter<"service" | "type">;
+  readonly membershipStale: Gauge<"service">;
+
+  constructor(registry: Registry) {
+    const registers = [registry];
+    this.requests = new Counter({
+      name: "leasehold_client_requests_total",
+      help: "Calls made by balanced clients, by instance, method and gRPC status code name.",
+      labelNames: ["service", "instance_id", "method", "code"],
+      registers,
+    });
+    this.requestDuration = new Histogram({
+      name: "leasehold_client_request_duration_seconds",
+      help: "Duration of calls made by balanced clients, in seconds.",
+      labelNames: ["service", "instance_id", "method"],
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      registers,
+    });
+    this.breakerState = new Gauge({
+      name: "leasehold_client_breaker_state",
+      help: "Circuit breaker state per instance: 0 closed, 1 half-open, 2 open.",
+      labelNames: ["service", "instance_id"],
+      registers,
+    });
+    this.instances = new Gauge({
+      name: "leasehold_client_instances",
+      help: "Instances a caller knows, by status (SERVING, DRAINING).",
+      labelNames: ["service", "status"],
+      registers,
+    });
+    this.membershipEvents = new Counter({
+      name: "leasehold_client_membership_events_total",
+      help: "Membership events applied by callers, by type (snapshot, reset, added, updated, removed).",
+      labelNames: ["service", "type"],
+      registers,
+    });
+    this.membershipStale = new Gauge({
+      name: "leasehold_client_membership_stale_seconds",
+      help: "Seconds since the caller's membership stream last heard from the registry (0 while connected).",
+      labelNames: ["service"],
+      registers,
+    });
+  }
+
+  /** Label sets written per instance (prom-client removes series only by their exact labels). */
+  readonly #callLabels = new Map<string, Map<string, { method: string; code: string }>>();
+
+  /** Counts one finished call and observes its duration in seconds. */
+  recordCall(service: string, instanceId: string, method: string, code: string, seconds: number): void {
+    this.requests.inc({ service, instance_id: instanceId, method, code });
+    this.requestDuration.observe({ service, instance_id: instanceId, method }, seconds);
+    const key = `${service}/${instanceId}`;
+    let seen = this.#callLabels.get(key);
+    if (seen === undefined) this.#callLabels.set(key, (seen = new Map()));
+    seen.set(`${method} ${code}`, { method, code });
+  }
+
+  /** Removes every series of an instance that left, so dashboards do not show ghosts. */
+  forgetInstance(service: string, instanceId: string): void {
+    const key = `${service}/${instanceId}`;
+    for (const { method, code } of this.#callLabels.get(key)?.values() ?? []) {
+      this.requests.remove({ service, instance_id: instanceId, method, code });
+      this.requestDuration.remove({ service, instance_id: instanceId, method });
+    }
+    this.#callLabels.delete(key);
+    this.breakerState.remove({ service, instance_id: instanceId });
+  }
+}
