@@ -1,0 +1,283 @@
+import type { ClientReadableStream } from "@grpc/grpc-js";
+import type { Logger } from "pino";
+import {
+  InstanceStatus,
+  type Instance,
+  type RegistryServiceClient,
+  type WatchResponse,
+} from "../../proto/gen/leasehold/registry/v1/registry.js";
+import { Backoff, sleep, type BackoffOptions } from "../backoff.js";
+import type { ClientMetrics } from "../metrics/client-metrics.js";
+import type { MembershipSnapshot, MembershipSource } from "./membership.js";
+
+/** One change a watcher applied, in revision order. */
+export type MembershipChange =
+  | {
+      /** The first snapshot of the stream, or a `reset` one after the resume revision was compacted. */
+      readonly type: "snapshot";
+      readonly instances: readonly Instance[];
+      readonly revision: string;
+      readonly reset: boolean;
+    }
+  | {
+      readonly type: "added" | "updated" | "removed";
+      /** For `removed`, the instance as it was last known. */
+      readonly instance: Instance;
+      readonly revision: string;
+    };
+
+export type MembershipListener = (snapshot: MembershipSnapshot, changes: readonly MembershipChange[]) => void;
+
+/** Options of {@link MembershipWatcher}. */
+export interface MembershipWatcherOptions {
+  readonly registry: RegistryServiceClient;
+  /** Service to watch; "" watches every service. */
+  readonly service: string;
+  readonly metrics?: ClientMetrics | undefined;
+  readonly logger?: Logger | undefined;
+  /** Reconnect backoff; default 100 ms × 1.6 up to 5 s, full jitter. */
+  readonly backoff?: BackoffOptions | undefined;
+  /** A stream silent this long is presumed dead and reopened; default 15000 (3 × the registry's 5 s progress interval). */
+  readonly idleTimeoutMs?: number | undefined;
+  /** Clock in ms; default Date.now. */
+  readonly now?: (() => number) | undefined;
+}
+
+const keyOf = (instance: { service: string; instanceId: string }): string =>
+  `${instance.service}/${instance.instanceId}`;
+
+/**
+ * Keeps a service's membership from the registry's `Watch` stream: snapshot, then deltas; after any
+ * break it resumes from the last applied revision with jittered backoff, and a `reset` snapshot
+ * (revision compacted meanwhile) is diffed against what it knew, so listeners still see each
+ * addition and removal. While the registry is unreachable the last membership stays in use and
+ * `leasehold_client_membership_stale_seconds` grows.
+ *
+ * Lifecycle: construct (no I/O) → {@link start} → {@link ready} → {@link close} (idempotent).
+ */
+export class MembershipWatcher implements MembershipSource {
+  readonly #options: Required<Omit<MembershipWatcherOptions, "metrics" | "logger" | "backoff">> &
+    Pick<MembershipWatcherOptions, "metrics" | "logger">;
+  readonly #backoff: Backoff;
+  readonly #instances = new Map<string, Instance>();
+  readonly #listeners = new Set<MembershipListener>();
+  readonly #closing = new AbortController();
+  #snapshot: MembershipSnapshot;
+  #hasSnapshot = false;
+  #isConnected = false;
+  #lastHeardAtMs = 0;
+  #call: ClientReadableStream<WatchResponse> | undefined;
+  #loop: Promise<void> | undefined;
+  #staleTimer: NodeJS.Timeout | undefined;
+  readonly #ready: Promise<void>;
+  #resolveReady: () => void = () => undefined;
+
+  constructor(options: MembershipWatcherOptions) {
+    this.#options = {
+      registry: options.registry,
+      service: options.service,
+      metrics: options.metrics,
+      logger: options.logger,
+      idleTimeoutMs: options.idleTimeoutMs ?? 15_000,
+      now: options.now ?? Date.now,
+    };
+    this.#backoff = new Backoff(options.backoff);
+    this.#snapshot = Object.freeze({ service: options.service, instances: [], revision: "0" });
+    this.#ready = new Promise((resolve) => (this.#resolveReady = resolve));
+  }
+
+  /** Opens the stream. Idempotent. */
+  start(): void {
+    if (this.#loop !== undefined || this.#closing.signal.aborted) return;
+    this.#loop = this.#run();
+    this.#staleTimer = setInterval(() => this.#exportStaleness(), 1000);
+    this.#staleTimer.unref();
+  }
+
+  /**
+   * Resolves once the first snapshot is applied.
+   * @throws Error when `timeoutMs` (default 10000) passes first, or the watcher is closed.
+   */
+  async ready(timeoutMs = 10_000): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () =>
+          reject(new Error(`no membership snapshot of "${this.#options.service}" within ${timeoutMs} ms`)),
+        timeoutMs,
+      );
+    });
+    try {
+      await Promise.race([this.#ready, timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  current(): MembershipSnapshot {
+    return this.#snapshot;
+  }
+
+  /** True while no stream is open to the registry (the membership may be out of date). */
+  get isStale(): boolean {
+    return !this.#isConnected;
+  }
+
+  subscribe(listener: MembershipListener): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  /** Cancels the stream and clears timers; the last membership stays readable. Idempotent. */
+  async close(): Promise<void> {
+    this.#closing.abort();
+    clearInterval(this.#staleTimer);
+    this.#call?.cancel();
+    await this.#loop;
+    this.#listeners.clear();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
+  async #run(): Promise<void> {
+    while (!this.#closing.signal.aborted) {
+      try {
+        await this.#streamOnce();
+      } catch (error) {
+        this.#options.logger?.warn(
+          { err: error, service: this.#options.service },
+          "membership stream broke; resuming",
+        );
+      }
+      this.#isConnected = false;
+      this.#exportStaleness();
+      await sleep(this.#backoff.next(), this.#closing.signal);
+    }
+  }
+
+  /** One Watch stream, from open to end; resolves on a clean end, rejects on an error. */
+  async #streamOnce(): Promise<void> {
+    const call = this.#options.registry.watch({
+      service: this.#options.service,
+      startRevision: this.#hasSnapshot ? this.#snapshot.revision : "0",
+    });
+    this.#call = call;
+    let idleTimer: NodeJS.Timeout | undefined;
+    const armIdleTimer = (): void => {
+      clearTimeout(idleTimer);
+      idleTimer = setTimeout(() => call.cancel(), this.#options.idleTimeoutMs);
+      idleTimer.unref();
+    };
+    armIdleTimer();
+    try {
+      await new Promise<void>((resolve, reject) => {
+        call.on("data", (message: WatchResponse) => {
+          armIdleTimer();
+          this.#isConnected = true;
+          this.#lastHeardAtMs = this.#options.now();
+          this.#backoff.reset();
+          try {
+            this.#apply(message);
+          } catch (error) {
+            call.cancel();
+            reject(error instanceof Error ? error : new Error(String(error)));
+          }
+        });
+        call.on("error", reject);
+        call.on("end", resolve);
+      });
+    } finally {
+      clearTimeout(idleTimer);
+      call.removeAllListeners();
+      call.on("error", () => undefined); // a late CANCELLED must not crash the process
+      call.cancel();
+    }
+  }
+
+  #apply(message: WatchResponse): void {
+    const event = message.event;
+    if (event === undefined || event.$case === "progress") return;
+    const changes: MembershipChange[] = [];
+    if (event.$case === "snapshot") {
+      const { instances, revision, reset } = event.value;
+      const next = new Map(instances.map((instance) => [keyOf(instance), instance]));
+      if (!this.#hasSnapshot) {
+        changes.push({ type: "snapshot", instances, revision, reset });
+      } else {
+        for (const [key, old] of this.#instances) {
+          if (!next.has(key)) changes.push({ type: "removed", instance: old, revision });
+        }
+        for (const [key, instance] of next) {
+          const old = this.#instances.get(key);
+          if (old === undefined) changes.push({ type: "added", instance, revision });
+          else if (old.revision !== instance.revision) changes.push({ type: "updated", instance, revision });
+        }
+      }
+      this.#instances.clear();
+      for (const [key, instance] of next) this.#instances.set(key, instance);
+      this.#commit(revision, changes, reset ? "reset" : "snapshot");
+      return;
+    }
+    const { upserted, removed, revision } = event.value;
+    for (const key of removed) {
+      const old = this.#instances.get(keyOf(key));
+      if (old === undefined) continue;
+      this.#instances.delete(keyOf(key));
+      changes.push({ type: "removed", instance: old, revision });
+    }
+    for (const instance of upserted) {
+      const isNew = !this.#instances.has(keyOf(instance));
+      this.#instances.set(keyOf(instance), instance);
+      changes.push({ type: isNew ? "added" : "updated", instance, revision });
+    }
+    this.#commit(revision, changes, undefined);
+  }
+
+  #commit(revision: string, changes: readonly MembershipChange[], snapshotType: string | undefined): void {
+    const instances = [...this.#instances.values()].sort(
+      (a, b) => a.service.localeCompare(b.service) || a.instanceId.localeCompare(b.instanceId),
+    );
+    this.#snapshot = Object.freeze({ service: this.#options.service, instances, revision });
+    const firstSnapshot = !this.#hasSnapshot;
+    this.#hasSnapshot = true;
+    this.#exportMembership(changes, snapshotType);
+    if (firstSnapshot) this.#resolveReady();
+    for (const listener of this.#listeners) listener(this.#snapshot, changes);
+  }
+
+  #exportMembership(changes: readonly MembershipChange[], snapshotType: string | undefined): void {
+    const metrics = this.#options.metrics;
+    if (metrics === undefined) return;
+    const label = this.#options.service;
+    if (snapshotType !== undefined) metrics.membershipEvents.inc({ service: label, type: snapshotType });
+    for (const change of changes) {
+      if (change.type !== "snapshot") {
+        metrics.membershipEvents.inc({ service: change.instance.service, type: change.type });
+      }
+    }
+    const counts = new Map<string, { serving: number; draining: number }>();
+    for (const instance of this.#snapshot.instances) {
+      const count = counts.get(instance.service) ?? { serving: 0, draining: 0 };
+      if (instance.status === InstanceStatus.INSTANCE_STATUS_DRAINING) count.draining += 1;
+      else count.serving += 1;
+      counts.set(instance.service, count);
+    }
+    for (const change of changes) {
+      if (change.type !== "snapshot" && !counts.has(change.instance.service)) {
+        counts.set(change.instance.service, { serving: 0, draining: 0 });
+      }
+    }
+    for (const [service, count] of counts) {
+      metrics.instances.set({ service, status: "SERVING" }, count.serving);
+      metrics.instances.set({ service, status: "DRAINING" }, count.draining);
+    }
+  }
+
+  #exportStaleness(): void {
+    const seconds =
+      this.#isConnected || this.#lastHeardAtMs === 0 ? 0 : (this.#options.now() - this.#lastHeardAtMs) / 1000;
+    this.#options.metrics?.membershipStale.set({ service: this.#options.service }, seconds);
+  }
+}
