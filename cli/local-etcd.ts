@@ -73,7 +73,9 @@ export async function startLocalEtcd(options: { readyTimeoutMs?: number } = {}):
   };
   const spawnError = new Promise<never>((_, reject) => {
     child.once("error", (error) =>
-      reject(new Error(`cannot start etcd (${error.message}); install Debian's etcd-server or put etcd on PATH`)),
+      reject(
+        new Error(`cannot start etcd (${error.message}); install Debian's etcd-server or put etcd on PATH`),
+      ),
     );
     child.once("exit", (code) => reject(new Error(`etcd exited with code ${code}: ${stderr.trim()}`)));
   });

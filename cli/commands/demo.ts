@@ -1,0 +1,373 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { once } from "node:events";
+import { mkdtemp, open } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+import Table from "cli-table3";
+import type { Command } from "commander";
+import logUpdate from "log-update";
+import { sleep } from "../../client/backoff.js";
+import { createBalancedClient, type BalancedClient, type InstanceStats } from "../../client/balancing/balanced-client.js";
+import type { PolicyName } from "../../client/balancing/policies.js";
+import { MembershipWatcher } from "../../client/discovery/membership-watcher.js";
+import { connectRegistry } from "../../client/registry-connection.js";
+import type { RegistryServiceClient } from "../../proto/gen/leasehold/registry/v1/registry.js";
+import { DEMO_SERVICES } from "../../services/index.js";
+import { freePort, startLocalEtcd, type LocalEtcd } from "../local-etcd.js";
+import { createLogger } from "../logger.js";
+import { numberIn, urlList } from "../options.js";
+import { renderSummary, summarize } from "./call.js";
+import { flattenChanges, statusName } from "./watch.js";
+
+const LEASEHOLD_BIN = fileURLToPath(new URL("../../leasehold.mjs", import.meta.url));
+const TTL_SECONDS = 3;
+
+/** The instances the demo starts with: three weighted calculators and two echoes. */
+const INITIAL_INSTANCES = [
+  { service: "calculator", id: "calc-1", weight: 1 },
+  { service: "calculator", id: "calc-2", weight: 2 },
+  { service: "calculator", id: "calc-3", weight: 3 },
+  { service: "echo", id: "echo-1", weight: 1 },
+  { service: "echo", id: "echo-2", weight: 1 },
+] as const;
+
+/** The fault schedule, as fractions of the duration. */
+interface Step {
+  readonly at: number;
+  readonly say: string;
+  readonly run: (demo: Demo) => Promise<void>;
+}
+const SCHEDULE: readonly Step[] = [
+  { at: 0.15, say: "add calc-4 (weight 2)", run: (demo) => demo.startInstance("calculator", "calc-4", 2) },
+  {
+    at: 0.3,
+    say: "calc-4 fails every call with UNAVAILABLE: its breaker opens, retries land elsewhere",
+    run: async (demo) => demo.toggleFailure("calc-4"),
+  },
+  {
+    at: 0.45,
+    say: `SIGKILL echo-2: it leaves when its lease expires (TTL ${TTL_SECONDS} s)`,
+    run: async (demo) => demo.signal("echo-2", "SIGKILL"),
+  },
+  { at: 0.6, say: "add echo-3", run: (demo) => demo.startInstance("echo", "echo-3", 1) },
+  {
+    at: 0.7,
+    say: "SIGTERM calc-4: graceful drain, then deregister (gone at once)",
+    run: async (demo) => demo.signal("calc-4", "SIGTERM"),
+  },
+];
+
+export function demoCommand(program: Command): void {
+  program
+    .command("demo")
+    .description(
+      "run the whole system on this machine: etcd, a registry, weighted calculator and echo instances, and a live " +
+        "client, with instances joining, failing and leaving on a schedule",
+    )
+    .option("--duration <seconds>", "how long to run", numberIn(10, 86_400), 60)
+    .option("--etcd <url[,url]>", "use this etcd instead of starting one (env LEASEHOLD_ETCD)", urlList)
+    .action(async (flags: { duration: number; etcd?: string[] }) => {
+      const demo = new Demo(flags.duration * 1000, flags.etcd ?? envEtcd());
+      try {
+        await demo.run();
+      } finally {
+        await demo.close();
+      }
+    });
+}
+
+function envEtcd(): string[] | undefined {
+  const value = process.env["LEASEHOLD_ETCD"];
+  return value === undefined ? undefined : urlList(value);
+}
+
+interface Child {
+  readonly name: string;
+  readonly process: ChildProcess;
+  readonly exited: Promise<unknown>;
+}
+
+/** One run of the demo: owns every process it starts and stops them all in {@link close}. */
+class Demo {
+  readonly #durationMs: number;
+  readonly #etcdUrls: string[] | undefined;
+  readonly #isLive = process.stdout.isTTY;
+  readonly #children = new Map<string, Child>();
+  readonly #events: string[] = [];
+  /** Last stats of every instance ever seen, so departed ones stay in the summary. */
+  readonly #seen = new Map<string, InstanceStats & { service: string }>();
+  readonly #breakers = new Map<string, string>();
+  readonly #clients: { service: string; policy: PolicyName; client: BalancedClient<unknown>; watcher: MembershipWatcher }[] = [];
+  readonly #stopping = new AbortController();
+  #etcd: LocalEtcd | undefined;
+  #registry: RegistryServiceClient | undefined;
+  #registryAddress = "";
+  #logDir = "";
+  #allWatcher: MembershipWatcher | undefined;
+  #startedAt = 0;
+  #calls = 0;
+  #failedCalls = 0;
+
+  constructor(durationMs: number, etcdUrls: string[] | undefined) {
+    this.#durationMs = durationMs;
+    this.#etcdUrls = etcdUrls;
+  }
+
+  async run(): Promise<void> {
+    const onSignal = (): void => this.#stopping.abort();
+    process.once("SIGINT", onSignal).once("SIGTERM", onSignal);
+    process.once("exit", () => {
+      for (const child of this.#children.values()) child.process.kill("SIGKILL");
+    });
+    this.#logDir = await mkdtemp(join(tmpdir(), "leasehold-demo-"));
+    let endpoints = this.#etcdUrls;
+    if (endpoints === undefined) {
+      this.#etcd = await startLocalEtcd();
+      endpoints = [this.#etcd.endpoint];
+    }
+    this.#say(`etcd ${endpoints.join(",")} — try: ETCDCTL_API=3 etcdctl --endpoints=${endpoints[0]} get --prefix /leasehold/`);
+
+    const [port, adminPort] = [await freePort(), await freePort()];
+    this.#registryAddress = `127.0.0.1:${port}`;
+    const registry = this.#spawn("registry", [
+      "registry",
+      `--listen=${this.#registryAddress}`,
+      `--admin-listen=127.0.0.1:${adminPort}`,
+      `--etcd=${endpoints.join(",")}`,
+    ]);
+    await this.#waitForLine(registry, /registry listening/);
+    this.#say(`registry ${this.#registryAddress}, admin http://127.0.0.1:${adminPort}/metrics and /sd/prometheus`);
+    this.#say(`process logs in ${this.#logDir}`);
+
+    this.#registry = connectRegistry(this.#registryAddress);
+    const logger = createLogger("leasehold-demo", "warn");
+    this.#allWatcher = new MembershipWatcher({ registry: this.#registry, service: "", logger });
+    this.#allWatcher.subscribe((_, changes) => {
+      for (const [type, instance, revision] of flattenChanges(changes)) {
+        const sign = { snapshot: "=", added: "+", updated: "~", removed: "-" }[type] ?? "?";
+        this.#say(
+          `${sign} ${type} ${instance.service}/${instance.instanceId} ${instance.address} weight=${instance.weight} ${statusName(instance.status)} (revision ${revision})`,
+        );
+      }
+    });
+    this.#allWatcher.start();
+    await this.#allWatcher.ready();
+
+    await Promise.all(INITIAL_INSTANCES.map((spec) => this.startInstance(spec.service, spec.id, spec.weight)));
+    for (const [service, policy] of [
+      ["calculator", "weighted_round_robin"],
+      ["echo", "round_robin"],
+    ] as const) {
+      const watcher = new MembershipWatcher({ registry: this.#registry, service, logger });
+      watcher.start();
+      await watcher.ready();
+      const definition = DEMO_SERVICES[service]?.definition;
+      if (definition === undefined) throw new Error(`no demo service ${service}`);
+      const client = createBalancedClient(definition, { service, membership: watcher, policy, logger });
+      client.start();
+      this.#clients.push({ service, policy, client, watcher });
+    }
+
+    this.#startedAt = Date.now();
+    this.#say(`calling calculator with weighted_round_robin and echo with round_robin for ${this.#durationMs / 1000} s`);
+    const viewTimer = setInterval(() => this.#refresh(), 250);
+    const load = Promise.all([this.#load("calculator", 3), this.#load("echo", 1)]);
+    try {
+      for (const step of SCHEDULE) {
+        await sleep(this.#startedAt + step.at * this.#durationMs - Date.now(), this.#stopping.signal);
+        if (this.#stopping.signal.aborted) break;
+        this.#say(`» ${step.say}`);
+        await step.run(this);
+      }
+      await sleep(this.#startedAt + this.#durationMs - Date.now(), this.#stopping.signal);
+    } finally {
+      this.#stopping.abort();
+      await load;
+      clearInterval(viewTimer);
+      this.#refresh();
+      if (this.#isLive) logUpdate.done();
+      process.off("SIGINT", onSignal).off("SIGTERM", onSignal);
+    }
+    process.stdout.write(`\n${this.#summary()}\n`);
+  }
+
+  /** Starts `leasehold serve` as a child process and waits until callers can see it. */
+  async startInstance(service: string, id: string, weight: number): Promise<void> {
+    const child = this.#spawn(id, [
+      "serve",
+      service,
+      `--registry=${this.#registryAddress}`,
+      `--id=${id}`,
+      `--weight=${weight}`,
+      `--ttl=${TTL_SECONDS}`,
+      "--listen=127.0.0.1:0",
+      "--metrics-listen=127.0.0.1:0",
+    ]);
+    await this.#waitForLine(child, /serving/);
+  }
+
+  toggleFailure(id: string): void {
+    this.#children.get(id)?.process.stdin?.write("f");
+  }
+
+  signal(id: string, signal: NodeJS.Signals): void {
+    this.#children.get(id)?.process.kill(signal);
+  }
+
+  /** Stops the load, every child (SIGTERM, then SIGKILL after 5 s) and etcd. Idempotent. */
+  async close(): Promise<void> {
+    this.#stopping.abort();
+    for (const { client, watcher } of this.#clients.splice(0)) {
+      await client.close();
+      await watcher.close();
+    }
+    await this.#allWatcher?.close();
+    this.#registry?.close();
+    const children = [...this.#children.values()];
+    const services = children.filter((child) => child.name !== "registry");
+    await Promise.all(services.map(async (child) => await this.#stopChild(child)));
+    await Promise.all(children.filter((child) => child.name === "registry").map(async (c) => await this.#stopChild(c)));
+    this.#children.clear();
+    await this.#etcd?.stop();
+    if (children.length > 0) process.stdout.write(`stopped ${children.length} processes${this.#etcd ? " and etcd" : ""}\n`);
+  }
+
+  async #stopChild(child: Child): Promise<void> {
+    if (child.process.exitCode !== null || child.process.signalCode !== null) return;
+    child.process.kill("SIGTERM");
+    const timer = setTimeout(() => child.process.kill("SIGKILL"), 5000);
+    await child.exited;
+    clearTimeout(timer);
+  }
+
+  #spawn(name: string, args: string[]): Child {
+    const log = join(this.#logDir, `${name}.log`);
+    const child = spawn(process.execPath, [LEASEHOLD_BIN, ...args], {
+      stdio: ["pipe", "pipe", "pipe"],
+      env: { ...process.env, LEASEHOLD_LOG_LEVEL: process.env["LEASEHOLD_LOG_LEVEL"] ?? "info" },
+    });
+    void open(log, "a").then((file) => {
+      const stream = file.createWriteStream();
+      child.stderr.pipe(stream);
+      child.stdout.pipe(stream);
+    });
+    child.stdin.on("error", () => undefined);
+    const exited = once(child, "exit").catch(() => undefined);
+    void exited.then(() => this.#children.get(name)?.process === child && this.#children.delete(name));
+    this.#children.set(name, { name, process: child, exited });
+    return { name, process: child, exited };
+  }
+
+  async #waitForLine(child: Child, pattern: RegExp, timeoutMs = 20_000): Promise<void> {
+    const lines = createInterface({ input: child.process.stdout as NodeJS.ReadableStream });
+    const timer = setTimeout(() => lines.close(), timeoutMs);
+    try {
+      for await (const line of lines) if (pattern.test(line)) return;
+      throw new Error(`${child.name} did not start (see ${join(this.#logDir, `${child.name}.log`)})`);
+    } finally {
+      clearTimeout(timer);
+      lines.close();
+    }
+  }
+
+  async #load(service: string, workers: number): Promise<void> {
+    const entry = this.#clients.find((candidate) => candidate.service === service);
+    if (entry === undefined) return;
+    const demoService = DEMO_SERVICES[service];
+    const method = Object.values(demoService?.methods ?? {})[0];
+    if (method === undefined) return;
+    const invoke = (entry.client.methods as Record<string, (request: unknown) => Promise<unknown>>)[method.key];
+    const request = method.request.fromJSON({ a: 6, b: 7, message: "hello" });
+    const worker = async (): Promise<void> => {
+      while (!this.#stopping.signal.aborted) {
+        try {
+          await invoke?.(request);
+        } catch {
+          this.#failedCalls += 1;
+        }
+        this.#calls += 1;
+        await sleep(5);
+      }
+    };
+    await Promise.all(Array.from({ length: workers }, worker));
+  }
+
+  #refresh(): void {
+    for (const { service, client } of this.#clients) {
+      for (const stats of client.stats()) {
+        this.#seen.set(`${service}/${stats.instanceId}`, { ...stats, service });
+        const previous = this.#breakers.get(stats.instanceId);
+        if (previous !== undefined && previous !== stats.breaker) {
+          this.#say(`! breaker of ${service}/${stats.instanceId} ${stats.breaker}`);
+        }
+        this.#breakers.set(stats.instanceId, stats.breaker);
+      }
+    }
+    if (this.#isLive) logUpdate(this.#view());
+  }
+
+  #view(): string {
+    const elapsed = ((Date.now() - this.#startedAt) / 1000).toFixed(1);
+    const table = new Table({
+      head: ["service", "instance", "address", "weight", "status", "breaker", "calls", "share", "errors", "p99 ms"],
+    });
+    const listed = new Set(this.#allWatcher?.current().instances.map((i) => `${i.service}/${i.instanceId}`) ?? []);
+    for (const { service, client } of this.#clients) {
+      const stats = client.stats();
+      const calls = stats.reduce((sum, s) => sum + s.calls, 0);
+      for (const s of stats) {
+        if (!listed.has(`${service}/${s.instanceId}`)) continue;
+        table.push([
+          service,
+          s.instanceId,
+          s.address,
+          s.weight,
+          s.status,
+          s.breaker,
+          s.calls,
+          calls === 0 ? "-" : `${((100 * s.calls) / calls).toFixed(1)} %`,
+          s.errors,
+          s.p99Ms.toFixed(2),
+        ]);
+      }
+    }
+    return [
+      `leasehold demo — ${elapsed} s of ${this.#durationMs / 1000} s — ${this.#calls} calls, ${this.#failedCalls} failed — ${this.#splitLine()}`,
+      table.toString(),
+      "recent events:",
+      ...this.#events.slice(-10),
+    ].join("\n");
+  }
+
+  /** The traffic split among calc-1..3 (weights 1:2:3), normalised to calc-1. */
+  #splitLine(): string {
+    const calls = ["calc-1", "calc-2", "calc-3"].map((id) => this.#seen.get(`calculator/${id}`)?.calls ?? 0);
+    const base = calls[0] ?? 0;
+    if (base === 0) return "split calc-1:calc-2:calc-3 = -";
+    return `split calc-1:calc-2:calc-3 = ${calls.map((c) => (c / base).toFixed(2)).join(" : ")} (weights 1 : 2 : 3)`;
+  }
+
+  #summary(): string {
+    const parts: string[] = [];
+    for (const { service, policy } of this.#clients.length > 0 ? this.#clients : []) {
+      const stats = [...this.#seen.values()].filter((s) => s.service === service);
+      const total = stats.reduce((sum, s) => sum + s.calls, 0);
+      const errors = stats.reduce((sum, s) => sum + s.errors, 0);
+      parts.push(renderSummary(summarize(service, policy, total, errors, stats)));
+    }
+    parts.push(`${this.#calls} calls made, ${this.#failedCalls} failed after retries`);
+    parts.push(this.#splitLine());
+    return parts.join("\n");
+  }
+
+  #say(line: string): void {
+    const stamp = this.#startedAt === 0 ? "  --  " : `${((Date.now() - this.#startedAt) / 1000).toFixed(1).padStart(5)}s`;
+    const text = `${stamp} ${line}`;
+    this.#events.push(text);
+    if (this.#events.length > 100) this.#events.shift();
+    if (this.#isLive) logUpdate(this.#startedAt === 0 ? this.#events.slice(-10).join("\n") : this.#view());
+    else process.stdout.write(`${text}\n`);
+  }
+}

@@ -1,0 +1,54 @@
+import { InvalidArgumentError } from "commander";
+import { splitHostPort } from "../services/service-host.js";
+
+/** Commander parser for an integer in [min, max]; bad input is one clear line and exit status 2. */
+export function integerIn(min: number, max: number) {
+  return (value: string): number => {
+    const number = Number(value);
+    if (!/^-?\d+$/.test(value.trim()) || number < min || number > max) {
+      throw new InvalidArgumentError(`must be an integer from ${min} to ${max}.`);
+    }
+    return number;
+  };
+}
+
+/** Commander parser for a number in [min, max]. */
+export function numberIn(min: number, max: number) {
+  return (value: string): number => {
+    const number = Number(value);
+    if (value.trim() === "" || !Number.isFinite(number) || number < min || number > max) {
+      throw new InvalidArgumentError(`must be a number from ${min} to ${max}.`);
+    }
+    return number;
+  };
+}
+
+/** Commander parser for `host:port`. */
+export function hostPort(value: string): string {
+  try {
+    splitHostPort(value);
+  } catch {
+    throw new InvalidArgumentError("must be host:port, e.g. 127.0.0.1:7100.");
+  }
+  return value;
+}
+
+/** Commander parser for one or more comma-separated `host:port`. */
+export function hostPortList(value: string): string {
+  value.split(",").forEach((part) => hostPort(part.trim()));
+  return value;
+}
+
+/** Commander parser for comma-separated http(s) URLs. */
+export function urlList(value: string): string[] {
+  const urls = value.split(",").map((part) => part.trim());
+  for (const url of urls) {
+    if (!/^https?:\/\/[^/\s]+$/.test(url)) {
+      throw new InvalidArgumentError("must be etcd client URLs like http://127.0.0.1:2379[,http://...].");
+    }
+  }
+  return urls;
+}
+
+/** The registry address: the flag, else `LEASEHOLD_REGISTRY`, else 127.0.0.1:7100. */
+export const REGISTRY_DEFAULT = process.env["LEASEHOLD_REGISTRY"] ?? "127.0.0.1:7100";

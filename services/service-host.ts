@@ -1,0 +1,226 @@
+import { randomBytes } from "node:crypto";
+import { once } from "node:events";
+import { createServer, type Server as HttpServer } from "node:http";
+import type { AddressInfo } from "node:net";
+import { networkInterfaces } from "node:os";
+import {
+  Server,
+  ServerCredentials,
+  status,
+  type handleUnaryCall,
+  type UntypedServiceImplementation,
+} from "@grpc/grpc-js";
+import { HealthImplementation } from "grpc-health-check";
+import type { Logger } from "pino";
+import { collectDefaultMetrics, Registry } from "prom-client";
+import { sleep } from "../client/backoff.js";
+import { connectRegistry } from "../client/registry-connection.js";
+import { Registrar } from "../client/registration/registrar.js";
+import { instrumentService } from "../client/server/grpc-server-metrics.js";
+import type { DemoService } from "./demo-service.js";
+
+/** Options of {@link startServiceInstance}. */
+export interface ServiceInstanceOptions {
+  /** Registry address(es), `host:port[,host:port]`. */
+  readonly registry: string;
+  /** Default `<service>-<6 hex digits>`. */
+  readonly instanceId?: string | undefined;
+  /** 0..10000; default 1. */
+  readonly weight?: number | undefined;
+  readonly zone?: string | undefined;
+  /** Lease TTL in seconds; default 10. */
+  readonly ttlSeconds?: number | undefined;
+  /** gRPC bind address; default `0.0.0.0:0` (any free port). */
+  readonly listen?: string | undefined;
+  /** Address registered for callers; default the bound port on the first non-internal IPv4 (or the listen host). */
+  readonly advertise?: string | undefined;
+  /** /metrics bind address; default the listen host on a free port. */
+  readonly metricsListen?: string | undefined;
+  /** Share of calls answered UNAVAILABLE, 0..1; default 0. */
+  readonly failRate?: number | undefined;
+  /** Added latency per call in ms; default 0. */
+  readonly latencyMs?: number | undefined;
+  /** Time between DRAINING and Deregister on shutdown, for in-flight calls and watchers; default 300 ms. */
+  readonly drainMs?: number | undefined;
+  readonly logger?: Logger | undefined;
+}
+
+/** A running demo service instance, registered with the registry. */
+export interface ServiceInstance {
+  readonly instanceId: string;
+  /** Advertised gRPC address. */
+  readonly address: string;
+  /** Advertised /metrics address. */
+  readonly metricsAddress: string;
+  /** While true every call answers UNAVAILABLE (fault injection; the `f` key). */
+  isFailing: boolean;
+  /** Registers again after {@link unregister} (the `r` key). */
+  register(): Promise<void>;
+  /** Deregisters but keeps serving (the `u` key). */
+  unregister(): Promise<void>;
+  /**
+   * Graceful shutdown (SIGTERM, the `q` key): health NOT_SERVING, mark DRAINING, wait `drainMs`,
+   * Deregister, then stop the gRPC server once in-flight calls finish. Idempotent.
+   */
+  shutdown(): Promise<void>;
+}
+
+/**
+ * Serves `service` on a gRPC server with health, per-call metrics and fault injection, and
+ * registers it through a {@link Registrar}.
+ * @throws the registry's ServiceError when the registration is refused (INVALID_ARGUMENT ...).
+ */
+export async function startServiceInstance(
+  service: DemoService,
+  options: ServiceInstanceOptions,
+): Promise<ServiceInstance> {
+  const instanceId = options.instanceId ?? `${service.name}-${randomBytes(3).toString("hex")}`;
+  const listen = splitHostPort(options.listen ?? "0.0.0.0:0");
+  const failRate = options.failRate ?? 0;
+  const latencyMs = options.latencyMs ?? 0;
+  const drainMs = options.drainMs ?? 300;
+  const logger = options.logger?.child({ service: service.name, instanceId });
+
+  const metrics = new Registry();
+  collectDefaultMetrics({ register: metrics });
+  const health = new HealthImplementation({ "": "SERVING", [grpcServiceName(service)]: "SERVING" });
+  const server = new Server();
+  health.addToServer(server);
+  const state = { isFailing: false };
+  const faulty = withFaults(service.implement(instanceId), () => state.isFailing || Math.random() < failRate, {
+    latencyMs,
+    instanceId,
+  });
+  server.addService(service.definition, instrumentService(service.definition, faulty, metrics));
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync(`${listen.host}:${listen.port}`, ServerCredentials.createInsecure(), (error, bound) =>
+      error === null ? resolve(bound) : reject(error),
+    ),
+  );
+  const metricsServer = await serveMetrics(metrics, options.metricsListen ?? `${listen.host}:0`);
+  const advertiseHost = routableHost(listen.host);
+  const address = options.advertise ?? `${advertiseHost}:${port}`;
+  const metricsAddress = `${advertiseHost}:${(metricsServer.address() as AddressInfo).port}`;
+
+  const registryClient = connectRegistry(options.registry);
+  const registrar = new Registrar({
+    registry: registryClient,
+    instance: {
+      service: service.name,
+      instanceId,
+      address,
+      weight: options.weight,
+      zone: options.zone,
+      metricsAddress,
+    },
+    ttlSeconds: options.ttlSeconds,
+    logger,
+  });
+  let shutdown: Promise<void> | undefined;
+  const stopEverything = async (): Promise<void> => {
+    health.setStatus("", "NOT_SERVING");
+    health.setStatus(grpcServiceName(service), "NOT_SERVING");
+    if (registrar.state === "registered") {
+      await registrar.drain().catch((error: unknown) => logger?.warn({ err: error }, "drain failed"));
+      await sleep(drainMs);
+    }
+    await registrar.close();
+    registryClient.close();
+    await new Promise<void>((resolve) => {
+      const force = setTimeout(() => server.forceShutdown(), 5000).unref();
+      server.tryShutdown(() => {
+        clearTimeout(force);
+        resolve();
+      });
+    });
+    metricsServer.closeAllConnections();
+    await new Promise((resolve) => metricsServer.close(resolve));
+    logger?.info("stopped");
+  };
+  try {
+    await registrar.start();
+  } catch (error) {
+    await stopEverything();
+    throw error;
+  }
+  return {
+    instanceId,
+    address,
+    metricsAddress,
+    get isFailing() {
+      return state.isFailing;
+    },
+    set isFailing(value: boolean) {
+      state.isFailing = value;
+    },
+    register: async () => await registrar.start(),
+    unregister: async () => await registrar.stop(),
+    shutdown: async () => await (shutdown ??= stopEverything()),
+  };
+}
+
+/** `leasehold.demo.v1.CalculatorService` from a definition's method path. */
+function grpcServiceName(service: DemoService): string {
+  const first = Object.values(service.definition)[0];
+  return first?.path.split("/")[1] ?? service.name;
+}
+
+/** Wraps every unary handler: adds `latencyMs`, then answers UNAVAILABLE while `shouldFail()`. */
+function withFaults(
+  implementation: UntypedServiceImplementation,
+  shouldFail: () => boolean,
+  { latencyMs, instanceId }: { latencyMs: number; instanceId: string },
+): UntypedServiceImplementation {
+  const wrapped: UntypedServiceImplementation = {};
+  for (const [name, handler] of Object.entries(implementation)) {
+    const unary = handler as handleUnaryCall<unknown, unknown>;
+    wrapped[name] = ((call, callback) => {
+      const answer = (): void => {
+        if (shouldFail()) callback({ code: status.UNAVAILABLE, details: `injected failure on ${instanceId}` });
+        else unary(call, callback);
+      };
+      if (latencyMs > 0) setTimeout(answer, latencyMs);
+      else answer();
+    }) satisfies handleUnaryCall<unknown, unknown>;
+  }
+  return wrapped;
+}
+
+/** Serves `GET /metrics` from `metrics` on `listen` (`host:port`). */
+async function serveMetrics(metrics: Registry, listen: string): Promise<HttpServer> {
+  const { host, port } = splitHostPort(listen);
+  const server = createServer((request, response) => {
+    if (request.url !== "/metrics") {
+      response.writeHead(404).end("not found\n");
+      return;
+    }
+    metrics.metrics().then(
+      (text) => response.writeHead(200, { "content-type": metrics.contentType }).end(text),
+      (error: unknown) => response.writeHead(500).end(`${String(error)}\n`),
+    );
+  });
+  server.listen(port, host);
+  await once(server, "listening");
+  return server;
+}
+
+/**
+ * Splits `host:port` (IPv6 as `[::1]:port`).
+ * @throws RangeError naming the bad value.
+ */
+export function splitHostPort(value: string): { host: string; port: number } {
+  const match = /^(\[[0-9a-fA-F:.]+\]|[^:[\]]+):(\d{1,5})$/.exec(value);
+  const port = Number(match?.[2]);
+  if (match === null || port > 65535) throw new RangeError(`"${value}" is not host:port`);
+  return { host: match[1] as string, port };
+}
+
+/** The host callers can dial: the listen host unless it is a wildcard, then the first external IPv4. */
+function routableHost(listenHost: string): string {
+  if (listenHost !== "0.0.0.0" && listenHost !== "[::]") return listenHost;
+  for (const addresses of Object.values(networkInterfaces())) {
+    const external = addresses?.find((address) => address.family === "IPv4" && !address.internal);
+    if (external !== undefined) return external.address;
+  }
+  return "127.0.0.1";
+}
