@@ -6,7 +6,6 @@ import { serveCommand } from "./commands/serve.js";
 import { watchCommand } from "./commands/watch.js";
 import { UsageError } from "./usage-error.js";
 
-
 const program = new Command("leasehold")
   .description(
     "Service registry on etcd leases with client-side load balancing for gRPC.\n" +

@@ -1,4 +1,8 @@
-import { EchoRequest, EchoServiceService, type EchoServiceServer } from "../proto/gen/leasehold/demo/v1/echo.js";
+import {
+  EchoRequest,
+  EchoServiceService,
+  type EchoServiceServer,
+} from "../proto/gen/leasehold/demo/v1/echo.js";
 import type { DemoService } from "./demo-service.js";
 
 /** The echo demo service: returns the message and the id of the instance that answered. */

@@ -87,10 +87,14 @@ export async function startServiceInstance(
   const server = new Server();
   health.addToServer(server);
   const state = { isFailing: false };
-  const faulty = withFaults(service.implement(instanceId), () => state.isFailing || Math.random() < failRate, {
-    latencyMs,
-    instanceId,
-  });
+  const faulty = withFaults(
+    service.implement(instanceId),
+    () => state.isFailing || Math.random() < failRate,
+    {
+      latencyMs,
+      instanceId,
+    },
+  );
   server.addService(service.definition, instrumentService(service.definition, faulty, metrics));
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync(`${listen.host}:${listen.port}`, ServerCredentials.createInsecure(), (error, bound) =>
@@ -176,7 +180,8 @@ function withFaults(
     const unary = handler as handleUnaryCall<unknown, unknown>;
     wrapped[name] = ((call, callback) => {
       const answer = (): void => {
-        if (shouldFail()) callback({ code: status.UNAVAILABLE, details: `injected failure on ${instanceId}` });
+        if (shouldFail())
+          callback({ code: status.UNAVAILABLE, details: `injected failure on ${instanceId}` });
         else unary(call, callback);
       };
       if (latencyMs > 0) setTimeout(answer, latencyMs);

@@ -50,9 +50,18 @@ export function callCommand(program: Command): void {
     .description("make balanced calls to a service and print the per-instance distribution")
     .argument("<service>", `demo service: ${Object.keys(DEMO_SERVICES).join(" | ")}`)
     .argument("<method>", "method name, e.g. Add or Echo")
-    .argument("[request]", "request as JSON (proto3 JSON names), e.g. '{\"a\":1,\"b\":2}'", "{}")
-    .option("--registry <host:port[,...]>", "registry address (env LEASEHOLD_REGISTRY)", hostPortList, REGISTRY_DEFAULT)
-    .option("--count <n>", "number of calls (default 1, or unbounded with --duration)", integerIn(1, 100_000_000))
+    .argument("[request]", 'request as JSON (proto3 JSON names), e.g. \'{"a":1,"b":2}\'', "{}")
+    .option(
+      "--registry <host:port[,...]>",
+      "registry address (env LEASEHOLD_REGISTRY)",
+      hostPortList,
+      REGISTRY_DEFAULT,
+    )
+    .option(
+      "--count <n>",
+      "number of calls (default 1, or unbounded with --duration)",
+      integerIn(1, 100_000_000),
+    )
     .option("--concurrency <c>", "calls in flight at once", integerIn(1, 10_000), 1)
     .option("--policy <policy>", `balancing policy: ${POLICY_NAMES.join(" | ")}`, policyName, "round_robin")
     .option("--duration <seconds>", "keep calling for this long", numberIn(0.001, 86_400))
@@ -62,7 +71,9 @@ export function callCommand(program: Command): void {
     .action(async (serviceName: string, methodName: string, requestJson: string, flags: CallFlags) => {
       const service = DEMO_SERVICES[serviceName];
       if (service === undefined) {
-        throw new UsageError(`unknown service "${serviceName}": one of ${Object.keys(DEMO_SERVICES).join(", ")}`);
+        throw new UsageError(
+          `unknown service "${serviceName}": one of ${Object.keys(DEMO_SERVICES).join(", ")}`,
+        );
       }
       const method = service.methods[methodName];
       if (method === undefined) {
@@ -74,10 +85,13 @@ export function callCommand(program: Command): void {
       try {
         request = method.request.fromJSON(JSON.parse(requestJson));
       } catch (error) {
-        throw new UsageError(`request is not valid JSON: ${error instanceof Error ? error.message : String(error)}`);
+        throw new UsageError(
+          `request is not valid JSON: ${error instanceof Error ? error.message : String(error)}`,
+        );
       }
       const count = flags.count ?? (flags.duration === undefined ? 1 : Number.POSITIVE_INFINITY);
-      const until = flags.duration === undefined ? Number.POSITIVE_INFINITY : Date.now() + flags.duration * 1000;
+      const until =
+        flags.duration === undefined ? Number.POSITIVE_INFINITY : Date.now() + flags.duration * 1000;
 
       const logger = createLogger("leasehold-call", "warn");
       const metricsRegistry = new Registry();
@@ -93,12 +107,15 @@ export function callCommand(program: Command): void {
         deadlineMs: flags.deadlineMs,
         logger,
       });
-      const metricsServer = flags.metricsListen === undefined ? undefined : createServer((_, response) => {
-        metricsRegistry.metrics().then(
-          (text) => response.writeHead(200, { "content-type": metricsRegistry.contentType }).end(text),
-          () => response.writeHead(500).end(),
-        );
-      });
+      const metricsServer =
+        flags.metricsListen === undefined
+          ? undefined
+          : createServer((_, response) => {
+              metricsRegistry.metrics().then(
+                (text) => response.writeHead(200, { "content-type": metricsRegistry.contentType }).end(text),
+                () => response.writeHead(500).end(),
+              );
+            });
       if (metricsServer !== undefined && flags.metricsListen !== undefined) {
         const { host, port } = splitHostPort(flags.metricsListen);
         metricsServer.listen(port, host);
@@ -143,10 +160,13 @@ export function callCommand(program: Command): void {
         if (flags.json) {
           process.stdout.write(`${JSON.stringify(summary)}\n`);
         } else {
-          if (count === 1 && lastResponse !== undefined) process.stdout.write(`${JSON.stringify(lastResponse)}\n`);
+          if (count === 1 && lastResponse !== undefined)
+            process.stdout.write(`${JSON.stringify(lastResponse)}\n`);
           process.stdout.write(`${renderSummary(summary)}\n`);
           if (lastError !== undefined) {
-            process.stdout.write(`last error: ${lastError instanceof Error ? lastError.message : String(lastError)}\n`);
+            process.stdout.write(
+              `last error: ${lastError instanceof Error ? lastError.message : String(lastError)}\n`,
+            );
           }
         }
         if (errors > 0) process.exitCode = 1;
@@ -195,7 +215,9 @@ const round = (ms: number): number => Math.round(ms * 1000) / 1000;
 
 /** The human distribution table: calls, share, errors, p50/p99 and breaker per instance. */
 export function renderSummary(summary: CallSummary): string {
-  const table = new Table({ head: ["instance", "address", "weight", "calls", "share", "errors", "p50 ms", "p99 ms", "breaker"] });
+  const table = new Table({
+    head: ["instance", "address", "weight", "calls", "share", "errors", "p50 ms", "p99 ms", "breaker"],
+  });
   const calls = summary.instances.reduce((sum, instance) => sum + instance.calls, 0);
   for (const instance of summary.instances) {
     table.push([

@@ -9,7 +9,11 @@ import Table from "cli-table3";
 import type { Command } from "commander";
 import logUpdate from "log-update";
 import { sleep } from "../../client/backoff.js";
-import { createBalancedClient, type BalancedClient, type InstanceStats } from "../../client/balancing/balanced-client.js";
+import {
+  createBalancedClient,
+  type BalancedClient,
+  type InstanceStats,
+} from "../../client/balancing/balanced-client.js";
 import type { PolicyName } from "../../client/balancing/policies.js";
 import { MembershipWatcher } from "../../client/discovery/membership-watcher.js";
 import { connectRegistry } from "../../client/registry-connection.js";
@@ -99,7 +103,12 @@ class Demo {
   /** Last stats of every instance ever seen, so departed ones stay in the summary. */
   readonly #seen = new Map<string, InstanceStats & { service: string }>();
   readonly #breakers = new Map<string, string>();
-  readonly #clients: { service: string; policy: PolicyName; client: BalancedClient<unknown>; watcher: MembershipWatcher }[] = [];
+  readonly #clients: {
+    service: string;
+    policy: PolicyName;
+    client: BalancedClient<unknown>;
+    watcher: MembershipWatcher;
+  }[] = [];
   readonly #stopping = new AbortController();
   #etcd: LocalEtcd | undefined;
   #registry: RegistryServiceClient | undefined;
@@ -127,7 +136,9 @@ class Demo {
       this.#etcd = await startLocalEtcd();
       endpoints = [this.#etcd.endpoint];
     }
-    this.#say(`etcd ${endpoints.join(",")} — try: ETCDCTL_API=3 etcdctl --endpoints=${endpoints[0]} get --prefix /leasehold/`);
+    this.#say(
+      `etcd ${endpoints.join(",")} — try: ETCDCTL_API=3 etcdctl --endpoints=${endpoints[0]} get --prefix /leasehold/`,
+    );
 
     const [port, adminPort] = [await freePort(), await freePort()];
     this.#registryAddress = `127.0.0.1:${port}`;
@@ -138,7 +149,9 @@ class Demo {
       `--etcd=${endpoints.join(",")}`,
     ]);
     await this.#waitForLine(registry, /registry listening/);
-    this.#say(`registry ${this.#registryAddress}, admin http://127.0.0.1:${adminPort}/metrics and /sd/prometheus`);
+    this.#say(
+      `registry ${this.#registryAddress}, admin http://127.0.0.1:${adminPort}/metrics and /sd/prometheus`,
+    );
     this.#say(`process logs in ${this.#logDir}`);
 
     this.#registry = connectRegistry(this.#registryAddress);
@@ -155,7 +168,9 @@ class Demo {
     this.#allWatcher.start();
     await this.#allWatcher.ready();
 
-    await Promise.all(INITIAL_INSTANCES.map((spec) => this.startInstance(spec.service, spec.id, spec.weight)));
+    await Promise.all(
+      INITIAL_INSTANCES.map((spec) => this.startInstance(spec.service, spec.id, spec.weight)),
+    );
     for (const [service, policy] of [
       ["calculator", "weighted_round_robin"],
       ["echo", "round_robin"],
@@ -171,7 +186,9 @@ class Demo {
     }
 
     this.#startedAt = Date.now();
-    this.#say(`calling calculator with weighted_round_robin and echo with round_robin for ${this.#durationMs / 1000} s`);
+    this.#say(
+      `calling calculator with weighted_round_robin and echo with round_robin for ${this.#durationMs / 1000} s`,
+    );
     const viewTimer = setInterval(() => this.#refresh(), 250);
     const load = Promise.all([this.#load("calculator", 3), this.#load("echo", 1)]);
     try {
@@ -228,10 +245,13 @@ class Demo {
     const children = [...this.#children.values()];
     const services = children.filter((child) => child.name !== "registry");
     await Promise.all(services.map(async (child) => await this.#stopChild(child)));
-    await Promise.all(children.filter((child) => child.name === "registry").map(async (c) => await this.#stopChild(c)));
+    await Promise.all(
+      children.filter((child) => child.name === "registry").map(async (c) => await this.#stopChild(c)),
+    );
     this.#children.clear();
     await this.#etcd?.stop();
-    if (children.length > 0) process.stdout.write(`stopped ${children.length} processes${this.#etcd ? " and etcd" : ""}\n`);
+    if (children.length > 0)
+      process.stdout.write(`stopped ${children.length} processes${this.#etcd ? " and etcd" : ""}\n`);
   }
 
   async #stopChild(child: Child): Promise<void> {
@@ -278,7 +298,9 @@ class Demo {
     const demoService = DEMO_SERVICES[service];
     const method = Object.values(demoService?.methods ?? {})[0];
     if (method === undefined) return;
-    const invoke = (entry.client.methods as Record<string, (request: unknown) => Promise<unknown>>)[method.key];
+    const invoke = (entry.client.methods as Record<string, (request: unknown) => Promise<unknown>>)[
+      method.key
+    ];
     const request = method.request.fromJSON({ a: 6, b: 7, message: "hello" });
     const worker = async (): Promise<void> => {
       while (!this.#stopping.signal.aborted) {
@@ -311,9 +333,22 @@ class Demo {
   #view(): string {
     const elapsed = ((Date.now() - this.#startedAt) / 1000).toFixed(1);
     const table = new Table({
-      head: ["service", "instance", "address", "weight", "status", "breaker", "calls", "share", "errors", "p99 ms"],
+      head: [
+        "service",
+        "instance",
+        "address",
+        "weight",
+        "status",
+        "breaker",
+        "calls",
+        "share",
+        "errors",
+        "p99 ms",
+      ],
     });
-    const listed = new Set(this.#allWatcher?.current().instances.map((i) => `${i.service}/${i.instanceId}`) ?? []);
+    const listed = new Set(
+      this.#allWatcher?.current().instances.map((i) => `${i.service}/${i.instanceId}`) ?? [],
+    );
     for (const { service, client } of this.#clients) {
       const stats = client.stats();
       const calls = stats.reduce((sum, s) => sum + s.calls, 0);
@@ -363,7 +398,8 @@ class Demo {
   }
 
   #say(line: string): void {
-    const stamp = this.#startedAt === 0 ? "  --  " : `${((Date.now() - this.#startedAt) / 1000).toFixed(1).padStart(5)}s`;
+    const stamp =
+      this.#startedAt === 0 ? "  --  " : `${((Date.now() - this.#startedAt) / 1000).toFixed(1).padStart(5)}s`;
     const text = `${stamp} ${line}`;
     this.#events.push(text);
     if (this.#events.length > 100) this.#events.shift();

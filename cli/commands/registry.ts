@@ -8,7 +8,12 @@ export function registryCommand(program: Command): void {
   program
     .command("registry")
     .description("run the registry facade in front of etcd (gRPC, plus an admin HTTP port)")
-    .option("--listen <host:port>", "gRPC listen address", hostPort, process.env["LEASEHOLD_LISTEN"] ?? "127.0.0.1:7100")
+    .option(
+      "--listen <host:port>",
+      "gRPC listen address",
+      hostPort,
+      process.env["LEASEHOLD_LISTEN"] ?? "127.0.0.1:7100",
+    )
     .option(
       "--etcd <url[,url]>",
       "etcd client URLs (env LEASEHOLD_ETCD)",

@@ -30,14 +30,23 @@ export function serveCommand(program: Command): void {
       }
       return name;
     })
-    .option("--registry <host:port[,...]>", "registry address (env LEASEHOLD_REGISTRY)", hostPortList, REGISTRY_DEFAULT)
+    .option(
+      "--registry <host:port[,...]>",
+      "registry address (env LEASEHOLD_REGISTRY)",
+      hostPortList,
+      REGISTRY_DEFAULT,
+    )
     .option("--id <instance-id>", "instance id (default <service>-<random>)")
     .option("--weight <n>", "weight 0..10000 (0 = listed, no traffic)", integerIn(0, 10_000), 1)
     .option("--zone <zone>", "zone label", "")
     .option("--ttl <seconds>", "lease TTL in seconds (etcd raises < 2 to 2)", integerIn(1, 300), 10)
     .option("--listen <host:port>", "gRPC bind address", hostPort, "0.0.0.0:0")
     .option("--advertise <host:port>", "address registered for callers (default: detected)", hostPort)
-    .option("--metrics-listen <host:port>", "/metrics bind address (default: listen host, free port)", hostPort)
+    .option(
+      "--metrics-listen <host:port>",
+      "/metrics bind address (default: listen host, free port)",
+      hostPort,
+    )
     .option("--fail-rate <f>", "share of calls answered UNAVAILABLE, 0..1", numberIn(0, 1), 0)
     .option("--latency-ms <ms>", "added latency per call", integerIn(0, 60_000), 0)
     .action(async (name: string, flags: ServeFlags) => {

@@ -45,7 +45,12 @@ export function watchCommand(program: Command): void {
       "show live membership: a redrawn table on a terminal, one line per change otherwise, NDJSON with --json",
     )
     .argument("[service]", "service to watch (default: every service)", "")
-    .option("--registry <host:port[,...]>", "registry address (env LEASEHOLD_REGISTRY)", hostPortList, REGISTRY_DEFAULT)
+    .option(
+      "--registry <host:port[,...]>",
+      "registry address (env LEASEHOLD_REGISTRY)",
+      hostPortList,
+      REGISTRY_DEFAULT,
+    )
     .option("--json", "print one JSON object per event", false)
     .action(async (service: string, flags: { registry: string; json: boolean }) => {
       const registry = connectRegistry(flags.registry);

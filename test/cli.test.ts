@@ -1,0 +1,132 @@
+import test from "ava";
+import { freePort, startLocalEtcd } from "../cli/local-etcd.js";
+import { spawnCli } from "./helpers/cli.js";
+import { eventually } from "./helpers/eventually.js";
+
+interface WatchEvent {
+  type: string;
+  instance_id: string;
+  weight: number;
+  status: string;
+  revision: number;
+}
+
+test.serial(
+  "end to end: CLI registry, services and watch; SIGKILL leaves within TTL + 1 s, SIGTERM within 1 s; call splits 1:2:3",
+  async (t) => {
+    const etcd = await startLocalEtcd();
+    t.teardown(async () => await etcd.stop());
+    const [port, adminPort] = [await freePort(), await freePort()];
+    const address = `127.0.0.1:${port}`;
+    const registry = spawnCli(t, [
+      "registry",
+      `--listen=${address}`,
+      `--admin-listen=127.0.0.1:${adminPort}`,
+      `--etcd=${etcd.endpoint}`,
+    ]);
+    await registry.waitForLine(/registry listening on/);
+
+    const services = [1, 2, 3].map((weight) =>
+      spawnCli(t, [
+        "serve",
+        "calculator",
+        `--registry=${address}`,
+        `--id=calc-${weight}`,
+        `--weight=${weight}`,
+        "--ttl=3",
+        "--listen=127.0.0.1:0",
+      ]),
+    );
+    await Promise.all(services.map(async (service) => await service.waitForLine(/serving calculator/)));
+
+    const watch = spawnCli(t, ["watch", "calculator", `--registry=${address}`, "--json"]);
+    const events = (): WatchEvent[] =>
+      watch.stdout.filter((line) => line.startsWith("{")).map((line) => JSON.parse(line) as WatchEvent);
+    await eventually(() => events().filter((event) => event.type === "snapshot").length === 3, {
+      what: "3 instances in the snapshot",
+    });
+    const revisions = events().map((event) => event.revision);
+    t.true(revisions.every((revision) => Number.isInteger(revision) && revision > 0));
+
+    const call = spawnCli(t, [
+      "call",
+      "calculator",
+      "Add",
+      '{"a":1,"b":2}',
+      `--registry=${address}`,
+      "--count=600",
+      "--policy=weighted_round_robin",
+      "--json",
+    ]);
+    t.is(await call.exited, 0, call.stderr);
+    const summary = JSON.parse(call.stdout.filter((line) => line.startsWith("{")).at(-1) ?? "{}") as {
+      total: number;
+      errors: number;
+      instances: { instance_id: string; calls: number; weight: number }[];
+    };
+    t.is(summary.total, 600);
+    t.is(summary.errors, 0);
+    t.deepEqual(
+      summary.instances.map((instance) => [instance.instance_id, instance.weight, instance.calls]),
+      [
+        ["calc-1", 1, 100],
+        ["calc-2", 2, 200],
+        ["calc-3", 3, 300],
+      ],
+    );
+
+    const killedAt = Date.now();
+    services[0]?.child.kill("SIGKILL");
+    await eventually(() => events().some((e) => e.type === "removed" && e.instance_id === "calc-1"), {
+      timeoutMs: 6000,
+      what: "calc-1 removed",
+    });
+    const killedGoneMs = Date.now() - killedAt;
+    t.true(killedGoneMs <= 4000, `SIGKILL with --ttl 3 gone after ${killedGoneMs} ms (must be ≤ 4000)`);
+
+    const termAt = Date.now();
+    services[1]?.child.kill("SIGTERM");
+    await eventually(() => events().some((e) => e.type === "removed" && e.instance_id === "calc-2"), {
+      timeoutMs: 3000,
+      what: "calc-2 removed",
+    });
+    const termGoneMs = Date.now() - termAt;
+    t.true(termGoneMs <= 1000, `SIGTERM gone after ${termGoneMs} ms (must be ≤ 1000)`);
+    t.true(
+      events().some((e) => e.type === "updated" && e.instance_id === "calc-2" && e.status === "DRAINING"),
+      "drained before it left",
+    );
+    t.is(await services[1]?.exited, 0, "a gracefully stopped service exits 0");
+  },
+);
+
+test("bad input: one line on stderr and exit status 2, no stack trace", async (t) => {
+  const cases: string[][] = [
+    ["serve", "calculator", "--weight", "-1"],
+    ["serve", "calculator", "--weight", "10001"],
+    ["serve", "nope"],
+    ["serve", "calculator", "--listen", "nowhere"],
+    ["call", "calculator", "Pow", "--registry=127.0.0.1:1"],
+    ["call", "calculator", "Add", "{not json", "--registry=127.0.0.1:1"],
+    ["call", "calculator", "Add", "--policy", "fastest"],
+    ["frobnicate"],
+  ];
+  for (const args of cases) {
+    const run = spawnCli(t, args);
+    t.is(await run.exited, 2, `leasehold ${args.join(" ")}`);
+    const lines = run.stderr
+      .trim()
+      .split("\n")
+      .filter((line) => !line.startsWith("(add --help"));
+    t.is(lines.length, 1, `one line for ${args.join(" ")}: ${run.stderr}`);
+    t.notRegex(run.stderr, /\n\s+at /, "no stack trace");
+  }
+});
+
+test("--help explains every command", async (t) => {
+  const help = spawnCli(t, ["--help"]);
+  t.is(await help.exited, 0);
+  const text = help.stdout.join("\n");
+  for (const command of ["registry", "serve", "watch", "call", "demo"])
+    t.regex(text, new RegExp(`\\b${command}\\b`));
+});

@@ -1,0 +1,56 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { once } from "node:events";
+import { fileURLToPath } from "node:url";
+import type { ExecutionContext } from "ava";
+import { eventually } from "./eventually.js";
+
+const BIN = fileURLToPath(new URL("../../leasehold.mjs", import.meta.url));
+
+/** A `leasehold` child process whose stdout lines are collected. */
+export interface CliProcess {
+  readonly child: ChildProcess;
+  readonly stdout: string[];
+  stderr: string;
+  /** Resolves with the first stdout line matching `pattern` (already seen or later). */
+  waitForLine(pattern: RegExp, timeoutMs?: number): Promise<string>;
+  /** Resolves with the exit code (or signal) once the process ended. */
+  readonly exited: Promise<number | string>;
+}
+
+/** Spawns `node leasehold.mjs ...args`; killed (SIGKILL) at teardown if still running. */
+export function spawnCli(
+  t: ExecutionContext,
+  args: readonly string[],
+  env: NodeJS.ProcessEnv = {},
+): CliProcess {
+  const child = spawn(process.execPath, [BIN, ...args], {
+    stdio: ["pipe", "pipe", "pipe"],
+    env: { ...process.env, LEASEHOLD_LOG_LEVEL: "warn", ...env },
+  });
+  const result: CliProcess = {
+    child,
+    stdout: [],
+    stderr: "",
+    waitForLine: async (pattern, timeoutMs = 20_000) =>
+      await eventually(() => result.stdout.find((line) => pattern.test(line)), {
+        timeoutMs,
+        what: `a line matching ${pattern} from leasehold ${args.join(" ")} (stderr: ${result.stderr.slice(-500)})`,
+      }),
+    exited: once(child, "exit").then(([code, signal]) => (code as number | null) ?? (signal as string)),
+  };
+  let partial = "";
+  child.stdout.setEncoding("utf8").on("data", (chunk: string) => {
+    const lines = (partial + chunk).split("\n");
+    partial = lines.pop() ?? "";
+    result.stdout.push(...lines);
+  });
+  child.stderr.setEncoding("utf8").on("data", (chunk: string) => (result.stderr += chunk));
+  child.stdin.on("error", () => undefined);
+  t.teardown(async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill("SIGKILL");
+      await result.exited;
+    }
+  });
+  return result;
+}

@@ -1,0 +1,86 @@
+import test from "ava";
+import { Registry } from "prom-client";
+import { MembershipWatcher, type MembershipChange } from "../client/discovery/membership-watcher.js";
+import { ClientMetrics } from "../client/metrics/client-metrics.js";
+import { connectRegistry } from "../client/registry-connection.js";
+import { startRegistry } from "../registry/index.js";
+import { startCluster } from "./helpers/cluster.js";
+import { eventually } from "./helpers/eventually.js";
+
+const instance = (instanceId: string, weight = 1) => ({
+  service: "calculator",
+  instanceId,
+  address: `127.0.0.1:${1000 + weight}`,
+  weight,
+  zone: "",
+  metadata: {},
+  metricsAddress: "",
+  ttlSeconds: "10",
+  status: 0,
+});
+
+async function register(
+  client: ReturnType<typeof connectRegistry>,
+  request: ReturnType<typeof instance>,
+): Promise<string> {
+  return await new Promise((resolve, reject) =>
+    client.register(request, (error, response) => (error ? reject(error) : resolve(response.leaseId))),
+  );
+}
+
+test("a watcher keeps its membership through a registry outage, flags it stale, and resumes without a gap", async (t) => {
+  const { etcd, registry, client } = await startCluster(t);
+  const metricsRegistry = new Registry();
+  const metrics = new ClientMetrics(metricsRegistry);
+  const watcherClient = connectRegistry(registry.address);
+  t.teardown(() => watcherClient.close());
+  const watcher = new MembershipWatcher({
+    registry: watcherClient,
+    service: "calculator",
+    metrics,
+    backoff: { initialDelayMs: 50, maxDelayMs: 200 },
+  });
+  t.teardown(async () => await watcher.close());
+  const changes: MembershipChange[] = [];
+  watcher.subscribe((_, applied) => changes.push(...applied));
+  watcher.start();
+  await watcher.ready();
+  await register(client, instance("calc-1", 1));
+  await eventually(() => watcher.current().instances.length === 1, { what: "calc-1" });
+
+  // The registry goes away; the membership stays usable and is flagged stale.
+  await registry.close();
+  await eventually(() => watcher.isStale, { what: "stale flag" });
+  t.is(watcher.current().instances.length, 1, "an outage never empties the pick set");
+  await eventually(
+    async () => {
+      const metric = await metricsRegistry
+        .getSingleMetric("leasehold_client_membership_stale_seconds")
+        ?.get();
+      return (metric?.values[0]?.value ?? 0) > 0;
+    },
+    { what: "stale seconds > 0" },
+  );
+
+  // Changes happen while it is away, through another replica.
+  const other = await startRegistry({ listen: "127.0.0.1:0", etcdEndpoints: [etcd.endpoint] });
+  t.teardown(async () => await other.close());
+  const otherClient = connectRegistry(other.address);
+  t.teardown(() => otherClient.close());
+  await register(otherClient, instance("calc-2", 2));
+  await register(otherClient, instance("calc-3", 3));
+
+  // A replica comes back on the same address: the watcher resumes from its last revision.
+  const [, port] = registry.address.split(":");
+  const back = await startRegistry({ listen: `127.0.0.1:${port}`, etcdEndpoints: [etcd.endpoint] });
+  t.teardown(async () => await back.close());
+  await eventually(() => watcher.current().instances.length === 3, { timeoutMs: 15_000, what: "resume" });
+  t.false(watcher.isStale);
+  t.deepEqual(
+    changes.map((change) =>
+      change.type === "snapshot" ? "snapshot" : `${change.type} ${change.instance.instanceId}`,
+    ),
+    ["snapshot", "added calc-1", "added calc-2", "added calc-3"],
+    "every change exactly once, in order",
+  );
+});
