@@ -1,0 +1,73 @@
+/**
+ * The picker contract (DESIGN §5), after grpc-js `picker.ts`: a picker is a snapshot of the
+ * eligible instances, rebuilt on every membership or breaker change, and `pick()` is synchronous.
+ */
+
+/** What a picker needs to know about one instance. The balanced client's endpoints implement it. */
+export interface Pickable {
+  readonly instanceId: string;
+  /** 0..10000 (DESIGN §2); 0 is listed but never picked. */
+  readonly weight: number;
+  /** True only for `SERVING`; a `DRAINING` instance is never picked. */
+  readonly isServing: boolean;
+  /** False while the instance's breaker is open (a half-open breaker lets a trial through). */
+  readonly isBreakerAdmitting: boolean;
+  /** Calls in flight on this instance, read live by `least_request`. */
+  readonly outstanding: number;
+}
+
+/** An instance may be picked when it is SERVING, has weight > 0 and its breaker is not open. */
+export function isEligible(instance: Pickable): boolean {
+  return instance.isServing && instance.weight > 0 && instance.isBreakerAdmitting;
+}
+
+/**
+ * A snapshot of the eligible instances of one service. Built once per change; `pick` is O(1) to
+ * O(n) in the number of eligible instances and never allocates on the first attempt.
+ */
+export interface Picker<T extends Pickable = Pickable> {
+  /** The policy that built it. */
+  readonly policy: PolicyName;
+  /** The eligible instances, in snapshot order (sorted by `instanceId` by the membership). */
+  readonly instances: readonly T[];
+  /**
+   * Picks an instance, skipping the ids in `exclude` (instances already tried by this call);
+   * `undefined` when no eligible instance is left.
+   */
+  pick(exclude?: ReadonlySet<string>): T | undefined;
+}
+
+/** The standard policy names (DESIGN §5). */
+export type PolicyName =
+  "random" | "round_robin" | "weighted_random" | "weighted_round_robin" | "least_request";
+
+export const POLICY_NAMES: readonly PolicyName[] = Object.freeze([
+  "random",
+  "round_robin",
+  "weighted_random",
+  "weighted_round_robin",
+  "least_request",
+]);
+
+export function isPolicyName(name: string): name is PolicyName {
+  return (POLICY_NAMES as readonly string[]).includes(name);
+}
+
+/** What a policy gets besides the instances. */
+export interface PickerDeps<T extends Pickable = Pickable> {
+  /** Uniform in [0, 1), like `Math.random` (inject a seeded PRNG in tests). */
+  readonly random: () => number;
+  /** The picker this one replaces, so stateful policies can carry state over (smooth WRR). */
+  readonly previous?: Picker<T> | undefined;
+}
+
+/** The picker of an empty eligible set. */
+export function emptyPicker<T extends Pickable>(policy: PolicyName): Picker<T> {
+  return { policy, instances: [], pick: () => undefined };
+}
+
+/** A uniform integer in [0, n), clamped against a `random` that returns 1. */
+export function randomIndex(random: () => number, n: number): number {
+  const i = Math.floor(random() * n);
+  return i < n ? i : n - 1;
+}

@@ -1,0 +1,425 @@
+import * as grpc from "@grpc/grpc-js";
+import test, { type ExecutionContext } from "ava";
+import net from "node:net";
+import { Registry } from "prom-client";
+import {
+  createBalancedClient,
+  type BalancedClient,
+  type BalancedClientOptions,
+} from "../client/balancing/balanced-client.js";
+import type { MembershipSnapshot, MembershipSource } from "../client/discovery/membership.js";
+import { staticMembership } from "../client/discovery/membership.js";
+import { ClientMetrics } from "../client/metrics/client-metrics.js";
+import { LeaseholdError } from "../client/errors.js";
+import {
+  EchoServiceService,
+  type EchoRequest,
+  type EchoResponse,
+} from "../proto/gen/leasehold/demo/v1/echo.js";
+import { Instance, InstanceStatus } from "../proto/gen/leasehold/registry/v1/registry.js";
+import { eventually } from "./helpers/eventually.js";
+
+/**
+ * A real EchoService server on 127.0.0.1:0 that answers with its own instance id. Messages steer
+ * it: "invalid" → INVALID_ARGUMENT, "hang" → never answers (until cancelled); `failWith` makes
+ * every call fail with that status.
+ */
+interface EchoServer {
+  readonly instanceId: string;
+  readonly address: string;
+  /** Calls received (all messages, failed ones included). */
+  calls: number;
+  /** Calls cancelled by the client while hanging. */
+  cancelled: number;
+  failWith: grpc.status | undefined;
+}
+
+async function startEchoServer(t: ExecutionContext, instanceId: string): Promise<EchoServer> {
+  const server = new grpc.Server();
+  const state: EchoServer = { instanceId, address: "", calls: 0, cancelled: 0, failWith: undefined };
+  server.addService(EchoServiceService, {
+    echo: (
+      call: grpc.ServerUnaryCall<EchoRequest, EchoResponse>,
+      callback: grpc.sendUnaryData<EchoResponse>,
+    ) => {
+      state.calls++;
+      if (state.failWith !== undefined)
+        return callback({ code: state.failWith, details: `${instanceId} told to fail` });
+      if (call.request.message === "invalid")
+        return callback({ code: grpc.status.INVALID_ARGUMENT, details: "bad message" });
+      if (call.request.message === "hang") {
+        call.on("cancelled", () => state.cancelled++);
+        return;
+      }
+      callback(null, { message: call.request.message, instanceId });
+    },
+  });
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (error, boundPort) =>
+      error === null ? resolve(boundPort) : reject(error),
+    ),
+  );
+  t.teardown(() => server.forceShutdown());
+  return Object.assign(state, { address: `127.0.0.1:${port}` });
+}
+
+function instanceOf(
+  server: { instanceId: string; address: string },
+  weight = 1,
+  status = InstanceStatus.INSTANCE_STATUS_SERVING,
+): Instance {
+  return Instance.fromPartial({
+    service: "echo",
+    instanceId: server.instanceId,
+    address: server.address,
+    weight,
+    status,
+  });
+}
+
+/** A membership whose snapshot the test changes. */
+function mutableMembership(initial: Instance[]): MembershipSource & { set(instances: Instance[]): void } {
+  let revision = 1;
+  const listeners = new Set<(snapshot: MembershipSnapshot) => void>();
+  let snapshot: MembershipSnapshot = { service: "echo", instances: initial, revision: String(revision) };
+  return {
+    current: () => snapshot,
+    subscribe(listener) {
+      listeners.add(listener);
+      return () => listeners.delete(listener);
+    },
+    set(instances) {
+      snapshot = { service: "echo", instances, revision: String(++revision) };
+      for (const listener of listeners) listener(snapshot);
+    },
+  };
+}
+
+function newClient(
+  t: ExecutionContext,
+  options: Partial<BalancedClientOptions> & Pick<BalancedClientOptions, "membership">,
+): { client: BalancedClient<typeof EchoServiceService>; metrics: ClientMetrics; registry: Registry } {
+  const registry = new Registry();
+  const metrics = new ClientMetrics(registry);
+  const client = createBalancedClient(EchoServiceService, { service: "echo", metrics, ...options });
+  t.teardown(() => client.close());
+  return { client, metrics, registry };
+}
+
+async function requestCounts(metrics: ClientMetrics): Promise<Record<string, number>> {
+  const result: Record<string, number> = {};
+  for (const { labels, value } of (await metrics.requests.get()).values)
+    result[`${labels.instance_id} ${labels.code}`] = value;
+  return result;
+}
+
+async function rejection(promise: Promise<unknown>): Promise<LeaseholdError> {
+  try {
+    await promise;
+  } catch (error) {
+    if (error instanceof LeaseholdError) return error;
+    throw error;
+  }
+  throw new Error("expected a rejection");
+}
+
+test("calls are typed, reach a real server and are counted per instance with code OK", async (t) => {
+  const a = await startEchoServer(t, "a");
+  const { client, metrics } = newClient(t, { membership: staticMembership("echo", [instanceOf(a)]) });
+  const response = await client.methods.echo({ message: "hi" });
+  t.deepEqual(response, { message: "hi", instanceId: "a" });
+  t.deepEqual(await requestCounts(metrics), { "a OK": 1 });
+  const [stats] = client.stats();
+  t.like(stats, {
+    instanceId: "a",
+    address: a.address,
+    weight: 1,
+    status: "SERVING",
+    calls: 1,
+    errors: 0,
+    breaker: "closed",
+  });
+  t.true((stats?.p50Ms ?? 0) > 0 && (stats?.p99Ms ?? 0) >= (stats?.p50Ms ?? 0));
+  t.is(client.membershipRevision, "0");
+});
+
+test("a call failing with UNAVAILABLE is retried on another instance and the caller sees success", async (t) => {
+  const [a, b, c] = await Promise.all(["a", "b", "c"].map((id) => startEchoServer(t, id)));
+  if (a === undefined || b === undefined || c === undefined) throw new Error("servers");
+  a.failWith = grpc.status.UNAVAILABLE;
+  const { client, metrics } = newClient(t, {
+    membership: staticMembership(
+      "echo",
+      [a, b, c].map((s) => instanceOf(s)),
+    ),
+    breaker: { volumeThreshold: 1000 }, // keep picking a, to see every retry
+  });
+  const answers = [];
+  for (let i = 0; i < 30; i++) answers.push((await client.methods.echo({ message: `m${i}` })).instanceId);
+  t.false(answers.includes("a"));
+  t.true(a.calls >= 10, `round robin kept picking a (${a.calls} calls)`);
+  const counts = await requestCounts(metrics);
+  t.is(counts["a UNAVAILABLE"], a.calls);
+  t.is((counts["b OK"] ?? 0) + (counts["c OK"] ?? 0), 30);
+  t.like(client.stats()[0], { instanceId: "a", calls: a.calls, errors: a.calls });
+});
+
+test("INVALID_ARGUMENT reaches the caller, is not retried and never trips the breaker", async (t) => {
+  const [a, b] = await Promise.all(["a", "b"].map((id) => startEchoServer(t, id)));
+  if (a === undefined || b === undefined) throw new Error("servers");
+  const { client, metrics, registry } = newClient(t, {
+    membership: staticMembership("echo", [instanceOf(a), instanceOf(b)]),
+    breaker: { volumeThreshold: 2 },
+  });
+  for (let i = 0; i < 20; i++) {
+    const error = await rejection(client.methods.echo({ message: "invalid" }));
+    t.is(error.code, "INVALID_ARGUMENT");
+    t.is(error.message, "bad message");
+  }
+  t.is(a.calls + b.calls, 20, "one attempt per call");
+  t.deepEqual(await requestCounts(metrics), { "a INVALID_ARGUMENT": 10, "b INVALID_ARGUMENT": 10 });
+  t.deepEqual(
+    client.stats().map((s) => s.breaker),
+    ["closed", "closed"],
+  );
+  t.regex(await registry.getSingleMetricAsString("leasehold_client_breaker_state"), /instance_id="a"} 0/);
+});
+
+test("a breaker opens on an instance failing with UNAVAILABLE, which then gets no picks, and closes after it recovers", async (t) => {
+  const [a, b] = await Promise.all(["a", "b"].map((id) => startEchoServer(t, id)));
+  if (a === undefined || b === undefined) throw new Error("servers");
+  a.failWith = grpc.status.UNAVAILABLE;
+  const { client, registry } = newClient(t, {
+    membership: staticMembership("echo", [instanceOf(a), instanceOf(b)]),
+    breaker: { volumeThreshold: 3, resetTimeoutMs: 2000 },
+  });
+  const changes: string[] = [];
+  client.onChange(() => changes.push(client.stats()[0]?.breaker ?? "?"));
+  for (let i = 0; i < 6; i++) t.is((await client.methods.echo({ message: "x" })).instanceId, "b");
+  t.is(client.stats()[0]?.breaker, "open");
+  t.regex(await registry.getSingleMetricAsString("leasehold_client_breaker_state"), /instance_id="a"} 2/);
+  const callsWhenOpened = a.calls;
+  for (let i = 0; i < 10; i++) t.is((await client.methods.echo({ message: "y" })).instanceId, "b");
+  t.is(a.calls, callsWhenOpened, "an open breaker removes the instance from picks");
+  t.is(client.stats()[0]?.breaker, "open", "still within resetTimeoutMs");
+
+  a.failWith = undefined;
+  await eventually(async () => (await client.methods.echo({ message: "z" })).instanceId === "a", {
+    what: "a picked again after its half-open trial",
+    intervalMs: 50,
+  });
+  t.is(client.stats()[0]?.breaker, "closed");
+  t.regex(await registry.getSingleMetricAsString("leasehold_client_breaker_state"), /instance_id="a"} 0/);
+  t.deepEqual(
+    changes,
+    ["closed", "open", "half-open", "closed"],
+    "membership applied, then each breaker transition",
+  );
+});
+
+test("weighted_round_robin over real servers with weights 1:2:3 gives exactly 100/200/300 of 600 calls", async (t) => {
+  const [a, b, c] = await Promise.all(["a", "b", "c"].map((id) => startEchoServer(t, id)));
+  if (a === undefined || b === undefined || c === undefined) throw new Error("servers");
+  const { client } = newClient(t, {
+    policy: "weighted_round_robin",
+    membership: staticMembership("echo", [instanceOf(a, 1), instanceOf(b, 2), instanceOf(c, 3)]),
+  });
+  const tally: Record<string, number> = {};
+  for (let batch = 0; batch < 12; batch++) {
+    const answers = await Promise.all(
+      Array.from({ length: 50 }, () => client.methods.echo({ message: "w" })),
+    );
+    for (const { instanceId } of answers) tally[instanceId] = (tally[instanceId] ?? 0) + 1;
+  }
+  t.deepEqual(tally, { a: 100, b: 200, c: 300 });
+  t.deepEqual([a.calls, b.calls, c.calls], [100, 200, 300]);
+  t.deepEqual(
+    client.stats().map((s) => [s.instanceId, s.calls]),
+    [
+      ["a", 100],
+      ["b", 200],
+      ["c", 300],
+    ],
+  );
+});
+
+/** A TCP proxy in front of a server, to see the client's connections open and close. */
+async function startProxy(
+  t: ExecutionContext,
+  target: string,
+): Promise<{ address: string; openSockets: () => number }> {
+  const [host, port] = target.split(":");
+  const sockets = new Set<net.Socket>();
+  const proxy = net.createServer((inbound) => {
+    const outbound = net.connect(Number(port), host);
+    sockets.add(inbound);
+    const drop = () => {
+      sockets.delete(inbound);
+      inbound.destroy();
+      outbound.destroy();
+    };
+    inbound.on("close", drop).on("error", drop);
+    outbound.on("close", drop).on("error", drop);
+    inbound.pipe(outbound).pipe(inbound);
+  });
+  await new Promise<void>((resolve) => proxy.listen(0, "127.0.0.1", resolve));
+  t.teardown(() => {
+    for (const socket of sockets) socket.destroy();
+    proxy.close();
+  });
+  const address = proxy.address() as net.AddressInfo;
+  return { address: `127.0.0.1:${address.port}`, openSockets: () => sockets.size };
+}
+
+test("an instance removed from membership has its channel closed and its metric series removed", async (t) => {
+  const [a, b] = await Promise.all(["a", "b"].map((id) => startEchoServer(t, id)));
+  if (a === undefined || b === undefined) throw new Error("servers");
+  const proxyA = await startProxy(t, a.address);
+  const membership = mutableMembership([
+    instanceOf({ instanceId: "a", address: proxyA.address }),
+    instanceOf(b),
+  ]);
+  const { client, registry } = newClient(t, { membership });
+  for (let i = 0; i < 4; i++) await client.methods.echo({ message: "x" });
+  t.is(a.calls, 2);
+  t.is(proxyA.openSockets(), 1);
+  t.regex(await registry.metrics(), /instance_id="a"/);
+
+  // A weight change rebuilds the picker but keeps the connection.
+  membership.set([instanceOf({ instanceId: "a", address: proxyA.address }, 5), instanceOf(b)]);
+  t.is(client.stats()[0]?.weight, 5);
+  t.is(client.membershipRevision, "2");
+  await client.methods.echo({ message: "x" });
+  t.is(proxyA.openSockets(), 1, "same connection");
+
+  membership.set([instanceOf(b)]);
+  t.deepEqual(
+    client.stats().map((s) => s.instanceId),
+    ["b"],
+  );
+  await eventually(() => proxyA.openSockets() === 0, { what: "a's connection closed", timeoutMs: 3000 });
+  const exposition = await registry.metrics();
+  t.notRegex(exposition, /instance_id="a"/);
+  t.regex(exposition, /instance_id="b"/);
+  const callsOfA = a.calls;
+  for (let i = 0; i < 4; i++) t.is((await client.methods.echo({ message: "x" })).instanceId, "b");
+  t.is(a.calls, callsOfA);
+});
+
+test("a DRAINING instance gets no new calls; status changes need no reconnect", async (t) => {
+  const [a, b] = await Promise.all(["a", "b"].map((id) => startEchoServer(t, id)));
+  if (a === undefined || b === undefined) throw new Error("servers");
+  const membership = mutableMembership([instanceOf(a), instanceOf(b)]);
+  const { client } = newClient(t, { membership });
+  membership.set([instanceOf(a, 1, InstanceStatus.INSTANCE_STATUS_DRAINING), instanceOf(b)]);
+  for (let i = 0; i < 6; i++) t.is((await client.methods.echo({ message: "x" })).instanceId, "b");
+  t.is(client.stats()[0]?.status, "DRAINING");
+});
+
+test("abort via AbortSignal cancels the call in flight, rejects with CANCELLED and is not retried", async (t) => {
+  const [a, b] = await Promise.all(["a", "b"].map((id) => startEchoServer(t, id)));
+  if (a === undefined || b === undefined) throw new Error("servers");
+  const { client, metrics } = newClient(t, {
+    membership: staticMembership("echo", [instanceOf(a), instanceOf(b)]),
+  });
+  const controller = new AbortController();
+  const pending = rejection(client.methods.echo({ message: "hang" }, { signal: controller.signal }));
+  await eventually(() => a.calls + b.calls === 1, { what: "the call to arrive" });
+  controller.abort();
+  const error = await pending;
+  t.is(error.code, "CANCELLED");
+  t.false(error.retryable);
+  await eventually(() => a.cancelled + b.cancelled === 1, { what: "the server to see the cancellation" });
+  t.is(a.calls + b.calls, 1, "not retried");
+  t.deepEqual(
+    Object.keys(await requestCounts(metrics)).map((key) => key.split(" ")[1]),
+    ["CANCELLED"],
+  );
+  t.deepEqual(
+    client.stats().map((s) => s.breaker),
+    ["closed", "closed"],
+  );
+
+  const early = await rejection(client.methods.echo({ message: "x" }, { signal: AbortSignal.abort() }));
+  t.is(early.code, "CANCELLED");
+  t.is(a.calls + b.calls, 1, "an aborted signal makes no call");
+});
+
+test("the deadline covers the whole call: DEADLINE_EXCEEDED is not retried", async (t) => {
+  const [a, b] = await Promise.all(["a", "b"].map((id) => startEchoServer(t, id)));
+  if (a === undefined || b === undefined) throw new Error("servers");
+  const { client, metrics } = newClient(t, {
+    membership: staticMembership("echo", [instanceOf(a), instanceOf(b)]),
+    deadlineMs: 5000,
+  });
+  await Promise.all([client.methods.echo({ message: "warm" }), client.methods.echo({ message: "warm" })]);
+  const error = await rejection(client.methods.echo({ message: "hang" }, { deadlineMs: 200 }));
+  t.is(error.code, "DEADLINE_EXCEEDED");
+  const codes = Object.entries(await requestCounts(metrics)).filter(([key]) =>
+    key.endsWith("DEADLINE_EXCEEDED"),
+  );
+  t.deepEqual(
+    codes.map(([, count]) => count),
+    [1],
+    "one attempt",
+  );
+  t.true(a.calls + b.calls <= 3);
+});
+
+test("no available instance is UNAVAILABLE with a message saying why", async (t) => {
+  const empty = newClient(t, { membership: staticMembership("echo", []) }).client;
+  const none = await rejection(empty.methods.echo({ message: "x" }));
+  t.is(none.code, "UNAVAILABLE");
+  t.is(none.message, "no available instance of service echo (0 listed)");
+
+  const [a, b, c] = await Promise.all(["a", "b", "c"].map((id) => startEchoServer(t, id)));
+  if (a === undefined || b === undefined || c === undefined) throw new Error("servers");
+  c.failWith = grpc.status.UNAVAILABLE;
+  const { client } = newClient(t, {
+    membership: staticMembership("echo", [
+      instanceOf(a, 1, InstanceStatus.INSTANCE_STATUS_DRAINING),
+      instanceOf(b, 0),
+      instanceOf(c),
+    ]),
+    breaker: { volumeThreshold: 1, resetTimeoutMs: 60_000 },
+  });
+  const first = await rejection(client.methods.echo({ message: "x" }));
+  t.is(first.code, "UNAVAILABLE");
+  t.is(first.message, "c told to fail", "the instance's own error when it was the only one tried");
+  const error = await rejection(client.methods.echo({ message: "x" }));
+  t.is(
+    error.message,
+    "no available instance of service echo (3 listed: 1 draining, 1 weight 0, 1 breaker open)",
+  );
+  t.true(error.retryable);
+});
+
+test("close() is idempotent, closes everything and later calls fail with FAILED_PRECONDITION", async (t) => {
+  const a = await startEchoServer(t, "a");
+  const { client, registry } = newClient(t, { membership: staticMembership("echo", [instanceOf(a)]) });
+  await client.methods.echo({ message: "x" });
+  await client.close();
+  await client[Symbol.asyncDispose]();
+  t.deepEqual(client.stats(), []);
+  t.notRegex(await registry.metrics(), /instance_id="a"/);
+  t.is((await rejection(client.methods.echo({ message: "x" }))).code, "FAILED_PRECONDITION");
+});
+
+test("bad options are INVALID_ARGUMENT at creation", (t) => {
+  const membership = staticMembership("echo", []);
+  t.throws(() => createBalancedClient(EchoServiceService, { service: "echo", membership, maxAttempts: 0 }), {
+    instanceOf: LeaseholdError,
+    message: /maxAttempts/,
+  });
+  t.throws(
+    () =>
+      createBalancedClient(EchoServiceService, {
+        service: "echo",
+        membership,
+        policy: "pick_first" as never,
+      }),
+    {
+      message: /unknown policy/,
+    },
+  );
+});
