@@ -211,12 +211,18 @@ export function summarize(
   };
 }
 
+/** Colours only on a terminal, so piped output stays plain text. */
+export function tableStyle(): { head: string[]; border: string[] } | undefined {
+  return process.stdout.isTTY ? undefined : { head: [], border: [] };
+}
+
 const round = (ms: number): number => Math.round(ms * 1000) / 1000;
 
 /** The human distribution table: calls, share, errors, p50/p99 and breaker per instance. */
 export function renderSummary(summary: CallSummary): string {
   const table = new Table({
     head: ["instance", "address", "weight", "calls", "share", "errors", "p50 ms", "p99 ms", "breaker"],
+    style: tableStyle(),
   });
   const calls = summary.instances.reduce((sum, instance) => sum + instance.calls, 0);
   for (const instance of summary.instances) {

@@ -116,8 +116,10 @@ class Demo {
   #logDir = "";
   #allWatcher: MembershipWatcher | undefined;
   #startedAt = 0;
-  #calls = 0;
-  #failedCalls = 0;
+  #lastStatusAt = 0;
+  /** Calls made and calls failed after retries, per service. */
+  readonly #outcomes = new Map<string, { calls: number; failed: number }>();
+  #header = "";
 
   constructor(durationMs: number, etcdUrls: string[] | undefined) {
     this.#durationMs = durationMs;
@@ -153,6 +155,7 @@ class Demo {
       `registry ${this.#registryAddress}, admin http://127.0.0.1:${adminPort}/metrics and /sd/prometheus`,
     );
     this.#say(`process logs in ${this.#logDir}`);
+    this.#header = `etcd ${endpoints.join(",")} · registry ${this.#registryAddress} · logs ${this.#logDir}`;
 
     this.#registry = connectRegistry(this.#registryAddress);
     const logger = createLogger("leasehold-demo", "warn");
@@ -302,14 +305,16 @@ class Demo {
       method.key
     ];
     const request = method.request.fromJSON({ a: 6, b: 7, message: "hello" });
+    const outcome = { calls: 0, failed: 0 };
+    this.#outcomes.set(service, outcome);
     const worker = async (): Promise<void> => {
       while (!this.#stopping.signal.aborted) {
         try {
           await invoke?.(request);
         } catch {
-          this.#failedCalls += 1;
+          outcome.failed += 1;
         }
-        this.#calls += 1;
+        outcome.calls += 1;
         await sleep(5);
       }
     };
@@ -328,6 +333,27 @@ class Demo {
       }
     }
     if (this.#isLive) logUpdate(this.#view());
+    else if (Date.now() - this.#lastStatusAt >= 5000) {
+      this.#lastStatusAt = Date.now();
+      this.#say(this.#statusLine());
+    }
+  }
+
+  /** The running traffic split and breaker states, one line (the live view's gist, for logs). */
+  #statusLine(): string {
+    const listed = new Set(
+      this.#allWatcher?.current().instances.map((i) => `${i.service}/${i.instanceId}`) ?? [],
+    );
+    const parts = this.#clients.map(({ service, client }) => {
+      const stats = client.stats().filter((s) => listed.has(`${service}/${s.instanceId}`));
+      const calls = stats.reduce((sum, s) => sum + s.calls, 0);
+      const shares = stats.map(
+        (s) =>
+          `${s.instanceId}(w${s.weight}${s.status === "DRAINING" ? ",draining" : ""}${s.breaker === "closed" ? "" : `,breaker ${s.breaker}`}) ${calls === 0 ? 0 : Math.round((100 * s.calls) / calls)}%`,
+      );
+      return `${service}: ${shares.join(" ")}`;
+    });
+    return `traffic ${parts.join(" | ")} — ${this.#splitLine()}`;
   }
 
   #view(): string {
@@ -369,11 +395,19 @@ class Demo {
       }
     }
     return [
-      `leasehold demo — ${elapsed} s of ${this.#durationMs / 1000} s — ${this.#calls} calls, ${this.#failedCalls} failed — ${this.#splitLine()}`,
+      `leasehold demo — ${elapsed} s of ${this.#durationMs / 1000} s — ${this.#totals()} — ${this.#splitLine()}`,
+      this.#header,
       table.toString(),
       "recent events:",
       ...this.#events.slice(-10),
     ].join("\n");
+  }
+
+  #totals(): string {
+    const outcomes = [...this.#outcomes.values()];
+    const calls = outcomes.reduce((sum, o) => sum + o.calls, 0);
+    const failed = outcomes.reduce((sum, o) => sum + o.failed, 0);
+    return `${calls} calls made, ${failed} failed after retries`;
   }
 
   /** The traffic split among calc-1..3 (weights 1:2:3), normalised to calc-1. */
@@ -388,11 +422,10 @@ class Demo {
     const parts: string[] = [];
     for (const { service, policy } of this.#clients.length > 0 ? this.#clients : []) {
       const stats = [...this.#seen.values()].filter((s) => s.service === service);
-      const total = stats.reduce((sum, s) => sum + s.calls, 0);
-      const errors = stats.reduce((sum, s) => sum + s.errors, 0);
-      parts.push(renderSummary(summarize(service, policy, total, errors, stats)));
+      const outcome = this.#outcomes.get(service) ?? { calls: 0, failed: 0 };
+      parts.push(renderSummary(summarize(service, policy, outcome.calls, outcome.failed, stats)));
     }
-    parts.push(`${this.#calls} calls made, ${this.#failedCalls} failed after retries`);
+    parts.push(`${this.#totals()} (errors per instance are attempts, retried on another instance)`);
     parts.push(this.#splitLine());
     return parts.join("\n");
   }

@@ -146,6 +146,7 @@ export class MembershipWatcher implements MembershipSource {
       try {
         await this.#streamOnce();
       } catch (error) {
+        if (this.#closing.signal.aborted) break;
         this.#options.logger?.warn(
           { err: error, service: this.#options.service },
           "membership stream broke; resuming",

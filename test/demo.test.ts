@@ -1,0 +1,30 @@
+import test from "ava";
+import { spawnCli } from "./helpers/cli.js";
+
+test.serial(
+  "the demo runs its schedule, splits calculator traffic 1:2:3, exits 0 and leaves nothing behind",
+  async (t) => {
+    const demo = spawnCli(t, ["demo", "--duration", "14"]);
+    t.is(await demo.exited, 0, demo.stderr.slice(-2000));
+    const out = demo.stdout.join("\n");
+    for (const id of ["calc-1", "calc-2", "calc-3", "echo-1", "echo-2"])
+      t.regex(out, new RegExp(`\\+ added \\w+/${id} `));
+    // Every change of the schedule, as callers saw it.
+    t.regex(out, /\+ added calculator\/calc-4 .*weight=2/);
+    t.regex(out, /! breaker of calculator\/calc-4 open/);
+    t.regex(out, /- removed echo\/echo-2 /);
+    t.regex(out, /\+ added echo\/echo-3 /);
+    t.regex(out, /~ updated calculator\/calc-4 .*DRAINING/);
+    t.regex(out, /- removed calculator\/calc-4 /);
+    t.regex(out, /calls made, 0 failed after retries/);
+    const split = /^split calc-1:calc-2:calc-3 = ([\d.]+) : ([\d.]+) : ([\d.]+)/m.exec(out);
+    t.truthy(split, "the final split is printed");
+    t.is(Number(split?.[1]), 1);
+    t.true(Math.abs(Number(split?.[2]) - 2) <= 0.1, `calc-2/calc-1 = ${split?.[2]}`);
+    t.true(Math.abs(Number(split?.[3]) - 3) <= 0.15, `calc-3/calc-1 = ${split?.[3]}`);
+    // Its etcd is gone with it.
+    const endpoint = /etcd (http:\/\/127\.0\.0\.1:\d+)/.exec(out)?.[1];
+    t.truthy(endpoint);
+    await t.throwsAsync(fetch(`${endpoint}/health`, { signal: AbortSignal.timeout(2000) }));
+  },
+);
