@@ -1,0 +1,199 @@
+import type { ServerDuplexStream, handleUnaryCall, sendUnaryData } from "@grpc/grpc-js";
+import type { Logger } from "pino";
+import type {
+  KeepAliveRequest,
+  KeepAliveResponse,
+  RegistryServiceServer,
+} from "../../proto/gen/leasehold/registry/v1/registry.js";
+import { RegistryError } from "../registry-error.js";
+import type { RegistryMetrics } from "../registry-metrics.js";
+import type { EtcdStore } from "../store/etcd-store.js";
+import type { WatchHub } from "../watch/watch-hub.js";
+import type { WatchSink } from "../watch/watch-subscription.js";
+import { toServiceError } from "./grpc-status.js";
+import {
+  applyChange,
+  validateDeregister,
+  validateLeaseId,
+  validateRegister,
+  validateServiceName,
+  validateUpdate,
+  validateWatch,
+  type Validated,
+} from "./validation.js";
+
+/** What the handlers need. */
+export interface RegistryServiceDeps {
+  readonly store: EtcdStore;
+  readonly hub: WatchHub;
+  readonly metrics: RegistryMetrics;
+  readonly logger: Logger;
+  /** Clock for `registered_at`; default `() => new Date()`. */
+  readonly now?: () => Date;
+}
+
+/** The RegistryService handlers plus a way to end their long streams. */
+export interface RegistryServiceHandlers {
+  readonly implementation: RegistryServiceServer;
+  /** Ends every open KeepAlive stream with `UNAVAILABLE` (Watch streams end via the hub). */
+  endStreams(): void;
+}
+
+/**
+ * Implements `leasehold.registry.v1.RegistryService` (DESIGN §3): validation before etcd is
+ * touched, fenced writes through the store, reads and Watch from the watch-fed hub. Every error
+ * leaves through `toServiceError`.
+ */
+export function createRegistryService(deps: RegistryServiceDeps): RegistryServiceHandlers {
+  const { store, hub, metrics, logger } = deps;
+  const now = deps.now ?? (() => new Date());
+  const keepAliveStreams = new Set<(error: RegistryError) => void>();
+
+  const fail = (method: string, error: unknown) => {
+    const normalised = RegistryError.from(error);
+    if (normalised.code === "internal") logger.error({ err: error, method }, "internal error");
+    else logger.debug({ method, code: normalised.code, reason: normalised.message }, "request failed");
+    return toServiceError(normalised);
+  };
+
+  const unary =
+    <Request, Response>(
+      method: string,
+      run: (request: Request) => Promise<Response>,
+    ): handleUnaryCall<Request, Response> =>
+    (call, callback: sendUnaryData<Response>) => {
+      run(call.request).then(
+        (response) => callback(null, response),
+        (error: unknown) => callback(fail(method, error)),
+      );
+    };
+
+  const implementation: RegistryServiceServer = {
+    register: unary("Register", async (request) => {
+      try {
+        const { instance, ttlSeconds } = valueOf(validateRegister(request, now().toISOString()));
+        const registration = await store.register(instance, ttlSeconds);
+        metrics.registrations.inc({ result: "ok" });
+        logger.info(
+          { service: instance.service, instanceId: instance.instanceId, leaseId: registration.leaseId },
+          "registered",
+        );
+        return {
+          leaseId: registration.leaseId,
+          ttlSeconds: String(registration.ttlSeconds),
+          revision: registration.revision,
+          instance: registration.instance,
+        };
+      } catch (error) {
+        metrics.registrations.inc({ result: RegistryError.from(error).code });
+        throw error;
+      }
+    }),
+
+    keepAlive: (call: ServerDuplexStream<KeepAliveRequest, KeepAliveResponse>) => {
+      const keepAlive = store.openKeepAlive();
+      let isEnded = false;
+      let replies = Promise.resolve();
+      const end = (error?: RegistryError) => {
+        if (isEnded) return;
+        isEnded = true;
+        keepAliveStreams.delete(end);
+        keepAlive.close();
+        if (error === undefined) call.end();
+        else call.emit("error", fail("KeepAlive", error));
+      };
+      keepAliveStreams.add(end);
+      // Requests are answered one at a time, in order; a failure ends the stream with its status.
+      call.on("data", (request: KeepAliveRequest) => {
+        replies = replies
+          .then(async () => {
+            if (isEnded) return;
+            const leaseId = valueOf(validateLeaseId(request.leaseId));
+            const ttlSeconds = await keepAlive.renew(leaseId);
+            if (isEnded) return;
+            if (ttlSeconds <= 0) {
+              end(
+                new RegistryError(
+                  "not_found",
+                  `lease ${leaseId} not found (expired or revoked); register again`,
+                ),
+              );
+            } else {
+              call.write({ leaseId, ttlSeconds: String(ttlSeconds) });
+            }
+          })
+          .catch((error: unknown) => end(RegistryError.from(error)));
+      });
+      call.on("end", () => {
+        replies = replies.then(() => end());
+      });
+      call.on("cancelled", () => {
+        isEnded = true;
+        keepAliveStreams.delete(end);
+        keepAlive.close();
+      });
+      call.on("error", (error) => logger.debug({ err: error }, "keepalive stream error"));
+    },
+
+    updateInstance: unary("UpdateInstance", async (request) => {
+      const { key, leaseId, change } = valueOf(validateUpdate(request));
+      const updated = await store.update(key, leaseId, (current) => applyChange(current, change));
+      return { instance: updated.instance, revision: updated.revision };
+    }),
+
+    deregister: unary("Deregister", async (request) => {
+      const { key, leaseId } = valueOf(validateDeregister(request));
+      const revision = await store.deregister(key, leaseId);
+      logger.info({ service: key.service, instanceId: key.instanceId, leaseId }, "deregistered");
+      return { revision };
+    }),
+
+    getService: unary("GetService", (request) => {
+      const service = valueOf(validateServiceName(request.service));
+      return Promise.resolve({ instances: hub.instances(service), revision: String(hub.revision) });
+    }),
+
+    listServices: unary("ListServices", () =>
+      Promise.resolve({ services: hub.summaries(), revision: String(hub.revision) }),
+    ),
+
+    watch: (call) => {
+      let isEnded = false;
+      const abort = new AbortController();
+      const sink: WatchSink = {
+        write: (message) => call.write(message),
+        once: (event, listener) => call.once(event, listener),
+        end: (error) => {
+          if (isEnded) return;
+          isEnded = true;
+          if (error === undefined) call.end();
+          else call.emit("error", fail("Watch", error));
+        },
+      };
+      call.on("cancelled", () => abort.abort());
+      call.on("error", (error) => logger.debug({ err: error }, "watch stream error"));
+      const request = validateWatch(call.request);
+      if (!request.ok) {
+        sink.end(request.error);
+        return;
+      }
+      hub
+        .subscribe(sink, request.value, abort.signal)
+        .catch((error: unknown) => sink.end(RegistryError.from(error)));
+    },
+  };
+
+  return {
+    implementation,
+    endStreams: () => {
+      for (const end of [...keepAliveStreams]) {
+        end(new RegistryError("unavailable", "registry is shutting down; reconnect"));
+      }
+    },
+  };
+}
+
+function valueOf<T>(result: Validated<T>): T {
+  if (!result.ok) throw result.error;
+  return result.value;
+}

@@ -1,0 +1,274 @@
+import {
+  InstanceStatus,
+  type DeregisterRequest,
+  type Instance,
+  type InstanceKey,
+  type RegisterRequest,
+  type UpdateInstanceRequest,
+  type WatchRequest,
+} from "../../proto/gen/leasehold/registry/v1/registry.js";
+import { RegistryError } from "../registry-error.js";
+
+/** Expected failures of pure validation are values; the error is `invalid_argument`, naming the field. */
+export type Validated<T> = { ok: true; value: T } | { ok: false; error: RegistryError };
+
+/** Limits of DESIGN §2. */
+export const limits = Object.freeze({
+  serviceMaxLength: 63,
+  instanceIdMaxLength: 128,
+  zoneMaxLength: 63,
+  weightMax: 10_000,
+  defaultWeight: 1,
+  /** Lease TTL used when `ttl_seconds` is 0, in seconds. */
+  defaultTtlSeconds: 10,
+  /** Largest TTL accepted, in seconds. etcd raises TTLs below its minimum (2 s here) itself. */
+  maxTtlSeconds: 300,
+  metadataMaxKeys: 32,
+  /** Sum of the UTF-8 bytes of every metadata key and value. */
+  metadataMaxBytes: 4096,
+});
+
+/** A valid registration: the instance to store (no revision yet) and its TTL in seconds. */
+export interface ValidRegistration {
+  readonly instance: Instance;
+  readonly ttlSeconds: number;
+}
+
+/** The fields an update changes; `undefined` leaves a field as it is. */
+export interface InstanceChange {
+  readonly weight: number | undefined;
+  readonly status: InstanceStatus | undefined;
+  readonly zone: string | undefined;
+  readonly metadata: Readonly<Record<string, string>> | undefined;
+}
+
+/** A valid fenced request: which instance, and the lease that must hold it. */
+export interface FencedKey {
+  readonly key: InstanceKey;
+  readonly leaseId: string;
+}
+
+class Invalid extends Error {}
+
+function check(condition: boolean, message: string): asserts condition {
+  if (!condition) throw new Invalid(message);
+}
+
+function validated<T>(build: () => T): Validated<T> {
+  try {
+    return { ok: true, value: build() };
+  } catch (error) {
+    if (!(error instanceof Invalid)) throw error;
+    return { ok: false, error: new RegistryError("invalid_argument", error.message) };
+  }
+}
+
+const dnsLabel = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+const instanceIdPattern = /^[A-Za-z0-9._-]+$/;
+const zonePattern = /^[A-Za-z0-9._-]*$/;
+const hostnamePattern = /^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$/;
+const ipv6Pattern = /^[0-9A-Fa-f:.]+(%[A-Za-z0-9._-]+)?$/;
+
+function checkService(service: string, field = "service"): void {
+  check(service !== "", `${field}: required`);
+  check(
+    service.length <= limits.serviceMaxLength && dnsLabel.test(service),
+    `${field}: must be a DNS-1123 label (lowercase letters, digits and '-', starting and ending with ` +
+      `a letter or digit, at most ${limits.serviceMaxLength} characters), got ${JSON.stringify(service)}`,
+  );
+}
+
+function checkInstanceId(instanceId: string): void {
+  check(instanceId !== "", "instance_id: required");
+  check(
+    instanceId.length <= limits.instanceIdMaxLength && instanceIdPattern.test(instanceId),
+    `instance_id: must be 1 to ${limits.instanceIdMaxLength} characters of [A-Za-z0-9._-], ` +
+      `got ${JSON.stringify(instanceId.slice(0, 140))}`,
+  );
+}
+
+/** True for `host:port` with a DNS name, IPv4 or bracketed IPv6 host and a port 1–65535. */
+export function isHostPort(address: string): boolean {
+  const match = /^(?:\[([^\]]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(address);
+  if (match === null) return false;
+  const [, ipv6, host, port] = match;
+  const portNumber = Number(port);
+  if (portNumber < 1 || portNumber > 65_535) return false;
+  if (ipv6 !== undefined) return ipv6Pattern.test(ipv6) && ipv6.includes(":");
+  return host !== undefined && host.length <= 253 && hostnamePattern.test(host);
+}
+
+function checkAddress(address: string, field: string): void {
+  check(
+    isHostPort(address),
+    `${field}: must be host:port (DNS name, IPv4 or [IPv6], port 1-65535), got ${JSON.stringify(address.slice(0, 300))}`,
+  );
+}
+
+function checkWeight(weight: number): void {
+  check(
+    Number.isInteger(weight) && weight >= 0 && weight <= limits.weightMax,
+    `weight: must be an integer from 0 to ${limits.weightMax}, got ${weight}`,
+  );
+}
+
+function checkZone(zone: string): void {
+  check(
+    zone.length <= limits.zoneMaxLength && zonePattern.test(zone),
+    `zone: must be at most ${limits.zoneMaxLength} characters of [A-Za-z0-9._-], got ${JSON.stringify(zone.slice(0, 80))}`,
+  );
+}
+
+function checkMetadata(metadata: Readonly<Record<string, string>>, field: string): void {
+  const entries = Object.entries(metadata);
+  check(
+    entries.length <= limits.metadataMaxKeys,
+    `${field}: at most ${limits.metadataMaxKeys} keys, got ${entries.length}`,
+  );
+  let bytes = 0;
+  for (const [key, value] of entries) {
+    check(key !== "", `${field}: keys must not be empty`);
+    bytes += Buffer.byteLength(key) + Buffer.byteLength(value);
+  }
+  check(
+    bytes <= limits.metadataMaxBytes,
+    `${field}: keys and values must total at most ${limits.metadataMaxBytes} bytes, got ${bytes}`,
+  );
+}
+
+function checkStatus(value: InstanceStatus, field: string): void {
+  check(
+    value === InstanceStatus.INSTANCE_STATUS_SERVING || value === InstanceStatus.INSTANCE_STATUS_DRAINING,
+    `${field}: must be INSTANCE_STATUS_SERVING or INSTANCE_STATUS_DRAINING, got ${value}`,
+  );
+}
+
+/** A decimal int64 as ts-proto decodes it (`forceLong=string`). */
+function parseInt64(value: string, field: string): bigint {
+  check(/^-?\d+$/.test(value), `${field}: must be a decimal integer, got ${JSON.stringify(value)}`);
+  return BigInt(value);
+}
+
+function checkLeaseId(leaseId: string): string {
+  const id = parseInt64(leaseId, "lease_id");
+  check(id > 0n, `lease_id: required (the lease id returned by Register), got ${leaseId}`);
+  return id.toString();
+}
+
+/**
+ * Validates a Register request against every rule of DESIGN §2 and applies the defaults
+ * (weight 1, TTL 10 s, status SERVING). `registeredAt` is the caller's clock, RFC 3339.
+ */
+export function validateRegister(
+  request: RegisterRequest,
+  registeredAt: string,
+): Validated<ValidRegistration> {
+  return validated(() => {
+    checkService(request.service);
+    checkInstanceId(request.instanceId);
+    check(request.address !== "", "address: required");
+    checkAddress(request.address, "address");
+    if (request.metricsAddress !== "") checkAddress(request.metricsAddress, "metrics_address");
+    const weight = request.weight ?? limits.defaultWeight;
+    checkWeight(weight);
+    checkZone(request.zone);
+    checkMetadata(request.metadata, "metadata");
+    const status =
+      request.status === InstanceStatus.INSTANCE_STATUS_UNSPECIFIED
+        ? InstanceStatus.INSTANCE_STATUS_SERVING
+        : request.status;
+    checkStatus(status, "status");
+    const ttl = parseInt64(request.ttlSeconds, "ttl_seconds");
+    check(
+      ttl >= 0n && ttl <= BigInt(limits.maxTtlSeconds),
+      `ttl_seconds: must be from 0 (default ${limits.defaultTtlSeconds}) to ${limits.maxTtlSeconds}, got ${ttl}`,
+    );
+    return {
+      instance: {
+        service: request.service,
+        instanceId: request.instanceId,
+        address: request.address,
+        weight,
+        zone: request.zone,
+        metadata: { ...request.metadata },
+        status,
+        registeredAt,
+        metricsAddress: request.metricsAddress,
+        revision: "0",
+      },
+      ttlSeconds: ttl === 0n ? limits.defaultTtlSeconds : Number(ttl),
+    };
+  });
+}
+
+/** Validates an UpdateInstance request: the fenced key plus the fields it changes. */
+export function validateUpdate(
+  request: UpdateInstanceRequest,
+): Validated<FencedKey & { change: InstanceChange }> {
+  return validated(() => {
+    const fenced = fencedKey(request);
+    if (request.weight !== undefined) checkWeight(request.weight);
+    if (request.status !== undefined) checkStatus(request.status, "status");
+    if (request.zone !== undefined) checkZone(request.zone);
+    if (request.metadata !== undefined) checkMetadata(request.metadata.entries, "metadata.entries");
+    return {
+      ...fenced,
+      change: {
+        weight: request.weight,
+        status: request.status,
+        zone: request.zone,
+        metadata: request.metadata?.entries,
+      },
+    };
+  });
+}
+
+/** Validates a Deregister request. */
+export function validateDeregister(request: DeregisterRequest): Validated<FencedKey> {
+  return validated(() => fencedKey(request));
+}
+
+/** Validates the lease id of one KeepAlive request; returns it normalised (decimal). */
+export function validateLeaseId(leaseId: string): Validated<string> {
+  return validated(() => checkLeaseId(leaseId));
+}
+
+/** Validates a GetService request's service name. */
+export function validateServiceName(service: string): Validated<string> {
+  return validated(() => {
+    checkService(service);
+    return service;
+  });
+}
+
+/** Validates a Watch request: `service` empty (all services) or a valid name; `start_revision` ≥ 0. */
+export function validateWatch(
+  request: WatchRequest,
+): Validated<{ service: string | undefined; startRevision: bigint }> {
+  return validated(() => {
+    if (request.service !== "") checkService(request.service);
+    const startRevision = parseInt64(request.startRevision, "start_revision");
+    check(startRevision >= 0n, `start_revision: must not be negative, got ${startRevision}`);
+    return { service: request.service === "" ? undefined : request.service, startRevision };
+  });
+}
+
+/** Applies a validated change to the stored instance (a new object). */
+export function applyChange(current: Instance, change: InstanceChange): Instance {
+  return {
+    ...current,
+    weight: change.weight ?? current.weight,
+    status: change.status ?? current.status,
+    zone: change.zone ?? current.zone,
+    metadata: change.metadata === undefined ? current.metadata : { ...change.metadata },
+  };
+}
+
+function fencedKey(request: { service: string; instanceId: string; leaseId: string }): FencedKey {
+  checkService(request.service);
+  checkInstanceId(request.instanceId);
+  return {
+    key: { service: request.service, instanceId: request.instanceId },
+    leaseId: checkLeaseId(request.leaseId),
+  };
+}

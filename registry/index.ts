@@ -1,0 +1,154 @@
+import { Server, ServerCredentials } from "@grpc/grpc-js";
+import { loadSync } from "@grpc/proto-loader";
+import { ReflectionService } from "@grpc/reflection";
+import { HealthImplementation, protoPath as healthProtoPath } from "grpc-health-check";
+import { dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import { instrumentService } from "../client/server/grpc-server-metrics.js";
+import { RegistryServiceService } from "../proto/gen/leasehold/registry/v1/registry.js";
+import { startAdminServer, type AdminServer } from "./admin/admin-server.js";
+import { createRegistryService } from "./api/registry-service.js";
+import { EtcdReadiness } from "./readiness.js";
+import { RegistryMetrics } from "./registry-metrics.js";
+import { resolveRegistryOptions, type RegistryOptions } from "./registry-options.js";
+import { EtcdStore } from "./store/etcd-store.js";
+import type { ServicesWatch } from "./store/services-watch.js";
+import { WatchHub } from "./watch/watch-hub.js";
+
+export type { RegistryOptions } from "./registry-options.js";
+export { RegistryError, type RegistryErrorCode } from "./registry-error.js";
+
+/** A running registry; see {@link startRegistry}. */
+export interface RunningRegistry {
+  /** host:port the gRPC server is bound to (real port). */
+  readonly address: string;
+  /** host:port of the admin HTTP server, or undefined. */
+  readonly adminAddress: string | undefined;
+  /** Graceful, idempotent: ends Watch streams with UNAVAILABLE, shuts the gRPC and admin servers, closes the etcd client, clears timers. */
+  close(): Promise<void>;
+}
+
+const registryServiceName = "leasehold.registry.v1.RegistryService";
+
+/** gRPC server options: keepalive toward callers, and a ping policy that lets callers ping every 5 s. */
+const serverOptions = {
+  "grpc.keepalive_time_ms": 30_000,
+  "grpc.keepalive_timeout_ms": 10_000,
+  "grpc.http2.min_ping_interval_without_data_ms": 5_000,
+};
+
+/**
+ * Starts the registry facade (DESIGN §3): `leasehold.registry.v1.RegistryService`,
+ * `grpc.health.v1.Health` (SERVING only while etcd answers; probed every second) and server
+ * reflection on `listen`, plus the admin HTTP server on `adminListen`. It first lists every
+ * instance from etcd and starts the one etcd watch that feeds GetService, ListServices and Watch.
+ *
+ * @throws RegistryError `invalid_argument` for bad options; the etcd error when etcd cannot be
+ * read at start (nothing is left running); the bind error when an address is taken.
+ */
+export async function startRegistry(options: RegistryOptions): Promise<RunningRegistry> {
+  const resolved = resolveRegistryOptions(options);
+  const { logger, metricsRegistry } = resolved;
+  const metrics = new RegistryMetrics(metricsRegistry);
+  const store = new EtcdStore({
+    endpoints: resolved.etcdEndpoints,
+    prefix: resolved.prefix,
+    requestTimeoutMs: resolved.etcdRequestTimeoutMs,
+    metrics,
+    logger,
+  });
+  const hub = new WatchHub({
+    historyMaxDeltas: resolved.historyMaxDeltas,
+    maxQueuedMessages: resolved.maxQueuedWatchMessages,
+    progressIntervalMs: resolved.progressIntervalMs,
+    listAt: (revision, service) => store.listAt(revision, service),
+    metrics,
+    logger,
+  });
+  const health = new HealthImplementation({ "": "NOT_SERVING", [registryServiceName]: "NOT_SERVING" });
+  const readiness = new EtcdReadiness({
+    probe: () => store.probe(resolved.probeTimeoutMs),
+    intervalMs: resolved.probeIntervalMs,
+    changed: (isReady) => {
+      const status = isReady ? "SERVING" : "NOT_SERVING";
+      health.setStatus("", status);
+      health.setStatus(registryServiceName, status);
+      logger.info({ etcd: status }, "etcd readiness changed");
+    },
+  });
+  const api = createRegistryService({ store, hub, metrics, logger });
+  const server = new Server(serverOptions);
+  let admin: AdminServer | undefined;
+  let watch: ServicesWatch | undefined;
+  let isStarted = false;
+
+  let closing: Promise<void> | undefined;
+  const close = (): Promise<void> =>
+    (closing ??= (async () => {
+      readiness.close();
+      hub.close();
+      api.endStreams();
+      if (isStarted) await shutdownServer(server, resolved.shutdownGraceMs);
+      else server.forceShutdown();
+      await admin?.close();
+      await watch?.close();
+      store.close();
+      logger.info("registry closed");
+    })());
+
+  try {
+    watch = await store.watchServices(hub);
+    hub.start();
+    await readiness.start();
+    server.addService(
+      RegistryServiceService,
+      instrumentService(RegistryServiceService, api.implementation, metricsRegistry),
+    );
+    health.addToServer(server);
+    new ReflectionService(loadReflectedProtos()).addToServer(server);
+    const port = await new Promise<number>((resolve, reject) =>
+      server.bindAsync(
+        `${resolved.listen.host}:${resolved.listen.port}`,
+        ServerCredentials.createInsecure(),
+        (error, bound) => (error === null ? resolve(bound) : reject(error)),
+      ),
+    );
+    isStarted = true;
+    const address = `${resolved.listen.host}:${port}`;
+    if (resolved.adminListen !== undefined) {
+      admin = await startAdminServer(resolved.adminListen, {
+        metricsRegistry,
+        isReady: () => readiness.isReady,
+        instances: () => hub.instances(),
+      });
+    }
+    logger.info(
+      { address, adminAddress: admin?.address, revision: String(hub.revision) },
+      "registry started",
+    );
+    return { address, adminAddress: admin?.address, close };
+  } catch (error) {
+    await close();
+    throw error;
+  }
+}
+
+/** Lets calls finish for `graceMs`, then cuts the rest (e.g. health Watch streams). */
+async function shutdownServer(server: Server, graceMs: number): Promise<void> {
+  await new Promise<void>((resolve) => {
+    const force = setTimeout(() => server.forceShutdown(), graceMs).unref();
+    server.tryShutdown(() => {
+      clearTimeout(force);
+      resolve();
+    });
+  });
+}
+
+/** The protos served by reflection (registry and health), resolved next to this module (works from any cwd). */
+function loadReflectedProtos(): ReturnType<typeof loadSync> {
+  const registryRoot = fileURLToPath(new URL("../proto/", import.meta.url));
+  const healthRoot = dirname(dirname(dirname(healthProtoPath))); // .../proto of health/v1/health.proto
+  return loadSync(["leasehold/registry/v1/registry.proto", "health/v1/health.proto"], {
+    includeDirs: [registryRoot, healthRoot],
+  });
+}

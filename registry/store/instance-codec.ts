@@ -1,0 +1,105 @@
+import {
+  InstanceStatus,
+  type Instance,
+  type InstanceKey,
+} from "../../proto/gen/leasehold/registry/v1/registry.js";
+
+/** Keys of one registry namespace: `${prefix}v1/services/{service}/{instance_id}` (DESIGN §2). */
+export class InstanceKeys {
+  /** Every instance key starts with this, e.g. `/leasehold/v1/services/`. */
+  readonly servicesPrefix: string;
+
+  constructor(prefix: string) {
+    this.servicesPrefix = `${prefix}v1/services/`;
+  }
+
+  /** Prefix of the keys of one service, e.g. `/leasehold/v1/services/echo/`. */
+  servicePrefix(service: string): string {
+    return `${this.servicesPrefix}${service}/`;
+  }
+
+  key(service: string, instanceId: string): string {
+    return `${this.servicesPrefix}${service}/${instanceId}`;
+  }
+
+  /** The instance a key names, or `undefined` for a key that is not an instance key. */
+  parse(key: string): InstanceKey | undefined {
+    if (!key.startsWith(this.servicesPrefix)) return undefined;
+    const parts = key.slice(this.servicesPrefix.length).split("/");
+    const [service, instanceId] = parts;
+    if (parts.length !== 2 || !service || !instanceId) return undefined;
+    return { service, instanceId };
+  }
+}
+
+/** The JSON value stored under an instance key, as `etcdctl get` shows it (DESIGN §2). */
+interface StoredInstance {
+  service: string;
+  instance_id: string;
+  address: string;
+  weight: number;
+  zone: string;
+  metadata: Record<string, string>;
+  status: "SERVING" | "DRAINING";
+  registered_at: string;
+  metrics_address: string;
+}
+
+/** Encodes an instance as its etcd value; `revision` is not stored (it is the key's mod revision). */
+export function encodeInstance(instance: Instance): string {
+  const stored: StoredInstance = {
+    service: instance.service,
+    instance_id: instance.instanceId,
+    address: instance.address,
+    weight: instance.weight,
+    zone: instance.zone,
+    metadata: instance.metadata,
+    status: instance.status === InstanceStatus.INSTANCE_STATUS_DRAINING ? "DRAINING" : "SERVING",
+    registered_at: instance.registeredAt,
+    metrics_address: instance.metricsAddress,
+  };
+  return JSON.stringify(stored);
+}
+
+/**
+ * Decodes an etcd value written by {@link encodeInstance}. Returns `undefined` for a value that is
+ * not a well-formed instance of the key it is stored under (someone else wrote it).
+ */
+export function decodeInstance(key: InstanceKey, value: string, modRevision: string): Instance | undefined {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(value);
+  } catch {
+    return undefined;
+  }
+  if (typeof parsed !== "object" || parsed === null) return undefined;
+  const stored = parsed as Partial<Record<keyof StoredInstance, unknown>>;
+  if (stored.service !== key.service || stored.instance_id !== key.instanceId) return undefined;
+  if (typeof stored.address !== "string" || !Number.isInteger(stored.weight)) return undefined;
+  if (stored.status !== "SERVING" && stored.status !== "DRAINING") return undefined;
+  const metadata = isStringRecord(stored.metadata) ? stored.metadata : {};
+  return {
+    service: key.service,
+    instanceId: key.instanceId,
+    address: stored.address,
+    weight: stored.weight as number,
+    zone: typeof stored.zone === "string" ? stored.zone : "",
+    metadata,
+    status:
+      stored.status === "DRAINING"
+        ? InstanceStatus.INSTANCE_STATUS_DRAINING
+        : InstanceStatus.INSTANCE_STATUS_SERVING,
+    registeredAt: typeof stored.registered_at === "string" ? stored.registered_at : "",
+    metricsAddress: typeof stored.metrics_address === "string" ? stored.metrics_address : "",
+    revision: modRevision,
+  };
+}
+
+function isStringRecord(value: unknown): value is Record<string, string> {
+  return (
+    typeof value === "object" &&
+    value !== null &&
+    !Array.isArray(value) &&
+    Object.values(value).every((entry) => typeof entry === "string")
+  );
+}

@@ -1,0 +1,83 @@
+import type { IDuplexStream, ILeaseKeepAliveRequest, ILeaseKeepAliveResponse, LeaseClient } from "etcd3";
+import { RegistryError } from "../registry-error.js";
+import type { RegistryMetrics } from "../registry-metrics.js";
+import { fromEtcdError } from "./etcd-errors.js";
+
+interface PendingRenewal {
+  resolve(ttlSeconds: number): void;
+  reject(error: RegistryError): void;
+  stopTimer(): void;
+}
+
+/**
+ * One etcd `LeaseKeepAlive` stream that renews arbitrary lease ids, for one caller's KeepAlive
+ * stream. etcd answers a stream's requests in order, so answers are matched first in, first out.
+ * Once the etcd stream fails every pending and later renewal rejects with `unavailable`; the
+ * caller opens a new one.
+ */
+export class LeaseKeepAlive {
+  readonly #leaseClient: LeaseClient;
+  readonly #metrics: RegistryMetrics;
+  readonly #pending: PendingRenewal[] = [];
+  #stream: Promise<IDuplexStream<ILeaseKeepAliveRequest, ILeaseKeepAliveResponse>> | undefined;
+  #failure: RegistryError | undefined;
+
+  constructor(leaseClient: LeaseClient, metrics: RegistryMetrics) {
+    this.#leaseClient = leaseClient;
+    this.#metrics = metrics;
+  }
+
+  /**
+   * Renews `leaseId` (decimal) once.
+   * @returns the remaining TTL in seconds as etcd reports it; `0` when the lease no longer exists.
+   * @throws RegistryError `unavailable` when the etcd stream failed or was closed.
+   */
+  renew(leaseId: string): Promise<number> {
+    if (this.#failure !== undefined) return Promise.reject(this.#failure);
+    const stream = (this.#stream ??= this.#open());
+    return new Promise<number>((resolve, reject) => {
+      const stopTimer = this.#metrics.etcdRequestDuration.startTimer({ op: "keepalive" });
+      this.#pending.push({ resolve, reject, stopTimer });
+      stream.then(
+        (opened) => opened.write({ ID: leaseId }),
+        () => undefined, // #open already failed every pending renewal
+      );
+    });
+  }
+
+  /** Ends the etcd stream; pending renewals reject with `unavailable`. Idempotent. */
+  close(): void {
+    if (this.#failure !== undefined) return;
+    this.#fail(new RegistryError("unavailable", "keepalive stream closed"));
+    void this.#stream?.then(
+      (opened) => opened.end(),
+      () => undefined, // never opened: nothing to end
+    );
+  }
+
+  async #open(): Promise<IDuplexStream<ILeaseKeepAliveRequest, ILeaseKeepAliveResponse>> {
+    try {
+      const stream = await this.#leaseClient.leaseKeepAlive();
+      stream
+        .on("data", (response) => {
+          const renewal = this.#pending.shift();
+          renewal?.stopTimer();
+          renewal?.resolve(Math.max(0, Number(response.TTL)));
+        })
+        .on("error", (error) => this.#fail(fromEtcdError(error)))
+        .on("end", () => this.#fail(new RegistryError("unavailable", "etcd ended the keepalive stream")));
+      return stream;
+    } catch (error) {
+      this.#fail(fromEtcdError(error));
+      throw error;
+    }
+  }
+
+  #fail(error: RegistryError): void {
+    this.#failure ??= error;
+    for (const renewal of this.#pending.splice(0)) {
+      renewal.stopTimer();
+      renewal.reject(this.#failure);
+    }
+  }
+}

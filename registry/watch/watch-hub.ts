@@ -1,0 +1,237 @@
+import type { Logger } from "pino";
+import {
+  InstanceStatus,
+  type Delta,
+  type Instance,
+  type InstanceKey,
+  type ServiceSummary,
+} from "../../proto/gen/leasehold/registry/v1/registry.js";
+import { RegistryError } from "../registry-error.js";
+import type { RegistryMetrics } from "../registry-metrics.js";
+import type { ServicesWatchListener } from "../store/services-watch.js";
+import { WatchSubscription, type WatchSink } from "./watch-subscription.js";
+
+/** Resolved options of {@link WatchHub}. */
+export interface WatchHubOptions {
+  /** Deltas kept for resumes (`start_revision`); older resumes are answered from etcd. */
+  readonly historyMaxDeltas: number;
+  /** Messages a stream may have waiting before it is ended with `RESOURCE_EXHAUSTED`. */
+  readonly maxQueuedMessages: number;
+  /** Interval of `progress` messages, in milliseconds. */
+  readonly progressIntervalMs: number;
+  /** Reads the instances of a service (or all) at a past revision; `undefined` when compacted. */
+  readonly listAt: (
+    revision: bigint,
+    service: string | undefined,
+  ) => Promise<readonly Instance[] | undefined>;
+  readonly metrics: RegistryMetrics;
+  readonly logger: Logger;
+}
+
+/**
+ * The watch-fed cache and fan-out: fed by the ONE etcd watch ({@link ServicesWatchListener}), it
+ * serves GetService/ListServices, and streams a snapshot then every delta, in revision order, to
+ * every subscribed Watch stream.
+ *
+ * Resume (`start_revision` = R > 0): etcd is asked for the membership at R first; if R was
+ * compacted the stream starts with a `reset` snapshot. Otherwise deltas after R are replayed from
+ * the bounded history, or — when R is older than the history (e.g. after this replica started) —
+ * answered with one catch-up delta at the current revision that takes R's membership to the
+ * current one (intermediate revisions folded, as compaction would). Never a silent gap.
+ */
+export class WatchHub implements ServicesWatchListener {
+  readonly #options: WatchHubOptions;
+  /** service → instance id → instance */
+  readonly #services = new Map<string, Map<string, Instance>>();
+  readonly #subscriptions = new Set<WatchSubscription>();
+  /** Every delta after `#historyFloor` up to `#revision`, oldest first. */
+  readonly #history: Delta[] = [];
+  #historyFloor = 0n;
+  #revision = 0n;
+  #isSynced = false;
+  #isClosed = false;
+  #progressTimer: NodeJS.Timeout | undefined;
+
+  constructor(options: WatchHubOptions) {
+    this.#options = options;
+  }
+
+  /** Revision the cache is at (decimal-safe bigint); 0 before the first sync. */
+  get revision(): bigint {
+    return this.#revision;
+  }
+
+  /** Starts the `progress` timer (unref'd). */
+  start(): void {
+    this.#progressTimer ??= setInterval(() => {
+      for (const subscription of this.#subscriptions) subscription.progress(this.#revision);
+    }, this.#options.progressIntervalMs).unref();
+  }
+
+  /** Ends every Watch stream with `UNAVAILABLE` and stops the timer. Idempotent. */
+  close(): void {
+    this.#isClosed = true;
+    clearInterval(this.#progressTimer);
+    for (const subscription of [...this.#subscriptions]) {
+      subscription.close(new RegistryError("unavailable", "registry is shutting down; reconnect and resume"));
+    }
+  }
+
+  /** Instances of `service` (or of every service), sorted by service then instance id. */
+  instances(service?: string): Instance[] {
+    const services = service === undefined ? [...this.#services.keys()].sort() : [service];
+    return services.flatMap((name) =>
+      [...(this.#services.get(name)?.values() ?? [])].sort((a, b) => compare(a.instanceId, b.instanceId)),
+    );
+  }
+
+  /** Every service with its instance counts, sorted by name. */
+  summaries(): ServiceSummary[] {
+    return [...this.#services.entries()]
+      .sort(([a], [b]) => compare(a, b))
+      .map(([service, instances]) => {
+        let draining = 0;
+        for (const instance of instances.values()) {
+          if (instance.status === InstanceStatus.INSTANCE_STATUS_DRAINING) draining += 1;
+        }
+        return { service, instances: instances.size, serving: instances.size - draining, draining };
+      });
+  }
+
+  /**
+   * Subscribes a Watch stream: a snapshot (`startRevision` 0) or a resume, then live deltas and
+   * progress until `signal` aborts (the caller cancelled), the hub closes, or the stream falls
+   * too far behind.
+   * @throws RegistryError `out_of_range` (revision ahead of etcd), `unavailable` (etcd unreachable
+   * for a resume, or the hub closed).
+   */
+  async subscribe(
+    sink: WatchSink,
+    request: { service: string | undefined; startRevision: bigint },
+    signal: AbortSignal,
+  ): Promise<void> {
+    const { service, startRevision } = request;
+    const past = startRevision === 0n ? undefined : await this.#options.listAt(startRevision, service);
+    if (signal.aborted) return;
+    if (this.#isClosed || !this.#isSynced)
+      throw new RegistryError("unavailable", "registry is not serving watches");
+    const subscription = new WatchSubscription({
+      sink,
+      service,
+      revision: startRevision === 0n || past === undefined ? this.#revision : startRevision,
+      maxQueuedMessages: this.#options.maxQueuedMessages,
+      closed: (closed) => this.#unsubscribe(closed),
+    });
+    if (startRevision === 0n || past === undefined) {
+      const reset = startRevision !== 0n;
+      if (reset)
+        this.#options.logger.info({ startRevision: String(startRevision) }, "resume revision compacted");
+      subscription.send({
+        event: {
+          $case: "snapshot",
+          value: { instances: this.instances(service), revision: String(this.#revision), reset },
+        },
+      });
+    } else if (startRevision >= this.#historyFloor) {
+      for (const delta of this.#history) subscription.deliver(delta);
+    } else {
+      const catchUp = this.#diff(past, service);
+      if (catchUp !== undefined) subscription.deliver(catchUp);
+    }
+    this.#subscriptions.add(subscription);
+    this.#options.metrics.watchStreams.set(this.#subscriptions.size);
+    signal.addEventListener("abort", () => subscription.close(), { once: true });
+  }
+
+  /** @internal ServicesWatchListener: full membership (first sync, or re-list after a watch failure). */
+  synced(instances: readonly Instance[], revision: bigint): void {
+    if (!this.#isSynced) {
+      this.#isSynced = true;
+      for (const instance of instances) this.#put(instance);
+      for (const service of this.#services.keys()) this.#countInstances(service);
+      this.#revision = revision;
+      this.#historyFloor = revision;
+      return;
+    }
+    const byKey = new Map(instances.map((instance) => [keyOf(instance), instance]));
+    const upserted = instances.filter(
+      (instance) =>
+        this.#services.get(instance.service)?.get(instance.instanceId)?.revision !== instance.revision,
+    );
+    const removed: InstanceKey[] = this.instances()
+      .filter((instance) => !byKey.has(keyOf(instance)))
+      .map(({ service, instanceId }) => ({ service, instanceId }));
+    if (upserted.length > 0 || removed.length > 0) {
+      this.changed({ upserted, removed, revision: String(revision) });
+    } else {
+      this.progressed(revision);
+    }
+  }
+
+  /** @internal ServicesWatchListener: every change of one revision, in revision order. */
+  changed(delta: Delta): void {
+    const touched = new Set<string>();
+    for (const key of delta.removed) {
+      this.#services.get(key.service)?.delete(key.instanceId);
+      touched.add(key.service);
+    }
+    for (const instance of delta.upserted) {
+      this.#put(instance);
+      touched.add(instance.service);
+    }
+    for (const service of touched) this.#countInstances(service);
+    this.#revision = BigInt(delta.revision);
+    this.#history.push(delta);
+    if (this.#history.length > this.#options.historyMaxDeltas) {
+      const dropped = this.#history.shift();
+      if (dropped !== undefined) this.#historyFloor = BigInt(dropped.revision);
+    }
+    for (const subscription of this.#subscriptions) subscription.deliver(delta);
+  }
+
+  /** @internal ServicesWatchListener: nothing changed up to `revision`. */
+  progressed(revision: bigint): void {
+    if (revision > this.#revision) this.#revision = revision;
+  }
+
+  #put(instance: Instance): void {
+    let instances = this.#services.get(instance.service);
+    if (instances === undefined)
+      this.#services.set(instance.service, (instances = new Map<string, Instance>()));
+    instances.set(instance.instanceId, instance);
+  }
+
+  #countInstances(service: string): void {
+    const count = this.#services.get(service)?.size ?? 0;
+    if (count === 0) this.#services.delete(service);
+    this.#options.metrics.setInstances(service, count);
+  }
+
+  /** One delta at the current revision taking `past` (a membership read from etcd) to the cache's. */
+  #diff(past: readonly Instance[], service: string | undefined): Delta | undefined {
+    const pastByKey = new Map(past.map((instance) => [keyOf(instance), instance]));
+    const current = this.instances(service);
+    const currentKeys = new Set(current.map(keyOf));
+    const delta: Delta = {
+      upserted: current.filter((instance) => pastByKey.get(keyOf(instance))?.revision !== instance.revision),
+      removed: past
+        .filter((instance) => !currentKeys.has(keyOf(instance)))
+        .map(({ service: name, instanceId }) => ({ service: name, instanceId })),
+      revision: String(this.#revision),
+    };
+    return delta.upserted.length > 0 || delta.removed.length > 0 ? delta : undefined;
+  }
+
+  #unsubscribe(subscription: WatchSubscription): void {
+    this.#subscriptions.delete(subscription);
+    this.#options.metrics.watchStreams.set(this.#subscriptions.size);
+  }
+}
+
+function keyOf(instance: InstanceKey): string {
+  return `${instance.service}/${instance.instanceId}`;
+}
+
+function compare(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}

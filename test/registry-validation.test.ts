@@ -1,0 +1,177 @@
+import { status } from "@grpc/grpc-js";
+import test from "ava";
+import { InstanceStatus, type RegisterRequest } from "../proto/gen/leasehold/registry/v1/registry.js";
+import {
+  isHostPort,
+  validateDeregister,
+  validateLeaseId,
+  validateRegister,
+  validateUpdate,
+  validateWatch,
+  type Validated,
+} from "../registry/api/validation.js";
+import { failure, registration, rpc, startRegistryFixture } from "./helpers/registry-fixture.js";
+
+const base = registration({ service: "calc", instanceId: "calc-1" });
+const at = "2026-01-01T00:00:00.000Z";
+
+/** Every request of DESIGN §2 that must be refused, with the field its message must name. */
+const invalidRegistrations: [string, Partial<RegisterRequest>, RegExp][] = [
+  ["service with bad characters", { service: "Bad_Name!" }, /^service: must be a DNS-1123 label/],
+  ["service of 64 characters", { service: "a".repeat(64) }, /^service:/],
+  ["service starting with '-'", { service: "-calc" }, /^service:/],
+  ["empty service", { service: "" }, /^service: required/],
+  ["instance_id with a space", { instanceId: "bad id" }, /^instance_id:/],
+  ["instance_id with a slash", { instanceId: "a/b" }, /^instance_id:/],
+  ["instance_id of 129 characters", { instanceId: "i".repeat(129) }, /^instance_id:/],
+  ["empty instance_id", { instanceId: "" }, /^instance_id: required/],
+  ["empty address", { address: "" }, /^address: required/],
+  ["address without port", { address: "10.0.0.1" }, /^address: must be host:port/],
+  ["address with port 0", { address: "10.0.0.1:0" }, /^address:/],
+  ["address with port 65536", { address: "10.0.0.1:65536" }, /^address:/],
+  ["address without host", { address: ":8080" }, /^address:/],
+  ["address with a space", { address: "a b:80" }, /^address:/],
+  ["bad metrics_address", { metricsAddress: "metrics" }, /^metrics_address:/],
+  ["weight -1", { weight: -1 }, /^weight: must be an integer from 0 to 10000, got -1/],
+  ["weight 10001", { weight: 10_001 }, /^weight:.*got 10001/],
+  ["ttl 301", { ttlSeconds: "301" }, /^ttl_seconds:.*got 301/],
+  ["negative ttl", { ttlSeconds: "-5" }, /^ttl_seconds:.*got -5/],
+  [
+    "33 metadata keys",
+    { metadata: Object.fromEntries(Array.from({ length: 33 }, (_, i) => [`k${i}`, "v"])) },
+    /^metadata: at most 32 keys, got 33/,
+  ],
+  ["metadata over 4 KiB", { metadata: { big: "x".repeat(4094) } }, /^metadata:.*4096 bytes, got 4097/],
+  ["empty metadata key", { metadata: { "": "v" } }, /^metadata: keys must not be empty/],
+  ["unknown status", { status: 7 as InstanceStatus }, /^status:/],
+  ["zone too long", { zone: "z".repeat(64) }, /^zone:/],
+];
+
+function errorOf<T>(result: Validated<T>): string {
+  return result.ok ? "(valid)" : `${result.error.code}: ${result.error.message}`;
+}
+
+for (const [title, overrides, message] of invalidRegistrations) {
+  test(`validateRegister refuses ${title}`, (t) => {
+    const result = validateRegister({ ...base, ...overrides }, at);
+    t.false(result.ok);
+    if (!result.ok) {
+      t.is(result.error.code, "invalid_argument");
+      t.regex(result.error.message, message);
+    }
+  });
+}
+
+test("validateRegister applies the defaults: weight 1, TTL 10 s, SERVING", (t) => {
+  const result = validateRegister(
+    { ...base, weight: undefined, ttlSeconds: "0", status: InstanceStatus.INSTANCE_STATUS_UNSPECIFIED },
+    at,
+  );
+  t.like(result, {
+    ok: true,
+    value: {
+      ttlSeconds: 10,
+      instance: {
+        weight: 1,
+        status: InstanceStatus.INSTANCE_STATUS_SERVING,
+        registeredAt: at,
+        revision: "0",
+      },
+    },
+  });
+});
+
+test("validateRegister accepts the limits themselves", (t) => {
+  const limits: Partial<RegisterRequest>[] = [
+    { weight: 0 },
+    { weight: 10_000 },
+    { ttlSeconds: "300" },
+    { ttlSeconds: "1" }, // etcd raises TTLs below its minimum
+    { service: "a".repeat(63), instanceId: "I.d_-9".padEnd(128, "x") },
+    { metadata: Object.fromEntries(Array.from({ length: 32 }, (_, i) => [`k${i}`, "v"])) },
+    { metadata: { big: "x".repeat(4093) } },
+    { address: "[::1]:8080", metricsAddress: "svc.example.internal:9464" },
+    { status: InstanceStatus.INSTANCE_STATUS_DRAINING },
+  ];
+  for (const overrides of limits) t.is(errorOf(validateRegister({ ...base, ...overrides }, at)), "(valid)");
+});
+
+test("isHostPort accepts DNS names, IPv4 and bracketed IPv6 with ports 1-65535", (t) => {
+  for (const good of ["localhost:1", "10.0.0.1:65535", "[::1]:80", "[fe80::1%eth0]:80", "a-b.c:8080"]) {
+    t.true(isHostPort(good), good);
+  }
+  for (const bad of [
+    "localhost",
+    "::1:80",
+    "[::1]",
+    "host:-1",
+    "host:http",
+    "-host:80",
+    "ho st:80",
+    "h:123456",
+  ]) {
+    t.false(isHostPort(bad), bad);
+  }
+});
+
+test("fenced requests need a positive lease id, a valid name and valid fields", (t) => {
+  const fenced = { service: "calc", instanceId: "calc-1", leaseId: "7587869923457236737" };
+  t.like(validateDeregister(fenced), { ok: true, value: { leaseId: "7587869923457236737" } });
+  t.regex(errorOf(validateDeregister({ ...fenced, leaseId: "0" })), /lease_id: required/);
+  t.regex(errorOf(validateDeregister({ ...fenced, leaseId: "-3" })), /lease_id/);
+  t.regex(errorOf(validateDeregister({ ...fenced, service: "Bad_Name!" })), /^invalid_argument: service/);
+  t.regex(errorOf(validateUpdate({ ...fenced, weight: 10_001, metadata: undefined })), /weight/);
+  t.regex(
+    errorOf(
+      validateUpdate({ ...fenced, status: InstanceStatus.INSTANCE_STATUS_UNSPECIFIED, metadata: undefined }),
+    ),
+    /status/,
+  );
+  t.regex(
+    errorOf(
+      validateUpdate({
+        ...fenced,
+        metadata: { entries: Object.fromEntries(Array.from({ length: 33 }, (_, i) => [`k${i}`, ""])) },
+      }),
+    ),
+    /metadata.entries: at most 32 keys/,
+  );
+  t.like(validateUpdate({ ...fenced, zone: "", metadata: undefined }), {
+    ok: true,
+    value: { change: { zone: "" } },
+  });
+  t.regex(errorOf(validateLeaseId("abc")), /lease_id: must be a decimal integer/);
+  t.regex(errorOf(validateWatch({ service: "Nope!", startRevision: "0" })), /service/);
+  t.regex(errorOf(validateWatch({ service: "", startRevision: "-1" })), /start_revision/);
+  t.like(validateWatch({ service: "", startRevision: "12" }), {
+    ok: true,
+    value: { service: undefined, startRevision: 12n },
+  });
+});
+
+test("every invalid Register answers INVALID_ARGUMENT naming the field before etcd is touched; a refused duplicate leaves no lease", async (t) => {
+  const fixture = await startRegistryFixture();
+  t.teardown(() => fixture.close());
+  const { client, etcd3 } = fixture;
+  const revisionBefore = (await etcd3.get("/leasehold/").exec()).header.revision;
+  for (const [title, overrides, message] of invalidRegistrations) {
+    const error = await failure(rpc(client).register({ ...base, ...overrides }));
+    t.is(error.code, status.INVALID_ARGUMENT, title);
+    t.regex(error.details, message, title);
+  }
+  const fencedError = await failure(
+    rpc(client).updateInstance({ service: "calc", instanceId: "calc-1", leaseId: "0", metadata: undefined }),
+  );
+  t.is(fencedError.code, status.INVALID_ARGUMENT);
+  t.is((await etcd3.get("/leasehold/").exec()).header.revision, revisionBefore, "etcd revision unchanged");
+  t.deepEqual((await etcd3.leaseClient.leaseLeases()).leases, [], "no lease granted");
+
+  const held = await rpc(client).register(base);
+  const duplicate = await failure(rpc(client).register({ ...base, address: "10.0.0.2:80" }));
+  t.is(duplicate.code, status.ALREADY_EXISTS);
+  t.deepEqual(
+    (await etcd3.leaseClient.leaseLeases()).leases.map((lease) => lease.ID),
+    [held.leaseId],
+    "the lease granted for the refused duplicate was revoked",
+  );
+});
