@@ -136,7 +136,7 @@ export function callCommand(program: Command): void {
         let total = 0;
         let errors = 0;
         let lastResponse: unknown;
-        let lastError: unknown;
+        let lastError: Error | undefined;
         const isLive = !flags.json && process.stdout.isTTY;
         const progress = isLive
           ? setInterval(() => logUpdate(`${total} calls, ${errors} errors ...`), 250).unref()
@@ -148,7 +148,7 @@ export function callCommand(program: Command): void {
               lastResponse = await invoke(request);
             } catch (error) {
               errors += 1;
-              lastError = error;
+              lastError = error instanceof Error ? error : new Error(String(error));
             }
             total += 1;
           }
@@ -164,9 +164,7 @@ export function callCommand(program: Command): void {
             process.stdout.write(`${JSON.stringify(lastResponse)}\n`);
           process.stdout.write(`${renderSummary(summary)}\n`);
           if (lastError !== undefined) {
-            process.stdout.write(
-              `last error: ${lastError instanceof Error ? lastError.message : String(lastError)}\n`,
-            );
+            process.stdout.write(`last error: ${lastError.message}\n`);
           }
         }
         if (errors > 0) process.exitCode = 1;

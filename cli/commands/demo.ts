@@ -41,25 +41,25 @@ const INITIAL_INSTANCES = [
 interface Step {
   readonly at: number;
   readonly say: string;
-  readonly run: (demo: Demo) => Promise<void>;
+  readonly run: (demo: Demo) => Promise<void> | void;
 }
 const SCHEDULE: readonly Step[] = [
   { at: 0.15, say: "add calc-4 (weight 2)", run: (demo) => demo.startInstance("calculator", "calc-4", 2) },
   {
     at: 0.3,
     say: "calc-4 fails every call with UNAVAILABLE: its breaker opens, retries land elsewhere",
-    run: async (demo) => demo.toggleFailure("calc-4"),
+    run: (demo) => demo.toggleFailure("calc-4"),
   },
   {
     at: 0.45,
     say: `SIGKILL echo-2: it leaves when its lease expires (TTL ${TTL_SECONDS} s)`,
-    run: async (demo) => demo.signal("echo-2", "SIGKILL"),
+    run: (demo) => demo.signal("echo-2", "SIGKILL"),
   },
   { at: 0.6, say: "add echo-3", run: (demo) => demo.startInstance("echo", "echo-3", 1) },
   {
     at: 0.7,
     say: "SIGTERM calc-4: graceful drain, then deregister (gone at once)",
-    run: async (demo) => demo.signal("calc-4", "SIGTERM"),
+    run: (demo) => demo.signal("calc-4", "SIGTERM"),
   },
 ];
 

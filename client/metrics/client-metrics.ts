@@ -65,7 +65,8 @@ export class ClientMetrics {
     this.requestDuration.observe({ service, instance_id: instanceId, method }, seconds);
     const key = `${service}/${instanceId}`;
     let seen = this.#callLabels.get(key);
-    if (seen === undefined) this.#callLabels.set(key, (seen = new Map()));
+    if (seen === undefined)
+      this.#callLabels.set(key, (seen = new Map<string, { method: string; code: string }>()));
     seen.set(`${method} ${code}`, { method, code });
   }
 
