@@ -4,7 +4,7 @@ import { MembershipWatcher, type MembershipChange } from "../client/discovery/me
 import { ClientMetrics } from "../client/metrics/client-metrics.js";
 import { connectRegistry } from "../client/registry-connection.js";
 import { startRegistry } from "../registry/index.js";
-import { startCluster } from "./helpers/cluster.js";
+import { startFixtureFor } from "./helpers/registry-fixture.js";
 import { eventually } from "./helpers/eventually.js";
 
 const instance = (instanceId: string, weight = 1) => ({
@@ -29,7 +29,7 @@ async function register(
 }
 
 test("a watcher keeps its membership through a registry outage, flags it stale, and resumes without a gap", async (t) => {
-  const { etcd, registry, client } = await startCluster(t);
+  const { etcd, registry, client } = await startFixtureFor(t);
   const metricsRegistry = new Registry();
   const metrics = new ClientMetrics(metricsRegistry);
   const watcherClient = connectRegistry(registry.address);

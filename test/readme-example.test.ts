@@ -3,7 +3,7 @@ import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import test from "ava";
-import { startCluster } from "./helpers/cluster.js";
+import { startFixtureFor } from "./helpers/registry-fixture.js";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
 
@@ -15,7 +15,7 @@ test("the README's library example runs against a real registry", async (t) => {
   await mkdir(`${root}.tmp`, { recursive: true });
   const file = `${root}.tmp/readme-example.ts`;
   await writeFile(file, (code ?? "").replaceAll('"./proto/gen/', '"../proto/gen/'));
-  const { registry } = await startCluster(t);
+  const { registry } = await startFixtureFor(t);
   const { stdout } = await promisify(execFile)(process.execPath, ["--import=tsx", file], {
     env: { ...process.env, LEASEHOLD_REGISTRY: registry.address },
     timeout: 30_000,

@@ -3,11 +3,11 @@ import { Etcd3 } from "etcd3";
 import { MembershipWatcher, type MembershipChange } from "../client/discovery/membership-watcher.js";
 import { Registrar } from "../client/registration/registrar.js";
 import { InstanceStatus } from "../proto/gen/leasehold/registry/v1/registry.js";
-import { startCluster } from "./helpers/cluster.js";
+import { startFixtureFor } from "./helpers/registry-fixture.js";
 import { eventually } from "./helpers/eventually.js";
 
 test("a registrar registers, keeps its lease past the TTL, drains, and stop() removes it at once", async (t) => {
-  const { client } = await startCluster(t);
+  const { client } = await startFixtureFor(t);
   const watcher = new MembershipWatcher({ registry: client, service: "calculator" });
   t.teardown(async () => await watcher.close());
   watcher.start();
@@ -39,7 +39,7 @@ test("a registrar registers, keeps its lease past the TTL, drains, and stop() re
 });
 
 test("a registrar whose lease is revoked behind its back registers again within one TTL", async (t) => {
-  const { client, etcd } = await startCluster(t);
+  const { client, etcd } = await startFixtureFor(t);
   const registrar = new Registrar({
     registry: client,
     instance: { service: "echo", instanceId: "echo-1", address: "127.0.0.1:2" },
@@ -66,7 +66,7 @@ test("a registrar whose lease is revoked behind its back registers again within 
 });
 
 test("a registrar refused with INVALID_ARGUMENT rejects start() without retrying", async (t) => {
-  const { client } = await startCluster(t);
+  const { client } = await startFixtureFor(t);
   const registrar = new Registrar({
     registry: client,
     instance: { service: "Bad_Name!", instanceId: "x", address: "127.0.0.1:3" },

@@ -1,24 +1,9 @@
 import { credentials } from "@grpc/grpc-js";
-import anyTest, { type TestFn } from "ava";
 import { InstanceStatus, RegistryServiceClient } from "../proto/gen/leasehold/registry/v1/registry.js";
 import { startRegistry } from "../registry/index.js";
-import {
-  WatchRecorder,
-  registration,
-  startRegistryFixture,
-  rpc,
-  type RegistryFixture,
-} from "./helpers/registry-fixture.js";
+import { WatchRecorder, registration, testWithSharedFixture, rpc } from "./helpers/registry-fixture.js";
 
-const test = anyTest as TestFn<RegistryFixture>;
-
-test.before(async (t) => {
-  t.context = await startRegistryFixture();
-});
-
-test.after.always(async (t) => {
-  await t.context.close?.();
-});
+const test = testWithSharedFixture();
 
 test.serial(
   "a resume from a compacted revision starts with a reset snapshot equal to etcd's content",

@@ -1,5 +1,4 @@
 import { status } from "@grpc/grpc-js";
-import anyTest, { type TestFn } from "ava";
 import { InstanceStatus } from "../proto/gen/leasehold/registry/v1/registry.js";
 import { eventually } from "./helpers/eventually.js";
 import { KeepAliveSession } from "./helpers/keep-alive-session.js";
@@ -7,20 +6,11 @@ import {
   WatchRecorder,
   failure,
   registration,
-  startRegistryFixture,
+  testWithSharedFixture,
   rpc,
-  type RegistryFixture,
 } from "./helpers/registry-fixture.js";
 
-const test = anyTest as TestFn<RegistryFixture>;
-
-test.before(async (t) => {
-  t.context = await startRegistryFixture();
-});
-
-test.after.always(async (t) => {
-  await t.context.close?.();
-});
+const test = testWithSharedFixture();
 
 const key = (service: string, instanceId: string) => `/leasehold/v1/services/${service}/${instanceId}`;
 

@@ -1,23 +1,14 @@
-import anyTest, { type TestFn } from "ava";
 import { InstanceStatus, type Delta } from "../proto/gen/leasehold/registry/v1/registry.js";
 import { eventually } from "./helpers/eventually.js";
 import {
   WatchRecorder,
   registration,
-  startRegistryFixture,
+  testWithSharedFixture,
   rpc,
   type RegistryFixture,
 } from "./helpers/registry-fixture.js";
 
-const test = anyTest as TestFn<RegistryFixture>;
-
-test.before(async (t) => {
-  t.context = await startRegistryFixture();
-});
-
-test.after.always(async (t) => {
-  await t.context.close?.();
-});
+const test = testWithSharedFixture();
 
 /** Registers, updates and deregisters on `service`, returning the revision of every change in order. */
 async function churn(fixture: RegistryFixture, service: string, suffix: string): Promise<string[]> {

@@ -1,4 +1,5 @@
 import { credentials, type ClientReadableStream, type ServiceError } from "@grpc/grpc-js";
+import anyTest, { type ExecutionContext, type TestFn } from "ava";
 import { Etcd3 } from "etcd3";
 import { startLocalEtcd, type LocalEtcd } from "../../cli/local-etcd.js";
 import {
@@ -32,6 +33,28 @@ export interface RegistryFixture {
   readonly etcd3: Etcd3;
   /** Closes everything, in order. Idempotent. */
   close(): Promise<void>;
+}
+
+/** A fixture for one test, closed by its teardown. */
+export async function startFixtureFor(
+  t: ExecutionContext,
+  options: Partial<RegistryOptions> = {},
+): Promise<RegistryFixture> {
+  const fixture = await startRegistryFixture(options);
+  t.teardown(async () => await fixture.close());
+  return fixture;
+}
+
+/** ava's `test` with one fixture shared by the whole file (`t.context`), closed after all tests. */
+export function testWithSharedFixture(): TestFn<RegistryFixture> {
+  const test = anyTest as TestFn<RegistryFixture>;
+  test.before(async (t) => {
+    t.context = await startRegistryFixture();
+  });
+  test.after.always(async (t) => {
+    await t.context.close?.();
+  });
+  return test;
 }
 
 /** Starts a fixture; close it in `test.after.always` or `t.teardown`. */
