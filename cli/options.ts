@@ -1,5 +1,5 @@
 import { InvalidArgumentError } from "commander";
-import { splitHostPort } from "../services/service-host.js";
+import { splitHostPort } from "../client/server/http-endpoints.js";
 
 /** Commander parser for an integer in [min, max]; bad input is one clear line and exit status 2. */
 export function integerIn(min: number, max: number) {

@@ -6,7 +6,8 @@ import { dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { instrumentService } from "../client/server/grpc-server-metrics.js";
 import { RegistryServiceService } from "../proto/gen/leasehold/registry/v1/registry.js";
-import { startAdminServer, type AdminServer } from "./admin/admin-server.js";
+import type { HttpEndpoints } from "../client/server/http-endpoints.js";
+import { startAdminServer } from "./admin/admin-server.js";
 import { createRegistryService } from "./api/registry-service.js";
 import { EtcdReadiness } from "./readiness.js";
 import { RegistryMetrics } from "./registry-metrics.js";
@@ -78,7 +79,7 @@ export async function startRegistry(options: RegistryOptions): Promise<RunningRe
   });
   const api = createRegistryService({ store, hub, metrics, logger });
   const server = new Server(serverOptions);
-  let admin: AdminServer | undefined;
+  let admin: HttpEndpoints | undefined;
   let watch: ServicesWatch | undefined;
   let isStarted = false;
 

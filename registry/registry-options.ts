@@ -1,6 +1,7 @@
 import { pino, type Logger } from "pino";
 import { Registry } from "prom-client";
 import { RegistryError } from "./registry-error.js";
+import { splitHostPort, type HostPort } from "../client/server/http-endpoints.js";
 
 /** Options of {@link startRegistry}. */
 export interface RegistryOptions {
@@ -18,13 +19,6 @@ export interface RegistryOptions {
   logger?: Logger | undefined;
   /** prom-client registry to register metrics in; default a new one (never the global). */
   metricsRegistry?: Registry | undefined;
-}
-
-/** A host and port, e.g. from `127.0.0.1:0` or `[::]:7100`. */
-export interface HostPort {
-  /** As written, brackets kept for IPv6 (`[::]`). */
-  readonly host: string;
-  readonly port: number;
 }
 
 /** {@link RegistryOptions} validated, defaults applied, frozen. */
@@ -87,12 +81,11 @@ export function resolveRegistryOptions(options: RegistryOptions): ResolvedRegist
 }
 
 function parseListen(value: string, option: string): HostPort {
-  const match = /^(\[[0-9A-Fa-f:.]+\]|[^:[\]\s]+):(\d{1,5})$/.exec(value);
-  const port = Number(match?.[2]);
-  if (match === null || match[1] === undefined || port > 65_535) {
+  try {
+    return splitHostPort(value);
+  } catch {
     throw invalid(`${option} must be host:port (port 0 picks a free one), got ${JSON.stringify(value)}`);
   }
-  return { host: match[1], port };
 }
 
 function invalid(message: string): RegistryError {

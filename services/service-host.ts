@@ -1,7 +1,4 @@
 import { randomBytes } from "node:crypto";
-import { once } from "node:events";
-import { createServer, type Server as HttpServer } from "node:http";
-import type { AddressInfo } from "node:net";
 import { networkInterfaces } from "node:os";
 import {
   Server,
@@ -17,6 +14,7 @@ import { sleep } from "../client/backoff.js";
 import { connectRegistry } from "../client/registry-connection.js";
 import { Registrar } from "../client/registration/registrar.js";
 import { instrumentService } from "../client/server/grpc-server-metrics.js";
+import { metricsRoute, splitHostPort, startHttpEndpoints } from "../client/server/http-endpoints.js";
 import type { DemoService } from "./demo-service.js";
 
 /** Options of {@link startServiceInstance}. */
@@ -101,10 +99,12 @@ export async function startServiceInstance(
       error === null ? resolve(bound) : reject(error),
     ),
   );
-  const metricsServer = await serveMetrics(metrics, options.metricsListen ?? `${listen.host}:0`);
+  const metricsServer = await startHttpEndpoints(options.metricsListen ?? `${listen.host}:0`, {
+    "/metrics": metricsRoute(metrics),
+  });
   const advertiseHost = routableHost(listen.host);
   const address = options.advertise ?? `${advertiseHost}:${port}`;
-  const metricsAddress = `${advertiseHost}:${(metricsServer.address() as AddressInfo).port}`;
+  const metricsAddress = `${advertiseHost}:${splitHostPort(metricsServer.address).port}`;
 
   const registryClient = connectRegistry(options.registry);
   const registrar = new Registrar({
@@ -137,8 +137,7 @@ export async function startServiceInstance(
         resolve();
       });
     });
-    metricsServer.closeAllConnections();
-    await new Promise((resolve) => metricsServer.close(resolve));
+    await metricsServer.close();
     logger?.info("stopped");
   };
   try {
@@ -189,35 +188,6 @@ function withFaults(
     }) satisfies handleUnaryCall<unknown, unknown>;
   }
   return wrapped;
-}
-
-/** Serves `GET /metrics` from `metrics` on `listen` (`host:port`). */
-async function serveMetrics(metrics: Registry, listen: string): Promise<HttpServer> {
-  const { host, port } = splitHostPort(listen);
-  const server = createServer((request, response) => {
-    if (request.url !== "/metrics") {
-      response.writeHead(404).end("not found\n");
-      return;
-    }
-    metrics.metrics().then(
-      (text) => response.writeHead(200, { "content-type": metrics.contentType }).end(text),
-      (error: unknown) => response.writeHead(500).end(`${String(error)}\n`),
-    );
-  });
-  server.listen(port, host);
-  await once(server, "listening");
-  return server;
-}
-
-/**
- * Splits `host:port` (IPv6 as `[::1]:port`).
- * @throws RangeError naming the bad value.
- */
-export function splitHostPort(value: string): { host: string; port: number } {
-  const match = /^(\[[0-9a-fA-F:.]+\]|[^:[\]]+):(\d{1,5})$/.exec(value);
-  const port = Number(match?.[2]);
-  if (match === null || port > 65535) throw new RangeError(`"${value}" is not host:port`);
-  return { host: match[1] as string, port };
 }
 
 /** The host callers can dial: the listen host unless it is a wildcard, then the first external IPv4. */

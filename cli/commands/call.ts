@@ -1,5 +1,3 @@
-import { once } from "node:events";
-import { createServer } from "node:http";
 import Table from "cli-table3";
 import { type Command, InvalidArgumentError } from "commander";
 import logUpdate from "log-update";
@@ -9,7 +7,7 @@ import { isPolicyName, POLICY_NAMES, type PolicyName } from "../../client/balanc
 import { MembershipWatcher } from "../../client/discovery/membership-watcher.js";
 import { ClientMetrics } from "../../client/metrics/client-metrics.js";
 import { connectRegistry } from "../../client/registry-connection.js";
-import { splitHostPort } from "../../services/service-host.js";
+import { metricsRoute, startHttpEndpoints } from "../../client/server/http-endpoints.js";
 import { DEMO_SERVICES } from "../../services/index.js";
 import { createLogger } from "../logger.js";
 import { hostPort, hostPortList, integerIn, numberIn, REGISTRY_DEFAULT } from "../options.js";
@@ -110,17 +108,7 @@ export function callCommand(program: Command): void {
       const metricsServer =
         flags.metricsListen === undefined
           ? undefined
-          : createServer((_, response) => {
-              metricsRegistry.metrics().then(
-                (text) => response.writeHead(200, { "content-type": metricsRegistry.contentType }).end(text),
-                () => response.writeHead(500).end(),
-              );
-            });
-      if (metricsServer !== undefined && flags.metricsListen !== undefined) {
-        const { host, port } = splitHostPort(flags.metricsListen);
-        metricsServer.listen(port, host);
-        await once(metricsServer, "listening");
-      }
+          : await startHttpEndpoints(flags.metricsListen, { "/metrics": metricsRoute(metricsRegistry) });
       const stopping = new AbortController();
       const onSignal = (): void => stopping.abort();
       process.once("SIGINT", onSignal).once("SIGTERM", onSignal);
@@ -173,7 +161,7 @@ export function callCommand(program: Command): void {
         await client.close();
         await watcher.close();
         registry.close();
-        metricsServer?.close();
+        await metricsServer?.close();
       }
     });
 }

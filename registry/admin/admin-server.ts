@@ -1,8 +1,12 @@
-import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
-import type { AddressInfo } from "node:net";
 import type { Registry } from "prom-client";
+import {
+  metricsRoute,
+  startHttpEndpoints,
+  type HostPort,
+  type HttpAnswer,
+  type HttpEndpoints,
+} from "../../client/server/http-endpoints.js";
 import type { Instance } from "../../proto/gen/leasehold/registry/v1/registry.js";
-import type { HostPort } from "../registry-options.js";
 
 /** One target group of Prometheus HTTP service discovery. */
 export interface PrometheusTargetGroup {
@@ -39,78 +43,23 @@ export interface AdminSources {
   instances(): readonly Instance[];
 }
 
-/** A running admin HTTP server. */
-export interface AdminServer {
-  /** host:port it is bound to (real port). */
-  readonly address: string;
-  /** Stops listening and closes open connections. Idempotent. */
-  close(): Promise<void>;
-}
-
 /**
  * Serves `/metrics` (Prometheus text), `/healthz` (200 while the process runs), `/readyz` (200
  * while etcd answers, else 503) and `/sd/prometheus` (HTTP SD JSON) on `listen`.
  */
-export async function startAdminServer(listen: HostPort, sources: AdminSources): Promise<AdminServer> {
-  let address = "";
-  const server = createServer((request, response) => {
-    handle(request, response, sources, address).catch(() => {
-      if (!response.headersSent) response.writeHead(500);
-      response.end();
-    });
+export async function startAdminServer(listen: HostPort, sources: AdminSources): Promise<HttpEndpoints> {
+  let selfAddress = "";
+  const text = (status: number, body: string): HttpAnswer => ({ status, contentType: "text/plain", body });
+  const endpoints = await startHttpEndpoints(listen, {
+    "/metrics": metricsRoute(sources.metricsRegistry),
+    "/healthz": () => text(200, "ok\n"),
+    "/readyz": () => (sources.isReady() ? text(200, "ready\n") : text(503, "etcd unreachable\n")),
+    "/sd/prometheus": () => ({
+      status: 200,
+      contentType: "application/json",
+      body: JSON.stringify(prometheusTargets(sources.instances(), selfAddress)),
+    }),
   });
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(listen.port, listen.host.replace(/^\[(.*)\]$/, "$1"), () => {
-      server.off("error", reject);
-      resolve();
-    });
-  });
-  address = `${listen.host}:${(server.address() as AddressInfo).port}`;
-  let closing: Promise<void> | undefined;
-  return {
-    address,
-    close: () =>
-      (closing ??= new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        server.closeAllConnections();
-      })),
-  };
-}
-
-async function handle(
-  request: IncomingMessage,
-  response: ServerResponse,
-  sources: AdminSources,
-  selfAddress: string,
-): Promise<void> {
-  const path = new URL(request.url ?? "/", "http://admin").pathname;
-  if (request.method !== "GET" && request.method !== "HEAD") {
-    response.writeHead(405, { allow: "GET, HEAD" }).end();
-    return;
-  }
-  switch (path) {
-    case "/metrics": {
-      const body = await sources.metricsRegistry.metrics();
-      response.writeHead(200, { "content-type": sources.metricsRegistry.contentType }).end(body);
-      return;
-    }
-    case "/healthz":
-      response.writeHead(200, { "content-type": "text/plain" }).end("ok\n");
-      return;
-    case "/readyz": {
-      const isReady = sources.isReady();
-      response
-        .writeHead(isReady ? 200 : 503, { "content-type": "text/plain" })
-        .end(isReady ? "ready\n" : "etcd unreachable\n");
-      return;
-    }
-    case "/sd/prometheus":
-      response
-        .writeHead(200, { "content-type": "application/json" })
-        .end(JSON.stringify(prometheusTargets(sources.instances(), selfAddress)));
-      return;
-    default:
-      response.writeHead(404, { "content-type": "text/plain" }).end("not found\n");
-  }
+  selfAddress = endpoints.address;
+  return endpoints;
 }
