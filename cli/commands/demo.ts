@@ -325,11 +325,11 @@ class Demo {
     for (const { service, client } of this.#clients) {
       for (const stats of client.stats()) {
         this.#seen.set(`${service}/${stats.instanceId}`, { ...stats, service });
-        const previous = this.#breakers.get(stats.instanceId);
-        if (previous !== undefined && previous !== stats.breaker) {
+        const previous = this.#breakers.get(`${service}/${stats.instanceId}`) ?? "closed"; // every breaker starts closed
+        if (previous !== stats.breaker) {
           this.#say(`! breaker of ${service}/${stats.instanceId} ${stats.breaker}`);
         }
-        this.#breakers.set(stats.instanceId, stats.breaker);
+        this.#breakers.set(`${service}/${stats.instanceId}`, stats.breaker);
       }
     }
     if (this.#isLive) logUpdate(this.#view());
