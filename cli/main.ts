@@ -1,3 +1,4 @@
+import { status } from "@grpc/grpc-js";
 import { Command, CommanderError } from "commander";
 import { callCommand } from "./commands/call.js";
 import { demoCommand } from "./commands/demo.js";
@@ -11,7 +12,6 @@ const program = new Command("leasehold")
     "Service registry on etcd leases with client-side load balancing for gRPC.\n" +
       "Flags fall back to env: LEASEHOLD_REGISTRY, LEASEHOLD_ETCD, LEASEHOLD_LOG_LEVEL.",
   )
-  .showHelpAfterError("(add --help for usage)")
   .exitOverride();
 registryCommand(program);
 serveCommand(program);
@@ -37,7 +37,7 @@ try {
 /** A gRPC INVALID_ARGUMENT / ALREADY_EXISTS from the registry is about what the user asked for. */
 function isRefusedInput(error: unknown): boolean {
   const code = (error as { code?: unknown } | null)?.code;
-  return code === 3 || code === 6;
+  return code === status.INVALID_ARGUMENT || code === status.ALREADY_EXISTS;
 }
 
 function messageOf(error: unknown): string {

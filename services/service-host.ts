@@ -94,14 +94,21 @@ export async function startServiceInstance(
     },
   );
   server.addService(service.definition, instrumentService(service.definition, faulty, metrics));
-  const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(`${listen.host}:${listen.port}`, ServerCredentials.createInsecure(), (error, bound) =>
-      error === null ? resolve(bound) : reject(error),
-    ),
-  );
+  // Metrics first: a failed gRPC bind then only has an HTTP server to close, never a bound port.
   const metricsServer = await startHttpEndpoints(options.metricsListen ?? `${listen.host}:0`, {
     "/metrics": metricsRoute(metrics),
   });
+  let port: number;
+  try {
+    port = await new Promise<number>((resolve, reject) =>
+      server.bindAsync(`${listen.host}:${listen.port}`, ServerCredentials.createInsecure(), (error, bound) =>
+        error === null ? resolve(bound) : reject(error),
+      ),
+    );
+  } catch (error) {
+    await metricsServer.close();
+    throw error;
+  }
   const advertiseHost = routableHost(listen.host);
   const address = options.advertise ?? `${advertiseHost}:${port}`;
   const metricsAddress = `${advertiseHost}:${splitHostPort(metricsServer.address).port}`;

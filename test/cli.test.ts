@@ -1,3 +1,5 @@
+import { once } from "node:events";
+import { createServer, type AddressInfo } from "node:net";
 import test from "ava";
 import { freePort, startLocalEtcd } from "../cli/local-etcd.js";
 import { spawnCli } from "./helpers/cli.js";
@@ -114,13 +116,26 @@ test("bad input: one line on stderr and exit status 2, no stack trace", async (t
   for (const args of cases) {
     const run = spawnCli(t, args);
     t.is(await run.exited, 2, `leasehold ${args.join(" ")}`);
-    const lines = run.stderr
-      .trim()
-      .split("\n")
-      .filter((line) => !line.startsWith("(add --help"));
+    const lines = run.stderr.trim().split("\n");
     t.is(lines.length, 1, `one line for ${args.join(" ")}: ${run.stderr}`);
     t.notRegex(run.stderr, /\n\s+at /, "no stack trace");
   }
+});
+
+test("serve whose metrics port is taken says so and exits instead of hanging", async (t) => {
+  const taken = createServer().listen(0, "127.0.0.1");
+  await once(taken, "listening");
+  t.teardown(() => taken.close());
+  const port = (taken.address() as AddressInfo).port;
+  const serve = spawnCli(t, [
+    "serve",
+    "echo",
+    "--registry=127.0.0.1:1",
+    `--metrics-listen=127.0.0.1:${port}`,
+  ]);
+  t.is(await serve.exited, 1);
+  t.regex(serve.stderr, /EADDRINUSE/);
+  t.is(serve.stderr.trim().split("\n").length, 1);
 });
 
 test("--help explains every command", async (t) => {

@@ -1,3 +1,4 @@
+import { existsSync } from "node:fs";
 import test from "ava";
 import { spawnCli } from "./helpers/cli.js";
 
@@ -26,5 +27,9 @@ test.serial(
     const endpoint = /etcd (http:\/\/127\.0\.0\.1:\d+)/.exec(out)?.[1];
     t.truthy(endpoint);
     await t.throwsAsync(fetch(`${endpoint}/health`, { signal: AbortSignal.timeout(2000) }));
+    // And so is its temporary log folder.
+    const logDir = /process logs in (\S+)/.exec(out)?.[1];
+    t.truthy(logDir);
+    t.false(existsSync(logDir ?? ""), `${logDir} removed`);
   },
 );

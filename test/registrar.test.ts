@@ -1,7 +1,9 @@
 import test from "ava";
 import { Etcd3 } from "etcd3";
+import { freePort } from "../cli/local-etcd.js";
 import { MembershipWatcher, type MembershipChange } from "../client/discovery/membership-watcher.js";
 import { Registrar } from "../client/registration/registrar.js";
+import { connectRegistry } from "../client/registry-connection.js";
 import { InstanceStatus } from "../proto/gen/leasehold/registry/v1/registry.js";
 import { startFixtureFor } from "./helpers/registry-fixture.js";
 import { eventually } from "./helpers/eventually.js";
@@ -74,5 +76,20 @@ test("a registrar refused with INVALID_ARGUMENT rejects start() without retrying
   t.teardown(async () => await registrar.close());
   const error = await t.throwsAsync(registrar.start());
   t.is((error as { code?: number }).code, 3);
+  t.is(registrar.state, "idle");
+});
+
+test("stop() before the first successful Register settles start() instead of leaving it pending", async (t) => {
+  const port = await freePort(); // nothing listens there
+  const client = connectRegistry(`127.0.0.1:${port}`);
+  t.teardown(() => client.close());
+  const registrar = new Registrar({
+    registry: client,
+    instance: { service: "echo", instanceId: "echo-9", address: "127.0.0.1:9" },
+    callTimeoutMs: 200,
+  });
+  const starting = registrar.start();
+  await registrar.stop();
+  await t.throwsAsync(starting, { message: /stopped before it registered/ });
   t.is(registrar.state, "idle");
 });

@@ -129,6 +129,14 @@ export function callCommand(program: Command): void {
         const progress = isLive
           ? setInterval(() => logUpdate(`${total} calls, ${errors} errors ...`), 250).unref()
           : undefined;
+        // Keep the stats of instances that leave mid-run: subscribed before the client starts, this
+        // listener runs before the client drops a departed instance.
+        const seen = new Map<string, InstanceStats>();
+        const remember = (): void => {
+          for (const stats of client.stats()) seen.set(stats.instanceId, stats);
+        };
+        watcher.subscribe(remember);
+        client.start();
         const worker = async (): Promise<void> => {
           while (issued < count && Date.now() < until && !stopping.signal.aborted) {
             issued += 1;
@@ -144,7 +152,14 @@ export function callCommand(program: Command): void {
         await Promise.all(Array.from({ length: Math.min(flags.concurrency, count) }, worker));
         clearInterval(progress);
         if (isLive) logUpdate.clear();
-        const summary = summarize(serviceName, flags.policy, total, errors, client.stats());
+        remember();
+        const summary = summarize(
+          serviceName,
+          flags.policy,
+          total,
+          errors,
+          [...seen.values()].sort((a, b) => a.instanceId.localeCompare(b.instanceId)),
+        );
         if (flags.json) {
           process.stdout.write(`${JSON.stringify(summary)}\n`);
         } else {

@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { once } from "node:events";
-import { mkdtemp, open } from "node:fs/promises";
+import { mkdtemp, open, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
@@ -74,10 +74,12 @@ export function demoCommand(program: Command): void {
     .option("--etcd <url[,url]>", "use this etcd instead of starting one (env LEASEHOLD_ETCD)", urlList)
     .action(async (flags: { duration: number; etcd?: string[] }) => {
       const demo = new Demo(flags.duration * 1000, flags.etcd ?? envEtcd());
+      let hasFailed = true;
       try {
         await demo.run();
+        hasFailed = false;
       } finally {
-        await demo.close();
+        await demo.close({ keepLogs: hasFailed });
       }
     });
 }
@@ -144,7 +146,7 @@ class Demo {
 
     const [port, adminPort] = [await freePort(), await freePort()];
     this.#registryAddress = `127.0.0.1:${port}`;
-    const registry = this.#spawn("registry", [
+    const registry = await this.#spawn("registry", [
       "registry",
       `--listen=${this.#registryAddress}`,
       `--admin-listen=127.0.0.1:${adminPort}`,
@@ -154,7 +156,7 @@ class Demo {
     this.#say(
       `registry ${this.#registryAddress}, admin http://127.0.0.1:${adminPort}/metrics and /sd/prometheus`,
     );
-    this.#say(`process logs in ${this.#logDir}`);
+    this.#say(`process logs in ${this.#logDir} (removed at the end unless the demo fails)`);
     this.#header = `etcd ${endpoints.join(",")} · registry ${this.#registryAddress} · logs ${this.#logDir}`;
 
     this.#registry = connectRegistry(this.#registryAddress);
@@ -215,7 +217,7 @@ class Demo {
 
   /** Starts `leasehold serve` as a child process and waits until callers can see it. */
   async startInstance(service: string, id: string, weight: number): Promise<void> {
-    const child = this.#spawn(id, [
+    const child = await this.#spawn(id, [
       "serve",
       service,
       `--registry=${this.#registryAddress}`,
@@ -237,7 +239,7 @@ class Demo {
   }
 
   /** Stops the load, every child (SIGTERM, then SIGKILL after 5 s) and etcd. Idempotent. */
-  async close(): Promise<void> {
+  async close({ keepLogs }: { keepLogs: boolean }): Promise<void> {
     this.#stopping.abort();
     for (const { client, watcher } of this.#clients.splice(0)) {
       await client.close();
@@ -255,6 +257,9 @@ class Demo {
     await this.#etcd?.stop();
     if (children.length > 0)
       process.stdout.write(`stopped ${children.length} processes${this.#etcd ? " and etcd" : ""}\n`);
+    if (this.#logDir === "") return;
+    if (keepLogs) process.stderr.write(`leasehold demo: process logs kept in ${this.#logDir}\n`);
+    else await rm(this.#logDir, { recursive: true, force: true });
   }
 
   async #stopChild(child: Child): Promise<void> {
@@ -265,18 +270,14 @@ class Demo {
     clearTimeout(timer);
   }
 
-  #spawn(name: string, args: string[]): Child {
-    const log = join(this.#logDir, `${name}.log`);
+  async #spawn(name: string, args: string[]): Promise<Child> {
+    const logFile = await open(join(this.#logDir, `${name}.log`), "a");
     const child = spawn(process.execPath, [LEASEHOLD_BIN, ...args], {
-      stdio: ["pipe", "pipe", "pipe"],
+      stdio: ["pipe", "pipe", logFile.fd],
       env: { ...process.env, LEASEHOLD_LOG_LEVEL: process.env["LEASEHOLD_LOG_LEVEL"] ?? "info" },
     });
-    void open(log, "a").then((file) => {
-      const stream = file.createWriteStream();
-      child.stderr.pipe(stream);
-      child.stdout.pipe(stream);
-    });
-    child.stdin.on("error", () => undefined);
+    child.stdout?.pipe(logFile.createWriteStream()); // closes the file when the child's stdout ends
+    child.stdin?.on("error", () => undefined);
     const exited = once(child, "exit").catch(() => undefined);
     void exited.then(() => this.#children.get(name)?.process === child && this.#children.delete(name));
     this.#children.set(name, { name, process: child, exited });
@@ -292,6 +293,7 @@ class Demo {
     } finally {
       clearTimeout(timer);
       lines.close();
+      child.process.stdout?.resume(); // closing readline paused it; the log file still reads it
     }
   }
 

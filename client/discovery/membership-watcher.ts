@@ -64,6 +64,8 @@ export class MembershipWatcher implements MembershipSource {
   readonly #closing = new AbortController();
   #snapshot: MembershipSnapshot;
   #hasSnapshot = false;
+  /** Where a new stream resumes: the last revision applied, advanced by progress messages too. */
+  #resumeRevision = "0";
   #isConnected = false;
   #lastHeardAtMs = 0;
   #call: ClientReadableStream<WatchResponse> | undefined;
@@ -71,6 +73,7 @@ export class MembershipWatcher implements MembershipSource {
   #staleTimer: NodeJS.Timeout | undefined;
   readonly #ready: Promise<void>;
   #resolveReady: () => void = () => undefined;
+  #rejectReady: (error: Error) => void = () => undefined;
 
   constructor(options: MembershipWatcherOptions) {
     this.#options = {
@@ -83,7 +86,11 @@ export class MembershipWatcher implements MembershipSource {
     };
     this.#backoff = new Backoff(options.backoff);
     this.#snapshot = Object.freeze({ service: options.service, instances: [], revision: "0" });
-    this.#ready = new Promise((resolve) => (this.#resolveReady = resolve));
+    this.#ready = new Promise((resolve, reject) => {
+      this.#resolveReady = resolve;
+      this.#rejectReady = reject;
+    });
+    this.#ready.catch(() => undefined); // rejected by close(); only ready() callers care
   }
 
   /** Opens the stream. Idempotent. */
@@ -131,6 +138,7 @@ export class MembershipWatcher implements MembershipSource {
   /** Cancels the stream and clears timers; the last membership stays readable. Idempotent. */
   async close(): Promise<void> {
     this.#closing.abort();
+    this.#rejectReady(new Error("membership watcher closed"));
     clearInterval(this.#staleTimer);
     this.#call?.cancel();
     await this.#loop;
@@ -162,7 +170,7 @@ export class MembershipWatcher implements MembershipSource {
   async #streamOnce(): Promise<void> {
     const call = this.#options.registry.watch({
       service: this.#options.service,
-      startRevision: this.#hasSnapshot ? this.#snapshot.revision : "0",
+      startRevision: this.#hasSnapshot ? this.#resumeRevision : "0",
     });
     this.#call = call;
     let idleTimer: NodeJS.Timeout | undefined;
@@ -199,7 +207,15 @@ export class MembershipWatcher implements MembershipSource {
 
   #apply(message: WatchResponse): void {
     const event = message.event;
-    if (event === undefined || event.$case === "progress") return;
+    if (event === undefined) return;
+    if (event.$case === "progress") {
+      // A quiet service's resume point keeps up with etcd, so a reconnect after a compaction of
+      // other services' revisions resumes instead of needing a reset snapshot.
+      if (this.#hasSnapshot && BigInt(event.value.revision) > BigInt(this.#resumeRevision)) {
+        this.#resumeRevision = event.value.revision;
+      }
+      return;
+    }
     const changes: MembershipChange[] = [];
     if (event.$case === "snapshot") {
       const { instances, revision, reset } = event.value;
@@ -241,6 +257,7 @@ export class MembershipWatcher implements MembershipSource {
       (a, b) => a.service.localeCompare(b.service) || a.instanceId.localeCompare(b.instanceId),
     );
     this.#snapshot = Object.freeze({ service: this.#options.service, instances, revision });
+    this.#resumeRevision = revision;
     const firstSnapshot = !this.#hasSnapshot;
     this.#hasSnapshot = true;
     this.#exportMembership(changes, snapshotType);

@@ -106,7 +106,12 @@ export class Registrar {
       onRegistered: () => settle?.resolve(),
       onRefused: (error) => settle?.reject(error),
     });
-    await registered;
+    try {
+      await registered;
+    } catch (error) {
+      this.#loop = undefined;
+      throw error;
+    }
   }
 
   /** Marks the instance DRAINING: it stays listed but callers send it no new calls. */
@@ -167,6 +172,14 @@ export class Registrar {
     signal: AbortSignal,
     hooks: { onRegistered: () => void; onRefused: (error: unknown) => void },
   ): Promise<void> {
+    // stop() before the first Register succeeded: start() must not wait forever.
+    signal.addEventListener(
+      "abort",
+      () => hooks.onRefused(new Error("registrar stopped before it registered")),
+      {
+        once: true,
+      },
+    );
     while (!signal.aborted) {
       this.#state = "registering";
       try {

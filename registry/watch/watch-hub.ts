@@ -166,6 +166,10 @@ export class WatchHub implements ServicesWatchListener {
     } else {
       this.progressed(revision);
     }
+    // The folded delta is right for streams that followed this cache, not for a caller resuming from
+    // a revision it learned from another replica: older resumes must diff against etcd (listAt).
+    this.#history.length = 0;
+    this.#historyFloor = revision;
   }
 
   /** @internal ServicesWatchListener: every change of one revision, in revision order. */
