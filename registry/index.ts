@@ -7,6 +7,7 @@ import { fileURLToPath } from "node:url";
 import { instrumentService } from "../client/server/grpc-server-metrics.js";
 import { RegistryServiceService } from "../proto/gen/leasehold/registry/v1/registry.js";
 import type { HttpEndpoints } from "../client/server/http-endpoints.js";
+import { shutdownGrpcServer } from "../client/server/shutdown-grpc-server.js";
 import { startAdminServer } from "./admin/admin-server.js";
 import { createRegistryService } from "./api/registry-service.js";
 import { EtcdReadiness } from "./readiness.js";
@@ -89,7 +90,7 @@ export async function startRegistry(options: RegistryOptions): Promise<RunningRe
       readiness.close();
       hub.close();
       api.endStreams();
-      if (isStarted) await shutdownServer(server, resolved.shutdownGraceMs);
+      if (isStarted) await shutdownGrpcServer(server, resolved.shutdownGraceMs);
       else server.forceShutdown();
       await admin?.close();
       await watch?.close();
@@ -135,15 +136,6 @@ export async function startRegistry(options: RegistryOptions): Promise<RunningRe
 }
 
 /** Lets calls finish for `graceMs`, then cuts the rest (e.g. health Watch streams). */
-async function shutdownServer(server: Server, graceMs: number): Promise<void> {
-  await new Promise<void>((resolve) => {
-    const force = setTimeout(() => server.forceShutdown(), graceMs).unref();
-    server.tryShutdown(() => {
-      clearTimeout(force);
-      resolve();
-    });
-  });
-}
 
 /** The protos served by reflection (registry and health), resolved next to this module (works from any cwd). */
 function loadReflectedProtos(): ReturnType<typeof loadSync> {

@@ -15,6 +15,7 @@ import { connectRegistry } from "../client/registry-connection.js";
 import { Registrar } from "../client/registration/registrar.js";
 import { instrumentService } from "../client/server/grpc-server-metrics.js";
 import { metricsRoute, splitHostPort, startHttpEndpoints } from "../client/server/http-endpoints.js";
+import { shutdownGrpcServer } from "../client/server/shutdown-grpc-server.js";
 import type { DemoService } from "./demo-service.js";
 
 /** Options of {@link startServiceInstance}. */
@@ -137,13 +138,7 @@ export async function startServiceInstance(
     }
     await registrar.close();
     registryClient.close();
-    await new Promise<void>((resolve) => {
-      const force = setTimeout(() => server.forceShutdown(), 5000).unref();
-      server.tryShutdown(() => {
-        clearTimeout(force);
-        resolve();
-      });
-    });
+    await shutdownGrpcServer(server, 5000);
     await metricsServer.close();
     logger?.info("stopped");
   };

@@ -1,8 +1,5 @@
 import { Counter, Gauge, Histogram, type Registry } from "prom-client";
 
-/** Breaker state as exported: 0 closed, 1 half-open, 2 open (DESIGN §7). */
-export type BreakerStateValue = 0 | 1 | 2;
-
 /**
  * The caller-side metrics of DESIGN §7, registered in an injected registry (never the global one).
  * Labels are never named `instance` or `job`: Prometheus would rename them.

@@ -1,5 +1,6 @@
 import type { Etcd3, IWatchResponse, Watcher } from "etcd3";
 import type { Logger } from "pino";
+import { Backoff } from "../../client/backoff.js";
 import type { Delta, Instance } from "../../proto/gen/leasehold/registry/v1/registry.js";
 import { decodeInstance, type InstanceKeys } from "./instance-codec.js";
 
@@ -40,7 +41,11 @@ export class ServicesWatch {
   #watcher: Watcher | undefined;
   #revision = 0n;
   #retryTimer: NodeJS.Timeout | undefined;
-  #failures = 0;
+  readonly #relistBackoff = new Backoff({
+    initialDelayMs: RELIST_INITIAL_DELAY_MS,
+    multiplier: 2,
+    maxDelayMs: RELIST_MAX_DELAY_MS,
+  });
   #closed = false;
 
   constructor(options: {
@@ -75,7 +80,7 @@ export class ServicesWatch {
   async #sync(): Promise<void> {
     const list = await this.#list();
     if (this.#closed) return;
-    this.#failures = 0;
+    this.#relistBackoff.reset();
     this.#revision = list.revision;
     this.#listener.synced(list.instances, list.revision);
     const watcher = this.#client
@@ -99,14 +104,12 @@ export class ServicesWatch {
 
   #scheduleSync(): void {
     if (this.#closed) return;
-    const capMs = Math.min(RELIST_MAX_DELAY_MS, RELIST_INITIAL_DELAY_MS * 2 ** this.#failures);
-    this.#failures += 1;
     this.#retryTimer = setTimeout(() => {
       this.#sync().catch((error: unknown) => {
         this.#logger.warn({ err: error }, "etcd re-list failed; retrying");
         this.#scheduleSync();
       });
-    }, Math.random() * capMs);
+    }, this.#relistBackoff.next());
     this.#retryTimer.unref();
   }
 
