@@ -160,7 +160,7 @@ class Demo {
     this.#header = `etcd ${endpoints.join(",")} · registry ${this.#registryAddress} · logs ${this.#logDir}`;
 
     this.#registry = connectRegistry(this.#registryAddress);
-    const logger = createLogger("leasehold-demo", "warn");
+    const logger = createLogger("leasehold-demo", "error"); // the view reports breaker changes; warn lines would tear it;
     this.#allWatcher = new MembershipWatcher({ registry: this.#registry, service: "", logger });
     this.#allWatcher.subscribe((_, changes) => {
       for (const [type, instance, revision] of flattenChanges(changes)) {
