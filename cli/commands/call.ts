@@ -212,6 +212,11 @@ export function summarize(
   };
 }
 
+/** `calls` as a percentage of `total`, e.g. `33.3 %` ("-" before any call). */
+export function share(calls: number, total: number): string {
+  return total === 0 ? "-" : `${((100 * calls) / total).toFixed(1)} %`;
+}
+
 /** Colours only on a terminal, so piped output stays plain text. */
 export function tableStyle(): { head: string[]; border: string[] } | undefined {
   return process.stdout.isTTY ? undefined : { head: [], border: [] };
@@ -232,7 +237,7 @@ export function renderSummary(summary: CallSummary): string {
       instance.address,
       instance.weight,
       instance.calls,
-      calls === 0 ? "-" : `${((100 * instance.calls) / calls).toFixed(1)} %`,
+      share(instance.calls, calls),
       instance.errors,
       instance.p50_ms.toFixed(2),
       instance.p99_ms.toFixed(2),

@@ -22,7 +22,7 @@ import { DEMO_SERVICES } from "../../services/index.js";
 import { freePort, startLocalEtcd, type LocalEtcd } from "../local-etcd.js";
 import { createLogger } from "../logger.js";
 import { numberIn, urlList } from "../options.js";
-import { renderSummary, summarize } from "./call.js";
+import { renderSummary, share, summarize } from "./call.js";
 import { flattenChanges, statusName } from "./watch.js";
 
 const LEASEHOLD_BIN = fileURLToPath(new URL("../../leasehold.mjs", import.meta.url));
@@ -351,7 +351,7 @@ class Demo {
       const calls = stats.reduce((sum, s) => sum + s.calls, 0);
       const shares = stats.map(
         (s) =>
-          `${s.instanceId}(w${s.weight}${s.status === "DRAINING" ? ",draining" : ""}${s.breaker === "closed" ? "" : `,breaker ${s.breaker}`}) ${calls === 0 ? 0 : Math.round((100 * s.calls) / calls)}%`,
+          `${s.instanceId}(w${s.weight}${s.status === "DRAINING" ? ",draining" : ""}${s.breaker === "closed" ? "" : `,breaker ${s.breaker}`}) ${share(s.calls, calls)}`,
       );
       return `${service}: ${shares.join(" ")}`;
     });
@@ -390,7 +390,7 @@ class Demo {
           s.status,
           s.breaker,
           s.calls,
-          calls === 0 ? "-" : `${((100 * s.calls) / calls).toFixed(1)} %`,
+          share(s.calls, calls),
           s.errors,
           s.p99Ms.toFixed(2),
         ]);
