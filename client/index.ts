@@ -5,20 +5,45 @@
 export { Backoff, type BackoffOptions } from "./backoff.js";
 export {
   createBalancedClient,
+  LATENCY_SAMPLES,
   type BalancedCallOptions,
+  type BalancerChange,
   type BalancedClient,
   type BalancedClientOptions,
+  type BalancedMethod,
+  type BalancedMethods,
   type InstanceStats,
 } from "./balancing/balanced-client.js";
+export {
+  EXCLUDE_METADATA,
+  loadBalancerName,
+  LeaseholdLoadBalancer,
+} from "./balancing/leasehold-load-balancer.js";
 export { POLICY_NAMES, isPolicyName, type PolicyName } from "./balancing/policies.js";
-export type { BreakerOptions, BreakerState } from "./breaker/instance-breaker.js";
+export {
+  DEFAULT_BREAKER_OPTIONS,
+  type BreakerOptions,
+  type BreakerState,
+} from "./breaker/instance-breaker.js";
+export {
+  LEASEHOLD_SCHEME,
+  MEMBERSHIP_SOURCE_OPTION,
+  POLICY_OPTION,
+  LeaseholdResolver,
+} from "./discovery/leasehold-resolver.js";
+export {
+  registerLeasehold,
+  DEFAULT_RETRY_POLICY,
+  type LeaseholdOptions,
+  type RetryPolicy,
+} from "./leasehold.js";
 export {
   MembershipWatcher,
   type MembershipChange,
   type MembershipWatcherOptions,
 } from "./discovery/membership-watcher.js";
 export { staticMembership, type MembershipSnapshot, type MembershipSource } from "./discovery/membership.js";
-export { LeaseholdError, type LeaseholdErrorCode } from "./errors.js";
+export { LeaseholdError, type LeaseholdErrorCode, type StatusCodeName } from "./errors.js";
 export { ClientMetrics } from "./metrics/client-metrics.js";
 export {
   Registrar,
@@ -26,5 +51,11 @@ export {
   type RegistrarOptions,
   type RegistrarState,
 } from "./registration/registrar.js";
-export { connectRegistry } from "./registry-connection.js";
+export { connectRegistry, REGISTRY_CHANNEL_OPTIONS } from "./registry-connection.js";
+export {
+  Instance,
+  InstanceStatus,
+  RegistryServiceClient,
+  type InstanceKey,
+} from "../proto/gen/leasehold/registry/v1/registry.js";
 export { instrumentService } from "./server/grpc-server-metrics.js";

@@ -19,20 +19,26 @@ export const REGISTRY_CHANNEL_OPTIONS: ChannelOptions = Object.freeze({
  * @throws RangeError for an empty address, or several addresses that are not all IP literals.
  */
 export function connectRegistry(addresses: string, options: ChannelOptions = {}): RegistryServiceClient {
+  return new RegistryServiceClient(parseRegistryAddresses(addresses), credentials.createInsecure(), {
+    ...REGISTRY_CHANNEL_OPTIONS,
+    ...options,
+  });
+}
+
+/**
+ * The grpc-js target of registry address(es): one `host:port`, or several IP literals as an
+ * `ipv4:`/`ipv6:` target.
+ *
+ * @throws RangeError for an empty address, or several addresses that are not all IP literals.
+ */
+export function parseRegistryAddresses(addresses: string): string {
   const list = addresses
     .split(",")
     .map((address) => address.trim())
     .filter((address) => address !== "");
   if (list.length === 0) throw new RangeError("a registry address (host:port) is required");
-  let target = list[0] as string;
-  if (list.length > 1) {
-    if (list.every((address) => /^\d+\.\d+\.\d+\.\d+:\d+$/.test(address))) target = `ipv4:${list.join(",")}`;
-    else if (list.every((address) => /^\[[0-9a-fA-F:]+\]:\d+$/.test(address)))
-      target = `ipv6:${list.join(",")}`;
-    else throw new RangeError(`several registry addresses must all be IP:port literals, got "${addresses}"`);
-  }
-  return new RegistryServiceClient(target, credentials.createInsecure(), {
-    ...REGISTRY_CHANNEL_OPTIONS,
-    ...options,
-  });
+  if (list.length === 1) return list[0] as string;
+  if (list.every((address) => /^\d+\.\d+\.\d+\.\d+:\d+$/.test(address))) return `ipv4:${list.join(",")}`;
+  if (list.every((address) => /^\[[0-9a-fA-F:]+\]:\d+$/.test(address))) return `ipv6:${list.join(",")}`;
+  throw new RangeError(`several registry addresses must all be IP:port literals, got "${addresses}"`);
 }

@@ -106,6 +106,18 @@ function newClient(
   return { client, metrics, registry };
 }
 
+/** Starts connecting and waits until every listed instance's subchannel is READY. */
+async function connected(
+  client: BalancedClient<typeof EchoServiceService>,
+  instances: number,
+): Promise<void> {
+  client.start();
+  await eventually(
+    () => client.stats().length === instances && client.stats().every((s) => s.connectivity === "READY"),
+    { what: `${instances} instance(s) connected` },
+  );
+}
+
 async function requestCounts(metrics: ClientMetrics): Promise<Record<string, number>> {
   const result: Record<string, number> = {};
   for (const { labels, value } of (await metrics.requests.get()).values)
@@ -171,6 +183,7 @@ test("INVALID_ARGUMENT reaches the caller, is not retried and never trips the br
     membership: staticMembership("echo", [instanceOf(a), instanceOf(b)]),
     breaker: { volumeThreshold: 2 },
   });
+  await connected(client, 2);
   for (let i = 0; i < 20; i++) {
     const error = await rejection(client.methods.echo({ message: "invalid" }));
     t.is(error.code, "INVALID_ARGUMENT");
@@ -193,8 +206,12 @@ test("a breaker opens on an instance failing with UNAVAILABLE, which then gets n
     membership: staticMembership("echo", [instanceOf(a), instanceOf(b)]),
     breaker: { volumeThreshold: 3, resetTimeoutMs: 2000 },
   });
-  const changes: string[] = [];
-  client.onChange(() => changes.push(client.stats()[0]?.breaker ?? "?"));
+  await connected(client, 2);
+  const changes: string[] = ["closed"];
+  client.onChange(() => {
+    const state = client.stats()[0]?.breaker ?? "?";
+    if (state !== changes.at(-1)) changes.push(state);
+  });
   for (let i = 0; i < 6; i++) t.is((await client.methods.echo({ message: "x" })).instanceId, "b");
   t.is(client.stats()[0]?.breaker, "open");
   t.regex(await registry.getSingleMetricAsString("leasehold_client_breaker_state"), /instance_id="a"} 2/);
@@ -210,11 +227,7 @@ test("a breaker opens on an instance failing with UNAVAILABLE, which then gets n
   });
   t.is(client.stats()[0]?.breaker, "closed");
   t.regex(await registry.getSingleMetricAsString("leasehold_client_breaker_state"), /instance_id="a"} 0/);
-  t.deepEqual(
-    changes,
-    ["closed", "open", "half-open", "closed"],
-    "membership applied, then each breaker transition",
-  );
+  t.deepEqual(changes, ["closed", "open", "half-open", "closed"], "each breaker transition, in order");
 });
 
 test("weighted_round_robin over real servers with weights 1:2:3 gives exactly 100/200/300 of 600 calls", async (t) => {
@@ -224,6 +237,7 @@ test("weighted_round_robin over real servers with weights 1:2:3 gives exactly 10
     policy: "weighted_round_robin",
     membership: staticMembership("echo", [instanceOf(a, 1), instanceOf(b, 2), instanceOf(c, 3)]),
   });
+  await connected(client, 3);
   const tally: Record<string, number> = {};
   for (let batch = 0; batch < 12; batch++) {
     const answers = await Promise.all(
@@ -271,7 +285,7 @@ async function startProxy(
   return { address: `127.0.0.1:${address.port}`, openSockets: () => sockets.size };
 }
 
-test("an instance removed from membership has its channel closed and its metric series removed", async (t) => {
+test("an instance removed from membership gets no picks, its metric series are removed and its connection closes", async (t) => {
   const [a, b] = await Promise.all(["a", "b"].map((id) => startEchoServer(t, id)));
   if (a === undefined || b === undefined) throw new Error("servers");
   const proxyA = await startProxy(t, a.address);
@@ -280,6 +294,7 @@ test("an instance removed from membership has its channel closed and its metric 
     instanceOf(b),
   ]);
   const { client, registry } = newClient(t, { membership });
+  await connected(client, 2);
   for (let i = 0; i < 4; i++) await client.methods.echo({ message: "x" });
   t.is(a.calls, 2);
   t.is(proxyA.openSockets(), 1);
@@ -287,17 +302,20 @@ test("an instance removed from membership has its channel closed and its metric 
 
   // A weight change rebuilds the picker but keeps the connection.
   membership.set([instanceOf({ instanceId: "a", address: proxyA.address }, 5), instanceOf(b)]);
-  t.is(client.stats()[0]?.weight, 5);
+  await eventually(() => client.stats()[0]?.weight === 5, { what: "the new weight applied" });
   t.is(client.membershipRevision, "2");
   await client.methods.echo({ message: "x" });
   t.is(proxyA.openSockets(), 1, "same connection");
 
   membership.set([instanceOf(b)]);
+  await eventually(() => client.stats().length === 1, { what: "a removed" });
   t.deepEqual(
     client.stats().map((s) => s.instanceId),
     ["b"],
   );
-  await eventually(() => proxyA.openSockets() === 0, { what: "a's connection closed", timeoutMs: 3000 });
+  // The balancer releases a's subchannel at once; grpc-js's subchannel pool closes the unused
+  // connection on its next sweep (every 10 s, REF_CHECK_INTERVAL in subchannel-pool.ts).
+  await eventually(() => proxyA.openSockets() === 0, { what: "a's connection closed", timeoutMs: 25_000 });
   const exposition = await registry.metrics();
   t.notRegex(exposition, /instance_id="a"/);
   t.regex(exposition, /instance_id="b"/);
@@ -312,6 +330,8 @@ test("a DRAINING instance gets no new calls; status changes need no reconnect", 
   const membership = mutableMembership([instanceOf(a), instanceOf(b)]);
   const { client } = newClient(t, { membership });
   membership.set([instanceOf(a, 1, InstanceStatus.INSTANCE_STATUS_DRAINING), instanceOf(b)]);
+  await connected(client, 2);
+  await eventually(() => client.stats()[0]?.status === "DRAINING", { what: "a DRAINING applied" });
   for (let i = 0; i < 6; i++) t.is((await client.methods.echo({ message: "x" })).instanceId, "b");
   t.is(client.stats()[0]?.status, "DRAINING");
 });

@@ -13,7 +13,15 @@ interface FakeInstance extends Pickable {
 }
 
 function instance(instanceId: string, weight = 1, overrides: Partial<FakeInstance> = {}): FakeInstance {
-  return { instanceId, weight, isServing: true, isBreakerAdmitting: true, outstanding: 0, ...overrides };
+  return {
+    instanceId,
+    weight,
+    isServing: true,
+    isBreakerAdmitting: true,
+    isReady: true,
+    outstanding: 0,
+    ...overrides,
+  };
 }
 
 /** mulberry32: a tiny seeded PRNG, uniform in [0, 1). */
@@ -179,11 +187,12 @@ test("least_request shares idle instances by weight (1:2:3 within 2 %, seeded PR
 });
 
 for (const policy of POLICY_NAMES) {
-  test(`${policy}: weight 0, DRAINING and open-breaker instances are never picked`, (t) => {
+  test(`${policy}: weight 0, DRAINING, open-breaker and not-READY instances are never picked`, (t) => {
     const instances = [
       instance("a", 0),
       instance("b", 5, { isServing: false }),
       instance("c", 5, { isBreakerAdmitting: false }),
+      instance("f", 5, { isReady: false }),
       instance("d", 1),
       instance("e", 2),
     ];

@@ -1,50 +1,70 @@
 /**
- * The balanced client (DESIGN §5): typed, promise-based unary methods over a ts-proto grpc-js
- * service definition, spread over the instances of one service by a picker, with one breaker and
- * one grpc-js channel per instance, and a retry on a different instance for retryable failures.
+ * The typed balanced client (DESIGN §5): promise methods, server streams as `AsyncIterable`,
+ * client and bidi streams fed from an (async) iterable, over a ts-proto (or proto-loader)
+ * grpc-js service definition. It is a grpc-js channel to a `leasehold:///SERVICE` target, so it
+ * balances through exactly the same resolver and `leasehold_<policy>` load balancer as any stock
+ * grpc-js client; on top it adds a retry of unary calls on a DIFFERENT instance within one
+ * deadline, `AbortSignal`, `LeaseholdError`, and the per-instance {@link InstanceStats} view.
  */
 import * as grpc from "@grpc/grpc-js";
-import { pino, type Logger } from "pino";
-import type { MembershipSnapshot, MembershipSource } from "../discovery/membership.js";
+import type { Logger } from "pino";
+import type { BreakerOptions } from "../breaker/instance-breaker.js";
+import type { MembershipSource } from "../discovery/membership.js";
+import {
+  LEASEHOLD_SCHEME,
+  MEMBERSHIP_SOURCE_OPTION,
+  POLICY_OPTION,
+  registerResolver,
+  resolverDefaults,
+  shareMembership,
+} from "../discovery/leasehold-resolver.js";
+import { LeaseholdError } from "../errors.js";
 import type { ClientMetrics } from "../metrics/client-metrics.js";
 import {
-  BREAKER_STATE_VALUE,
-  type BreakerOptions,
-  type BreakerState,
-  InstanceBreaker,
-  type ResolvedBreakerOptions,
-  resolveBreakerOptions,
-} from "../breaker/instance-breaker.js";
-import { LeaseholdError, type StatusCodeName } from "../errors.js";
-import { InstanceStatus, type Instance } from "../../proto/gen/leasehold/registry/v1/registry.js";
-import { createPicker, isPolicyName, type Pickable, type Picker, type PolicyName } from "./policies.js";
+  CONTEXT_OPTION,
+  createContext,
+  dropContext,
+  type BalancerChange,
+  type BalancerContext,
+  type InstanceStats,
+} from "./balancer-context.js";
+import { EXCLUDE_METADATA, registerLoadBalancers } from "./leasehold-load-balancer.js";
+import { isPolicyName, type PolicyName } from "./policies.js";
+
+export { LATENCY_SAMPLES, type BalancerChange, type InstanceStats } from "./balancer-context.js";
 
 /** Options of {@link createBalancedClient}. Durations in milliseconds. */
 export interface BalancedClientOptions {
   /** Service name, as registered (the `service` label of every metric). */
   readonly service: string;
-  /** Where the instances come from (a registry watch, or `staticMembership`). */
-  readonly membership: MembershipSource;
+  /**
+   * Registry address(es), `host:port[,host:port]`. Default: the one given to
+   * `registerLeasehold()`. Not used with {@link membership}.
+   */
+  readonly registry?: string;
+  /** A membership of your own (`staticMembership`, a `MembershipWatcher`) instead of a registry watch. */
+  readonly membership?: MembershipSource;
   /** Load-balancing policy. Default `round_robin`. */
   readonly policy?: PolicyName;
   /** Caller-side metrics (DESIGN §7); none recorded when absent. */
   readonly metrics?: ClientMetrics;
-  /** Deadline of a whole call, all attempts included. Default 5000. */
+  /** Deadline of a whole call, all attempts included (streams: the whole stream). Default 5000. */
   readonly deadlineMs?: number;
-  /** Attempts per call, each on a different instance. Default 3. */
+  /** Attempts per unary call, each on a different instance. Default 3. */
   readonly maxAttempts?: number;
   /** Breaker tuning; see `DEFAULT_BREAKER_OPTIONS`. */
   readonly breaker?: BreakerOptions;
   /** Uniform in [0, 1). Default `Math.random`. */
   readonly random?: () => number;
   /**
-   * grpc-js channel options of every instance's channel. `grpc.use_local_subchannel_pool`
-   * defaults to 1 here, so closing the channel of an instance that left closes its connection at
-   * once (the global pool keeps it up to 10 s).
+   * grpc-js channel options. `grpc.use_local_subchannel_pool` defaults to 1 here, so the
+   * connection of an instance that left closes at once (the global pool keeps it up to 10 s).
    */
   readonly channelOptions?: grpc.ChannelOptions;
   /** Channel credentials. Default insecure. */
   readonly credentials?: grpc.ChannelCredentials;
+  /** grpc-js client interceptors, run on every call (each attempt of a retried call). */
+  readonly interceptors?: readonly grpc.Interceptor[];
   /** pino logger for membership and breaker transitions. Default silent. */
   readonly logger?: Logger;
 }
@@ -55,238 +75,173 @@ export interface BalancedCallOptions {
   readonly signal?: AbortSignal;
   /** Deadline of this call, all attempts included; overrides the client's `deadlineMs`. */
   readonly deadlineMs?: number;
+  /** Request metadata (headers) sent with every attempt. */
+  readonly metadata?: grpc.Metadata;
 }
 
-type AnyMethod = grpc.MethodDefinition<unknown, unknown>;
-type UnaryMethodKeys<D> = {
-  [K in keyof D & string]: D[K] extends { readonly requestStream: false; readonly responseStream: false }
-    ? K
-    : never;
-}[keyof D & string];
 type RequestOf<M> = M extends { requestSerialize: (value: infer Req) => Buffer } ? Req : never;
 type ResponseOf<M> = M extends { responseDeserialize: (value: Buffer) => infer Res } ? Res : never;
+type Requests<M> = AsyncIterable<RequestOf<M>> | Iterable<RequestOf<M>>;
 
-/** One promise-returning function per unary method of the definition (`add`, `echo`, ...). */
-export type BalancedMethods<D> = {
-  readonly [K in UnaryMethodKeys<D>]: (
-    request: RequestOf<D[K]>,
-    callOptions?: BalancedCallOptions,
-  ) => Promise<ResponseOf<D[K]>>;
-};
+/** The function of one method, by its streaming kind. */
+export type BalancedMethod<M> = M extends { readonly requestStream: false; readonly responseStream: false }
+  ? (request: RequestOf<M>, options?: BalancedCallOptions) => Promise<ResponseOf<M>>
+  : M extends { readonly requestStream: false; readonly responseStream: true }
+    ? (request: RequestOf<M>, options?: BalancedCallOptions) => AsyncIterable<ResponseOf<M>>
+    : M extends { readonly requestStream: true; readonly responseStream: false }
+      ? (requests: Requests<M>, options?: BalancedCallOptions) => Promise<ResponseOf<M>>
+      : (requests: Requests<M>, options?: BalancedCallOptions) => AsyncIterable<ResponseOf<M>>;
 
-/** What a caller knows about one listed instance (`leasehold call --json`, the demo's live view). */
-export interface InstanceStats {
-  readonly instanceId: string;
-  readonly address: string;
-  readonly weight: number;
-  readonly status: "SERVING" | "DRAINING";
-  /** Attempts made on this instance (retries included; breaker rejections excluded). */
-  readonly calls: number;
-  /** Attempts that ended with a code other than OK. */
-  readonly errors: number;
-  /** Median and 99th percentile latency over the last {@link LATENCY_SAMPLES} attempts, ms; 0 before any. */
-  readonly p50Ms: number;
-  readonly p99Ms: number;
-  readonly breaker: BreakerState;
-  /** Calls in flight now. */
-  readonly outstanding: number;
-}
+/**
+ * One function per method of the definition (`add`, `echo`, ...): unary → `Promise`, server
+ * streaming → `AsyncIterable`, client streaming → `Promise` fed by an iterable, bidi →
+ * `AsyncIterable` fed by an iterable. Everything rejects or throws only `LeaseholdError`.
+ */
+export type BalancedMethods<D> = { readonly [K in keyof D & string]: BalancedMethod<D[K]> };
 
 /** A balanced client over one service. */
 export interface BalancedClient<D> extends AsyncDisposable {
   readonly service: string;
   readonly policy: PolicyName;
-  /** The typed unary methods. Calls reject only with `LeaseholdError`. */
   readonly methods: BalancedMethods<D>;
+  /** The grpc-js client underneath (a `leasehold:///` channel), for anything not covered here. */
+  readonly grpcClient: grpc.Client;
   /** etcd revision of the membership applied last ("" before the first). */
   readonly membershipRevision: string;
-  /**
-   * Subscribes to the membership source and opens (lazily connecting) channels. Idempotent; the
-   * first call starts the client if needed. No network I/O until a call.
-   */
+  /** Starts resolving and connecting now instead of at the first call. Idempotent. */
   start(): void;
   /** Per listed instance, in `instanceId` order. */
   stats(): InstanceStats[];
-  /** Calls `listener` after membership or breaker changes; returns the unsubscribe function. */
-  onChange(listener: () => void): () => void;
-  /** Unsubscribes, closes every channel, shuts every breaker down, removes metric series. Idempotent. */
+  /**
+   * Calls `listener` after membership, connectivity or breaker changes, with the final stats of
+   * instances that just left; returns the unsubscribe function.
+   */
+  onChange(listener: (change: BalancerChange) => void): () => void;
+  /** Closes the channel (every subchannel and breaker; metric series removed). Idempotent. */
   close(): Promise<void>;
 }
 
-/** Latency samples kept per instance for p50/p99 (a ring buffer). */
-export const LATENCY_SAMPLES = 1024;
+type AnyMethod = grpc.MethodDefinition<unknown, unknown>;
 
 interface ResolvedOptions {
   readonly service: string;
-  readonly membership: MembershipSource;
   readonly policy: PolicyName;
-  readonly metrics: ClientMetrics | undefined;
   readonly deadlineMs: number;
   readonly maxAttempts: number;
-  readonly breaker: ResolvedBreakerOptions;
-  readonly random: () => number;
+  readonly target: string;
   readonly channelOptions: grpc.ChannelOptions;
   readonly credentials: grpc.ChannelCredentials;
-  readonly logger: Logger;
+  readonly interceptors: readonly grpc.Interceptor[];
 }
 
-function resolveOptions(options: BalancedClientOptions): ResolvedOptions {
-  const invalid = (message: string): never => {
-    throw new LeaseholdError("INVALID_ARGUMENT", `balanced client: ${message}`);
-  };
-  if (typeof options.service !== "string" || options.service === "")
-    invalid("service must be a non-empty string");
-  const policy = options.policy ?? "round_robin";
-  if (!isPolicyName(policy)) invalid(`unknown policy "${String(policy)}"`);
-  const deadlineMs = options.deadlineMs ?? 5000;
-  if (!(Number.isFinite(deadlineMs) && deadlineMs > 0)) invalid("deadlineMs must be > 0");
-  const maxAttempts = options.maxAttempts ?? 3;
-  if (!(Number.isInteger(maxAttempts) && maxAttempts >= 1)) invalid("maxAttempts must be an integer ≥ 1");
-  return Object.freeze({
-    service: options.service,
-    membership: options.membership,
-    policy,
-    metrics: options.metrics,
-    deadlineMs,
-    maxAttempts,
-    breaker: resolveBreakerOptions(options.breaker),
-    random: options.random ?? Math.random,
-    channelOptions: Object.freeze({ "grpc.use_local_subchannel_pool": 1, ...options.channelOptions }),
-    credentials: options.credentials ?? grpc.credentials.createInsecure(),
-    logger: (options.logger ?? pino({ enabled: false })).child({ service: options.service }),
-  });
+function invalid(message: string): never {
+  throw new LeaseholdError("INVALID_ARGUMENT", `balanced client: ${message}`);
 }
 
-/** One listed instance: its channel, breaker, load and latency samples. */
-class Endpoint implements Pickable {
-  instance: Instance;
-  readonly channel: grpc.Client;
-  readonly breaker: InstanceBreaker;
-  outstanding = 0;
-  calls = 0;
-  errors = 0;
-  isClosed = false;
-  readonly #latenciesMs = new Float64Array(LATENCY_SAMPLES);
-  #latencyCount = 0;
-
-  constructor(instance: Instance, channel: grpc.Client, breaker: InstanceBreaker) {
-    this.instance = instance;
-    this.channel = channel;
-    this.breaker = breaker;
-  }
-
-  get instanceId(): string {
-    return this.instance.instanceId;
-  }
-  get weight(): number {
-    return this.instance.weight;
-  }
-  get isServing(): boolean {
-    return this.instance.status === InstanceStatus.INSTANCE_STATUS_SERVING;
-  }
-  get isBreakerAdmitting(): boolean {
-    return this.breaker.isAdmitting;
-  }
-
-  recordLatency(ms: number): void {
-    this.#latenciesMs[this.#latencyCount % LATENCY_SAMPLES] = ms;
-    this.#latencyCount++;
-  }
-
-  stats(): InstanceStats {
-    const sorted = this.#latenciesMs.slice(0, Math.min(this.#latencyCount, LATENCY_SAMPLES)).sort();
-    const quantile = (q: number): number =>
-      sorted.length === 0 ? 0 : (sorted[Math.min(sorted.length - 1, Math.ceil(q * sorted.length) - 1)] ?? 0);
-    return {
-      instanceId: this.instanceId,
-      address: this.instance.address,
-      weight: this.weight,
-      status: this.isServing ? "SERVING" : "DRAINING",
-      calls: this.calls,
-      errors: this.errors,
-      p50Ms: quantile(0.5),
-      p99Ms: quantile(0.99),
-      breaker: this.breaker.state,
-      outstanding: this.outstanding,
-    };
-  }
-}
-
-/** A unary method, resolved once: its path, codecs and metric label. */
-interface UnaryMethod {
-  readonly path: string;
-  /** Proto method name (`Echo`), the `method` label. */
-  readonly name: string;
-  readonly serialize: (value: unknown) => Buffer;
-  readonly deserialize: (bytes: Buffer) => unknown;
+function checkDeadline(deadlineMs: number): number {
+  if (!(Number.isFinite(deadlineMs) && deadlineMs > 0)) invalid(`deadlineMs must be > 0, got ${deadlineMs}`);
+  return deadlineMs;
 }
 
 class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedClient<D> {
   readonly service: string;
   readonly policy: PolicyName;
   readonly methods: BalancedMethods<D>;
+  readonly grpcClient: grpc.Client;
   readonly #options: ResolvedOptions;
-  readonly #endpoints = new Map<string, Endpoint>();
-  /** Endpoints in membership order, the picker's input. */
-  #ordered: Endpoint[] = [];
-  #picker: Picker<Endpoint>;
-  #revision = "";
-  #isStarted = false;
+  readonly #context: BalancerContext;
+  readonly #forgetMembership: () => void;
   #isClosed = false;
-  #unsubscribe: () => void = () => undefined;
-  readonly #listeners = new Set<() => void>();
 
-  constructor(definition: D, options: ResolvedOptions) {
-    this.#options = options;
-    this.service = options.service;
-    this.policy = options.policy;
-    this.#picker = createPicker<Endpoint>(options.policy, [], { random: options.random });
-    const methods: Record<string, (request: unknown, callOptions?: BalancedCallOptions) => Promise<unknown>> =
-      {};
-    for (const [key, definitionOfMethod] of Object.entries(definition) as [string, AnyMethod][]) {
-      if (definitionOfMethod.requestStream || definitionOfMethod.responseStream) continue;
-      const method: UnaryMethod = Object.freeze({
-        path: definitionOfMethod.path,
-        name:
-          definitionOfMethod.originalName ??
-          definitionOfMethod.path.slice(definitionOfMethod.path.lastIndexOf("/") + 1),
-        serialize: definitionOfMethod.requestSerialize,
-        deserialize: definitionOfMethod.responseDeserialize,
-      });
-      methods[key] = (request, callOptions) => this.#call(method, request, callOptions);
+  constructor(definition: D, options: BalancedClientOptions) {
+    const service = options.service;
+    if (typeof service !== "string" || service === "") invalid("service must be a non-empty string");
+    const policy = options.policy ?? "round_robin";
+    if (!isPolicyName(policy)) invalid(`unknown policy "${String(policy)}"`);
+    const deadlineMs = checkDeadline(options.deadlineMs ?? 5000);
+    const maxAttempts = options.maxAttempts ?? 3;
+    if (!(Number.isInteger(maxAttempts) && maxAttempts >= 1)) invalid("maxAttempts must be an integer ≥ 1");
+    const registry = options.registry ?? resolverDefaults().registry;
+    if (options.membership === undefined && registry === undefined)
+      invalid("give a registry address (or call registerLeasehold({ registry }) first), or a membership");
+    registerResolver();
+    registerLoadBalancers();
+    this.#context = createContext({
+      metrics: options.metrics,
+      breaker: options.breaker,
+      logger: options.logger?.child({ service }),
+      random: options.random,
+    });
+    const shared = options.membership === undefined ? undefined : shareMembership(options.membership);
+    this.#forgetMembership = shared?.forget ?? (() => undefined);
+    this.service = service;
+    this.policy = policy;
+    this.#options = Object.freeze({
+      service,
+      policy,
+      deadlineMs,
+      maxAttempts,
+      target:
+        shared === undefined
+          ? `${LEASEHOLD_SCHEME}://${registry}/${service}`
+          : `${LEASEHOLD_SCHEME}:///${service}`,
+      channelOptions: Object.freeze({
+        "grpc.use_local_subchannel_pool": 1,
+        ...options.channelOptions,
+        // Retries are this client's own (on a different instance), not grpc-js's.
+        "grpc.enable_retries": 0,
+        [CONTEXT_OPTION]: this.#context.id,
+        [POLICY_OPTION]: policy,
+        ...(shared === undefined ? {} : { [MEMBERSHIP_SOURCE_OPTION]: shared.id }),
+      }),
+      credentials: options.credentials ?? grpc.credentials.createInsecure(),
+      interceptors: Object.freeze([...(options.interceptors ?? [])]),
+    });
+    this.grpcClient = new grpc.Client(this.#options.target, this.#options.credentials, {
+      ...this.#options.channelOptions,
+      interceptors: [...this.#options.interceptors],
+    });
+    const methods: Record<string, unknown> = {};
+    for (const [key, method] of Object.entries(definition) as [string, AnyMethod][]) {
+      methods[key] =
+        method.requestStream && method.responseStream
+          ? (requests: Requests<AnyMethod>, callOptions?: BalancedCallOptions) =>
+              this.#bidi(method, requests, callOptions)
+          : method.requestStream
+            ? (requests: Requests<AnyMethod>, callOptions?: BalancedCallOptions) =>
+                this.#clientStream(method, requests, callOptions)
+            : method.responseStream
+              ? (request: unknown, callOptions?: BalancedCallOptions) =>
+                  this.#serverStream(method, request, callOptions)
+              : (request: unknown, callOptions?: BalancedCallOptions) =>
+                  this.#unary(method, request, callOptions);
     }
-    this.methods = Object.freeze(methods) as unknown as BalancedMethods<D>;
+    this.methods = Object.freeze(methods) as BalancedMethods<D>;
   }
 
   get membershipRevision(): string {
-    return this.#revision;
+    for (const balancer of this.#context.balancers) return balancer.membershipRevision;
+    return "";
   }
 
   start(): void {
-    if (this.#isStarted || this.#isClosed) return;
-    this.#isStarted = true;
-    this.#unsubscribe = this.#options.membership.subscribe((snapshot) => this.#apply(snapshot));
-    this.#apply(this.#options.membership.current());
+    if (!this.#isClosed) this.grpcClient.getChannel().getConnectivityState(true);
   }
 
   stats(): InstanceStats[] {
-    return this.#ordered.map((endpoint) => endpoint.stats());
+    return [...this.#context.balancers].flatMap((balancer) => balancer.stats());
   }
 
-  onChange(listener: () => void): () => void {
-    this.#listeners.add(listener);
-    return () => this.#listeners.delete(listener);
+  onChange(listener: (change: BalancerChange) => void): () => void {
+    return this.#context.onChange(listener);
   }
 
   close(): Promise<void> {
     if (this.#isClosed) return Promise.resolve();
     this.#isClosed = true;
-    this.#unsubscribe();
-    for (const endpoint of this.#endpoints.values()) this.#retire(endpoint);
-    this.#endpoints.clear();
-    this.#ordered = [];
-    this.#picker = createPicker<Endpoint>(this.policy, [], { random: this.#options.random });
-    this.#listeners.clear();
+    this.grpcClient.close(); // destroys the balancer: breakers shut down, metric series removed
+    this.#forgetMembership();
+    dropContext(this.#context);
     return Promise.resolve();
   }
 
@@ -294,170 +249,83 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
     return this.close();
   }
 
-  // ---- membership ----
-
-  #apply(snapshot: MembershipSnapshot): void {
-    if (this.#isClosed) return;
-    const { logger } = this.#options;
-    const ordered: Endpoint[] = [];
-    const listed = new Set<string>();
-    for (const instance of snapshot.instances) {
-      if (listed.has(instance.instanceId)) continue;
-      listed.add(instance.instanceId);
-      let endpoint = this.#endpoints.get(instance.instanceId);
-      if (endpoint !== undefined && endpoint.instance.address !== instance.address) {
-        logger.info(
-          { instanceId: instance.instanceId, address: instance.address },
-          "instance moved; reconnecting",
-        );
-        this.#retire(endpoint);
-        endpoint = undefined;
-      }
-      if (endpoint === undefined) {
-        endpoint = this.#open(instance);
-        this.#endpoints.set(instance.instanceId, endpoint);
-        logger.debug({ instanceId: instance.instanceId, address: instance.address }, "instance added");
-      } else {
-        endpoint.instance = instance; // weight, status, metadata: no reconnect
-      }
-      ordered.push(endpoint);
-    }
-    for (const [instanceId, endpoint] of this.#endpoints) {
-      if (listed.has(instanceId)) continue;
-      this.#endpoints.delete(instanceId);
-      this.#retire(endpoint);
-      logger.debug({ instanceId }, "instance removed");
-    }
-    this.#ordered = ordered;
-    this.#revision = snapshot.revision;
-    this.#rebuild();
-  }
-
-  #open(instance: Instance): Endpoint {
-    const { service, metrics, logger, breaker: breakerOptions, credentials, channelOptions } = this.#options;
-    const instanceId = instance.instanceId;
-    const channel = new grpc.Client(instance.address, credentials, channelOptions);
-    // The callback runs only after a fire(), when `endpoint` is initialised.
-    const breaker = new InstanceBreaker(instanceId, breakerOptions, (state, previous) => {
-      if (endpoint.isClosed) return;
-      logger[state === "open" ? "warn" : "info"]({ instanceId, state, previous }, `breaker ${state}`);
-      metrics?.breakerState.set({ service, instance_id: instanceId }, BREAKER_STATE_VALUE[state]);
-      this.#rebuild();
-    });
-    const endpoint = new Endpoint(instance, channel, breaker);
-    metrics?.breakerState.set({ service, instance_id: instanceId }, BREAKER_STATE_VALUE.closed);
-    return endpoint;
-  }
-
-  #retire(endpoint: Endpoint): void {
-    if (endpoint.isClosed) return;
-    endpoint.isClosed = true;
-    endpoint.breaker.shutdown();
-    endpoint.channel.close();
-    this.#options.metrics?.forgetInstance(this.service, endpoint.instanceId);
-  }
-
-  #rebuild(): void {
-    this.#picker = createPicker(this.policy, this.#ordered, {
-      random: this.#options.random,
-      previous: this.#picker,
-    });
-    for (const listener of this.#listeners) {
-      try {
-        listener();
-      } catch (error) {
-        this.#options.logger.error({ err: error }, "onChange listener threw");
-      }
-    }
-  }
-
   // ---- calls ----
 
-  async #call(
-    method: UnaryMethod,
-    request: unknown,
-    callOptions: BalancedCallOptions | undefined,
-  ): Promise<unknown> {
-    if (!this.#isStarted) this.start();
+  #begin(callOptions: BalancedCallOptions | undefined): { deadline: number; deadlineMs: number } {
     if (this.#isClosed)
       throw new LeaseholdError("FAILED_PRECONDITION", `balanced client of service ${this.service} is closed`);
     const signal = callOptions?.signal;
-    if (isAborted(signal)) throw abortedError(signal);
-    const deadlineMs = callOptions?.deadlineMs ?? this.#options.deadlineMs;
-    if (!(deadlineMs > 0 && Number.isFinite(deadlineMs))) {
-      throw new LeaseholdError("INVALID_ARGUMENT", `deadlineMs must be > 0, got ${deadlineMs}`);
-    }
-    const deadline = Date.now() + deadlineMs;
-    const maxAttempts = this.#options.maxAttempts;
-    let tried: Set<string> | undefined;
-    let lastError: LeaseholdError | undefined;
-    let attempts = 0;
-    while (attempts < maxAttempts) {
-      const endpoint = this.#picker.pick(tried);
-      if (endpoint === undefined) break;
-      if (!endpoint.breaker.isCallPermitted) {
-        // Half-open with its one trial in flight: pick another without spending an attempt.
-        (tried ??= new Set()).add(endpoint.instanceId);
-        continue;
-      }
-      if (attempts > 0 && Date.now() >= deadline) break;
-      attempts++;
-      try {
-        return await endpoint.breaker.fire(() => this.#attempt(endpoint, method, request, deadline, signal));
-      } catch (thrown) {
-        if (isAborted(signal)) throw abortedError(signal);
-        const error = LeaseholdError.from(thrown);
-        if (!error.retryable) throw error;
-        lastError = error;
-        (tried ??= new Set()).add(endpoint.instanceId);
-      }
-    }
-    if (lastError !== undefined) {
-      if (attempts < maxAttempts && Date.now() >= deadline) {
-        throw new LeaseholdError(
-          "DEADLINE_EXCEEDED",
-          `deadline of ${deadlineMs} ms exceeded after ${attempts} attempt(s): ${lastError.message}`,
-          {
-            cause: lastError,
-          },
-        );
-      }
-      throw lastError;
-    }
-    throw this.#noInstanceError(tried);
+    if (signal?.aborted === true) throw abortedError(signal);
+    const deadlineMs = checkDeadline(callOptions?.deadlineMs ?? this.#options.deadlineMs);
+    return { deadline: Date.now() + deadlineMs, deadlineMs };
   }
 
-  #attempt(
-    endpoint: Endpoint,
-    method: UnaryMethod,
+  async #unary(
+    method: AnyMethod,
     request: unknown,
+    callOptions: BalancedCallOptions | undefined,
+  ): Promise<unknown> {
+    const { deadline, deadlineMs } = this.#begin(callOptions);
+    const signal = callOptions?.signal;
+    const tried: string[] = [];
+    let lastError: LeaseholdError | undefined;
+    let attempts = 0;
+    while (attempts < this.#options.maxAttempts) {
+      if (attempts > 0 && Date.now() >= deadline) break;
+      attempts++;
+      const metadata = callOptions?.metadata?.clone() ?? new grpc.Metadata();
+      if (tried.length > 0) metadata.set(EXCLUDE_METADATA, tried.join(","));
+      const outcome = await this.#unaryAttempt(method, request, metadata, deadline, signal);
+      if (outcome.ok) return outcome.value;
+      if (signal?.aborted === true) throw abortedError(signal);
+      const error = outcome.error;
+      // A pick that found no instance left: the last instance's own error says more.
+      if (outcome.peer === undefined && lastError !== undefined) throw lastError;
+      // Not retried: caller faults, a spent deadline, and a pick that found no instance at all.
+      if (!error.retryable || outcome.peer === undefined) throw error;
+      lastError = error;
+      tried.push(outcome.peer);
+    }
+    if (lastError === undefined)
+      throw new LeaseholdError("UNAVAILABLE", `no attempt made on ${this.service}`);
+    if (attempts < this.#options.maxAttempts && Date.now() >= deadline) {
+      throw new LeaseholdError(
+        "DEADLINE_EXCEEDED",
+        `deadline of ${deadlineMs} ms exceeded after ${attempts} attempt(s): ${lastError.message}`,
+        { cause: lastError },
+      );
+    }
+    throw lastError;
+  }
+
+  /** One attempt; `peer` is the instance address it reached, undefined when nothing was picked. */
+  #unaryAttempt(
+    method: AnyMethod,
+    request: unknown,
+    metadata: grpc.Metadata,
     deadline: number,
     signal: AbortSignal | undefined,
-  ): Promise<unknown> {
-    return new Promise((resolve, reject) => {
-      const started = performance.now();
+  ): Promise<{ ok: true; value: unknown } | { ok: false; error: LeaseholdError; peer: string | undefined }> {
+    return new Promise((resolve) => {
       let onAbort: (() => void) | undefined;
-      const call = endpoint.channel.makeUnaryRequest(
+      const call = this.grpcClient.makeUnaryRequest(
         method.path,
-        method.serialize,
-        method.deserialize,
+        method.requestSerialize,
+        method.responseDeserialize,
         request,
+        metadata,
         { deadline },
         (error: grpc.ServiceError | null, response?: unknown) => {
-          endpoint.outstanding--;
           if (onAbort !== undefined) signal?.removeEventListener("abort", onAbort);
-          const ms = performance.now() - started;
-          if (error === null) {
-            this.#record(endpoint, method, "OK", ms);
-            resolve(response);
-          } else {
-            const failure = LeaseholdError.from(error);
-            this.#record(endpoint, method, failure.code, ms);
-            reject(failure);
-          }
+          if (error === null) return resolve({ ok: true, value: response });
+          const peer = call.getPeer();
+          resolve({
+            ok: false,
+            error: LeaseholdError.from(error),
+            peer: peer === this.#options.target || peer === "unknown" ? undefined : peer,
+          });
         },
       );
-      endpoint.outstanding++; // after makeUnaryRequest, which may throw; its callback is always async
       if (signal !== undefined) {
         onAbort = () => call.cancel();
         signal.addEventListener("abort", onAbort, { once: true });
@@ -465,38 +333,137 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
     });
   }
 
-  #record(endpoint: Endpoint, method: UnaryMethod, code: StatusCodeName, ms: number): void {
-    if (endpoint.isClosed) return; // left meanwhile: its series are gone and must stay gone
-    endpoint.calls++;
-    if (code !== "OK") endpoint.errors++;
-    endpoint.recordLatency(ms);
-    this.#options.metrics?.recordCall(this.service, endpoint.instanceId, method.name, code, ms / 1000);
+  #serverStream(
+    method: AnyMethod,
+    request: unknown,
+    callOptions: BalancedCallOptions | undefined,
+  ): AsyncIterable<unknown> {
+    const { deadline } = this.#begin(callOptions);
+    return this.#responses(
+      () =>
+        this.grpcClient.makeServerStreamRequest(
+          method.path,
+          method.requestSerialize,
+          method.responseDeserialize,
+          request,
+          callOptions?.metadata ?? new grpc.Metadata(),
+          { deadline },
+        ),
+      callOptions?.signal,
+    );
   }
 
-  #noInstanceError(tried: ReadonlySet<string> | undefined): LeaseholdError {
-    const counts = {
-      draining: 0,
-      "weight 0": 0,
-      "breaker open": 0,
-      "breaker half-open with a trial in flight": 0,
-    };
-    for (const endpoint of this.#ordered) {
-      if (!endpoint.isServing) counts.draining++;
-      else if (endpoint.weight <= 0) counts["weight 0"]++;
-      else if (!endpoint.breaker.isAdmitting) counts["breaker open"]++;
-      else if (tried?.has(endpoint.instanceId) === true) counts["breaker half-open with a trial in flight"]++;
+  #bidi(
+    method: AnyMethod,
+    requests: Requests<AnyMethod>,
+    callOptions: BalancedCallOptions | undefined,
+  ): AsyncIterable<unknown> {
+    const { deadline } = this.#begin(callOptions);
+    return this.#responses(() => {
+      const call = this.grpcClient.makeBidiStreamRequest(
+        method.path,
+        method.requestSerialize,
+        method.responseDeserialize,
+        callOptions?.metadata ?? new grpc.Metadata(),
+        { deadline },
+      );
+      void pump(requests, call);
+      return call;
+    }, callOptions?.signal);
+  }
+
+  #clientStream(
+    method: AnyMethod,
+    requests: Requests<AnyMethod>,
+    callOptions: BalancedCallOptions | undefined,
+  ): Promise<unknown> {
+    let deadline: number;
+    try {
+      ({ deadline } = this.#begin(callOptions));
+    } catch (error) {
+      return Promise.reject(LeaseholdError.from(error));
     }
-    const reasons = Object.entries(counts)
-      .filter(([, n]) => n > 0)
-      .map(([reason, n]) => `${n} ${reason}`);
-    const listed = `${this.#ordered.length} listed${reasons.length > 0 ? `: ${reasons.join(", ")}` : ""}`;
-    return new LeaseholdError("UNAVAILABLE", `no available instance of service ${this.service} (${listed})`);
+    const signal = callOptions?.signal;
+    return new Promise((resolve, reject) => {
+      let onAbort: (() => void) | undefined;
+      const call = this.grpcClient.makeClientStreamRequest(
+        method.path,
+        method.requestSerialize,
+        method.responseDeserialize,
+        callOptions?.metadata ?? new grpc.Metadata(),
+        { deadline },
+        (error: grpc.ServiceError | null, response?: unknown) => {
+          if (onAbort !== undefined) signal?.removeEventListener("abort", onAbort);
+          if (error === null) resolve(response);
+          else reject(signal?.aborted === true ? abortedError(signal) : LeaseholdError.from(error));
+        },
+      );
+      if (signal !== undefined) {
+        onAbort = () => call.cancel();
+        signal.addEventListener("abort", onAbort, { once: true });
+      }
+      void pump(requests, call);
+    });
+  }
+
+  /** The messages of a response stream; ending the iteration early cancels the call. */
+  async *#responses(
+    open: () => grpc.ClientReadableStream<unknown> | grpc.ClientDuplexStream<unknown, unknown>,
+    signal: AbortSignal | undefined,
+  ): AsyncGenerator<unknown, void, undefined> {
+    const call = open();
+    call.on("error", () => undefined); // surfaced by the iterator; a late CANCELLED must not crash
+    const onAbort = (): void => call.cancel();
+    signal?.addEventListener("abort", onAbort, { once: true });
+    let isDone = false;
+    try {
+      for await (const message of call) yield message;
+      isDone = true;
+    } catch (error) {
+      isDone = true;
+      throw signal?.aborted === true ? abortedError(signal) : LeaseholdError.from(error);
+    } finally {
+      signal?.removeEventListener("abort", onAbort);
+      if (!isDone) call.cancel();
+    }
   }
 }
 
-/** A function, not an inline check: TS would keep `aborted` narrowed to false across awaits. */
-function isAborted(signal: AbortSignal | undefined): signal is AbortSignal {
-  return signal !== undefined && signal.aborted;
+/**
+ * Writes `requests` to a client or bidi stream, honouring backpressure (`write()` false → wait for
+ * `drain`), then half-closes. A failing iterable cancels the call; a call that ended stops it.
+ */
+async function pump(
+  requests: Requests<AnyMethod>,
+  call: grpc.ClientWritableStream<unknown> | grpc.ClientDuplexStream<unknown, unknown>,
+): Promise<void> {
+  let isEnded = false;
+  let wake: (() => void) | undefined;
+  const onEnd = (): void => {
+    isEnded = true;
+    wake?.();
+  };
+  call.once("status", onEnd);
+  call.once("error", onEnd);
+  call.on("error", () => undefined);
+  try {
+    for await (const request of requests) {
+      if (isEnded) return;
+      if (!call.write(request)) {
+        await new Promise<void>((resolve) => {
+          wake = resolve;
+          call.once("drain", resolve);
+        });
+        wake = undefined;
+      }
+    }
+    if (!isEnded) call.end();
+  } catch (error) {
+    call.cancel();
+    void error; // the caller sees CANCELLED from the call; the iterable's own error is its owner's
+  } finally {
+    call.off("status", onEnd);
+  }
 }
 
 function abortedError(signal: AbortSignal): LeaseholdError {
@@ -504,16 +471,17 @@ function abortedError(signal: AbortSignal): LeaseholdError {
 }
 
 /**
- * Creates a balanced client for the ts-proto grpc-js service `definition` (e.g.
- * `EchoServiceService`). No I/O: channels connect on the first call. Throws `LeaseholdError`
- * `INVALID_ARGUMENT` on bad options. Calls pick an instance (sync), run under its breaker, record
- * metrics, and retry `UNAVAILABLE`/`RESOURCE_EXHAUSTED` (an open breaker included) on a different
+ * Creates a balanced client for the grpc-js service `definition` (ts-proto's `EchoServiceService`,
+ * or a `@grpc/proto-loader` service). No I/O until the first call or {@link BalancedClient.start}.
+ * Unary calls pick an instance (sync), and retry `UNAVAILABLE`/`RESOURCE_EXHAUSTED` on a different
  * instance up to `maxAttempts`, within one deadline; never after an abort, never caller faults.
- * With no instance to pick, a call rejects with `UNAVAILABLE` saying why.
+ * Streams are not retried. With no instance to pick, a call rejects with `UNAVAILABLE` saying why.
+ *
+ * @throws LeaseholdError `INVALID_ARGUMENT` on bad options.
  */
 export function createBalancedClient<D extends grpc.ServiceDefinition>(
   definition: D,
   options: BalancedClientOptions,
 ): BalancedClient<D> {
-  return new BalancedClientImpl(definition, resolveOptions(options));
+  return new BalancedClientImpl(definition, options);
 }

@@ -3,7 +3,7 @@
  * eligible instances, rebuilt on every membership or breaker change, and `pick()` is synchronous.
  */
 
-/** What a picker needs to know about one instance. The balanced client's endpoints implement it. */
+/** What a picker needs to know about one instance. The Leasehold load balancer's children implement it. */
 export interface Pickable {
   readonly instanceId: string;
   /** 0..10000 (DESIGN §2); 0 is listed but never picked. */
@@ -12,13 +12,21 @@ export interface Pickable {
   readonly isServing: boolean;
   /** False while the instance's breaker is open (a half-open breaker lets a trial through). */
   readonly isBreakerAdmitting: boolean;
+  /**
+   * True while its grpc-js subchannel is READY. An instance that is connecting, idle or in
+   * TRANSIENT_FAILURE is never picked (as in grpc-js `round_robin`).
+   */
+  readonly isReady: boolean;
   /** Calls in flight on this instance, read live by `least_request`. */
   readonly outstanding: number;
 }
 
-/** An instance may be picked when it is SERVING, has weight > 0 and its breaker is not open. */
+/**
+ * An instance may be picked when it is SERVING, has weight > 0, its breaker is not open and its
+ * subchannel is READY.
+ */
 export function isEligible(instance: Pickable): boolean {
-  return instance.isServing && instance.weight > 0 && instance.isBreakerAdmitting;
+  return instance.isServing && instance.weight > 0 && instance.isBreakerAdmitting && instance.isReady;
 }
 
 /**

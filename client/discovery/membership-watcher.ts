@@ -61,6 +61,7 @@ export class MembershipWatcher implements MembershipSource {
   readonly #backoff: Backoff;
   readonly #instances = new Map<string, Instance>();
   readonly #listeners = new Set<MembershipListener>();
+  readonly #errorListeners = new Set<(error: unknown) => void>();
   readonly #closing = new AbortController();
   #snapshot: MembershipSnapshot;
   #hasSnapshot = false;
@@ -125,6 +126,11 @@ export class MembershipWatcher implements MembershipSource {
     return this.#snapshot;
   }
 
+  /** True once the first snapshot is applied. */
+  get hasSnapshot(): boolean {
+    return this.#hasSnapshot;
+  }
+
   /** True while no stream is open to the registry (the membership may be out of date). */
   get isStale(): boolean {
     return !this.#isConnected;
@@ -135,6 +141,12 @@ export class MembershipWatcher implements MembershipSource {
     return () => this.#listeners.delete(listener);
   }
 
+  /** Calls `listener` with the error of every broken stream (before it resumes); returns the unsubscribe function. */
+  onStreamError(listener: (error: unknown) => void): () => void {
+    this.#errorListeners.add(listener);
+    return () => this.#errorListeners.delete(listener);
+  }
+
   /** Cancels the stream and clears timers; the last membership stays readable. Idempotent. */
   async close(): Promise<void> {
     this.#closing.abort();
@@ -143,6 +155,7 @@ export class MembershipWatcher implements MembershipSource {
     this.#call?.cancel();
     await this.#loop;
     this.#listeners.clear();
+    this.#errorListeners.clear();
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
@@ -155,6 +168,7 @@ export class MembershipWatcher implements MembershipSource {
         await this.#streamOnce();
       } catch (error) {
         if (this.#closing.signal.aborted) break;
+        for (const listener of this.#errorListeners) listener(error);
         this.#options.logger?.warn(
           { err: error, service: this.#options.service },
           "membership stream broke; resuming",

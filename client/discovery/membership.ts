@@ -15,6 +15,11 @@ export interface MembershipSource {
   current(): MembershipSnapshot;
   /** Calls `listener` after every change; returns the unsubscribe function. */
   subscribe(listener: (snapshot: MembershipSnapshot) => void): () => void;
+  /**
+   * False until the first real membership arrived (then `current()` may still be empty, truly);
+   * absent means always true. Channels wait for it rather than fail on an empty first reading.
+   */
+  readonly hasSnapshot?: boolean;
 }
 
 /** A fixed membership, for tests and for callers that already know their instances. */

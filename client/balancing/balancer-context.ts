@@ -1,0 +1,145 @@
+/**
+ * What a Leasehold load balancer inside a grpc-js channel needs from the process that made the
+ * channel: metrics, breaker tuning, a logger and a random source. grpc-js channel options must
+ * stay plain values (grpc-js prints them when tracing), so a channel names its context by id in
+ * the channel option {@link CONTEXT_OPTION}; channels without one use the default context that
+ * `registerLeasehold()` sets. The typed balanced client makes a context of its own, and reads its
+ * balancers' per-instance stats through it.
+ */
+import { pino, type Logger } from "pino";
+import type { ClientMetrics } from "../metrics/client-metrics.js";
+import type { BreakerState, ResolvedBreakerOptions } from "../breaker/instance-breaker.js";
+import { resolveBreakerOptions } from "../breaker/instance-breaker.js";
+
+/** Channel option naming the {@link BalancerContext} of a channel (a string id). */
+export const CONTEXT_OPTION = "leasehold.context";
+
+/** What a caller knows about one listed instance (`leasehold call --json`, the demo's live view). */
+export interface InstanceStats {
+  readonly service: string;
+  readonly instanceId: string;
+  readonly address: string;
+  readonly weight: number;
+  readonly status: "SERVING" | "DRAINING";
+  readonly zone: string;
+  /** Attempts made on this instance (retries included; breaker rejections excluded). */
+  readonly calls: number;
+  /** Attempts that ended with a code other than OK. */
+  readonly errors: number;
+  /** Median and 99th percentile latency over the last {@link LATENCY_SAMPLES} attempts, ms; 0 before any. */
+  readonly p50Ms: number;
+  readonly p99Ms: number;
+  readonly breaker: BreakerState;
+  /** Calls in flight now. */
+  readonly outstanding: number;
+  /** The subchannel's connectivity state (`READY`, `CONNECTING`, `TRANSIENT_FAILURE`, `IDLE`). */
+  readonly connectivity: string;
+}
+
+/** Latency samples kept per instance for p50/p99 (a ring buffer). */
+export const LATENCY_SAMPLES = 1024;
+
+/** What a context tells its listeners after a change. */
+export interface BalancerChange {
+  /** The last stats of instances that just left (their totals are final). */
+  readonly removed: readonly InstanceStats[];
+}
+
+/** The part of a balancer a context can see. */
+export interface BalancerView {
+  /** Per listed instance, in `instanceId` order. */
+  stats(): InstanceStats[];
+  /** etcd revision of the membership applied last ("" before the first). */
+  readonly membershipRevision: string;
+}
+
+/** Options of a {@link BalancerContext}; all optional. */
+export interface BalancerContextOptions {
+  /** Caller-side metrics (DESIGN §7); none recorded when absent. */
+  readonly metrics?: ClientMetrics | undefined;
+  /** Breaker tuning; see `DEFAULT_BREAKER_OPTIONS`. */
+  readonly breaker?: Parameters<typeof resolveBreakerOptions>[0];
+  /** pino logger for membership and breaker transitions. Default silent. */
+  readonly logger?: Logger | undefined;
+  /** Uniform in [0, 1). Default `Math.random`. */
+  readonly random?: (() => number) | undefined;
+}
+
+/** Shared, per-process state of the balancers of one or more channels. */
+export class BalancerContext {
+  readonly id: string;
+  readonly metrics: ClientMetrics | undefined;
+  readonly breaker: ResolvedBreakerOptions;
+  readonly logger: Logger;
+  readonly random: () => number;
+  readonly #balancers = new Set<BalancerView>();
+  readonly #listeners = new Set<(change: BalancerChange) => void>();
+
+  constructor(id: string, options: BalancerContextOptions = {}) {
+    this.id = id;
+    this.metrics = options.metrics;
+    this.breaker = resolveBreakerOptions(options.breaker);
+    this.logger = options.logger ?? pino({ enabled: false });
+    this.random = options.random ?? Math.random;
+  }
+
+  /** The balancers currently alive in channels of this context. */
+  get balancers(): ReadonlySet<BalancerView> {
+    return this.#balancers;
+  }
+
+  attach(balancer: BalancerView): void {
+    this.#balancers.add(balancer);
+  }
+
+  detach(balancer: BalancerView): void {
+    this.#balancers.delete(balancer);
+  }
+
+  /** Calls `listener` after membership, connectivity or breaker changes; returns the unsubscribe function. */
+  onChange(listener: (change: BalancerChange) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  changed(change: BalancerChange): void {
+    for (const listener of this.#listeners) {
+      try {
+        listener(change);
+      } catch (error) {
+        this.logger.error({ err: error }, "balancer change listener threw");
+      }
+    }
+  }
+
+  clearListeners(): void {
+    this.#listeners.clear();
+  }
+}
+
+const contexts = new Map<string, BalancerContext>();
+let nextId = 1;
+let defaultContext = new BalancerContext("default");
+
+/** Creates a context and makes it findable by id. Forget it with {@link dropContext}. */
+export function createContext(options: BalancerContextOptions): BalancerContext {
+  const context = new BalancerContext(`ctx-${nextId++}`, options);
+  contexts.set(context.id, context);
+  return context;
+}
+
+export function dropContext(context: BalancerContext): void {
+  contexts.delete(context.id);
+  context.clearListeners();
+}
+
+/** Replaces the context of channels that name none (`registerLeasehold()`). */
+export function setDefaultContext(options: BalancerContextOptions): BalancerContext {
+  defaultContext = new BalancerContext("default", options);
+  return defaultContext;
+}
+
+/** The context a channel option names, else the default one. */
+export function contextOf(id: unknown): BalancerContext {
+  return (typeof id === "string" ? contexts.get(id) : undefined) ?? defaultContext;
+}

@@ -1,0 +1,547 @@
+/**
+ * Leasehold's load-balancing policies as grpc-js load-balancer types (DESIGN §5), so every grpc-js
+ * channel — a stock client created with a `leasehold:///SERVICE` target, or the typed balanced
+ * client — balances through the same code. Modelled on grpc-js `load-balancer-round-robin.ts`:
+ * one `LeafLoadBalancer` (pick_first over one address) per listed instance, an immutable picker
+ * rebuilt on every membership, connectivity or breaker change, and `pick()` synchronous.
+ *
+ * Per instance it adds what grpc-js lacks: the registered weight, status (a DRAINING instance gets
+ * no new calls) and zone, taken from the resolver's membership attribute; an opossum breaker fed
+ * from call outcomes through the pick's `onCallStarted` / `onCallEnded` hooks; and the DESIGN §7
+ * per-instance metrics. An instance whose subchannel is not READY is never picked.
+ *
+ * Registered names are `leasehold_` + the policy (`leasehold_weighted_round_robin`, ...), so
+ * grpc-js's own `round_robin` and `weighted_round_robin` (ORCA) keep working for other channels.
+ */
+import {
+  connectivityState as ConnectivityState,
+  experimental,
+  Metadata,
+  status as Status,
+  type ChannelOptions,
+  type StatusObject,
+} from "@grpc/grpc-js";
+import { Instance, InstanceStatus } from "../../proto/gen/leasehold/registry/v1/registry.js";
+import { BREAKER_STATE_VALUE, InstanceBreaker } from "../breaker/instance-breaker.js";
+import type { MembershipSnapshot } from "../discovery/membership.js";
+import { LeaseholdError, statusCodeName } from "../errors.js";
+import {
+  CONTEXT_OPTION,
+  contextOf,
+  LATENCY_SAMPLES,
+  type BalancerContext,
+  type BalancerView,
+  type InstanceStats,
+} from "./balancer-context.js";
+import { createPicker, POLICY_NAMES, type Pickable, type Picker, type PolicyName } from "./policies.js";
+
+type LoadBalancer = experimental.LoadBalancer;
+type ChannelControlHelper = experimental.ChannelControlHelper;
+type Endpoint = experimental.Endpoint;
+type PickArgs = experimental.PickArgs;
+type PickResult = experimental.PickResult;
+type GrpcPicker = experimental.Picker;
+
+/**
+ * Resolver attribute carrying the {@link MembershipSnapshot} behind an endpoint list. Its prefix
+ * is grpc-js's `SUBCHANNEL_ARGS_EXCLUDE_KEY_PREFIX`, so it never reaches subchannel arguments.
+ */
+export const MEMBERSHIP_ATTRIBUTE = "grpc.internal.no_subchannel.leasehold.membership";
+
+/** Pick information (from the resolver's config selector) naming the called method. */
+export const METHOD_PICK_INFO = "leasehold.method";
+
+/**
+ * Request metadata listing `host:port` addresses this call must not be picked onto (the typed
+ * client's retry on a different instance). The picker removes it, so it is never sent.
+ */
+export const EXCLUDE_METADATA = "leasehold-exclude";
+
+/** The grpc-js load-balancer type name of a policy: `leasehold_round_robin`, ... */
+export function loadBalancerName(policy: PolicyName): string {
+  return `leasehold_${policy}`;
+}
+
+/** How long a half-open breaker's trial stays reserved between the pick and the call's start. */
+const TRIAL_RESERVATION_MS = 1000;
+
+/** One listed instance: its leaf balancer (subchannel), breaker, load and latency samples. */
+class Child implements Pickable {
+  instance: Instance;
+  readonly leaf: experimental.LeafLoadBalancer;
+  readonly breaker: InstanceBreaker;
+  outstanding = 0;
+  calls = 0;
+  errors = 0;
+  isRemoved = false;
+  lastError: string | null = null;
+  #trialPickedAtMs = Number.NEGATIVE_INFINITY;
+  readonly #latenciesMs = new Float64Array(LATENCY_SAMPLES);
+  #latencyCount = 0;
+
+  constructor(instance: Instance, leaf: experimental.LeafLoadBalancer, breaker: InstanceBreaker) {
+    this.instance = instance;
+    this.leaf = leaf;
+    this.breaker = breaker;
+  }
+
+  get instanceId(): string {
+    return this.instance.instanceId;
+  }
+  get weight(): number {
+    return this.instance.weight;
+  }
+  get isServing(): boolean {
+    return this.instance.status !== InstanceStatus.INSTANCE_STATUS_DRAINING;
+  }
+  get isBreakerAdmitting(): boolean {
+    return this.breaker.isAdmitting;
+  }
+  get isReady(): boolean {
+    return this.leaf.getConnectivityState() === ConnectivityState.READY;
+  }
+
+  /**
+   * False when a half-open breaker's one trial is already taken (in flight, or picked and about to
+   * start), so the picker moves on to another instance.
+   */
+  admitsCall(nowMs: number): boolean {
+    if (this.breaker.state !== "half-open") return true;
+    if (!this.breaker.isCallPermitted || nowMs - this.#trialPickedAtMs < TRIAL_RESERVATION_MS) return false;
+    this.#trialPickedAtMs = nowMs;
+    return true;
+  }
+
+  recordLatency(ms: number): void {
+    this.#latenciesMs[this.#latencyCount % LATENCY_SAMPLES] = ms;
+    this.#latencyCount++;
+  }
+
+  stats(): InstanceStats {
+    const sorted = this.#latenciesMs.slice(0, Math.min(this.#latencyCount, LATENCY_SAMPLES)).sort();
+    const quantile = (q: number): number =>
+      sorted.length === 0 ? 0 : (sorted[Math.min(sorted.length - 1, Math.ceil(q * sorted.length) - 1)] ?? 0);
+    return {
+      service: this.instance.service,
+      instanceId: this.instanceId,
+      address: this.instance.address,
+      weight: this.weight,
+      status: this.isServing ? "SERVING" : "DRAINING",
+      zone: this.instance.zone,
+      calls: this.calls,
+      errors: this.errors,
+      p50Ms: quantile(0.5),
+      p99Ms: quantile(0.99),
+      breaker: this.breaker.state,
+      outstanding: this.outstanding,
+      connectivity: ConnectivityState[this.leaf.getConnectivityState()] ?? "UNKNOWN",
+    };
+  }
+}
+
+/** The picker handed to the channel: a snapshot of the policy's picker over the eligible children. */
+class LeaseholdPicker implements GrpcPicker {
+  readonly #balancer: LeaseholdLoadBalancer;
+  readonly #picker: Picker<Child>;
+
+  constructor(balancer: LeaseholdLoadBalancer, picker: Picker<Child>) {
+    this.#balancer = balancer;
+    this.#picker = picker;
+  }
+
+  pick(args: PickArgs): PickResult {
+    let exclude: Set<string> | undefined;
+    const excluded = args.metadata.get(EXCLUDE_METADATA);
+    if (excluded.length > 0) {
+      args.metadata.remove(EXCLUDE_METADATA); // the channel passes a per-attempt clone
+      exclude = this.#balancer.instanceIdsAt(excluded);
+    }
+    const nowMs = Date.now();
+    for (let tries = 0; tries <= this.#picker.instances.length; tries++) {
+      const child = this.#picker.pick(exclude);
+      if (child === undefined) break;
+      if (!child.admitsCall(nowMs)) {
+        (exclude ??= new Set()).add(child.instanceId);
+        continue;
+      }
+      const result = child.leaf.getPicker().pick(args);
+      if (result.pickResultType !== experimental.PickResultType.COMPLETE) return result;
+      const method = args.extraPickInfo[METHOD_PICK_INFO] ?? "";
+      const call = new TrackedCall(this.#balancer, child, method);
+      return {
+        ...result,
+        onCallStarted: () => call.started(),
+        onCallEnded: (code: Status, details: string) => call.ended(code, details),
+      };
+    }
+    return {
+      pickResultType: experimental.PickResultType.TRANSIENT_FAILURE,
+      subchannel: null,
+      status: this.#balancer.noInstanceStatus(exclude),
+      onCallStarted: null,
+      onCallEnded: null,
+    };
+  }
+}
+
+/** One call on one child, from start to end: load, breaker outcome, stats and metrics. */
+class TrackedCall {
+  readonly #balancer: LeaseholdLoadBalancer;
+  readonly #child: Child;
+  readonly #method: string;
+  #startedAt = 0;
+  #settle: ((error: LeaseholdError | undefined) => void) | undefined;
+
+  constructor(balancer: LeaseholdLoadBalancer, child: Child, method: string) {
+    this.#balancer = balancer;
+    this.#child = child;
+    this.#method = method;
+  }
+
+  started(): void {
+    this.#child.outstanding++;
+    this.#startedAt = performance.now();
+    // opossum counts outcomes of the promises it runs; this one settles when the call ends.
+    // A rejection is its outcome, already counted: nothing else awaits it.
+    this.#child.breaker
+      .fire(
+        () =>
+          new Promise<void>((resolve, reject) => {
+            this.#settle = (error) => (error === undefined ? resolve() : reject(error));
+          }),
+      )
+      .catch(() => undefined);
+  }
+
+  ended(code: Status, details: string): void {
+    const child = this.#child;
+    child.outstanding--;
+    const name = statusCodeName(code);
+    this.#settle?.(name === "OK" ? undefined : new LeaseholdError(name, details));
+    if (child.isRemoved) return; // left meanwhile: its series are gone and must stay gone
+    const ms = performance.now() - this.#startedAt;
+    child.calls++;
+    if (name !== "OK") child.errors++;
+    child.recordLatency(ms);
+    this.#balancer.context.metrics?.recordCall(
+      child.instance.service,
+      child.instanceId,
+      this.#method,
+      name,
+      ms / 1000,
+    );
+  }
+}
+
+/** The parsed `loadBalancingConfig` entry of one policy (it takes no settings: `{}`). */
+export class LeaseholdLoadBalancingConfig implements experimental.TypedLoadBalancingConfig {
+  readonly policy: PolicyName;
+
+  constructor(policy: PolicyName) {
+    this.policy = policy;
+  }
+
+  getLoadBalancerName(): string {
+    return loadBalancerName(this.policy);
+  }
+
+  toJsonObject(): object {
+    return { [this.getLoadBalancerName()]: {} };
+  }
+}
+
+/** Derived from the membership or, without one (a non-Leasehold target), from the endpoint. */
+function instancesOf(endpoints: readonly Endpoint[], membership: MembershipSnapshot | undefined): Instance[] {
+  if (membership !== undefined) return [...membership.instances];
+  return endpoints.map((endpoint) => {
+    const address = experimental.endpointToString(endpoint);
+    return Instance.fromPartial({ instanceId: address, address, weight: 1 });
+  });
+}
+
+/** A `host:port` instance address as a grpc-js endpoint. */
+function endpointOf(address: string): Endpoint | undefined {
+  const hostPort = experimental.splitHostPort(address);
+  if (hostPort === null || hostPort.port === undefined) return undefined;
+  return { addresses: [{ host: hostPort.host, port: hostPort.port }] };
+}
+
+/** Channel options for the leaf balancers: without resolver attributes (objects, per update). */
+function childOptionsOf(options: ChannelOptions): ChannelOptions {
+  return Object.fromEntries(Object.entries(options).filter(([key]) => !key.startsWith("grpc.internal.")));
+}
+
+/**
+ * The load balancer of one channel. Created by grpc-js through {@link registerLoadBalancers};
+ * not constructed directly.
+ */
+export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
+  readonly #helper: ChannelControlHelper;
+  readonly #children = new Map<string, Child>();
+  /** Children in membership order (sorted by instance id), the policy picker's input. */
+  #ordered: Child[] = [];
+  #policy: PolicyName = "round_robin";
+  #context: BalancerContext | undefined;
+  #policyPicker: Picker<Child> | undefined;
+  #service = "";
+  #revision = "";
+  #resolutionNote = "";
+  #isUpdating = false;
+  #isDestroyed = false;
+
+  constructor(helper: ChannelControlHelper) {
+    this.#helper = helper;
+  }
+
+  get context(): BalancerContext {
+    return (this.#context ??= contextOf(undefined));
+  }
+
+  get membershipRevision(): string {
+    return this.#revision;
+  }
+
+  updateAddressList(
+    endpointList: experimental.StatusOr<Endpoint[]>,
+    lbConfig: experimental.TypedLoadBalancingConfig,
+    options: ChannelOptions,
+    resolutionNote: string,
+  ): boolean {
+    if (!(lbConfig instanceof LeaseholdLoadBalancingConfig) || this.#isDestroyed) return false;
+    this.#policy = lbConfig.policy;
+    this.#resolutionNote = resolutionNote;
+    const context = contextOf(options[CONTEXT_OPTION]);
+    if (context !== this.#context) {
+      this.#context?.detach(this);
+      this.#context = context;
+      context.attach(this);
+    }
+    if (!endpointList.ok) {
+      // Keep serving the last membership: a resolver error never empties the pick set.
+      if (this.#children.size === 0) {
+        this.#helper.updateState(
+          ConnectivityState.TRANSIENT_FAILURE,
+          new experimental.UnavailablePicker(endpointList.error),
+          endpointList.error.details,
+        );
+      }
+      return true;
+    }
+    const membership = options[MEMBERSHIP_ATTRIBUTE] as MembershipSnapshot | undefined;
+    this.#service = membership?.service ?? this.#service;
+    this.#revision = membership?.revision ?? this.#revision;
+    this.#apply(instancesOf(endpointList.value, membership), childOptionsOf(options));
+    return true;
+  }
+
+  exitIdle(): void {
+    for (const child of this.#children.values()) {
+      if (child.leaf.getConnectivityState() === ConnectivityState.IDLE) child.leaf.exitIdle();
+    }
+  }
+
+  resetBackoff(): void {
+    // Each leaf's pick_first owns its reconnect backoff.
+  }
+
+  destroy(): void {
+    if (this.#isDestroyed) return;
+    this.#isDestroyed = true;
+    const removed = [...this.#children.values()].map((child) => this.#retire(child));
+    this.#children.clear();
+    this.#ordered = [];
+    this.#context?.detach(this);
+    this.#context?.changed({ removed });
+  }
+
+  getTypeName(): string {
+    return loadBalancerName(this.#policy);
+  }
+
+  stats(): InstanceStats[] {
+    return this.#ordered.map((child) => child.stats());
+  }
+
+  /** Instance ids listed at these `host:port` addresses (the typed client's tried instances). */
+  instanceIdsAt(addresses: readonly (string | Buffer)[]): Set<string> {
+    const wanted = new Set(addresses.flatMap((value) => String(value).split(",")));
+    const ids = new Set<string>();
+    for (const child of this.#ordered) if (wanted.has(child.instance.address)) ids.add(child.instanceId);
+    return ids;
+  }
+
+  /** The UNAVAILABLE status of a pick that found nothing, saying why each instance was skipped. */
+  noInstanceStatus(exclude: ReadonlySet<string> | undefined): StatusObject {
+    const counts = {
+      draining: 0,
+      "weight 0": 0,
+      "breaker open": 0,
+      "not connected": 0,
+      "already tried or half-open with a trial in flight": 0,
+    };
+    for (const child of this.#ordered) {
+      if (!child.isServing) counts.draining++;
+      else if (child.weight <= 0) counts["weight 0"]++;
+      else if (!child.isBreakerAdmitting) counts["breaker open"]++;
+      else if (!child.isReady) counts["not connected"]++;
+      else if (exclude?.has(child.instanceId) === true)
+        counts["already tried or half-open with a trial in flight"]++;
+    }
+    const reasons = Object.entries(counts)
+      .filter(([, n]) => n > 0)
+      .map(([reason, n]) => `${n} ${reason}`);
+    const service = this.#service === "" ? "" : ` of service ${this.#service}`;
+    const listed = `${this.#ordered.length} listed${reasons.length > 0 ? `: ${reasons.join(", ")}` : ""}`;
+    const lastError = this.#ordered.find((child) => child.lastError !== null)?.lastError;
+    return {
+      code: Status.UNAVAILABLE,
+      details: `no available instance${service} (${listed})${
+        counts["not connected"] > 0 && lastError != null ? `; last connection error: ${lastError}` : ""
+      }`,
+      metadata: new Metadata(),
+    };
+  }
+
+  #apply(instances: readonly Instance[], childOptions: ChannelOptions): void {
+    const context = this.context;
+    const listed = new Set<string>();
+    const ordered: Child[] = [];
+    const removed: InstanceStats[] = [];
+    this.#isUpdating = true;
+    try {
+      for (const instance of instances) {
+        if (listed.has(instance.instanceId)) continue;
+        let child = this.#children.get(instance.instanceId);
+        if (child !== undefined && child.instance.address !== instance.address) {
+          context.logger.info(
+            { instanceId: instance.instanceId, address: instance.address },
+            "instance moved; reconnecting",
+          );
+          removed.push(this.#retire(child));
+          this.#children.delete(instance.instanceId);
+          child = undefined;
+        }
+        if (child === undefined) {
+          child = this.#open(instance, childOptions);
+          if (child === undefined) continue;
+          this.#children.set(instance.instanceId, child);
+        } else {
+          child.instance = instance; // weight, status, zone, metadata: no reconnect
+        }
+        listed.add(instance.instanceId);
+        ordered.push(child);
+      }
+      for (const [instanceId, child] of this.#children) {
+        if (listed.has(instanceId)) continue;
+        this.#children.delete(instanceId);
+        removed.push(this.#retire(child));
+      }
+      this.#ordered = ordered.sort((a, b) =>
+        a.instanceId < b.instanceId ? -1 : a.instanceId > b.instanceId ? 1 : 0,
+      );
+    } finally {
+      this.#isUpdating = false;
+    }
+    this.#update({ removed });
+  }
+
+  #open(instance: Instance, childOptions: ChannelOptions): Child | undefined {
+    const context = this.context;
+    const endpoint = endpointOf(instance.address);
+    if (endpoint === undefined) {
+      context.logger.warn({ instanceId: instance.instanceId, address: instance.address }, "unusable address");
+      return undefined;
+    }
+    const { service, instanceId } = instance;
+    const metrics = context.metrics;
+    const breaker = new InstanceBreaker(instanceId, context.breaker, (state, previous) => {
+      if (child.isRemoved) return;
+      context.logger[state === "open" ? "warn" : "info"](
+        { service, instanceId, state, previous },
+        `breaker ${state}`,
+      );
+      metrics?.breakerState.set({ service, instance_id: instanceId }, BREAKER_STATE_VALUE[state]);
+      this.#update({ removed: [] });
+    });
+    const helper = experimental.createChildChannelControlHelper(this.#helper, {
+      updateState: (_state, _picker, errorMessage) => {
+        if (errorMessage !== null) child.lastError = errorMessage;
+        if (!this.#isUpdating) this.#update({ removed: [] });
+      },
+    });
+    const leaf = new experimental.LeafLoadBalancer(endpoint, helper, childOptions, this.#resolutionNote);
+    const child: Child = new Child(instance, leaf, breaker);
+    metrics?.breakerState.set({ service, instance_id: instanceId }, BREAKER_STATE_VALUE.closed);
+    leaf.startConnecting();
+    return child;
+  }
+
+  #retire(child: Child): InstanceStats {
+    const stats = child.stats();
+    child.isRemoved = true;
+    child.breaker.shutdown();
+    child.leaf.destroy();
+    this.context.metrics?.forgetInstance(child.instance.service, child.instanceId);
+    return stats;
+  }
+
+  /** Rebuilds the picker and reports the aggregate state, as grpc-js `round_robin` does. */
+  #update(change: { removed: InstanceStats[] }): void {
+    if (this.#isDestroyed) return;
+    const context = this.context;
+    this.#policyPicker = createPicker(this.#policy, this.#ordered, {
+      random: context.random,
+      previous: this.#policyPicker,
+    });
+    let isConnecting = false;
+    for (const child of this.#ordered) {
+      const state = child.leaf.getConnectivityState();
+      // Keep every listed instance connected (round_robin does the same).
+      if (state === ConnectivityState.IDLE) child.leaf.exitIdle();
+      if (state === ConnectivityState.CONNECTING || state === ConnectivityState.IDLE) isConnecting = true;
+    }
+    if (this.#policyPicker.instances.length > 0) {
+      this.#helper.updateState(ConnectivityState.READY, new LeaseholdPicker(this, this.#policyPicker), null);
+    } else if (isConnecting) {
+      this.#helper.updateState(ConnectivityState.CONNECTING, new experimental.QueuePicker(this), null);
+    } else {
+      const picker = new LeaseholdPicker(this, this.#policyPicker);
+      this.#helper.updateState(
+        ConnectivityState.TRANSIENT_FAILURE,
+        picker,
+        this.noInstanceStatus(undefined).details,
+      );
+    }
+    context.changed(change);
+  }
+}
+
+let isRegistered = false;
+
+/**
+ * Registers the `leasehold_<policy>` load-balancer types (one per policy of DESIGN §5) with the
+ * grpc-js copy this package resolves (a peer dependency: the application's own). Idempotent.
+ */
+export function registerLoadBalancers(): void {
+  if (isRegistered) return;
+  isRegistered = true;
+  for (const policy of POLICY_NAMES) {
+    const name = loadBalancerName(policy);
+    class Config extends LeaseholdLoadBalancingConfig {
+      constructor() {
+        super(policy);
+      }
+      static createFromJson(json: unknown): Config {
+        if (typeof json !== "object" || json === null || Object.keys(json).length > 0)
+          throw new Error(`${name} takes no settings: {}`);
+        return new Config();
+      }
+    }
+    class Balancer extends LeaseholdLoadBalancer {
+      override getTypeName(): string {
+        return name;
+      }
+    }
+    experimental.registerLoadBalancerType(name, Balancer, Config);
+  }
+}

@@ -1,0 +1,341 @@
+/**
+ * The `leasehold` name-resolution scheme for grpc-js (DESIGN §5): a channel created with target
+ * `leasehold:///SERVICE` (or `leasehold://REGISTRY_HOST:PORT/SERVICE`) gets the live membership of
+ * SERVICE from a registry Watch stream, one endpoint per listed instance, plus the membership
+ * itself as a resolver attribute so Leasehold's load balancers see weight, status and zone.
+ *
+ * One Watch stream per (registry, service) is shared by every channel of the process and closed
+ * with the last of them. The resolver's service config selects a `leasehold_<policy>` balancer and,
+ * by default, a grpc-js `retryPolicy` with `retryThrottling`; a channel that sets its own
+ * `grpc.service_config` keeps it.
+ */
+import {
+  experimental,
+  Metadata,
+  status as Status,
+  type ChannelOptions,
+  type ServiceConfig,
+  type StatusObject,
+} from "@grpc/grpc-js";
+import type { Logger } from "pino";
+import {
+  loadBalancerName,
+  MEMBERSHIP_ATTRIBUTE,
+  METHOD_PICK_INFO,
+} from "../balancing/leasehold-load-balancer.js";
+import type { PolicyName } from "../balancing/policies.js";
+import { isPolicyName } from "../balancing/policies.js";
+import type { ClientMetrics } from "../metrics/client-metrics.js";
+import { connectRegistry } from "../registry-connection.js";
+import type { MembershipSnapshot, MembershipSource } from "./membership.js";
+import { MembershipWatcher } from "./membership-watcher.js";
+
+type GrpcUri = experimental.GrpcUri;
+type ResolverListener = experimental.ResolverListener;
+type MethodConfig = ServiceConfig["methodConfig"][number];
+type RetryPolicy = NonNullable<MethodConfig["retryPolicy"]>;
+
+/** The URI scheme: `leasehold:///SERVICE`. */
+export const LEASEHOLD_SCHEME = "leasehold";
+
+/** Channel option: the policy of this channel (a {@link PolicyName}), instead of the default one. */
+export const POLICY_OPTION = "leasehold.policy";
+
+/** Channel option: the id of an in-process membership source (see {@link shareMembership}). */
+export const MEMBERSHIP_SOURCE_OPTION = "leasehold.membership";
+
+/**
+ * The default retry policy of `leasehold:///` channels: up to 3 attempts on `UNAVAILABLE`, 50 ms
+ * then doubling to 1 s between them, as grpc-js retries (gRFC A6). Each attempt is picked anew.
+ */
+export const DEFAULT_RETRY_POLICY: RetryPolicy = Object.freeze({
+  maxAttempts: 3,
+  initialBackoff: "0.05s",
+  maxBackoff: "1s",
+  backoffMultiplier: 2,
+  retryableStatusCodes: [Status.UNAVAILABLE],
+});
+
+/** Retry throttling of gRFC A6 (at most 10 tokens, 0.1 back per success), so retries cannot storm. */
+const RETRY_THROTTLING = Object.freeze({ maxTokens: 10, tokenRatio: 0.1 });
+
+/** What the resolver uses for targets that do not say otherwise. */
+export interface ResolverDefaults {
+  /** Registry address(es) for `leasehold:///SERVICE`, `host:port[,host:port]`; none: an authority is required. */
+  readonly registry: string | undefined;
+  readonly policy: PolicyName;
+  /** grpc-js retry policy for every method; `undefined`: no retries. */
+  readonly retryPolicy: RetryPolicy | undefined;
+  readonly metrics: ClientMetrics | undefined;
+  readonly logger: Logger | undefined;
+  /** grpc-js options of the channels to the registry. */
+  readonly registryChannelOptions: ChannelOptions;
+}
+
+let defaults: ResolverDefaults = Object.freeze({
+  registry: undefined,
+  policy: "round_robin",
+  retryPolicy: DEFAULT_RETRY_POLICY,
+  metrics: undefined,
+  logger: undefined,
+  registryChannelOptions: {},
+});
+
+/** The defaults in force. */
+export function resolverDefaults(): ResolverDefaults {
+  return defaults;
+}
+
+/** Replaces the defaults of resolvers created from now on. */
+export function setResolverDefaults(next: ResolverDefaults): void {
+  defaults = Object.freeze({ ...next });
+}
+
+// ---- membership sources, shared by the channels of a process ----
+
+interface SharedWatcher {
+  readonly watcher: MembershipWatcher;
+  readonly close: () => Promise<void>;
+  refs: number;
+}
+
+const watchers = new Map<string, SharedWatcher>();
+const sources = new Map<string, MembershipSource>();
+let nextSourceId = 1;
+
+/**
+ * Makes a membership source (e.g. `staticMembership`) usable by channels: give them channel option
+ * `{ [MEMBERSHIP_SOURCE_OPTION]: id }`. Returns the id and the function that forgets it.
+ */
+export function shareMembership(source: MembershipSource): { id: string; forget: () => void } {
+  const id = `source-${nextSourceId++}`;
+  sources.set(id, source);
+  return { id, forget: () => sources.delete(id) };
+}
+
+/** The shared watcher of (registry, service), counted; the last release closes it. */
+function acquireWatcher(
+  registry: string,
+  service: string,
+): { watcher: MembershipWatcher; release: () => void } {
+  const key = `${registry}\n${service}`;
+  let shared = watchers.get(key);
+  if (shared === undefined) {
+    const client = connectRegistry(registry, defaults.registryChannelOptions);
+    const watcher = new MembershipWatcher({
+      registry: client,
+      service,
+      metrics: defaults.metrics,
+      logger: defaults.logger,
+    });
+    watcher.start();
+    shared = { watcher, close: () => watcher.close().finally(() => client.close()), refs: 0 };
+    watchers.set(key, shared);
+  }
+  const entry = shared;
+  entry.refs++;
+  let isReleased = false;
+  return {
+    watcher: entry.watcher,
+    release: () => {
+      if (isReleased) return;
+      isReleased = true;
+      if (--entry.refs > 0) return;
+      watchers.delete(key);
+      void entry.close();
+    },
+  };
+}
+
+/** DNS-1123 label (DESIGN §2). */
+const SERVICE_NAME = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
+
+/** A config selector that also names the method for the balancer's metrics. */
+function configSelectorOf(methodConfig: readonly MethodConfig[]): experimental.ConfigSelector {
+  const cache = new Map<string, ReturnType<experimental.ConfigSelector["invoke"]>>();
+  return {
+    invoke(methodName) {
+      let config = cache.get(methodName);
+      if (config === undefined) {
+        const slash = methodName.lastIndexOf("/");
+        const method = methodName.slice(slash + 1);
+        config = {
+          methodConfig: methodConfig[0] ?? { name: [] },
+          pickInformation: { [METHOD_PICK_INFO]: method },
+          status: Status.OK,
+          dynamicFilterFactories: [],
+        };
+        if (cache.size < 1000) cache.set(methodName, config);
+      }
+      return config;
+    },
+    unref() {
+      cache.clear();
+    },
+  };
+}
+
+/**
+ * grpc-js resolver of `leasehold://[REGISTRY]/SERVICE`. Constructed by grpc-js; registered by
+ * `registerLeasehold()`.
+ */
+export class LeaseholdResolver implements experimental.Resolver {
+  readonly #listener: ResolverListener;
+  readonly #service: string;
+  readonly #registry: string | undefined;
+  readonly #sourceId: string | undefined;
+  readonly #serviceConfig: ServiceConfig | null;
+  readonly #configSelector: experimental.ConfigSelector | undefined;
+  readonly #targetError: StatusObject | undefined;
+  #source: MembershipSource | undefined;
+  #hasSnapshot: () => boolean = () => true;
+  #release: () => void = () => undefined;
+  #unsubscribe: () => void = () => undefined;
+  #lastError: StatusObject | undefined;
+  #isScheduled = false;
+  #isDestroyed = false;
+
+  constructor(target: GrpcUri, listener: ResolverListener, options: ChannelOptions) {
+    this.#listener = listener;
+    this.#service = target.path.replace(/^\/+/, "");
+    this.#registry =
+      target.authority !== undefined && target.authority !== "" ? target.authority : defaults.registry;
+    const sourceId: unknown = options[MEMBERSHIP_SOURCE_OPTION];
+    this.#sourceId = typeof sourceId === "string" ? sourceId : undefined;
+    const policy: unknown = options[POLICY_OPTION] ?? defaults.policy;
+    if (!SERVICE_NAME.test(this.#service)) {
+      this.#targetError = unavailable(
+        `leasehold: "${this.#service}" in target leasehold:///${this.#service} is not a service name (a DNS-1123 label)`,
+      );
+    } else if (typeof policy !== "string" || !isPolicyName(policy)) {
+      this.#targetError = unavailable(
+        `leasehold: unknown policy "${String(policy)}" in channel option ${POLICY_OPTION}`,
+      );
+    } else if (this.#sourceId === undefined && this.#registry === undefined) {
+      this.#targetError = unavailable(
+        `leasehold: no registry for ${this.#service}: call registerLeasehold({ registry }) or use leasehold://HOST:PORT/${this.#service}`,
+      );
+    }
+    if (options["grpc.service_config"] !== undefined || this.#targetError !== undefined) {
+      // The channel's own service config (parsed and validated by grpc-js) stays in force.
+      this.#serviceConfig = null;
+      this.#configSelector = undefined;
+    } else {
+      const retryPolicy = defaults.retryPolicy;
+      const methodConfig: MethodConfig[] = retryPolicy === undefined ? [] : [{ name: [{}], retryPolicy }];
+      this.#serviceConfig = {
+        loadBalancingConfig: [{ [loadBalancerName(policy as PolicyName)]: {} }],
+        methodConfig,
+        ...(retryPolicy === undefined ? {} : { retryThrottling: RETRY_THROTTLING }),
+      };
+      this.#configSelector = configSelectorOf(methodConfig);
+    }
+  }
+
+  static getDefaultAuthority(target: GrpcUri): string {
+    return target.path.replace(/^\/+/, "");
+  }
+
+  updateResolution(): void {
+    if (this.#isDestroyed) this.#isDestroyed = false;
+    if (this.#source === undefined && this.#targetError === undefined) this.#subscribe();
+    this.#schedule();
+  }
+
+  destroy(): void {
+    this.#isDestroyed = true;
+    this.#unsubscribe();
+    this.#release();
+    this.#source = undefined;
+    this.#unsubscribe = () => undefined;
+    this.#release = () => undefined;
+  }
+
+  #subscribe(): void {
+    if (this.#sourceId !== undefined) {
+      const source = sources.get(this.#sourceId);
+      if (source === undefined) {
+        this.#lastError = unavailable(
+          `leasehold: membership source ${this.#sourceId} is gone (its client was closed)`,
+        );
+        return;
+      }
+      this.#source = source;
+      this.#hasSnapshot = () => source.hasSnapshot ?? true;
+    } else {
+      const registry = this.#registry as string;
+      const { watcher, release } = acquireWatcher(registry, this.#service);
+      this.#source = watcher;
+      this.#release = release;
+      this.#hasSnapshot = () => watcher.hasSnapshot;
+      const stopErrors = watcher.onStreamError((error) => {
+        if (watcher.hasSnapshot) return; // the last membership stays in use (DESIGN §5)
+        this.#lastError = unavailable(
+          `leasehold: cannot watch service ${this.#service} at registry ${registry}: ${messageOf(error)}`,
+        );
+        this.#schedule();
+      });
+      const stopChanges = watcher.subscribe(() => this.#schedule());
+      this.#unsubscribe = () => {
+        stopErrors();
+        stopChanges();
+      };
+      return;
+    }
+    this.#unsubscribe = this.#source.subscribe(() => this.#schedule());
+  }
+
+  /** Reports the latest state to grpc-js, never synchronously (the Resolver contract). */
+  #schedule(): void {
+    if (this.#isScheduled) return;
+    this.#isScheduled = true;
+    process.nextTick(() => {
+      this.#isScheduled = false;
+      if (!this.#isDestroyed) this.#report();
+    });
+  }
+
+  #report(): void {
+    const error = this.#targetError ?? (this.#hasSnapshot() ? undefined : this.#lastError);
+    if (error !== undefined) {
+      this.#listener({ ok: false, error }, {}, null, "");
+      return;
+    }
+    const source = this.#source;
+    if (source === undefined || !this.#hasSnapshot()) return; // calls wait for the first snapshot
+    const snapshot: MembershipSnapshot = source.current();
+    const endpoints: experimental.Endpoint[] = [];
+    for (const instance of snapshot.instances) {
+      const hostPort = experimental.splitHostPort(instance.address);
+      if (hostPort?.port === undefined) continue;
+      endpoints.push({ addresses: [{ host: hostPort.host, port: hostPort.port }] });
+    }
+    const attributes: Record<string, unknown> = { [MEMBERSHIP_ATTRIBUTE]: snapshot };
+    if (this.#configSelector !== undefined)
+      attributes[experimental.CHANNEL_ARGS_CONFIG_SELECTOR_KEY] = this.#configSelector;
+    this.#listener(
+      { ok: true, value: endpoints },
+      attributes,
+      this.#serviceConfig === null ? null : { ok: true, value: this.#serviceConfig },
+      `service ${this.#service} at revision ${snapshot.revision}`,
+    );
+  }
+}
+
+function unavailable(details: string): StatusObject {
+  return { code: Status.UNAVAILABLE, details, metadata: new Metadata() };
+}
+
+function messageOf(error: unknown): string {
+  if (error instanceof Error) return (error as { details?: string }).details ?? error.message;
+  return String(error);
+}
+
+let isRegistered = false;
+
+/** Registers the `leasehold` scheme with the application's grpc-js. Idempotent. */
+export function registerResolver(): void {
+  if (isRegistered) return;
+  isRegistered = true;
+  experimental.registerResolver(LEASEHOLD_SCHEME, LeaseholdResolver);
+}

@@ -1,0 +1,85 @@
+/**
+ * `registerLeasehold()`: the one call that lets any grpc-js client in the process use Leasehold
+ * (DESIGN §5). It registers the `leasehold` resolver scheme and the `leasehold_<policy>` load
+ * balancers with the application's own grpc-js (a peer dependency), and sets the defaults of
+ * `leasehold:///SERVICE` channels.
+ *
+ * ```ts
+ * registerLeasehold({ registry: "127.0.0.1:7100", policy: "weighted_round_robin" });
+ * const calculator = new CalculatorServiceClient("leasehold:///calculator", credentials.createInsecure());
+ * ```
+ */
+import type { ChannelOptions, ServiceConfig } from "@grpc/grpc-js";
+import type { Logger } from "pino";
+import { setDefaultContext } from "./balancing/balancer-context.js";
+import { registerLoadBalancers } from "./balancing/leasehold-load-balancer.js";
+import { isPolicyName, type PolicyName } from "./balancing/policies.js";
+import type { BreakerOptions } from "./breaker/instance-breaker.js";
+import {
+  DEFAULT_RETRY_POLICY,
+  registerResolver,
+  setResolverDefaults,
+} from "./discovery/leasehold-resolver.js";
+import { LeaseholdError } from "./errors.js";
+import type { ClientMetrics } from "./metrics/client-metrics.js";
+import { parseRegistryAddresses } from "./registry-connection.js";
+
+/** A grpc-js `retryPolicy` (gRFC A6), as in a service config's `methodConfig`. */
+export type RetryPolicy = NonNullable<ServiceConfig["methodConfig"][number]["retryPolicy"]>;
+
+/** Options of {@link registerLeasehold}; all optional. */
+export interface LeaseholdOptions {
+  /**
+   * Registry address(es), `host:port[,host:port]`, for `leasehold:///SERVICE` targets. Without it,
+   * targets must name one: `leasehold://HOST:PORT/SERVICE`.
+   */
+  readonly registry?: string;
+  /**
+   * Policy of channels that set no `grpc.service_config` and no `leasehold.policy` channel option.
+   * Default `round_robin`. In a service config: `{"loadBalancingConfig":[{"leasehold_weighted_round_robin":{}}]}`.
+   */
+  readonly policy?: PolicyName;
+  /** Retry policy put in the resolver's service config; `false` for none. Default {@link DEFAULT_RETRY_POLICY}. */
+  readonly retryPolicy?: RetryPolicy | false;
+  /** Caller-side metrics (DESIGN §7) of every channel; none recorded when absent. */
+  readonly metrics?: ClientMetrics;
+  /** Breaker tuning of every instance; see `DEFAULT_BREAKER_OPTIONS`. */
+  readonly breaker?: BreakerOptions;
+  /** pino logger for membership and breaker transitions. Default silent. */
+  readonly logger?: Logger;
+  /** grpc-js options of the channels to the registry (keepalive is already set). */
+  readonly registryChannelOptions?: ChannelOptions;
+}
+
+export { DEFAULT_RETRY_POLICY };
+
+/**
+ * Registers the `leasehold` scheme and the `leasehold_<policy>` balancers with grpc-js, and sets
+ * the defaults of channels created from now on. Call it again to change them; channels already
+ * open keep theirs.
+ *
+ * @throws LeaseholdError `INVALID_ARGUMENT` for a malformed registry address or unknown policy.
+ */
+export function registerLeasehold(options: LeaseholdOptions = {}): void {
+  const policy = options.policy ?? "round_robin";
+  if (!isPolicyName(policy))
+    throw new LeaseholdError("INVALID_ARGUMENT", `unknown policy "${String(policy)}"`);
+  if (options.registry !== undefined) {
+    try {
+      parseRegistryAddresses(options.registry);
+    } catch (error) {
+      throw new LeaseholdError("INVALID_ARGUMENT", error instanceof Error ? error.message : String(error));
+    }
+  }
+  setResolverDefaults({
+    registry: options.registry,
+    policy,
+    retryPolicy: options.retryPolicy === false ? undefined : (options.retryPolicy ?? DEFAULT_RETRY_POLICY),
+    metrics: options.metrics,
+    logger: options.logger,
+    registryChannelOptions: options.registryChannelOptions ?? {},
+  });
+  setDefaultContext({ metrics: options.metrics, breaker: options.breaker, logger: options.logger });
+  registerResolver();
+  registerLoadBalancers();
+}
