@@ -25,7 +25,8 @@ import { numberIn, urlList } from "../options.js";
 import { renderSummary, share, summarize } from "./call.js";
 import { flattenChanges, statusName } from "./watch.js";
 
-const LEASEHOLD_BIN = fileURLToPath(new URL("../../leasehold.mjs", import.meta.url));
+// The compiled CLI entry (dist/cli/main.js): the CLI runs from dist/, one level below leasehold.mjs.
+const LEASEHOLD_BIN = fileURLToPath(new URL("../main.js", import.meta.url));
 const TTL_SECONDS = 3;
 
 /** The instances the demo starts with: three weighted calculators and two echoes. */

@@ -1,0 +1,54 @@
+#!/usr/bin/env node
+// `npm run build` (and `prepare`, so `npm install` in a clone and `npm pack` build too):
+//   1. tsc -p tsconfig.build.json: ESM JavaScript, .d.ts and source maps in dist/, mirroring the
+//      source tree (dist/client, dist/registry, dist/services, dist/cli, dist/proto/gen);
+//   2. copies proto/**/*.proto to dist/proto/, so code that loads them with
+//      `new URL("../proto/", import.meta.url)` finds them from dist/ exactly as from the sources;
+//   3. removes outputs whose source is gone (no `rm -rf dist`: tests in this working tree may be
+//      running the compiled CLI while it builds).
+import { spawnSync } from "node:child_process";
+import { copyFileSync, existsSync, mkdirSync, readdirSync, rmSync } from "node:fs";
+import { createRequire } from "node:module";
+import { dirname, join, relative } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..");
+const dist = join(root, "dist");
+
+const tsc = createRequire(import.meta.url).resolve("typescript/bin/tsc");
+const compiled = spawnSync(process.execPath, [tsc, "-p", join(root, "tsconfig.build.json")], {
+  stdio: "inherit",
+});
+if (compiled.status !== 0) {
+  console.error("build: tsc failed");
+  process.exit(compiled.status ?? 1);
+}
+
+/** Every file under `directory`, as paths relative to it. */
+function filesUnder(directory) {
+  if (!existsSync(directory)) return [];
+  return readdirSync(directory, { recursive: true, withFileTypes: true })
+    .filter((entry) => entry.isFile())
+    .map((entry) => relative(directory, join(entry.parentPath, entry.name)));
+}
+
+const protos = filesUnder(join(root, "proto")).filter((file) => file.endsWith(".proto"));
+for (const file of protos) {
+  mkdirSync(dirname(join(dist, "proto", file)), { recursive: true });
+  copyFileSync(join(root, "proto", file), join(dist, "proto", file));
+}
+
+// dist/x/y.js, .js.map, .d.ts, .d.ts.map come from x/y.ts; dist/proto/**/*.proto from proto/.
+let pruned = 0;
+for (const file of filesUnder(dist)) {
+  const source = file.endsWith(".proto") ? file : file.replace(/\.(js|js\.map|d\.ts|d\.ts\.map)$/, ".ts");
+  const isOutput = file.endsWith(".proto") || source !== file;
+  if (!isOutput || source.endsWith(".test.ts") || !existsSync(join(root, source))) {
+    rmSync(join(dist, file));
+    pruned += 1;
+  }
+}
+console.error(
+  `build: dist/ has ${filesUnder(dist).length} files (${protos.length} .proto copied` +
+    `${pruned > 0 ? `, ${pruned} stale removed` : ""})`,
+);
