@@ -1,5 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { networkInterfaces } from "node:os";
+import { fileURLToPath } from "node:url";
 import {
   Server,
   ServerCredentials,
@@ -7,6 +8,8 @@ import {
   type handleUnaryCall,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
+import { loadSync, type PackageDefinition } from "@grpc/proto-loader";
+import { ReflectionService } from "@grpc/reflection";
 import { HealthImplementation } from "grpc-health-check";
 import type { Logger } from "pino";
 import { collectDefaultMetrics, Registry } from "prom-client";
@@ -95,6 +98,8 @@ export async function startServiceInstance(
     },
   );
   server.addService(service.definition, instrumentService(service.definition, faulty, metrics));
+  // Server reflection, so `leasehold call` (and grpcurl) learn the methods from the instance itself.
+  new ReflectionService(demoProtos(), { services: [grpcServiceName(service)] }).addToServer(server);
   // Metrics first: a failed gRPC bind then only has an HTTP server to close, never a bound port.
   const metricsServer = await startHttpEndpoints(options.metricsListen ?? `${listen.host}:0`, {
     "/metrics": metricsRoute(metrics),
@@ -164,6 +169,18 @@ export async function startServiceInstance(
   };
 }
 
+let loadedDemoProtos: PackageDefinition | undefined;
+
+/** The demo services' .proto sources, resolved next to this module (works from any cwd); loaded once. */
+function demoProtos(): PackageDefinition {
+  return (loadedDemoProtos ??= loadSync(
+    ["leasehold/demo/v1/calculator.proto", "leasehold/demo/v1/echo.proto"],
+    {
+      includeDirs: [fileURLToPath(new URL("../proto/", import.meta.url))],
+    },
+  ));
+}
+
 /** `leasehold.demo.v1.CalculatorService` from a definition's method path. */
 function grpcServiceName(service: DemoService): string {
   const first = Object.values(service.definition)[0];
@@ -178,19 +195,27 @@ function withFaults(
 ): UntypedServiceImplementation {
   const wrapped: UntypedServiceImplementation = {};
   for (const [name, handler] of Object.entries(implementation)) {
-    const unary = handler as handleUnaryCall<unknown, unknown>;
-    wrapped[name] = ((call, callback) => {
+    // grpc-js types handlers per call kind; one wrapper serves all four, so it is typed loosely.
+    const run = handler as (call: FaultyCall, callback?: FaultyCallback) => void;
+    wrapped[name] = ((call: FaultyCall, callback?: FaultyCallback) => {
       const answer = (): void => {
-        if (shouldFail())
-          callback({ code: status.UNAVAILABLE, details: `injected failure on ${instanceId}` });
-        else unary(call, callback);
+        if (!shouldFail()) return run(call, callback);
+        const failure = { code: status.UNAVAILABLE, details: `injected failure on ${instanceId}` };
+        if (callback !== undefined) callback(failure);
+        else call.emit("error", failure); // streaming responses: ends the call with that status
       };
       if (latencyMs > 0) setTimeout(answer, latencyMs);
       else answer();
-    }) satisfies handleUnaryCall<unknown, unknown>;
+    }) as handleUnaryCall<unknown, unknown>;
   }
   return wrapped;
 }
+
+/** What the fault wrapper needs of a call of any kind. */
+interface FaultyCall {
+  emit(event: "error", error: object): boolean;
+}
+type FaultyCallback = (error: object | null, ...rest: unknown[]) => void;
 
 /** The host callers can dial: the listen host unless it is a wildcard, then the first external IPv4. */
 function routableHost(listenHost: string): string {

@@ -51,7 +51,7 @@ async function startEchoServer(t: ExecutionContext, instanceId: string): Promise
         call.on("cancelled", () => state.cancelled++);
         return;
       }
-      callback(null, { message: call.request.message, instanceId });
+      callback(null, { message: call.request.message, instanceId, headers: {} });
     },
   });
   const port = await new Promise<number>((resolve, reject) =>

@@ -10,8 +10,14 @@ import {
   type CallOptions,
   type ChannelCredentials,
   Client,
+  type ClientDuplexStream,
   type ClientOptions,
+  type ClientReadableStream,
   type ClientUnaryCall,
+  type ClientWritableStream,
+  type handleBidiStreamingCall,
+  type handleClientStreamingCall,
+  type handleServerStreamingCall,
   type handleUnaryCall,
   makeGenericClientConstructor,
   type Metadata,
@@ -27,10 +33,23 @@ export interface EchoRequest {
   message: string;
 }
 
+export interface EchoStreamRequest {
+  message: string;
+  /** Messages to answer with, 0..1000. */
+  count: number;
+}
+
 export interface EchoResponse {
   message: string;
   /** The instance that answered. */
   instanceId: string;
+  /** The request's text metadata (headers) the instance received, without grpc-/http2 ones. */
+  headers: { [key: string]: string };
+}
+
+export interface EchoResponse_HeadersEntry {
+  key: string;
+  value: string;
 }
 
 function createBaseEchoRequest(): EchoRequest {
@@ -100,8 +119,93 @@ export const EchoRequest: MessageFns<EchoRequest> = {
   },
 };
 
+function createBaseEchoStreamRequest(): EchoStreamRequest {
+  return { message: "", count: 0 };
+}
+
+export const EchoStreamRequest: MessageFns<EchoStreamRequest> = {
+  encode(message: EchoStreamRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.message !== "") {
+      writer.uint32(10).string(message.message);
+    }
+    if (message.count !== 0) {
+      writer.uint32(16).uint32(message.count);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): EchoStreamRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseEchoStreamRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.message = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.count = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): EchoStreamRequest {
+    return {
+      message: isSet(object.message) ? globalThis.String(object.message) : "",
+      count: isSet(object.count) ? globalThis.Number(object.count) : 0,
+    };
+  },
+
+  toJSON(message: EchoStreamRequest): unknown {
+    const obj: any = {};
+    if (message.message !== "") {
+      obj.message = message.message;
+    }
+    if (message.count !== 0) {
+      obj.count = Math.round(message.count);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<EchoStreamRequest>, I>>(base?: I): EchoStreamRequest {
+    return EchoStreamRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<EchoStreamRequest>, I>>(object: I): EchoStreamRequest {
+    const message = createBaseEchoStreamRequest();
+    message.message = object.message ?? "";
+    message.count = object.count ?? 0;
+    return message;
+  },
+};
+
 function createBaseEchoResponse(): EchoResponse {
-  return { message: "", instanceId: "" };
+  return { message: "", instanceId: "", headers: {} };
 }
 
 export const EchoResponse: MessageFns<EchoResponse> = {
@@ -112,6 +216,9 @@ export const EchoResponse: MessageFns<EchoResponse> = {
     if (message.instanceId !== "") {
       writer.uint32(18).string(message.instanceId);
     }
+    globalThis.Object.entries(message.headers).forEach(([key, value]: [string, string]) => {
+      EchoResponse_HeadersEntry.encode({ key: key as any, value }, writer.uint32(26).fork()).join();
+    });
     return writer;
   },
 
@@ -144,6 +251,17 @@ export const EchoResponse: MessageFns<EchoResponse> = {
             message.instanceId = reader.string();
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            const entry3 = EchoResponse_HeadersEntry.decode(reader, reader.uint32());
+            if (entry3.value !== undefined) {
+              message.headers[entry3.key] = entry3.value;
+            }
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -164,6 +282,20 @@ export const EchoResponse: MessageFns<EchoResponse> = {
         : isSet(object.instance_id)
           ? globalThis.String(object.instance_id)
           : "",
+      headers: isObject(object.headers)
+        ? (globalThis.Object.entries(object.headers) as [string, any][]).reduce(
+            (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+              globalThis.Object.defineProperty(acc, key, {
+                value: globalThis.String(value),
+                enumerable: true,
+                configurable: true,
+                writable: true,
+              });
+              return acc;
+            },
+            {},
+          )
+        : {},
     };
   },
 
@@ -175,6 +307,15 @@ export const EchoResponse: MessageFns<EchoResponse> = {
     if (message.instanceId !== "") {
       obj.instanceId = message.instanceId;
     }
+    if (message.headers) {
+      const entries = globalThis.Object.entries(message.headers) as [string, string][];
+      if (entries.length > 0) {
+        obj.headers = {};
+        entries.forEach(([k, v]) => {
+          obj.headers[k] = v;
+        });
+      }
+    }
     return obj;
   },
 
@@ -185,13 +326,117 @@ export const EchoResponse: MessageFns<EchoResponse> = {
     const message = createBaseEchoResponse();
     message.message = object.message ?? "";
     message.instanceId = object.instanceId ?? "";
+    message.headers = (globalThis.Object.entries(object.headers ?? {}) as [string, string][]).reduce(
+      (acc: { [key: string]: string }, [key, value]: [string, string]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.String(value);
+        }
+        return acc;
+      },
+      {},
+    );
     return message;
   },
 };
 
-/** EchoService is a demo service that says who answered. */
+function createBaseEchoResponse_HeadersEntry(): EchoResponse_HeadersEntry {
+  return { key: "", value: "" };
+}
+
+export const EchoResponse_HeadersEntry: MessageFns<EchoResponse_HeadersEntry> = {
+  encode(message: EchoResponse_HeadersEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== "") {
+      writer.uint32(18).string(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): EchoResponse_HeadersEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseEchoResponse_HeadersEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): EchoResponse_HeadersEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.String(object.value) : "",
+    };
+  },
+
+  toJSON(message: EchoResponse_HeadersEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== "") {
+      obj.value = message.value;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<EchoResponse_HeadersEntry>, I>>(base?: I): EchoResponse_HeadersEntry {
+    return EchoResponse_HeadersEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<EchoResponse_HeadersEntry>, I>>(
+    object: I,
+  ): EchoResponse_HeadersEntry {
+    const message = createBaseEchoResponse_HeadersEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? "";
+    return message;
+  },
+};
+
+/**
+ * EchoService is a demo service that says who answered. Its four methods share two messages on
+ * purpose (one of each streaming kind, for balancing tests), hence the lint exceptions.
+ */
 export type EchoServiceService = typeof EchoServiceService;
 export const EchoServiceService = {
+  /**
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+   * buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+   */
   echo: {
     path: "/leasehold.demo.v1.EchoService/Echo" as const,
     requestStream: false as const,
@@ -201,13 +446,88 @@ export const EchoServiceService = {
     responseSerialize: (value: EchoResponse): Buffer => Buffer.from(EchoResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): EchoResponse => EchoResponse.decode(value),
   },
+  /**
+   * EchoStream answers with `count` messages (server streaming).
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+   */
+  echoStream: {
+    path: "/leasehold.demo.v1.EchoService/EchoStream" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: EchoStreamRequest): Buffer =>
+      Buffer.from(EchoStreamRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): EchoStreamRequest => EchoStreamRequest.decode(value),
+    responseSerialize: (value: EchoResponse): Buffer => Buffer.from(EchoResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): EchoResponse => EchoResponse.decode(value),
+  },
+  /**
+   * EchoCollect answers once, with the messages it received joined by spaces (client streaming).
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+   * buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+   */
+  echoCollect: {
+    path: "/leasehold.demo.v1.EchoService/EchoCollect" as const,
+    requestStream: true as const,
+    responseStream: false as const,
+    requestSerialize: (value: EchoRequest): Buffer => Buffer.from(EchoRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): EchoRequest => EchoRequest.decode(value),
+    responseSerialize: (value: EchoResponse): Buffer => Buffer.from(EchoResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): EchoResponse => EchoResponse.decode(value),
+  },
+  /**
+   * EchoChat answers every message as it arrives (bidi streaming).
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+   * buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+   */
+  echoChat: {
+    path: "/leasehold.demo.v1.EchoService/EchoChat" as const,
+    requestStream: true as const,
+    responseStream: true as const,
+    requestSerialize: (value: EchoRequest): Buffer => Buffer.from(EchoRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): EchoRequest => EchoRequest.decode(value),
+    responseSerialize: (value: EchoResponse): Buffer => Buffer.from(EchoResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): EchoResponse => EchoResponse.decode(value),
+  },
 } as const;
 
 export interface EchoServiceServer extends UntypedServiceImplementation {
+  /**
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+   * buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+   */
   echo: handleUnaryCall<EchoRequest, EchoResponse>;
+  /**
+   * EchoStream answers with `count` messages (server streaming).
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+   */
+  echoStream: handleServerStreamingCall<EchoStreamRequest, EchoResponse>;
+  /**
+   * EchoCollect answers once, with the messages it received joined by spaces (client streaming).
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+   * buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+   */
+  echoCollect: handleClientStreamingCall<EchoRequest, EchoResponse>;
+  /**
+   * EchoChat answers every message as it arrives (bidi streaming).
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+   * buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+   */
+  echoChat: handleBidiStreamingCall<EchoRequest, EchoResponse>;
 }
 
 export interface EchoServiceClient extends Client {
+  /**
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+   * buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+   */
   echo(
     request: EchoRequest,
     callback: (error: ServiceError | null, response: EchoResponse) => void,
@@ -223,6 +543,48 @@ export interface EchoServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: EchoResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * EchoStream answers with `count` messages (server streaming).
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+   */
+  echoStream(request: EchoStreamRequest, options?: Partial<CallOptions>): ClientReadableStream<EchoResponse>;
+  echoStream(
+    request: EchoStreamRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<EchoResponse>;
+  /**
+   * EchoCollect answers once, with the messages it received joined by spaces (client streaming).
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+   * buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+   */
+  echoCollect(
+    callback: (error: ServiceError | null, response: EchoResponse) => void,
+  ): ClientWritableStream<EchoRequest>;
+  echoCollect(
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: EchoResponse) => void,
+  ): ClientWritableStream<EchoRequest>;
+  echoCollect(
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: EchoResponse) => void,
+  ): ClientWritableStream<EchoRequest>;
+  echoCollect(
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: EchoResponse) => void,
+  ): ClientWritableStream<EchoRequest>;
+  /**
+   * EchoChat answers every message as it arrives (bidi streaming).
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+   * buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+   */
+  echoChat(): ClientDuplexStream<EchoRequest, EchoResponse>;
+  echoChat(options: Partial<CallOptions>): ClientDuplexStream<EchoRequest, EchoResponse>;
+  echoChat(metadata: Metadata, options?: Partial<CallOptions>): ClientDuplexStream<EchoRequest, EchoResponse>;
 }
 
 export const EchoServiceClient = makeGenericClientConstructor(
@@ -252,6 +614,10 @@ type KeysOfUnion<T> = T extends T ? keyof T : never;
 export type Exact<P, I extends P> = P extends Builtin
   ? P
   : P & { [K in keyof P]: Exact<P[K], I[K]> } & { [K in Exclude<keyof I, KeysOfUnion<P>>]: never };
+
+function isObject(value: any): boolean {
+  return typeof value === "object" && value !== null;
+}
 
 function isSet(value: any): boolean {
   return value !== null && value !== undefined;

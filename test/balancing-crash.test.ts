@@ -1,0 +1,122 @@
+/**
+ * A crashed instance under load (issue 5): SIGKILL one of four real instance processes while
+ * eight callers keep calling. Its subchannel leaves READY as its connection drops, so it gets no
+ * new picks; only calls already in flight fail, and retries on other instances hide them.
+ */
+import * as grpc from "@grpc/grpc-js";
+import test from "ava";
+import { createBalancedClient } from "../client/balancing/balanced-client.js";
+import { registerLeasehold } from "../client/leasehold.js";
+import {
+  EchoServiceClient,
+  EchoServiceService,
+  type EchoResponse,
+} from "../proto/gen/leasehold/demo/v1/echo.js";
+import { eventually } from "./helpers/eventually.js";
+import { spawnInstance } from "./helpers/instance-process.js";
+import { startFixtureFor } from "./helpers/registry-fixture.js";
+
+const CONCURRENCY = 8;
+
+/** Runs `CONCURRENCY` callers until `stop` is aborted; counts calls that failed after retries. */
+function load(
+  call: () => Promise<string>,
+  stop: AbortSignal,
+): { done: Promise<void>; ok: number; failed: number; errors: string[] } {
+  const result = { done: Promise.resolve(), ok: 0, failed: 0, errors: [] as string[] };
+  const worker = async (): Promise<void> => {
+    while (!stop.aborted) {
+      try {
+        await call();
+        result.ok++;
+      } catch (error) {
+        result.failed++;
+        if (result.errors.length < 5) result.errors.push(String((error as Error).message));
+        await new Promise((resolve) => setTimeout(resolve, 10)); // never spin without I/O
+      }
+    }
+  };
+  result.done = Promise.all(Array.from({ length: CONCURRENCY }, worker)).then(() => undefined);
+  return result;
+}
+
+test("SIGKILL of 1 of 4 instances under load: failed attempts ≤ calls in flight + 1 per caller, 0 failed calls", async (t) => {
+  const fixture = await startFixtureFor(t);
+  const registry = fixture.registry.address;
+  const processes = await Promise.all(
+    [1, 2, 3, 4].map((n) =>
+      spawnInstance(t, { service: "echo", registry, instanceId: `echo-${n}`, ttlSeconds: 3 }),
+    ),
+  );
+  const client = createBalancedClient(EchoServiceService, { service: "echo", registry, deadlineMs: 5000 });
+  t.teardown(() => client.close());
+  const departed: { errors: number; calls: number }[] = [];
+  client.onChange(({ removed }) =>
+    departed.push(...removed.filter((stats) => stats.instanceId === "echo-1")),
+  );
+
+  const stop = new AbortController();
+  const run = load(async () => (await client.methods.echo({ message: "x" })).instanceId, stop.signal);
+  await eventually(() => client.stats().length === 4 && client.stats().every((stats) => stats.calls > 20), {
+    what: "every instance serving calls",
+  });
+  const victim = processes[0];
+  if (victim === undefined) throw new Error("no instance");
+  const inFlightAtKill = client.stats().find((stats) => stats.instanceId === "echo-1")?.outstanding ?? 0;
+  victim.child.kill("SIGKILL");
+  await eventually(() => departed.length > 0, {
+    what: "echo-1 removed from membership (TTL 3 s)",
+    timeoutMs: 15_000,
+  });
+  const okAtRemoval = run.ok;
+  await eventually(() => run.ok > okAtRemoval + 100, { what: "calls going on after the removal" });
+  stop.abort();
+  await run.done;
+
+  const failedAttempts = departed[0]?.errors ?? -1;
+  t.log(
+    `in flight at the kill: ${inFlightAtKill}; failed attempts on echo-1: ${failedAttempts}; calls: ${run.ok}`,
+  );
+  t.true(failedAttempts >= 0);
+  t.true(
+    failedAttempts <= inFlightAtKill + CONCURRENCY,
+    `failed attempts on the killed instance (${failedAttempts}) ≤ in flight (${inFlightAtKill}) + ${CONCURRENCY}`,
+  );
+  t.is(run.failed, 0, `calls failed after retries: ${run.errors.join("; ")}`);
+});
+
+test("SIGKILL of 1 of 4 instances under load: a stock grpc-js client with the default retry policy fails 0 calls", async (t) => {
+  const fixture = await startFixtureFor(t);
+  const registry = fixture.registry.address;
+  const processes = await Promise.all(
+    [1, 2, 3, 4].map((n) =>
+      spawnInstance(t, { service: "echo", registry, instanceId: `echo-${n}`, ttlSeconds: 3 }),
+    ),
+  );
+  registerLeasehold({ registry });
+  const client = new EchoServiceClient("leasehold:///echo", grpc.credentials.createInsecure());
+  t.teardown(() => client.close());
+  const seen = new Set<string>();
+  const echo = (): Promise<string> =>
+    new Promise((resolve, reject) =>
+      client.echo(
+        { message: "x" },
+        new grpc.Metadata(),
+        { deadline: Date.now() + 5000 },
+        (error, response?: EchoResponse) => {
+          if (error !== null || response === undefined) return reject(error ?? new Error("no response"));
+          seen.add(response.instanceId);
+          resolve(response.instanceId);
+        },
+      ),
+    );
+  const stop = new AbortController();
+  const run = load(echo, stop.signal);
+  await eventually(() => seen.size === 4, { what: "answers from all four instances" });
+  processes[0]?.child.kill("SIGKILL");
+  const okAtKill = run.ok;
+  await eventually(() => run.ok > okAtKill + 500, { what: "500 more calls after the kill" });
+  stop.abort();
+  await run.done;
+  t.is(run.failed, 0, `calls failed after retries: ${run.errors.join("; ")}`);
+});
