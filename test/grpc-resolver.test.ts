@@ -6,13 +6,17 @@
 import * as grpc from "@grpc/grpc-js";
 import { loadSync } from "@grpc/proto-loader";
 import anyTest, { type ExecutionContext, type TestFn } from "ava";
+import net from "node:net";
 import { fileURLToPath } from "node:url";
 import { Registry } from "prom-client";
+import { createBalancedClient } from "../client/balancing/balanced-client.js";
+import type { LeaseholdError } from "../client/errors.js";
 import { ClientMetrics } from "../client/metrics/client-metrics.js";
 import { registerLeasehold } from "../client/leasehold.js";
 import { CalculatorServiceClient } from "../proto/gen/leasehold/demo/v1/calculator.js";
 import {
   EchoServiceClient,
+  EchoServiceService,
   type EchoRequest,
   type EchoResponse,
   type EchoStreamRequest,
@@ -251,4 +255,84 @@ test.serial("an unknown service fails fast with UNAVAILABLE saying none is regis
   );
   t.is(error?.code, grpc.status.UNAVAILABLE);
   t.regex(error?.details ?? "", /no available instance of service nobody \(0 listed\)/);
+});
+
+test.serial(
+  "the typed client streams: server streams as AsyncIterable, client and bidi streams fed by iterables, metadata sent",
+  async (t) => {
+    const client = createBalancedClient(EchoServiceService, {
+      service: "echo",
+      registry: t.context.registry.address,
+      policy: "weighted_round_robin",
+    });
+    t.teardown(() => client.close());
+    const metadata = new grpc.Metadata();
+    metadata.set("x-tenant", "acme");
+
+    const streamed = await collect(client.methods.echoStream({ message: "s", count: 5 }, { metadata }));
+    t.deepEqual(
+      streamed.map((message) => message.message),
+      ["s", "s", "s", "s", "s"],
+    );
+    t.is(streamed[0]?.headers["x-tenant"], "acme");
+
+    const collected = await client.methods.echoCollect(
+      ["a", "b", "c"].map((message) => ({ message })),
+      { metadata },
+    );
+    t.is(collected.message, "a b c");
+
+    async function* chat(): AsyncGenerator<EchoRequest> {
+      yield { message: "one" };
+      yield { message: "two" };
+    }
+    const replies = await collect(client.methods.echoChat(chat(), { metadata }));
+    t.deepEqual(
+      replies.map((reply) => reply.message),
+      ["one", "two"],
+    );
+
+    const owners = new Set<string>();
+    for (let i = 0; i < 12; i++) {
+      for await (const message of client.methods.echoStream({ message: "o", count: 1 }))
+        owners.add(message.instanceId);
+    }
+    t.deepEqual([...owners].sort(), ["echo-1", "echo-2", "echo-3"], "streams are balanced too");
+
+    const stop = new AbortController();
+    const long = client.methods.echoStream({ message: "long", count: 1000 }, { signal: stop.signal });
+    let received = 0;
+    const error = await t.throwsAsync(async () => {
+      for await (const message of long) {
+        t.is(message.message, "long");
+        if (++received === 2) stop.abort();
+      }
+    });
+    t.is((error as LeaseholdError).code, "CANCELLED");
+  },
+);
+
+test.serial("a registry that is not running fails calls fast, naming the registry address", async (t) => {
+  const closed = await new Promise<number>((resolve) => {
+    const server = net.createServer();
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address() as net.AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
+  const client = new EchoServiceClient(
+    `leasehold://127.0.0.1:${closed}/echo`,
+    grpc.credentials.createInsecure(),
+  );
+  t.teardown(() => client.close());
+  const error = await new Promise<grpc.ServiceError | null>((resolve) =>
+    client.echo({ message: "x" }, new grpc.Metadata(), { deadline: Date.now() + 10_000 }, (failure) =>
+      resolve(failure),
+    ),
+  );
+  t.is(error?.code, grpc.status.UNAVAILABLE);
+  t.regex(
+    error?.details ?? "",
+    new RegExp(`cannot watch service echo at registry 127\\.0\\.0\\.1:${closed}`),
+  );
 });
