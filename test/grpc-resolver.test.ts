@@ -283,8 +283,10 @@ test.serial(
     t.is(collected.message, "a b c");
 
     async function* chat(): AsyncGenerator<EchoRequest> {
-      yield { message: "one" };
-      yield { message: "two" };
+      for (const message of ["one", "two"]) {
+        await new Promise((resolve) => setImmediate(resolve)); // requests that arrive over time
+        yield { message };
+      }
     }
     const replies = await collect(client.methods.echoChat(chat(), { metadata }));
     t.deepEqual(
