@@ -1,20 +1,26 @@
-import { status } from "@grpc/grpc-js";
+import { readFileSync } from "node:fs";
 import { Command, CommanderError } from "commander";
 import { callCommand } from "./commands/call.js";
 import { demoCommand } from "./commands/demo.js";
+import { listCommand } from "./commands/list.js";
 import { registryCommand } from "./commands/registry.js";
 import { serveCommand } from "./commands/serve.js";
 import { watchCommand } from "./commands/watch.js";
 import { UsageError } from "./usage-error.js";
 
+// Only commander definitions are loaded here: each command imports its implementation (grpc-js,
+// the client library, the registry, prom-client, pino, tables) when it runs, so `--help` and
+// `--version` start fast.
 const program = new Command("leasehold")
   .description(
     "Service registry on etcd leases with client-side load balancing for gRPC.\n" +
       "Flags fall back to env: LEASEHOLD_REGISTRY, LEASEHOLD_ETCD, LEASEHOLD_LOG_LEVEL.",
   )
+  .version(packageVersion(), "-V, --version", "print the leasehold version")
   .exitOverride();
 registryCommand(program);
 serveCommand(program);
+listCommand(program);
 watchCommand(program);
 callCommand(program);
 demoCommand(program);
@@ -25,22 +31,43 @@ try {
   if (error instanceof CommanderError) {
     // Commander already printed the message; help and version are not errors.
     process.exitCode = error.exitCode === 0 ? 0 : 2;
-  } else if (error instanceof UsageError || isRefusedInput(error)) {
-    process.stderr.write(`leasehold: ${messageOf(error)}\n`);
-    process.exitCode = 2;
   } else {
     process.stderr.write(`leasehold: ${messageOf(error)}\n`);
-    process.exitCode = 1;
+    if (process.env["LEASEHOLD_LOG_LEVEL"] === "debug" && error instanceof Error) {
+      process.stderr.write(`${error.stack ?? ""}\n`);
+    }
+    process.exitCode = error instanceof UsageError || isRefusedInput(error) ? 2 : 1;
   }
 }
 
-/** A gRPC INVALID_ARGUMENT / ALREADY_EXISTS from the registry is about what the user asked for. */
+/** gRPC INVALID_ARGUMENT (3) / ALREADY_EXISTS (6) from the registry: about what the user asked for. */
 function isRefusedInput(error: unknown): boolean {
   const code = (error as { code?: unknown } | null)?.code;
-  return code === status.INVALID_ARGUMENT || code === status.ALREADY_EXISTS;
+  return code === 3 || code === 6;
 }
 
+/** The message on one line (a gRPC error's details, without the "3 INVALID_ARGUMENT:" prefix). */
 function messageOf(error: unknown): string {
-  if (error instanceof Error) return (error as { details?: string }).details ?? error.message;
-  return String(error);
+  const text =
+    error instanceof Error ? ((error as { details?: string }).details ?? error.message) : String(error);
+  return text.replace(/\s*\n\s*/g, " ").trim();
+}
+
+/**
+ * The `version` of this package's package.json: next to `cli/` when run from the sources, one
+ * level further up when run from `dist/cli/`.
+ */
+function packageVersion(): string {
+  for (const relative of ["../package.json", "../../package.json"]) {
+    try {
+      const json = JSON.parse(readFileSync(new URL(relative, import.meta.url), "utf8")) as {
+        name?: unknown;
+        version?: unknown;
+      };
+      if (json.name === "leasehold" && typeof json.version === "string") return json.version;
+    } catch {
+      // not this one
+    }
+  }
+  return "unknown";
 }

@@ -33,6 +33,29 @@ export function hostPort(value: string): string {
   return value;
 }
 
+/** Commander parser for a `host:port` to dial: like {@link hostPort}, but port 0 is refused. */
+export function dialAddress(value: string): string {
+  hostPort(value);
+  if (/:0+$/.test(value))
+    throw new InvalidArgumentError("must name a real port (not 0), e.g. 127.0.0.1:50051.");
+  return value;
+}
+
+/**
+ * Commander parser for a repeatable `key=value` (the value may contain `=` and be empty); the
+ * values accumulate into an object. A repeated key is refused rather than silently overwritten.
+ */
+export function keyValue(
+  value: string,
+  previous: Readonly<Record<string, string>> = {},
+): Record<string, string> {
+  const equals = value.indexOf("=");
+  const key = value.slice(0, Math.max(equals, 0)).trim();
+  if (equals <= 0 || key === "") throw new InvalidArgumentError("must be key=value, e.g. version=1.2.");
+  if (Object.hasOwn(previous, key)) throw new InvalidArgumentError(`gives "${key}" twice.`);
+  return { ...previous, [key]: value.slice(equals + 1) };
+}
+
 /** Commander parser for one or more comma-separated `host:port`. */
 export function hostPortList(value: string): string {
   value.split(",").forEach((part) => hostPort(part.trim()));

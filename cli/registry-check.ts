@@ -76,28 +76,52 @@ async function describeFailure(error: ServiceError, address: string, timeoutMs: 
       return `${address} is not a Leasehold registry: it answers gRPC but not ${REGISTRY_SERVICE} (UNIMPLEMENTED); check the port`;
     case status.DEADLINE_EXCEEDED:
       return `${unreachable}: no answer within ${timeoutMs} ms (is the host reachable and the registry running?)`;
-    case status.UNAVAILABLE:
+    case status.UNAVAILABLE: {
       if (/etcd/i.test(details)) {
         return `the registry at ${address} answers, but etcd is unreachable behind it (${firstLine(details)})`;
       }
-      return `${unreachable}: ${await describeUnavailable(details, address)}`;
+      const cause = await describeUnavailable(details, address);
+      return `${unreachable}: ${cause}${cause === "connection refused" ? " (is `leasehold registry` running there?)" : ""}`;
+    }
     default:
       return `the registry at ${address} failed: ${status[error.code] ?? String(error.code)}: ${firstLine(details)}`;
   }
 }
 
 async function describeUnavailable(details: string, address: string): Promise<string> {
-  if (/ECONNREFUSED/.test(details)) return "connection refused (is `leasehold registry` running there?)";
+  const known = causeOf(details);
+  if (known !== undefined) return known;
+  if (/Failed to connect|Connection dropped|ECONNRESET/.test(details) && (await speaksTls(address))) {
+    return "TLS mismatch: the port expects TLS but this client connects in plaintext";
+  }
+  return `UNAVAILABLE: ${firstLine(details.replace(/^No connection established\. Last error: /, ""))}`;
+}
+
+/** The cause of a failed connection, from a grpc-js error's details, in words; undefined if unknown. */
+function causeOf(details: string): string | undefined {
+  if (/ECONNREFUSED/.test(details)) return "connection refused";
   if (/Name resolution failed|ENOTFOUND|EAI_AGAIN/.test(details)) return "cannot resolve the host name";
   if (/EHOSTUNREACH|ENETUNREACH/.test(details)) return "host unreachable";
   if (/wrong version number|SSL routines|tlsv1 alert|certificate/i.test(details)) {
     return "TLS mismatch: this client uses TLS but the port answers in plaintext (or the certificate is refused)";
   }
   if (/Protocol error/.test(details)) return "the port does not speak gRPC (HTTP/2 protocol error)";
-  if (/Failed to connect|Connection dropped|ECONNRESET/.test(details) && (await speaksTls(address))) {
-    return "TLS mismatch: the port expects TLS but this client connects in plaintext";
-  }
-  return `UNAVAILABLE: ${firstLine(details.replace(/^No connection established\. Last error: /, ""))}`;
+  return undefined;
+}
+
+/**
+ * The cause of a failed connection to any gRPC server (the registry, etcd) in a few words:
+ * "connection refused", "no answer within 5000 ms", ... or the status and first line of the details.
+ */
+export function describeConnectFailure(error: unknown): string {
+  const details = String(
+    (error as Partial<ServiceError> | null)?.details ?? (error instanceof Error ? error.message : error),
+  );
+  const known = causeOf(details);
+  if (known !== undefined) return known;
+  const deadline = /Deadline exceeded after ([\d.]+)s/.exec(details);
+  if (deadline !== null) return `no answer within ${Number(deadline[1]) * 1000} ms`;
+  return firstLine(details);
 }
 
 /** True when a TLS handshake with the first address succeeds (any certificate): the port speaks TLS. */

@@ -95,7 +95,8 @@ export async function startRegistry(options: RegistryOptions): Promise<RunningRe
       await admin?.close();
       await watch?.close();
       store.close();
-      logger.info("registry closed");
+      // A registry that never started (etcd unreachable, port taken) says so through its caller, once.
+      if (isStarted) logger.info("registry closed");
     })());
 
   try {

@@ -4,6 +4,7 @@ import test from "ava";
 import { freePort, startLocalEtcd } from "../cli/local-etcd.js";
 import { spawnCli } from "./helpers/cli.js";
 import { eventually } from "./helpers/eventually.js";
+import { startFixtureFor } from "./helpers/registry-fixture.js";
 
 interface WatchEvent {
   type: string;
@@ -127,10 +128,12 @@ test("serve whose metrics port is taken says so and exits instead of hanging", a
   await once(taken, "listening");
   t.teardown(() => taken.close());
   const port = (taken.address() as AddressInfo).port;
+  // A real registry: serve checks it before binding, and an absent one is a different error.
+  const fixture = await startFixtureFor(t);
   const serve = spawnCli(t, [
     "serve",
     "echo",
-    "--registry=127.0.0.1:1",
+    `--registry=${fixture.registry.address}`,
     `--metrics-listen=127.0.0.1:${port}`,
   ]);
   t.is(await serve.exited, 1);

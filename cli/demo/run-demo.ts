@@ -6,7 +6,6 @@ import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import Table from "cli-table3";
-import type { Command } from "commander";
 import logUpdate from "log-update";
 import { sleep } from "../../client/backoff.js";
 import {
@@ -21,9 +20,9 @@ import type { RegistryServiceClient } from "../../proto/gen/leasehold/registry/v
 import { DEMO_SERVICES } from "../../services/index.js";
 import { freePort, startLocalEtcd, type LocalEtcd } from "../local-etcd.js";
 import { createLogger } from "../logger.js";
-import { numberIn, urlList } from "../options.js";
-import { renderSummary, share, summarize } from "./call.js";
-import { flattenChanges, statusName } from "./watch.js";
+import { urlList } from "../options.js";
+import { renderSummary, share, summarize } from "../call/summary.js";
+import { flattenChanges, statusName } from "../watch/run-watch.js";
 
 // The compiled CLI entry (dist/cli/main.js): the CLI runs from dist/, one level below leasehold.mjs.
 const LEASEHOLD_BIN = fileURLToPath(new URL("../main.js", import.meta.url));
@@ -64,25 +63,22 @@ const SCHEDULE: readonly Step[] = [
   },
 ];
 
-export function demoCommand(program: Command): void {
-  program
-    .command("demo")
-    .description(
-      "run the whole system on this machine: etcd, a registry, weighted calculator and echo instances, and a live " +
-        "client, with instances joining, failing and leaving on a schedule",
-    )
-    .option("--duration <seconds>", "how long to run", numberIn(10, 86_400), 60)
-    .option("--etcd <url[,url]>", "use this etcd instead of starting one (env LEASEHOLD_ETCD)", urlList)
-    .action(async (flags: { duration: number; etcd?: string[] }) => {
-      const demo = new Demo(flags.duration * 1000, flags.etcd ?? envEtcd());
-      let hasFailed = true;
-      try {
-        await demo.run();
-        hasFailed = false;
-      } finally {
-        await demo.close({ keepLogs: hasFailed });
-      }
-    });
+/** Flags of `leasehold demo`. */
+export interface DemoFlags {
+  duration: number;
+  etcd?: string[];
+}
+
+/** `leasehold demo`: runs the whole system for `--duration` seconds, then stops everything it started. */
+export async function runDemo(flags: DemoFlags): Promise<void> {
+  const demo = new Demo(flags.duration * 1000, flags.etcd ?? envEtcd());
+  let hasFailed = true;
+  try {
+    await demo.run();
+    hasFailed = false;
+  } finally {
+    await demo.close({ keepLogs: hasFailed });
+  }
 }
 
 function envEtcd(): string[] | undefined {

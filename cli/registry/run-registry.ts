@@ -1,45 +1,60 @@
-import type { Command } from "commander";
 import { startRegistry } from "../../registry/index.js";
 import { createLogger } from "../logger.js";
-import { hostPort, urlList } from "../options.js";
+import { describeConnectFailure } from "../registry-check.js";
 import { onShutdownSignal } from "../signals.js";
 
-export function registryCommand(program: Command): void {
-  program
-    .command("registry")
-    .description("run the registry facade in front of etcd (gRPC, plus an admin HTTP port)")
-    .option(
-      "--listen <host:port>",
-      "gRPC listen address",
-      hostPort,
-      process.env["LEASEHOLD_LISTEN"] ?? "127.0.0.1:7100",
-    )
-    .option(
-      "--etcd <url[,url]>",
-      "etcd client URLs (env LEASEHOLD_ETCD)",
-      urlList,
-      urlList(process.env["LEASEHOLD_ETCD"] ?? "http://127.0.0.1:2379"),
-    )
-    .option(
-      "--admin-listen <host:port>",
-      "admin HTTP address: /metrics, /healthz, /readyz, /sd/prometheus",
-      hostPort,
-      process.env["LEASEHOLD_ADMIN_LISTEN"] ?? "127.0.0.1:7101",
-    )
-    .option("--prefix <prefix>", "etcd key prefix", process.env["LEASEHOLD_PREFIX"] ?? "/leasehold/")
-    .action(async (options: { listen: string; etcd: string[]; adminListen: string; prefix: string }) => {
-      const logger = createLogger("leasehold-registry");
-      const registry = await startRegistry({
-        listen: options.listen,
-        adminListen: options.adminListen,
-        etcdEndpoints: options.etcd,
-        prefix: options.prefix,
-        logger,
-      });
-      process.stdout.write(
-        `registry listening on ${registry.address} (admin http://${registry.adminAddress ?? "-"}), etcd ${options.etcd.join(",")}\n`,
-      );
-      await onShutdownSignal();
-      await registry.close();
+/** Flags of `leasehold registry`. */
+export interface RegistryFlags {
+  listen: string;
+  etcd: string[];
+  adminListen: string;
+  prefix: string;
+}
+
+/** A registry that cannot start because etcd cannot be read: one line, exit status 1. */
+export class EtcdUnreachableError extends Error {
+  override readonly name = "EtcdUnreachableError";
+}
+
+/**
+ * `leasehold registry`: starts the facade (it lists etcd first, so an etcd that is not there fails
+ * the start) and serves until SIGINT/SIGTERM.
+ *
+ * @throws EtcdUnreachableError naming etcd, its URLs and the cause when etcd cannot be read at start.
+ */
+export async function runRegistry(flags: RegistryFlags): Promise<void> {
+  const logger = createLogger("leasehold-registry");
+  let registry: Awaited<ReturnType<typeof startRegistry>>;
+  try {
+    registry = await startRegistry({
+      listen: flags.listen,
+      adminListen: flags.adminListen,
+      etcdEndpoints: flags.etcd,
+      prefix: flags.prefix,
+      logger,
     });
+  } catch (error) {
+    throw isEtcdClientError(error)
+      ? new EtcdUnreachableError(
+          `cannot reach etcd at ${flags.etcd.join(",")}: ${describeConnectFailure(error)} (is etcd running there? set --etcd or LEASEHOLD_ETCD)`,
+          { cause: error },
+        )
+      : error;
+  }
+  process.stdout.write(
+    `registry listening on ${registry.address} (admin http://${registry.adminAddress ?? "-"}), etcd ${flags.etcd.join(",")}\n`,
+  );
+  await onShutdownSignal();
+  await registry.close();
+}
+
+/**
+ * True for an error of the etcd client (etcd3 throws its `GRPC...Error` classes, whose messages
+ * carry the gRPC status, "14 UNAVAILABLE: ..."); bind errors and bad options look different.
+ */
+function isEtcdClientError(error: unknown): error is Error {
+  return (
+    error instanceof Error &&
+    (/^GRPC\w*Error$/.test(error.constructor.name) || /^\d+ [A-Z_]+: /.test(error.message))
+  );
 }

@@ -1,18 +1,15 @@
 import Table from "cli-table3";
-import type { Command } from "commander";
 import logUpdate from "log-update";
 import { MembershipWatcher, type MembershipChange } from "../../client/discovery/membership-watcher.js";
 import type { MembershipSnapshot } from "../../client/discovery/membership.js";
 import { connectRegistry } from "../../client/registry-connection.js";
-import { InstanceStatus, type Instance } from "../../proto/gen/leasehold/registry/v1/registry.js";
+import type { Instance } from "../../proto/gen/leasehold/registry/v1/registry.js";
+import { statusName } from "../instance-json.js";
 import { createLogger } from "../logger.js";
-import { hostPortList, REGISTRY_DEFAULT } from "../options.js";
-import { onShutdownSignal } from "../signals.js";
+import { checkRegistry } from "../registry-check.js";
+import { keepProcessAlive, onShutdownSignal } from "../signals.js";
 
-/** `SERVING` / `DRAINING`, as in etcd's JSON values. */
-export function statusName(status: InstanceStatus): string {
-  return status === InstanceStatus.INSTANCE_STATUS_DRAINING ? "DRAINING" : "SERVING";
-}
+export { statusName } from "../instance-json.js";
 
 /** One NDJSON event of `leasehold watch --json`. */
 export function watchEvent(type: string, instance: Instance, revision: string): string {
@@ -38,48 +35,52 @@ export function* flattenChanges(changes: readonly MembershipChange[]): Generator
   }
 }
 
-export function watchCommand(program: Command): void {
-  program
-    .command("watch")
-    .description(
-      "show live membership: a redrawn table on a terminal, one line per change otherwise, NDJSON with --json",
-    )
-    .argument("[service]", "service to watch (default: every service)", "")
-    .option(
-      "--registry <host:port[,...]>",
-      "registry address (env LEASEHOLD_REGISTRY)",
-      hostPortList,
-      REGISTRY_DEFAULT,
-    )
-    .option("--json", "print one JSON object per event", false)
-    .action(async (service: string, flags: { registry: string; json: boolean }) => {
-      const registry = connectRegistry(flags.registry);
-      const watcher = new MembershipWatcher({
-        registry,
-        service,
-        logger: createLogger("leasehold-watch", "warn"),
-      });
-      const isLive = !flags.json && process.stdout.isTTY;
-      watcher.subscribe((snapshot, changes) => {
-        if (isLive) {
-          logUpdate(renderTable(snapshot, service, watcher.isStale));
-          return;
-        }
-        for (const [type, instance, revision] of flattenChanges(changes)) {
-          process.stdout.write(
-            flags.json
-              ? `${watchEvent(type, instance, revision)}\n`
-              : `${type} ${instance.service}/${instance.instanceId} ${instance.address} weight=${instance.weight} ${statusName(instance.status)} revision=${revision}\n`,
-          );
-        }
-      });
-      watcher.start();
-      if (isLive) logUpdate(`waiting for ${service || "every service"} at ${flags.registry} ...`);
-      await onShutdownSignal();
-      await watcher.close();
-      registry.close();
-      if (isLive) logUpdate.done();
-    });
+/** Flags of `leasehold watch`. */
+export interface WatchFlags {
+  registry: string;
+  json: boolean;
+}
+
+/**
+ * `leasehold watch [SERVICE]`: checks the registry once (a registry that is not there is one line
+ * and exit 1 within 2 s), then follows membership until SIGINT/SIGTERM, riding out later outages
+ * (the watcher resumes; the table says STALE meanwhile).
+ */
+export async function runWatch(service: string, flags: WatchFlags): Promise<void> {
+  const registry = connectRegistry(flags.registry);
+  try {
+    await checkRegistry(registry, flags.registry);
+  } catch (error) {
+    registry.close();
+    throw error;
+  }
+  const watcher = new MembershipWatcher({
+    registry,
+    service,
+    logger: createLogger("leasehold-watch", "warn"),
+  });
+  const isLive = !flags.json && process.stdout.isTTY;
+  watcher.subscribe((snapshot, changes) => {
+    if (isLive) {
+      logUpdate(renderTable(snapshot, service, watcher.isStale));
+      return;
+    }
+    for (const [type, instance, revision] of flattenChanges(changes)) {
+      process.stdout.write(
+        flags.json
+          ? `${watchEvent(type, instance, revision)}\n`
+          : `${type} ${instance.service}/${instance.instanceId} ${instance.address} weight=${instance.weight} ${statusName(instance.status)} revision=${revision}\n`,
+      );
+    }
+  });
+  watcher.start();
+  if (isLive) logUpdate(`waiting for ${service || "every service"} at ${flags.registry} ...`);
+  const release = keepProcessAlive();
+  await onShutdownSignal();
+  release();
+  await watcher.close();
+  registry.close();
+  if (isLive) logUpdate.done();
 }
 
 function renderTable(snapshot: MembershipSnapshot, service: string, isStale: boolean): string {

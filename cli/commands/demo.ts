@@ -1,0 +1,19 @@
+import type { Command } from "commander";
+import type { DemoFlags } from "../demo/run-demo.js";
+import { numberIn, urlList } from "../options.js";
+
+/** `leasehold demo`; the implementation is loaded when the command runs. */
+export function demoCommand(program: Command): void {
+  program
+    .command("demo")
+    .description(
+      "run the whole system on this machine: etcd, a registry, weighted calculator and echo instances, and a live " +
+        "client, with instances joining, failing and leaving on a schedule",
+    )
+    .option("--duration <seconds>", "how long to run", numberIn(10, 86_400), 60)
+    .option("--etcd <url[,url]>", "use this etcd instead of starting one (env LEASEHOLD_ETCD)", urlList)
+    .action(async (flags: DemoFlags) => {
+      const { runDemo } = await import("../demo/run-demo.js");
+      await runDemo(flags);
+    });
+}

@@ -1,0 +1,42 @@
+import { Argument, type Command } from "commander";
+import { hostPort, hostPortList, integerIn, numberIn, REGISTRY_DEFAULT } from "../options.js";
+import type { ServeFlags } from "../serve/run-serve.js";
+
+const KEYS_HELP = "keys: u unregister, r register again, f toggle failure, q quit gracefully";
+
+/**
+ * The demo services, named here so `--help` need not load them; `runServe` refuses a name that
+ * `services/index.ts` does not define.
+ */
+const DEMO_SERVICE_NAMES = ["calculator", "echo"] as const;
+
+/** `leasehold serve`; the implementation is loaded when the command runs. */
+export function serveCommand(program: Command): void {
+  program
+    .command("serve")
+    .description(`run a demo service instance that registers itself (${KEYS_HELP})`)
+    .addArgument(new Argument("<service>", "demo service").choices(DEMO_SERVICE_NAMES))
+    .option(
+      "--registry <host:port[,...]>",
+      "registry address (env LEASEHOLD_REGISTRY)",
+      hostPortList,
+      REGISTRY_DEFAULT,
+    )
+    .option("--id <instance-id>", "instance id (default <service>-<random>)")
+    .option("--weight <n>", "weight 0..10000 (0 = listed, no traffic)", integerIn(0, 10_000), 1)
+    .option("--zone <zone>", "zone label", "")
+    .option("--ttl <seconds>", "lease TTL in seconds (etcd raises < 2 to 2)", integerIn(1, 300), 10)
+    .option("--listen <host:port>", "gRPC bind address", hostPort, "0.0.0.0:0")
+    .option("--advertise <host:port>", "address registered for callers (default: detected)", hostPort)
+    .option(
+      "--metrics-listen <host:port>",
+      "/metrics bind address (default: listen host, free port)",
+      hostPort,
+    )
+    .option("--fail-rate <f>", "share of calls answered UNAVAILABLE, 0..1", numberIn(0, 1), 0)
+    .option("--latency-ms <ms>", "added latency per call", integerIn(0, 60_000), 0)
+    .action(async (name: string, flags: ServeFlags) => {
+      const { runServe } = await import("../serve/run-serve.js");
+      await runServe(name, flags);
+    });
+}
