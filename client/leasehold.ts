@@ -75,8 +75,6 @@ export function registerLeasehold(options: LeaseholdOptions = {}): void {
     registry: options.registry,
     policy,
     retryPolicy: options.retryPolicy === false ? undefined : (options.retryPolicy ?? DEFAULT_RETRY_POLICY),
-    metrics: options.metrics,
-    logger: options.logger,
     registryChannelOptions: options.registryChannelOptions ?? {},
   });
   setDefaultContext({ metrics: options.metrics, breaker: options.breaker, logger: options.logger });

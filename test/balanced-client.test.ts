@@ -139,7 +139,7 @@ test("calls are typed, reach a real server and are counted per instance with cod
   const a = await startEchoServer(t, "a");
   const { client, metrics } = newClient(t, { membership: staticMembership("echo", [instanceOf(a)]) });
   const response = await client.methods.echo({ message: "hi" });
-  t.deepEqual(response, { message: "hi", instanceId: "a" });
+  t.deepEqual(response, { message: "hi", instanceId: "a", headers: {} });
   t.deepEqual(await requestCounts(metrics), { "a OK": 1 });
   const [stats] = client.stats();
   t.like(stats, {

@@ -17,7 +17,7 @@ import {
   type ServiceConfig,
   type StatusObject,
 } from "@grpc/grpc-js";
-import type { Logger } from "pino";
+import { CONTEXT_OPTION, contextOf, type BalancerContext } from "../balancing/balancer-context.js";
 import {
   loadBalancerName,
   MEMBERSHIP_ATTRIBUTE,
@@ -66,8 +66,6 @@ export interface ResolverDefaults {
   readonly policy: PolicyName;
   /** grpc-js retry policy for every method; `undefined`: no retries. */
   readonly retryPolicy: RetryPolicy | undefined;
-  readonly metrics: ClientMetrics | undefined;
-  readonly logger: Logger | undefined;
   /** grpc-js options of the channels to the registry. */
   readonly registryChannelOptions: ChannelOptions;
 }
@@ -76,8 +74,6 @@ let defaults: ResolverDefaults = Object.freeze({
   registry: undefined,
   policy: "round_robin",
   retryPolicy: DEFAULT_RETRY_POLICY,
-  metrics: undefined,
-  logger: undefined,
   registryChannelOptions: {},
 });
 
@@ -113,21 +109,29 @@ export function shareMembership(source: MembershipSource): { id: string; forget:
   return { id, forget: () => sources.delete(id) };
 }
 
-/** The shared watcher of (registry, service), counted; the last release closes it. */
+const metricsIds = new WeakMap<ClientMetrics, number>();
+let nextMetricsId = 1;
+
+/**
+ * The shared watcher of (registry, service, metrics registry), counted; the last release closes
+ * it. Channels exporting to different metrics each get their own, so each exports membership.
+ */
 function acquireWatcher(
   registry: string,
   service: string,
+  context: BalancerContext,
 ): { watcher: MembershipWatcher; release: () => void } {
-  const key = `${registry}\n${service}`;
+  const metrics = context.metrics;
+  let metricsId = 0;
+  if (metrics !== undefined) {
+    metricsId = metricsIds.get(metrics) ?? nextMetricsId++;
+    metricsIds.set(metrics, metricsId);
+  }
+  const key = `${registry}\n${service}\n${metricsId}`;
   let shared = watchers.get(key);
   if (shared === undefined) {
     const client = connectRegistry(registry, defaults.registryChannelOptions);
-    const watcher = new MembershipWatcher({
-      registry: client,
-      service,
-      metrics: defaults.metrics,
-      logger: defaults.logger,
-    });
+    const watcher = new MembershipWatcher({ registry: client, service, metrics, logger: context.logger });
     watcher.start();
     shared = { watcher, close: () => watcher.close().finally(() => client.close()), refs: 0 };
     watchers.set(key, shared);
@@ -187,6 +191,7 @@ export class LeaseholdResolver implements experimental.Resolver {
   readonly #serviceConfig: ServiceConfig | null;
   readonly #configSelector: experimental.ConfigSelector | undefined;
   readonly #targetError: StatusObject | undefined;
+  readonly #context: BalancerContext;
   #source: MembershipSource | undefined;
   #hasSnapshot: () => boolean = () => true;
   #release: () => void = () => undefined;
@@ -200,6 +205,7 @@ export class LeaseholdResolver implements experimental.Resolver {
     this.#service = target.path.replace(/^\/+/, "");
     this.#registry =
       target.authority !== undefined && target.authority !== "" ? target.authority : defaults.registry;
+    this.#context = contextOf(options[CONTEXT_OPTION]);
     const sourceId: unknown = options[MEMBERSHIP_SOURCE_OPTION];
     this.#sourceId = typeof sourceId === "string" ? sourceId : undefined;
     const policy: unknown = options[POLICY_OPTION] ?? defaults.policy;
@@ -264,7 +270,7 @@ export class LeaseholdResolver implements experimental.Resolver {
       this.#hasSnapshot = () => source.hasSnapshot ?? true;
     } else {
       const registry = this.#registry as string;
-      const { watcher, release } = acquireWatcher(registry, this.#service);
+      const { watcher, release } = acquireWatcher(registry, this.#service, this.#context);
       this.#source = watcher;
       this.#release = release;
       this.#hasSnapshot = () => watcher.hasSnapshot;
