@@ -14,23 +14,15 @@ export {
   type BalancedMethods,
   type InstanceStats,
 } from "./balancing/balanced-client.js";
-export {
-  EXCLUDE_METADATA,
-  loadBalancerName,
-  LeaseholdLoadBalancer,
-} from "./balancing/leasehold-load-balancer.js";
+export { EXCLUDE_METADATA, loadBalancerName } from "./balancing/leasehold-load-balancer.js";
 export { POLICY_NAMES, isPolicyName, type PolicyName } from "./balancing/policies.js";
 export {
   DEFAULT_BREAKER_OPTIONS,
   type BreakerOptions,
   type BreakerState,
+  type ResolvedBreakerOptions,
 } from "./breaker/instance-breaker.js";
-export {
-  LEASEHOLD_SCHEME,
-  MEMBERSHIP_SOURCE_OPTION,
-  POLICY_OPTION,
-  LeaseholdResolver,
-} from "./discovery/leasehold-resolver.js";
+export { LEASEHOLD_SCHEME, POLICY_OPTION } from "./discovery/leasehold-resolver.js";
 export {
   registerLeasehold,
   DEFAULT_RETRY_POLICY,
@@ -40,6 +32,7 @@ export {
 export {
   MembershipWatcher,
   type MembershipChange,
+  type MembershipListener,
   type MembershipWatcherOptions,
 } from "./discovery/membership-watcher.js";
 export { staticMembership, type MembershipSnapshot, type MembershipSource } from "./discovery/membership.js";
