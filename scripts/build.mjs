@@ -20,7 +20,7 @@ const compiled = spawnSync(process.execPath, [tsc, "-p", join(root, "tsconfig.bu
   stdio: "inherit",
 });
 if (compiled.status !== 0) {
-  console.error("build: tsc failed");
+  console.error("\nbuild: tsc failed");
   process.exit(compiled.status ?? 1);
 }
 
@@ -38,10 +38,10 @@ for (const file of protos) {
   copyFileSync(join(root, "proto", file), join(dist, "proto", file));
 }
 
-// dist/x/y.js, .js.map, .d.ts, .d.ts.map come from x/y.ts; dist/proto/**/*.proto from proto/.
+// dist/x/y.js, .js.map (with the TS source inlined) and .d.ts come from x/y.ts; dist/proto/**/*.proto from proto/.
 let pruned = 0;
 for (const file of filesUnder(dist)) {
-  const source = file.endsWith(".proto") ? file : file.replace(/\.(js|js\.map|d\.ts|d\.ts\.map)$/, ".ts");
+  const source = file.endsWith(".proto") ? file : file.replace(/\.(js|js\.map|d\.ts)$/, ".ts");
   const isOutput = file.endsWith(".proto") || source !== file;
   if (!isOutput || source.endsWith(".test.ts") || !existsSync(join(root, source))) {
     rmSync(join(dist, file));
