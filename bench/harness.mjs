@@ -1,0 +1,107 @@
+// The shared part of every benchmark in bench/: interleaved A/B rounds of commands, medians and
+// per-round ratios, a plain-text table, and a JSON record that names the commit measured.
+// Benchmarks report numbers and ratios; they never pass or fail on a timing.
+import { execFileSync, spawnSync } from "node:child_process";
+import { existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { cpus } from "node:os";
+import { join } from "node:path";
+
+/**
+ * Wall time of one run of `command args` in ms, from spawn to exit.
+ * @throws Error with the command's stderr when it exits with a status other than 0.
+ */
+export function timeCommand(command, args, options = {}) {
+  const started = process.hrtime.bigint();
+  const result = spawnSync(command, args, { stdio: ["ignore", "ignore", "pipe"], ...options });
+  const elapsedMs = Number(process.hrtime.bigint() - started) / 1e6;
+  if (result.error !== undefined) throw result.error;
+  if (result.status !== 0) {
+    const stderr = result.stderr?.toString().trim() ?? "";
+    throw new Error(`${[command, ...args].join(" ")} exited ${result.status ?? result.signal}: ${stderr}`);
+  }
+  return elapsedMs;
+}
+
+/**
+ * Runs every variant once per round for `rounds` rounds, rotating the order each round so no
+ * variant always goes first (interleaved A/B: drift in machine load hits all variants alike).
+ * `warmupRounds` run first and are not recorded (they fill the file cache).
+ * @param variants `[{ name, run: () => ms }]`
+ * @returns `{ [name]: ms[] }`, one sample per round, in round order.
+ */
+export function interleave(variants, { rounds, warmupRounds = 0 }) {
+  const samples = Object.fromEntries(variants.map((variant) => [variant.name, []]));
+  for (let round = -warmupRounds; round < rounds; round += 1) {
+    const offset = ((round % variants.length) + variants.length) % variants.length;
+    for (let i = 0; i < variants.length; i += 1) {
+      const variant = variants[(i + offset) % variants.length];
+      const ms = variant.run();
+      if (round >= 0) samples[variant.name].push(ms);
+    }
+  }
+  return samples;
+}
+
+export function median(values) {
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = Math.floor(sorted.length / 2);
+  return sorted.length % 2 === 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
+}
+
+/** `{ median, min, max }` of `values`. */
+export function summary(values) {
+  return { median: median(values), min: Math.min(...values), max: Math.max(...values) };
+}
+
+/** Per-round ratios `numerator[i] / denominator[i]` (same round, so the same machine state). */
+export function roundRatios(numerator, denominator) {
+  return numerator.map((value, i) => value / denominator[i]);
+}
+
+/** A plain-text table: `rows` are arrays of cells, the first row is the header. */
+export function formatTable(rows) {
+  const widths = rows[0].map((_, column) => Math.max(...rows.map((row) => String(row[column]).length)));
+  return rows
+    .map((row) =>
+      row
+        .map((cell, column) =>
+          column === 0 ? String(cell).padEnd(widths[column]) : String(cell).padStart(widths[column]),
+        )
+        .join("  "),
+    )
+    .join("\n");
+}
+
+/** The commit measured, and whether the working tree had changes on top of it. */
+export function gitState(cwd) {
+  try {
+    const commit = execFileSync("git", ["rev-parse", "HEAD"], { cwd, encoding: "utf8" }).trim();
+    const status = execFileSync("git", ["status", "--porcelain", "--untracked-files=no"], {
+      cwd,
+      encoding: "utf8",
+    });
+    return { commit, dirty: status.trim() !== "" };
+  } catch {
+    return { commit: null, dirty: null };
+  }
+}
+
+/** Where and on what the benchmark ran. */
+export function environment() {
+  return {
+    node: process.version,
+    platform: `${process.platform}-${process.arch}`,
+    cpus: cpus().length,
+    cpuModel: cpus()[0]?.model ?? "unknown",
+  };
+}
+
+/** Writes `record` to `directory/<name>-<YYYY-MM-DD>[-N].json` (never overwrites); returns the path. */
+export function writeRecord(directory, name, record) {
+  mkdirSync(directory, { recursive: true });
+  const date = new Date().toISOString().slice(0, 10);
+  let path = join(directory, `${name}-${date}.json`);
+  for (let n = 2; existsSync(path); n += 1) path = join(directory, `${name}-${date}-${n}.json`);
+  writeFileSync(path, `${JSON.stringify(record, null, 2)}\n`);
+  return path;
+}

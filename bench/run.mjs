@@ -1,0 +1,111 @@
+#!/usr/bin/env node
+// `npm run bench [-- NAME... --quick --rounds N --out DIR]`: runs the benchmarks of bench/
+// (every bench/NAME.bench.mjs; all of them when no NAME is given), prints a table of medians and
+// per-round ratios with min–max, and writes a JSON record (with the commit measured) to
+// bench/results/NAME-DATE.json. `--quick` runs each variant once, without warm-up, and saves
+// nothing unless --out is given: a smoke run, not a measurement.
+import { readdirSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { environment, formatTable, gitState, writeRecord } from "./harness.mjs";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const root = join(here, "..");
+const DEFAULT_ROUNDS = 10;
+const MIN_ROUNDS = 5;
+
+let parsed;
+try {
+  parsed = parseArgs({
+    allowPositionals: true,
+    options: {
+      quick: { type: "boolean", default: false },
+      rounds: { type: "string" },
+      out: { type: "string" },
+    },
+  });
+} catch (error) {
+  console.error(`bench: ${error.message}`);
+  process.exit(2);
+}
+const { values, positionals } = parsed;
+const rounds = values.quick ? 1 : Number(values.rounds ?? DEFAULT_ROUNDS);
+if (!values.quick && !(Number.isInteger(rounds) && rounds >= MIN_ROUNDS)) {
+  console.error(`bench: --rounds must be an integer ≥ ${MIN_ROUNDS} (or use --quick)`);
+  process.exit(2);
+}
+const available = readdirSync(here)
+  .filter((file) => file.endsWith(".bench.mjs"))
+  .map((file) => file.slice(0, -".bench.mjs".length))
+  .sort();
+const selected = positionals.length > 0 ? positionals : available;
+const unknown = selected.filter((name) => !available.includes(name));
+if (unknown.length > 0) {
+  console.error(`bench: no benchmark ${unknown.join(", ")} (have: ${available.join(", ")})`);
+  process.exit(2);
+}
+
+const git = gitState(root);
+const env = environment();
+const ms = (value) => value.toFixed(1);
+const times = (value) => `${value.toFixed(2)}×`;
+for (const name of selected) {
+  const benchmark = await import(join(here, `${name}.bench.mjs`));
+  const warmupRounds = values.quick ? 0 : 1;
+  console.log(
+    `${name}: ${benchmark.description}\n` +
+      `${rounds} interleaved round(s)${warmupRounds > 0 ? ` after ${warmupRounds} warm-up` : ""}, ` +
+      `node ${env.node}, ${env.cpus} CPUs, commit ${git.commit?.slice(0, 12) ?? "unknown"}` +
+      `${git.dirty ? " (with uncommitted changes)" : ""}\n`,
+  );
+  let result;
+  try {
+    result = benchmark.run({ root, rounds, warmupRounds });
+  } catch (error) {
+    console.error(`bench: ${name} failed: ${error.message}`);
+    process.exit(1);
+  }
+  console.log(
+    formatTable([
+      ["variant", "median ms", "min ms", "max ms"],
+      ...result.variants.map((variant) => [
+        variant.name,
+        ms(variant.median),
+        ms(variant.min),
+        ms(variant.max),
+      ]),
+    ]),
+  );
+  console.log();
+  console.log(
+    formatTable([
+      ["ratio (per round)", "median", "min", "max", "target"],
+      ...result.ratios.map((ratio) => [
+        ratio.name,
+        times(ratio.median),
+        times(ratio.min),
+        times(ratio.max),
+        ratio.target === null ? "" : `≤ ${times(ratio.target)}`,
+      ]),
+    ]),
+  );
+  const record = {
+    benchmark: name,
+    description: benchmark.description,
+    date: new Date().toISOString(),
+    commit: git.commit,
+    dirty: git.dirty,
+    ...env,
+    rounds,
+    warmupRounds,
+    quick: values.quick,
+    ...result,
+  };
+  if (values.quick && values.out === undefined) {
+    console.log("\nnot saved (--quick is a smoke run; pass --out DIR to save it)\n");
+  } else {
+    const path = writeRecord(values.out ?? join(here, "results"), name, record);
+    console.log(`\nsaved ${path}\n`);
+  }
+}
