@@ -1,0 +1,541 @@
+/**
+ * `leasehold call SERVICE METHOD [JSON]`: the action. Loaded lazily by `cli/commands/call.ts`, so
+ * `leasehold --help` never loads protobuf, prom-client or the client library.
+ *
+ * The method comes from server reflection on a registered instance (or `--proto` files); the
+ * request is strict proto3 JSON, checked before any call; the call goes through Leasehold's
+ * balanced client; responses print as canonical proto3 JSON, one line per message.
+ */
+import { createInterface } from "node:readline";
+import * as grpc from "@grpc/grpc-js";
+import {
+  fromBinary,
+  toBinary,
+  toJson,
+  type DescMethod,
+  type FileRegistry,
+  type Message,
+} from "@bufbuild/protobuf";
+import logUpdate from "log-update";
+import { collectDefaultMetrics, Registry } from "prom-client";
+import {
+  createBalancedClient,
+  type BalancedCallOptions,
+  type BalancedClient,
+} from "../../client/balancing/balanced-client.js";
+import type { PolicyName } from "../../client/balancing/policies.js";
+import { MembershipWatcher } from "../../client/discovery/membership-watcher.js";
+import { LeaseholdError } from "../../client/errors.js";
+import { ClientMetrics } from "../../client/metrics/client-metrics.js";
+import { connectRegistry } from "../../client/registry-connection.js";
+import { metricsRoute, startHttpEndpoints } from "../../client/server/http-endpoints.js";
+import {
+  InstanceStatus,
+  type Instance,
+  type RegistryServiceClient,
+} from "../../proto/gen/leasehold/registry/v1/registry.js";
+import { createLogger } from "../logger.js";
+import { checkRegistry } from "../registry-check.js";
+import { UsageError } from "../usage-error.js";
+import { DescriptorError, linkDescriptors } from "./descriptor-set.js";
+import { InstanceTally } from "./instance-tally.js";
+import { isServiceNamed, parseMethodSpec, resolveMethod, type MethodSpec } from "./method-resolver.js";
+import { loadProtoFiles } from "./proto-files.js";
+import { ReflectionClient, ReflectionError } from "./reflection-client.js";
+import { decodeRequest, parseRequest } from "./request-json.js";
+import { renderSummary, summarize } from "./summary.js";
+
+/** Flags of `leasehold call`, as commander parsed them. */
+export interface CallFlags {
+  readonly registry: string;
+  readonly count?: number;
+  readonly concurrency: number;
+  readonly policy: PolicyName;
+  readonly duration?: number;
+  readonly deadlineMs: number;
+  readonly json: boolean;
+  readonly metricsListen?: string;
+  /** `key:value` pairs, validated by the option parser. */
+  readonly metadata: readonly string[];
+  readonly proto: readonly string[];
+  readonly importPath: readonly string[];
+}
+
+/** A failed call: the gRPC status code name and message (`UNAVAILABLE: no available instance ...`). */
+export class CallFailedError extends Error {}
+
+/** Pause after a call that failed at once (nothing to pick), so a worker never spins: 50–100 ms. */
+const FAST_FAILURE_MS = 50;
+const RETRY_PAUSE_MS = { min: 50, max: 100 } as const;
+
+/** A load run waits this long at most for every instance's connection before its first call. */
+const CONNECT_WAIT_MS = 3000;
+
+/** Reflection on one instance gives up after this long. */
+const REFLECTION_TIMEOUT_MS = 5000;
+
+/** Instances asked for reflection before giving up. */
+const REFLECTION_ATTEMPTS = 3;
+
+export async function runCall(
+  serviceName: string,
+  methodText: string,
+  requestText: string | undefined,
+  flags: CallFlags,
+): Promise<void> {
+  const spec = parseMethodSpec(methodText);
+  // JSON syntax first: a typo is reported without touching the network.
+  const requestJson = requestText === undefined ? undefined : parseJsonText(requestText);
+  const isLoadRun = flags.count !== undefined || flags.duration !== undefined || flags.json;
+  const metadata = toMetadata(flags.metadata);
+
+  const registry = connectRegistry(flags.registry);
+  try {
+    await checkRegistry(registry, flags.registry);
+    const described =
+      flags.proto.length > 0
+        ? await describeFromProtoFiles(flags.proto, flags.importPath)
+        : await describeByReflection(registry, flags.registry, serviceName, spec, metadata);
+    const method = resolveMethod(described.registry, described.services, spec);
+    const kind = method.methodKind;
+    if (isLoadRun && kind !== "unary") {
+      throw new UsageError(
+        `--count, --duration and --json make a load run, which takes unary methods; ${method.name} is ${kind.replace("_", "-")}`,
+      );
+    }
+    const isStreamingRequest = kind === "client_streaming" || kind === "bidi_streaming";
+    if (isStreamingRequest && requestJson !== undefined) {
+      throw new UsageError(
+        `${method.name} is ${kind.replace("_", "-")}: it reads its requests from stdin, one JSON object per line; pass no JSON argument`,
+      );
+    }
+    const request = isStreamingRequest
+      ? undefined
+      : decodeRequest(method.input, requestJson ?? {}, described.registry);
+    await callThroughBalancer(registry, serviceName, method, described.registry, request, metadata, flags);
+  } finally {
+    registry.close();
+  }
+}
+
+// ---- describing the method ----
+
+interface Described {
+  readonly registry: FileRegistry;
+  /** Full names of the services METHOD may be in. */
+  readonly services: readonly string[];
+}
+
+async function describeFromProtoFiles(
+  files: readonly string[],
+  importPaths: readonly string[],
+): Promise<Described> {
+  const registry = linkOrExplain(await loadProtoFiles(files, importPaths), "--proto files");
+  const services: string[] = [];
+  for (const type of registry) if (type.kind === "service") services.push(type.typeName);
+  return { registry, services };
+}
+
+function linkOrExplain(files: Parameters<typeof linkDescriptors>[0], source: string): FileRegistry {
+  try {
+    return linkDescriptors(files);
+  } catch (error) {
+    if (error instanceof DescriptorError) throw new UsageError(`${source}: ${error.message}`);
+    throw error;
+  }
+}
+
+/** Asks registered instances of `serviceName` (SERVING first) by server reflection. */
+async function describeByReflection(
+  registry: RegistryServiceClient,
+  registryAddress: string,
+  serviceName: string,
+  spec: MethodSpec,
+  metadata: grpc.Metadata,
+): Promise<Described> {
+  const instances = await listInstances(registry, serviceName);
+  if (instances.length === 0) {
+    throw new CallFailedError(`no instance of service "${serviceName}" is registered at ${registryAddress}`);
+  }
+  let lastFailure: Error | undefined;
+  for (const instance of instances.slice(0, REFLECTION_ATTEMPTS)) {
+    const reflection = new ReflectionClient(instance.address, { metadata, timeoutMs: REFLECTION_TIMEOUT_MS });
+    try {
+      return await reflectOn(reflection, instance, spec);
+    } catch (error) {
+      if (!(error instanceof ReflectionError)) throw error;
+      if (error.code === grpc.status.UNIMPLEMENTED) {
+        throw new CallFailedError(
+          `instance ${instance.instanceId} (${instance.address}) does not serve gRPC server reflection; describe the service with --proto FILE [--import-path DIR]`,
+        );
+      }
+      lastFailure = new CallFailedError(
+        `reflection on instance ${instance.instanceId} (${instance.address}) failed: ${grpc.status[error.code]}: ${error.message}`,
+      );
+    } finally {
+      reflection.close();
+    }
+  }
+  throw lastFailure ?? new CallFailedError("reflection failed");
+}
+
+async function reflectOn(
+  reflection: ReflectionClient,
+  instance: Instance,
+  spec: MethodSpec,
+): Promise<Described> {
+  const where = `instance ${instance.instanceId} (${instance.address})`;
+  let services: string[];
+  if (spec.service?.includes(".") === true) {
+    services = [spec.service];
+  } else {
+    const served = (await reflection.listServices()).filter((name) => !name.startsWith("grpc.reflection."));
+    services =
+      spec.service === undefined ? served : served.filter((name) => isServiceNamed(name, spec.service ?? ""));
+    if (services.length === 0) {
+      const what = spec.service === undefined ? "no service" : `no service "${spec.service}"`;
+      throw new UsageError(`${where} reflects ${what}; it serves ${served.join(", ") || "nothing"}`);
+    }
+  }
+  const files = [];
+  for (const service of services) {
+    try {
+      files.push(...(await reflection.fileContainingSymbol(service)));
+    } catch (error) {
+      if (error instanceof ReflectionError && error.code === grpc.status.NOT_FOUND) {
+        const served = (await reflection.listServices()).filter(
+          (name) => !name.startsWith("grpc.reflection."),
+        );
+        throw new UsageError(
+          `${where} does not serve "${service}"; it serves ${served.join(", ") || "nothing"}`,
+        );
+      }
+      throw error;
+    }
+  }
+  return { registry: linkOrExplain(files, `descriptors from ${where}`), services };
+}
+
+/** Instances of `service`, SERVING ones first; GetService failures are the registry's. */
+async function listInstances(registry: RegistryServiceClient, service: string): Promise<Instance[]> {
+  const response = await new Promise<{ instances: Instance[] }>((resolve, reject) =>
+    registry.getService({ service }, new grpc.Metadata(), { deadline: Date.now() + 5000 }, (error, answer) =>
+      error === null ? resolve(answer) : reject(error),
+    ),
+  ).catch((error: unknown) => {
+    const failure = LeaseholdError.from(error);
+    if (failure.code === "INVALID_ARGUMENT") throw new UsageError(`service "${service}": ${failure.message}`);
+    throw new CallFailedError(`GetService ${service}: ${failure.code}: ${failure.message}`);
+  });
+  const isServing = (instance: Instance): boolean =>
+    instance.status === InstanceStatus.INSTANCE_STATUS_SERVING;
+  return [...response.instances.filter(isServing), ...response.instances.filter((i) => !isServing(i))];
+}
+
+// ---- calling ----
+
+/** The calls this command makes, whatever the method's kind. */
+type Invoke = (...args: unknown[]) => unknown;
+
+async function callThroughBalancer(
+  registry: RegistryServiceClient,
+  serviceName: string,
+  method: DescMethod,
+  types: FileRegistry,
+  request: Message | undefined,
+  metadata: grpc.Metadata,
+  flags: CallFlags,
+): Promise<void> {
+  const logger = createLogger("leasehold-call", "warn");
+  const metricsRegistry = new Registry();
+  collectDefaultMetrics({ register: metricsRegistry });
+  const metrics = new ClientMetrics(metricsRegistry);
+  const watcher = new MembershipWatcher({ registry, service: serviceName, metrics, logger });
+  const client = createBalancedClient(serviceDefinition(method), {
+    service: serviceName,
+    membership: watcher,
+    policy: flags.policy,
+    metrics,
+    deadlineMs: flags.deadlineMs,
+    logger,
+  });
+  const metricsServer =
+    flags.metricsListen === undefined
+      ? undefined
+      : await startHttpEndpoints(flags.metricsListen, { "/metrics": metricsRoute(metricsRegistry) });
+  const stopping = new AbortController();
+  const onSignal = (): void => stopping.abort();
+  process.once("SIGINT", onSignal).once("SIGTERM", onSignal);
+  // Instances that leave are reported with their final stats, so a return starts a new lifetime.
+  const tally = new InstanceTally();
+  client.onChange((change) => tally.left(change.removed));
+  try {
+    watcher.start();
+    await watcher.ready();
+    if (watcher.current().instances.length === 0) {
+      throw new CallFailedError(`no instance of service "${serviceName}" is registered at ${flags.registry}`);
+    }
+    client.start();
+    const invoke = (client.methods as unknown as Record<string, Invoke | undefined>)[method.name];
+    if (invoke === undefined) {
+      throw new CallFailedError(`the balanced client has no method ${method.name}`);
+    }
+    const options: BalancedCallOptions = { metadata, signal: stopping.signal };
+    const print = (response: unknown): void => {
+      process.stdout.write(
+        `${JSON.stringify(toJson(method.output, response as Message, { registry: types }))}\n`,
+      );
+    };
+    if (flags.count !== undefined || flags.duration !== undefined || flags.json) {
+      // Connected first, so the distribution is the policy's, not the order connections came up in.
+      await connected(client, watcher.current().instances.length, CONNECT_WAIT_MS);
+      // No signal: on SIGINT a load run stops issuing calls and lets those in flight finish.
+      await loadRun(client, invoke, request, { metadata }, tally, serviceName, stopping.signal, flags);
+      return;
+    }
+    try {
+      await callOnce(method, types, invoke, request, options, stopping.signal, print);
+    } catch (error) {
+      // Ctrl-C ends a stream the user watched long enough: quietly, with the shell's status.
+      if (!stopping.signal.aborted) throw error;
+      process.exitCode = 130;
+    }
+  } finally {
+    process.off("SIGINT", onSignal).off("SIGTERM", onSignal);
+    await client.close();
+    await watcher.close();
+    await metricsServer?.close();
+  }
+}
+
+/** One call of any kind; responses go to `print`. */
+async function callOnce(
+  method: DescMethod,
+  types: FileRegistry,
+  invoke: Invoke,
+  request: Message | undefined,
+  options: BalancedCallOptions,
+  stopping: AbortSignal,
+  print: (response: unknown) => void,
+): Promise<void> {
+  switch (method.methodKind) {
+    case "unary":
+      print(await settle(invoke(request, options) as Promise<unknown>));
+      break;
+    case "server_streaming":
+      await settle(forEach(invoke(request, options) as AsyncIterable<unknown>, print));
+      break;
+    case "client_streaming":
+    case "bidi_streaming": {
+      const input = new StdinRequests(method, types);
+      const streamOptions = { ...options, signal: AbortSignal.any([stopping, input.signal]) };
+      try {
+        if (method.methodKind === "client_streaming") {
+          print(await settle(invoke(input.messages(), streamOptions) as Promise<unknown>));
+        } else {
+          await settle(forEach(invoke(input.messages(), streamOptions) as AsyncIterable<unknown>, print));
+        }
+      } catch (error) {
+        throw input.failure ?? error;
+      }
+      if (input.failure !== undefined) throw input.failure;
+      break;
+    }
+  }
+}
+
+/**
+ * Resolves once the client lists `listed` instances and every SERVING one is READY (or failed to
+ * connect), or after `timeoutMs` (a load run then starts anyway). Only READY instances are picked.
+ */
+async function connected(
+  client: BalancedClient<grpc.ServiceDefinition>,
+  listed: number,
+  timeoutMs: number,
+): Promise<void> {
+  const isSettled = (): boolean => {
+    const stats = client.stats();
+    return (
+      stats.length >= listed &&
+      stats.every(
+        (instance) =>
+          instance.status !== "SERVING" ||
+          instance.connectivity === "READY" ||
+          instance.connectivity === "TRANSIENT_FAILURE",
+      )
+    );
+  };
+  if (isSettled()) return;
+  await new Promise<void>((resolve) => {
+    const done = (): void => {
+      clearTimeout(timer);
+      unsubscribe();
+      resolve();
+    };
+    const timer = setTimeout(done, timeoutMs);
+    const unsubscribe = client.onChange(() => {
+      if (isSettled()) done();
+    });
+  });
+}
+
+/** `--count/--duration/--concurrency`: many unary calls, then the per-instance distribution. */
+async function loadRun(
+  client: BalancedClient<grpc.ServiceDefinition>,
+  invoke: Invoke,
+  request: Message | undefined,
+  options: BalancedCallOptions,
+  tally: InstanceTally,
+  serviceName: string,
+  stopping: AbortSignal,
+  flags: CallFlags,
+): Promise<void> {
+  const count = flags.count ?? (flags.duration === undefined ? 1 : Number.POSITIVE_INFINITY);
+  const until = flags.duration === undefined ? Number.POSITIVE_INFINITY : Date.now() + flags.duration * 1000;
+  let issued = 0;
+  let total = 0;
+  let errors = 0;
+  let lastError: LeaseholdError | undefined;
+  const isLive = !flags.json && process.stdout.isTTY;
+  const progress = isLive
+    ? setInterval(() => logUpdate(`${total} calls, ${errors} errors ...`), 250).unref()
+    : undefined;
+  const worker = async (): Promise<void> => {
+    while (issued < count && Date.now() < until && !stopping.aborted) {
+      issued += 1;
+      const started = performance.now();
+      try {
+        await (invoke(request, options) as Promise<unknown>);
+      } catch (error) {
+        errors += 1;
+        lastError = LeaseholdError.from(error);
+        // Failed at once (nothing to pick, breakers open): wait a little rather than spin.
+        if (performance.now() - started < FAST_FAILURE_MS) await pause(stopping);
+      }
+      total += 1;
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(flags.concurrency, count) }, worker));
+  clearInterval(progress);
+  if (isLive) logUpdate.clear();
+  const summary = summarize(serviceName, flags.policy, total, errors, tally.totals(client.stats()));
+  if (flags.json) {
+    process.stdout.write(`${JSON.stringify(summary)}\n`);
+  } else {
+    process.stdout.write(`${renderSummary(summary)}\n`);
+    if (lastError !== undefined)
+      process.stdout.write(`last error: ${lastError.code}: ${lastError.message}\n`);
+  }
+  if (errors > 0) process.exitCode = 1;
+}
+
+/** 50–100 ms (jittered, so workers do not retry in step); ends early on `signal`. */
+async function pause(signal: AbortSignal): Promise<void> {
+  const ms = RETRY_PAUSE_MS.min + Math.random() * (RETRY_PAUSE_MS.max - RETRY_PAUSE_MS.min);
+  await new Promise<void>((resolve) => {
+    const timer = setTimeout(done, ms);
+    function done(): void {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", done);
+      resolve();
+    }
+    signal.addEventListener("abort", done, { once: true });
+  });
+}
+
+/** Awaits a call; a failure becomes `CODE: message`. */
+async function settle<T>(call: Promise<T>): Promise<T> {
+  try {
+    return await call;
+  } catch (error) {
+    if (error instanceof UsageError) throw error;
+    const failure = LeaseholdError.from(error);
+    throw new CallFailedError(`${failure.code}: ${failure.message}`, { cause: error });
+  }
+}
+
+async function forEach(responses: AsyncIterable<unknown>, each: (response: unknown) => void): Promise<void> {
+  for await (const response of responses) each(response);
+}
+
+/** Requests of a client-streaming or bidi call: NDJSON on stdin, each line checked before it is sent. */
+class StdinRequests {
+  readonly #controller = new AbortController();
+  /** The first bad line; the call was cancelled because of it. */
+  failure: UsageError | undefined;
+
+  constructor(
+    readonly method: DescMethod,
+    readonly types: FileRegistry,
+  ) {}
+
+  /** Aborted when a line is refused. */
+  get signal(): AbortSignal {
+    return this.#controller.signal;
+  }
+
+  async *messages(): AsyncGenerator<Message> {
+    const lines = createInterface({ input: process.stdin, crlfDelay: Number.POSITIVE_INFINITY });
+    let number = 0;
+    try {
+      for await (const line of lines) {
+        number += 1;
+        if (line.trim() === "") continue;
+        try {
+          yield parseRequest(this.method.input, line, this.types, `stdin line ${number}`);
+        } catch (error) {
+          this.failure = error instanceof UsageError ? error : new UsageError(String(error));
+          this.#controller.abort(this.failure);
+          return;
+        }
+      }
+    } finally {
+      lines.close();
+    }
+  }
+}
+
+/** A grpc-js service definition of one method, coding messages of the method's descriptors. */
+function serviceDefinition(method: DescMethod): grpc.ServiceDefinition {
+  const codec = (schema: DescMethod["input"]) => ({
+    serialize: (message: Message): Buffer => Buffer.from(toBinary(schema, message)),
+    deserialize: (bytes: Buffer): Message => fromBinary(schema, bytes),
+  });
+  const input = codec(method.input);
+  const output = codec(method.output);
+  return {
+    [method.name]: {
+      path: `/${method.parent.typeName}/${method.name}`,
+      requestStream: method.methodKind === "client_streaming" || method.methodKind === "bidi_streaming",
+      responseStream: method.methodKind === "server_streaming" || method.methodKind === "bidi_streaming",
+      requestSerialize: input.serialize,
+      requestDeserialize: input.deserialize,
+      responseSerialize: output.serialize,
+      responseDeserialize: output.deserialize,
+      originalName: method.name,
+    } as grpc.MethodDefinition<Message, Message>,
+  };
+}
+
+function parseJsonText(text: string): unknown {
+  try {
+    return JSON.parse(text) as unknown;
+  } catch (error) {
+    throw new UsageError(
+      `request is not valid JSON: ${error instanceof Error ? error.message : String(error)}`,
+    );
+  }
+}
+
+/** `key:value` pairs as gRPC metadata; a `-bin` key takes base64. */
+function toMetadata(pairs: readonly string[]): grpc.Metadata {
+  const metadata = new grpc.Metadata();
+  for (const pair of pairs) {
+    const colon = pair.indexOf(":");
+    const key = pair.slice(0, colon).trim().toLowerCase();
+    const value = pair.slice(colon + 1).trim();
+    if (key.endsWith("-bin")) metadata.add(key, Buffer.from(value, "base64"));
+    else metadata.add(key, value);
+  }
+  return metadata;
+}
