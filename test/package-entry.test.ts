@@ -4,7 +4,7 @@
  * can be `require()`d (no top-level await), and the bin says how to build when dist/ is missing.
  */
 import { execFile } from "node:child_process";
-import { copyFile, mkdtemp, rm } from "node:fs/promises";
+import { copyFile, mkdtemp, readdir, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -68,4 +68,30 @@ test("the leasehold bin without dist/ prints one line saying to build, and exits
 test("the leasehold bin runs the compiled CLI", async (t) => {
   const { stdout } = await run(process.execPath, [join(root, "leasehold.mjs"), "--help"]);
   t.regex(stdout, /^Usage: leasehold /);
+});
+
+test("every package the compiled code imports is a dependency or peer dependency", async (t) => {
+  const manifest = JSON.parse(await readFile(join(root, "package.json"), "utf8")) as {
+    dependencies?: Record<string, string>;
+    peerDependencies?: Record<string, string>;
+  };
+  const declared = new Set([
+    ...Object.keys(manifest.dependencies ?? {}),
+    ...Object.keys(manifest.peerDependencies ?? {}),
+  ]);
+  const importedBy = new Map<string, string>();
+  const files = await readdir(join(root, "dist"), { recursive: true });
+  for (const file of files.filter((name) => name.endsWith(".js"))) {
+    const text = await readFile(join(root, "dist", file), "utf8");
+    for (const [, specifier] of text.matchAll(/(?:from |import\()"([^".][^"]*)"/g)) {
+      if (specifier === undefined || specifier.startsWith("node:")) continue;
+      const [first = "", second = ""] = specifier.split("/");
+      importedBy.set(first.startsWith("@") ? `${first}/${second}` : first, file);
+    }
+  }
+  t.true(importedBy.has("etcd3"), `the scan finds imports: ${[...importedBy.keys()].join(", ")}`);
+  t.deepEqual(
+    [...importedBy].filter(([name]) => !declared.has(name)).map(([name, file]) => `${name} (dist/${file})`),
+    [],
+  );
 });
