@@ -3,6 +3,7 @@ import { Command, CommanderError } from "commander";
 import { callCommand } from "./commands/call.js";
 import { demoCommand } from "./commands/demo.js";
 import { listCommand } from "./commands/list.js";
+import { registerCommand } from "./commands/register.js";
 import { registryCommand } from "./commands/registry.js";
 import { serveCommand } from "./commands/serve.js";
 import { watchCommand } from "./commands/watch.js";
@@ -20,6 +21,7 @@ const program = new Command("leasehold")
   .exitOverride();
 registryCommand(program);
 serveCommand(program);
+registerCommand(program);
 listCommand(program);
 watchCommand(program);
 callCommand(program);

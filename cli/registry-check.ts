@@ -1,6 +1,6 @@
 import { Metadata, status, type ServiceError } from "@grpc/grpc-js";
-import { BinaryReader, BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
 import { connect as tlsConnect } from "node:tls";
+import { decodeHealthStatus, encodeHealthRequest, HealthStatus } from "./health-codec.js";
 import type { RegistryServiceClient } from "../proto/gen/leasehold/registry/v1/registry.js";
 
 /** The service name whose `grpc.health.v1` status the registry ties to etcd (DESIGN §3). */
@@ -59,7 +59,7 @@ export async function checkRegistry(
     const message = await describeFailure(error as ServiceError, address, timeoutMs);
     throw new RegistryUnreachableError(address, message, { cause: error });
   }
-  if (health !== SERVING) {
+  if (health !== HealthStatus.SERVING) {
     throw new RegistryUnreachableError(
       address,
       `the registry at ${address} answers, but etcd is unreachable behind it (health NOT_SERVING); check its --etcd and that etcd is up`,
@@ -121,7 +121,10 @@ export function describeConnectFailure(error: unknown): string {
   if (known !== undefined) return known;
   const deadline = /Deadline exceeded after ([\d.]+)s/.exec(details);
   if (deadline !== null) return `no answer within ${Number(deadline[1]) * 1000} ms`;
-  return firstLine(details);
+  return firstLine(details.replace(/^No connection established\. Last error: /, "")).replace(
+    / \(\d{4}-\d\d-\d\dT[^)]*\)/g,
+    "",
+  );
 }
 
 /** True when a TLS handshake with the first address succeeds (any certificate): the port speaks TLS. */
@@ -143,33 +146,19 @@ async function speaksTls(address: string): Promise<boolean> {
   });
 }
 
-const SERVING = 1;
-
 /** `grpc.health.v1.Health/Check` for the registry service over the registry client's own channel. */
 async function healthCheck(registry: RegistryServiceClient, deadline: Date): Promise<number> {
   return await new Promise<number>((resolve, reject) => {
     registry.makeUnaryRequest(
       "/grpc.health.v1.Health/Check",
-      (service: string) => Buffer.from(new BinaryWriter().uint32(10).string(service).finish()),
-      (bytes: Buffer) => decodeHealthStatus(bytes),
+      encodeHealthRequest,
+      decodeHealthStatus,
       REGISTRY_SERVICE,
       new Metadata(),
       { deadline },
       (error, healthStatus) => (error === null ? resolve(healthStatus ?? 0) : reject(error)),
     );
   });
-}
-
-/** `HealthCheckResponse.status` (field 1, enum): 0 UNKNOWN, 1 SERVING, 2 NOT_SERVING. */
-function decodeHealthStatus(bytes: Uint8Array): number {
-  const reader = new BinaryReader(bytes);
-  let healthStatus = 0;
-  while (reader.pos < reader.len) {
-    const [field, wireType] = reader.tag();
-    if (field === 1 && wireType === WireType.Varint) healthStatus = reader.int32();
-    else reader.skip(wireType);
-  }
-  return healthStatus;
 }
 
 function firstLine(text: string): string {
