@@ -4,6 +4,8 @@ import { spawnCli, type CliProcess } from "./helpers/cli.js";
 import { eventually } from "./helpers/eventually.js";
 import { FIXTURES, register, startLedgerServer, type LedgerServer } from "./helpers/ledger-server.js";
 import type { Registrar } from "../client/registration/registrar.js";
+import { calculator } from "../services/calculator.js";
+import { startServiceInstance } from "../services/service-host.js";
 
 /**
  * `leasehold call` against services that are NOT Leasehold demo services: plain grpc-js servers of
@@ -74,6 +76,24 @@ test("a unary call by reflection prints the response as canonical proto3 JSON", 
     run.stdout.filter((line) => line !== ""),
     ['{"accountId":"acc-1","balanceCents":"250","instanceId":"ledger-a"}'],
   );
+});
+
+test("a demo instance serves reflection: calculator Add needs no --proto", async (t) => {
+  const instance = await startServiceInstance(calculator, {
+    registry: t.context.fixture.registry.address,
+    instanceId: "calc-reflected",
+    listen: "127.0.0.1:0",
+    drainMs: 0,
+  });
+  t.teardown(async () => await instance.shutdown());
+  const run = spawnCli(t, ["call", "calculator", "Add", '{"a":1,"b":2}', registryFlag(t.context)]);
+  t.is(await run.exited, 0, run.stderr);
+  t.deepEqual(jsonLines(run), [{ result: 3, instanceId: "calc-reflected" }]);
+  const wrong = await refused(
+    t,
+    spawnCli(t, ["call", "calculator", "Add", '{"a":"one"}', registryFlag(t.context)]),
+  );
+  t.regex(wrong, /field "a"/);
 });
 
 test("METHOD may be Service/Method, package.Service/Method or package.Service.Method", async (t) => {

@@ -89,33 +89,57 @@ export async function runCall(
   const isLoadRun = flags.count !== undefined || flags.duration !== undefined || flags.json;
   const metadata = toMetadata(flags.metadata);
 
+  const prepare = (described: Described): Prepared => {
+    const method = resolveMethod(described.registry, described.services, spec);
+    const request = checkedRequest(method, requestJson, isLoadRun, described.registry);
+    return { method, types: described.registry, request };
+  };
+  // With --proto, the method and the request are checked before the network is touched.
+  const offline =
+    flags.proto.length > 0 ? prepare(await describeFromProtoFiles(flags.proto, flags.importPath)) : undefined;
   const registry = connectRegistry(flags.registry);
   try {
     await checkRegistry(registry, flags.registry);
-    const described =
-      flags.proto.length > 0
-        ? await describeFromProtoFiles(flags.proto, flags.importPath)
-        : await describeByReflection(registry, flags.registry, serviceName, spec, metadata);
-    const method = resolveMethod(described.registry, described.services, spec);
-    const kind = method.methodKind;
-    if (isLoadRun && kind !== "unary") {
-      throw new UsageError(
-        `--count, --duration and --json make a load run, which takes unary methods; ${method.name} is ${kind.replace("_", "-")}`,
-      );
-    }
-    const isStreamingRequest = kind === "client_streaming" || kind === "bidi_streaming";
-    if (isStreamingRequest && requestJson !== undefined) {
-      throw new UsageError(
-        `${method.name} is ${kind.replace("_", "-")}: it reads its requests from stdin, one JSON object per line; pass no JSON argument`,
-      );
-    }
-    const request = isStreamingRequest
-      ? undefined
-      : decodeRequest(method.input, requestJson ?? {}, described.registry);
-    await callThroughBalancer(registry, serviceName, method, described.registry, request, metadata, flags);
+    const { method, types, request } =
+      offline ?? prepare(await describeByReflection(registry, flags.registry, serviceName, spec, metadata));
+    await callThroughBalancer(registry, serviceName, method, types, request, metadata, flags);
   } finally {
     registry.close();
   }
+}
+
+/** What a call needs: the method, the types it may reference, and its checked request. */
+interface Prepared {
+  readonly method: DescMethod;
+  readonly types: FileRegistry;
+  readonly request: Message | undefined;
+}
+
+/**
+ * The request of a unary or server-streaming call, strictly decoded (`{}` when none was given);
+ * undefined for client-streaming and bidi calls, which read stdin.
+ * @throws UsageError for a refused request, or a method the flags do not fit.
+ */
+function checkedRequest(
+  method: DescMethod,
+  requestJson: unknown,
+  isLoadRun: boolean,
+  types: FileRegistry,
+): Message | undefined {
+  const kind = method.methodKind;
+  const kindName = kind.replace("_", "-");
+  if (isLoadRun && kind !== "unary") {
+    throw new UsageError(
+      `--count, --duration and --json make a load run, which takes unary methods; ${method.name} is ${kindName}`,
+    );
+  }
+  if (kind === "client_streaming" || kind === "bidi_streaming") {
+    if (requestJson === undefined) return undefined;
+    throw new UsageError(
+      `${method.name} is ${kindName}: it reads its requests from stdin, one JSON object per line; pass no JSON argument`,
+    );
+  }
+  return decodeRequest(method.input, requestJson ?? {}, types);
 }
 
 // ---- describing the method ----
