@@ -302,3 +302,29 @@ test("load run: an instance that leaves and comes back keeps all its calls in th
     "the instances' calls add up to the total",
   );
 });
+
+test("load run: with no instance to pick, workers wait between attempts instead of spinning", async (t) => {
+  const server = await startLedgerServer({ instanceId: "drained-a" });
+  t.context.servers.push(server);
+  const registrar = await register(t.context.fixture.client, "drained", server);
+  t.teardown(async () => await registrar.close());
+  await registrar.drain(); // listed, but never picked
+  const run = spawnCli(t, [
+    "call",
+    "drained",
+    "Post",
+    "{}",
+    "--duration=1",
+    "--concurrency=2",
+    "--deadline-ms=100",
+    "--json",
+    registryFlag(t.context),
+  ]);
+  t.is(await run.exited, 1, run.stderr);
+  const summary = jsonLines(run).at(-1) as { total: number; errors: number };
+  t.is(summary.errors, summary.total, "every attempt failed");
+  // A pause of ≥ 50 ms after each instant failure: at most 2 workers × 1 s / 50 ms (+ the first
+  // attempts). A spinning loop makes thousands.
+  t.true(summary.total <= 2 * (1000 / 50 + 1), `${summary.total} attempts in 1 s`);
+  t.is(server.served["Post"] ?? 0, 0, "the drained instance got no call");
+});
