@@ -12,7 +12,7 @@ import { tmpdir } from "node:os";
 import { join, relative, sep } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
-import anyTest, { type TestFn } from "ava";
+import anyTest, { type ExecutionContext, type TestFn } from "ava";
 import { echo } from "../services/echo.js";
 import { startServiceInstance, type ServiceInstance } from "../services/service-host.js";
 import { startRegistryFixture, type RegistryFixture } from "./helpers/registry-fixture.js";
@@ -25,7 +25,8 @@ const CALLS = 20;
 interface Context {
   readonly directory: string;
   readonly fixture: RegistryFixture;
-  readonly instances: readonly ServiceInstance[];
+  /** Filled as they start, so teardown stops those that did when the set-up fails half-way. */
+  readonly instances: ServiceInstance[];
   /** Paths inside the tarball, as `npm pack --json` lists them. */
   readonly packedFiles: readonly string[];
   /** The consumer project (outside the repository) with the tarball installed. */
@@ -47,11 +48,18 @@ async function installedVersion(name: string): Promise<string> {
   return (JSON.parse(manifest) as { version: string }).version;
 }
 
+/**
+ * Runs npm in `cwd` as a user would: without the `npm_*` variables of the `npm test` run around
+ * this test (npm_config_local_prefix and the like name this repository).
+ */
 async function npm(cwd: string, args: readonly string[]): Promise<string> {
+  const env = Object.fromEntries(
+    Object.entries(process.env).filter(([name]) => !name.startsWith("npm_") && name !== "INIT_CWD"),
+  );
   const { stdout } = await run("npm", ["--no-audit", "--no-fund", "--loglevel=error", ...args], {
     cwd,
+    env,
     maxBuffer: 16 * 1024 * 1024,
-    env: { ...process.env, npm_config_update_notifier: "false" },
   });
   return stdout;
 }
@@ -88,17 +96,17 @@ async function installConsumer(directory: string, tarball: string): Promise<stri
   return project;
 }
 
-async function startInstances(fixture: RegistryFixture): Promise<ServiceInstance[]> {
-  return await Promise.all(
-    INSTANCE_IDS.map(
-      async (instanceId) =>
-        await startServiceInstance(echo, {
-          registry: fixture.registry.address,
-          instanceId,
-          listen: "127.0.0.1:0",
-          drainMs: 0,
-        }),
-    ),
+async function startInstances(fixture: RegistryFixture, started: ServiceInstance[]): Promise<void> {
+  await Promise.all(
+    INSTANCE_IDS.map(async (instanceId) => {
+      const instance = await startServiceInstance(echo, {
+        registry: fixture.registry.address,
+        instanceId,
+        listen: "127.0.0.1:0",
+        drainMs: 0,
+      });
+      started.push(instance);
+    }),
   );
 }
 
@@ -106,8 +114,9 @@ test.before(async (t) => {
   t.timeout(120_000, "npm pack (tsc) and npm install of the tarball");
   const directory = await mkdtemp(join(tmpdir(), "leasehold-consumer-"));
   const fixture = await startRegistryFixture();
-  t.context = { directory, fixture, instances: [], packedFiles: [], project: "" };
-  const [instances, packed] = await Promise.all([startInstances(fixture), pack(directory)]);
+  const instances: ServiceInstance[] = [];
+  t.context = { directory, fixture, instances, packedFiles: [], project: "" };
+  const [, packed] = await Promise.all([startInstances(fixture, instances), pack(directory)]);
   const project = await installConsumer(directory, packed.tarball);
   t.context = { directory, fixture, instances, packedFiles: packed.files, project };
 });
@@ -129,7 +138,7 @@ async function runConsumer(context: Context, args: readonly string[]): Promise<C
   return JSON.parse(stdout) as ConsumerReport;
 }
 
-function assertBalanced(t: { true: (value: boolean, message?: string) => void }, report: ConsumerReport) {
+function assertBalanced(t: ExecutionContext<Context>, report: ConsumerReport): void {
   const counts = Object.values(report.answeredBy);
   t.true(
     counts.reduce((sum, count) => sum + count, 0) === CALLS,
