@@ -43,6 +43,7 @@ test("Register stores the instance JSON under its key and returns the lease id a
     "registered_at",
     "service",
     "status",
+    "ttl_seconds",
     "weight",
     "zone",
   ]);

@@ -195,6 +195,7 @@ export function validateRegister(
         registeredAt,
         metricsAddress: request.metricsAddress,
         revision: "0",
+        ttlSeconds: String(ttl === 0n ? limits.defaultTtlSeconds : ttl),
       },
       ttlSeconds: ttl === 0n ? limits.defaultTtlSeconds : Number(ttl),
     };

@@ -43,10 +43,21 @@ interface StoredInstance {
   status: "SERVING" | "DRAINING";
   registered_at: string;
   metrics_address: string;
+  /** Granted lease TTL in seconds (absent in values written before this field). */
+  ttl_seconds: number;
+  /**
+   * Hex SHA-256 of the holder's registration id (RegisterRequest.registration_id), absent for a
+   * legacy registration. Lets a retry of the same registration adopt the key; the id itself is
+   * never stored.
+   */
+  registration_hash?: string;
 }
 
-/** Encodes an instance as its etcd value; `revision` is not stored (it is the key's mod revision). */
-export function encodeInstance(instance: Instance): string {
+/**
+ * Encodes an instance as its etcd value; `revision` is not stored (it is the key's mod revision).
+ * @param registrationHash hex SHA-256 of the holder's registration id, or `undefined` for none.
+ */
+export function encodeInstance(instance: Instance, registrationHash?: string): string {
   const stored: StoredInstance = {
     service: instance.service,
     instance_id: instance.instanceId,
@@ -57,7 +68,9 @@ export function encodeInstance(instance: Instance): string {
     status: instance.status === InstanceStatus.INSTANCE_STATUS_DRAINING ? "DRAINING" : "SERVING",
     registered_at: instance.registeredAt,
     metrics_address: instance.metricsAddress,
+    ttl_seconds: Number(instance.ttlSeconds),
   };
+  if (registrationHash !== undefined) stored.registration_hash = registrationHash;
   return JSON.stringify(stored);
 }
 
@@ -92,7 +105,23 @@ export function decodeInstance(key: InstanceKey, value: string, modRevision: str
     registeredAt: typeof stored.registered_at === "string" ? stored.registered_at : "",
     metricsAddress: typeof stored.metrics_address === "string" ? stored.metrics_address : "",
     revision: modRevision,
+    ttlSeconds:
+      Number.isSafeInteger(stored.ttl_seconds) && (stored.ttl_seconds as number) > 0
+        ? String(stored.ttl_seconds)
+        : "0",
   };
+}
+
+/** The `registration_hash` of an etcd value written by {@link encodeInstance}, if any. */
+export function registrationHashOf(value: string): string | undefined {
+  try {
+    const parsed: unknown = JSON.parse(value);
+    if (typeof parsed !== "object" || parsed === null) return undefined;
+    const hash = (parsed as { registration_hash?: unknown }).registration_hash;
+    return typeof hash === "string" ? hash : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 function isStringRecord(value: unknown): value is Record<string, string> {

@@ -124,14 +124,17 @@ export class ServicesWatch {
   }
 
   #onData(response: IWatchResponse): void {
+    const observedAtUnixMs = String(Date.now());
     const deltas = new Map<bigint, Delta>();
     for (const event of response.events) {
       const revision = BigInt(event.kv.mod_revision);
       const key = this.#keys.parse(event.kv.key.toString());
       if (revision <= this.#revision || key === undefined) continue;
       let delta = deltas.get(revision);
-      if (delta === undefined)
-        deltas.set(revision, (delta = { upserted: [], removed: [], revision: String(revision) }));
+      if (delta === undefined) {
+        delta = { upserted: [], removed: [], revision: String(revision), observedAtUnixMs };
+        deltas.set(revision, delta);
+      }
       const instance =
         event.type === "Put"
           ? decodeInstance(key, event.kv.value.toString(), event.kv.mod_revision)

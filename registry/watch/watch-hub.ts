@@ -129,7 +129,12 @@ export class WatchHub implements ServicesWatchListener {
       subscription.send({
         event: {
           $case: "snapshot",
-          value: { instances: this.instances(service), revision: String(this.#revision), reset },
+          value: {
+            instances: this.instances(service),
+            revision: String(this.#revision),
+            reset,
+            observedAtUnixMs: String(Date.now()),
+          },
         },
       });
     } else if (startRevision >= this.#historyFloor) {
@@ -162,7 +167,7 @@ export class WatchHub implements ServicesWatchListener {
       .filter((instance) => !byKey.has(keyOf(instance)))
       .map(({ service, instanceId }) => ({ service, instanceId }));
     if (upserted.length > 0 || removed.length > 0) {
-      this.changed({ upserted, removed, revision: String(revision) });
+      this.changed({ upserted, removed, revision: String(revision), observedAtUnixMs: String(Date.now()) });
     } else {
       this.progressed(revision);
     }
@@ -222,6 +227,7 @@ export class WatchHub implements ServicesWatchListener {
         .filter((instance) => !currentKeys.has(keyOf(instance)))
         .map(({ service: name, instanceId }) => ({ service: name, instanceId })),
       revision: String(this.#revision),
+      observedAtUnixMs: String(Date.now()),
     };
     return delta.upserted.length > 0 || delta.removed.length > 0 ? delta : undefined;
   }

@@ -60,7 +60,7 @@ export class WatchSubscription {
   progress(revision: bigint): void {
     if (revision > this.#revision) this.#revision = revision;
     if (this.#isBlocked || this.#queue.length > 0) return;
-    this.send({ event: { $case: "progress", value: { revision: String(this.#revision) } } });
+    this.send({ event: { $case: "progress", value: { revision: String(this.#revision), stale: false } } });
   }
 
   /** Sends one message now, or queues it while the sink is not draining. */
@@ -112,5 +112,5 @@ export function deltaOfService(delta: Delta, service: string): Delta | undefined
   const upserted = delta.upserted.filter((instance) => instance.service === service);
   const removed = delta.removed.filter((key) => key.service === service);
   if (upserted.length === 0 && removed.length === 0) return undefined;
-  return { upserted, removed, revision: delta.revision };
+  return { upserted, removed, revision: delta.revision, observedAtUnixMs: delta.observedAtUnixMs };
 }

@@ -86,6 +86,11 @@ export interface Instance {
   metricsAddress: string;
   /** etcd mod revision of the instance key. */
   revision: string;
+  /**
+   * Lease TTL the registry granted, in seconds (0 from registries older than this field). Callers
+   * size panic-mode grace from it (2 × the largest TTL seen).
+   */
+  ttlSeconds: string;
 }
 
 export interface Instance_MetadataEntry {
@@ -112,6 +117,16 @@ export interface RegisterRequest {
   ttlSeconds: string;
   /** Unspecified means SERVING. */
   status: InstanceStatus;
+  /**
+   * Client-chosen id of this registration, the same on every retry of it (the registrar sends
+   * 128 random bits as 32 hex chars): at most 64 chars of [A-Za-z0-9_-]. When the key already
+   * exists with the same registration id (an earlier attempt, e.g. one abandoned at its deadline),
+   * the registry adopts or replaces it instead of answering ALREADY_EXISTS. The registry stores
+   * only its SHA-256 and never returns or logs it. Unset or empty keeps the legacy behaviour.
+   * (`optional` only so that existing TypeScript callers need not set it; on the wire it is a plain
+   * string field.)
+   */
+  registrationId?: string | undefined;
 }
 
 export interface RegisterRequest_MetadataEntry {
@@ -212,6 +227,8 @@ export interface Snapshot {
   revision: string;
   /** True when start_revision was compacted and this snapshot replaces the caller's state. */
   reset: boolean;
+  /** When the registry read this membership (Unix ms, registry clock), for propagation lag. */
+  observedAtUnixMs: string;
 }
 
 /** Delta is every change of one etcd revision. */
@@ -219,11 +236,22 @@ export interface Delta {
   upserted: Instance[];
   removed: InstanceKey[];
   revision: string;
+  /**
+   * When the registry received this revision's etcd events (Unix ms, registry clock); a caller's
+   * propagation lag is its apply time minus this.
+   */
+  observedAtUnixMs: string;
 }
 
 /** Progress tells a quiet stream from a dead one. */
 export interface Progress {
+  /** The revision the stream is current at (the last one the registry saw when stale). */
   revision: string;
+  /**
+   * True while the registry cannot confirm it sees etcd (its watch is not live and current):
+   * the caller's membership may be out of date and should be flagged stale.
+   */
+  stale: boolean;
 }
 
 export interface WatchResponse {
@@ -249,6 +277,7 @@ function createBaseInstance(): Instance {
     registeredAt: "",
     metricsAddress: "",
     revision: "0",
+    ttlSeconds: "0",
   };
 }
 
@@ -283,6 +312,9 @@ export const Instance: MessageFns<Instance> = {
     }
     if (message.revision !== "0") {
       writer.uint32(80).int64(message.revision);
+    }
+    if (message.ttlSeconds !== "0") {
+      writer.uint32(88).int64(message.ttlSeconds);
     }
     return writer;
   },
@@ -383,6 +415,14 @@ export const Instance: MessageFns<Instance> = {
             message.revision = reader.int64().toString();
             continue;
           }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.ttlSeconds = reader.int64().toString();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -432,6 +472,11 @@ export const Instance: MessageFns<Instance> = {
           ? globalThis.String(object.metrics_address)
           : "",
       revision: isSet(object.revision) ? globalThis.String(object.revision) : "0",
+      ttlSeconds: isSet(object.ttlSeconds)
+        ? globalThis.String(object.ttlSeconds)
+        : isSet(object.ttl_seconds)
+          ? globalThis.String(object.ttl_seconds)
+          : "0",
     };
   },
 
@@ -473,6 +518,9 @@ export const Instance: MessageFns<Instance> = {
     if (message.revision !== "0") {
       obj.revision = message.revision;
     }
+    if (message.ttlSeconds !== "0") {
+      obj.ttlSeconds = message.ttlSeconds;
+    }
     return obj;
   },
 
@@ -499,6 +547,7 @@ export const Instance: MessageFns<Instance> = {
     message.registeredAt = object.registeredAt ?? "";
     message.metricsAddress = object.metricsAddress ?? "";
     message.revision = object.revision ?? "0";
+    message.ttlSeconds = object.ttlSeconds ?? "0";
     return message;
   },
 };
@@ -688,6 +737,7 @@ function createBaseRegisterRequest(): RegisterRequest {
     metricsAddress: "",
     ttlSeconds: "0",
     status: 0,
+    registrationId: undefined,
   };
 }
 
@@ -719,6 +769,9 @@ export const RegisterRequest: MessageFns<RegisterRequest> = {
     }
     if (message.status !== 0) {
       writer.uint32(72).int32(message.status);
+    }
+    if (message.registrationId !== undefined) {
+      writer.uint32(82).string(message.registrationId);
     }
     return writer;
   },
@@ -811,6 +864,14 @@ export const RegisterRequest: MessageFns<RegisterRequest> = {
             message.status = reader.int32() as any;
             continue;
           }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.registrationId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -859,6 +920,11 @@ export const RegisterRequest: MessageFns<RegisterRequest> = {
           ? globalThis.String(object.ttl_seconds)
           : "0",
       status: isSet(object.status) ? instanceStatusFromJSON(object.status) : 0,
+      registrationId: isSet(object.registrationId)
+        ? globalThis.String(object.registrationId)
+        : isSet(object.registration_id)
+          ? globalThis.String(object.registration_id)
+          : undefined,
     };
   },
 
@@ -897,6 +963,9 @@ export const RegisterRequest: MessageFns<RegisterRequest> = {
     if (message.status !== 0) {
       obj.status = instanceStatusToJSON(message.status);
     }
+    if (message.registrationId !== undefined) {
+      obj.registrationId = message.registrationId;
+    }
     return obj;
   },
 
@@ -922,6 +991,7 @@ export const RegisterRequest: MessageFns<RegisterRequest> = {
     message.metricsAddress = object.metricsAddress ?? "";
     message.ttlSeconds = object.ttlSeconds ?? "0";
     message.status = object.status ?? 0;
+    message.registrationId = object.registrationId ?? undefined;
     return message;
   },
 };
@@ -2445,7 +2515,7 @@ export const WatchRequest: MessageFns<WatchRequest> = {
 };
 
 function createBaseSnapshot(): Snapshot {
-  return { instances: [], revision: "0", reset: false };
+  return { instances: [], revision: "0", reset: false, observedAtUnixMs: "0" };
 }
 
 export const Snapshot: MessageFns<Snapshot> = {
@@ -2458,6 +2528,9 @@ export const Snapshot: MessageFns<Snapshot> = {
     }
     if (message.reset !== false) {
       writer.uint32(24).bool(message.reset);
+    }
+    if (message.observedAtUnixMs !== "0") {
+      writer.uint32(32).int64(message.observedAtUnixMs);
     }
     return writer;
   },
@@ -2499,6 +2572,14 @@ export const Snapshot: MessageFns<Snapshot> = {
             message.reset = reader.bool();
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.observedAtUnixMs = reader.int64().toString();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2518,6 +2599,11 @@ export const Snapshot: MessageFns<Snapshot> = {
         : [],
       revision: isSet(object.revision) ? globalThis.String(object.revision) : "0",
       reset: isSet(object.reset) ? globalThis.Boolean(object.reset) : false,
+      observedAtUnixMs: isSet(object.observedAtUnixMs)
+        ? globalThis.String(object.observedAtUnixMs)
+        : isSet(object.observed_at_unix_ms)
+          ? globalThis.String(object.observed_at_unix_ms)
+          : "0",
     };
   },
 
@@ -2532,6 +2618,9 @@ export const Snapshot: MessageFns<Snapshot> = {
     if (message.reset !== false) {
       obj.reset = message.reset;
     }
+    if (message.observedAtUnixMs !== "0") {
+      obj.observedAtUnixMs = message.observedAtUnixMs;
+    }
     return obj;
   },
 
@@ -2543,12 +2632,13 @@ export const Snapshot: MessageFns<Snapshot> = {
     message.instances = object.instances?.map((e) => Instance.fromPartial(e)) || [];
     message.revision = object.revision ?? "0";
     message.reset = object.reset ?? false;
+    message.observedAtUnixMs = object.observedAtUnixMs ?? "0";
     return message;
   },
 };
 
 function createBaseDelta(): Delta {
-  return { upserted: [], removed: [], revision: "0" };
+  return { upserted: [], removed: [], revision: "0", observedAtUnixMs: "0" };
 }
 
 export const Delta: MessageFns<Delta> = {
@@ -2561,6 +2651,9 @@ export const Delta: MessageFns<Delta> = {
     }
     if (message.revision !== "0") {
       writer.uint32(24).int64(message.revision);
+    }
+    if (message.observedAtUnixMs !== "0") {
+      writer.uint32(32).int64(message.observedAtUnixMs);
     }
     return writer;
   },
@@ -2602,6 +2695,14 @@ export const Delta: MessageFns<Delta> = {
             message.revision = reader.int64().toString();
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.observedAtUnixMs = reader.int64().toString();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2623,6 +2724,11 @@ export const Delta: MessageFns<Delta> = {
         ? object.removed.map((e: any) => InstanceKey.fromJSON(e))
         : [],
       revision: isSet(object.revision) ? globalThis.String(object.revision) : "0",
+      observedAtUnixMs: isSet(object.observedAtUnixMs)
+        ? globalThis.String(object.observedAtUnixMs)
+        : isSet(object.observed_at_unix_ms)
+          ? globalThis.String(object.observed_at_unix_ms)
+          : "0",
     };
   },
 
@@ -2637,6 +2743,9 @@ export const Delta: MessageFns<Delta> = {
     if (message.revision !== "0") {
       obj.revision = message.revision;
     }
+    if (message.observedAtUnixMs !== "0") {
+      obj.observedAtUnixMs = message.observedAtUnixMs;
+    }
     return obj;
   },
 
@@ -2648,18 +2757,22 @@ export const Delta: MessageFns<Delta> = {
     message.upserted = object.upserted?.map((e) => Instance.fromPartial(e)) || [];
     message.removed = object.removed?.map((e) => InstanceKey.fromPartial(e)) || [];
     message.revision = object.revision ?? "0";
+    message.observedAtUnixMs = object.observedAtUnixMs ?? "0";
     return message;
   },
 };
 
 function createBaseProgress(): Progress {
-  return { revision: "0" };
+  return { revision: "0", stale: false };
 }
 
 export const Progress: MessageFns<Progress> = {
   encode(message: Progress, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.revision !== "0") {
       writer.uint32(8).int64(message.revision);
+    }
+    if (message.stale !== false) {
+      writer.uint32(16).bool(message.stale);
     }
     return writer;
   },
@@ -2685,6 +2798,14 @@ export const Progress: MessageFns<Progress> = {
             message.revision = reader.int64().toString();
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.stale = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2698,13 +2819,19 @@ export const Progress: MessageFns<Progress> = {
   },
 
   fromJSON(object: any): Progress {
-    return { revision: isSet(object.revision) ? globalThis.String(object.revision) : "0" };
+    return {
+      revision: isSet(object.revision) ? globalThis.String(object.revision) : "0",
+      stale: isSet(object.stale) ? globalThis.Boolean(object.stale) : false,
+    };
   },
 
   toJSON(message: Progress): unknown {
     const obj: any = {};
     if (message.revision !== "0") {
       obj.revision = message.revision;
+    }
+    if (message.stale !== false) {
+      obj.stale = message.stale;
     }
     return obj;
   },
@@ -2715,6 +2842,7 @@ export const Progress: MessageFns<Progress> = {
   fromPartial<I extends Exact<DeepPartial<Progress>, I>>(object: I): Progress {
     const message = createBaseProgress();
     message.revision = object.revision ?? "0";
+    message.stale = object.stale ?? false;
     return message;
   },
 };
