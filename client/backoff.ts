@@ -45,7 +45,13 @@ export class Backoff {
   }
 }
 
-/** Resolves after `ms`, or at once when `signal` aborts (never rejects). The timer is unref'd. */
+/**
+ * Resolves after `ms` milliseconds, or at once when `signal` aborts (never rejects).
+ *
+ * The timer is ref'd: a reconnect or backoff wait is what a long-lived process is doing while its
+ * registry is away, so it must keep the process alive (an unref'd one let `leasehold watch` exit
+ * 0.5 s after its registry went). Pass a `signal` and abort it on shutdown so the process can exit.
+ */
 export async function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   if (signal?.aborted) return;
   await new Promise<void>((resolve) => {
@@ -54,8 +60,7 @@ export async function sleep(ms: number, signal?: AbortSignal): Promise<void> {
       signal?.removeEventListener("abort", done);
       resolve();
     };
-    const timer = setTimeout(done, ms);
-    timer.unref();
+    const timer = setTimeout(done, Math.max(0, ms));
     signal?.addEventListener("abort", done, { once: true });
   });
 }
