@@ -21,6 +21,9 @@ interface Context {
 
 const test = anyTest as TestFn<Context>;
 
+/** Waits on facts from a spawned CLI are generous: a loaded CI machine starts node slowly. */
+const LOADED_MACHINE_MS = 30_000;
+
 test.before(async (t) => {
   const fixture = await startRegistryFixture();
   t.context = { fixture, registrars: [], servers: [] } as unknown as Context;
@@ -269,16 +272,28 @@ test("load run: an instance that leaves and comes back keeps all its calls in th
     "--json",
     registryFlag(t.context),
   ]);
-  await eventually(() => posts(a) > 20 && posts(b) > 20, { what: "calls on both instances" });
+  await eventually(() => posts(a) > 20 && posts(b) > 20, {
+    what: "calls on both instances",
+    timeoutMs: LOADED_MACHINE_MS,
+  });
   await registrarA.drain();
   const drainedAt = posts(b);
-  await eventually(() => posts(b) > drainedAt + 20, { what: "B alone after A was drained" });
+  await eventually(() => posts(b) > drainedAt + 20, {
+    what: "B alone after A was drained",
+    timeoutMs: LOADED_MACHINE_MS,
+  });
   await registrarA.close(); // deregistered: A leaves the membership
   const leftAt = posts(b);
-  await eventually(() => posts(b) > leftAt + 20, { what: "B alone after A left" });
+  await eventually(() => posts(b) > leftAt + 20, {
+    what: "B alone after A left",
+    timeoutMs: LOADED_MACHINE_MS,
+  });
   const firstLifetime = posts(a);
   registrarA = await register(t.context.fixture.client, "twice", a); // back, as a new lifetime
-  await eventually(() => posts(a) > firstLifetime + 20, { what: "calls on A again" });
+  await eventually(() => posts(a) > firstLifetime + 20, {
+    what: "calls on A again",
+    timeoutMs: LOADED_MACHINE_MS,
+  });
   run.child.kill("SIGINT");
   t.is(await run.exited, 0, `${run.stderr}${run.stdout.join("\n")}`);
 

@@ -154,18 +154,27 @@ async function describeFromProtoFiles(
   files: readonly string[],
   importPaths: readonly string[],
 ): Promise<Described> {
-  const registry = linkOrExplain(await loadProtoFiles(files, importPaths), "--proto files");
+  const registry = linkOrExplain(await loadProtoFiles(files, importPaths), "--proto files", true);
   const services: string[] = [];
   for (const type of registry) if (type.kind === "service") services.push(type.typeName);
   return { registry, services };
 }
 
-function linkOrExplain(files: Parameters<typeof linkDescriptors>[0], source: string): FileRegistry {
+/**
+ * Links descriptors; one that does not link is the user's to fix with --proto files (exit 2), or
+ * the server's when it came by reflection (exit 1).
+ */
+function linkOrExplain(
+  files: Parameters<typeof linkDescriptors>[0],
+  source: string,
+  isUsers: boolean,
+): FileRegistry {
   try {
     return linkDescriptors(files);
   } catch (error) {
-    if (error instanceof DescriptorError) throw new UsageError(`${source}: ${error.message}`);
-    throw error;
+    if (!(error instanceof DescriptorError)) throw error;
+    const message = `${source}: ${error.message}`;
+    throw isUsers ? new UsageError(message) : new CallFailedError(message);
   }
 }
 
@@ -237,7 +246,7 @@ async function reflectOn(
       throw error;
     }
   }
-  return { registry: linkOrExplain(files, `descriptors from ${where}`), services };
+  return { registry: linkOrExplain(files, `descriptors from ${where}`, false), services };
 }
 
 /** Instances of `service`, SERVING ones first; GetService failures are the registry's. */
