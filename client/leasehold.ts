@@ -45,6 +45,12 @@ export interface LeaseholdOptions {
   readonly metrics?: ClientMetrics;
   /** Breaker tuning of every instance; see `DEFAULT_BREAKER_OPTIONS`. */
   readonly breaker?: BreakerOptions;
+  /** At most this share of instances is ejected by open breakers, never all. Default 50. */
+  readonly maxEjectionPercent?: number;
+  /** Panic mode starts when more than this share of serving instances leaves at once. Default 50. */
+  readonly panicThresholdPercent?: number;
+  /** How long panic mode keeps instances that left, ms. Default 2 × the largest lease TTL seen. */
+  readonly panicGraceMs?: number;
   /** pino logger for membership and breaker transitions. Default silent. */
   readonly logger?: Logger;
   /** grpc-js options of the channels to the registry (keepalive is already set). */
@@ -71,13 +77,20 @@ export function registerLeasehold(options: LeaseholdOptions = {}): void {
       throw new LeaseholdError("INVALID_ARGUMENT", error instanceof Error ? error.message : String(error));
     }
   }
+  setDefaultContext({
+    metrics: options.metrics,
+    breaker: options.breaker,
+    logger: options.logger,
+    maxEjectionPercent: options.maxEjectionPercent,
+    panicThresholdPercent: options.panicThresholdPercent,
+    panicGraceMs: options.panicGraceMs,
+  });
   setResolverDefaults({
     registry: options.registry,
     policy,
     retryPolicy: options.retryPolicy === false ? undefined : (options.retryPolicy ?? DEFAULT_RETRY_POLICY),
     registryChannelOptions: options.registryChannelOptions ?? {},
   });
-  setDefaultContext({ metrics: options.metrics, breaker: options.breaker, logger: options.logger });
   registerResolver();
   registerLoadBalancers();
 }

@@ -164,7 +164,7 @@ test("a call failing with UNAVAILABLE is retried on another instance and the cal
       "echo",
       [a, b, c].map((s) => instanceOf(s)),
     ),
-    breaker: { volumeThreshold: 1000 }, // keep picking a, to see every retry
+    breaker: { volumeThreshold: 1000, consecutiveFailures: 0 }, // keep picking a, to see every retry
   });
   const answers = [];
   for (let i = 0; i < 30; i++) answers.push((await client.methods.echo({ message: `m${i}` })).instanceId);
@@ -392,26 +392,48 @@ test("no available instance is UNAVAILABLE with a message saying why", async (t)
   t.is(none.code, "UNAVAILABLE");
   t.is(none.message, "no available instance of service echo (0 listed)");
 
-  const [a, b, c] = await Promise.all(["a", "b", "c"].map((id) => startEchoServer(t, id)));
-  if (a === undefined || b === undefined || c === undefined) throw new Error("servers");
-  c.failWith = grpc.status.UNAVAILABLE;
+  const [a, b] = await Promise.all(["a", "b"].map((id) => startEchoServer(t, id)));
+  if (a === undefined || b === undefined) throw new Error("servers");
   const { client } = newClient(t, {
     membership: staticMembership("echo", [
       instanceOf(a, 1, InstanceStatus.INSTANCE_STATUS_DRAINING),
       instanceOf(b, 0),
-      instanceOf(c),
     ]),
-    breaker: { volumeThreshold: 1, resetTimeoutMs: 60_000 },
   });
-  const first = await rejection(client.methods.echo({ message: "x" }));
-  t.is(first.code, "UNAVAILABLE");
-  t.is(first.message, "c told to fail", "the instance's own error when it was the only one tried");
   const error = await rejection(client.methods.echo({ message: "x" }));
-  t.is(
-    error.message,
-    "no available instance of service echo (3 listed: 1 draining, 1 weight 0, 1 breaker open)",
-  );
+  t.is(error.message, "no available instance of service echo (2 listed: 1 draining, 1 weight 0)");
   t.true(error.retryable);
+});
+
+test("open breakers eject at most maxEjectionPercent of the instances, never all; calls go on through the rest", async (t) => {
+  const servers = await Promise.all(["a", "b", "c", "d"].map((id) => startEchoServer(t, id)));
+  for (const server of servers.slice(0, 3)) server.failWith = grpc.status.UNAVAILABLE;
+  const { client } = newClient(t, {
+    membership: staticMembership(
+      "echo",
+      servers.map((server) => instanceOf(server)),
+    ),
+    breaker: { consecutiveFailures: 1, resetTimeoutMs: 60_000 },
+    maxAttempts: 4,
+  });
+  await connected(client, 4);
+  for (let i = 0; i < 40; i++) t.is((await client.methods.echo({ message: "x" })).instanceId, "d");
+  const stats = client.stats();
+  t.deepEqual(
+    stats.map((s) => s.breaker),
+    ["open", "open", "open", "closed"],
+  );
+  t.is(stats.filter((s) => s.ejected).length, 2, "50 % of 4");
+
+  const lone = await startEchoServer(t, "lone");
+  lone.failWith = grpc.status.UNAVAILABLE;
+  const single = newClient(t, {
+    membership: staticMembership("echo", [instanceOf(lone)]),
+    breaker: { consecutiveFailures: 1, resetTimeoutMs: 60_000 },
+  }).client;
+  for (let i = 0; i < 3; i++)
+    t.is((await rejection(single.methods.echo({ message: "x" }))).message, "lone told to fail");
+  t.like(single.stats()[0], { breaker: "open", ejected: false });
 });
 
 test("close() is idempotent, closes everything and later calls fail with FAILED_PRECONDITION", async (t) => {

@@ -158,9 +158,12 @@ test("defaults are documented numbers; options are validated and frozen", (t) =>
     volumeThreshold: 5,
     errorThresholdPercentage: 50,
     resetTimeoutMs: 5000,
+    maxResetTimeoutMs: 60_000,
+    consecutiveFailures: 5,
     rollingCountTimeoutMs: 10_000,
     rollingCountBuckets: 10,
   });
+  t.is(resolveBreakerOptions({ resetTimeoutMs: 90_000 }).maxResetTimeoutMs, 90_000);
   t.true(Object.isFrozen(resolveBreakerOptions({ resetTimeoutMs: 10 })));
   t.is(resolveBreakerOptions({ resetTimeoutMs: 10 }).volumeThreshold, 5);
   t.throws(() => resolveBreakerOptions({ resetTimeoutMs: 0 }), {
@@ -169,4 +172,45 @@ test("defaults are documented numbers; options are validated and frozen", (t) =>
   });
   t.throws(() => resolveBreakerOptions({ errorThresholdPercentage: 120 }), { instanceOf: LeaseholdError });
   t.deepEqual(BREAKER_STATE_VALUE, { closed: 0, "half-open": 1, open: 2 });
+});
+
+test("consecutive endpoint faults open the breaker even when the window is mostly successes", async (t) => {
+  const { breaker, transitions } = breakerWithLog({ consecutiveFailures: 3, volumeThreshold: 1000 });
+  await fireAll(breaker, 50, ok);
+  for (const code of ["UNAVAILABLE", "INTERNAL"] as const) {
+    await fireAll(breaker, 1, fail(code));
+    breaker.noteOutcome(code);
+  }
+  breaker.noteOutcome("OK"); // a success in between restarts the count
+  t.is(breaker.state, "closed");
+  for (let i = 0; i < 2; i++) breaker.noteOutcome("UNAVAILABLE");
+  breaker.noteOutcome("INVALID_ARGUMENT"); // a caller fault is not the endpoint's: restarts too
+  for (let i = 0; i < 3; i++) breaker.noteOutcome("DEADLINE_EXCEEDED");
+  t.is(breaker.state, "open");
+  t.deepEqual(transitions, ["closed->open"]);
+  breaker.shutdown();
+});
+
+test("each failed half-open trial doubles the reopen delay up to the cap; closing resets it", async (t) => {
+  const { breaker, nextTransition } = breakerWithLog({
+    consecutiveFailures: 1,
+    resetTimeoutMs: 20,
+    maxResetTimeoutMs: 50,
+  });
+  const delays: number[] = [breaker.resetTimeoutMs];
+  breaker.noteOutcome("UNAVAILABLE");
+  for (let trial = 0; trial < 3; trial++) {
+    t.is(await nextTransition(), "half-open");
+    delays.push(breaker.resetTimeoutMs); // the delay if this trial fails
+    const reopened = nextTransition();
+    await fireAll(breaker, 1, fail("UNAVAILABLE"));
+    t.is(await reopened, "open");
+  }
+  t.deepEqual(delays, [20, 40, 50, 50]);
+  t.is(await nextTransition(), "half-open");
+  const closed = nextTransition();
+  await fireAll(breaker, 1, ok);
+  t.is(await closed, "closed");
+  t.is(breaker.resetTimeoutMs, 20);
+  breaker.shutdown();
 });

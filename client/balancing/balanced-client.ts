@@ -14,6 +14,7 @@ import {
   LEASEHOLD_SCHEME,
   MEMBERSHIP_SOURCE_OPTION,
   POLICY_OPTION,
+  TYPED_CLIENT_OPTION,
   registerResolver,
   resolverDefaults,
   shareMembership,
@@ -30,6 +31,7 @@ import {
 } from "./balancer-context.js";
 import { EXCLUDE_METADATA, registerLoadBalancers } from "./leasehold-load-balancer.js";
 import { isPolicyName, type PolicyName } from "./policies.js";
+import { RetryBudget, type RetryBudgetOptions } from "./retry-budget.js";
 
 export { LATENCY_SAMPLES, type BalancerChange, type InstanceStats } from "./balancer-context.js";
 
@@ -52,10 +54,27 @@ export interface BalancedClientOptions {
   readonly deadlineMs?: number;
   /** Attempts per unary call, each on a different instance. Default 3. */
   readonly maxAttempts?: number;
+  /**
+   * Floor of each unary attempt's own timeout, ms. An attempt may take at most
+   * max(this, 4 × the p99 latency of recent successful attempts), within the call's deadline, so
+   * a frozen instance costs one attempt, not the whole deadline. Default 500; `Infinity` turns it off.
+   */
+  readonly attemptTimeoutFloorMs?: number;
+  /**
+   * Retry budget (Finagle, Linkerd): retries ≤ `ratio` (0.2) of requests plus `minPerSecond` (10)
+   * per second over `windowMs` (10 s). `false` turns it off.
+   */
+  readonly retryBudget?: RetryBudgetOptions | false;
   /** Breaker tuning; see `DEFAULT_BREAKER_OPTIONS`. */
   readonly breaker?: BreakerOptions;
   /** Uniform in [0, 1). Default `Math.random`. */
   readonly random?: () => number;
+  /** At most this share of instances is ejected by open breakers, never all. Default 50. */
+  readonly maxEjectionPercent?: number;
+  /** Panic mode starts when more than this share of serving instances leaves at once. Default 50. */
+  readonly panicThresholdPercent?: number;
+  /** How long panic mode keeps instances that left, ms. Default 2 × the largest lease TTL seen. */
+  readonly panicGraceMs?: number;
   /**
    * grpc-js channel options. `grpc.use_local_subchannel_pool` defaults to 1 here, so the
    * connection of an instance that left closes at once (the global pool keeps it up to 10 s).
@@ -108,6 +127,8 @@ export interface BalancedClient<D> extends AsyncDisposable {
   readonly grpcClient: grpc.Client;
   /** etcd revision of the membership applied last ("" before the first). */
   readonly membershipRevision: string;
+  /** True while panic mode keeps routing over instances that left the membership at once. */
+  readonly isPanicking: boolean;
   /** Starts resolving and connecting now instead of at the first call. Idempotent. */
   start(): void;
   /** Per listed instance, in `instanceId` order. */
@@ -151,6 +172,8 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
   readonly #options: ResolvedOptions;
   readonly #context: BalancerContext;
   readonly #forgetMembership: () => void;
+  readonly #budget: RetryBudget | undefined;
+  readonly #latency: LatencyTracker;
   #isClosed = false;
 
   constructor(definition: D, options: BalancedClientOptions) {
@@ -164,6 +187,14 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
     const registry = options.registry ?? resolverDefaults().registry;
     if (options.membership === undefined && registry === undefined)
       invalid("give a registry address (or call registerLeasehold({ registry }) first), or a membership");
+    const attemptTimeoutFloorMs = options.attemptTimeoutFloorMs ?? 500;
+    if (!(attemptTimeoutFloorMs > 0)) invalid("attemptTimeoutFloorMs must be > 0");
+    try {
+      this.#budget = options.retryBudget === false ? undefined : new RetryBudget(options.retryBudget);
+    } catch (error) {
+      invalid(error instanceof Error ? error.message : String(error));
+    }
+    this.#latency = new LatencyTracker(attemptTimeoutFloorMs);
     registerResolver();
     registerLoadBalancers();
     this.#context = createContext({
@@ -171,6 +202,9 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
       breaker: options.breaker,
       logger: options.logger?.child({ service }),
       random: options.random,
+      maxEjectionPercent: options.maxEjectionPercent,
+      panicThresholdPercent: options.panicThresholdPercent,
+      panicGraceMs: options.panicGraceMs,
     });
     const shared = options.membership === undefined ? undefined : shareMembership(options.membership);
     this.#forgetMembership = shared?.forget ?? (() => undefined);
@@ -192,6 +226,7 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
         "grpc.enable_retries": 0,
         [CONTEXT_OPTION]: this.#context.id,
         [POLICY_OPTION]: policy,
+        [TYPED_CLIENT_OPTION]: 1,
         ...(shared === undefined ? {} : { [MEMBERSHIP_SOURCE_OPTION]: shared.id }),
       }),
       credentials: options.credentials ?? grpc.credentials.createInsecure(),
@@ -222,6 +257,11 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
   get membershipRevision(): string {
     for (const balancer of this.#context.balancers) return balancer.membershipRevision;
     return "";
+  }
+
+  get isPanicking(): boolean {
+    for (const balancer of this.#context.balancers) if (balancer.isPanicking) return true;
+    return false;
   }
 
   start(): void {
@@ -266,19 +306,68 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
     callOptions: BalancedCallOptions | undefined,
   ): Promise<unknown> {
     const { deadline, deadlineMs } = this.#begin(callOptions);
+    const name = methodName(method);
+    const metrics = this.#context.metrics;
+    this.#budget?.deposit();
+    try {
+      const value = await this.#unaryAttempts(method, request, callOptions, deadline, deadlineMs);
+      metrics?.calls.inc({ service: this.service, method: name, code: "OK" });
+      return value;
+    } catch (error) {
+      const failure = LeaseholdError.from(error);
+      metrics?.calls.inc({ service: this.service, method: name, code: failure.code });
+      throw failure;
+    }
+  }
+
+  async #unaryAttempts(
+    method: AnyMethod,
+    request: unknown,
+    callOptions: BalancedCallOptions | undefined,
+    deadline: number,
+    deadlineMs: number,
+  ): Promise<unknown> {
     const signal = callOptions?.signal;
     const tried: string[] = [];
     let lastError: LeaseholdError | undefined;
     let attempts = 0;
     while (attempts < this.#options.maxAttempts) {
-      if (attempts > 0 && Date.now() >= deadline) break;
+      if (attempts > 0) {
+        if (Date.now() >= deadline) break;
+        if (this.#budget !== undefined && !this.#budget.tryWithdraw()) {
+          throw new LeaseholdError(
+            lastError?.code ?? "UNAVAILABLE",
+            `${lastError?.message} (retry budget spent)`,
+            {
+              cause: lastError,
+            },
+          );
+        }
+        this.#context.metrics?.retries.inc({ service: this.service, method: methodName(method) });
+        // Jittered backoff, so a burst of failures does not retry in lock step.
+        const cap = Math.min(MAX_RETRY_BACKOFF_MS, BASE_RETRY_BACKOFF_MS * 2 ** (attempts - 1));
+        await sleepUntil(Math.min(deadline, Date.now() + this.#context.random() * cap), signal);
+        if (signal?.aborted === true) throw abortedError(signal);
+      }
       attempts++;
       const metadata = callOptions?.metadata?.clone() ?? new grpc.Metadata();
       if (tried.length > 0) metadata.set(EXCLUDE_METADATA, tried.join(","));
-      const outcome = await this.#unaryAttempt(method, request, metadata, deadline, signal);
-      if (outcome.ok) return outcome.value;
+      const attemptTimeoutMs = this.#latency.attemptTimeoutMs();
+      const attemptDeadline = Math.min(deadline, Date.now() + attemptTimeoutMs);
+      const started = performance.now();
+      const outcome = await this.#unaryAttempt(method, request, metadata, attemptDeadline, signal);
+      if (outcome.ok) {
+        this.#latency.record(performance.now() - started);
+        return outcome.value;
+      }
       if (signal?.aborted === true) throw abortedError(signal);
-      const error = outcome.error;
+      let error = outcome.error;
+      if (error.code === "DEADLINE_EXCEEDED" && attemptDeadline < deadline && Date.now() < deadline) {
+        // The attempt's own timeout: the instance is frozen or slow; another may answer in time.
+        error = new LeaseholdError("UNAVAILABLE", `attempt timed out after ${attemptTimeoutMs} ms`, {
+          cause: error,
+        });
+      }
       // A pick that found no instance left: the last instance's own error says more.
       if (outcome.peer === undefined && lastError !== undefined) throw lastError;
       // Not retried: caller faults, a spent deadline, and a pick that found no instance at all.
@@ -427,6 +516,66 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
       if (!isDone) call.cancel();
     }
   }
+}
+
+/** Jittered backoff between the attempts of one call: up to 20 ms, doubling, capped at 200 ms. */
+const BASE_RETRY_BACKOFF_MS = 20;
+const MAX_RETRY_BACKOFF_MS = 200;
+
+/** Successful attempt latencies kept for the attempt timeout. */
+const LATENCY_WINDOW = 256;
+
+/**
+ * The per-attempt timeout: max(floor, 4 × p99 of the last {@link LATENCY_WINDOW} successful
+ * attempts), the p99 recomputed at most once a second (a sort of 256 numbers).
+ */
+class LatencyTracker {
+  readonly #floorMs: number;
+  readonly #samples = new Float64Array(LATENCY_WINDOW);
+  #count = 0;
+  #timeoutMs: number;
+  #computedAtMs = 0;
+
+  constructor(floorMs: number) {
+    this.#floorMs = floorMs;
+    this.#timeoutMs = floorMs;
+  }
+
+  record(ms: number): void {
+    this.#samples[this.#count % LATENCY_WINDOW] = ms;
+    this.#count++;
+  }
+
+  attemptTimeoutMs(): number {
+    const now = Date.now();
+    if (now - this.#computedAtMs >= 1000 && this.#count > 0) {
+      this.#computedAtMs = now;
+      const sorted = this.#samples.slice(0, Math.min(this.#count, LATENCY_WINDOW)).sort();
+      const p99 = sorted[Math.min(sorted.length - 1, Math.ceil(0.99 * sorted.length) - 1)] ?? 0;
+      this.#timeoutMs = Math.max(this.#floorMs, Math.ceil(4 * p99));
+    }
+    return this.#timeoutMs;
+  }
+}
+
+/** Waits until `untilMs` (a wall-clock time) or the abort, on a timer: never a busy loop. */
+function sleepUntil(untilMs: number, signal: AbortSignal | undefined): Promise<void> {
+  const delay = untilMs - Date.now();
+  if (delay <= 0 || signal?.aborted === true) return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = (): void => {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", done);
+      resolve();
+    };
+    const timer = setTimeout(done, delay);
+    signal?.addEventListener("abort", done, { once: true });
+  });
+}
+
+/** The proto method name (`Echo`) of a definition entry: the metric label. */
+function methodName(method: AnyMethod): string {
+  return method.path.slice(method.path.lastIndexOf("/") + 1);
 }
 
 /**

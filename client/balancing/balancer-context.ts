@@ -10,6 +10,7 @@ import { pino, type Logger } from "pino";
 import type { ClientMetrics } from "../metrics/client-metrics.js";
 import type { BreakerState, ResolvedBreakerOptions } from "../breaker/instance-breaker.js";
 import { resolveBreakerOptions } from "../breaker/instance-breaker.js";
+import { LeaseholdError } from "../errors.js";
 
 /** Channel option naming the {@link BalancerContext} of a channel (a string id). */
 export const CONTEXT_OPTION = "leasehold.context";
@@ -34,6 +35,10 @@ export interface InstanceStats {
   readonly outstanding: number;
   /** The subchannel's connectivity state (`READY`, `CONNECTING`, `TRANSIENT_FAILURE`, `IDLE`). */
   readonly connectivity: string;
+  /** Its open breaker keeps it out of picks (within the max-ejection cap). */
+  readonly ejected: boolean;
+  /** Panic mode keeps it although it left the membership. */
+  readonly retained: boolean;
 }
 
 /** Latency samples kept per instance for p50/p99 (a ring buffer). */
@@ -51,6 +56,8 @@ export interface BalancerView {
   stats(): InstanceStats[];
   /** etcd revision of the membership applied last ("" before the first). */
   readonly membershipRevision: string;
+  /** True while panic mode keeps instances that left the membership. */
+  readonly isPanicking: boolean;
 }
 
 /** Options of a {@link BalancerContext}; all optional. */
@@ -63,6 +70,12 @@ export interface BalancerContextOptions {
   readonly logger?: Logger | undefined;
   /** Uniform in [0, 1). Default `Math.random`. */
   readonly random?: (() => number) | undefined;
+  /** At most this share of instances is ejected by open breakers, never all (Envoy's default is 10; ours 50). */
+  readonly maxEjectionPercent?: number | undefined;
+  /** Panic mode starts when more than this share of serving instances leaves at once. Default 50. */
+  readonly panicThresholdPercent?: number | undefined;
+  /** How long panic mode keeps instances that left, ms. Default 2 × the largest lease TTL seen (20 s before any). */
+  readonly panicGraceMs?: number | undefined;
 }
 
 /** Shared, per-process state of the balancers of one or more channels. */
@@ -72,6 +85,9 @@ export class BalancerContext {
   readonly breaker: ResolvedBreakerOptions;
   readonly logger: Logger;
   readonly random: () => number;
+  readonly maxEjectionPercent: number;
+  readonly panicThresholdPercent: number;
+  readonly panicGraceMs: number | undefined;
   readonly #balancers = new Set<BalancerView>();
   readonly #listeners = new Set<(change: BalancerChange) => void>();
 
@@ -81,6 +97,11 @@ export class BalancerContext {
     this.breaker = resolveBreakerOptions(options.breaker);
     this.logger = options.logger ?? pino({ enabled: false });
     this.random = options.random ?? Math.random;
+    this.maxEjectionPercent = percent("maxEjectionPercent", options.maxEjectionPercent ?? 50);
+    this.panicThresholdPercent = percent("panicThresholdPercent", options.panicThresholdPercent ?? 50);
+    this.panicGraceMs = options.panicGraceMs;
+    if (this.panicGraceMs !== undefined && !(this.panicGraceMs >= 0))
+      throw new LeaseholdError("INVALID_ARGUMENT", "panicGraceMs must be ≥ 0");
   }
 
   /** The balancers currently alive in channels of this context. */
@@ -115,6 +136,12 @@ export class BalancerContext {
   clearListeners(): void {
     this.#listeners.clear();
   }
+}
+
+function percent(name: string, value: number): number {
+  if (!(value >= 0 && value <= 100))
+    throw new LeaseholdError("INVALID_ARGUMENT", `${name} must be within 0..100`);
+  return value;
 }
 
 const contexts = new Map<string, BalancerContext>();

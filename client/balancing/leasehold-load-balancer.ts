@@ -48,6 +48,9 @@ type GrpcPicker = experimental.Picker;
  */
 export const MEMBERSHIP_ATTRIBUTE = "grpc.internal.no_subchannel.leasehold.membership";
 
+/** Resolver attribute: true while the membership may be out of date (the registry stream is down or stale). */
+export const STALE_ATTRIBUTE = "grpc.internal.no_subchannel.leasehold.stale";
+
 /** Pick information (from the resolver's config selector) naming the called method. */
 export const METHOD_PICK_INFO = "leasehold.method";
 
@@ -75,6 +78,12 @@ class Child implements Pickable {
   errors = 0;
   isRemoved = false;
   lastError: string | null = null;
+  /** Breaker open and within the max-ejection cap: not picked. */
+  isEjected = false;
+  /** When the breaker last opened (ms), to honour the earliest ejections first. */
+  openedAtMs = 0;
+  /** Set while panic mode keeps this instance after it left the membership: until when (ms). */
+  retainedUntilMs: number | undefined;
   #trialPickedAtMs = Number.NEGATIVE_INFINITY;
   readonly #latenciesMs = new Float64Array(LATENCY_SAMPLES);
   #latencyCount = 0;
@@ -95,7 +104,7 @@ class Child implements Pickable {
     return this.instance.status !== InstanceStatus.INSTANCE_STATUS_DRAINING;
   }
   get isBreakerAdmitting(): boolean {
-    return this.breaker.isAdmitting;
+    return !this.isEjected;
   }
   get isReady(): boolean {
     return this.leaf.getConnectivityState() === ConnectivityState.READY;
@@ -135,6 +144,8 @@ class Child implements Pickable {
       breaker: this.breaker.state,
       outstanding: this.outstanding,
       connectivity: ConnectivityState[this.leaf.getConnectivityState()] ?? "UNKNOWN",
+      ejected: this.isEjected,
+      retained: this.retainedUntilMs !== undefined,
     };
   }
 }
@@ -167,6 +178,9 @@ class LeaseholdPicker implements GrpcPicker {
       const result = child.leaf.getPicker().pick(args);
       if (result.pickResultType !== experimental.PickResultType.COMPLETE) return result;
       const method = args.extraPickInfo[METHOD_PICK_INFO] ?? "";
+      // grpc-js marks its retry attempts (gRFC A6); the typed client counts its own.
+      if (args.metadata.get("grpc-previous-rpc-attempts").length > 0)
+        this.#balancer.context.metrics?.retries.inc({ service: child.instance.service, method });
       const call = new TrackedCall(this.#balancer, child, method);
       return {
         ...result,
@@ -218,6 +232,7 @@ class TrackedCall {
     child.outstanding--;
     const name = statusCodeName(code);
     this.#settle?.(name === "OK" ? undefined : new LeaseholdError(name, details));
+    child.breaker.noteOutcome(name);
     if (child.isRemoved) return; // left meanwhile: its series are gone and must stay gone
     const ms = performance.now() - this.#startedAt;
     child.calls++;
@@ -288,6 +303,12 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
   #resolutionNote = "";
   #isUpdating = false;
   #isDestroyed = false;
+  #isStale = false;
+  /** When serving instances left recently (ms), for the panic trigger. */
+  #removalTimesMs: number[] = [];
+  /** Largest lease TTL seen among instances, s (the panic grace is 2 × this). */
+  #maxTtlSeconds = 0;
+  #panicTimer: NodeJS.Timeout | undefined;
 
   constructor(helper: ChannelControlHelper) {
     this.#helper = helper;
@@ -299,6 +320,12 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
 
   get membershipRevision(): string {
     return this.#revision;
+  }
+
+  /** True while panic mode keeps instances that left the membership. */
+  get isPanicking(): boolean {
+    for (const child of this.#ordered) if (child.retainedUntilMs !== undefined) return true;
+    return false;
   }
 
   updateAddressList(
@@ -330,6 +357,7 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
     const membership = options[MEMBERSHIP_ATTRIBUTE] as MembershipSnapshot | undefined;
     this.#service = membership?.service ?? this.#service;
     this.#revision = membership?.revision ?? this.#revision;
+    this.#isStale = options[STALE_ATTRIBUTE] === true;
     this.#apply(instancesOf(endpointList.value, membership), childOptionsOf(options));
     return true;
   }
@@ -347,6 +375,7 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
   destroy(): void {
     if (this.#isDestroyed) return;
     this.#isDestroyed = true;
+    clearTimeout(this.#panicTimer);
     const removed = [...this.#children.values()].map((child) => this.#retire(child));
     this.#children.clear();
     this.#ordered = [];
@@ -404,13 +433,17 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
 
   #apply(instances: readonly Instance[], childOptions: ChannelOptions): void {
     const context = this.context;
+    const nowMs = Date.now();
     const listed = new Set<string>();
     const ordered: Child[] = [];
     const removed: InstanceStats[] = [];
+    const left: Child[] = [];
     this.#isUpdating = true;
     try {
       for (const instance of instances) {
         if (listed.has(instance.instanceId)) continue;
+        const ttlSeconds = Number(instance.ttlSeconds);
+        if (ttlSeconds > this.#maxTtlSeconds) this.#maxTtlSeconds = ttlSeconds;
         let child = this.#children.get(instance.instanceId);
         if (child !== undefined && child.instance.address !== instance.address) {
           context.logger.info(
@@ -427,21 +460,90 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
           this.#children.set(instance.instanceId, child);
         } else {
           child.instance = instance; // weight, status, zone, metadata: no reconnect
+          child.retainedUntilMs = undefined; // back in the membership
         }
         listed.add(instance.instanceId);
         ordered.push(child);
       }
       for (const [instanceId, child] of this.#children) {
-        if (listed.has(instanceId)) continue;
-        this.#children.delete(instanceId);
+        if (!listed.has(instanceId)) left.push(child);
+      }
+      for (const child of this.#retainOrRetire(left, ordered.length, nowMs)) {
+        this.#children.delete(child.instanceId);
         removed.push(this.#retire(child));
       }
+      for (const child of left) if (child.retainedUntilMs !== undefined) ordered.push(child);
       this.#ordered = ordered.sort((a, b) =>
         a.instanceId < b.instanceId ? -1 : a.instanceId > b.instanceId ? 1 : 0,
       );
     } finally {
       this.#isUpdating = false;
     }
+    this.#update({ removed });
+  }
+
+  /**
+   * Caller-side self-preservation (Eureka's self-preservation, Envoy's panic threshold): when more
+   * than `panicThresholdPercent` of the serving instances left within `PANIC_WINDOW_MS`, or while
+   * the membership is stale, instances that leave are kept for a grace period (default 2 × the
+   * largest TTL seen) and still picked if their subchannel is READY and their breaker admits them;
+   * the truly dead fail to connect and are skipped. Membership stays the truth: a kept instance
+   * that re-appears is simply listed again, and at the end of the grace every kept one goes.
+   *
+   * @returns the children that leave for good now.
+   */
+  #retainOrRetire(left: readonly Child[], listedCount: number, nowMs: number): Child[] {
+    const context = this.context;
+    const leaving = left.filter((child) => child.retainedUntilMs === undefined);
+    const servingLeaving = leaving.filter((child) => child.isServing).length;
+    this.#removalTimesMs = this.#removalTimesMs.filter((at) => nowMs - at < PANIC_WINDOW_MS);
+    for (let i = 0; i < servingLeaving; i++) this.#removalTimesMs.push(nowMs);
+    const recent = this.#removalTimesMs.length;
+    const retainedCount = left.length - leaving.length;
+    const baseline = listedCount + recent + retainedCount;
+    const isMassRemoval = recent > 0 && (100 * recent) / baseline > context.panicThresholdPercent;
+    const isPanicking = retainedCount > 0;
+    if (leaving.length === 0 || !(isMassRemoval || this.#isStale || isPanicking)) return leaving;
+    const graceMs = context.panicGraceMs ?? 2_000 * (this.#maxTtlSeconds > 0 ? this.#maxTtlSeconds : 10);
+    for (const child of leaving) child.retainedUntilMs = nowMs + graceMs;
+    const service = this.#service;
+    if (!isPanicking) {
+      context.logger.warn(
+        { service, left: leaving.length, recent, baseline, stale: this.#isStale, graceMs },
+        "panic mode: instances left at once; still routing over them while they answer",
+      );
+      context.metrics?.panicMode.set({ service }, 1);
+    }
+    this.#armPanicTimer();
+    return [];
+  }
+
+  #armPanicTimer(): void {
+    clearTimeout(this.#panicTimer);
+    let next = Number.POSITIVE_INFINITY;
+    for (const child of this.#children.values())
+      if (child.retainedUntilMs !== undefined) next = Math.min(next, child.retainedUntilMs);
+    if (next === Number.POSITIVE_INFINITY) {
+      this.context.metrics?.panicMode.set({ service: this.#service }, 0);
+      return;
+    }
+    this.#panicTimer = setTimeout(() => this.#endGrace(), Math.max(0, next - Date.now()));
+    this.#panicTimer.unref(); // the channel's own work keeps the process alive, not this bookkeeping
+  }
+
+  #endGrace(): void {
+    if (this.#isDestroyed) return;
+    const nowMs = Date.now();
+    const removed: InstanceStats[] = [];
+    for (const child of [...this.#children.values()]) {
+      if (child.retainedUntilMs === undefined || child.retainedUntilMs > nowMs) continue;
+      this.#children.delete(child.instanceId);
+      removed.push(this.#retire(child));
+    }
+    this.#ordered = this.#ordered.filter((child) => !child.isRemoved);
+    if (!this.isPanicking)
+      this.context.logger.info({ service: this.#service, removed: removed.length }, "panic mode over");
+    this.#armPanicTimer();
     this.#update({ removed });
   }
 
@@ -461,6 +563,7 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
         `breaker ${state}`,
       );
       metrics?.breakerState.set({ service, instance_id: instanceId }, BREAKER_STATE_VALUE[state]);
+      if (state === "open") child.openedAtMs = Date.now();
       this.#update({ removed: [] });
     });
     const helper = experimental.createChildChannelControlHelper(this.#helper, {
@@ -489,6 +592,7 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
   #update(change: { removed: InstanceStats[] }): void {
     if (this.#isDestroyed) return;
     const context = this.context;
+    capEjections(this.#ordered, context.maxEjectionPercent);
     this.#policyPicker = createPicker(this.#policy, this.#ordered, {
       random: context.random,
       previous: this.#policyPicker,
@@ -515,6 +619,27 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
     context.changed(change);
   }
 }
+
+/**
+ * Max-ejection cap (Envoy's `max_ejection_percent`): of the instances that could take traffic, at
+ * most `maxEjectionPercent` (never all) are ejected by their open breakers, the earliest opened
+ * first; the others stay in the pick set even while their breaker is open (panic for breakers).
+ */
+function capEjections(children: readonly Child[], maxEjectionPercent: number): void {
+  const candidates = children.filter((child) => child.isServing && child.weight > 0);
+  const allowed = Math.min(
+    Math.floor((candidates.length * maxEjectionPercent) / 100),
+    Math.max(0, candidates.length - 1),
+  );
+  const open = candidates
+    .filter((child) => child.breaker.state === "open")
+    .sort((a, b) => a.openedAtMs - b.openedAtMs);
+  const ejected = new Set(open.slice(0, allowed));
+  for (const child of children) child.isEjected = ejected.has(child);
+}
+
+/** Removals of serving instances counted together for the panic trigger, ms. */
+const PANIC_WINDOW_MS = 5000;
 
 let isRegistered = false;
 

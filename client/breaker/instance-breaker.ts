@@ -22,8 +22,19 @@ export interface BreakerOptions {
   readonly volumeThreshold?: number;
   /** The breaker opens when endpoint faults exceed this percentage of calls in the window. Default 50. */
   readonly errorThresholdPercentage?: number;
-  /** Time an open breaker waits before letting one trial call through (half-open). Default 5000. */
+  /** Time an open breaker first waits before letting one trial call through (half-open). Default 5000. */
   readonly resetTimeoutMs?: number;
+  /**
+   * Cap of the reopen delay: each consecutive ejection (a failed half-open trial) doubles it, up to
+   * this (Envoy's ejection backoff). Default 60000.
+   */
+  readonly maxResetTimeoutMs?: number;
+  /**
+   * Endpoint faults in a row that open the breaker whatever the window says (Envoy's
+   * consecutive_5xx, default 5), so an instance that turns bad after serving well is ejected at once.
+   * 0 turns it off. Default 5.
+   */
+  readonly consecutiveFailures?: number;
   /** Length of the rolling statistics window. Default 10000. */
   readonly rollingCountTimeoutMs?: number;
   /** Buckets in the rolling window (must divide it sensibly). Default 10. */
@@ -36,13 +47,21 @@ export const DEFAULT_BREAKER_OPTIONS: ResolvedBreakerOptions = Object.freeze({
   volumeThreshold: 5,
   errorThresholdPercentage: 50,
   resetTimeoutMs: 5000,
+  maxResetTimeoutMs: 60_000,
+  consecutiveFailures: 5,
   rollingCountTimeoutMs: 10_000,
   rollingCountBuckets: 10,
 });
 
 /** Resolves and validates breaker options once; throws `LeaseholdError` `INVALID_ARGUMENT`. */
 export function resolveBreakerOptions(options: BreakerOptions = {}): ResolvedBreakerOptions {
-  const resolved = { ...DEFAULT_BREAKER_OPTIONS, ...stripUndefined(options) };
+  const given = stripUndefined(options);
+  const resolved = {
+    ...DEFAULT_BREAKER_OPTIONS,
+    // An explicit reset delay above the default cap raises the cap with it.
+    maxResetTimeoutMs: Math.max(DEFAULT_BREAKER_OPTIONS.maxResetTimeoutMs, given.resetTimeoutMs ?? 0),
+    ...given,
+  };
   const check = (ok: boolean, what: string): void => {
     if (!ok) throw new LeaseholdError("INVALID_ARGUMENT", `breaker option ${what}`);
   };
@@ -57,6 +76,11 @@ export function resolveBreakerOptions(options: BreakerOptions = {}): ResolvedBre
   check(
     Number.isFinite(resolved.resetTimeoutMs) && resolved.resetTimeoutMs > 0,
     "resetTimeoutMs must be > 0",
+  );
+  check(resolved.maxResetTimeoutMs >= resolved.resetTimeoutMs, "maxResetTimeoutMs must be ≥ resetTimeoutMs");
+  check(
+    Number.isInteger(resolved.consecutiveFailures) && resolved.consecutiveFailures >= 0,
+    "consecutiveFailures must be an integer ≥ 0",
   );
   check(
     Number.isInteger(resolved.rollingCountBuckets) && resolved.rollingCountBuckets > 0,
@@ -97,9 +121,11 @@ type OpossumOptions = CircuitBreaker.Options<[Attempt]> & { enableSnapshots: boo
  * One breaker for one instance. Created when the instance appears, {@link shutdown} when it leaves.
  *
  * - closed → open: more than `errorThresholdPercentage` % endpoint faults among at least
- *   `volumeThreshold` calls in the rolling window.
- * - open → half-open: after `resetTimeoutMs`; exactly one trial call is let through.
- * - half-open → closed when the trial is not an endpoint fault, → open again when it is.
+ *   `volumeThreshold` calls in the rolling window, or `consecutiveFailures` endpoint faults in a row.
+ * - open → half-open: after the reset delay; exactly one trial call is let through. The delay is
+ *   `resetTimeoutMs`, doubled for each failed trial in a row, capped at `maxResetTimeoutMs`.
+ * - half-open → closed when the trial is not an endpoint fault (the delay resets), → open again
+ *   when it is.
  *
  * `timeout` is off: the gRPC deadline ends the call, opossum's timeout would not cancel it.
  */
@@ -107,6 +133,8 @@ export class InstanceBreaker {
   readonly #breaker: CircuitBreaker<[Attempt], unknown>;
   #state: BreakerState = "closed";
   #isShutdown = false;
+  #consecutiveFaults = 0;
+  readonly #options: ResolvedBreakerOptions;
 
   /**
    * @param name instance id, for opossum's stats and traces
@@ -132,11 +160,20 @@ export class InstanceBreaker {
       // A filtered error counts as a success for opossum: caller faults must not trip the breaker.
       errorFilter: (error: unknown) => !isEndpointFault(LeaseholdError.from(error).code),
     };
+    this.#options = options;
     this.#breaker = new CircuitBreaker((attempt: Attempt) => attempt(), opossumOptions);
+    // opossum reads options.resetTimeout each time it opens: set the next delay ahead of time.
+    const live = (this.#breaker as unknown as { options: { resetTimeout: number } }).options;
     const move = (to: BreakerState) => () => {
       const previous = this.#state;
       if (previous === to) return;
       this.#state = to;
+      if (to === "closed") {
+        this.#consecutiveFaults = 0;
+        live.resetTimeout = options.resetTimeoutMs;
+      } else if (to === "half-open") {
+        live.resetTimeout = Math.min(options.maxResetTimeoutMs, live.resetTimeout * 2);
+      }
       onStateChange(to, previous);
     };
     this.#breaker.on("open", move("open"));
@@ -173,6 +210,26 @@ export class InstanceBreaker {
    */
   fire<T>(attempt: () => Promise<T>): Promise<T> {
     return this.#breaker.fire(attempt) as Promise<T>;
+  }
+
+  /** The delay before the next half-open trial if the breaker opens now, ms. */
+  get resetTimeoutMs(): number {
+    return (this.#breaker as unknown as { options: { resetTimeout: number } }).options.resetTimeout;
+  }
+
+  /**
+   * Counts an outcome toward `consecutiveFailures`; opens the breaker when the run of endpoint
+   * faults reaches it. Call once per finished call, after its `fire` settled.
+   */
+  noteOutcome(code: LeaseholdErrorCode | "OK"): void {
+    if (code === "OK" || !isEndpointFault(code)) {
+      this.#consecutiveFaults = 0;
+      return;
+    }
+    this.#consecutiveFaults++;
+    const limit = this.#options.consecutiveFailures;
+    if (limit > 0 && this.#consecutiveFaults >= limit && this.#state === "closed" && !this.#isShutdown)
+      this.#breaker.open();
   }
 
   /** Stops timers and listeners; later `fire`s reject (`ESHUTDOWN`). Idempotent. */

@@ -22,10 +22,12 @@ import {
   loadBalancerName,
   MEMBERSHIP_ATTRIBUTE,
   METHOD_PICK_INFO,
+  STALE_ATTRIBUTE,
 } from "../balancing/leasehold-load-balancer.js";
 import type { PolicyName } from "../balancing/policies.js";
 import { isPolicyName } from "../balancing/policies.js";
 import type { ClientMetrics } from "../metrics/client-metrics.js";
+import { statusCodeName } from "../errors.js";
 import { connectRegistry } from "../registry-connection.js";
 import type { MembershipSnapshot, MembershipSource } from "./membership.js";
 import { MembershipWatcher } from "./membership-watcher.js";
@@ -40,6 +42,9 @@ export const LEASEHOLD_SCHEME = "leasehold";
 
 /** Channel option: the policy of this channel (a {@link PolicyName}), instead of the default one. */
 export const POLICY_OPTION = "leasehold.policy";
+
+/** Channel option set by the typed balanced client, which retries and counts calls itself. */
+export const TYPED_CLIENT_OPTION = "leasehold.typed_client";
 
 /** Channel option: the id of an in-process membership source (see {@link shareMembership}). */
 export const MEMBERSHIP_SOURCE_OPTION = "leasehold.membership";
@@ -154,20 +159,45 @@ function acquireWatcher(
 /** DNS-1123 label (DESIGN §2). */
 const SERVICE_NAME = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
 
-/** A config selector that also names the method for the balancer's metrics. */
-function configSelectorOf(methodConfig: readonly MethodConfig[]): experimental.ConfigSelector {
+/** Counts each call once, with the status the application saw (after grpc-js retries). */
+class CallOutcomeFilter extends experimental.BaseFilter {
+  readonly #metrics: ClientMetrics;
+  readonly #labels: { service: string; method: string };
+
+  constructor(metrics: ClientMetrics, labels: { service: string; method: string }) {
+    super();
+    this.#metrics = metrics;
+    this.#labels = labels;
+  }
+
+  override receiveTrailers(status: StatusObject): StatusObject {
+    this.#metrics.calls.inc({ ...this.#labels, code: statusCodeName(status.code) });
+    return status;
+  }
+}
+
+/**
+ * A config selector (gRFC A31) that applies `methodConfig` to every method, names the method for
+ * the balancer's per-instance metrics, and, with `metrics`, counts calls apart from attempts.
+ */
+function configSelectorOf(
+  service: string,
+  methodConfig: readonly MethodConfig[],
+  metrics: ClientMetrics | undefined,
+): experimental.ConfigSelector {
   const cache = new Map<string, ReturnType<experimental.ConfigSelector["invoke"]>>();
   return {
     invoke(methodName) {
       let config = cache.get(methodName);
       if (config === undefined) {
-        const slash = methodName.lastIndexOf("/");
-        const method = methodName.slice(slash + 1);
+        const method = methodName.slice(methodName.lastIndexOf("/") + 1);
+        const labels = { service, method };
         config = {
           methodConfig: methodConfig[0] ?? { name: [] },
           pickInformation: { [METHOD_PICK_INFO]: method },
           status: Status.OK,
-          dynamicFilterFactories: [],
+          dynamicFilterFactories:
+            metrics === undefined ? [] : [{ createFilter: () => new CallOutcomeFilter(metrics, labels) }],
         };
         if (cache.size < 1000) cache.set(methodName, config);
       }
@@ -194,6 +224,7 @@ export class LeaseholdResolver implements experimental.Resolver {
   readonly #context: BalancerContext;
   #source: MembershipSource | undefined;
   #hasSnapshot: () => boolean = () => true;
+  #isStale: () => boolean = () => false;
   #release: () => void = () => undefined;
   #unsubscribe: () => void = () => undefined;
   #lastError: StatusObject | undefined;
@@ -234,7 +265,13 @@ export class LeaseholdResolver implements experimental.Resolver {
         methodConfig,
         ...(retryPolicy === undefined ? {} : { retryThrottling: RETRY_THROTTLING }),
       };
-      this.#configSelector = configSelectorOf(methodConfig);
+      // The typed client counts its own calls (each of its attempts is a grpc-js call).
+      const countsCalls = options[TYPED_CLIENT_OPTION] === undefined;
+      this.#configSelector = configSelectorOf(
+        this.#service,
+        methodConfig,
+        countsCalls ? this.#context.metrics : undefined,
+      );
     }
   }
 
@@ -274,6 +311,7 @@ export class LeaseholdResolver implements experimental.Resolver {
       this.#source = watcher;
       this.#release = release;
       this.#hasSnapshot = () => watcher.hasSnapshot;
+      this.#isStale = () => watcher.isStale;
       const stopErrors = watcher.onStreamError((error) => {
         if (watcher.hasSnapshot) return; // the last membership stays in use (DESIGN §5)
         this.#lastError = unavailable(
@@ -316,7 +354,10 @@ export class LeaseholdResolver implements experimental.Resolver {
       if (hostPort?.port === undefined) continue;
       endpoints.push({ addresses: [{ host: hostPort.host, port: hostPort.port }] });
     }
-    const attributes: Record<string, unknown> = { [MEMBERSHIP_ATTRIBUTE]: snapshot };
+    const attributes: Record<string, unknown> = {
+      [MEMBERSHIP_ATTRIBUTE]: snapshot,
+      [STALE_ATTRIBUTE]: this.#isStale(),
+    };
     if (this.#configSelector !== undefined)
       attributes[experimental.CHANNEL_ARGS_CONFIG_SELECTOR_KEY] = this.#configSelector;
     this.#listener(

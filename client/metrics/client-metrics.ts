@@ -11,12 +11,15 @@ export class ClientMetrics {
   readonly instances: Gauge<"service" | "status">;
   readonly membershipEvents: Counter<"service" | "type">;
   readonly membershipStale: Gauge<"service">;
+  readonly panicMode: Gauge<"service">;
+  readonly calls: Counter<"service" | "method" | "code">;
+  readonly retries: Counter<"service" | "method">;
 
   constructor(registry: Registry) {
     const registers = [registry];
     this.requests = new Counter({
       name: "leasehold_client_requests_total",
-      help: "Calls made by balanced clients, by instance, method and gRPC status code name.",
+      help: "Attempts made by balanced clients (retries included), by instance, method and gRPC status code name.",
       labelNames: ["service", "instance_id", "method", "code"],
       registers,
     });
@@ -48,6 +51,24 @@ export class ClientMetrics {
     this.membershipStale = new Gauge({
       name: "leasehold_client_membership_stale_seconds",
       help: "Seconds since the caller's membership stream last heard from the registry (0 while connected).",
+      labelNames: ["service"],
+      registers,
+    });
+    this.calls = new Counter({
+      name: "leasehold_client_calls_total",
+      help: "Calls made by balanced clients, by the outcome the application saw (after retries).",
+      labelNames: ["service", "method", "code"],
+      registers,
+    });
+    this.retries = new Counter({
+      name: "leasehold_client_retries_total",
+      help: "Attempts made by balanced clients after a call's first one.",
+      labelNames: ["service", "method"],
+      registers,
+    });
+    this.panicMode = new Gauge({
+      name: "leasehold_client_panic_mode",
+      help: "1 while the caller keeps routing over instances that left the membership at once (panic mode), else 0.",
       labelNames: ["service"],
       registers,
     });
