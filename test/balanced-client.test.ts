@@ -32,11 +32,20 @@ interface EchoServer {
   /** Calls cancelled by the client while hanging. */
   cancelled: number;
   failWith: grpc.status | undefined;
+  /** Every call hangs until cancelled (a frozen process). */
+  isFrozen: boolean;
 }
 
 async function startEchoServer(t: ExecutionContext, instanceId: string): Promise<EchoServer> {
   const server = new grpc.Server();
-  const state: EchoServer = { instanceId, address: "", calls: 0, cancelled: 0, failWith: undefined };
+  const state: EchoServer = {
+    instanceId,
+    address: "",
+    calls: 0,
+    cancelled: 0,
+    failWith: undefined,
+    isFrozen: false,
+  };
   server.addService(EchoServiceService, {
     echo: (
       call: grpc.ServerUnaryCall<EchoRequest, EchoResponse>,
@@ -47,7 +56,7 @@ async function startEchoServer(t: ExecutionContext, instanceId: string): Promise
         return callback({ code: state.failWith, details: `${instanceId} told to fail` });
       if (call.request.message === "invalid")
         return callback({ code: grpc.status.INVALID_ARGUMENT, details: "bad message" });
-      if (call.request.message === "hang") {
+      if (call.request.message === "hang" || state.isFrozen) {
         call.on("cancelled", () => state.cancelled++);
         return;
       }
@@ -464,4 +473,70 @@ test("bad options are INVALID_ARGUMENT at creation", (t) => {
       message: /unknown policy/,
     },
   );
+});
+
+test("a frozen instance costs one attempt (its own timeout), not the whole deadline", async (t) => {
+  const [a, b] = await Promise.all(["a", "b"].map((id) => startEchoServer(t, id)));
+  if (a === undefined || b === undefined) throw new Error("servers");
+  a.isFrozen = true;
+  const { client, metrics } = newClient(t, {
+    membership: staticMembership("echo", [instanceOf(a), instanceOf(b)]),
+    attemptTimeoutFloorMs: 100,
+    deadlineMs: 20_000,
+  });
+  await connected(client, 2);
+  for (let i = 0; i < 4; i++) t.is((await client.methods.echo({ message: "x" })).instanceId, "b");
+  await eventually(() => a.cancelled >= 1, { what: "the frozen attempt cancelled" });
+  const calls = (await metrics.calls.get()).values;
+  t.deepEqual(
+    calls.map((v) => [v.labels.method, v.labels.code, v.value]),
+    [["Echo", "OK", 4]],
+    "calls count what the caller saw",
+  );
+  t.true(((await metrics.retries.get()).values[0]?.value ?? 0) >= 1, "the retry is counted");
+});
+
+test("panic mode: instances that leave at once stay pickable for the grace period, then go", async (t) => {
+  const servers = await Promise.all(["a", "b", "c", "d"].map((id) => startEchoServer(t, id)));
+  const all = servers.map((server) => instanceOf(server));
+  const membership = mutableMembership(all);
+  const { client, registry } = newClient(t, { membership, panicGraceMs: 1500 });
+  await connected(client, 4);
+  membership.set(all.slice(3)); // 3 of 4 vanish at once (an etcd restart, a registry outage)
+  await eventually(() => client.isPanicking, { what: "panic mode" });
+  t.deepEqual(
+    client.stats().map((s) => [s.instanceId, s.retained]),
+    [
+      ["a", true],
+      ["b", true],
+      ["c", true],
+      ["d", false],
+    ],
+  );
+  t.regex(await registry.metrics(), /leasehold_client_panic_mode\{service="echo"\} 1/);
+  const answers = new Set<string>();
+  for (let i = 0; i < 8; i++) answers.add((await client.methods.echo({ message: "x" })).instanceId);
+  t.deepEqual([...answers].sort(), ["a", "b", "c", "d"], "the kept instances still answer");
+
+  membership.set([all[0] as Instance, all[3] as Instance]); // a comes back: listed again
+  await eventually(() => client.stats().find((s) => s.instanceId === "a")?.retained === false, {
+    what: "a listed again",
+  });
+  await eventually(() => !client.isPanicking, { what: "the grace period over", timeoutMs: 10_000 });
+  t.deepEqual(
+    client.stats().map((s) => s.instanceId),
+    ["a", "d"],
+  );
+  t.regex(await registry.metrics(), /leasehold_client_panic_mode\{service="echo"\} 0/);
+});
+
+test("one instance of four leaving is not a panic: it is removed at once", async (t) => {
+  const servers = await Promise.all(["a", "b", "c", "d"].map((id) => startEchoServer(t, id)));
+  const all = servers.map((server) => instanceOf(server));
+  const membership = mutableMembership(all);
+  const { client } = newClient(t, { membership });
+  await connected(client, 4);
+  membership.set(all.slice(1));
+  await eventually(() => client.stats().length === 3, { what: "a removed" });
+  t.false(client.isPanicking);
 });
