@@ -1,7 +1,7 @@
 // CLI start: `node leasehold.mjs --help` against `node` importing @grpc/grpc-js (the floor any
 // grpc-js CLI pays), and `node -e 0`. DESIGN §8: leasehold --help ≤ 1.5× node + grpc-js import.
 // Runs the compiled CLI (dist/, `npm run build`), as the installed bin does.
-import { interleave, roundRatios, summary, timeCommand } from "./harness.mjs";
+import { interleave, roundRatios, summary, timeNode } from "./harness.mjs";
 
 export const description = "leasehold --help start time, as a ratio to node importing @grpc/grpc-js";
 
@@ -16,23 +16,25 @@ export function run({ root, rounds, warmupRounds }) {
     { name: CANDIDATE, args: ["leasehold.mjs", "--help"] },
   ];
   const samples = interleave(
-    variants.map((variant) => ({
-      name: variant.name,
-      run: () => timeCommand(process.execPath, variant.args, { cwd: root }),
-    })),
+    variants.map((variant) => ({ name: variant.name, run: () => timeNode(variant.args, { cwd: root }) })),
     { rounds, warmupRounds },
   );
-  const ratio = (numerator, denominator, target) => {
-    const perRound = roundRatios(samples[numerator], samples[denominator]);
-    return { name: `${numerator} / ${denominator}`, target, ...summary(perRound), perRound };
+  const series = (name, metric) => samples[name].map((sample) => sample[metric]);
+  const ratio = (metric, numerator, denominator, target) => {
+    const perRound = roundRatios(series(numerator, metric), series(denominator, metric));
+    return { name: `${numerator} / ${denominator}`, metric, target, ...summary(perRound), perRound };
   };
   return {
     variants: variants.map((variant) => ({
       name: variant.name,
       command: ["node", ...variant.args].join(" "),
-      ...summary(samples[variant.name]),
-      samplesMs: samples[variant.name],
+      wallMs: { ...summary(series(variant.name, "wallMs")), samples: series(variant.name, "wallMs") },
+      cpuMs: { ...summary(series(variant.name, "cpuMs")), samples: series(variant.name, "cpuMs") },
     })),
-    ratios: [ratio(CANDIDATE, BASELINE, 1.5), ratio(CANDIDATE, "node -e 0", null)],
+    ratios: [
+      ratio("wallMs", CANDIDATE, BASELINE, 1.5),
+      ratio("cpuMs", CANDIDATE, BASELINE, null),
+      ratio("wallMs", CANDIDATE, "node -e 0", null),
+    ],
   };
 }

@@ -11,23 +11,46 @@ import { join } from "node:path";
  * @throws Error with the command's stderr when it exits with a status other than 0.
  */
 export function timeCommand(command, args, options = {}) {
+  return timeSpawn(command, args, { stdio: ["ignore", "ignore", "pipe"], ...options }).wallMs;
+}
+
+const CPU_REPORTER = new URL("./cpu-usage-reporter.mjs", import.meta.url).href;
+
+/**
+ * One run of `node nodeArgs` in ms: wall time from spawn to exit, and the CPU time (user +
+ * system, all threads) the process reports at exit through a preloaded module that writes
+ * `process.cpuUsage()` to fd 3. CPU time is the steadier figure on a busy machine; the preload
+ * costs every variant the same.
+ * @throws Error with the command's stderr when it exits with a status other than 0.
+ */
+export function timeNode(nodeArgs, options = {}) {
+  const { wallMs, result } = timeSpawn(process.execPath, ["--import", CPU_REPORTER, ...nodeArgs], {
+    stdio: ["ignore", "ignore", "pipe", "pipe"],
+    ...options,
+  });
+  const cpuMs = Number(result.output[3]?.toString().trim());
+  if (!Number.isFinite(cpuMs)) throw new Error(`node ${nodeArgs.join(" ")} reported no CPU time`);
+  return { wallMs, cpuMs };
+}
+
+function timeSpawn(command, args, options) {
   const started = process.hrtime.bigint();
-  const result = spawnSync(command, args, { stdio: ["ignore", "ignore", "pipe"], ...options });
-  const elapsedMs = Number(process.hrtime.bigint() - started) / 1e6;
+  const result = spawnSync(command, args, options);
+  const wallMs = Number(process.hrtime.bigint() - started) / 1e6;
   if (result.error !== undefined) throw result.error;
   if (result.status !== 0) {
     const stderr = result.stderr?.toString().trim() ?? "";
     throw new Error(`${[command, ...args].join(" ")} exited ${result.status ?? result.signal}: ${stderr}`);
   }
-  return elapsedMs;
+  return { wallMs, result };
 }
 
 /**
  * Runs every variant once per round for `rounds` rounds, rotating the order each round so no
  * variant always goes first (interleaved A/B: drift in machine load hits all variants alike).
  * `warmupRounds` run first and are not recorded (they fill the file cache).
- * @param variants `[{ name, run: () => ms }]`
- * @returns `{ [name]: ms[] }`, one sample per round, in round order.
+ * @param variants `[{ name, run: () => sample }]` (a sample is whatever `run` measures)
+ * @returns `{ [name]: sample[] }`, one sample per round, in round order.
  */
 export function interleave(variants, { rounds, warmupRounds = 0 }) {
   const samples = Object.fromEntries(variants.map((variant) => [variant.name, []]));
@@ -35,8 +58,8 @@ export function interleave(variants, { rounds, warmupRounds = 0 }) {
     const offset = ((round % variants.length) + variants.length) % variants.length;
     for (let i = 0; i < variants.length; i += 1) {
       const variant = variants[(i + offset) % variants.length];
-      const ms = variant.run();
-      if (round >= 0) samples[variant.name].push(ms);
+      const sample = variant.run();
+      if (round >= 0) samples[variant.name].push(sample);
     }
   }
   return samples;

@@ -68,21 +68,24 @@ for (const name of selected) {
   }
   console.log(
     formatTable([
-      ["variant", "median ms", "min ms", "max ms"],
+      ["variant", "wall median ms", "min", "max", "CPU median ms", "min", "max"],
       ...result.variants.map((variant) => [
         variant.name,
-        ms(variant.median),
-        ms(variant.min),
-        ms(variant.max),
+        ...[variant.wallMs, variant.cpuMs].flatMap((metric) => [
+          ms(metric.median),
+          ms(metric.min),
+          ms(metric.max),
+        ]),
       ]),
     ]),
   );
   console.log();
   console.log(
     formatTable([
-      ["ratio (per round)", "median", "min", "max", "target"],
+      ["ratio (per round)", "of", "median", "min", "max", "target"],
       ...result.ratios.map((ratio) => [
         ratio.name,
+        ratio.metric === "cpuMs" ? "CPU" : "wall",
         times(ratio.median),
         times(ratio.min),
         times(ratio.max),

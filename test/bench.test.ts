@@ -17,8 +17,8 @@ interface CliStartRecord {
   commit: string | null;
   quick: boolean;
   rounds: number;
-  variants: { name: string; command: string; samplesMs: number[] }[];
-  ratios: { name: string; perRound: number[] }[];
+  variants: { name: string; command: string; wallMs: { samples: number[] }; cpuMs: { samples: number[] } }[];
+  ratios: { name: string; metric: string; perRound: number[] }[];
 }
 
 test("npm run bench -- --quick runs the CLI-start benchmark once and prints its table and ratios", async (t) => {
@@ -30,10 +30,11 @@ test("npm run bench -- --quick runs the CLI-start benchmark once and prints its 
     { cwd: root, timeout: 60_000 },
   );
   t.regex(stdout, /^cli-start: /m);
-  t.regex(stdout, /^variant\s+median ms\s+min ms\s+max ms$/m);
+  t.regex(stdout, /^variant\s+wall median ms\s+min\s+max\s+CPU median ms\s+min\s+max$/m);
   for (const variant of ["node -e 0", "node \\+ import @grpc/grpc-js", "leasehold --help"])
-    t.regex(stdout, new RegExp(`^${variant}\\s+[\\d.]+\\s+[\\d.]+\\s+[\\d.]+$`, "m"));
-  t.regex(stdout, /^leasehold --help \/ node \+ import @grpc\/grpc-js\s+[\d.]+×/m);
+    t.regex(stdout, new RegExp(`^${variant}(\\s+[\\d.]+){6}$`, "m"));
+  t.regex(stdout, /^leasehold --help \/ node \+ import @grpc\/grpc-js\s+wall\s+[\d.]+×/m);
+  t.regex(stdout, /^leasehold --help \/ node \+ import @grpc\/grpc-js\s+CPU\s+[\d.]+×/m);
 
   const files = await readdir(out);
   t.is(files.length, 1);
@@ -44,11 +45,15 @@ test("npm run bench -- --quick runs the CLI-start benchmark once and prints its 
   t.is(record.rounds, 1);
   t.regex(record.commit ?? "", /^[0-9a-f]{40}$/);
   t.deepEqual(
-    record.variants.map((variant) => [variant.name, variant.samplesMs.length]),
+    record.variants.map((variant) => [
+      variant.name,
+      variant.wallMs.samples.length,
+      variant.cpuMs.samples.length,
+    ]),
     [
-      ["node -e 0", 1],
-      ["node + import @grpc/grpc-js", 1],
-      ["leasehold --help", 1],
+      ["node -e 0", 1, 1],
+      ["node + import @grpc/grpc-js", 1, 1],
+      ["leasehold --help", 1, 1],
     ],
   );
   t.is(record.ratios[0]?.perRound.length, 1);
