@@ -56,12 +56,15 @@ export async function startRegistry(options: RegistryOptions): Promise<RunningRe
     endpoints: resolved.etcdEndpoints,
     prefix: resolved.prefix,
     requestTimeoutMs: resolved.etcdRequestTimeoutMs,
+    watchCheckIntervalMs: resolved.watchCheckIntervalMs,
+    watchCheckTimeoutMs: resolved.watchCheckTimeoutMs,
+    watchStaleAfterMs: resolved.watchStaleAfterMs,
     metrics,
     logger,
   });
   const hub = new WatchHub({
     historyMaxDeltas: resolved.historyMaxDeltas,
-    maxQueuedMessages: resolved.maxQueuedWatchMessages,
+    streamLimits: { maxQueuedBytes: resolved.maxQueuedWatchBytes, maxBehindMs: resolved.maxWatchBehindMs },
     progressIntervalMs: resolved.progressIntervalMs,
     listAt: (revision, service) => store.listAt(revision, service),
     metrics,

@@ -10,6 +10,8 @@ export type RegistryErrorCode =
   | "resource_exhausted"
   | "aborted"
   | "out_of_range"
+  | "deadline_exceeded"
+  | "cancelled"
   | "unavailable"
   | "internal";
 

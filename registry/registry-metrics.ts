@@ -1,7 +1,15 @@
 import { Counter, Gauge, Histogram, collectDefaultMetrics, type Registry } from "prom-client";
 
 /** etcd operations timed by `leasehold_registry_etcd_request_duration_seconds{op}`. */
-export type EtcdOperation = "lease_grant" | "lease_revoke" | "keepalive" | "txn" | "range" | "probe";
+export type EtcdOperation =
+  | "lease_grant"
+  | "lease_revoke"
+  | "keepalive"
+  | "txn"
+  | "range"
+  | "probe"
+  /** The periodic linearizable read that confirms the etcd watch is current. */
+  | "watch_check";
 
 /**
  * The registry metrics of DESIGN §7, registered in an injected registry (never the global one).

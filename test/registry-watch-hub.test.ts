@@ -59,18 +59,42 @@ function hubWith(
   options: {
     listAt?: (revision: bigint, service?: string) => Promise<readonly Instance[] | undefined>;
     history?: number;
+    maxQueuedBytes?: number;
+    maxBehindMs?: number;
+    now?: () => number;
   } = {},
 ) {
   const metricsRegistry = new Registry();
   const hub = new WatchHub({
     historyMaxDeltas: options.history ?? 100,
-    maxQueuedMessages: 3,
+    streamLimits: {
+      maxQueuedBytes: options.maxQueuedBytes ?? 8 * 1024 * 1024,
+      maxBehindMs: options.maxBehindMs ?? 30_000,
+    },
     progressIntervalMs: 60_000,
     listAt: options.listAt ?? (() => Promise.resolve([])),
     metrics: new RegistryMetrics(metricsRegistry),
     logger: pino({ level: "silent" }),
+    now: options.now,
   });
   return { hub, metricsRegistry };
+}
+
+function put(hub: WatchHub, revision: number, ...instances: Instance[]): void {
+  hub.changed({ upserted: instances, removed: [], revision: String(revision), observedAtUnixMs: "0" });
+}
+
+function remove(hub: WatchHub, revision: number, service: string, instanceId: string): void {
+  hub.changed({
+    upserted: [],
+    removed: [{ service, instanceId }],
+    revision: String(revision),
+    observedAtUnixMs: "0",
+  });
+}
+
+function deltaOf(message: WatchResponse | undefined) {
+  return message?.event?.$case === "delta" ? message.event.value : undefined;
 }
 
 test("a subscriber gets a snapshot, then only the deltas of its service", async (t) => {
@@ -107,37 +131,129 @@ test("a re-list after a watch failure is applied as one delta of the differences
   t.is(hub.revision, 25n);
 });
 
-test("a slow stream queues while not draining, flushes in order, and is ended with RESOURCE_EXHAUSTED when too far behind", async (t) => {
-  const { hub, metricsRegistry } = hubWith();
-  hub.synced([], 1n);
+test("a stream that is behind gets one coalesced delta per drain: last write wins, a removal after an upsert replaces it", async (t) => {
+  const { hub } = hubWith();
+  hub.synced([instance("a", "old", 1)], 1n);
   const slow = new FakeSink();
   slow.capacity = 1;
   await hub.subscribe(slow, { service: undefined, startRevision: 0n }, new AbortController().signal);
-  for (const revision of [2, 3, 4]) {
-    hub.changed({
-      upserted: [instance("a", String(revision), revision)],
-      removed: [],
-      revision: String(revision),
-      observedAtUnixMs: "0",
-    });
-  }
+  put(hub, 2, instance("a", "x", 2));
+  put(hub, 3, instance("a", "x", 3, 7));
+  put(hub, 4, instance("a", "y", 4));
+  remove(hub, 5, "a", "y");
+  remove(hub, 6, "a", "old");
   t.deepEqual(slow.kinds(), ["snapshot@1"], "nothing written while the sink is not draining");
-  slow.drain(3);
-  t.deepEqual(slow.kinds(), ["snapshot@1", "delta@2", "delta@3"]);
   slow.drain(Infinity);
-  t.deepEqual(slow.kinds(), ["snapshot@1", "delta@2", "delta@3", "delta@4"]);
+  t.deepEqual(slow.kinds(), ["snapshot@1", "delta@6"], "five revisions, one message");
+  const delta = deltaOf(slow.written[1]);
+  t.deepEqual(
+    delta?.upserted.map((i) => [i.instanceId, i.weight, i.revision]),
+    [["x", 7, "3"]],
+    "x's last version only",
+  );
+  t.deepEqual(
+    delta?.removed.map((k) => k.instanceId),
+    ["y", "old"],
+    "y collapsed to its removal",
+  );
+  put(hub, 7, instance("a", "z", 7));
+  t.is(slow.kinds().at(-1), "delta@7", "a drained stream gets deltas as they come");
+});
 
-  slow.capacity = slow.written.length + 1;
-  for (const revision of [5, 6, 7, 8, 9]) {
-    hub.changed({
-      upserted: [instance("a", String(revision), revision)],
-      removed: [],
-      revision: String(revision),
-      observedAtUnixMs: "0",
-    });
+test("a stream is ended by the bytes it has waiting, not by how many changes came in one burst", async (t) => {
+  const { hub, metricsRegistry } = hubWith({ maxQueuedBytes: 4096 });
+  hub.synced([], 1n);
+  const behind = new FakeSink();
+  behind.capacity = 1;
+  const reading = new FakeSink();
+  await hub.subscribe(behind, { service: undefined, startRevision: 0n }, new AbortController().signal);
+  await hub.subscribe(reading, { service: undefined, startRevision: 0n }, new AbortController().signal);
+  // 1000 changes to 10 instances: coalesced, they stay far below 4 KiB.
+  for (let revision = 2; revision < 1002; revision += 1) {
+    put(hub, revision, instance("a", String(revision % 10), revision));
   }
-  t.is(slow.ended?.code, "resource_exhausted");
+  t.is(behind.ended, undefined, "1000 changes of 10 instances do not end it");
+  t.is(reading.written.length, 1001, "a stream that keeps reading gets every delta");
+  // 1000 distinct instances do pass 4 KiB.
+  for (let revision = 1002; revision < 2002; revision += 1) {
+    put(hub, revision, instance("a", `n${revision}`, revision));
+  }
+  t.is(behind.ended?.code, "resource_exhausted");
+  t.regex(behind.ended?.message ?? "", /4096 bytes behind/);
+  t.is(reading.ended, undefined);
+  t.is(hub.streamCount, 1);
+  t.regex(await metricsRegistry.metrics(), /^leasehold_registry_watch_streams 1$/m);
+});
+
+test("a stream that does not drain for maxBehindMs over several checks is ended and leaves the gauge; one that drains is kept", async (t) => {
+  let nowMs = 0;
+  const { hub, metricsRegistry } = hubWith({ maxBehindMs: 1000, now: () => nowMs });
+  hub.synced([], 1n);
+  const paused = new FakeSink();
+  paused.capacity = 1;
+  const slowButReading = new FakeSink();
+  slowButReading.capacity = 1;
+  await hub.subscribe(paused, { service: undefined, startRevision: 0n }, new AbortController().signal);
+  await hub.subscribe(
+    slowButReading,
+    { service: undefined, startRevision: 0n },
+    new AbortController().signal,
+  );
+  const check = () => hub.checkStreamsBehind();
+  put(hub, 2, instance("a", "1", 2));
+  nowMs = 5000;
+  check();
+  check();
+  t.is(paused.ended, undefined, "two checks are not enough, however long");
+  slowButReading.drain(slowButReading.written.length + 1);
+  put(hub, 3, instance("a", "2", 3));
+  check();
+  t.is(paused.ended?.code, "resource_exhausted");
+  t.regex(paused.ended?.message ?? "", /did not read for 5000 ms/);
+  t.is(slowButReading.ended, undefined, "it drained within the window");
+  t.regex(await metricsRegistry.metrics(), /^leasehold_registry_watch_streams 1$/m);
+});
+
+test("a subscription that overflows during replay leaves the hub and the gauge", async (t) => {
+  const { hub, metricsRegistry } = hubWith({ maxQueuedBytes: 1024, history: 1000 });
+  hub.synced([], 1n);
+  for (let revision = 2; revision < 200; revision += 1)
+    put(hub, revision, instance("a", `n${revision}`, revision));
+  const replaying = new FakeSink();
+  replaying.capacity = 1;
+  await hub.subscribe(replaying, { service: undefined, startRevision: 1n }, new AbortController().signal);
+  t.is(replaying.ended?.code, "resource_exhausted");
+  t.is(hub.streamCount, 0);
   t.regex(await metricsRegistry.metrics(), /^leasehold_registry_watch_streams 0$/m);
+  put(hub, 200, instance("a", "late", 200));
+  t.is(replaying.written.length, 1, "nothing more is written to it");
+});
+
+test("staleness flips are sent to every stream at once; a stream that is behind gets the latest flag after its changes", async (t) => {
+  const { hub } = hubWith();
+  hub.synced([], 1n);
+  const reading = new FakeSink();
+  const behind = new FakeSink();
+  behind.capacity = 1;
+  await hub.subscribe(reading, { service: undefined, startRevision: 0n }, new AbortController().signal);
+  await hub.subscribe(behind, { service: undefined, startRevision: 0n }, new AbortController().signal);
+  put(hub, 2, instance("a", "1", 2));
+  hub.staleChanged(true);
+  const progressOf = (message: WatchResponse | undefined) =>
+    message?.event?.$case === "progress" ? message.event.value : undefined;
+  t.deepEqual(progressOf(reading.written.at(-1)), { revision: "2", stale: true });
+  hub.staleChanged(false);
+  hub.staleChanged(true);
+  t.deepEqual(
+    reading.written.slice(1).map((m) => `${m.event?.$case}:${String(progressOf(m)?.stale ?? "")}`),
+    ["delta:", "progress:true", "progress:false", "progress:true"],
+  );
+  behind.drain(Infinity);
+  t.deepEqual(behind.kinds(), ["snapshot@1", "delta@2", "progress@2"]);
+  t.deepEqual(progressOf(behind.written.at(-1)), { revision: "2", stale: true });
+  const late = new FakeSink();
+  await hub.subscribe(late, { service: undefined, startRevision: 0n }, new AbortController().signal);
+  t.deepEqual(late.kinds(), ["snapshot@2", "progress@2"], "a new stream learns it at once");
 });
 
 test("resumes replay history, reset when compacted, and catch up from etcd when older than history", async (t) => {

@@ -9,6 +9,8 @@ const statusByCode: Readonly<Record<RegistryErrorCode, status>> = {
   resource_exhausted: status.RESOURCE_EXHAUSTED,
   aborted: status.ABORTED,
   out_of_range: status.OUT_OF_RANGE,
+  deadline_exceeded: status.DEADLINE_EXCEEDED,
+  cancelled: status.CANCELLED,
   unavailable: status.UNAVAILABLE,
   internal: status.INTERNAL,
 };

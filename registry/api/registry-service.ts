@@ -1,4 +1,4 @@
-import type { ServerDuplexStream, handleUnaryCall, sendUnaryData } from "@grpc/grpc-js";
+import type { ServerDuplexStream, ServerUnaryCall, handleUnaryCall, sendUnaryData } from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import type {
   KeepAliveRequest,
@@ -7,7 +7,7 @@ import type {
 } from "../../proto/gen/leasehold/registry/v1/registry.js";
 import { RegistryError } from "../registry-error.js";
 import type { RegistryMetrics } from "../registry-metrics.js";
-import type { EtcdStore } from "../store/etcd-store.js";
+import { hashRegistrationId, type EtcdStore, type RequestScope } from "../store/etcd-store.js";
 import type { WatchHub } from "../watch/watch-hub.js";
 import type { WatchSink } from "../watch/watch-subscription.js";
 import { toServiceError } from "./grpc-status.js";
@@ -59,23 +59,33 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
   const unary =
     <Request, Response>(
       method: string,
-      run: (request: Request) => Promise<Response>,
+      run: (request: Request, scope: RequestScope) => Promise<Response>,
     ): handleUnaryCall<Request, Response> =>
     (call, callback: sendUnaryData<Response>) => {
-      run(call.request).then(
+      const scope = callerScope(call);
+      run(call.request, scope).then(
         (response) => callback(null, response),
         (error: unknown) => callback(fail(method, error)),
       );
     };
 
   const implementation: RegistryServiceServer = {
-    register: unary("Register", async (request) => {
+    register: unary("Register", async (request, scope) => {
       try {
-        const { instance, ttlSeconds } = valueOf(validateRegister(request, now().toISOString()));
-        const registration = await store.register(instance, ttlSeconds);
-        metrics.registrations.inc({ result: "ok" });
+        const { instance, ttlSeconds, registrationId } = valueOf(
+          validateRegister(request, now().toISOString()),
+        );
+        const registrationHash =
+          registrationId === undefined ? undefined : hashRegistrationId(registrationId);
+        const registration = await store.register(instance, ttlSeconds, registrationHash, scope);
+        metrics.registrations.inc({ result: registration.isAdopted ? "adopted" : "ok" });
         logger.info(
-          { service: instance.service, instanceId: instance.instanceId, leaseId: registration.leaseId },
+          {
+            service: instance.service,
+            instanceId: instance.instanceId,
+            leaseId: registration.leaseId,
+            adopted: registration.isAdopted,
+          },
           "registered",
         );
         return {
@@ -191,6 +201,21 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
       }
     },
   };
+}
+
+/**
+ * When the caller of a unary call stops waiting: its signal aborts on cancel (grpc-js emits
+ * `cancelled` for a client cancel, a broken connection and a passed deadline), and the deadline
+ * is passed on to etcd requests.
+ */
+function callerScope(call: ServerUnaryCall<unknown, unknown>): RequestScope {
+  const abort = new AbortController();
+  call.once("cancelled", () => abort.abort());
+  if (call.cancelled) abort.abort();
+  const deadline = call.getDeadline();
+  const deadlineMs =
+    deadline instanceof Date ? deadline.getTime() : Number.isFinite(deadline) ? deadline : undefined;
+  return { signal: abort.signal, deadlineMs };
 }
 
 function valueOf<T>(result: Validated<T>): T {

@@ -26,12 +26,16 @@ export const limits = Object.freeze({
   metadataMaxKeys: 32,
   /** Sum of the UTF-8 bytes of every metadata key and value. */
   metadataMaxBytes: 4096,
+  /** Longest `registration_id` (the registrar sends 32 hex chars: 128 random bits). */
+  registrationIdMaxLength: 64,
 });
 
 /** A valid registration: the instance to store (no revision yet) and its TTL in seconds. */
 export interface ValidRegistration {
   readonly instance: Instance;
   readonly ttlSeconds: number;
+  /** The caller's registration id; `undefined` when unset or empty (legacy behaviour). Never log it. */
+  readonly registrationId: string | undefined;
 }
 
 /** The fields an update changes; `undefined` leaves a field as it is. */
@@ -66,6 +70,7 @@ function validated<T>(build: () => T): Validated<T> {
 const dnsLabel = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 const instanceIdPattern = /^[A-Za-z0-9._-]+$/;
 const zonePattern = /^[A-Za-z0-9._-]*$/;
+const registrationIdPattern = /^[A-Za-z0-9_-]+$/;
 const hostnamePattern = /^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$/;
 const ipv6Pattern = /^[0-9A-Fa-f:.]+(%[A-Za-z0-9._-]+)?$/;
 
@@ -178,6 +183,15 @@ export function validateRegister(
         ? InstanceStatus.INSTANCE_STATUS_SERVING
         : request.status;
     checkStatus(status, "status");
+    const registrationId = request.registrationId ?? "";
+    // The id is a secret of its holder: the message says what is wrong, never echoes it.
+    check(
+      registrationId === "" ||
+        (registrationId.length <= limits.registrationIdMaxLength &&
+          registrationIdPattern.test(registrationId)),
+      `registration_id: must be 1 to ${limits.registrationIdMaxLength} characters of [A-Za-z0-9_-] ` +
+        `(got ${registrationId.length} characters)`,
+    );
     const ttl = parseInt64(request.ttlSeconds, "ttl_seconds");
     check(
       ttl >= 0n && ttl <= BigInt(limits.maxTtlSeconds),
@@ -198,6 +212,7 @@ export function validateRegister(
         ttlSeconds: String(ttl === 0n ? limits.defaultTtlSeconds : ttl),
       },
       ttlSeconds: ttl === 0n ? limits.defaultTtlSeconds : Number(ttl),
+      registrationId: registrationId === "" ? undefined : registrationId,
     };
   });
 }

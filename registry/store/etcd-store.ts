@@ -1,21 +1,34 @@
-import { Etcd3, type IKeyValue } from "etcd3";
+import { createHash } from "node:crypto";
+import { Etcd3, Range, type IKeyValue } from "etcd3";
 import { noop } from "cockatiel";
 import type { Logger } from "pino";
 import type { Instance, InstanceKey } from "../../proto/gen/leasehold/registry/v1/registry.js";
 import { RegistryError } from "../registry-error.js";
 import type { RegistryMetrics } from "../registry-metrics.js";
 import { fromEtcdError, isCompactedError, isFutureRevisionError } from "./etcd-errors.js";
-import { InstanceKeys, decodeInstance, encodeInstance } from "./instance-codec.js";
+import { InstanceKeys, decodeInstance, encodeInstance, registrationHashOf } from "./instance-codec.js";
 import { LeaseKeepAlive } from "./lease-keep-alive.js";
-import { ServicesWatch, type InstanceList, type ServicesWatchListener } from "./services-watch.js";
+import {
+  ServicesWatch,
+  type InstanceList,
+  type ServicesWatchListener,
+  type WatchedRangeState,
+} from "./services-watch.js";
+import { UnavailableEpisodes } from "./unavailable-episodes.js";
 
 /** Resolved options of {@link EtcdStore}. */
 export interface EtcdStoreOptions {
   readonly endpoints: readonly string[];
   /** Key prefix, e.g. `/leasehold/`. */
   readonly prefix: string;
-  /** Deadline of every unary etcd request, in milliseconds. */
+  /** Deadline of every unary etcd request, in milliseconds (a caller's earlier deadline wins). */
   readonly requestTimeoutMs: number;
+  /** Currency reads of the watch ({@link ServicesWatch}): pause between reads, in milliseconds. */
+  readonly watchCheckIntervalMs: number;
+  /** Deadline of one currency read, in milliseconds. */
+  readonly watchCheckTimeoutMs: number;
+  /** The watch is stale once no currency read confirmed it for this long, in milliseconds. */
+  readonly watchStaleAfterMs: number;
   readonly metrics: RegistryMetrics;
   readonly logger: Logger;
 }
@@ -30,10 +43,28 @@ export interface Registration {
   readonly revision: string;
   /** The stored instance, `revision` set. */
   readonly instance: Instance;
+  /** True when an earlier attempt of the same registration (same registration id) was adopted. */
+  readonly isAdopted: boolean;
+}
+
+/** The caller of one request: when it stops waiting. */
+export interface RequestScope {
+  /** Aborts when the caller has gone (cancelled, or its deadline passed). */
+  readonly signal?: AbortSignal | undefined;
+  /** The caller's deadline, Unix ms; etcd requests never outlive it. */
+  readonly deadlineMs?: number | undefined;
 }
 
 /** Fenced updates retry this many times when the key changes between read and write. */
 const UPDATE_ATTEMPTS = 3;
+
+/** Register's read–write loop retries this many times when the key changes in between. */
+const REGISTER_ATTEMPTS = 3;
+
+/** Hex SHA-256 of a registration id: what the etcd value stores instead of the id. */
+export function hashRegistrationId(registrationId: string): string {
+  return createHash("sha256").update(registrationId).digest("hex");
+}
 
 /**
  * The only code that talks to etcd (etcd3 client): leases, fenced writes, reads and the watch of
@@ -43,15 +74,19 @@ export class EtcdStore {
   readonly keys: InstanceKeys;
   readonly #client: Etcd3;
   readonly #options: EtcdStoreOptions;
+  readonly #unavailable: UnavailableEpisodes;
 
   /** Creates the client; etcd3 connects lazily on the first request. */
   constructor(options: EtcdStoreOptions) {
     this.#options = options;
     this.keys = new InstanceKeys(options.prefix);
+    this.#unavailable = new UnavailableEpisodes(options.logger);
     this.#client = new Etcd3({
       hosts: [...options.endpoints],
-      // Without pings a stalled etcd is invisible to watchers; etcd refuses pings under 5 s.
-      grpcOptions: { "grpc.keepalive_time_ms": 10_000, "grpc.keepalive_timeout_ms": 5_000 },
+      // Without pings a stalled etcd is invisible to watchers and keepalive streams. etcd refuses
+      // pings more often than every 5 s (--grpc-keepalive-min-time), so 6 s leaves a margin; a
+      // connection that misses a ping answer for 3 s is dropped and redialled.
+      grpcOptions: { "grpc.keepalive_time_ms": 6_000, "grpc.keepalive_timeout_ms": 3_000 },
       defaultCallOptions: (context) =>
         context.isStream ? {} : { deadline: Date.now() + options.requestTimeoutMs },
       faultHandling: {
@@ -66,43 +101,158 @@ export class EtcdStore {
   /**
    * Grants a lease of `ttlSeconds` and puts the instance key with it in one transaction, if the key
    * is absent.
-   * @throws RegistryError `already_exists` when another lease holds the key (the new lease is
-   * revoked), `unavailable` when etcd does not answer.
+   *
+   * With a `registrationHash` (the SHA-256 of the caller's registration id), a key that already
+   * holds the same hash is the same holder's earlier attempt (abandoned at its deadline, or a
+   * re-registration after a lost keepalive): it is adopted — its lease id and TTL are returned,
+   * and changed fields are written under that lease (compare on the key's mod revision and lease).
+   * The same holder never gets `already_exists`.
+   *
+   * The caller (`scope`) is checked before the transaction and after the lease grant; once it has
+   * gone, a lease granted for it is revoked (never a lease and key nobody holds), and every etcd
+   * request carries the caller's deadline.
+   * @throws RegistryError `already_exists` when another holder's live lease holds the key,
+   * `deadline_exceeded`/`cancelled` when the caller has gone, `unavailable` when etcd does not
+   * answer.
    */
-  async register(instance: Instance, ttlSeconds: number): Promise<Registration> {
+  async register(
+    instance: Instance,
+    ttlSeconds: number,
+    registrationHash: string | undefined,
+    scope: RequestScope = {},
+  ): Promise<Registration> {
     const key = this.keys.key(instance.service, instance.instanceId);
     try {
-      const lease = await this.#time("lease_grant", () =>
-        this.#client.leaseClient.leaseGrant({ TTL: ttlSeconds }),
-      );
+      for (let attempt = 0; attempt < REGISTER_ATTEMPTS; attempt += 1) {
+        if (registrationHash !== undefined) {
+          checkCaller(scope);
+          const range = await this.#time("range", () =>
+            this.#client.get(key).options(this.#callOptions(scope)).exec(),
+          );
+          const kv = range.kvs[0];
+          if (kv !== undefined) {
+            const adopted = await this.#adopt(key, kv, instance, registrationHash, scope);
+            if (adopted === "changed") continue;
+            return adopted;
+          }
+        }
+        const created = await this.#create(key, instance, ttlSeconds, registrationHash, scope);
+        if (created === "changed") continue;
+        this.#unavailable.recovered();
+        return created;
+      }
+    } catch (error) {
+      throw this.#fromEtcdError(error);
+    }
+    throw new RegistryError(
+      "aborted",
+      `instance ${instance.service}/${instance.instanceId} kept changing; try again`,
+    );
+  }
+
+  /**
+   * Adopts the key `kv` when it carries `registrationHash`.
+   * @returns the registration, or `"changed"` when the key changed under us (read again).
+   * @throws RegistryError `already_exists` when another holder has it.
+   */
+  async #adopt(
+    key: string,
+    kv: IKeyValue,
+    instance: Instance,
+    registrationHash: string,
+    scope: RequestScope,
+  ): Promise<Registration | "changed"> {
+    const value = kv.value.toString();
+    if (registrationHashOf(value) !== registrationHash || kv.lease === "0") {
+      throw alreadyExists(instance);
+    }
+    const current = decodeInstance(instance, value, kv.mod_revision);
+    const ttlSeconds = Number(current?.ttlSeconds ?? "0");
+    // The holder's own registration: keep its lease, registered_at and TTL; take the new fields.
+    const next: Instance = {
+      ...instance,
+      registeredAt: current?.registeredAt || instance.registeredAt,
+      ttlSeconds: current?.ttlSeconds ?? instance.ttlSeconds,
+    };
+    const encoded = encodeInstance(next, registrationHash);
+    if (current !== undefined && encoded === encodeInstance(current, registrationHash)) {
+      const revision = kv.mod_revision;
+      return { leaseId: kv.lease, ttlSeconds, revision, instance: { ...next, revision }, isAdopted: true };
+    }
+    checkCaller(scope);
+    const txn = await this.#time("txn", () =>
+      this.#client
+        .if(key, "Mod", "==", kv.mod_revision)
+        .and(key, "Lease", "==", kv.lease)
+        .then(this.#client.put(key).value(encoded).lease(kv.lease))
+        .options(this.#callOptions(scope))
+        .commit(),
+    );
+    if (!txn.succeeded) return "changed";
+    const revision = txn.header.revision;
+    return { leaseId: kv.lease, ttlSeconds, revision, instance: { ...next, revision }, isAdopted: true };
+  }
+
+  /**
+   * Grants a lease and creates the key with it.
+   * @returns the registration, or `"changed"` when the key appeared meanwhile with the same
+   * registration hash (adopt it on the next round).
+   */
+  async #create(
+    key: string,
+    instance: Instance,
+    ttlSeconds: number,
+    registrationHash: string | undefined,
+    scope: RequestScope,
+  ): Promise<Registration | "changed"> {
+    checkCaller(scope);
+    const lease = await this.#time("lease_grant", () =>
+      this.#client.leaseClient.leaseGrant({ TTL: ttlSeconds }, this.#callOptions(scope)),
+    );
+    const grantedTtlSeconds = Number(lease.TTL);
+    const stored: Instance = { ...instance, ttlSeconds: String(grantedTtlSeconds) };
+    try {
+      checkCaller(scope);
       const txn = await this.#time("txn", () =>
         this.#client
           .if(key, "Create", "==", 0)
-          .then(this.#client.put(key).value(encodeInstance(instance)).lease(lease.ID))
+          .then(this.#client.put(key).value(encodeInstance(stored, registrationHash)).lease(lease.ID))
+          .else(this.#client.get(key))
+          .options(this.#callOptions(scope))
           .commit(),
-      ).catch(async (error: unknown) => {
-        await this.#revoke(lease.ID); // best effort: else it expires by its TTL
-        throw error;
-      });
+      );
       if (!txn.succeeded) {
         await this.#revoke(lease.ID);
-        throw new RegistryError(
-          "already_exists",
-          `instance ${instance.service}/${instance.instanceId} is held by another live lease`,
-        );
+        const held = txn.responses[0]?.response_range.kvs[0];
+        if (
+          registrationHash !== undefined &&
+          held !== undefined &&
+          registrationHashOf(held.value.toString()) === registrationHash
+        ) {
+          return "changed";
+        }
+        throw alreadyExists(instance);
       }
+      // The caller left while the key was written: nobody will keep the lease alive, so the key
+      // would block the instance until the TTL runs out. Revoke it now.
+      checkCaller(scope);
       const revision = txn.header.revision;
       return {
         leaseId: lease.ID,
-        ttlSeconds: Number(lease.TTL),
+        ttlSeconds: grantedTtlSeconds,
         revision,
-        instance: { ...instance, revision },
+        instance: { ...stored, revision },
+        isAdopted: false,
       };
     } catch (error) {
-      throw fromEtcdError(error);
+      if (!(error instanceof RegistryError && error.code === "already_exists")) {
+        // Never leave a lease (and maybe a key) nobody holds; retried in the background while
+        // etcd is away, else it would expire only after its TTL.
+        this.#revokeEventually(lease.ID, grantedTtlSeconds);
+      }
+      throw error;
     }
   }
-
   /**
    * Rewrites an instance with `change(current)`, only while `leaseId` holds its key (compare on the
    * key's lease and mod revision in one transaction).
@@ -167,7 +317,7 @@ export class EtcdStore {
 
   /** Opens a keepalive channel for one caller stream; see {@link LeaseKeepAlive}. */
   openKeepAlive(): LeaseKeepAlive {
-    return new LeaseKeepAlive(this.#client.leaseClient, this.#options.metrics);
+    return new LeaseKeepAlive(this.#client.leaseClient, this.#options.metrics, this.#unavailable);
   }
 
   /**
@@ -199,6 +349,11 @@ export class EtcdStore {
       list: () => this.#listAll(),
       listener,
       logger: this.#options.logger,
+      currency: {
+        read: () => this.#readWatchedRange(),
+        intervalMs: this.#options.watchCheckIntervalMs,
+        staleAfterMs: this.#options.watchStaleAfterMs,
+      },
     });
     await watch.start();
     return watch;
@@ -230,7 +385,49 @@ export class EtcdStore {
     const range = await this.#time("range", () =>
       this.#client.getAll().prefix(this.keys.servicesPrefix).exec(),
     );
-    return { instances: this.#decodeAll(range.kvs), revision: BigInt(range.header.revision) };
+    return {
+      instances: this.#decodeAll(range.kvs),
+      revision: BigInt(range.header.revision),
+      keyCount: Number(range.count),
+    };
+  }
+
+  /**
+   * One linearizable read of the watched prefix, returning only its newest key (sorted by mod
+   * revision), the key count and etcd's revision: a few bytes whatever the membership size.
+   */
+  async #readWatchedRange(): Promise<WatchedRangeState> {
+    const range = Range.prefix(this.keys.servicesPrefix);
+    const response = await this.#time("watch_check", () =>
+      this.#client.kv.range(
+        {
+          key: range.start,
+          range_end: range.end,
+          limit: 1,
+          keys_only: true,
+          sort_target: "Mod",
+          sort_order: "Descend",
+        },
+        { deadline: Date.now() + this.#options.watchCheckTimeoutMs },
+      ),
+    );
+    return {
+      revision: BigInt(response.header.revision),
+      keyCount: Number(response.count),
+      maxModRevision: BigInt(response.kvs[0]?.mod_revision ?? "0"),
+    };
+  }
+
+  /** Deadline options of one etcd request: the caller's deadline or the request timeout, earlier first. */
+  #callOptions(scope: RequestScope): { deadline: number } {
+    const timeoutAt = Date.now() + this.#options.requestTimeoutMs;
+    return { deadline: Math.min(timeoutAt, scope.deadlineMs ?? timeoutAt) };
+  }
+
+  #fromEtcdError(error: unknown): RegistryError {
+    const normalised = fromEtcdError(error);
+    if (normalised.code === "unavailable") this.#unavailable.failed("register", error);
+    return normalised;
   }
 
   #decodeAll(kvs: readonly IKeyValue[]): Instance[] {
@@ -256,13 +453,33 @@ export class EtcdStore {
     return kv;
   }
 
-  async #revoke(leaseId: string): Promise<void> {
+  async #revoke(leaseId: string): Promise<boolean> {
     try {
       await this.#time("lease_revoke", () => this.#client.leaseClient.leaseRevoke({ ID: leaseId }));
+      return true;
     } catch (error) {
-      // Already gone is fine; anything else leaves the lease to expire by its TTL.
-      this.#options.logger.warn({ err: error, leaseId }, "lease revoke failed");
+      const normalised = fromEtcdError(error);
+      if (normalised.code === "not_found") return true; // already gone
+      if (normalised.code === "unavailable") this.#unavailable.failed("lease revoke", error);
+      else this.#options.logger.warn({ err: error, leaseId }, "lease revoke failed");
+      return false;
     }
+  }
+
+  /**
+   * Revokes a lease nobody holds, retrying (capped backoff, 100 ms to 1 s) while etcd is away,
+   * for as long as the lease could live (its TTL plus one request timeout); past that it has
+   * expired anyway. Not awaited: the caller's answer does not wait for etcd to come back.
+   */
+  #revokeEventually(leaseId: string, ttlSeconds: number): void {
+    const giveUpAt = Date.now() + ttlSeconds * 1000 + this.#options.requestTimeoutMs;
+    const attempt = async (delayMs: number): Promise<void> => {
+      if (await this.#revoke(leaseId)) return;
+      if (Date.now() + delayMs > giveUpAt) return;
+      await new Promise((resolve) => setTimeout(resolve, delayMs).unref());
+      await attempt(Math.min(1000, delayMs * 2));
+    };
+    void attempt(100).catch(() => undefined); // #revoke never rejects; belt and braces
   }
 
   #time<T>(op: Parameters<RegistryMetrics["timeEtcd"]>[0], request: () => Promise<T>): Promise<T> {
@@ -276,4 +493,22 @@ function cappedBackoff(initialMs: number, maxMs: number, attempt = 0) {
     duration: Math.random() * Math.min(maxMs, initialMs * 2 ** attempt),
     next: () => cappedBackoff(initialMs, maxMs, attempt + 1),
   };
+}
+
+/** Throws when the caller of a request has gone: nothing more is done on its behalf. */
+function checkCaller(scope: RequestScope): void {
+  if (scope.signal?.aborted === true || (scope.deadlineMs !== undefined && Date.now() >= scope.deadlineMs)) {
+    const isDeadline = scope.deadlineMs !== undefined && Date.now() >= scope.deadlineMs;
+    throw new RegistryError(
+      isDeadline ? "deadline_exceeded" : "cancelled",
+      isDeadline ? "the caller's deadline passed" : "the caller cancelled",
+    );
+  }
+}
+
+function alreadyExists(instance: InstanceKey): RegistryError {
+  return new RegistryError(
+    "already_exists",
+    `instance ${instance.service}/${instance.instanceId} is held by another live lease`,
+  );
 }

@@ -2,6 +2,7 @@ import type { IDuplexStream, ILeaseKeepAliveRequest, ILeaseKeepAliveResponse, Le
 import { RegistryError } from "../registry-error.js";
 import type { RegistryMetrics } from "../registry-metrics.js";
 import { fromEtcdError } from "./etcd-errors.js";
+import type { UnavailableEpisodes } from "./unavailable-episodes.js";
 
 interface PendingRenewal {
   resolve(ttlSeconds: number): void;
@@ -12,19 +13,22 @@ interface PendingRenewal {
 /**
  * One etcd `LeaseKeepAlive` stream that renews arbitrary lease ids, for one caller's KeepAlive
  * stream. etcd answers a stream's requests in order, so answers are matched first in, first out.
- * Once the etcd stream fails every pending and later renewal rejects with `unavailable`; the
- * caller opens a new one.
+ * Once the etcd stream fails every pending and later renewal rejects with `unavailable` (a
+ * broken stream is always etcd being away or the connection dropping, never an internal fault);
+ * the caller opens a new one. Failures are logged once per episode through `episodes`.
  */
 export class LeaseKeepAlive {
   readonly #leaseClient: LeaseClient;
   readonly #metrics: RegistryMetrics;
   readonly #pending: PendingRenewal[] = [];
+  readonly #episodes: UnavailableEpisodes;
   #stream: Promise<IDuplexStream<ILeaseKeepAliveRequest, ILeaseKeepAliveResponse>> | undefined;
   #failure: RegistryError | undefined;
 
-  constructor(leaseClient: LeaseClient, metrics: RegistryMetrics) {
+  constructor(leaseClient: LeaseClient, metrics: RegistryMetrics, episodes: UnavailableEpisodes) {
     this.#leaseClient = leaseClient;
     this.#metrics = metrics;
+    this.#episodes = episodes;
   }
 
   /**
@@ -61,16 +65,27 @@ export class LeaseKeepAlive {
       stream
         .on("data", (response) => {
           const renewal = this.#pending.shift();
+          this.#episodes.recovered();
           renewal?.stopTimer();
           renewal?.resolve(Math.max(0, Number(response.TTL)));
         })
-        .on("error", (error) => this.#fail(fromEtcdError(error)))
+        .on("error", (error) => this.#fail(this.#streamFailure(error)))
         .on("end", () => this.#fail(new RegistryError("unavailable", "etcd ended the keepalive stream")));
       return stream;
     } catch (error) {
-      this.#fail(fromEtcdError(error));
+      this.#fail(this.#streamFailure(error));
       throw error;
     }
+  }
+
+  /** Whatever broke the etcd stream, its renewals answer UNAVAILABLE: the holder retries. */
+  #streamFailure(error: unknown): RegistryError {
+    const normalised = fromEtcdError(error);
+    if (normalised.code === "not_found") return normalised;
+    if (this.#pending.length > 0 || this.#failure === undefined) this.#episodes.failed("keepalive", error);
+    return new RegistryError("unavailable", "etcd is unavailable; keep alive again shortly", {
+      cause: error,
+    });
   }
 
   #fail(error: RegistryError): void {

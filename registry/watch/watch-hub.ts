@@ -9,14 +9,20 @@ import {
 import { RegistryError } from "../registry-error.js";
 import type { RegistryMetrics } from "../registry-metrics.js";
 import type { ServicesWatchListener } from "../store/services-watch.js";
-import { WatchSubscription, type WatchSink } from "./watch-subscription.js";
+import {
+  DeltaParts,
+  MIN_BEHIND_CHECKS,
+  WatchSubscription,
+  type WatchSink,
+  type WatchStreamLimits,
+} from "./watch-subscription.js";
 
 /** Resolved options of {@link WatchHub}. */
 export interface WatchHubOptions {
   /** Deltas kept for resumes (`start_revision`); older resumes are answered from etcd. */
   readonly historyMaxDeltas: number;
-  /** Messages a stream may have waiting before it is ended with `RESOURCE_EXHAUSTED`. */
-  readonly maxQueuedMessages: number;
+  /** When a stream that is behind is ended; see {@link WatchStreamLimits}. */
+  readonly streamLimits: WatchStreamLimits;
   /** Interval of `progress` messages, in milliseconds. */
   readonly progressIntervalMs: number;
   /** Reads the instances of a service (or all) at a past revision; `undefined` when compacted. */
@@ -26,6 +32,8 @@ export interface WatchHubOptions {
   ) => Promise<readonly Instance[] | undefined>;
   readonly metrics: RegistryMetrics;
   readonly logger: Logger;
+  /** Clock in ms; default `Date.now`. */
+  readonly now?: () => number;
 }
 
 /**
@@ -38,6 +46,10 @@ export interface WatchHubOptions {
  * the bounded history, or — when R is older than the history (e.g. after this replica started) —
  * answered with one catch-up delta at the current revision that takes R's membership to the
  * current one (intermediate revisions folded, as compaction would). Never a silent gap.
+ *
+ * Staleness: every `progress` says whether the etcd watch is live and current (`stale`, from
+ * {@link ServicesWatchListener.staleChanged}). A flip is sent to every stream at once, then with
+ * every progress interval.
  */
 export class WatchHub implements ServicesWatchListener {
   readonly #options: WatchHubOptions;
@@ -49,11 +61,15 @@ export class WatchHub implements ServicesWatchListener {
   #historyFloor = 0n;
   #revision = 0n;
   #isSynced = false;
+  #isStale = false;
   #isClosed = false;
   #progressTimer: NodeJS.Timeout | undefined;
+  #behindTimer: NodeJS.Timeout | undefined;
+  readonly #now: () => number;
 
   constructor(options: WatchHubOptions) {
     this.#options = options;
+    this.#now = options.now ?? Date.now;
   }
 
   /** Revision the cache is at (decimal-safe bigint); 0 before the first sync. */
@@ -61,17 +77,43 @@ export class WatchHub implements ServicesWatchListener {
     return this.#revision;
   }
 
-  /** Starts the `progress` timer (unref'd). */
-  start(): void {
-    this.#progressTimer ??= setInterval(() => {
-      for (const subscription of this.#subscriptions) subscription.progress(this.#revision);
-    }, this.#options.progressIntervalMs).unref();
+  /** True while the etcd watch is not confirmed live and current; progress says `stale`. */
+  get isStale(): boolean {
+    return this.#isStale;
   }
 
-  /** Ends every Watch stream with `UNAVAILABLE` and stops the timer. Idempotent. */
+  /** Open Watch streams (the `leasehold_registry_watch_streams` gauge). */
+  get streamCount(): number {
+    return this.#subscriptions.size;
+  }
+
+  /**
+   * Starts the `progress` timer and the check of streams that are behind (every `maxBehindMs` /
+   * {@link MIN_BEHIND_CHECKS}, at least 10 ms). Timers are unref'd.
+   */
+  start(): void {
+    this.#progressTimer ??= setInterval(
+      () => this.#broadcastProgress(),
+      this.#options.progressIntervalMs,
+    ).unref();
+    const checkMs = Math.max(10, Math.floor(this.#options.streamLimits.maxBehindMs / MIN_BEHIND_CHECKS));
+    this.#behindTimer ??= setInterval(() => this.checkStreamsBehind(), checkMs).unref();
+  }
+
+  /**
+   * Ends the streams that have been behind without draining for too long (see
+   * {@link WatchSubscription.checkBehind}). Called by the timer `start()` sets; public so tests
+   * can drive it with an injected clock.
+   */
+  checkStreamsBehind(): void {
+    for (const subscription of [...this.#subscriptions]) subscription.checkBehind();
+  }
+
+  /** Ends every Watch stream with `UNAVAILABLE` and stops the timers. Idempotent. */
   close(): void {
     this.#isClosed = true;
     clearInterval(this.#progressTimer);
+    clearInterval(this.#behindTimer);
     for (const subscription of [...this.#subscriptions]) {
       subscription.close(new RegistryError("unavailable", "registry is shutting down; reconnect and resume"));
     }
@@ -119,33 +161,37 @@ export class WatchHub implements ServicesWatchListener {
       sink,
       service,
       revision: startRevision === 0n || past === undefined ? this.#revision : startRevision,
-      maxQueuedMessages: this.#options.maxQueuedMessages,
+      limits: this.#options.streamLimits,
+      now: this.#now,
       closed: (closed) => this.#unsubscribe(closed),
     });
+    // Counted before the first write: however it ends from here on (even during replay), it leaves.
+    this.#subscriptions.add(subscription);
+    this.#options.metrics.watchStreams.set(this.#subscriptions.size);
+    signal.addEventListener("abort", () => subscription.close(), { once: true });
     if (startRevision === 0n || past === undefined) {
       const reset = startRevision !== 0n;
       if (reset)
         this.#options.logger.info({ startRevision: String(startRevision) }, "resume revision compacted");
-      subscription.send({
+      subscription.sendSnapshot({
         event: {
           $case: "snapshot",
           value: {
             instances: this.instances(service),
             revision: String(this.#revision),
             reset,
-            observedAtUnixMs: String(Date.now()),
+            observedAtUnixMs: String(this.#now()),
           },
         },
       });
     } else if (startRevision >= this.#historyFloor) {
-      for (const delta of this.#history) subscription.deliver(delta);
+      for (const delta of this.#history) subscription.deliver(new DeltaParts(delta));
     } else {
       const catchUp = this.#diff(past, service);
-      if (catchUp !== undefined) subscription.deliver(catchUp);
+      if (catchUp !== undefined) subscription.deliver(new DeltaParts(catchUp));
     }
-    this.#subscriptions.add(subscription);
-    this.#options.metrics.watchStreams.set(this.#subscriptions.size);
-    signal.addEventListener("abort", () => subscription.close(), { once: true });
+    if (this.#isStale) subscription.progress(this.#revision, true);
+    if (signal.aborted) subscription.close();
   }
 
   /** @internal ServicesWatchListener: full membership (first sync, or re-list after a watch failure). */
@@ -167,7 +213,7 @@ export class WatchHub implements ServicesWatchListener {
       .filter((instance) => !byKey.has(keyOf(instance)))
       .map(({ service, instanceId }) => ({ service, instanceId }));
     if (upserted.length > 0 || removed.length > 0) {
-      this.changed({ upserted, removed, revision: String(revision), observedAtUnixMs: String(Date.now()) });
+      this.changed({ upserted, removed, revision: String(revision), observedAtUnixMs: String(this.#now()) });
     } else {
       this.progressed(revision);
     }
@@ -195,12 +241,24 @@ export class WatchHub implements ServicesWatchListener {
       const dropped = this.#history.shift();
       if (dropped !== undefined) this.#historyFloor = BigInt(dropped.revision);
     }
-    for (const subscription of this.#subscriptions) subscription.deliver(delta);
+    const parts = new DeltaParts(delta);
+    for (const subscription of [...this.#subscriptions]) subscription.deliver(parts);
   }
 
   /** @internal ServicesWatchListener: nothing changed up to `revision`. */
   progressed(revision: bigint): void {
     if (revision > this.#revision) this.#revision = revision;
+  }
+
+  /** @internal ServicesWatchListener: the etcd watch stopped (or resumed) being live and current. */
+  staleChanged(isStale: boolean): void {
+    if (isStale === this.#isStale) return;
+    this.#isStale = isStale;
+    this.#broadcastProgress();
+  }
+
+  #broadcastProgress(): void {
+    for (const subscription of [...this.#subscriptions]) subscription.progress(this.#revision, this.#isStale);
   }
 
   #put(instance: Instance): void {
@@ -227,7 +285,7 @@ export class WatchHub implements ServicesWatchListener {
         .filter((instance) => !currentKeys.has(keyOf(instance)))
         .map(({ service: name, instanceId }) => ({ service: name, instanceId })),
       revision: String(this.#revision),
-      observedAtUnixMs: String(Date.now()),
+      observedAtUnixMs: String(this.#now()),
     };
     return delta.upserted.length > 0 || delta.removed.length > 0 ? delta : undefined;
   }

@@ -1,4 +1,9 @@
-import type { Delta, WatchResponse } from "../../proto/gen/leasehold/registry/v1/registry.js";
+import type {
+  Delta,
+  Instance,
+  InstanceKey,
+  WatchResponse,
+} from "../../proto/gen/leasehold/registry/v1/registry.js";
 import { RegistryError } from "../registry-error.js";
 
 /** Where a subscription writes: a server stream, seen through what backpressure needs. */
@@ -10,36 +15,107 @@ export interface WatchSink {
   end(error?: RegistryError): void;
 }
 
+/** Limits of one Watch stream that is behind (its sink asked to wait for `drain`). */
+export interface WatchStreamLimits {
+  /**
+   * Approximate bytes of coalesced changes a stream may have waiting before it is ended with
+   * `RESOURCE_EXHAUSTED`. Registry default 8 MiB: twice the membership of 10,000 typical instances
+   * (DESIGN §8), so only a stream that cannot keep up with the membership itself hits it.
+   */
+  readonly maxQueuedBytes: number;
+  /**
+   * How long a stream may stay behind without draining at all before it is ended with
+   * `RESOURCE_EXHAUSTED`, in milliseconds (registry default 30000). Checked by the hub's timer;
+   * a stream is ended only after at least {@link MIN_BEHIND_CHECKS} checks in a row saw no drain,
+   * so a burst that blocks the event loop does not end a stream whose `drain` is merely queued.
+   */
+  readonly maxBehindMs: number;
+}
+
+/** Checks in a row that must see a stream behind without a drain before it is ended. */
+export const MIN_BEHIND_CHECKS = 3;
+
+/** Target size of one message flushed after a stream drains, in approximate bytes (1 MiB). */
+const FLUSH_CHUNK_BYTES = 1 << 20;
+
+/** A delta split by service, computed once per delta for every subscription that needs a part. */
+export class DeltaParts {
+  readonly delta: Delta;
+  readonly revision: bigint;
+  readonly #byService = new Map<string, Delta | undefined>();
+
+  constructor(delta: Delta) {
+    this.delta = delta;
+    this.revision = BigInt(delta.revision);
+  }
+
+  /** The part about `service` (`undefined` = every service), or `undefined` when it has none. */
+  of(service: string | undefined): Delta | undefined {
+    if (service === undefined) return this.delta;
+    if (!this.#byService.has(service)) this.#byService.set(service, deltaOfService(this.delta, service));
+    return this.#byService.get(service);
+  }
+}
+
+interface PendingChange {
+  readonly key: InstanceKey;
+  /** The latest version, or `undefined` for a removal. */
+  readonly instance: Instance | undefined;
+  readonly bytes: number;
+}
+
 /**
  * One Watch stream's view of the hub: filters deltas to its service and to revisions after the
- * one it already has, and honours backpressure. Messages wait in a queue while the sink is not
- * draining; a stream whose queue passes `maxQueuedMessages` has fallen too far behind and is ended
- * with `RESOURCE_EXHAUSTED` (the caller resumes from its last revision and catches up from history,
- * which costs the hub nothing while the slow stream is gone).
+ * one it already has, and honours backpressure (`write()` false → wait for `drain`).
+ *
+ * While the sink is not draining, changes are coalesced per instance instead of queued as
+ * messages: the last version of an instance wins, and a removal after an upsert replaces it. When
+ * the sink drains, the net change goes out as one delta at the latest revision (split into ~1 MiB
+ * messages: all but the last carry the revision the caller already had, so a caller that breaks
+ * in between resumes from before the whole flush). So a burst of N changes to M instances costs a
+ * behind stream at most M entries, never N messages.
+ *
+ * A stream is ended with `RESOURCE_EXHAUSTED` (the caller resumes from its last revision) only when
+ * its coalesced changes pass `maxQueuedBytes`, or it has not drained for `maxBehindMs`. However it
+ * ends (that, cancel, error, hub close), `closed` is called exactly once.
  */
 export class WatchSubscription {
   /** Service watched; `undefined` watches every service. */
   readonly service: string | undefined;
   readonly #sink: WatchSink;
-  readonly #maxQueuedMessages: number;
+  readonly #limits: WatchStreamLimits;
+  readonly #now: () => number;
   readonly #closed: (subscription: WatchSubscription) => void;
-  readonly #queue: WatchResponse[] = [];
-  /** Revision the caller has everything up to; earlier deltas are not sent again. */
+  /** Coalesced changes not written yet, by `service/instance_id`. */
+  readonly #pending = new Map<string, PendingChange>();
+  #pendingBytes = 0;
+  /** Earliest `observed_at_unix_ms` of the coalesced deltas (the oldest change waited longest). */
+  #pendingObservedAtUnixMs: string | undefined;
+  /** A progress to send once the pending changes are out: its `stale` flag. */
+  #pendingProgressStale: boolean | undefined;
+  /** Revision the caller has (or will have, once pending changes are out) everything up to. */
   #revision: bigint;
+  /** Revision the caller was last sent, so partial flush messages never claim more. */
+  #sentRevision: bigint;
   #isBlocked = false;
+  #behindSinceMs = 0;
+  #behindChecks = 0;
   #isClosed = false;
 
   constructor(options: {
     sink: WatchSink;
     service: string | undefined;
     revision: bigint;
-    maxQueuedMessages: number;
+    limits: WatchStreamLimits;
+    now?: () => number;
     closed: (subscription: WatchSubscription) => void;
   }) {
     this.service = options.service;
     this.#sink = options.sink;
     this.#revision = options.revision;
-    this.#maxQueuedMessages = options.maxQueuedMessages;
+    this.#sentRevision = options.revision;
+    this.#limits = options.limits;
+    this.#now = options.now ?? Date.now;
     this.#closed = options.closed;
   }
 
@@ -47,63 +123,153 @@ export class WatchSubscription {
     return this.#isClosed;
   }
 
-  /** Sends the part of `delta` this stream watches, unless the caller already has its revision. */
-  deliver(delta: Delta): void {
-    const revision = BigInt(delta.revision);
-    if (revision <= this.#revision) return;
-    this.#revision = revision;
-    const own = this.service === undefined ? delta : deltaOfService(delta, this.service);
-    if (own !== undefined) this.send({ event: { $case: "delta", value: own } });
+  /** True while the sink asked to wait for `drain` or changes are waiting. */
+  get isBehind(): boolean {
+    return this.#isBlocked || this.#pending.size > 0;
   }
 
-  /** Tells the caller nothing it watches changed up to `revision`; skipped while it is not draining. */
-  progress(revision: bigint): void {
-    if (revision > this.#revision) this.#revision = revision;
-    if (this.#isBlocked || this.#queue.length > 0) return;
-    this.send({ event: { $case: "progress", value: { revision: String(this.#revision), stale: false } } });
+  /** Approximate bytes of changes waiting for the sink to drain. */
+  get pendingBytes(): number {
+    return this.#pendingBytes;
   }
 
-  /** Sends one message now, or queues it while the sink is not draining. */
-  send(message: WatchResponse): void {
-    if (this.#isClosed) return;
-    if (this.#isBlocked) {
-      this.#queue.push(message);
-      if (this.#queue.length > this.#maxQueuedMessages) {
-        this.close(
-          new RegistryError(
-            "resource_exhausted",
-            `watch stream fell more than ${this.#maxQueuedMessages} messages behind; resume with start_revision`,
-          ),
-        );
-      }
+  /** Sends (or coalesces) the part of a delta this stream watches, unless the caller already has its revision. */
+  deliver(parts: DeltaParts): void {
+    if (this.#isClosed || parts.revision <= this.#revision) return;
+    this.#revision = parts.revision;
+    const own = parts.of(this.service);
+    if (own === undefined) return; // a later progress or delta carries the revision
+    if (!this.isBehind) {
+      this.#sentRevision = parts.revision;
+      this.#write({ event: { $case: "delta", value: own } });
       return;
     }
+    this.#coalesce(own);
+  }
+
+  /**
+   * Tells the caller nothing it watches changed up to `revision`, and whether the registry can
+   * currently vouch for that (`isStale`). While behind, only the latest flag is kept and sent after
+   * the pending changes.
+   */
+  progress(revision: bigint, isStale: boolean): void {
+    if (this.#isClosed) return;
+    if (revision > this.#revision) this.#revision = revision;
+    if (this.isBehind) {
+      this.#pendingProgressStale = isStale;
+      return;
+    }
+    this.#sentRevision = this.#revision;
+    this.#write({
+      event: { $case: "progress", value: { revision: String(this.#revision), stale: isStale } },
+    });
+  }
+
+  /** Sends the first message (a snapshot) of the stream. */
+  sendSnapshot(message: WatchResponse): void {
+    if (this.#isClosed) return;
     this.#write(message);
+  }
+
+  /**
+   * Called by the hub's timer: ends the stream when it has been behind without draining for
+   * `maxBehindMs` over at least {@link MIN_BEHIND_CHECKS} checks in a row.
+   */
+  checkBehind(): void {
+    if (this.#isClosed || !this.#isBlocked) {
+      this.#behindChecks = 0;
+      return;
+    }
+    this.#behindChecks += 1;
+    const behindMs = this.#now() - this.#behindSinceMs;
+    if (this.#behindChecks >= MIN_BEHIND_CHECKS && behindMs > this.#limits.maxBehindMs) {
+      this.close(
+        new RegistryError(
+          "resource_exhausted",
+          `watch stream did not read for ${Math.round(behindMs)} ms; resume with start_revision`,
+        ),
+      );
+    }
   }
 
   /** Ends the stream (OK, or with `error`'s status) and leaves the hub. Idempotent. */
   close(error?: RegistryError): void {
     if (this.#isClosed) return;
     this.#isClosed = true;
-    this.#queue.length = 0;
+    this.#pending.clear();
+    this.#pendingBytes = 0;
     this.#closed(this);
     this.#sink.end(error);
   }
 
-  #write(message: WatchResponse): void {
-    if (!this.#sink.write(message)) {
-      this.#isBlocked = true;
-      this.#sink.once("drain", () => this.#drain());
+  #coalesce(delta: Delta): void {
+    this.#pendingObservedAtUnixMs ??= delta.observedAtUnixMs;
+    for (const key of delta.removed) this.#setPending(key, undefined, removalBytes(key));
+    for (const instance of delta.upserted) this.#setPending(instance, instance, instanceBytes(instance));
+    if (this.#pendingBytes > this.#limits.maxQueuedBytes) {
+      this.close(
+        new RegistryError(
+          "resource_exhausted",
+          `watch stream fell more than ${this.#limits.maxQueuedBytes} bytes behind; resume with start_revision`,
+        ),
+      );
     }
   }
 
+  #setPending(key: InstanceKey, instance: Instance | undefined, bytes: number): void {
+    const id = `${key.service}/${key.instanceId}`;
+    this.#pendingBytes += bytes - (this.#pending.get(id)?.bytes ?? 0);
+    this.#pending.delete(id); // re-insert: flush order follows the latest change
+    this.#pending.set(id, { key: { service: key.service, instanceId: key.instanceId }, instance, bytes });
+  }
+
+  #write(message: WatchResponse): void {
+    if (this.#sink.write(message) || this.#isBlocked) return;
+    this.#isBlocked = true;
+    this.#behindSinceMs = this.#now();
+    this.#behindChecks = 0;
+    this.#sink.once("drain", () => this.#drain());
+  }
+
   #drain(): void {
+    if (this.#isClosed) return;
     this.#isBlocked = false;
-    while (!this.#isBlocked && !this.#isClosed) {
-      const message = this.#queue.shift();
-      if (message === undefined) return;
-      this.#write(message);
+    this.#behindChecks = 0;
+    this.#flush();
+    if (!this.#isBlocked && this.#pendingProgressStale !== undefined) {
+      const isStale = this.#pendingProgressStale;
+      this.#pendingProgressStale = undefined;
+      this.progress(this.#revision, isStale);
     }
+  }
+
+  /** Writes every pending change: ~1 MiB messages, the last one at the latest revision. */
+  #flush(): void {
+    if (this.#pending.size === 0) return;
+    const observedAtUnixMs = this.#pendingObservedAtUnixMs ?? String(this.#now());
+    const changes = [...this.#pending.values()];
+    this.#pending.clear();
+    this.#pendingBytes = 0;
+    this.#pendingObservedAtUnixMs = undefined;
+    let chunk: Delta = { upserted: [], removed: [], revision: "", observedAtUnixMs };
+    let chunkBytes = 0;
+    const messages: Delta[] = [];
+    for (const change of changes) {
+      if (change.instance === undefined) chunk.removed.push(change.key);
+      else chunk.upserted.push(change.instance);
+      chunkBytes += change.bytes;
+      if (chunkBytes >= FLUSH_CHUNK_BYTES) {
+        messages.push(chunk);
+        chunk = { upserted: [], removed: [], revision: "", observedAtUnixMs };
+        chunkBytes = 0;
+      }
+    }
+    if (chunk.upserted.length > 0 || chunk.removed.length > 0) messages.push(chunk);
+    messages.forEach((delta, index) => {
+      delta.revision = String(index === messages.length - 1 ? this.#revision : this.#sentRevision);
+    });
+    this.#sentRevision = this.#revision;
+    for (const delta of messages) this.#write({ event: { $case: "delta", value: delta } });
   }
 }
 
@@ -113,4 +279,31 @@ export function deltaOfService(delta: Delta, service: string): Delta | undefined
   const removed = delta.removed.filter((key) => key.service === service);
   if (upserted.length === 0 && removed.length === 0) return undefined;
   return { upserted, removed, revision: delta.revision, observedAtUnixMs: delta.observedAtUnixMs };
+}
+
+const instanceSizes = new WeakMap<Instance, number>();
+
+/**
+ * Approximate encoded size of an instance in bytes (string lengths plus field overhead), computed
+ * once per instance object: cheaper than encoding, and close enough for a bound.
+ */
+function instanceBytes(instance: Instance): number {
+  let bytes = instanceSizes.get(instance);
+  if (bytes === undefined) {
+    bytes =
+      48 +
+      instance.service.length +
+      instance.instanceId.length +
+      instance.address.length +
+      instance.zone.length +
+      instance.registeredAt.length +
+      instance.metricsAddress.length;
+    for (const [key, value] of Object.entries(instance.metadata)) bytes += 4 + key.length + value.length;
+    instanceSizes.set(instance, bytes);
+  }
+  return bytes;
+}
+
+function removalBytes(key: InstanceKey): number {
+  return 8 + key.service.length + key.instanceId.length;
 }
