@@ -6,7 +6,7 @@
  * request is strict proto3 JSON, checked before any call; the call goes through Leasehold's
  * balanced client; responses print as canonical proto3 JSON, one line per message.
  */
-import { createInterface } from "node:readline";
+import { createInterface, type Interface } from "node:readline";
 import * as grpc from "@grpc/grpc-js";
 import {
   fromBinary,
@@ -321,7 +321,7 @@ async function callThroughBalancer(
     };
     if (flags.count !== undefined || flags.duration !== undefined || flags.json) {
       // Connected first, so the distribution is the policy's, not the order connections came up in.
-      await connected(client, watcher.current().instances.length, CONNECT_WAIT_MS);
+      await connected(client, watcher.current().instances.length, CONNECT_WAIT_MS, stopping.signal);
       // No signal: on SIGINT a load run stops issuing calls and lets those in flight finish.
       await loadRun(client, invoke, request, { metadata }, tally, serviceName, stopping.signal, flags);
       return;
@@ -370,6 +370,8 @@ async function callOnce(
         }
       } catch (error) {
         throw input.failure ?? error;
+      } finally {
+        input.close();
       }
       if (input.failure !== undefined) throw input.failure;
       break;
@@ -379,12 +381,14 @@ async function callOnce(
 
 /**
  * Resolves once the client lists `listed` instances and every SERVING one is READY (or failed to
- * connect), or after `timeoutMs` (a load run then starts anyway). Only READY instances are picked.
+ * connect), after `timeoutMs` (a load run then starts anyway), or on `signal`. Only READY
+ * instances are picked.
  */
 async function connected(
   client: BalancedClient<grpc.ServiceDefinition>,
   listed: number,
   timeoutMs: number,
+  signal: AbortSignal,
 ): Promise<void> {
   const isSettled = (): boolean => {
     const stats = client.stats();
@@ -398,17 +402,19 @@ async function connected(
       )
     );
   };
-  if (isSettled()) return;
+  if (isSettled() || signal.aborted) return;
   await new Promise<void>((resolve) => {
     const done = (): void => {
       clearTimeout(timer);
       unsubscribe();
+      signal.removeEventListener("abort", done);
       resolve();
     };
     const timer = setTimeout(done, timeoutMs);
     const unsubscribe = client.onChange(() => {
       if (isSettled()) done();
     });
+    signal.addEventListener("abort", done, { once: true });
   });
 }
 
@@ -494,6 +500,7 @@ async function forEach(responses: AsyncIterable<unknown>, each: (response: unkno
 /** Requests of a client-streaming or bidi call: NDJSON on stdin, each line checked before it is sent. */
 class StdinRequests {
   readonly #controller = new AbortController();
+  #lines: Interface | undefined;
   /** The first bad line; the call was cancelled because of it. */
   failure: UsageError | undefined;
 
@@ -508,23 +515,37 @@ class StdinRequests {
   }
 
   async *messages(): AsyncGenerator<Message> {
-    const lines = createInterface({ input: process.stdin, crlfDelay: Number.POSITIVE_INFINITY });
+    const lines = (this.#lines = createInterface({
+      input: process.stdin,
+      crlfDelay: Number.POSITIVE_INFINITY,
+    }));
     let number = 0;
     try {
       for await (const line of lines) {
         number += 1;
         if (line.trim() === "") continue;
+        let message: Message;
         try {
-          yield parseRequest(this.method.input, line, this.types, `stdin line ${number}`);
+          message = parseRequest(this.method.input, line, this.types, `stdin line ${number}`);
         } catch (error) {
           this.failure = error instanceof UsageError ? error : new UsageError(String(error));
           this.#controller.abort(this.failure);
           return;
         }
+        yield message;
       }
     } finally {
       lines.close();
     }
+  }
+
+  /**
+   * Stops reading: a call the server ended before stdin did must not wait for more input (a
+   * generator awaiting its next line cannot be returned from outside).
+   */
+  close(): void {
+    this.#lines?.close();
+    process.stdin.destroy();
   }
 }
 

@@ -94,11 +94,19 @@ export async function startLedgerServer(options: LedgerServerOptions): Promise<L
       count("Total");
       let total = 0n;
       let entries = 0;
+      let isRejected = false;
       call.on("data", (entry: Entry) => {
+        // Answers at once, while the caller may still be sending.
+        if (entry.accountId === "frozen" && !isRejected) {
+          isRejected = true;
+          callback({ code: grpc.status.FAILED_PRECONDITION, details: "account frozen is frozen" });
+        }
         total += BigInt(entry.amountCents);
         entries += 1;
       });
-      call.on("end", () => callback(null, { totalCents: String(total), entries }));
+      call.on("end", () => {
+        if (!isRejected) callback(null, { totalCents: String(total), entries });
+      });
       call.on("error", () => undefined);
     },
     Running: (call: grpc.ServerDuplexStream<Entry, unknown>) => {
