@@ -6,6 +6,9 @@ import { Server, ServerCredentials } from "@grpc/grpc-js";
 import test, { type ExecutionContext } from "ava";
 import { freePort } from "../cli/local-etcd.js";
 import { spawnCli } from "./helpers/cli.js";
+import { eventually } from "./helpers/eventually.js";
+import { healthStatus } from "./helpers/grpc-probes.js";
+import { startFixtureFor } from "./helpers/registry-fixture.js";
 
 /** Runs `leasehold ...args` to its end; returns its exit status, stdout and stderr. */
 async function run(t: ExecutionContext, args: readonly string[]) {
@@ -109,4 +112,17 @@ test("registry --etcd with nothing there: one line naming etcd and the URL, exit
   t.regex(result.stderr, /etcd/);
   t.true(result.stderr.includes(url), result.stderr);
   t.regex(result.stderr, /connection refused/);
+});
+
+test("list against a registry whose etcd is down: one line naming the address and etcd, exit 1", async (t) => {
+  const { etcd, registry } = await startFixtureFor(t);
+  await etcd.stop();
+  await eventually(async () => (await healthStatus(registry.address)) === "NOT_SERVING", {
+    what: "the registry's health NOT_SERVING without etcd",
+  });
+  const result = await run(t, ["list", `--registry=${registry.address}`]);
+  t.is(result.code, 1);
+  assertOneLine(t, result.stderr, "list");
+  t.true(result.stderr.includes(registry.address), result.stderr);
+  t.regex(result.stderr, /etcd is unreachable/);
 });
