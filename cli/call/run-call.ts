@@ -52,7 +52,8 @@ export interface CallFlags {
   readonly concurrency: number;
   readonly policy: PolicyName;
   readonly duration?: number;
-  readonly deadlineMs: number;
+  /** Absent: {@link UNARY_DEADLINE_MS} for unary calls, {@link STREAM_DEADLINE_MS} for streams. */
+  readonly deadlineMs?: number;
   readonly json: boolean;
   readonly metricsListen?: string;
   /** `key:value` pairs, validated by the option parser. */
@@ -67,6 +68,15 @@ export class CallFailedError extends Error {}
 /** Pause after a call that failed at once (nothing to pick), so a worker never spins: 50–100 ms. */
 const FAST_FAILURE_MS = 50;
 const RETRY_PAUSE_MS = { min: 50, max: 100 } as const;
+
+/** Deadline of a unary call (all its attempts) unless --deadline-ms says otherwise. */
+const UNARY_DEADLINE_MS = 5000;
+
+/**
+ * A stream's deadline unless --deadline-ms says otherwise: a day, i.e. none a user would meet
+ * (grpcurl sets none; the balanced client wants a finite one).
+ */
+const STREAM_DEADLINE_MS = 86_400_000;
 
 /** A load run waits this long at most for every instance's connection before its first call. */
 const CONNECT_WAIT_MS = 3000;
@@ -289,7 +299,7 @@ async function callThroughBalancer(
     membership: watcher,
     policy: flags.policy,
     metrics,
-    deadlineMs: flags.deadlineMs,
+    deadlineMs: flags.deadlineMs ?? UNARY_DEADLINE_MS,
     logger,
   });
   const metricsServer =
@@ -313,7 +323,12 @@ async function callThroughBalancer(
     if (invoke === undefined) {
       throw new CallFailedError(`the balanced client has no method ${method.name}`);
     }
-    const options: BalancedCallOptions = { metadata, signal: stopping.signal };
+    const isStream = method.methodKind !== "unary";
+    const options: BalancedCallOptions = {
+      metadata,
+      signal: stopping.signal,
+      ...(isStream && flags.deadlineMs === undefined ? { deadlineMs: STREAM_DEADLINE_MS } : {}),
+    };
     const print = (response: unknown): void => {
       process.stdout.write(
         `${JSON.stringify(toJson(method.output, response as Message, { registry: types }))}\n`,

@@ -43,7 +43,11 @@ export function callCommand(program: Command): void {
       metadataPair,
       [],
     )
-    .option("--deadline-ms <ms>", "deadline of each call, retries included", integerIn(1, 600_000), 5000)
+    .option(
+      "--deadline-ms <ms>",
+      "deadline of each call, retries included (default 5000; streams: none)",
+      integerIn(1, 86_400_000),
+    )
     .option("--policy <policy>", `balancing policy: ${POLICY_NAMES.join(" | ")}`, policyName, "round_robin")
     .option("--count <n>", "load run: make this many calls (unary methods)", integerIn(1, 100_000_000))
     .option("--duration <seconds>", "load run: keep calling for this long", numberIn(0.001, 86_400))
