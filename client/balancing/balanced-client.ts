@@ -57,7 +57,8 @@ export interface BalancedClientOptions {
   /**
    * Floor of each unary attempt's own timeout, ms. An attempt may take at most
    * max(this, 4 × the p99 latency of recent successful attempts), within the call's deadline, so
-   * a frozen instance costs one attempt, not the whole deadline. Default 500; `Infinity` turns it off.
+   * a frozen instance costs one attempt, not the whole deadline. It applies only once 16 attempts
+   * succeeded and while another instance could be picked. Default 1000; `Infinity` turns it off.
    */
   readonly attemptTimeoutFloorMs?: number;
   /**
@@ -187,7 +188,7 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
     const registry = options.registry ?? resolverDefaults().registry;
     if (options.membership === undefined && registry === undefined)
       invalid("give a registry address (or call registerLeasehold({ registry }) first), or a membership");
-    const attemptTimeoutFloorMs = options.attemptTimeoutFloorMs ?? 500;
+    const attemptTimeoutFloorMs = options.attemptTimeoutFloorMs ?? 1000;
     if (!(attemptTimeoutFloorMs > 0)) invalid("attemptTimeoutFloorMs must be > 0");
     try {
       this.#budget = options.retryBudget === false ? undefined : new RetryBudget(options.retryBudget);
@@ -257,6 +258,13 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
   get membershipRevision(): string {
     for (const balancer of this.#context.balancers) return balancer.membershipRevision;
     return "";
+  }
+
+  /** Instances the balancers could pick now (READY, serving, not ejected). */
+  #pickableCount(): number {
+    let count = 0;
+    for (const balancer of this.#context.balancers) count += balancer.pickableCount;
+    return count;
   }
 
   get isPanicking(): boolean {
@@ -352,7 +360,9 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
       attempts++;
       const metadata = callOptions?.metadata?.clone() ?? new grpc.Metadata();
       if (tried.length > 0) metadata.set(EXCLUDE_METADATA, tried.join(","));
-      const attemptTimeoutMs = this.#latency.attemptTimeoutMs();
+      // Only with somewhere else to go: a lone instance gets the whole deadline.
+      const attemptTimeoutMs =
+        this.#pickableCount() > 1 ? this.#latency.attemptTimeoutMs() : Number.POSITIVE_INFINITY;
       const attemptDeadline = Math.min(deadline, Date.now() + attemptTimeoutMs);
       const started = performance.now();
       const outcome = await this.#unaryAttempt(method, request, metadata, attemptDeadline, signal);
@@ -522,8 +532,9 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
 const BASE_RETRY_BACKOFF_MS = 20;
 const MAX_RETRY_BACKOFF_MS = 200;
 
-/** Successful attempt latencies kept for the attempt timeout. */
+/** Successful attempt latencies kept for the attempt timeout, and how many it needs first. */
 const LATENCY_WINDOW = 256;
+const MIN_LATENCY_SAMPLES = 16;
 
 /**
  * The per-attempt timeout: max(floor, 4 × p99 of the last {@link LATENCY_WINDOW} successful
@@ -546,9 +557,11 @@ class LatencyTracker {
     this.#count++;
   }
 
+  /** Infinity until {@link MIN_LATENCY_SAMPLES} attempts succeeded (connections are warm by then). */
   attemptTimeoutMs(): number {
+    if (this.#count < MIN_LATENCY_SAMPLES) return Number.POSITIVE_INFINITY;
     const now = Date.now();
-    if (now - this.#computedAtMs >= 1000 && this.#count > 0) {
+    if (now - this.#computedAtMs >= 1000) {
       this.#computedAtMs = now;
       const sorted = this.#samples.slice(0, Math.min(this.#count, LATENCY_WINDOW)).sort();
       const p99 = sorted[Math.min(sorted.length - 1, Math.ceil(0.99 * sorted.length) - 1)] ?? 0;

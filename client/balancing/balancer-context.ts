@@ -58,6 +58,8 @@ export interface BalancerView {
   readonly membershipRevision: string;
   /** True while panic mode keeps instances that left the membership. */
   readonly isPanicking: boolean;
+  /** Instances the picker could choose now (READY, serving, weight > 0, not ejected). */
+  readonly pickableCount: number;
 }
 
 /** Options of a {@link BalancerContext}; all optional. */

@@ -322,6 +322,10 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
     return this.#revision;
   }
 
+  get pickableCount(): number {
+    return this.#policyPicker?.instances.length ?? 0;
+  }
+
   /** True while panic mode keeps instances that left the membership. */
   get isPanicking(): boolean {
     for (const child of this.#ordered) if (child.retainedUntilMs !== undefined) return true;
