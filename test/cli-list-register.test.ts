@@ -130,6 +130,16 @@ test("register leases a plain grpc-js server in, balanced calls reach it, and SI
     metadata: { lang: "python", owner: "team-a" },
   });
 
+  const duplicate = spawnCli(t, [
+    "register",
+    "--service=plain",
+    "--address=127.0.0.1:5000",
+    "--id=plain-1",
+    `--registry=${registry.address}`,
+  ]);
+  t.is(await duplicate.exited, 2, "an --id another live lease holds is refused");
+  t.regex(duplicate.stderr.trim(), /^leasehold: plain\/plain-1 is already registered [^\n]*$/);
+
   const balanced = createBalancedClient(EchoServiceService, { service: "plain", registry: registry.address });
   t.teardown(async () => await balanced.close());
   const response = await balanced.methods.echo({ message: "hello" });

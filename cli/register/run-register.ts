@@ -1,14 +1,19 @@
 import { randomBytes } from "node:crypto";
-import { status, type ServiceError } from "@grpc/grpc-js";
+import { Metadata, status, type ServiceError } from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import { Backoff, sleep } from "../../client/backoff.js";
 import { Registrar } from "../../client/registration/registrar.js";
 import { connectRegistry } from "../../client/registry-connection.js";
-import { InstanceStatus } from "../../proto/gen/leasehold/registry/v1/registry.js";
+import {
+  InstanceStatus,
+  type GetServiceResponse,
+  type RegistryServiceClient,
+} from "../../proto/gen/leasehold/registry/v1/registry.js";
 import { statusName } from "../instance-json.js";
 import { createLogger } from "../logger.js";
 import { checkRegistry } from "../registry-check.js";
 import { keepProcessAlive, onShutdownSignal } from "../signals.js";
+import { UsageError } from "../usage-error.js";
 import { TargetHealthWatcher, type TargetHealth } from "./target-health.js";
 
 /** Flags of `leasehold register`. */
@@ -45,8 +50,16 @@ export async function runRegister(flags: RegisterFlags): Promise<void> {
     registry.close();
     throw error;
   }
-  const logger = createLogger("leasehold-register");
   const instanceId = flags.id ?? `${flags.service}-${randomBytes(3).toString("hex")}`;
+  if (flags.id !== undefined) {
+    try {
+      await refuseTakenId(registry, flags.service, flags.id);
+    } catch (error) {
+      registry.close();
+      throw error;
+    }
+  }
+  const logger = createLogger("leasehold-register");
   const name = `${flags.service}/${instanceId}`;
   const say = (line: string): void => void process.stdout.write(`${name}: ${line}\n`);
   const registrar = new Registrar({
@@ -107,6 +120,32 @@ export async function runRegister(flags: RegisterFlags): Promise<void> {
     statusSync.close();
     release();
     registry.close();
+  }
+}
+
+/**
+ * An `--id` another live lease holds would make the registrar retry `ALREADY_EXISTS` until that
+ * lease ends, so it is refused at once instead (one line, exit 2).
+ */
+async function refuseTakenId(
+  registry: RegistryServiceClient,
+  service: string,
+  instanceId: string,
+): Promise<void> {
+  const response = await new Promise<GetServiceResponse>((resolve, reject) =>
+    registry.getService(
+      { service },
+      new Metadata(),
+      { deadline: new Date(Date.now() + 5000) },
+      (error, value) => (error === null ? resolve(value) : reject(error)),
+    ),
+  );
+  const holder = response.instances.find((instance) => instance.instanceId === instanceId);
+  if (holder !== undefined) {
+    throw new UsageError(
+      `${service}/${instanceId} is already registered (address ${holder.address}) under another live lease: ` +
+        "pick another --id, or wait for that lease's TTL if a previous sidecar crashed",
+    );
   }
 }
 
