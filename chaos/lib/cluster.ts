@@ -1,0 +1,154 @@
+/**
+ * A scenario's system under test: its own etcd, registry replicas and echo instances, each a real
+ * process (registries and instances are children, so they can be SIGKILLed and SIGSTOPped), on
+ * free loopback ports. A registry restarts on its own port, an instance under its own id.
+ */
+import { readFile } from "node:fs/promises";
+import { freePort } from "../../cli/local-etcd.js";
+import { type ChildHandle, spawnTsx } from "./child.js";
+import { ChaosEtcd } from "./etcd.js";
+import { type Scope, mustWaitFor, waitFor } from "./scope.js";
+
+export const TTL_SECONDS = 3;
+export const SERVICE = "echo";
+
+export interface InstanceSpec {
+  readonly instanceId: string;
+  readonly weight: number;
+  /** Registry addresses for this instance; default every replica of the cluster. */
+  readonly registry?: string;
+}
+
+export interface RegistryReplica {
+  readonly index: number;
+  readonly address: string;
+  readonly adminAddress: string;
+  process: ChildHandle;
+}
+
+export class Cluster {
+  readonly scope: Scope;
+  readonly etcd: ChaosEtcd;
+  readonly registries: RegistryReplica[] = [];
+  readonly instances = new Map<string, ChildHandle>();
+  readonly specs = new Map<string, InstanceSpec>();
+
+  private constructor(scope: Scope, etcd: ChaosEtcd) {
+    this.scope = scope;
+    this.etcd = etcd;
+  }
+
+  /** etcd, `registries` replicas, and `instances` registered (waits until each printed ready). */
+  static async start(
+    scope: Scope,
+    { registries = 1, instances = [] as readonly InstanceSpec[] } = {},
+  ): Promise<Cluster> {
+    const cluster = new Cluster(scope, await ChaosEtcd.start(scope));
+    for (let index = 0; index < registries; index++) await cluster.startRegistry();
+    await Promise.all(instances.map((spec) => cluster.startInstance(spec)));
+    return cluster;
+  }
+
+  /** Every replica's address, comma separated (what instances and callers are given). */
+  get registryAddress(): string {
+    return this.registries.map((replica) => replica.address).join(",");
+  }
+
+  /** Starts a new replica on free ports. */
+  async startRegistry(): Promise<RegistryReplica> {
+    const address = `127.0.0.1:${await freePort()}`;
+    const adminAddress = `127.0.0.1:${await freePort()}`;
+    const replica: RegistryReplica = {
+      index: this.registries.length,
+      address,
+      adminAddress,
+      process: await this.#spawnRegistry(this.registries.length, address, adminAddress),
+    };
+    this.registries.push(replica);
+    return replica;
+  }
+
+  /** Starts a replica again on its own ports (after a kill); resolves once it serves. */
+  async restartRegistry(replica: RegistryReplica): Promise<void> {
+    if (replica.process.isRunning) throw new Error(`registry ${replica.index} is still running`);
+    replica.process = await this.#spawnRegistry(replica.index, replica.address, replica.adminAddress);
+  }
+
+  async #spawnRegistry(index: number, address: string, adminAddress: string): Promise<ChildHandle> {
+    const child = spawnTsx(
+      this.scope,
+      `registry-${index}`,
+      "chaos/children/registry.ts",
+      [JSON.stringify({ listen: address, adminListen: adminAddress, etcd: this.etcd.endpoint })],
+      { nodeArgs: ["--expose-gc"] },
+    );
+    await child.waitForOutput(/^ready \S+ \S+$/m, "registry ready");
+    return child;
+  }
+
+  /** Starts an instance process (or restarts one under the same id); waits until it is registered. */
+  async startInstance(spec: InstanceSpec, { waitReady = true } = {}): Promise<ChildHandle> {
+    const previous = this.instances.get(spec.instanceId);
+    if (previous?.isRunning === true) throw new Error(`instance ${spec.instanceId} is still running`);
+    this.specs.set(spec.instanceId, spec);
+    const child = spawnTsx(this.scope, spec.instanceId, "chaos/children/instance.ts", [
+      JSON.stringify({
+        service: SERVICE,
+        registry: spec.registry ?? this.registryAddress,
+        instanceId: spec.instanceId,
+        weight: spec.weight,
+        ttlSeconds: TTL_SECONDS,
+      }),
+    ]);
+    this.instances.set(spec.instanceId, child);
+    if (waitReady) await child.waitForOutput(/^ready \S+ \S+$/m, "instance registered");
+    return child;
+  }
+
+  instance(instanceId: string): ChildHandle {
+    const child = this.instances.get(instanceId);
+    if (child === undefined) throw new Error(`no instance ${instanceId}`);
+    return child;
+  }
+
+  /** Ids of instance processes alive now (not SIGKILLed/exited), sorted. */
+  liveInstanceIds(): string[] {
+    return [...this.instances.entries()]
+      .filter(([, child]) => child.isRunning)
+      .map(([id]) => id)
+      .sort();
+  }
+
+  /** Waits until etcd lists exactly `ids` for the service. */
+  async untilEtcdHas(ids: readonly string[], what: string, timeoutMs = 20_000): Promise<void> {
+    const want = [...ids].sort().join(",");
+    await mustWaitFor(async () => (await this.etcd.instanceIds(SERVICE)).join(",") === want, what, timeoutMs);
+  }
+
+  /** A registry replica's /metrics value of `name` (first sample), or undefined. */
+  async registryMetric(replica: RegistryReplica, name: string): Promise<number | undefined> {
+    const response = await fetch(`http://${replica.adminAddress}/metrics`, {
+      signal: AbortSignal.timeout(3000),
+    });
+    const text = await response.text();
+    const line = text.split("\n").find((l) => l.startsWith(`${name} `) || l.startsWith(`${name}{`));
+    return line === undefined ? undefined : Number(line.split(" ").at(-1));
+  }
+
+  /** RSS of a registry replica in bytes, after a full GC in it (SIGUSR2 → `rss` line). */
+  async registryRssAfterGc(replica: RegistryReplica): Promise<number> {
+    const before = (replica.process.stdout.match(/^rss \d+$/gm) ?? []).length;
+    replica.process.signal("SIGUSR2");
+    await waitFor(() => (replica.process.stdout.match(/^rss \d+$/gm) ?? []).length > before, {
+      timeoutMs: 5000,
+    });
+    return await rssOf(replica.process.pid);
+  }
+}
+
+/** Resident set size of a process in bytes, from /proc. */
+export async function rssOf(pid: number): Promise<number> {
+  const status = await readFile(`/proc/${pid}/status`, "utf8");
+  const kib = /^VmRSS:\s+(\d+) kB/m.exec(status)?.[1];
+  return kib === undefined ? Number.NaN : Number(kib) * 1024;
+}
