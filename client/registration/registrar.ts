@@ -1,3 +1,4 @@
+import { randomBytes } from "node:crypto";
 import { Metadata, status, type ClientDuplexStream, type ServiceError } from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import {
@@ -34,15 +35,34 @@ export interface RegistrarOptions {
   readonly instance: InstanceRegistration;
   /** Lease TTL in seconds; default 10. etcd raises TTLs below 2 s to 2 s; the registry refuses > 300. */
   readonly ttlSeconds?: number | undefined;
-  /** Deadline of each unary call to the registry; default 3000. */
+  /**
+   * Deadline of each unary call to the registry, in ms; default 3000. Register waits for a ready
+   * connection within it (gRPC wait-for-ready), so it goes out as soon as a registry answers.
+   */
   readonly callTimeoutMs?: number | undefined;
-  /** Re-registration backoff; default 100 ms × 1.6 up to 5 s, full jitter. */
+  /**
+   * Backoff between Register attempts, and between reopens of a broken KeepAlive stream (there
+   * capped at TTL/3); default 100 ms × 1.6 up to 1000 ms, full jitter. The cap bounds how long a
+   * registrar waits after the registry or etcd answers again.
+   */
   readonly backoff?: BackoffOptions | undefined;
   readonly logger?: Logger | undefined;
+  /**
+   * Called synchronously on every change of {@link Registrar.state}, with the new and the previous
+   * state (e.g. to show `stale` in a UI or a health check). Must not throw.
+   */
+  readonly onStateChanged?: ((state: RegistrarState, previous: RegistrarState) => void) | undefined;
 }
 
-/** idle → registering → registered → (lease lost) registering … ; stop() → idle; close() → closed. */
-export type RegistrarState = "idle" | "registering" | "registered" | "closed";
+/**
+ * idle → registering → registered ⇄ stale; registered/stale → (NOT_FOUND: lease lost) registering …;
+ * stop() → idle; close() → closed.
+ *
+ * `stale`: the registrar holds a lease but no keepalive was answered for a whole TTL (etcd or every
+ * registry replica is away). It keeps the lease and keeps trying; the lease may still be alive (an
+ * etcd restart restores leases with a full TTL), and only the registry's `NOT_FOUND` proves it gone.
+ */
+export type RegistrarState = "idle" | "registering" | "registered" | "stale" | "closed";
 
 /** Codes after which retrying the same Register cannot succeed. */
 const PERMANENT_CODES: ReadonlySet<number> = new Set([
@@ -54,8 +74,19 @@ const PERMANENT_CODES: ReadonlySet<number> = new Set([
 
 /**
  * Holds one instance's registration: Register → KeepAlive every TTL/3 (as etcd3 does) → on
- * `NOT_FOUND`, or when no keepalive was answered for a whole TTL, register again with backoff.
- * That detects a lost lease within one TTL, where etcd3's own lease reports `lost` only after 2 × TTL.
+ * `NOT_FOUND` only, register again (at once, then with backoff). A lease is never abandoned because
+ * keepalives went unanswered: while etcd or the registry is away the registrar turns `stale`, keeps
+ * its lease and keeps sending keepalives; an etcd that comes back restores the lease, and a lease
+ * that expired meanwhile answers `NOT_FOUND` on the first keepalive the registry can answer.
+ *
+ * Every Register of one {@link start} carries the same random registration id (128 bits, hex), so a
+ * Register abandoned at its deadline and completed later is adopted by the next attempt instead of
+ * blocking it with `ALREADY_EXISTS`.
+ *
+ * With several registry replicas on one channel ({@link connectRegistry} with `a:1,b:2`), a broken
+ * KeepAlive stream is reopened at once on a ready replica, and a stream whose keepalive is still
+ * unanswered at the next tick (TTL/3) is replaced by a new one, which the channel's round robin puts
+ * on the next replica. Register and KeepAlive wait for a ready connection (gRPC wait-for-ready).
  *
  * Shutdown is the caller's sequence: {@link drain} (callers stop picking it), wait a drain window,
  * then {@link stop} (Deregister: the key disappears at once). A crash is cleaned up by TTL expiry.
@@ -64,11 +95,14 @@ export class Registrar {
   readonly #registry: RegistryServiceClient;
   readonly #ttlSeconds: number;
   readonly #callTimeoutMs: number;
+  readonly #backoffOptions: BackoffOptions & { readonly initialDelayMs: number; readonly maxDelayMs: number };
   readonly #backoff: Backoff;
   readonly #logger: Logger | undefined;
+  readonly #onStateChanged: ((state: RegistrarState, previous: RegistrarState) => void) | undefined;
   #instance: InstanceRegistration & { status: InstanceStatus };
   #state: RegistrarState = "idle";
   #lease: RegisterResponse | undefined;
+  #registrationId: string | undefined;
   #stopping: AbortController | undefined;
   #loop: Promise<void> | undefined;
 
@@ -76,8 +110,15 @@ export class Registrar {
     this.#registry = options.registry;
     this.#ttlSeconds = options.ttlSeconds ?? 10;
     this.#callTimeoutMs = options.callTimeoutMs ?? 3000;
-    this.#backoff = new Backoff(options.backoff);
+    this.#backoffOptions = Object.freeze({
+      initialDelayMs: 100,
+      multiplier: 1.6,
+      maxDelayMs: 1000,
+      ...options.backoff,
+    });
+    this.#backoff = new Backoff(this.#backoffOptions);
     this.#logger = options.logger;
+    this.#onStateChanged = options.onStateChanged;
     this.#instance = { ...options.instance, status: InstanceStatus.INSTANCE_STATUS_SERVING };
   }
 
@@ -85,7 +126,7 @@ export class Registrar {
     return this.#state;
   }
 
-  /** The lease id (decimal string) while registered. */
+  /** The lease id (decimal string) while registered (also while `stale`). */
   get leaseId(): string | undefined {
     return this.#lease?.leaseId;
   }
@@ -100,6 +141,7 @@ export class Registrar {
     if (this.#loop !== undefined) return;
     const stopping = new AbortController();
     this.#stopping = stopping;
+    this.#registrationId = randomBytes(16).toString("hex");
     let settle: { resolve: () => void; reject: (error: unknown) => void } | undefined;
     const registered = new Promise<void>((resolve, reject) => (settle = { resolve, reject }));
     this.#loop = this.#run(stopping.signal, {
@@ -145,7 +187,7 @@ export class Registrar {
     this.#loop = undefined;
     const lease = this.#lease;
     this.#lease = undefined;
-    if (this.#state !== "closed") this.#state = "idle";
+    if (this.#state !== "closed") this.#setState("idle");
     if (lease === undefined) return;
     try {
       await this.#unary<DeregisterRequest, DeregisterResponse>((request, metadata, options, callback) =>
@@ -161,11 +203,18 @@ export class Registrar {
   /** {@link stop}, for good. Idempotent. */
   async close(): Promise<void> {
     await this.stop();
-    this.#state = "closed";
+    this.#setState("closed");
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
+  }
+
+  #setState(state: RegistrarState): void {
+    const previous = this.#state;
+    if (state === previous) return;
+    this.#state = state;
+    this.#onStateChanged?.(state, previous);
   }
 
   async #run(
@@ -181,14 +230,14 @@ export class Registrar {
       },
     );
     while (!signal.aborted) {
-      this.#state = "registering";
+      this.#setState("registering");
       try {
         this.#lease = await this.#register();
       } catch (error) {
         const code = (error as Partial<ServiceError>).code;
         if (code !== undefined && PERMANENT_CODES.has(code)) {
           hooks.onRefused(error);
-          this.#state = "idle";
+          this.#setState("idle");
           return;
         }
         const delayMs = this.#backoff.next();
@@ -198,7 +247,7 @@ export class Registrar {
       }
       if (signal.aborted) return; // stop() deregisters the lease just granted
       this.#backoff.reset();
-      this.#state = "registered";
+      this.#setState("registered");
       this.#logger?.info(
         {
           instanceId: this.#instance.instanceId,
@@ -217,8 +266,9 @@ export class Registrar {
 
   async #register(): Promise<RegisterResponse> {
     const instance = this.#instance;
-    return await this.#unary<RegisterRequest, RegisterResponse>((request, metadata, options, callback) =>
-      this.#registry.register(request, metadata, options, callback),
+    return await this.#unary<RegisterRequest, RegisterResponse>(
+      (request, metadata, options, callback) => this.#registry.register(request, metadata, options, callback),
+      { isWaitingForReady: true },
     )({
       service: instance.service,
       instanceId: instance.instanceId,
@@ -229,60 +279,125 @@ export class Registrar {
       metricsAddress: instance.metricsAddress ?? "",
       ttlSeconds: String(this.#ttlSeconds),
       status: instance.status,
+      registrationId: this.#registrationId,
     });
   }
 
   /**
-   * Sends a keepalive every TTL/3 over one KeepAlive stream (reopened on the next tick after a
-   * break) and resolves with the reason once the lease is lost: NOT_FOUND, or no answer for a TTL.
+   * Sends a keepalive every TTL/3 over one KeepAlive stream and resolves with the reason once the
+   * lease is gone (`NOT_FOUND`) or `signal` aborts. A broken stream is reopened after a short
+   * backoff; a stream whose last keepalive is still unanswered at the next tick is replaced (the new
+   * one lands on the next ready replica). No answer for a whole TTL turns the state `stale` (one
+   * warning per episode) until the next answer; the lease is kept all along.
    */
   async #holdLease(lease: RegisterResponse, signal: AbortSignal): Promise<string> {
-    const ttlMs = Number(lease.ttlSeconds) * 1000;
+    const ttlMs = Math.max(1, Number(lease.ttlSeconds)) * 1000;
+    const intervalMs = ttlMs / 3;
+    const reopenBackoff = new Backoff({
+      ...this.#backoffOptions,
+      initialDelayMs: Math.min(this.#backoffOptions.initialDelayMs, intervalMs),
+      maxDelayMs: Math.min(this.#backoffOptions.maxDelayMs, intervalMs),
+    });
+    const fields = { instanceId: this.#instance.instanceId, leaseId: lease.leaseId };
     return await new Promise<string>((resolve) => {
       let stream: ClientDuplexStream<KeepAliveRequest, KeepAliveResponse> | undefined;
-      let lossTimer: NodeJS.Timeout | undefined;
-      const armLossTimer = (): void => {
-        clearTimeout(lossTimer);
-        lossTimer = setTimeout(() => finish(`no keepalive answered for a whole TTL (${ttlMs} ms)`), ttlMs);
-        lossTimer.unref();
+      /** When the oldest keepalive not yet answered on `stream` was sent. */
+      let unansweredSince: number | undefined;
+      let lastAnsweredAt = Date.now();
+      let reopenTimer: NodeJS.Timeout | undefined;
+      let staleTimer: NodeJS.Timeout | undefined;
+      const armStaleTimer = (): void => {
+        clearTimeout(staleTimer);
+        staleTimer = setTimeout(markStale, lastAnsweredAt + ttlMs - Date.now());
+      };
+      const markStale = (): void => {
+        if (this.#state !== "registered") return;
+        this.#setState("stale");
+        this.#logger?.warn(
+          { ...fields, unansweredMs: Date.now() - lastAnsweredAt },
+          "no keepalive answered for a whole TTL (registry or etcd away); keeping the lease and retrying",
+        );
       };
       const finish = (reason: string): void => {
         clearInterval(ticker);
-        clearTimeout(lossTimer);
+        clearTimeout(staleTimer);
+        clearTimeout(reopenTimer);
         signal.removeEventListener("abort", onAbort);
-        stream?.cancel();
+        const last = stream;
         stream = undefined;
+        last?.cancel();
         resolve(reason);
       };
       const onAbort = (): void => finish("stopped");
+      const send = (): void => {
+        unansweredSince ??= Date.now();
+        stream?.write({ leaseId: lease.leaseId });
+      };
+      const reopenLater = (): void => {
+        clearTimeout(reopenTimer);
+        reopenTimer = setTimeout(open, reopenBackoff.next());
+      };
       const open = (): void => {
-        const opened = this.#registry.keepAlive();
+        clearTimeout(reopenTimer);
+        reopenTimer = undefined;
+        const opened = this.#registry.keepAlive(new Metadata({ waitForReady: true }));
         stream = opened;
+        unansweredSince = undefined;
         opened.on("data", (response: KeepAliveResponse) => {
-          if (Number(response.ttlSeconds) > 0) armLossTimer();
+          if (opened !== stream) return;
+          if (!(Number(response.ttlSeconds) > 0)) {
+            finish(`lease ${lease.leaseId} not found (TTL ${response.ttlSeconds})`); // etcd's answer for a gone lease
+            return;
+          }
+          unansweredSince = undefined;
+          lastAnsweredAt = Date.now();
+          reopenBackoff.reset();
+          armStaleTimer();
+          if (this.#state === "stale") {
+            this.#setState("registered");
+            this.#logger?.info(fields, "keepalives answered again; the lease was kept");
+          }
         });
         opened.on("error", (error: ServiceError) => {
           if (opened !== stream) return;
           stream = undefined;
-          if (error.code === status.NOT_FOUND) finish(`lease ${lease.leaseId} not found`);
+          if (error.code === status.NOT_FOUND) {
+            finish(`lease ${lease.leaseId} not found`);
+            return;
+          }
+          this.#logger?.debug({ ...fields, err: error }, "keepalive stream broke; reopening");
+          reopenLater();
         });
         opened.on("end", () => {
-          if (opened === stream) stream = undefined;
+          if (opened !== stream) return;
+          stream = undefined;
+          reopenLater();
         });
-        opened.write({ leaseId: lease.leaseId });
+        send();
       };
       const ticker = setInterval(() => {
-        if (stream === undefined) open();
-        else stream.write({ leaseId: lease.leaseId });
-      }, ttlMs / 3);
-      ticker.unref();
-      armLossTimer();
+        if (stream === undefined) return; // a reopen is scheduled
+        if (unansweredSince !== undefined && Date.now() - unansweredSince >= intervalMs / 2) {
+          // The replica, or etcd behind it, did not answer for a tick: try a new stream, which the
+          // channel puts on the next ready replica (the one answering, if any).
+          const stalled = stream;
+          stream = undefined;
+          stalled.cancel();
+          open();
+        } else {
+          send();
+        }
+      }, intervalMs);
+      armStaleTimer();
       signal.addEventListener("abort", onAbort, { once: true });
       open();
     });
   }
 
-  /** Promise form of a generated unary method, with this registrar's deadline. */
+  /**
+   * Promise form of a generated unary method, with this registrar's deadline; `isWaitingForReady`
+   * queues the call until a connection is ready (within the deadline) instead of failing at once.
+   */
   #unary<Req, Res>(
     method: (
       request: Req,
@@ -290,12 +405,13 @@ export class Registrar {
       options: { deadline: Date },
       callback: (error: ServiceError | null, response: Res) => void,
     ) => unknown,
+    { isWaitingForReady = false } = {},
   ): (request: Req) => Promise<Res> {
     return async (request) =>
       await new Promise<Res>((resolve, reject) => {
         method(
           request,
-          new Metadata(),
+          new Metadata({ waitForReady: isWaitingForReady }),
           { deadline: new Date(Date.now() + this.#callTimeoutMs) },
           (error, response) => (error === null ? resolve(response) : reject(error)),
         );
