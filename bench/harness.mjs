@@ -3,7 +3,7 @@
 // Benchmarks report numbers and ratios; they never pass or fail on a timing.
 import { execFileSync, spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, writeFileSync } from "node:fs";
-import { cpus } from "node:os";
+import { cpus, loadavg } from "node:os";
 import { join } from "node:path";
 
 /**
@@ -116,6 +116,8 @@ export function environment() {
     platform: `${process.platform}-${process.arch}`,
     cpus: cpus().length,
     cpuModel: cpus()[0]?.model ?? "unknown",
+    // 1, 5 and 15 min load averages at the start: wall times on a busy machine spread widely.
+    loadAverage: loadavg(),
   };
 }
 
