@@ -34,12 +34,19 @@ export async function runRegistry(flags: RegistryFlags): Promise<void> {
       logger,
     });
   } catch (error) {
-    throw isEtcdClientError(error)
-      ? new EtcdUnreachableError(
-          `cannot reach etcd at ${flags.etcd.join(",")}: ${describeConnectFailure(error)} (is etcd running there? set --etcd or LEASEHOLD_ETCD)`,
-          { cause: error },
-        )
-      : error;
+    if (isEtcdClientError(error)) {
+      throw new EtcdUnreachableError(
+        `cannot reach etcd at ${flags.etcd.join(",")}: ${describeConnectFailure(error)} (is etcd running there? set --etcd or LEASEHOLD_ETCD)`,
+        { cause: error },
+      );
+    }
+    const taken = /EADDRINUSE[^\]]*?(\S+:\d+)/.exec(error instanceof Error ? error.message : "");
+    if (taken !== null) {
+      throw new Error(`cannot listen on ${taken[1]}: the address is in use (another registry?)`, {
+        cause: error,
+      });
+    }
+    throw error;
   }
   process.stdout.write(
     `registry listening on ${registry.address} (admin http://${registry.adminAddress ?? "-"}), etcd ${flags.etcd.join(",")}\n`,
