@@ -106,6 +106,8 @@ function stats(instanceId: string, calls: number, errors = 0): InstanceStats {
     breaker: "closed",
     outstanding: 0,
     connectivity: "READY",
+    ejected: false,
+    retained: false,
   };
 }
 
