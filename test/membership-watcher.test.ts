@@ -1,4 +1,6 @@
 import test from "ava";
+import { EventEmitter } from "node:events";
+import type { RegistryServiceClient, WatchResponse } from "../proto/gen/leasehold/registry/v1/registry.js";
 import { Registry } from "prom-client";
 import { MembershipWatcher, type MembershipChange } from "../client/discovery/membership-watcher.js";
 import { ClientMetrics } from "../client/metrics/client-metrics.js";
@@ -82,5 +84,79 @@ test("a watcher keeps its membership through a registry outage, flags it stale, 
     ),
     ["snapshot", "added calc-1", "added calc-2", "added calc-3"],
     "every change exactly once, in order",
+  );
+});
+
+/** A registry whose one Watch stream the test drives by hand. */
+function fakeRegistry() {
+  const stream: EventEmitter & { cancel(): void } = Object.assign(new EventEmitter(), {
+    // grpc-js ends a cancelled call with an error (CANCELLED); the watcher's loop waits for it.
+    cancel: () => void stream.emit("error", new Error("1 CANCELLED: Cancelled on client")),
+  });
+  const registry = { watch: () => stream } as unknown as RegistryServiceClient;
+  return { registry, send: (message: WatchResponse) => stream.emit("data", message) };
+}
+
+test("a stale progress flips isStale and tells both kinds of listener; the gauge counts from the last fresh message; deltas observe their propagation lag", async (t) => {
+  let nowMs = 1_000_000;
+  const { registry, send } = fakeRegistry();
+  const metricsRegistry = new Registry();
+  const watcher = new MembershipWatcher({
+    registry,
+    service: "calculator",
+    metrics: new ClientMetrics(metricsRegistry),
+    now: () => nowMs,
+  });
+  t.teardown(async () => await watcher.close());
+  const flips: boolean[] = [];
+  const notified: number[] = [];
+  watcher.onStaleChange((isStale) => flips.push(isStale));
+  watcher.subscribe((_, changes) => notified.push(changes.length));
+  watcher.start();
+  send({
+    event: {
+      $case: "snapshot",
+      value: { instances: [], revision: "5", reset: false, observedAtUnixMs: "0" },
+    },
+  });
+  await watcher.ready();
+  t.false(watcher.isStale);
+  const upserted = { ...instance("calc-1"), revision: "6", registeredAt: "", ttlSeconds: "10" };
+  send({
+    event: {
+      $case: "delta",
+      value: { upserted: [upserted], removed: [], revision: "6", observedAtUnixMs: String(nowMs - 3) },
+    },
+  });
+  nowMs += 1000;
+  send({ event: { $case: "progress", value: { revision: "6", stale: false } } });
+  nowMs += 2000;
+  send({ event: { $case: "progress", value: { revision: "6", stale: true } } });
+  t.true(watcher.isStale);
+  t.is(watcher.current().instances.length, 1, "the membership stays in use");
+  nowMs += 2500;
+  send({ event: { $case: "progress", value: { revision: "6", stale: true } } });
+  const metrics = await metricsRegistry.metrics();
+  t.regex(
+    metrics,
+    /^leasehold_client_membership_stale_seconds\{service="calculator"\} 4\.5$/m,
+    "from the last fresh progress",
+  );
+  t.regex(
+    metrics,
+    /^leasehold_client_membership_propagation_seconds_bucket\{le="0\.0025",service="calculator"\} 0$/m,
+  );
+  t.regex(
+    metrics,
+    /^leasehold_client_membership_propagation_seconds_bucket\{le="0\.005",service="calculator"\} 1$/m,
+  );
+  send({ event: { $case: "progress", value: { revision: "7", stale: false } } });
+  t.false(watcher.isStale);
+  t.deepEqual(flips, [false, true, false], "connected, stale, fresh again");
+  // snapshot, stale flip to fresh (on connect), delta, flip to stale, flip to fresh
+  t.deepEqual(notified, [1, 0, 1, 0, 0]);
+  t.regex(
+    await metricsRegistry.metrics(),
+    /^leasehold_client_membership_stale_seconds\{service="calculator"\} 0$/m,
   );
 });

@@ -26,6 +26,10 @@ export type MembershipChange =
       readonly revision: string;
     };
 
+/**
+ * Called after every applied change, and with no changes (`[]`) when {@link MembershipWatcher.isStale}
+ * flips, so a listener that re-reads `isStale` at that point sees the new value.
+ */
 export type MembershipListener = (snapshot: MembershipSnapshot, changes: readonly MembershipChange[]) => void;
 
 /** Options of {@link MembershipWatcher}. */
@@ -53,6 +57,13 @@ const keyOf = (instance: { service: string; instanceId: string }): string =>
  * addition and removal. While the registry is unreachable the last membership stays in use and
  * `leasehold_client_membership_stale_seconds` grows.
  *
+ * Staleness: the membership is stale while no stream is open, and while the registry says its own
+ * view of etcd is not current (`Progress.stale`, sent within ~5 s of an etcd stall). The stale
+ * gauge counts seconds from the last message that proved the membership fresh. Every flip of
+ * {@link isStale} is told to {@link onStaleChange} listeners and to {@link subscribe} listeners
+ * (with no changes). Each applied delta observes `leasehold_client_membership_propagation_seconds`:
+ * now − the registry's `observed_at_unix_ms`.
+ *
  * Lifecycle: construct (no I/O) → {@link start} → {@link ready} → {@link close} (idempotent).
  */
 export class MembershipWatcher implements MembershipSource {
@@ -62,13 +73,19 @@ export class MembershipWatcher implements MembershipSource {
   readonly #instances = new Map<string, Instance>();
   readonly #listeners = new Set<MembershipListener>();
   readonly #errorListeners = new Set<(error: unknown) => void>();
+  readonly #staleListeners = new Set<(isStale: boolean) => void>();
   readonly #closing = new AbortController();
   #snapshot: MembershipSnapshot;
   #hasSnapshot = false;
   /** Where a new stream resumes: the last revision applied, advanced by progress messages too. */
   #resumeRevision = "0";
   #isConnected = false;
-  #lastHeardAtMs = 0;
+  /** The registry's last word on its own view of etcd (`Progress.stale`). */
+  #isRegistryStale = false;
+  /** The value of `isStale` listeners were last told (starts stale: nothing heard yet). */
+  #wasStale = true;
+  /** When a message last proved the membership fresh (ms), 0 before the first. */
+  #lastFreshAtMs = 0;
   #call: ClientReadableStream<WatchResponse> | undefined;
   #loop: Promise<void> | undefined;
   #staleTimer: NodeJS.Timeout | undefined;
@@ -131,14 +148,24 @@ export class MembershipWatcher implements MembershipSource {
     return this.#hasSnapshot;
   }
 
-  /** True while no stream is open to the registry (the membership may be out of date). */
+  /**
+   * True while the membership may be out of date: no stream is open to the registry, or the
+   * registry said (`Progress.stale`) that it cannot see etcd. The last membership stays in use.
+   */
   get isStale(): boolean {
-    return !this.#isConnected;
+    return !this.#isConnected || this.#isRegistryStale;
   }
 
+  /** Calls `listener` after every change, and with `[]` when `isStale` flips; returns the unsubscribe function. */
   subscribe(listener: MembershipListener): () => void {
     this.#listeners.add(listener);
     return () => this.#listeners.delete(listener);
+  }
+
+  /** Calls `listener` with the new value whenever {@link isStale} flips; returns the unsubscribe function. */
+  onStaleChange(listener: (isStale: boolean) => void): () => void {
+    this.#staleListeners.add(listener);
+    return () => this.#staleListeners.delete(listener);
   }
 
   /** Calls `listener` with the error of every broken stream (before it resumes); returns the unsubscribe function. */
@@ -156,6 +183,7 @@ export class MembershipWatcher implements MembershipSource {
     await this.#loop;
     this.#listeners.clear();
     this.#errorListeners.clear();
+    this.#staleListeners.clear();
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
@@ -175,7 +203,7 @@ export class MembershipWatcher implements MembershipSource {
         );
       }
       this.#isConnected = false;
-      this.#exportStaleness();
+      this.#noticeStaleness();
       await sleep(this.#backoff.next(), this.#closing.signal);
     }
   }
@@ -199,10 +227,10 @@ export class MembershipWatcher implements MembershipSource {
         call.on("data", (message: WatchResponse) => {
           armIdleTimer();
           this.#isConnected = true;
-          this.#lastHeardAtMs = this.#options.now();
           this.#backoff.reset();
           try {
             this.#apply(message);
+            this.#noticeStaleness();
           } catch (error) {
             call.cancel();
             reject(error instanceof Error ? error : new Error(String(error)));
@@ -223,6 +251,8 @@ export class MembershipWatcher implements MembershipSource {
     const event = message.event;
     if (event === undefined) return;
     if (event.$case === "progress") {
+      this.#isRegistryStale = event.value.stale;
+      if (!event.value.stale) this.#lastFreshAtMs = this.#options.now();
       // A quiet service's resume point keeps up with etcd, so a reconnect after a compaction of
       // other services' revisions resumes instead of needing a reset snapshot.
       if (this.#hasSnapshot && BigInt(event.value.revision) > BigInt(this.#resumeRevision)) {
@@ -230,6 +260,8 @@ export class MembershipWatcher implements MembershipSource {
       }
       return;
     }
+    // Changes come from a live etcd watch; they prove freshness unless the registry said otherwise.
+    if (!this.#isRegistryStale) this.#lastFreshAtMs = this.#options.now();
     const changes: MembershipChange[] = [];
     if (event.$case === "snapshot") {
       const { instances, revision, reset } = event.value;
@@ -251,7 +283,8 @@ export class MembershipWatcher implements MembershipSource {
       this.#commit(revision, changes, reset ? "reset" : "snapshot");
       return;
     }
-    const { upserted, removed, revision } = event.value;
+    const { upserted, removed, revision, observedAtUnixMs } = event.value;
+    this.#observePropagation(observedAtUnixMs);
     for (const key of removed) {
       const old = this.#instances.get(keyOf(key));
       if (old === undefined) continue;
@@ -307,9 +340,32 @@ export class MembershipWatcher implements MembershipSource {
     }
   }
 
+  /** Observes the propagation lag of one delta; `0` (an older registry) is not observed. */
+  #observePropagation(observedAtUnixMs: string): void {
+    const metrics = this.#options.metrics;
+    const observedAtMs = Number(observedAtUnixMs);
+    if (metrics === undefined || !(observedAtMs > 0)) return;
+    const seconds = Math.max(0, this.#options.now() - observedAtMs) / 1000;
+    metrics.membershipPropagation.observe({ service: this.#options.service }, seconds);
+  }
+
+  /** Exports the stale gauge and tells listeners when `isStale` flipped. */
+  #noticeStaleness(): void {
+    this.#exportStaleness();
+    const isStale = this.isStale;
+    if (isStale === this.#wasStale) return;
+    this.#wasStale = isStale;
+    this.#options.logger?.info(
+      { service: this.#options.service, stale: isStale },
+      "membership staleness changed",
+    );
+    for (const listener of this.#staleListeners) listener(isStale);
+    for (const listener of this.#listeners) listener(this.#snapshot, []);
+  }
+
   #exportStaleness(): void {
     const seconds =
-      this.#isConnected || this.#lastHeardAtMs === 0 ? 0 : (this.#options.now() - this.#lastHeardAtMs) / 1000;
+      !this.isStale || this.#lastFreshAtMs === 0 ? 0 : (this.#options.now() - this.#lastFreshAtMs) / 1000;
     this.#options.metrics?.membershipStale.set({ service: this.#options.service }, seconds);
   }
 }

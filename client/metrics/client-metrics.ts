@@ -11,6 +11,7 @@ export class ClientMetrics {
   readonly instances: Gauge<"service" | "status">;
   readonly membershipEvents: Counter<"service" | "type">;
   readonly membershipStale: Gauge<"service">;
+  readonly membershipPropagation: Histogram<"service">;
   readonly panicMode: Gauge<"service">;
   readonly calls: Counter<"service" | "method" | "code">;
   readonly retries: Counter<"service" | "method">;
@@ -52,6 +53,18 @@ export class ClientMetrics {
       name: "leasehold_client_membership_stale_seconds",
       help: "Seconds since the caller's membership stream last heard from the registry (0 while connected).",
       labelNames: ["service"],
+      registers,
+    });
+    this.membershipPropagation = new Histogram({
+      name: "leasehold_client_membership_propagation_seconds",
+      help:
+        "Time from the registry receiving an etcd change (Delta.observed_at_unix_ms, registry clock) to " +
+        "the caller applying it, in seconds; clock skew between hosts shifts it (negative values count as 0).",
+      labelNames: ["service"],
+      // Sub-millisecond (same host) to 10 s (a stream that was behind, or a stalled caller).
+      buckets: [
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+      ],
       registers,
     });
     this.calls = new Counter({

@@ -7,15 +7,25 @@ import type { UnavailableEpisodes } from "./unavailable-episodes.js";
 interface PendingRenewal {
   resolve(ttlSeconds: number): void;
   reject(error: RegistryError): void;
+  /** Stops the duration metric and the renewal's timeout. */
   stopTimer(): void;
 }
+
+/**
+ * How long one renewal may wait for etcd's answer, in milliseconds. etcd answers in milliseconds;
+ * a stalled etcd (SIGSTOP) never answers and its connection is only dropped by gRPC keepalive
+ * after ~9 s, so without this bound the holder would wait that long. 2 s is below the smallest
+ * keepalive interval of a registrar with the default 10 s TTL (TTL/3).
+ */
+export const RENEWAL_TIMEOUT_MS = 2000;
 
 /**
  * One etcd `LeaseKeepAlive` stream that renews arbitrary lease ids, for one caller's KeepAlive
  * stream. etcd answers a stream's requests in order, so answers are matched first in, first out.
  * Once the etcd stream fails every pending and later renewal rejects with `unavailable` (a
  * broken stream is always etcd being away or the connection dropping, never an internal fault);
- * the caller opens a new one. Failures are logged once per episode through `episodes`.
+ * the caller opens a new one. A renewal unanswered for {@link RENEWAL_TIMEOUT_MS} fails the stream
+ * the same way. Failures are logged once per episode through `episodes`.
  */
 export class LeaseKeepAlive {
   readonly #leaseClient: LeaseClient;
@@ -40,7 +50,21 @@ export class LeaseKeepAlive {
     if (this.#failure !== undefined) return Promise.reject(this.#failure);
     const stream = (this.#stream ??= this.#open());
     return new Promise<number>((resolve, reject) => {
-      const stopTimer = this.#metrics.etcdRequestDuration.startTimer({ op: "keepalive" });
+      const stopDuration = this.#metrics.etcdRequestDuration.startTimer({ op: "keepalive" });
+      const timeout = setTimeout(() => {
+        const error = new RegistryError(
+          "unavailable",
+          `etcd did not answer a keepalive within ${RENEWAL_TIMEOUT_MS} ms`,
+        );
+        this.#episodes.failed("keepalive", error);
+        this.#fail(error);
+        this.#endStream();
+      }, RENEWAL_TIMEOUT_MS);
+      timeout.unref();
+      const stopTimer = () => {
+        clearTimeout(timeout);
+        stopDuration();
+      };
       this.#pending.push({ resolve, reject, stopTimer });
       stream.then(
         (opened) => opened.write({ ID: leaseId }),
@@ -53,6 +77,10 @@ export class LeaseKeepAlive {
   close(): void {
     if (this.#failure !== undefined) return;
     this.#fail(new RegistryError("unavailable", "keepalive stream closed"));
+    this.#endStream();
+  }
+
+  #endStream(): void {
     void this.#stream?.then(
       (opened) => opened.end(),
       () => undefined, // never opened: nothing to end

@@ -133,6 +133,7 @@ export function registration(
     metricsAddress: "",
     ttlSeconds: "3",
     status: InstanceStatus.INSTANCE_STATUS_SERVING,
+    registrationId: "",
     ...overrides,
   };
 }
