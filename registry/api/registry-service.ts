@@ -63,7 +63,8 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
     ): handleUnaryCall<Request, Response> =>
     (call, callback: sendUnaryData<Response>) => {
       const scope = callerScope(call);
-      run(call.request, scope).then(
+      // A handler that throws before its first await (validation) fails the call like a rejection.
+      new Promise<Response>((resolve) => resolve(run(call.request, scope))).then(
         (response) => callback(null, response),
         (error: unknown) => callback(fail(method, error)),
       );
