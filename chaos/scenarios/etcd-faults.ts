@@ -1,6 +1,6 @@
 /** etcd stalls (SIGSTOP) and crashes (SIGKILL + restart on the same data dir) under load. */
 import { startCallers } from "../lib/caller.js";
-import { Cluster } from "../lib/cluster.js";
+import { Cluster, SERVICE } from "../lib/cluster.js";
 import { check, type Scenario } from "../lib/result.js";
 import { sleep } from "../lib/scope.js";
 import {
@@ -29,6 +29,7 @@ export const etcdSigstop: Scenario = {
     const cluster = await Cluster.start(scope, { instances: FOUR });
     const callers = await startCallers(scope, cluster.registryAddress, policies, FOUR.length);
     const ids = FOUR.map((s) => s.instanceId);
+    const leasesBefore = await leaseIds(cluster);
     const stallMs = 1.5 * TTL_MS;
     log(`etcd SIGSTOP for ${stallMs} ms`);
     const stoppedAt = Date.now();
@@ -59,6 +60,11 @@ export const etcdSigstop: Scenario = {
     const lost = await settle(cluster, callers);
     for (const caller of callers) await caller.stop();
     const report = await orphans(cluster);
+    const leasesAfter = await leaseIds(cluster);
+    const replaced = [...leasesBefore]
+      .filter(([id, lease]) => leasesAfter.get(id) !== lease)
+      .map(([id]) => id);
+    const leaseNote = `leases replaced across the fault: ${replaced.length} of ${leasesBefore.size} (DESIGN §11: abandoned only on NOT_FOUND)`;
     return callers.map((caller) =>
       callerRow(this.name, caller, {
         lostEvents: lost.get(caller) ?? null,
@@ -76,7 +82,10 @@ export const etcdSigstop: Scenario = {
           ),
           ...orphanChecks(report),
         ],
+        note: leaseNote,
         figures: {
+          leasesBefore: Object.fromEntries(leasesBefore),
+          leasesAfter: Object.fromEntries(leasesAfter),
           stallMs,
           staleAtMs: staleAt.get(caller),
           maxStaleSeconds: maxStale.get(caller),
@@ -98,6 +107,7 @@ export const etcdSigkill: Scenario = {
     const cluster = await Cluster.start(scope, { instances: FOUR });
     const callers = await startCallers(scope, cluster.registryAddress, policies, FOUR.length);
     const ids = FOUR.map((s) => s.instanceId);
+    const leasesBefore = await leaseIds(cluster);
     const downMs = 2 * TTL_MS;
     log(`etcd SIGKILL for ${downMs} ms`);
     await cluster.etcd.kill();
@@ -124,6 +134,11 @@ export const etcdSigkill: Scenario = {
     const lost = await settle(cluster, callers);
     for (const caller of callers) await caller.stop();
     const report = await orphans(cluster);
+    const leasesAfter = await leaseIds(cluster);
+    const replaced = [...leasesBefore]
+      .filter(([id, lease]) => leasesAfter.get(id) !== lease)
+      .map(([id]) => id);
+    const leaseNote = `leases replaced across the fault: ${replaced.length} of ${leasesBefore.size} (DESIGN §11: abandoned only on NOT_FOUND)`;
     return callers.map((caller) =>
       callerRow(this.name, caller, {
         lostEvents: lost.get(caller) ?? null,
@@ -136,8 +151,19 @@ export const etcdSigkill: Scenario = {
           ),
           ...orphanChecks(report),
         ],
-        figures: { downMs, wholeMs, orphans: report },
+        note: leaseNote,
+        figures: {
+          leasesBefore: Object.fromEntries(leasesBefore),
+          leasesAfter: Object.fromEntries(leasesAfter),
+          downMs,
+          wholeMs,
+          orphans: report,
+        },
       }),
     );
   },
 };
+
+async function leaseIds(cluster: Cluster): Promise<Map<string, string>> {
+  return new Map((await cluster.etcd.instances(SERVICE)).instances.map((i) => [i.instanceId, i.leaseId]));
+}

@@ -51,7 +51,8 @@ export const registryDown: Scenario = {
     }
     await cluster.restartRegistry(replica);
     const backAt = Date.now();
-    log("registry back");
+    const outageMs = backAt - killedAt; // 2×TTL plus the replica's start-up
+    log(`registry back after ${outageMs} ms`);
     const backMs = await recoveryTime(
       etcdHasExactly(
         cluster,
