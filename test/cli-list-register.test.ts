@@ -101,12 +101,14 @@ test("list of a service with no instances is an empty list and exit 0, as etcdct
   t.like(JSON.parse(list.stdout.join("\n")), { service: "nobody-here", instances: [] });
 });
 
-test("list of an invalid service name is refused with one line naming the rule, exit 2", async (t) => {
-  const list = spawnCli(t, ["list", "Not_A_Label", `--registry=${t.context.registry.address}`]);
-  t.is(await list.exited, 2, list.stderr);
-  t.is(list.stderr.trim().split("\n").length, 1, list.stderr);
-  t.regex(list.stderr, /^leasehold: .*Not_A_Label|^leasehold: .*DNS-1123/);
-});
+for (const command of ["list", "watch"]) {
+  test(`${command} of an invalid service name is refused with one line naming the rule, exit 2`, async (t) => {
+    const run = spawnCli(t, [command, "Not_A_Label", `--registry=${t.context.registry.address}`]);
+    t.is(await run.exited, 2, run.stderr);
+    t.is(run.stderr.trim().split("\n").length, 1, run.stderr);
+    t.regex(run.stderr, /^leasehold: .*DNS-1123/);
+  });
+}
 
 test("register leases a plain grpc-js server in, balanced calls reach it, and SIGTERM drains it, then removes it", async (t) => {
   const { client, registry } = t.context;

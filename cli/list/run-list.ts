@@ -1,12 +1,11 @@
-import { Metadata, type ServiceError } from "@grpc/grpc-js";
 import Table from "cli-table3";
 import { connectRegistry } from "../../client/registry-connection.js";
 import type {
   GetServiceResponse,
   ListServicesResponse,
-  RegistryServiceClient,
 } from "../../proto/gen/leasehold/registry/v1/registry.js";
 import { instanceJson, statusName } from "../instance-json.js";
+import { getService, listServices } from "../registry-calls.js";
 import { checkRegistry } from "../registry-check.js";
 
 /** Flags of `leasehold list`. */
@@ -14,9 +13,6 @@ export interface ListFlags {
   registry: string;
   json: boolean;
 }
-
-/** Deadline of the one GetService / ListServices call, after the registry answered its check. */
-const CALL_TIMEOUT_MS = 5000;
 
 /**
  * `leasehold list [SERVICE]`: one ListServices (every service with its counts) or GetService (the
@@ -89,30 +85,4 @@ export function formatInstances(service: string, response: GetServiceResponse, i
 /** Colours and full borders on a terminal; no colour codes when piped. */
 function tableStyle(): { head: string[]; border: string[] } | undefined {
   return process.stdout.isTTY ? undefined : { head: [], border: [] };
-}
-
-async function listServices(registry: RegistryServiceClient): Promise<ListServicesResponse> {
-  return await new Promise((resolve, reject) =>
-    registry.listServices(
-      {},
-      new Metadata(),
-      { deadline: deadline() },
-      (error: ServiceError | null, response) => (error === null ? resolve(response) : reject(error)),
-    ),
-  );
-}
-
-async function getService(registry: RegistryServiceClient, service: string): Promise<GetServiceResponse> {
-  return await new Promise((resolve, reject) =>
-    registry.getService(
-      { service },
-      new Metadata(),
-      { deadline: deadline() },
-      (error: ServiceError | null, response) => (error === null ? resolve(response) : reject(error)),
-    ),
-  );
-}
-
-function deadline(): Date {
-  return new Date(Date.now() + CALL_TIMEOUT_MS);
 }

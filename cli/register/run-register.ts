@@ -1,16 +1,16 @@
 import { randomBytes } from "node:crypto";
-import { Metadata, status, type ServiceError } from "@grpc/grpc-js";
+import { status, type ServiceError } from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import { Backoff, sleep } from "../../client/backoff.js";
 import { Registrar } from "../../client/registration/registrar.js";
 import { connectRegistry } from "../../client/registry-connection.js";
 import {
   InstanceStatus,
-  type GetServiceResponse,
   type RegistryServiceClient,
 } from "../../proto/gen/leasehold/registry/v1/registry.js";
 import { statusName } from "../instance-json.js";
 import { createLogger } from "../logger.js";
+import { getService } from "../registry-calls.js";
 import { checkRegistry } from "../registry-check.js";
 import { keepProcessAlive, onShutdownSignal } from "../signals.js";
 import { UsageError } from "../usage-error.js";
@@ -132,14 +132,7 @@ async function refuseTakenId(
   service: string,
   instanceId: string,
 ): Promise<void> {
-  const response = await new Promise<GetServiceResponse>((resolve, reject) =>
-    registry.getService(
-      { service },
-      new Metadata(),
-      { deadline: new Date(Date.now() + 5000) },
-      (error, value) => (error === null ? resolve(value) : reject(error)),
-    ),
-  );
+  const response = await getService(registry, service);
   const holder = response.instances.find((instance) => instance.instanceId === instanceId);
   if (holder !== undefined) {
     throw new UsageError(

@@ -6,6 +6,7 @@ import { connectRegistry } from "../../client/registry-connection.js";
 import type { Instance } from "../../proto/gen/leasehold/registry/v1/registry.js";
 import { statusName } from "../instance-json.js";
 import { createLogger } from "../logger.js";
+import { getService } from "../registry-calls.js";
 import { checkRegistry } from "../registry-check.js";
 import { keepProcessAlive, onShutdownSignal } from "../signals.js";
 
@@ -50,6 +51,8 @@ export async function runWatch(service: string, flags: WatchFlags): Promise<void
   const registry = connectRegistry(flags.registry);
   try {
     await checkRegistry(registry, flags.registry);
+    // A name the registry refuses (INVALID_ARGUMENT) is one line and exit 2, not a Watch retried forever.
+    if (service !== "") await getService(registry, service);
   } catch (error) {
     registry.close();
     throw error;
