@@ -84,9 +84,9 @@ const PERMANENT_CODES: ReadonlySet<number> = new Set([
  * blocking it with `ALREADY_EXISTS`.
  *
  * With several registry replicas on one channel ({@link connectRegistry} with `a:1,b:2`), a broken
- * KeepAlive stream is reopened at once on a ready replica, and a stream whose keepalive is still
- * unanswered at the next tick (TTL/3) is replaced by a new one, which the channel's round robin puts
- * on the next replica. Register and KeepAlive wait for a ready connection (gRPC wait-for-ready).
+ * KeepAlive stream is reopened at once on a ready replica, and a stream whose keepalive is
+ * unanswered for TTL/6 is replaced by a new one, which the channel's round robin puts on the next
+ * replica. Register and KeepAlive wait for a ready connection (gRPC wait-for-ready).
  *
  * Shutdown is the caller's sequence: {@link drain} (callers stop picking it), wait a drain window,
  * then {@link stop} (Deregister: the key disappears at once). A crash is cleaned up by TTL expiry.
@@ -286,13 +286,15 @@ export class Registrar {
   /**
    * Sends a keepalive every TTL/3 over one KeepAlive stream and resolves with the reason once the
    * lease is gone (`NOT_FOUND`) or `signal` aborts. A broken stream is reopened after a short
-   * backoff; a stream whose last keepalive is still unanswered at the next tick is replaced (the new
-   * one lands on the next ready replica). No answer for a whole TTL turns the state `stale` (one
-   * warning per episode) until the next answer; the lease is kept all along.
+   * backoff; a stream whose keepalive is unanswered for half a tick (TTL/6) is replaced at once (the
+   * new one lands on the next ready replica), so keepalives reach a live replica within TTL/2 of the
+   * last answer even when a replica freezes instead of failing. No answer for a whole TTL turns the
+   * state `stale` (one warning per episode) until the next answer; the lease is kept all along.
    */
   async #holdLease(lease: RegisterResponse, signal: AbortSignal): Promise<string> {
     const ttlMs = Math.max(1, Number(lease.ttlSeconds)) * 1000;
     const intervalMs = ttlMs / 3;
+    const answerTimeoutMs = intervalMs / 2;
     const reopenBackoff = new Backoff({
       ...this.#backoffOptions,
       initialDelayMs: Math.min(this.#backoffOptions.initialDelayMs, intervalMs),
@@ -301,11 +303,15 @@ export class Registrar {
     const fields = { instanceId: this.#instance.instanceId, leaseId: lease.leaseId };
     return await new Promise<string>((resolve) => {
       let stream: ClientDuplexStream<KeepAliveRequest, KeepAliveResponse> | undefined;
-      /** When the oldest keepalive not yet answered on `stream` was sent. */
-      let unansweredSince: number | undefined;
+      /** Armed by a keepalive sent on `stream`, disarmed by an answer; when it fires the stream moves. */
+      let answerTimer: NodeJS.Timeout | undefined;
       let lastAnsweredAt = Date.now();
       let reopenTimer: NodeJS.Timeout | undefined;
       let staleTimer: NodeJS.Timeout | undefined;
+      const disarmAnswerTimer = (): void => {
+        clearTimeout(answerTimer);
+        answerTimer = undefined;
+      };
       const armStaleTimer = (): void => {
         clearTimeout(staleTimer);
         staleTimer = setTimeout(markStale, lastAnsweredAt + ttlMs - Date.now());
@@ -322,6 +328,7 @@ export class Registrar {
         clearInterval(ticker);
         clearTimeout(staleTimer);
         clearTimeout(reopenTimer);
+        clearTimeout(answerTimer);
         signal.removeEventListener("abort", onAbort);
         const last = stream;
         stream = undefined;
@@ -330,8 +337,17 @@ export class Registrar {
       };
       const onAbort = (): void => finish("stopped");
       const send = (): void => {
-        unansweredSince ??= Date.now();
         stream?.write({ leaseId: lease.leaseId });
+        answerTimer ??= setTimeout(() => {
+          answerTimer = undefined;
+          if (stream === undefined) return;
+          // No answer in half a tick: this replica (or etcd behind it) is stuck. A new stream goes
+          // to the next ready replica (the channel's round robin), the one answering if any.
+          const stuck = stream;
+          stream = undefined;
+          stuck.cancel();
+          open();
+        }, answerTimeoutMs);
       };
       const reopenLater = (): void => {
         clearTimeout(reopenTimer);
@@ -340,16 +356,16 @@ export class Registrar {
       const open = (): void => {
         clearTimeout(reopenTimer);
         reopenTimer = undefined;
+        disarmAnswerTimer();
         const opened = this.#registry.keepAlive(new Metadata({ waitForReady: true }));
         stream = opened;
-        unansweredSince = undefined;
         opened.on("data", (response: KeepAliveResponse) => {
           if (opened !== stream) return;
           if (!(Number(response.ttlSeconds) > 0)) {
-            finish(`lease ${lease.leaseId} not found (TTL ${response.ttlSeconds})`); // etcd's answer for a gone lease
+            finish(`lease ${lease.leaseId} not found (TTL ${response.ttlSeconds})`); // etcd's word for it
             return;
           }
-          unansweredSince = undefined;
+          disarmAnswerTimer();
           lastAnsweredAt = Date.now();
           reopenBackoff.reset();
           armStaleTimer();
@@ -361,6 +377,7 @@ export class Registrar {
         opened.on("error", (error: ServiceError) => {
           if (opened !== stream) return;
           stream = undefined;
+          disarmAnswerTimer();
           if (error.code === status.NOT_FOUND) {
             finish(`lease ${lease.leaseId} not found`);
             return;
@@ -371,22 +388,13 @@ export class Registrar {
         opened.on("end", () => {
           if (opened !== stream) return;
           stream = undefined;
+          disarmAnswerTimer();
           reopenLater();
         });
         send();
       };
       const ticker = setInterval(() => {
-        if (stream === undefined) return; // a reopen is scheduled
-        if (unansweredSince !== undefined && Date.now() - unansweredSince >= intervalMs / 2) {
-          // The replica, or etcd behind it, did not answer for a tick: try a new stream, which the
-          // channel puts on the next ready replica (the one answering, if any).
-          const stalled = stream;
-          stream = undefined;
-          stalled.cancel();
-          open();
-        } else {
-          send();
-        }
+        if (stream !== undefined) send(); // else a reopen is scheduled
       }, intervalMs);
       armStaleTimer();
       signal.addEventListener("abort", onAbort, { once: true });
