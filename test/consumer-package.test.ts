@@ -3,7 +3,8 @@
  * working tree without dist/, `npm install` of the tarball into a project outside the repository,
  * then, against a real registry and three real echo instances, a stock grpc-js client with target
  * `leasehold:///echo` from (a) plain JavaScript ESM, (b) TypeScript checked by the consumer's own
- * tsc (strict, NodeNext, skipLibCheck false) and (c) CommonJS `require()`.
+ * tsc (strict, NodeNext, skipLibCheck false) and (c) CommonJS `require()`; and a registry started
+ * from `leasehold/registry` as installed.
  */
 import { execFile } from "node:child_process";
 import { cp, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from "node:fs/promises";
@@ -135,13 +136,20 @@ test.after.always(async (t) => {
 });
 
 /** Runs `node args` in the consumer project against the fixture's registry; parses its report. */
-async function runConsumer(context: Context, args: readonly string[]): Promise<ConsumerReport> {
+async function runConsumer<Report = ConsumerReport>(
+  context: Context,
+  args: readonly string[],
+): Promise<Report> {
   const { stdout } = await run(process.execPath, [...args], {
     cwd: context.project,
-    env: { ...process.env, LEASEHOLD_REGISTRY: context.fixture.registry.address },
+    env: {
+      ...process.env,
+      LEASEHOLD_REGISTRY: context.fixture.registry.address,
+      LEASEHOLD_ETCD: context.fixture.etcd.endpoint,
+    },
     timeout: 30_000,
   });
-  return JSON.parse(stdout) as ConsumerReport;
+  return JSON.parse(stdout) as Report;
 }
 
 function assertBalanced(t: ExecutionContext<Context>, report: ConsumerReport): void {
@@ -254,6 +262,14 @@ test("(c) CommonJS require()s leasehold and balances leasehold:///echo calls", a
   t.false(report.etcd3Loaded);
 });
 
+test("leasehold/registry starts a registry from the installed package (its reflection protos load from dist/proto)", async (t) => {
+  const report = await runConsumer<{ services: string[] }>(t.context, ["registry-consumer.mjs"]);
+  t.true(
+    report.services.includes("echo"),
+    `ListServices through the installed registry: ${report.services.join(", ")}`,
+  );
+});
+
 /** The consumer project's own files: the same program as ESM, TypeScript and CommonJS. */
 const CONSUMER_FILES: Record<string, string> = {
   "esm-consumer.mjs": `
@@ -343,6 +359,19 @@ for (let i = 0; i < ${MIN_CALLS} || (Object.keys(answeredBy).length < 2 && i < $
 client.close();
 const etcd3Loaded = Object.keys(createRequire(import.meta.url).cache).some((file) => file.includes("/etcd3/"));
 console.log(JSON.stringify({ answeredBy, etcd3Loaded, invalidPolicyError, registryOptionNames }));
+`,
+  "registry-consumer.mjs": `
+import { connectRegistry } from "leasehold";
+import { startRegistry } from "leasehold/registry";
+
+const registry = await startRegistry({ listen: "127.0.0.1:0", etcdEndpoints: [process.env.LEASEHOLD_ETCD] });
+const client = connectRegistry(registry.address);
+const listed = await new Promise((resolve, reject) =>
+  client.listServices({}, { deadline: Date.now() + 5000 }, (error, response) => (error ? reject(error) : resolve(response))),
+);
+client.close();
+await registry.close();
+console.log(JSON.stringify({ services: listed.services.map((summary) => summary.service) }));
 `,
   "cjs-consumer.cjs": `
 const grpc = require("@grpc/grpc-js");
