@@ -2,7 +2,7 @@
  * A registry replica in a process of its own, so a scenario can SIGKILL it and measure its RSS.
  * `node --expose-gc --import tsx chaos/children/registry.ts '<json>'` prints
  * `ready <address> <adminAddress>`. SIGTERM: graceful close, exit 0. SIGUSR2: a full GC (when
- * started with --expose-gc), then prints `rss <bytes>`, so RSS is compared after garbage is gone.
+ * started with --expose-gc), then prints `rss <bytes> heap <bytes>`, so RSS is compared after garbage is gone.
  */
 import { pino } from "pino";
 import { startRegistry } from "../../registry/index.js";
@@ -27,7 +27,8 @@ process.on("SIGUSR2", () => {
   const gc = (globalThis as { gc?: () => void }).gc;
   gc?.();
   gc?.();
-  process.stdout.write(`rss ${process.memoryUsage().rss}\n`);
+  const { rss, heapUsed } = process.memoryUsage();
+  process.stdout.write(`rss ${rss} heap ${heapUsed}\n`);
 });
 process.once("SIGTERM", () => {
   void registry.close().then(

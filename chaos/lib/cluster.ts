@@ -137,12 +137,17 @@ export class Cluster {
 
   /** RSS of a registry replica in bytes, after a full GC in it (SIGUSR2 → `rss` line). */
   async registryRssAfterGc(replica: RegistryReplica): Promise<number> {
-    const before = (replica.process.stdout.match(/^rss \d+$/gm) ?? []).length;
+    return (await this.registryMemoryAfterGc(replica)).rss;
+  }
+
+  /** RSS (from /proc) and V8 heap used (as the replica reports it) after a full GC in it, bytes. */
+  async registryMemoryAfterGc(replica: RegistryReplica): Promise<{ rss: number; heapUsed: number }> {
+    const reports = (): string[] => replica.process.stdout.match(/^rss \d+.*$/gm) ?? [];
+    const before = reports().length;
     replica.process.signal("SIGUSR2");
-    await waitFor(() => (replica.process.stdout.match(/^rss \d+$/gm) ?? []).length > before, {
-      timeoutMs: 5000,
-    });
-    return await rssOf(replica.process.pid);
+    await waitFor(() => reports().length > before, { timeoutMs: 5000 });
+    const heapUsed = Number(/heap (\d+)/.exec(reports().at(-1) ?? "")?.[1] ?? Number.NaN);
+    return { rss: await rssOf(replica.process.pid), heapUsed };
   }
 }
 

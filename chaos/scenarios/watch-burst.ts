@@ -58,7 +58,7 @@ export const watchBurst: Scenario = {
   fast: false,
   summary:
     "10,000 registrations in a burst (then their removal), 300 Watch streams reading, 1 paused: only the paused one ended; stream gauge back to the live count; registry RSS within 10 % of before",
-  timeoutMs: () => 300_000,
+  timeoutMs: () => 900_000,
   async run({ scope, log }) {
     const cluster = await Cluster.start(scope);
     const replica = cluster.registries[0];
@@ -73,7 +73,8 @@ export const watchBurst: Scenario = {
       15_000,
     );
     await sleep(2000);
-    const rssBefore = await cluster.registryRssAfterGc(replica);
+    const before = await cluster.registryMemoryAfterGc(replica);
+    const rssBefore = before.rss;
     const client: RegistryServiceClient = connectRegistry(replica.address);
     scope.defer("registry client", () => client.close());
     log(`${REGISTRATIONS} registrations`);
@@ -85,7 +86,7 @@ export const watchBurst: Scenario = {
         service: BURST_SERVICE,
         instanceId: `burst-${String(i).padStart(5, "0")}`,
         address: `127.0.0.1:${10_000 + (i % 50_000)}`,
-        ttlSeconds: "60",
+        ttlSeconds: "300", // outlives the burst: every key is removed by Deregister, not by expiry
       });
       try {
         const response = await unary<{ leaseId: string }>((cb) =>
@@ -107,6 +108,7 @@ export const watchBurst: Scenario = {
     );
     log(`registered ${registered} in ${burstMs} ms; removing them`);
     let deregisterFailures = 0;
+    const deregisterCodes: Record<string, number> = {};
     await pool(REGISTRATIONS, 128, async (i) => {
       if (leases[i] === "") return;
       try {
@@ -122,8 +124,10 @@ export const watchBurst: Scenario = {
             cb,
           ),
         );
-      } catch {
+      } catch (error) {
         deregisterFailures++;
+        const code = String((error as Partial<ServiceError>).code ?? "?");
+        deregisterCodes[code] = (deregisterCodes[code] ?? 0) + 1;
       }
     });
     await waitFor(() => (lastState(streams.stdout)?.minRemoves ?? 0) >= registered - deregisterFailures, {
@@ -146,7 +150,8 @@ export const watchBurst: Scenario = {
     );
     const gaugeNow = gauge ?? (await cluster.registryMetric(replica, "leasehold_registry_watch_streams"));
     await sleep(3000);
-    const rssAfter = await cluster.registryRssAfterGc(replica);
+    const after = await cluster.registryMemoryAfterGc(replica);
+    const rssAfter = after.rss;
     const growth = (rssAfter - rssBefore) / rssBefore;
     const liveCount = (state?.open ?? 0) + (state?.pausedOpen ?? 0);
     return [
@@ -156,7 +161,10 @@ export const watchBurst: Scenario = {
         calls: registered,
         failedCalls: registerFailures,
         failedAttempts: deregisterFailures,
-        lostEvents: null,
+        // Events a reader missed: upserts and removals below what was registered and deregistered.
+        lostEvents:
+          Math.max(0, registered - (state?.minUpserts ?? 0)) +
+          Math.max(0, registered - deregisterFailures - (state?.minRemoves ?? 0)),
         recoverMs: allSeenMs ?? null,
         checks: [
           check(
@@ -184,7 +192,7 @@ export const watchBurst: Scenario = {
           check(
             "registry RSS within 10 % of before",
             Math.abs(growth) <= 0.1,
-            `${(rssBefore / 2 ** 20).toFixed(0)} → ${(rssAfter / 2 ** 20).toFixed(0)} MiB (${(growth * 100).toFixed(1)} %)`,
+            `${(rssBefore / 2 ** 20).toFixed(0)} → ${(rssAfter / 2 ** 20).toFixed(0)} MiB (${(growth * 100).toFixed(1)} %; V8 heap used ${(before.heapUsed / 2 ** 20).toFixed(0)} → ${(after.heapUsed / 2 ** 20).toFixed(0)} MiB)`,
           ),
           check(
             "every reader saw the burst",
@@ -192,7 +200,18 @@ export const watchBurst: Scenario = {
             `all ${registered} upserts on every reader after ${ms(allSeenMs ?? null)}`,
           ),
         ],
-        figures: { burstMs, allSeenMs, rssBefore, rssAfter, state, gaugeNow },
+        figures: {
+          burstMs,
+          registrationsPerSecond: Math.round((1000 * registered) / burstMs),
+          allSeenMs,
+          rssBefore,
+          rssAfter,
+          heapUsedBefore: before.heapUsed,
+          heapUsedAfter: after.heapUsed,
+          deregisterCodes,
+          state,
+          gaugeNow,
+        },
       }),
     ];
   },
