@@ -137,7 +137,8 @@ export async function startServiceInstance(
   const stopEverything = async (): Promise<void> => {
     health.setStatus("", "NOT_SERVING");
     health.setStatus(grpcServiceName(service), "NOT_SERVING");
-    if (registrar.state === "registered") {
+    // A stale registrar still holds its lease (the registry or etcd is away): drain it too.
+    if (registrar.state === "registered" || registrar.state === "stale") {
       await registrar.drain().catch((error: unknown) => logger?.warn({ err: error }, "drain failed"));
       await sleep(drainMs);
     }
