@@ -3,6 +3,13 @@ import { connect as tlsConnect } from "node:tls";
 import { decodeHealthStatus, encodeHealthRequest, HealthStatus } from "./health-codec.js";
 import type { RegistryServiceClient } from "../proto/gen/leasehold/registry/v1/registry.js";
 
+/**
+ * Default deadline of the check, in ms. A port that is closed, answers UNIMPLEMENTED or speaks TLS
+ * answers in milliseconds; only a host that does not answer at all waits this long. 2 s proved too
+ * short on a loaded machine (two CPUs, a dozen CLIs starting at once), where connecting alone took it.
+ */
+export const CHECK_TIMEOUT_MS = 5000;
+
 /** The service name whose `grpc.health.v1` status the registry ties to etcd (DESIGN §3). */
 const REGISTRY_SERVICE = "leasehold.registry.v1.RegistryService";
 
@@ -24,7 +31,7 @@ export class RegistryUnreachableError extends Error {
 }
 
 /**
- * Checks once, within `timeoutMs` (default 2000), that `address` is a working Leasehold registry:
+ * Checks once, within `timeoutMs` (default 5000), that `address` is a working Leasehold registry:
  * one `ListServices` call that fails fast, as grpc-js calls do without `waitForReady`, then the
  * registry's own `grpc.health.v1.Health/Check`, which is NOT_SERVING while its etcd is unreachable.
  * Nothing is retried: a long-lived command calls this once at start and then rides out later outages.
@@ -36,7 +43,7 @@ export class RegistryUnreachableError extends Error {
 export async function checkRegistry(
   registry: RegistryServiceClient,
   address: string,
-  timeoutMs = 2000,
+  timeoutMs = CHECK_TIMEOUT_MS,
 ): Promise<void> {
   const deadline = new Date(Date.now() + timeoutMs);
   try {
