@@ -232,8 +232,9 @@ export class Registrar {
     while (!signal.aborted) {
       this.#setState("registering");
       try {
-        this.#lease = await this.#register();
+        this.#lease = await this.#register(signal);
       } catch (error) {
+        if (signal.aborted) return; // stop() cancelled it
         const code = (error as Partial<ServiceError>).code;
         if (code !== undefined && PERMANENT_CODES.has(code)) {
           hooks.onRefused(error);
@@ -264,11 +265,11 @@ export class Registrar {
     }
   }
 
-  async #register(): Promise<RegisterResponse> {
+  async #register(signal: AbortSignal): Promise<RegisterResponse> {
     const instance = this.#instance;
     return await this.#unary<RegisterRequest, RegisterResponse>(
       (request, metadata, options, callback) => this.#registry.register(request, metadata, options, callback),
-      { isWaitingForReady: true },
+      { isWaitingForReady: true, signal },
     )({
       service: instance.service,
       instanceId: instance.instanceId,
@@ -404,7 +405,8 @@ export class Registrar {
 
   /**
    * Promise form of a generated unary method, with this registrar's deadline; `isWaitingForReady`
-   * queues the call until a connection is ready (within the deadline) instead of failing at once.
+   * queues the call until a connection is ready (within the deadline) instead of failing at once;
+   * `signal` cancels it (stop() need not wait out a Register queued for a registry that is away).
    */
   #unary<Req, Res>(
     method: (
@@ -412,17 +414,27 @@ export class Registrar {
       metadata: Metadata,
       options: { deadline: Date },
       callback: (error: ServiceError | null, response: Res) => void,
-    ) => unknown,
-    { isWaitingForReady = false } = {},
+    ) => { cancel(): void },
+    { isWaitingForReady = false, signal }: { isWaitingForReady?: boolean; signal?: AbortSignal } = {},
   ): (request: Req) => Promise<Res> {
     return async (request) =>
       await new Promise<Res>((resolve, reject) => {
-        method(
+        if (signal?.aborted === true) {
+          reject(new Error("registrar stopped"));
+          return;
+        }
+        const cancel = (): void => call.cancel();
+        const call = method(
           request,
           new Metadata({ waitForReady: isWaitingForReady }),
           { deadline: new Date(Date.now() + this.#callTimeoutMs) },
-          (error, response) => (error === null ? resolve(response) : reject(error)),
+          (error, response) => {
+            signal?.removeEventListener("abort", cancel);
+            if (error === null) resolve(response);
+            else reject(error);
+          },
         );
+        signal?.addEventListener("abort", cancel, { once: true });
       });
   }
 }
