@@ -289,13 +289,13 @@ export class Registrar {
    * lease is gone (`NOT_FOUND`) or `signal` aborts. A broken stream is reopened after a short
    * backoff; a stream whose keepalive is unanswered for half a tick (TTL/6) is replaced at once (the
    * new one lands on the next ready replica), so keepalives reach a live replica within TTL/2 of the
-   * last answer even when a replica freezes instead of failing. No answer for a whole TTL turns the
+   * last answer even when a replica freezes instead of failing; further moves without an answer
+   * wait a whole tick (TTL/3). No answer for a whole TTL turns the
    * state `stale` (one warning per episode) until the next answer; the lease is kept all along.
    */
   async #holdLease(lease: RegisterResponse, signal: AbortSignal): Promise<string> {
     const ttlMs = Math.max(1, Number(lease.ttlSeconds)) * 1000;
     const intervalMs = ttlMs / 3;
-    const answerTimeoutMs = intervalMs / 2;
     const reopenBackoff = new Backoff({
       ...this.#backoffOptions,
       initialDelayMs: Math.min(this.#backoffOptions.initialDelayMs, intervalMs),
@@ -306,6 +306,8 @@ export class Registrar {
       let stream: ClientDuplexStream<KeepAliveRequest, KeepAliveResponse> | undefined;
       /** Armed by a keepalive sent on `stream`, disarmed by an answer; when it fires the stream moves. */
       let answerTimer: NodeJS.Timeout | undefined;
+      /** Streams moved since the last answer: after the first, moves wait a whole tick (less churn). */
+      let movesWithoutAnswer = 0;
       let lastAnsweredAt = Date.now();
       let reopenTimer: NodeJS.Timeout | undefined;
       let staleTimer: NodeJS.Timeout | undefined;
@@ -339,16 +341,21 @@ export class Registrar {
       const onAbort = (): void => finish("stopped");
       const send = (): void => {
         stream?.write({ leaseId: lease.leaseId });
-        answerTimer ??= setTimeout(() => {
-          answerTimer = undefined;
-          if (stream === undefined) return;
-          // No answer in half a tick: this replica (or etcd behind it) is stuck. A new stream goes
-          // to the next ready replica (the channel's round robin), the one answering if any.
-          const stuck = stream;
-          stream = undefined;
-          stuck.cancel();
-          open();
-        }, answerTimeoutMs);
+        answerTimer ??= setTimeout(
+          () => {
+            answerTimer = undefined;
+            if (stream === undefined) return;
+            // No answer in half a tick: this replica (or etcd behind it) is stuck. A new stream goes
+            // to the next ready replica (the channel's round robin), the one answering if any. While
+            // nothing answers (etcd away), one move per tick, so a registry is not flooded with streams.
+            const stuck = stream;
+            stream = undefined;
+            stuck.cancel();
+            movesWithoutAnswer += 1;
+            open();
+          },
+          movesWithoutAnswer === 0 ? intervalMs / 2 : intervalMs,
+        );
       };
       const reopenLater = (): void => {
         clearTimeout(reopenTimer);
@@ -368,6 +375,7 @@ export class Registrar {
           }
           disarmAnswerTimer();
           lastAnsweredAt = Date.now();
+          movesWithoutAnswer = 0;
           reopenBackoff.reset();
           armStaleTimer();
           if (this.#state === "stale") {
