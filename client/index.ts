@@ -13,7 +13,11 @@ export {
   type BalancedMethod,
   type BalancedMethods,
   type InstanceStats,
+  type RequestOf,
+  type Requests,
+  type ResponseOf,
 } from "./balancing/balanced-client.js";
+export type { RetryBudgetOptions } from "./balancing/retry-budget.js";
 export { EXCLUDE_METADATA, loadBalancerName } from "./balancing/leasehold-load-balancer.js";
 export { POLICY_NAMES, isPolicyName, type PolicyName } from "./balancing/policies.js";
 export {
@@ -36,7 +40,12 @@ export {
   type MembershipWatcherOptions,
 } from "./discovery/membership-watcher.js";
 export { staticMembership, type MembershipSnapshot, type MembershipSource } from "./discovery/membership.js";
-export { LeaseholdError, type LeaseholdErrorCode, type StatusCodeName } from "./errors.js";
+export {
+  LeaseholdError,
+  type LeaseholdErrorCode,
+  type LeaseholdErrorOptions,
+  type StatusCodeName,
+} from "./errors.js";
 export { ClientMetrics } from "./metrics/client-metrics.js";
 export {
   Registrar,
@@ -51,4 +60,6 @@ export {
   RegistryServiceClient,
   type InstanceKey,
 } from "../proto/gen/leasehold/registry/v1/registry.js";
+/** The registry's wire types (ts-proto), for calls made with `RegistryServiceClient`. */
+export * as registryV1 from "../proto/gen/leasehold/registry/v1/registry.js";
 export { instrumentService } from "./server/grpc-server-metrics.js";

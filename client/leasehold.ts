@@ -9,7 +9,7 @@
  * const calculator = new CalculatorServiceClient("leasehold:///calculator", credentials.createInsecure());
  * ```
  */
-import type { ChannelOptions, ServiceConfig } from "@grpc/grpc-js";
+import type { ChannelOptions } from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import { setDefaultContext } from "./balancing/balancer-context.js";
 import { registerLoadBalancers } from "./balancing/leasehold-load-balancer.js";
@@ -19,13 +19,11 @@ import {
   DEFAULT_RETRY_POLICY,
   registerResolver,
   setResolverDefaults,
+  type RetryPolicy,
 } from "./discovery/leasehold-resolver.js";
 import { LeaseholdError } from "./errors.js";
 import type { ClientMetrics } from "./metrics/client-metrics.js";
 import { parseRegistryAddresses } from "./registry-connection.js";
-
-/** A grpc-js `retryPolicy` (gRFC A6), as in a service config's `methodConfig`. */
-export type RetryPolicy = NonNullable<ServiceConfig["methodConfig"][number]["retryPolicy"]>;
 
 /** Options of {@link registerLeasehold}; all optional. */
 export interface LeaseholdOptions {
@@ -57,7 +55,7 @@ export interface LeaseholdOptions {
   readonly registryChannelOptions?: ChannelOptions;
 }
 
-export { DEFAULT_RETRY_POLICY };
+export { DEFAULT_RETRY_POLICY, type RetryPolicy };
 
 /**
  * Registers the `leasehold` scheme and the `leasehold_<policy>` balancers with grpc-js, and sets

@@ -99,9 +99,12 @@ export interface BalancedCallOptions {
   readonly metadata?: grpc.Metadata;
 }
 
-type RequestOf<M> = M extends { requestSerialize: (value: infer Req) => Buffer } ? Req : never;
-type ResponseOf<M> = M extends { responseDeserialize: (value: Buffer) => infer Res } ? Res : never;
-type Requests<M> = AsyncIterable<RequestOf<M>> | Iterable<RequestOf<M>>;
+/** The request type of a grpc-js method definition. */
+export type RequestOf<M> = M extends { requestSerialize: (value: infer Req) => Buffer } ? Req : never;
+/** The response type of a grpc-js method definition. */
+export type ResponseOf<M> = M extends { responseDeserialize: (value: Buffer) => infer Res } ? Res : never;
+/** What a client- or bidi-streaming method takes: its requests, sync or async. */
+export type Requests<M> = AsyncIterable<RequestOf<M>> | Iterable<RequestOf<M>>;
 
 /** The function of one method, by its streaming kind. */
 export type BalancedMethod<M> = M extends { readonly requestStream: false; readonly responseStream: false }

@@ -35,7 +35,9 @@ import { MembershipWatcher } from "./membership-watcher.js";
 type GrpcUri = experimental.GrpcUri;
 type ResolverListener = experimental.ResolverListener;
 type MethodConfig = ServiceConfig["methodConfig"][number];
-type RetryPolicy = NonNullable<MethodConfig["retryPolicy"]>;
+
+/** A grpc-js `retryPolicy` (gRFC A6), as in a service config's `methodConfig`. */
+export type RetryPolicy = NonNullable<ServiceConfig["methodConfig"][number]["retryPolicy"]>;
 
 /** The URI scheme: `leasehold:///SERVICE`. */
 export const LEASEHOLD_SCHEME = "leasehold";
