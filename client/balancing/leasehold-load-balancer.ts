@@ -33,6 +33,7 @@ import {
   type BalancerView,
   type InstanceStats,
 } from "./balancer-context.js";
+import { MassRemovalDetector } from "./mass-removal-detector.js";
 import { createPicker, POLICY_NAMES, type Pickable, type Picker, type PolicyName } from "./policies.js";
 
 type LoadBalancer = experimental.LoadBalancer;
@@ -304,8 +305,8 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
   #isUpdating = false;
   #isDestroyed = false;
   #isStale = false;
-  /** When serving instances left recently (ms), for the panic trigger. */
-  #removalTimesMs: number[] = [];
+  /** The panic trigger; made with the context's threshold on the first update. */
+  #departuresOf: MassRemovalDetector | undefined;
   /** Largest lease TTL seen among instances, s (the panic grace is 2 × this). */
   #maxTtlSeconds = 0;
   #panicTimer: NodeJS.Timeout | undefined;
@@ -472,7 +473,8 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
       for (const [instanceId, child] of this.#children) {
         if (!listed.has(instanceId)) left.push(child);
       }
-      for (const child of this.#retainOrRetire(left, ordered.length, nowMs)) {
+      const servingListed = ordered.filter((child) => child.isServing).length;
+      for (const child of this.#retainOrRetire(left, servingListed, nowMs)) {
         this.#children.delete(child.instanceId);
         removed.push(this.#retire(child));
       }
@@ -488,7 +490,7 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
 
   /**
    * Caller-side self-preservation (Eureka's self-preservation, Envoy's panic threshold): when more
-   * than `panicThresholdPercent` of the serving instances left within `PANIC_WINDOW_MS`, or while
+   * than `panicThresholdPercent` of the serving instances left within 5 s, or while
    * the membership is stale, instances that leave are kept for a grace period (default 2 × the
    * largest TTL seen) and still picked if their subchannel is READY and their breaker admits them;
    * the truly dead fail to connect and are skipped. Membership stays the truth: a kept instance
@@ -496,16 +498,13 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
    *
    * @returns the children that leave for good now.
    */
-  #retainOrRetire(left: readonly Child[], listedCount: number, nowMs: number): Child[] {
+  #retainOrRetire(left: readonly Child[], servingListed: number, nowMs: number): Child[] {
     const context = this.context;
+    this.#departuresOf ??= new MassRemovalDetector({ thresholdPercent: context.panicThresholdPercent });
     const leaving = left.filter((child) => child.retainedUntilMs === undefined);
     const servingLeaving = leaving.filter((child) => child.isServing).length;
-    this.#removalTimesMs = this.#removalTimesMs.filter((at) => nowMs - at < PANIC_WINDOW_MS);
-    for (let i = 0; i < servingLeaving; i++) this.#removalTimesMs.push(nowMs);
-    const recent = this.#removalTimesMs.length;
     const retainedCount = left.length - leaving.length;
-    const baseline = listedCount + recent + retainedCount;
-    const isMassRemoval = recent > 0 && (100 * recent) / baseline > context.panicThresholdPercent;
+    const isMassRemoval = this.#departuresOf.record(servingLeaving, servingListed + retainedCount);
     const isPanicking = retainedCount > 0;
     if (leaving.length === 0 || !(isMassRemoval || this.#isStale || isPanicking)) return leaving;
     const graceMs = context.panicGraceMs ?? 2_000 * (this.#maxTtlSeconds > 0 ? this.#maxTtlSeconds : 10);
@@ -513,7 +512,7 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
     const service = this.#service;
     if (!isPanicking) {
       context.logger.warn(
-        { service, left: leaving.length, recent, baseline, stale: this.#isStale, graceMs },
+        { service, left: leaving.length, listed: servingListed, stale: this.#isStale, graceMs },
         "panic mode: instances left at once; still routing over them while they answer",
       );
       context.metrics?.panicMode.set({ service }, 1);
@@ -641,9 +640,6 @@ function capEjections(children: readonly Child[], maxEjectionPercent: number): v
   const ejected = new Set(open.slice(0, allowed));
   for (const child of children) child.isEjected = ejected.has(child);
 }
-
-/** Removals of serving instances counted together for the panic trigger, ms. */
-const PANIC_WINDOW_MS = 5000;
 
 let isRegistered = false;
 
