@@ -5,7 +5,7 @@ import { RegistryServiceClient } from "../proto/gen/leasehold/registry/v1/regist
 import { startRegistry, type RunningRegistry } from "../registry/index.js";
 import { spawnCli } from "./helpers/cli.js";
 import { eventually } from "./helpers/eventually.js";
-import { registration, rpc } from "./helpers/registry-fixture.js";
+import { registration, rpc, startFixtureFor } from "./helpers/registry-fixture.js";
 
 test("register and watch outlive their registry: down for longer than the TTL, back on the same port", async (t) => {
   const etcd = await startLocalEtcd();
@@ -45,6 +45,9 @@ test("register and watch outlive their registry: down for longer than the TTL, b
   );
   t.is(sidecar.child.exitCode, null, "the sidecar is still running");
   t.is(watch.child.exitCode, null, "watch is still running");
+  await eventually(() => watch.stdout.some((line) => line.includes('"type":"stale","stale":true')), {
+    what: "watch said it is stale",
+  });
 
   registry = await start();
   await eventually(async () => (await listed("outlived")).includes("o-1"), {
@@ -57,6 +60,10 @@ test("register and watch outlive their registry: down for longer than the TTL, b
     what: "watch saw o-2 after the restart",
   });
 
+  t.true(
+    watch.stdout.some((line) => line.includes('"type":"stale","stale":false')),
+    "and fresh again once the registry answered",
+  );
   sidecar.child.kill("SIGTERM");
   watch.child.kill("SIGTERM");
   t.is(await sidecar.exited, 0, sidecar.stderr);
@@ -74,3 +81,33 @@ async function etcd3Keys(endpoint: string): Promise<number> {
   const body = (await response.json()) as { count?: string };
   return Number(body.count ?? 0);
 }
+
+test("watch says when callers enter panic mode: 3 of 4 serving instances leave at once", async (t) => {
+  const fixture = await startFixtureFor(t);
+  const address = fixture.registry.address;
+  const leases: string[] = [];
+  for (const id of ["p-1", "p-2", "p-3", "p-4"]) {
+    const granted = await rpc(fixture.client).register(
+      registration({ service: "panicky", instanceId: id, address: `127.0.0.1:${9100 + leases.length}` }),
+    );
+    leases.push(granted.leaseId);
+  }
+  const watch = spawnCli(t, ["watch", "panicky", `--registry=${address}`, "--json"]);
+  await eventually(() => watch.stdout.filter((line) => line.includes('"snapshot"')).length === 4, {
+    what: "watch's snapshot of 4",
+  });
+  t.false(watch.stdout.some((line) => line.includes('"panic"')));
+  await Promise.all(
+    leases
+      .slice(0, 3)
+      .map((leaseId, i) =>
+        rpc(fixture.client).deregister({ service: "panicky", instanceId: `p-${i + 1}`, leaseId }),
+      ),
+  );
+  const panic = await eventually(() => watch.stdout.find((line) => line.includes('"type":"panic"')), {
+    what: "a panic line",
+  });
+  t.like(JSON.parse(panic) as object, { type: "panic", service: "panicky" });
+  watch.child.kill("SIGTERM");
+  t.is(await watch.exited, 0, watch.stderr);
+});

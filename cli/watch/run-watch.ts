@@ -3,7 +3,8 @@ import logUpdate from "log-update";
 import { MembershipWatcher, type MembershipChange } from "../../client/discovery/membership-watcher.js";
 import type { MembershipSnapshot } from "../../client/discovery/membership.js";
 import { connectRegistry } from "../../client/registry-connection.js";
-import type { Instance } from "../../proto/gen/leasehold/registry/v1/registry.js";
+import { MassRemovalDetector } from "../../client/balancing/mass-removal-detector.js";
+import { InstanceStatus, type Instance } from "../../proto/gen/leasehold/registry/v1/registry.js";
 import { statusName } from "../instance-json.js";
 import { createLogger } from "../logger.js";
 import { getService } from "../registry-calls.js";
@@ -63,9 +64,20 @@ export async function runWatch(service: string, flags: WatchFlags): Promise<void
     logger: createLogger("leasehold-watch", "warn"),
   });
   const isLive = !flags.json && process.stdout.isTTY;
+  const panics = new PanicView();
+  const say = (line: string, event: object): void => {
+    if (!isLive) process.stdout.write(flags.json ? `${JSON.stringify(event)}\n` : `${line}\n`);
+  };
   watcher.subscribe((snapshot, changes) => {
+    for (const [service, left] of panics.apply(snapshot, changes)) {
+      say(`! panic ${service}: ${left} serving instance(s) left at once; callers keep routing over them`, {
+        type: "panic",
+        service,
+        left,
+      });
+    }
     if (isLive) {
-      logUpdate(renderTable(snapshot, service, watcher.isStale));
+      logUpdate(renderTable(snapshot, service, watcher.isStale, panics.active()));
       return;
     }
     for (const [type, instance, revision] of flattenChanges(changes)) {
@@ -76,6 +88,17 @@ export async function runWatch(service: string, flags: WatchFlags): Promise<void
       );
     }
   });
+  watcher.onStaleChange((isStale) =>
+    say(
+      isStale
+        ? "! STALE: the registry is unreachable or cannot see etcd; membership may be out of date"
+        : "! fresh again",
+      {
+        type: "stale",
+        stale: isStale,
+      },
+    ),
+  );
   watcher.start();
   if (isLive) logUpdate(`waiting for ${service || "every service"} at ${flags.registry} ...`);
   const release = keepProcessAlive();
@@ -86,7 +109,50 @@ export async function runWatch(service: string, flags: WatchFlags): Promise<void
   if (isLive) logUpdate.done();
 }
 
-function renderTable(snapshot: MembershipSnapshot, service: string, isStale: boolean): string {
+/**
+ * Which services callers are in panic mode for: more than half of a service's serving instances
+ * left within 5 s (the balancer's own trigger, {@link MassRemovalDetector}); shown for 2 × the
+ * largest TTL seen, as long as callers keep the instances.
+ */
+class PanicView {
+  readonly #detectors = new Map<string, MassRemovalDetector>();
+  readonly #untilMs = new Map<string, number>();
+
+  /** Feeds applied changes; returns the services that just entered panic, with how many left. */
+  apply(snapshot: MembershipSnapshot, changes: readonly MembershipChange[]): [string, number][] {
+    const left = new Map<string, number>();
+    for (const change of changes) {
+      if (change.type === "removed" && change.instance.status !== InstanceStatus.INSTANCE_STATUS_DRAINING)
+        left.set(change.instance.service, (left.get(change.instance.service) ?? 0) + 1);
+    }
+    const entered: [string, number][] = [];
+    for (const [service, count] of left) {
+      const serving = snapshot.instances.filter(
+        (instance) =>
+          instance.service === service && instance.status !== InstanceStatus.INSTANCE_STATUS_DRAINING,
+      );
+      let detector = this.#detectors.get(service);
+      if (detector === undefined) this.#detectors.set(service, (detector = new MassRemovalDetector()));
+      if (!detector.record(count, serving.length)) continue;
+      const maxTtlSeconds = Math.max(10, ...serving.map((instance) => Number(instance.ttlSeconds)));
+      if (!this.active().includes(service)) entered.push([service, count]);
+      this.#untilMs.set(service, Date.now() + 2000 * maxTtlSeconds);
+    }
+    return entered;
+  }
+
+  active(): string[] {
+    const now = Date.now();
+    return [...this.#untilMs].filter(([, until]) => until > now).map(([service]) => service);
+  }
+}
+
+function renderTable(
+  snapshot: MembershipSnapshot,
+  service: string,
+  isStale: boolean,
+  panicking: readonly string[],
+): string {
   const table = new Table({ head: ["service", "instance", "address", "weight", "status", "zone", "since"] });
   for (const instance of snapshot.instances) {
     table.push([
@@ -99,6 +165,11 @@ function renderTable(snapshot: MembershipSnapshot, service: string, isStale: boo
       instance.registeredAt.slice(11, 19),
     ]);
   }
-  const header = `${service || "every service"} — ${snapshot.instances.length} instance(s) at revision ${snapshot.revision}${isStale ? " (STALE: registry unreachable)" : ""}`;
+  const header =
+    `${service || "every service"} — ${snapshot.instances.length} instance(s) at revision ${snapshot.revision}` +
+    (isStale ? " (STALE: the registry is unreachable or cannot see etcd)" : "") +
+    (panicking.length > 0
+      ? `\nPANIC: callers keep routing over ${panicking.join(", ")} (instances left at once)`
+      : "");
   return `${header}\n${table.toString()}\n(Ctrl-C to quit)`;
 }
