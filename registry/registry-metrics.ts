@@ -39,7 +39,7 @@ export class RegistryMetrics {
     });
     this.registrations = new Counter({
       name: "leasehold_registry_registrations_total",
-      help: "Register calls by result (ok or the error code, e.g. already_exists, invalid_argument).",
+      help: "Register calls by result: ok, adopted (a retry of the same registration id took over its own key) or the error code (e.g. already_exists, invalid_argument).",
       labelNames: ["result"],
       registers,
     });

@@ -26,9 +26,23 @@ test.serial(
     t.is(again.revision, first.revision, "nothing changed: nothing written");
     t.is(again.instance?.ttlSeconds, "3", "Instance carries the granted TTL");
 
+    await api.updateInstance({
+      service: "idem",
+      instanceId: "i-1",
+      leaseId: first.leaseId,
+      status: InstanceStatus.INSTANCE_STATUS_DRAINING,
+      weight: undefined,
+      zone: undefined,
+      metadata: undefined,
+    });
     const reweighted = await api.register({ ...request, weight: 7 });
     t.is(reweighted.leaseId, first.leaseId);
     t.is(reweighted.instance?.weight, 7);
+    t.is(
+      reweighted.instance?.status,
+      InstanceStatus.INSTANCE_STATUS_SERVING,
+      "an update in between keeps the holder",
+    );
     t.true(BigInt(reweighted.revision) > BigInt(first.revision));
     const { leases } = await etcd3.leaseClient.leaseLeases();
     t.deepEqual(

@@ -272,11 +272,13 @@ export class EtcdStore {
         const current = decodeInstance(key, kv.value.toString(), kv.mod_revision);
         if (current === undefined) throw new RegistryError("internal", `malformed value under ${etcdKey}`);
         const next = change(current);
+        // The holder's registration hash stays: a later Register of the same holder still adopts.
+        const registrationHash = registrationHashOf(kv.value.toString());
         const txn = await this.#time("txn", () =>
           this.#client
             .if(etcdKey, "Mod", "==", kv.mod_revision)
             .and(etcdKey, "Lease", "==", leaseId)
-            .then(this.#client.put(etcdKey).value(encodeInstance(next)).lease(leaseId))
+            .then(this.#client.put(etcdKey).value(encodeInstance(next, registrationHash)).lease(leaseId))
             .commit(),
         );
         if (txn.succeeded) {
