@@ -119,6 +119,9 @@ class Demo {
   /** Calls made and calls failed after retries, per service. */
   readonly #outcomes = new Map<string, { calls: number; failed: number }>();
   #header = "";
+  /** Services whose caller is in panic mode, or whose membership is stale (for the banner). */
+  readonly #panicking = new Set<string>();
+  readonly #stale = new Set<string>();
 
   constructor(durationMs: number, etcdUrls: string[] | undefined) {
     this.#durationMs = durationMs;
@@ -321,7 +324,23 @@ class Demo {
   }
 
   #refresh(): void {
-    for (const { service, client } of this.#clients) {
+    for (const { service, client, watcher } of this.#clients) {
+      if (client.isPanicking !== this.#panicking.has(service)) {
+        if (client.isPanicking) this.#panicking.add(service);
+        else this.#panicking.delete(service);
+        this.#say(
+          client.isPanicking
+            ? `! PANIC ${service}: instances left at once; still routing over those that answer`
+            : `panic mode of ${service} over`,
+        );
+      }
+      if (watcher.isStale !== this.#stale.has(service)) {
+        if (watcher.isStale) this.#stale.add(service);
+        else this.#stale.delete(service);
+        this.#say(
+          watcher.isStale ? `! STALE ${service}: membership may be out of date` : `${service} fresh again`,
+        );
+      }
       for (const stats of client.stats()) {
         this.#seen.set(`${service}/${stats.instanceId}`, { ...stats, service });
         const previous = this.#breakers.get(`${service}/${stats.instanceId}`) ?? "closed"; // every breaker starts closed
@@ -396,6 +415,12 @@ class Demo {
     return [
       `leasehold demo — ${elapsed} s of ${this.#durationMs / 1000} s — ${this.#totals()} — ${this.#splitLine()}`,
       this.#header,
+      ...(this.#panicking.size > 0
+        ? [`PANIC: still routing over ${[...this.#panicking].join(", ")} (instances left at once)`]
+        : []),
+      ...(this.#stale.size > 0
+        ? [`STALE: ${[...this.#stale].join(", ")} (registry unreachable or blind to etcd)`]
+        : []),
       table.toString(),
       "recent events:",
       ...this.#events.slice(-10),
