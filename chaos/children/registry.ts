@@ -2,7 +2,7 @@
  * A registry replica in a process of its own, so a scenario can SIGKILL it and measure its RSS.
  * `node --expose-gc --import tsx chaos/children/registry.ts '<json>'` prints
  * `ready <address> <adminAddress>`. SIGTERM: graceful close, exit 0. SIGUSR2: a full GC (when
- * started with --expose-gc), then prints `rss <bytes> heap <bytes>`, so RSS is compared after garbage is gone.
+ * started with --expose-gc), then prints `rss <bytes> heap <bytes> heapTotal ... external ... arrayBuffers ...`, so RSS is compared after garbage is gone.
  */
 import { pino } from "pino";
 import { startRegistry } from "../../registry/index.js";
@@ -27,8 +27,10 @@ process.on("SIGUSR2", () => {
   const gc = (globalThis as { gc?: () => void }).gc;
   gc?.();
   gc?.();
-  const { rss, heapUsed } = process.memoryUsage();
-  process.stdout.write(`rss ${rss} heap ${heapUsed}\n`);
+  const { rss, heapUsed, heapTotal, external, arrayBuffers } = process.memoryUsage();
+  process.stdout.write(
+    `rss ${rss} heap ${heapUsed} heapTotal ${heapTotal} external ${external} arrayBuffers ${arrayBuffers}\n`,
+  );
 });
 process.once("SIGTERM", () => {
   void registry.close().then(

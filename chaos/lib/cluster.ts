@@ -141,13 +141,22 @@ export class Cluster {
   }
 
   /** RSS (from /proc) and V8 heap used (as the replica reports it) after a full GC in it, bytes. */
-  async registryMemoryAfterGc(replica: RegistryReplica): Promise<{ rss: number; heapUsed: number }> {
+  async registryMemoryAfterGc(
+    replica: RegistryReplica,
+  ): Promise<{ rss: number; heapUsed: number; heapTotal: number; external: number }> {
     const reports = (): string[] => replica.process.stdout.match(/^rss \d+.*$/gm) ?? [];
     const before = reports().length;
     replica.process.signal("SIGUSR2");
     await waitFor(() => reports().length > before, { timeoutMs: 5000 });
-    const heapUsed = Number(/heap (\d+)/.exec(reports().at(-1) ?? "")?.[1] ?? Number.NaN);
-    return { rss: await rssOf(replica.process.pid), heapUsed };
+    const last = reports().at(-1) ?? "";
+    const field = (name: string): number =>
+      Number(new RegExp(`${name} (\\d+)`).exec(last)?.[1] ?? Number.NaN);
+    return {
+      rss: await rssOf(replica.process.pid),
+      heapUsed: field("heap"),
+      heapTotal: field("heapTotal"),
+      external: field("external"),
+    };
   }
 }
 

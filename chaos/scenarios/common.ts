@@ -176,7 +176,7 @@ export function callerRow(
       ...checks,
       ...(lostEvents === null
         ? []
-        : [check("caller converged to etcd", lostEvents === 0, `${lostEvents} differences`)]),
+        : [check("caller converged to etcd", lostEvents === 0, `caller vs etcd: ${lostEvents} differences`)]),
     ],
     figures: { ...figures, failures: caller.failures.slice(0, 20) },
     ...(note === undefined ? {} : { note }),

@@ -164,7 +164,7 @@ export const failingThree: Scenario = {
           check(
             "failed calls in the first 2 s (reported)",
             true,
-            `${caller.failures.filter((f) => f.atMs >= failingAt && f.atMs < failingAt + 2000).length}`,
+            `${caller.failures.filter((f) => f.atMs >= failingAt && f.atMs < failingAt + 2000).length} failed calls in the 2 s the breakers open in (not bounded)`,
           ),
         ],
         figures: {
@@ -248,6 +248,9 @@ export const sigstopInstance: Scenario = {
       });
       const baseline = caller.meanThroughput(stoppedAt - 2000, stoppedAt);
       const lowest = caller.minThroughput(stoppedAt, resumedAt + 2000) ?? 0;
+      const belowHalfMs =
+        caller.throughput.filter(([at, n]) => at >= stoppedAt && at < resumedAt + 2000 && n < 0.5 * baseline)
+          .length * 250;
       const series = caller.throughput
         .filter(([at]) => at >= stoppedAt - 2000 && at < endAt)
         .map(([, n]) => n);
@@ -258,10 +261,10 @@ export const sigstopInstance: Scenario = {
           check(
             "throughput never below 50 % of before",
             lowest >= 0.5 * baseline,
-            `lowest ${lowest} calls/250 ms vs ${baseline.toFixed(1)} before (${baseline > 0 ? Math.round((100 * lowest) / baseline) : 0} %)`,
+            `lowest ${lowest} calls/250 ms vs ${baseline.toFixed(1)} before (${baseline > 0 ? Math.round((100 * lowest) / baseline) : 0} %); below 50 % for ${belowHalfMs} ms of the ${Math.round(resumedAt + 2000 - stoppedAt)} ms from SIGSTOP to SIGCONT + 2 s`,
           ),
         ],
-        figures: { baselinePer250ms: baseline, lowestPer250ms: lowest, seriesPer250ms: series },
+        figures: { belowHalfMs, baselinePer250ms: baseline, lowestPer250ms: lowest, seriesPer250ms: series },
       });
       return [membership, load];
     });

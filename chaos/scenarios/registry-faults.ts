@@ -259,13 +259,13 @@ export const compactionAway: Scenario = {
           check(
             "MembershipWatcher converged to etcd",
             final.library === 0,
-            `${final.library} differences; converged after ${ms(libraryMs)}`,
+            `library watcher: ${final.library} differences, converged ${ms(libraryMs)} after the registry's return`,
             true,
           ),
           check(
             "leasehold watch --json converged to etcd",
             final.cli === 0 && cliAlive,
-            `${final.cli} differences; converged after ${ms(cliMs)}${cliAlive ? "" : `; it exited ${JSON.stringify(watchJson.exit)}: ${watchJson.stderr.slice(-200).trim()}`}`,
+            `watch --json: ${final.cli} differences, converged ${ms(cliMs)} after the registry's return${cliAlive ? "" : `; it exited ${JSON.stringify(watchJson.exit)}: ${watchJson.stderr.slice(-200).trim()}`}`,
           ),
         ],
         figures: { compactedAt, libraryMs, cliMs, final, cliOutput: watchJson.stdout.slice(-3000) },

@@ -192,7 +192,7 @@ export const watchBurst: Scenario = {
           check(
             "registry RSS within 10 % of before",
             Math.abs(growth) <= 0.1,
-            `${(rssBefore / 2 ** 20).toFixed(0)} → ${(rssAfter / 2 ** 20).toFixed(0)} MiB (${(growth * 100).toFixed(1)} %; V8 heap used ${(before.heapUsed / 2 ** 20).toFixed(0)} → ${(after.heapUsed / 2 ** 20).toFixed(0)} MiB)`,
+            `${(rssBefore / 2 ** 20).toFixed(0)} → ${(rssAfter / 2 ** 20).toFixed(0)} MiB (${(growth * 100).toFixed(1)} %; V8 heap used ${(before.heapUsed / 2 ** 20).toFixed(0)} → ${(after.heapUsed / 2 ** 20).toFixed(0)} MiB, total ${(before.heapTotal / 2 ** 20).toFixed(0)} → ${(after.heapTotal / 2 ** 20).toFixed(0)} MiB, external ${(before.external / 2 ** 20).toFixed(0)} → ${(after.external / 2 ** 20).toFixed(0)} MiB)`,
           ),
           check(
             "every reader saw the burst",
@@ -206,8 +206,8 @@ export const watchBurst: Scenario = {
           allSeenMs,
           rssBefore,
           rssAfter,
-          heapUsedBefore: before.heapUsed,
-          heapUsedAfter: after.heapUsed,
+          memoryBefore: before,
+          memoryAfter: after,
           deregisterCodes,
           state,
           gaugeNow,
