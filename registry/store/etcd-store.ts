@@ -123,23 +123,14 @@ export class EtcdStore {
   ): Promise<Registration> {
     const key = this.keys.key(instance.service, instance.instanceId);
     try {
+      // Create first (lease grant + one transaction, as without a registration id); only when
+      // the key is already held does the transaction's else-branch read decide: adopt or refuse.
       for (let attempt = 0; attempt < REGISTER_ATTEMPTS; attempt += 1) {
-        if (registrationHash !== undefined) {
-          checkCaller(scope);
-          const range = await this.#time("range", () =>
-            this.#client.get(key).options(this.#callOptions(scope)).exec(),
-          );
-          const kv = range.kvs[0];
-          if (kv !== undefined) {
-            const adopted = await this.#adopt(key, kv, instance, registrationHash, scope);
-            if (adopted === "changed") continue;
-            return adopted;
-          }
-        }
         const created = await this.#create(key, instance, ttlSeconds, registrationHash, scope);
-        if (created === "changed") continue;
         this.#unavailable.recovered();
-        return created;
+        if (!("held" in created)) return created;
+        const adopted = await this.#adopt(key, created.held, instance, registrationHash, scope);
+        if (adopted !== "changed") return adopted;
       }
     } catch (error) {
       throw this.#fromEtcdError(error);
@@ -159,11 +150,15 @@ export class EtcdStore {
     key: string,
     kv: IKeyValue,
     instance: Instance,
-    registrationHash: string,
+    registrationHash: string | undefined,
     scope: RequestScope,
   ): Promise<Registration | "changed"> {
     const value = kv.value.toString();
-    if (registrationHashOf(value) !== registrationHash || kv.lease === "0") {
+    if (
+      registrationHash === undefined ||
+      registrationHashOf(value) !== registrationHash ||
+      kv.lease === "0"
+    ) {
       throw alreadyExists(instance);
     }
     const current = decodeInstance(instance, value, kv.mod_revision);
@@ -195,8 +190,7 @@ export class EtcdStore {
 
   /**
    * Grants a lease and creates the key with it.
-   * @returns the registration, or `"changed"` when the key appeared meanwhile with the same
-   * registration hash (adopt it on the next round).
+   * @returns the registration, or the key as it is held already (the granted lease is revoked).
    */
   async #create(
     key: string,
@@ -204,7 +198,7 @@ export class EtcdStore {
     ttlSeconds: number,
     registrationHash: string | undefined,
     scope: RequestScope,
-  ): Promise<Registration | "changed"> {
+  ): Promise<Registration | { held: IKeyValue }> {
     checkCaller(scope);
     const lease = await this.#time("lease_grant", () =>
       this.#client.leaseClient.leaseGrant({ TTL: ttlSeconds }, this.#callOptions(scope)),
@@ -224,14 +218,8 @@ export class EtcdStore {
       if (!txn.succeeded) {
         await this.#revoke(lease.ID);
         const held = txn.responses[0]?.response_range.kvs[0];
-        if (
-          registrationHash !== undefined &&
-          held !== undefined &&
-          registrationHashOf(held.value.toString()) === registrationHash
-        ) {
-          return "changed";
-        }
-        throw alreadyExists(instance);
+        if (held === undefined) throw alreadyExists(instance); // deleted meanwhile: the caller retries
+        return { held };
       }
       // The caller left while the key was written: nobody will keep the lease alive, so the key
       // would block the instance until the TTL runs out. Revoke it now.
