@@ -30,7 +30,7 @@ export const REGISTRY_LIST_SCHEME = "leasehold-registries";
  * so a stream broken by a replica going away is reopened on another at once; see
  * {@link parseRegistryAddresses}. Channel options: {@link REGISTRY_CHANNEL_OPTIONS}, then `options`.
  *
- * @throws RangeError for an empty list or an entry that is not `host:port`.
+ * @throws RangeError for an empty list, or a list with an entry that is not `host:port`.
  */
 export function connectRegistry(addresses: string, options: ChannelOptions = {}): RegistryServiceClient {
   return new RegistryServiceClient(parseRegistryAddresses(addresses), credentials.createInsecure(), {
@@ -40,14 +40,15 @@ export function connectRegistry(addresses: string, options: ChannelOptions = {})
 }
 
 /**
- * The grpc-js target of registry address(es). One `host:port` is returned as it is (grpc-js's
- * `dns` resolver). Several become `leasehold-registries:///host:port,host:port`, resolved by
+ * The grpc-js target of registry address(es). One address is returned as it is: `host:port`
+ * (grpc-js's `dns` resolver) or any grpc-js target (`unix:/path`, `dns:///host:port`). Several become `leasehold-registries:///host:port,host:port`, resolved by
  * Leasehold's resolver (registered with grpc-js by this call, once): every hostname is looked up
  * with the system resolver (`dns.lookup`, so `/etc/hosts` and `localhost` work), each entry is one
  * endpoint, and the channel balances `round_robin` over them. Lookups are repeated when grpc-js
  * asks (after a connection fails), at most once a second.
  *
- * @throws RangeError for an empty list or an entry that is not `host:port` (IPv6 in brackets).
+ * @throws RangeError for an empty list, or a list with an entry that is not `host:port` (IPv6 in
+ *   brackets).
  */
 export function parseRegistryAddresses(addresses: string): string {
   const list = addresses
@@ -55,8 +56,8 @@ export function parseRegistryAddresses(addresses: string): string {
     .map((address) => address.trim())
     .filter((address) => address !== "");
   if (list.length === 0) throw new RangeError("a registry address (host:port) is required");
+  if (list.length === 1) return list[0] as string; // any grpc-js target, as before
   for (const address of list) splitRegistryAddress(address);
-  if (list.length === 1) return list[0] as string;
   registerListResolver();
   return `${REGISTRY_LIST_SCHEME}:///${list.join(",")}`;
 }

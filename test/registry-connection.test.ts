@@ -12,6 +12,7 @@ import { startFixtureFor } from "./helpers/registry-fixture.js";
 test("one registry address is the target as given; a list of hostnames or IPs is one Leasehold target", (t) => {
   t.is(parseRegistryAddresses("registry.internal:7100"), "registry.internal:7100");
   t.is(parseRegistryAddresses(" 127.0.0.1:7100 , "), "127.0.0.1:7100");
+  t.is(parseRegistryAddresses("unix:/run/leasehold.sock"), "unix:/run/leasehold.sock", "any grpc-js target");
   t.is(
     parseRegistryAddresses("localhost:7100,localhost:7101"),
     "leasehold-registries:///localhost:7100,localhost:7101",
