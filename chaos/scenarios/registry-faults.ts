@@ -69,7 +69,9 @@ export const registryDown: Scenario = {
     const report = await orphans(cluster);
     const ttyDuring = watchTty.stdout.slice(ttyBefore);
     const jsonDuring = watchJson.stdout.slice(jsonBefore);
-    const showedStale = /STALE/i.test(ttyDuring);
+    const ttyShowedStale = /STALE/.test(ttyDuring);
+    const jsonShowedStale = /"type":"stale","stale":true/.test(jsonDuring);
+    const showedStale = ttyShowedStale || jsonShowedStale;
     const watchAlive = watchJson.isRunning && watchTty.isRunning;
     const exits = [watchJson, watchTty]
       .filter((w) => !w.isRunning)
@@ -93,9 +95,7 @@ export const registryDown: Scenario = {
           check(
             "leasehold watch showed STALE",
             showedStale,
-            showedStale
-              ? "STALE drawn on the terminal"
-              : `no STALE on the terminal (${ttyDuring.length} chars drawn during the outage)`,
+            `terminal: ${ttyShowedStale ? "STALE drawn" : `no STALE (${ttyDuring.length} chars drawn during the outage)`}; --json: ${jsonShowedStale ? '{"type":"stale","stale":true}' : "no stale event"}`,
           ),
           ...orphanChecks(report),
         ],
@@ -105,6 +105,9 @@ export const registryDown: Scenario = {
           minInEtcdWhileDown: minInEtcd,
           watchExits: exits,
           watchJsonDuringOutage: jsonDuring.slice(-2000),
+          watchTtyHeadersDuringOutage: [
+            ...new Set(stripAnsi(ttyDuring).match(/[^\r\n]*instance\(s\) at revision[^\r\n]*/g) ?? []),
+          ].slice(-5),
           watchTtyDuringOutage: stripAnsi(ttyDuring).slice(-1500),
           orphans: report,
         },
