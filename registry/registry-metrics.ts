@@ -4,6 +4,7 @@ import { Counter, Gauge, Histogram, collectDefaultMetrics, type Registry } from 
 export type EtcdOperation =
   | "lease_grant"
   | "lease_revoke"
+  | "lease_time_to_live"
   | "keepalive"
   | "txn"
   | "range"

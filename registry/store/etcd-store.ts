@@ -162,12 +162,19 @@ export class EtcdStore {
       throw alreadyExists(instance);
     }
     const current = decodeInstance(instance, value, kv.mod_revision);
-    const ttlSeconds = Number(current?.ttlSeconds ?? "0");
+    let ttlSeconds = Number(current?.ttlSeconds ?? "0");
+    if (!(ttlSeconds > 0)) {
+      // A value written before ttl_seconds was stored: ask etcd what it granted.
+      const lease = await this.#time("lease_time_to_live", () =>
+        this.#client.leaseClient.leaseTimeToLive({ ID: kv.lease }, this.#callOptions(scope)),
+      );
+      ttlSeconds = Number(lease.grantedTTL);
+    }
     // The holder's own registration: keep its lease, registered_at and TTL; take the new fields.
     const next: Instance = {
       ...instance,
       registeredAt: current?.registeredAt || instance.registeredAt,
-      ttlSeconds: current?.ttlSeconds ?? instance.ttlSeconds,
+      ttlSeconds: String(ttlSeconds),
     };
     const encoded = encodeInstance(next, registrationHash);
     if (current !== undefined && encoded === encodeInstance(current, registrationHash)) {
