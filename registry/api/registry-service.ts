@@ -146,15 +146,15 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
       call.on("error", (error) => logger.debug({ err: error }, "keepalive stream error"));
     },
 
-    updateInstance: unary("UpdateInstance", async (request) => {
+    updateInstance: unary("UpdateInstance", async (request, scope) => {
       const { key, leaseId, change } = valueOf(validateUpdate(request));
-      const updated = await store.update(key, leaseId, (current) => applyChange(current, change));
+      const updated = await store.update(key, leaseId, (current) => applyChange(current, change), scope);
       return { instance: updated.instance, revision: updated.revision };
     }),
 
-    deregister: unary("Deregister", async (request) => {
+    deregister: unary("Deregister", async (request, scope) => {
       const { key, leaseId } = valueOf(validateDeregister(request));
-      const revision = await store.deregister(key, leaseId);
+      const revision = await store.deregister(key, leaseId, scope);
       logger.info({ service: key.service, instanceId: key.instanceId, leaseId }, "deregistered");
       return { revision };
     }),

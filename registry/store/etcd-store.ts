@@ -252,28 +252,34 @@ export class EtcdStore {
    * Rewrites an instance with `change(current)`, only while `leaseId` holds its key (compare on the
    * key's lease and mod revision in one transaction).
    * @throws RegistryError `not_found` (key gone), `permission_denied` (another lease holds it),
-   * `aborted` (the key kept changing concurrently), `unavailable`.
+   * `aborted` (the key kept changing concurrently), `unavailable`; `deadline_exceeded`/`cancelled`
+   * when the caller has gone before the write (etcd requests carry its deadline).
    */
   async update(
     key: InstanceKey,
     leaseId: string,
     change: (current: Instance) => Instance,
+    scope: RequestScope = {},
   ): Promise<{ instance: Instance; revision: string }> {
     const etcdKey = this.keys.key(key.service, key.instanceId);
     try {
       for (let attempt = 0; attempt < UPDATE_ATTEMPTS; attempt += 1) {
-        const range = await this.#time("range", () => this.#client.get(etcdKey).exec());
+        const range = await this.#time("range", () =>
+          this.#client.get(etcdKey).options(this.#callOptions(scope)).exec(),
+        );
         const kv = this.#checkHolder(key, range.kvs[0], leaseId);
         const current = decodeInstance(key, kv.value.toString(), kv.mod_revision);
         if (current === undefined) throw new RegistryError("internal", `malformed value under ${etcdKey}`);
         const next = change(current);
         // The holder's registration hash stays: a later Register of the same holder still adopts.
         const registrationHash = registrationHashOf(kv.value.toString());
+        checkCaller(scope);
         const txn = await this.#time("txn", () =>
           this.#client
             .if(etcdKey, "Mod", "==", kv.mod_revision)
             .and(etcdKey, "Lease", "==", leaseId)
             .then(this.#client.put(etcdKey).value(encodeInstance(next, registrationHash)).lease(leaseId))
+            .options(this.#callOptions(scope))
             .commit(),
         );
         if (txn.succeeded) {
@@ -290,9 +296,10 @@ export class EtcdStore {
   /**
    * Deletes the instance key only while `leaseId` holds it, then revokes the lease.
    * @returns the etcd revision of the delete.
-   * @throws RegistryError `not_found`, `permission_denied`, `unavailable`.
+   * @throws RegistryError `not_found`, `permission_denied`, `unavailable`. The delete carries the
+   * caller's deadline but still runs for a caller that has gone (removing is what it asked for).
    */
-  async deregister(key: InstanceKey, leaseId: string): Promise<string> {
+  async deregister(key: InstanceKey, leaseId: string, scope: RequestScope = {}): Promise<string> {
     const etcdKey = this.keys.key(key.service, key.instanceId);
     try {
       const txn = await this.#time("txn", () =>
@@ -300,6 +307,7 @@ export class EtcdStore {
           .if(etcdKey, "Lease", "==", leaseId)
           .then(this.#client.delete().key(etcdKey))
           .else(this.#client.get(etcdKey))
+          .options(this.#callOptions({ deadlineMs: scope.deadlineMs }))
           .commit(),
       );
       if (!txn.succeeded) {
