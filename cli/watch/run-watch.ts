@@ -88,17 +88,17 @@ export async function runWatch(service: string, flags: WatchFlags): Promise<void
       );
     }
   });
-  watcher.onStaleChange((isStale) =>
+  let hasSaidStale = false; // the first connection is no news: say "fresh" only after "stale"
+  watcher.onStaleChange((isStale) => {
+    if (!isStale && !hasSaidStale) return;
+    hasSaidStale = isStale;
     say(
       isStale
         ? "! STALE: the registry is unreachable or cannot see etcd; membership may be out of date"
         : "! fresh again",
-      {
-        type: "stale",
-        stale: isStale,
-      },
-    ),
-  );
+      { type: "stale", stale: isStale },
+    );
+  });
   watcher.start();
   if (isLive) logUpdate(`waiting for ${service || "every service"} at ${flags.registry} ...`);
   const release = keepProcessAlive();
