@@ -16,7 +16,7 @@ import { parseArgs } from "node:util";
 import { isPolicyName, type PolicyName } from "../client/balancing/policies.js";
 import { REPO_ROOT } from "./lib/child.js";
 import { formatTable, type Row } from "./lib/result.js";
-import { POLICIES, runScenario } from "./lib/runner.js";
+import { closeActiveScopes, POLICIES, runScenario } from "./lib/runner.js";
 import { SCENARIOS } from "./scenarios/index.js";
 
 const { values } = parseArgs({
@@ -59,6 +59,14 @@ if (unknown.length > 0) {
 const selected = SCENARIOS.filter((s) =>
   only === undefined ? !values.quick || s.fast : only.includes(s.name),
 );
+
+// Interrupted: kill what the running scenario started (etcd, registries, instances, watchers), then exit.
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  process.once(signal, () => {
+    process.stderr.write(`chaos: ${signal}; stopping every process of the running scenario\n`);
+    void closeActiveScopes().finally(() => process.exit(130));
+  });
+}
 
 const startedAt = new Date();
 const rows: Row[] = [];

@@ -7,6 +7,9 @@
 import { pino } from "pino";
 import { DEMO_SERVICES } from "../../services/index.js";
 import { startServiceInstance } from "../../services/service-host.js";
+import { exitWithParent } from "../lib/child.js";
+
+exitWithParent();
 
 interface InstanceChildOptions {
   readonly service?: string;

@@ -6,6 +6,9 @@
  */
 import { pino } from "pino";
 import { startRegistry } from "../../registry/index.js";
+import { exitWithParent } from "../lib/child.js";
+
+exitWithParent();
 
 interface RegistryChildOptions {
   readonly listen: string;

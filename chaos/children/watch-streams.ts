@@ -8,6 +8,9 @@
 import type { ClientReadableStream, ServiceError } from "@grpc/grpc-js";
 import { connectRegistry } from "../../client/registry-connection.js";
 import type { WatchResponse } from "../../proto/gen/leasehold/registry/v1/registry.js";
+import { exitWithParent } from "../lib/child.js";
+
+exitWithParent();
 
 interface WatchStreamsOptions {
   readonly registry: string;

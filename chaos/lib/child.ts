@@ -3,6 +3,7 @@
  * pid only, and SIGKILLed (with their process group when detached) when the scenario's scope closes.
  */
 import { spawn, type ChildProcess } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { type Scope, waitFor } from "./scope.js";
 
@@ -77,9 +78,23 @@ export class ChildHandle {
     }
   }
 
-  /** SIGKILL and wait for the exit. Idempotent. */
+  /**
+   * SIGKILL it and every descendant, and wait for its exit. Idempotent. Descendants are found in
+   * /proc before the kill: `script` starts its command in a session of its own, which no process
+   * group signal reaches.
+   */
   async kill(): Promise<void> {
-    if (this.signal("SIGKILL")) await this.exited;
+    if (!this.isRunning) return;
+    const descendants = descendantsOf(this.pid);
+    const isSignalled = this.signal("SIGKILL");
+    for (const pid of descendants) {
+      try {
+        process.kill(pid, "SIGKILL");
+      } catch {
+        // already gone
+      }
+    }
+    if (isSignalled) await this.exited;
   }
 
   /** Sends SIGTERM, waits up to `timeoutMs` for the exit, then SIGKILLs. */
@@ -143,4 +158,39 @@ export function spawnChild(
   const handle = new ChildHandle(name, child, options.detached ?? false);
   scope.defer(`kill ${name}`, () => handle.kill());
   return handle;
+}
+
+/** Every descendant pid of `pid` (children first), from /proc; empty where /proc is not there. */
+export function descendantsOf(pid: number): number[] {
+  const found: number[] = [];
+  const visit = (parent: number): void => {
+    let children: number[];
+    try {
+      children = readFileSync(`/proc/${parent}/task/${parent}/children`, "utf8")
+        .trim()
+        .split(/\s+/)
+        .filter((text) => text !== "")
+        .map(Number);
+    } catch {
+      return;
+    }
+    for (const child of children) {
+      if (found.includes(child) || found.length > 1000) continue;
+      found.push(child);
+      visit(child);
+    }
+  };
+  visit(pid);
+  return found;
+}
+
+/**
+ * For a child process of the harness: exits when its parent is gone (the harness was killed), so a
+ * scenario interrupted hard never leaves registries or instances running.
+ */
+export function exitWithParent(): void {
+  const parent = process.ppid;
+  setInterval(() => {
+    if (process.ppid !== parent) process.exit(1);
+  }, 1000).unref();
 }

@@ -14,8 +14,16 @@ export interface RunOptions {
   readonly log?: (line: string) => void;
 }
 
+const activeScopes = new Set<Scope>();
+
+/** Closes the scopes of scenarios still running (on SIGINT/SIGTERM of the harness): kills their processes. */
+export async function closeActiveScopes(): Promise<void> {
+  await Promise.all([...activeScopes].map((scope) => scope.close()));
+}
+
 export async function runScenario(scenario: Scenario, options: RunOptions): Promise<Row[]> {
   const scope = new Scope();
+  activeScopes.add(scope);
   const log = (line: string): void =>
     options.log?.(`[${new Date().toISOString().slice(11, 23)}] ${scenario.name}: ${line}`);
   const context = { scope, policies: options.policies ?? POLICIES, soakMinutes: options.soakMinutes, log };
@@ -35,6 +43,7 @@ export async function runScenario(scenario: Scenario, options: RunOptions): Prom
     clearTimeout(timer);
   }
   const cleanupFailures = await scope.close();
+  activeScopes.delete(scope);
   if (cleanupFailures.length > 0) {
     rows = rows.map((r) => ({ ...r, note: `${r.note}; cleanup: ${cleanupFailures.join("; ")}` }));
   }

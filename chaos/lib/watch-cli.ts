@@ -19,7 +19,8 @@ export function spawnWatchTty(scope: Scope, name: string, registry: string, serv
   const command = [process.execPath, "--import", "tsx", CLI, "watch", service, "--registry", registry]
     .map((part) => `'${part.replaceAll("'", "'\\''")}'`)
     .join(" ");
-  return spawnChild(scope, name, "script", ["-qfec", command, "/dev/null"], {
+  // A pty without a terminal behind it is 0×0, and log-update clips its output to the rows: set a size.
+  return spawnChild(scope, name, "script", ["-qfec", `stty rows 50 cols 200; exec ${command}`, "/dev/null"], {
     detached: true,
     env: { LEASEHOLD_LOG_LEVEL: "warn", COLUMNS: "160", LINES: "40", TERM: "xterm" },
   });

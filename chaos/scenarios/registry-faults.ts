@@ -5,7 +5,7 @@ import { InstanceStatus } from "../../proto/gen/leasehold/registry/v1/registry.j
 import { startCallers } from "../lib/caller.js";
 import { Cluster, SERVICE } from "../lib/cluster.js";
 import { check, type Scenario } from "../lib/result.js";
-import { sleep, waitFor } from "../lib/scope.js";
+import { mustWaitFor, sleep } from "../lib/scope.js";
 import { membershipFromNdjson, spawnWatchJson, spawnWatchTty } from "../lib/watch-cli.js";
 import {
   callerRow,
@@ -35,8 +35,16 @@ export const registryDown: Scenario = {
     const watchJson = spawnWatchJson(scope, "watch --json", cluster.registryAddress, SERVICE);
     const watchTty = spawnWatchTty(scope, "watch (tty)", cluster.registryAddress, SERVICE);
     const callers = await startCallers(scope, cluster.registryAddress, policies, FOUR.length);
-    await waitFor(() => membershipFromNdjson(watchJson.stdout).size === FOUR.length, { timeoutMs: 15_000 });
-    await waitFor(() => watchTty.stdout.includes("echo-4"), { timeoutMs: 15_000 });
+    await mustWaitFor(
+      () => membershipFromNdjson(watchJson.stdout).size === FOUR.length,
+      "watch --json lists 4 instances",
+      15_000,
+    );
+    await mustWaitFor(
+      () => watchTty.stdout.includes("echo-4"),
+      "the watch table drawn on the terminal",
+      15_000,
+    );
     const ttyBefore = watchTty.stdout.length;
     const jsonBefore = watchJson.stdout.length;
     const downMs = 2 * TTL_MS;
@@ -202,7 +210,11 @@ export const compactionAway: Scenario = {
     watcher.start();
     await watcher.ready(15_000);
     const watchJson = spawnWatchJson(scope, "watch --json", away.address, SERVICE);
-    await waitFor(() => membershipFromNdjson(watchJson.stdout).size === FOUR.length, { timeoutMs: 15_000 });
+    await mustWaitFor(
+      () => membershipFromNdjson(watchJson.stdout).size === FOUR.length,
+      "watch --json lists 4 instances",
+      15_000,
+    );
     log("SIGKILL the watchers' registry; change membership; compact");
     await away.process.kill();
     await cluster.instance("echo-4").terminate();
