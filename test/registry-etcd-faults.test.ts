@@ -159,6 +159,17 @@ test("a Register abandoned at its deadline while etcd is frozen leaves no key, a
     what: "the retry",
     timeoutMs: 30_000,
   });
+  // The holder keeps its lease alive, as a registrar does (every TTL/3), so only orphans expire.
+  const keepAlive = fixture.client.keepAlive();
+  keepAlive.on("data", () => undefined);
+  keepAlive.on("error", () => undefined);
+  const renew = () => keepAlive.write({ leaseId: retried.leaseId });
+  renew();
+  const renewal = setInterval(renew, 1000);
+  t.teardown(() => {
+    clearInterval(renewal);
+    keepAlive.cancel();
+  });
   const kv = await fixture.etcd3.get("/leasehold/v1/services/echo/abandoned-1").exec();
   t.is(kv.kvs[0]?.lease, retried.leaseId, "the key is held by the lease the retry returned");
   // A grant etcd received before the freeze may still be applied after it; nobody holds that
