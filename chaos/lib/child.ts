@@ -6,6 +6,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { type Scope, waitFor } from "./scope.js";
+import { guard } from "./watchdog.js";
 
 /** The repository root (chaos/lib/ → ../../). */
 export const REPO_ROOT = fileURLToPath(new URL("../../", import.meta.url));
@@ -32,6 +33,7 @@ export class ChildHandle {
     child.stderr?.setEncoding("utf8").on("data", (chunk: string) => {
       this.#stderr = (this.#stderr + chunk).slice(-TAIL_CHARS);
     });
+    guard(child);
     this.exited = new Promise((resolve) => {
       child.once("exit", (code, signal) => {
         this.#exit = { code, signal, atMs: Date.now() };
