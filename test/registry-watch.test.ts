@@ -145,3 +145,25 @@ test("fifty Watch streams share one etcd watch and all receive the same deltas",
   );
   for (const watch of watches) t.deepEqual(watch.deltas(), expected);
 });
+
+test("writes outside the registry's prefix do not make it stale: progress reaches their revision with stale false", async (t) => {
+  const { client, etcd3 } = t.context;
+  const stream = new WatchRecorder(client, { service: "quiet" });
+  t.teardown(() => stream.cancel());
+  // Instance churn elsewhere (keys created and deleted under the prefix) and unrelated keys.
+  const churned = await rpc(client).register(registration({ service: "noisy", instanceId: "n-1" }));
+  await rpc(client).deregister({ service: "noisy", instanceId: "n-1", leaseId: churned.leaseId });
+  let outside = 0n;
+  for (let index = 0; index < 5; index += 1) {
+    outside = BigInt((await etcd3.put(`/other-app/key-${index}`).value("x").exec()).header.revision);
+  }
+  const progress = await stream.until(
+    (s) => s.progresses().find((p) => BigInt(p.revision) >= outside),
+    "a progress at the outside writes' revision",
+  );
+  t.false(progress.stale);
+  t.false(
+    stream.progresses().some((p) => p.stale),
+    "never stale on a live etcd",
+  );
+});
