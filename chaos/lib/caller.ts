@@ -15,13 +15,8 @@ import type { PolicyName } from "../../client/balancing/policies.js";
 import { ClientMetrics } from "../../client/metrics/client-metrics.js";
 import { EchoServiceService } from "../../proto/gen/leasehold/demo/v1/echo.js";
 import { type Scope, messageOf, mustWaitFor, sleep } from "./scope.js";
-
-export const BUCKET_MS = 250;
-
-export interface Failure {
-  readonly atMs: number;
-  readonly message: string;
-}
+import { BUCKET_MS, type Failure } from "./load.js";
+import { StockCaller } from "./stock-caller.js";
 
 export class Caller {
   readonly policy: PolicyName;
@@ -161,16 +156,31 @@ export class Caller {
   }
 }
 
-/** One caller per policy, started together against the same cluster. */
+const stockCallers = new WeakMap<Scope, StockCaller[]>();
+
+/**
+ * One typed caller per policy, started together against the same cluster; with `withStock`, also a
+ * stock grpc-js caller (round_robin), whose row the runner adds when the scenario ends.
+ */
 export async function startCallers(
   scope: Scope,
   registry: string,
   policies: readonly PolicyName[],
   expected: number,
-  concurrency = 8,
+  { concurrency = 8, withStock = false }: { concurrency?: number; withStock?: boolean } = {},
 ): Promise<Caller[]> {
   const callers = policies.map((policy) => new Caller(scope, { registry, policy, concurrency }));
   await Promise.all(callers.map((caller) => caller.start(expected)));
   await Promise.all(callers.map((caller) => caller.warmUp()));
+  if (withStock) {
+    const stock = new StockCaller(scope, registry, concurrency);
+    await stock.start();
+    stockCallers.set(scope, [...(stockCallers.get(scope) ?? []), stock]);
+  }
   return callers;
+}
+
+/** The stock grpc-js callers a scenario started in `scope`. */
+export function stockCallersOf(scope: Scope): readonly StockCaller[] {
+  return stockCallers.get(scope) ?? [];
 }

@@ -3,7 +3,8 @@
  * throws or overruns its time limit), and collects their rows.
  */
 import type { PolicyName } from "../../client/balancing/policies.js";
-import { errorRow, type Row, type Scenario } from "./result.js";
+import { stockCallersOf } from "./caller.js";
+import { check, errorRow, row, type Row, type Scenario } from "./result.js";
 import { Scope } from "./scope.js";
 
 export const POLICIES: readonly PolicyName[] = ["round_robin", "weighted_round_robin"];
@@ -41,6 +42,29 @@ export async function runScenario(scenario: Scenario, options: RunOptions): Prom
     rows = [errorRow(scenario.name, error)];
   } finally {
     clearTimeout(timer);
+  }
+  for (const stock of stockCallersOf(scope)) {
+    await stock.stop();
+    rows.push(
+      row({
+        scenario: scenario.name,
+        policy: stock.policy,
+        calls: stock.calls,
+        failedCalls: stock.failed,
+        failedAttempts: stock.failedAttempts(),
+        lostEvents: null,
+        recoverMs: null,
+        checks: [
+          check(
+            "0 failed calls",
+            stock.failed === 0,
+            `${stock.failed} failed calls${stock.failed > 0 ? ` (${stock.failureSummary()})` : ""}`,
+            true,
+          ),
+        ],
+        figures: { failures: stock.failures.slice(0, 20) },
+      }),
+    );
   }
   const cleanupFailures = await scope.close();
   activeScopes.delete(scope);

@@ -27,7 +27,9 @@ export const etcdSigstop: Scenario = {
   timeoutMs: () => 120_000,
   async run({ scope, policies, log }) {
     const cluster = await Cluster.start(scope, { instances: FOUR });
-    const callers = await startCallers(scope, cluster.registryAddress, policies, FOUR.length);
+    const callers = await startCallers(scope, cluster.registryAddress, policies, FOUR.length, {
+      withStock: true,
+    });
     const ids = FOUR.map((s) => s.instanceId);
     const leasesBefore = await leaseIds(cluster);
     const stallMs = 1.5 * TTL_MS;
@@ -105,7 +107,9 @@ export const etcdSigkill: Scenario = {
   timeoutMs: () => 120_000,
   async run({ scope, policies, log }) {
     const cluster = await Cluster.start(scope, { instances: FOUR });
-    const callers = await startCallers(scope, cluster.registryAddress, policies, FOUR.length);
+    const callers = await startCallers(scope, cluster.registryAddress, policies, FOUR.length, {
+      withStock: true,
+    });
     const ids = FOUR.map((s) => s.instanceId);
     const leasesBefore = await leaseIds(cluster);
     const downMs = 2 * TTL_MS;

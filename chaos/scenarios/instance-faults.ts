@@ -24,7 +24,9 @@ export const sigkillOne: Scenario = {
   timeoutMs: () => 90_000,
   async run({ scope, policies, log }) {
     const cluster = await Cluster.start(scope, { instances: FOUR });
-    const callers = await startCallers(scope, cluster.registryAddress, policies, FOUR.length);
+    const callers = await startCallers(scope, cluster.registryAddress, policies, FOUR.length, {
+      withStock: true,
+    });
     const victim = "echo-1";
     const inFlight = new Map(
       callers.map((c) => [c, c.stats().find((s) => s.instanceId === victim)?.outstanding ?? 0]),
@@ -75,7 +77,9 @@ export const sigkillThree: Scenario = {
   timeoutMs: () => 90_000,
   async run({ scope, policies, log }) {
     const cluster = await Cluster.start(scope, { instances: FOUR });
-    const callers = await startCallers(scope, cluster.registryAddress, policies, FOUR.length);
+    const callers = await startCallers(scope, cluster.registryAddress, policies, FOUR.length, {
+      withStock: true,
+    });
     const victims = ["echo-1", "echo-2", "echo-3"];
     const killedAt = Date.now();
     for (const id of victims) cluster.instance(id).signal("SIGKILL");

@@ -34,7 +34,9 @@ export const registryDown: Scenario = {
     if (replica === undefined) throw new Error("no registry");
     const watchJson = spawnWatchJson(scope, "watch --json", cluster.registryAddress, SERVICE);
     const watchTty = spawnWatchTty(scope, "watch (tty)", cluster.registryAddress, SERVICE);
-    const callers = await startCallers(scope, cluster.registryAddress, policies, FOUR.length);
+    const callers = await startCallers(scope, cluster.registryAddress, policies, FOUR.length, {
+      withStock: true,
+    });
     await mustWaitFor(
       () => membershipFromNdjson(watchJson.stdout).size === FOUR.length,
       "watch --json lists 4 instances",
@@ -132,7 +134,9 @@ export const twoRegistries: Scenario = {
   timeoutMs: () => 120_000,
   async run({ scope, policies, log }) {
     const cluster = await Cluster.start(scope, { registries: 2, instances: FOUR });
-    const callers = await startCallers(scope, cluster.registryAddress, policies, FOUR.length);
+    const callers = await startCallers(scope, cluster.registryAddress, policies, FOUR.length, {
+      withStock: true,
+    });
     const before = new Map(
       (await cluster.etcd.instances(SERVICE)).instances.map((i) => [i.instanceId, i.leaseId]),
     );
@@ -200,7 +204,7 @@ export const compactionAway: Scenario = {
     const [front, away] = cluster.registries;
     if (front === undefined || away === undefined) throw new Error("two registries expected");
     await Promise.all(FOUR.map((spec) => cluster.startInstance({ ...spec, registry: front.address })));
-    const callers = await startCallers(scope, front.address, policies, FOUR.length);
+    const callers = await startCallers(scope, front.address, policies, FOUR.length, { withStock: true });
     const registryClient = connectRegistry(away.address);
     const watcher = new MembershipWatcher({ registry: registryClient, service: SERVICE });
     scope.defer("membership watcher", async () => {

@@ -18,7 +18,9 @@ export const soak: Scenario = {
     const cluster = await Cluster.start(scope, { instances: SIX });
     const replica = cluster.registries[0];
     if (replica === undefined) throw new Error("no registry");
-    const callers = await startCallers(scope, cluster.registryAddress, policies, SIX.length, 8);
+    const callers = await startCallers(scope, cluster.registryAddress, policies, SIX.length, {
+      concurrency: 8,
+    });
     await sleep(2000);
     const rssBefore = await cluster.registryRssAfterGc(replica);
     const endAt = Date.now() + soakMinutes * 60_000;
