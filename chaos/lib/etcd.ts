@@ -8,6 +8,7 @@ import { spawn } from "node:child_process";
 import { startLocalEtcd, type LocalEtcd } from "../../cli/local-etcd.js";
 import { ChildHandle } from "./child.js";
 import { type Scope, waitFor } from "./scope.js";
+import { guardDir, unguardDir } from "./watchdog.js";
 
 /** The key prefix of every instance (DESIGN §2). */
 export const SERVICES_PREFIX = "/leasehold/v1/services/";
@@ -36,9 +37,12 @@ export class ChaosEtcd {
   static async start(scope: Scope): Promise<ChaosEtcd> {
     const local = await startLocalEtcd();
     const etcd = new ChaosEtcd(local);
+    const dataDir = local.process.spawnargs.find((arg) => arg.startsWith("--data-dir="))?.slice(11);
+    if (dataDir !== undefined) guardDir(dataDir);
     scope.defer("etcd", async () => {
       await etcd.#current.kill();
       await local.stop(); // removes the data dir (its own process is gone already)
+      if (dataDir !== undefined) unguardDir(dataDir);
     });
     return etcd;
   }

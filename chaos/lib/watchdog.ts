@@ -28,3 +28,12 @@ export function guard(child: ChildProcess): void {
   write(`+${pid}`);
   child.once("exit", () => write(`-${pid}`));
 }
+
+/** Removes `dir` if the harness dies before {@link unguardDir}. */
+export function guardDir(dir: string): void {
+  write(`+dir ${dir}`);
+}
+
+export function unguardDir(dir: string): void {
+  write(`-dir ${dir}`);
+}
