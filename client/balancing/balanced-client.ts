@@ -63,7 +63,8 @@ export interface BalancedClientOptions {
   readonly attemptTimeoutFloorMs?: number;
   /**
    * Retry budget (Finagle, Linkerd): retries ≤ `ratio` (0.2) of requests plus `minPerSecond` (10)
-   * per second over `windowMs` (10 s). `false` turns it off.
+   * per second over `windowMs` (10 s). A retry away from an instance whose breaker is open (kept
+   * in the pick set only by the max-ejection cap) is not charged. `false` turns it off.
    */
   readonly retryBudget?: RetryBudgetOptions | false;
   /** Breaker tuning; see `DEFAULT_BREAKER_OPTIONS`. */
@@ -263,6 +264,11 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
     return "";
   }
 
+  #isBreakerOpenAt(address: string): boolean {
+    for (const balancer of this.#context.balancers) if (balancer.isBreakerOpenAt(address)) return true;
+    return false;
+  }
+
   /** Instances the balancers could pick now (READY, serving, not ejected). */
   #pickableCount(): number {
     let count = 0;
@@ -345,7 +351,11 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
     while (attempts < this.#options.maxAttempts) {
       if (attempts > 0) {
         if (Date.now() >= deadline) break;
-        if (this.#budget !== undefined && !this.#budget.tryWithdraw()) {
+        // A retry away from an instance whose breaker is open (kept only by the ejection cap) is
+        // the cap's cost, not a sign of overload: the budget is not charged for it.
+        const lastPeer = tried.at(-1);
+        const isKnownBad = lastPeer !== undefined && this.#isBreakerOpenAt(lastPeer);
+        if (!isKnownBad && this.#budget !== undefined && !this.#budget.tryWithdraw()) {
           throw new LeaseholdError(
             lastError?.code ?? "UNAVAILABLE",
             `${lastError?.message} (retry budget spent)`,
@@ -355,9 +365,11 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
           );
         }
         this.#context.metrics?.retries.inc({ service: this.service, method: methodName(method) });
-        // Jittered backoff, so a burst of failures does not retry in lock step.
+        // "Equal jitter" backoff: a burst of failures does not retry in lock step, and never at
+        // once, so connections that died together (instances killed at once) are seen as dead first.
         const cap = Math.min(MAX_RETRY_BACKOFF_MS, BASE_RETRY_BACKOFF_MS * 2 ** (attempts - 1));
-        await sleepUntil(Math.min(deadline, Date.now() + this.#context.random() * cap), signal);
+        const delayMs = cap / 2 + (this.#context.random() * cap) / 2;
+        await sleepUntil(Math.min(deadline, Date.now() + delayMs), signal);
         if (signal?.aborted === true) throw abortedError(signal);
       }
       attempts++;
@@ -531,7 +543,7 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
   }
 }
 
-/** Jittered backoff between the attempts of one call: up to 20 ms, doubling, capped at 200 ms. */
+/** Backoff between the attempts of one call: 10–20 ms, doubling, capped at 100–200 ms. */
 const BASE_RETRY_BACKOFF_MS = 20;
 const MAX_RETRY_BACKOFF_MS = 200;
 

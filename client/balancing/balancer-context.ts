@@ -60,6 +60,8 @@ export interface BalancerView {
   readonly isPanicking: boolean;
   /** Instances the picker could choose now (READY, serving, weight > 0, not ejected). */
   readonly pickableCount: number;
+  /** True when the instance at this `host:port` has an open breaker (kept in picks only by the ejection cap). */
+  isBreakerOpenAt(address: string): boolean;
 }
 
 /** Options of a {@link BalancerContext}; all optional. */

@@ -323,6 +323,12 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
     return this.#revision;
   }
 
+  isBreakerOpenAt(address: string): boolean {
+    for (const child of this.#ordered)
+      if (child.instance.address === address) return child.breaker.state === "open";
+    return false;
+  }
+
   get pickableCount(): number {
     return this.#policyPicker?.instances.length ?? 0;
   }

@@ -63,8 +63,13 @@ export const DEFAULT_RETRY_POLICY: RetryPolicy = Object.freeze({
   retryableStatusCodes: [Status.UNAVAILABLE],
 });
 
-/** Retry throttling of gRFC A6 (at most 10 tokens, 0.1 back per success), so retries cannot storm. */
-const RETRY_THROTTLING = Object.freeze({ maxTokens: 10, tokenRatio: 0.1 });
+/**
+ * Retry throttling of gRFC A6, so retries cannot storm: each failed attempt takes a token, each
+ * success gives 0.1 back, and retries stop while fewer than half of the 100 tokens are left. 100
+ * (grpc's examples use 10) lets a burst of in-flight failures, as when instances are killed under
+ * load, be retried before throttling starts.
+ */
+const RETRY_THROTTLING = Object.freeze({ maxTokens: 100, tokenRatio: 0.1 });
 
 /** What the resolver uses for targets that do not say otherwise. */
 export interface ResolverDefaults {
