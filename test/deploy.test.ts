@@ -26,6 +26,7 @@ const dashboardFile = join(root, "grafana/dashboards/leasehold.json");
 /** DESIGN §7 metric names; histograms also expose `_bucket`, `_sum` and `_count`. */
 const designCounters = [
   "leasehold_client_requests_total",
+  "leasehold_client_calls_total",
   "leasehold_client_membership_events_total",
   "leasehold_registry_registrations_total",
   "grpc_server_handled_total",
