@@ -541,3 +541,27 @@ test("one instance of four leaving is not a panic: it is removed at once", async
   await eventually(() => client.stats().length === 3, { what: "a removed" });
   t.false(client.isPanicking);
 });
+
+test("hedging (opt-in): a slow attempt is raced by one on another instance, the first answer wins", async (t) => {
+  const [a, b] = await Promise.all(["a", "b"].map((id) => startEchoServer(t, id)));
+  if (a === undefined || b === undefined) throw new Error("servers");
+  const { client, metrics } = newClient(t, {
+    membership: staticMembership("echo", [instanceOf(a), instanceOf(b)]),
+    policy: "weighted_round_robin",
+  });
+  await connected(client, 2);
+  a.isFrozen = true;
+  const answers: string[] = [];
+  for (let i = 0; i < 4; i++) {
+    answers.push(
+      (await client.methods.echo({ message: "x" }, { hedgeAfterMs: 50, deadlineMs: 20_000 })).instanceId,
+    );
+  }
+  t.deepEqual(answers, ["b", "b", "b", "b"]);
+  // Every attempt a took was raced by one on b, and cancelled once b answered.
+  await eventually(() => a.calls > 0 && a.cancelled === a.calls, {
+    what: "every losing attempt on a cancelled",
+  });
+  t.is((await metrics.retries.get()).values[0]?.value, a.calls, "each hedge counts as a retry");
+  t.is(b.calls, 4, "one answer from b per call: no hedge where the first attempt answered in time");
+});

@@ -98,6 +98,12 @@ export interface BalancedCallOptions {
   readonly deadlineMs?: number;
   /** Request metadata (headers) sent with every attempt. */
   readonly metadata?: grpc.Metadata;
+  /**
+   * Hedging, opt-in and only for idempotent unary methods: when an attempt has not answered after
+   * this many ms, a second one starts on a different instance; the first answer wins and the other
+   * is cancelled. A hedge counts as a retry (metrics and budget). Default: no hedging.
+   */
+  readonly hedgeAfterMs?: number;
 }
 
 /** The request type of a grpc-js method definition. */
@@ -380,7 +386,14 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
         this.#pickableCount() > 1 ? this.#latency.attemptTimeoutMs() : Number.POSITIVE_INFINITY;
       const attemptDeadline = Math.min(deadline, Date.now() + attemptTimeoutMs);
       const started = performance.now();
-      const outcome = await this.#unaryAttempt(method, request, metadata, attemptDeadline, signal);
+      const outcome = await this.#unaryAttempt(
+        method,
+        request,
+        metadata,
+        attemptDeadline,
+        signal,
+        callOptions?.hedgeAfterMs,
+      );
       if (outcome.ok) {
         this.#latency.record(performance.now() - started);
         return outcome.value;
@@ -419,31 +432,63 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
     metadata: grpc.Metadata,
     deadline: number,
     signal: AbortSignal | undefined,
+    hedgeAfterMs: number | undefined,
   ): Promise<{ ok: true; value: unknown } | { ok: false; error: LeaseholdError; peer: string | undefined }> {
+    type Outcome =
+      { ok: true; value: unknown } | { ok: false; error: LeaseholdError; peer: string | undefined };
     return new Promise((resolve) => {
-      let onAbort: (() => void) | undefined;
-      const call = this.grpcClient.makeUnaryRequest(
-        method.path,
-        method.requestSerialize,
-        method.responseDeserialize,
-        request,
-        metadata,
-        { deadline },
-        (error: grpc.ServiceError | null, response?: unknown) => {
-          if (onAbort !== undefined) signal?.removeEventListener("abort", onAbort);
-          if (error === null) return resolve({ ok: true, value: response });
-          const peer = call.getPeer();
-          resolve({
-            ok: false,
-            error: LeaseholdError.from(error),
-            peer: peer === this.#options.target || peer === "unknown" ? undefined : peer,
-          });
-        },
-      );
-      if (signal !== undefined) {
-        onAbort = () => call.cancel();
-        signal.addEventListener("abort", onAbort, { once: true });
-      }
+      const calls: grpc.ClientUnaryCall[] = [];
+      let running = 0;
+      const hedge: { timer?: NodeJS.Timeout } = {};
+      let isSettled = false;
+      let lastFailure: Outcome | undefined;
+      const onAbort = (): void => calls.forEach((call) => call.cancel());
+      const settle = (outcome: Outcome): void => {
+        isSettled = true;
+        clearTimeout(hedge.timer);
+        signal?.removeEventListener("abort", onAbort);
+        for (const call of calls) call.cancel(); // the loser of a hedge; a no-op on ended calls
+        resolve(outcome);
+      };
+      const start = (attemptMetadata: grpc.Metadata): void => {
+        const call = this.grpcClient.makeUnaryRequest(
+          method.path,
+          method.requestSerialize,
+          method.responseDeserialize,
+          request,
+          attemptMetadata,
+          { deadline },
+          (error: grpc.ServiceError | null, response?: unknown) => {
+            running--;
+            if (isSettled) return;
+            if (error === null) return settle({ ok: true, value: response });
+            const peer = call.getPeer();
+            lastFailure = {
+              ok: false,
+              error: LeaseholdError.from(error),
+              peer: peer === this.#options.target || peer === "unknown" ? undefined : peer,
+            };
+            // A failure before the hedge started ends the attempt (the caller retries elsewhere);
+            // with a hedge in flight, its answer is awaited.
+            if (running === 0) settle(lastFailure);
+          },
+        );
+        running++;
+        calls.push(call);
+      };
+      start(metadata);
+      signal?.addEventListener("abort", onAbort, { once: true });
+      if (hedgeAfterMs === undefined) return;
+      hedge.timer = setTimeout(() => {
+        const first = calls[0];
+        if (isSettled || first === undefined || (this.#budget !== undefined && !this.#budget.tryWithdraw()))
+          return;
+        this.#context.metrics?.retries.inc({ service: this.service, method: methodName(method) });
+        const hedged = metadata.clone();
+        const tried = [...metadata.get(EXCLUDE_METADATA).map(String), first.getPeer()];
+        hedged.set(EXCLUDE_METADATA, tried.join(","));
+        start(hedged);
+      }, hedgeAfterMs);
     });
   }
 
