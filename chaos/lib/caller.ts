@@ -34,12 +34,21 @@ export class Caller {
   #workers: Promise<void> | undefined;
   #sampler: NodeJS.Timeout | undefined;
 
+  /** Hedging of every call (opt-in, Echo is idempotent), ms; undefined: none. */
+  readonly hedgeAfterMs: number | undefined;
+
   constructor(
     scope: Scope,
-    { registry, policy, concurrency = 8 }: { registry: string; policy: PolicyName; concurrency?: number },
+    {
+      registry,
+      policy,
+      concurrency = 8,
+      hedgeAfterMs,
+    }: { registry: string; policy: PolicyName; concurrency?: number; hedgeAfterMs?: number },
   ) {
     this.policy = policy;
     this.concurrency = concurrency;
+    this.hedgeAfterMs = hedgeAfterMs;
     this.client = createBalancedClient(EchoServiceService, {
       service: "echo",
       registry,
@@ -52,6 +61,13 @@ export class Caller {
       await this.stop();
       await this.client.close();
     });
+  }
+
+  /** The row's policy column: the policy, and the hedging when on. */
+  get label(): string {
+    return this.hedgeAfterMs === undefined
+      ? this.policy
+      : `${this.policy} (hedged after ${this.hedgeAfterMs} ms)`;
   }
 
   get calls(): number {
@@ -78,7 +94,10 @@ export class Caller {
   async #worker(): Promise<void> {
     while (!this.#stop.signal.aborted) {
       try {
-        await this.client.methods.echo({ message: "chaos" });
+        await this.client.methods.echo(
+          { message: "chaos" },
+          this.hedgeAfterMs === undefined ? undefined : { hedgeAfterMs: this.hedgeAfterMs },
+        );
         this.ok++;
       } catch (error) {
         this.failed++;
@@ -167,9 +186,16 @@ export async function startCallers(
   registry: string,
   policies: readonly PolicyName[],
   expected: number,
-  { concurrency = 8, withStock = false }: { concurrency?: number; withStock?: boolean } = {},
+  {
+    concurrency = 8,
+    withStock = false,
+    hedgeAfterMs,
+  }: { concurrency?: number; withStock?: boolean; hedgeAfterMs?: number } = {},
 ): Promise<Caller[]> {
   const callers = policies.map((policy) => new Caller(scope, { registry, policy, concurrency }));
+  // With `hedgeAfterMs`, one more round_robin caller that hedges every call.
+  if (hedgeAfterMs !== undefined)
+    callers.push(new Caller(scope, { registry, policy: "round_robin", concurrency, hedgeAfterMs }));
   await Promise.all(callers.map((caller) => caller.start(expected)));
   await Promise.all(callers.map((caller) => caller.warmUp()));
   if (withStock) {

@@ -165,7 +165,7 @@ export function callerRow(
   );
   return row({
     scenario,
-    policy: caller.policy,
+    policy: caller.label,
     calls: caller.calls,
     failedCalls: caller.failed,
     failedAttempts: caller.failedAttempts(),

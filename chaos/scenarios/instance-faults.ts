@@ -189,11 +189,13 @@ export const sigstopInstance: Scenario = {
   name: "instance-sigstop",
   fast: true,
   summary:
-    "instance SIGSTOP 1.5×TTL, then SIGCONT: evicted, back under the same id within 1 s, no duplicate or ghost; (instance-sigstop-load) throughput per 250 ms never below 50 % of before",
+    "instance SIGSTOP 1.5×TTL, then SIGCONT: evicted, back under the same id within 1 s, no duplicate or ghost; (instance-sigstop-load) throughput per 250 ms never below 50 % of before; a third caller hedges after 50 ms",
   timeoutMs: () => 120_000,
   async run({ scope, policies, log }) {
     const cluster = await Cluster.start(scope, { instances: FOUR });
-    const callers = await startCallers(scope, cluster.registryAddress, policies, FOUR.length);
+    const callers = await startCallers(scope, cluster.registryAddress, policies, FOUR.length, {
+      hedgeAfterMs: 50,
+    });
     await sleep(2000); // the baseline throughput
     const victim = "echo-2";
     const ids = FOUR.map((s) => s.instanceId);
