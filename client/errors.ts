@@ -59,6 +59,30 @@ export function statusCodeName(code: number): StatusCodeName {
   return NAME_BY_STATUS[code] ?? "UNKNOWN";
 }
 
+/** Go's spelling of each code name, as go-grpc-prometheus writes `grpc_code`. */
+const METRIC_LABEL_BY_NAME: Readonly<Record<string, string>> = Object.fromEntries(
+  Object.keys(STATUS_BY_NAME).map((name) => [
+    name,
+    name === "CANCELLED"
+      ? "Canceled"
+      : name === "OK"
+        ? "OK"
+        : name
+            .toLowerCase()
+            .replace(/(^|_)([a-z])/g, (_match, _sep: string, letter: string) => letter.toUpperCase()),
+  ]),
+);
+
+/**
+ * The `code`/`grpc_code` label value of a gRPC status in every Leasehold metric, client and server:
+ * Go's spelling (`OK`, `Unavailable`, `DeadlineExceeded`, `Canceled`, ...), as go-grpc-prometheus
+ * writes it, so stock gRPC dashboards and alerts match. Accepts a status number or a code name; an
+ * unknown one is `Unknown`.
+ */
+export function metricCodeLabel(code: number | StatusCodeName): string {
+  return METRIC_LABEL_BY_NAME[typeof code === "number" ? statusCodeName(code) : code] ?? "Unknown";
+}
+
 /** The numeric gRPC status of a code name. */
 export function grpcStatusOf(code: StatusCodeName): GrpcStatus {
   return STATUS_BY_NAME[code];

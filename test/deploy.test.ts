@@ -234,7 +234,7 @@ function grpcServerMetrics(registry: Registry, grpcService: string, grpcMethod: 
   return () => {
     const labels = { grpc_service: grpcService, grpc_method: grpcMethod };
     handled.inc({ ...labels, grpc_code: "OK" }, 10);
-    handled.inc({ ...labels, grpc_code: "UNAVAILABLE" });
+    handled.inc({ ...labels, grpc_code: "Unavailable" });
     seconds.observe(labels, 0.002);
     seconds.observe(labels, 0.04);
   };
@@ -342,7 +342,7 @@ async function clientFixture(service: string): Promise<Fixture> {
       duration.observe({ service, instance_id, method: "Add" }, 0.001 * weight);
       breaker.set({ service, instance_id }, index === 0 ? 2 : 0);
     });
-    requests.inc({ service, instance_id: `${service}-1`, method: "Add", code: "UNAVAILABLE" }, 2);
+    requests.inc({ service, instance_id: `${service}-1`, method: "Add", code: "Unavailable" }, 2);
     instances.set({ service, status: "SERVING" }, 3);
     instances.set({ service, status: "DRAINING" }, 1);
     events.inc({ service, type: "added" });

@@ -50,8 +50,11 @@ test("health, readiness, metrics and Prometheus SD follow etcd; reflection lists
     "leasehold_registry_watch_streams 0",
     'leasehold_registry_registrations_total{result="ok"} 2',
     'leasehold_registry_etcd_request_duration_seconds_bucket{le="0.001",op="lease_grant"}',
-    'grpc_server_handled_total{grpc_service="leasehold.registry.v1.RegistryService",grpc_method="Register",grpc_code="OK"} 2',
-    'grpc_server_handling_seconds_bucket{le="0.001",grpc_service="leasehold.registry.v1.RegistryService",grpc_method="Register"}',
+    'grpc_server_started_total{grpc_type="unary",grpc_service="leasehold.registry.v1.RegistryService",grpc_method="Register"} 2',
+    'grpc_server_handled_total{grpc_type="unary",grpc_service="leasehold.registry.v1.RegistryService",grpc_method="Register",grpc_code="OK"} 2',
+    'grpc_server_msg_received_total{grpc_type="unary",grpc_service="leasehold.registry.v1.RegistryService",grpc_method="Register"} 2',
+    'grpc_server_msg_sent_total{grpc_type="unary",grpc_service="leasehold.registry.v1.RegistryService",grpc_method="Register"} 2',
+    'grpc_server_handling_seconds_bucket{le="0.0001",grpc_type="unary",grpc_service="leasehold.registry.v1.RegistryService",grpc_method="Register"}',
     "process_cpu_user_seconds_total",
   ]) {
     t.true(metrics.includes(name), `/metrics has ${name}`);

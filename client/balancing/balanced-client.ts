@@ -334,11 +334,11 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
     this.#budget?.deposit();
     try {
       const value = await this.#unaryAttempts(method, request, callOptions, deadline, deadlineMs);
-      metrics?.calls.inc({ service: this.service, method: name, code: "OK" });
+      metrics?.countCall(this.service, name, "OK");
       return value;
     } catch (error) {
       const failure = LeaseholdError.from(error);
-      metrics?.calls.inc({ service: this.service, method: name, code: failure.code });
+      metrics?.countCall(this.service, name, failure.code);
       throw failure;
     }
   }

@@ -27,7 +27,6 @@ import {
 import type { PolicyName } from "../balancing/policies.js";
 import { isPolicyName } from "../balancing/policies.js";
 import type { ClientMetrics } from "../metrics/client-metrics.js";
-import { statusCodeName } from "../errors.js";
 import { connectRegistry } from "../registry-connection.js";
 import type { MembershipSnapshot, MembershipSource } from "./membership.js";
 import { MembershipWatcher } from "./membership-watcher.js";
@@ -178,7 +177,7 @@ class CallOutcomeFilter extends experimental.BaseFilter {
   }
 
   override receiveTrailers(status: StatusObject): StatusObject {
-    this.#metrics.calls.inc({ ...this.#labels, code: statusCodeName(status.code) });
+    this.#metrics.countCall(this.#labels.service, this.#labels.method, status.code);
     return status;
   }
 }

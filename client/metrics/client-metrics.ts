@@ -1,4 +1,5 @@
 import { Counter, Gauge, Histogram, type Registry } from "prom-client";
+import { metricCodeLabel, type StatusCodeName } from "../errors.js";
 
 /**
  * The caller-side metrics of DESIGN §7, registered in an injected registry (never the global one).
@@ -90,8 +91,18 @@ export class ClientMetrics {
   /** Label sets written per instance (prom-client removes series only by their exact labels). */
   readonly #callLabels = new Map<string, Map<string, { method: string; code: string }>>();
 
-  /** Counts one finished call and observes its duration in seconds. */
-  recordCall(service: string, instanceId: string, method: string, code: string, seconds: number): void {
+  /**
+   * Counts one finished attempt on an instance and observes its duration in seconds. `code` is a
+   * status number or name; the label is written in Go's spelling ({@link metricCodeLabel}).
+   */
+  recordCall(
+    service: string,
+    instanceId: string,
+    method: string,
+    status: number | StatusCodeName,
+    seconds: number,
+  ): void {
+    const code = metricCodeLabel(status);
     this.requests.inc({ service, instance_id: instanceId, method, code });
     this.requestDuration.observe({ service, instance_id: instanceId, method }, seconds);
     const key = `${service}/${instanceId}`;
@@ -99,6 +110,11 @@ export class ClientMetrics {
     if (seen === undefined)
       this.#callLabels.set(key, (seen = new Map<string, { method: string; code: string }>()));
     seen.set(`${method} ${code}`, { method, code });
+  }
+
+  /** Counts one call by the outcome the application saw (after retries), in `leasehold_client_calls_total`. */
+  countCall(service: string, method: string, status: number | StatusCodeName): void {
+    this.calls.inc({ service, method, code: metricCodeLabel(status) });
   }
 
   /** Removes every series of an instance that left, so dashboards do not show ghosts. */
