@@ -1,4 +1,4 @@
-import { readFileSync } from "node:fs";
+import { packageVersion } from "../client/package-version.js";
 import { Command, CommanderError } from "commander";
 import { callCommand } from "./commands/call.js";
 import { demoCommand } from "./commands/demo.js";
@@ -53,23 +53,4 @@ function messageOf(error: unknown): string {
   const text =
     error instanceof Error ? ((error as { details?: string }).details ?? error.message) : String(error);
   return text.replace(/\s*\n\s*/g, " ").trim();
-}
-
-/**
- * The `version` of this package's package.json: next to `cli/` when run from the sources, one
- * level further up when run from `dist/cli/`.
- */
-function packageVersion(): string {
-  for (const relative of ["../package.json", "../../package.json"]) {
-    try {
-      const json = JSON.parse(readFileSync(new URL(relative, import.meta.url), "utf8")) as {
-        name?: unknown;
-        version?: unknown;
-      };
-      if (json.name === "leasehold" && typeof json.version === "string") return json.version;
-    } catch {
-      // not this one
-    }
-  }
-  return "unknown";
 }

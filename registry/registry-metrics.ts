@@ -1,4 +1,5 @@
-import { Counter, Gauge, Histogram, collectDefaultMetrics, type Registry } from "prom-client";
+import { Counter, Gauge, Histogram, type Registry } from "prom-client";
+import { collectProcessMetrics } from "../client/metrics/process-metrics.js";
 
 /** etcd operations timed by `leasehold_registry_etcd_request_duration_seconds{op}`. */
 export type EtcdOperation =
@@ -14,7 +15,7 @@ export type EtcdOperation =
 
 /**
  * The registry metrics of DESIGN §7, registered in an injected registry (never the global one).
- * Default process metrics are added once per registry.
+ * Default process metrics and `leasehold_build_info` are added once per registry.
  */
 export class RegistryMetrics {
   readonly instances: Gauge<"service">;
@@ -24,9 +25,7 @@ export class RegistryMetrics {
 
   constructor(registry: Registry) {
     const registers = [registry];
-    if (registry.getSingleMetric("process_cpu_user_seconds_total") === undefined) {
-      collectDefaultMetrics({ register: registry });
-    }
+    collectProcessMetrics(registry, "registry");
     this.instances = new Gauge({
       name: "leasehold_registry_instances",
       help: "Instances registered per service, as seen by this replica's watch-fed cache.",

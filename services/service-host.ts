@@ -12,7 +12,8 @@ import { loadSync, type PackageDefinition } from "@grpc/proto-loader";
 import { ReflectionService } from "@grpc/reflection";
 import { HealthImplementation } from "grpc-health-check";
 import type { Logger } from "pino";
-import { collectDefaultMetrics, Registry } from "prom-client";
+import { Registry } from "prom-client";
+import { collectProcessMetrics } from "../client/metrics/process-metrics.js";
 import { sleep } from "../client/backoff.js";
 import { connectRegistry } from "../client/registry-connection.js";
 import { Registrar } from "../client/registration/registrar.js";
@@ -84,7 +85,7 @@ export async function startServiceInstance(
   const logger = options.logger?.child({ service: service.name, instanceId });
 
   const metrics = new Registry();
-  collectDefaultMetrics({ register: metrics });
+  collectProcessMetrics(metrics, "service");
   const health = new HealthImplementation({ "": "SERVING", [grpcServiceName(service)]: "SERVING" });
   const server = new Server();
   health.addToServer(server);

@@ -5,6 +5,7 @@ import { eventually } from "./helpers/eventually.js";
 import { healthStatus, reflectedServices } from "./helpers/grpc-probes.js";
 import { KeepAliveSession } from "./helpers/keep-alive-session.js";
 import { WatchRecorder, registration, rpc, startRegistryFixture } from "./helpers/registry-fixture.js";
+import { packageVersion } from "../client/package-version.js";
 
 test("health, readiness, metrics and Prometheus SD follow etcd; reflection lists the services", async (t) => {
   const metricsRegistry = new Registry();
@@ -56,6 +57,7 @@ test("health, readiness, metrics and Prometheus SD follow etcd; reflection lists
     'grpc_server_msg_sent_total{grpc_type="unary",grpc_service="leasehold.registry.v1.RegistryService",grpc_method="Register"} 2',
     'grpc_server_handling_seconds_bucket{le="0.0001",grpc_type="unary",grpc_service="leasehold.registry.v1.RegistryService",grpc_method="Register"}',
     "process_cpu_user_seconds_total",
+    `leasehold_build_info{version="${packageVersion()}",component="registry",node_version="${process.version}"} 1`,
   ]) {
     t.true(metrics.includes(name), `/metrics has ${name}`);
   }

@@ -17,7 +17,8 @@ import {
   type Message,
 } from "@bufbuild/protobuf";
 import logUpdate from "log-update";
-import { collectDefaultMetrics, Registry } from "prom-client";
+import { Registry } from "prom-client";
+import { collectProcessMetrics } from "../../client/metrics/process-metrics.js";
 import {
   createBalancedClient,
   type BalancedCallOptions,
@@ -291,7 +292,7 @@ async function callThroughBalancer(
 ): Promise<void> {
   const logger = createLogger("leasehold-call", "warn");
   const metricsRegistry = new Registry();
-  collectDefaultMetrics({ register: metricsRegistry });
+  collectProcessMetrics(metricsRegistry, "caller");
   const metrics = new ClientMetrics(metricsRegistry);
   const watcher = new MembershipWatcher({ registry, service: serviceName, metrics, logger });
   const client = createBalancedClient(serviceDefinition(method), {
