@@ -1,6 +1,10 @@
 import test from "ava";
 import { EventEmitter } from "node:events";
-import type { RegistryServiceClient, WatchResponse } from "../proto/gen/leasehold/registry/v1/registry.js";
+import {
+  InstanceStatus,
+  type RegistryServiceClient,
+  type WatchResponse,
+} from "../proto/gen/leasehold/registry/v1/registry.js";
 import { Registry } from "prom-client";
 import { MembershipWatcher, type MembershipChange } from "../client/discovery/membership-watcher.js";
 import { ClientMetrics } from "../client/metrics/client-metrics.js";
@@ -159,4 +163,70 @@ test("a stale progress flips isStale and tells both kinds of listener; the gauge
     await metricsRegistry.metrics(),
     /^leasehold_client_membership_stale_seconds\{service="calculator"\} 0$/m,
   );
+});
+
+test("the weight gauge follows membership: 0 while DRAINING, series removed when an instance leaves or a reset drops it", async (t) => {
+  const { registry, send } = fakeRegistry();
+  const metricsRegistry = new Registry();
+  const watcher = new MembershipWatcher({
+    registry,
+    service: "calculator",
+    metrics: new ClientMetrics(metricsRegistry),
+  });
+  t.teardown(async () => await watcher.close());
+  watcher.start();
+  const listed = (id: string, weight: number, revision: string, status = 0) => ({
+    ...instance(id, weight),
+    status,
+    revision,
+    registeredAt: "",
+  });
+  const weights = async (): Promise<string[]> =>
+    (await metricsRegistry.metrics())
+      .split("\n")
+      .filter((line) => line.startsWith("leasehold_client_instance_weight{"))
+      .sort();
+  send({
+    event: {
+      $case: "snapshot",
+      value: {
+        instances: [listed("calc-1", 1, "4"), listed("calc-2", 2, "5")],
+        revision: "5",
+        reset: false,
+        observedAtUnixMs: "0",
+      },
+    },
+  });
+  await watcher.ready();
+  t.deepEqual(await weights(), [
+    'leasehold_client_instance_weight{service="calculator",instance_id="calc-1"} 1',
+    'leasehold_client_instance_weight{service="calculator",instance_id="calc-2"} 2',
+  ]);
+  send({
+    event: {
+      $case: "delta",
+      value: {
+        upserted: [
+          listed("calc-2", 2, "6", InstanceStatus.INSTANCE_STATUS_DRAINING),
+          listed("calc-3", 3, "6"),
+        ],
+        removed: [{ service: "calculator", instanceId: "calc-1" }],
+        revision: "6",
+        observedAtUnixMs: "0",
+      },
+    },
+  });
+  t.deepEqual(await weights(), [
+    'leasehold_client_instance_weight{service="calculator",instance_id="calc-2"} 0',
+    'leasehold_client_instance_weight{service="calculator",instance_id="calc-3"} 3',
+  ]);
+  send({
+    event: {
+      $case: "snapshot",
+      value: { instances: [listed("calc-3", 3, "9")], revision: "9", reset: true, observedAtUnixMs: "0" },
+    },
+  });
+  t.deepEqual(await weights(), [
+    'leasehold_client_instance_weight{service="calculator",instance_id="calc-3"} 3',
+  ]);
 });

@@ -338,6 +338,42 @@ export class MembershipWatcher implements MembershipSource {
       metrics.instances.set({ service, status: "SERVING" }, count.serving);
       metrics.instances.set({ service, status: "DRAINING" }, count.draining);
     }
+    this.#exportWeights(metrics, changes, snapshotType !== undefined);
+  }
+
+  /** Instances whose weight series this watcher wrote, as `service/instance_id` → labels. */
+  readonly #weightSeries = new Map<string, { service: string; instance_id: string }>();
+
+  /**
+   * `leasehold_client_instance_weight`: the weight picking uses per instance (0 while DRAINING), so
+   * a dashboard can draw each instance's expected share. Series of instances that left are removed.
+   */
+  #exportWeights(metrics: ClientMetrics, changes: readonly MembershipChange[], isWhole: boolean): void {
+    const write = (instance: Instance): void => {
+      const labels = { service: instance.service, instance_id: instance.instanceId };
+      this.#weightSeries.set(`${instance.service}/${instance.instanceId}`, labels);
+      const isDraining = instance.status === InstanceStatus.INSTANCE_STATUS_DRAINING;
+      metrics.instanceWeight.set(labels, isDraining ? 0 : instance.weight);
+    };
+    const forget = (key: string): void => {
+      const labels = this.#weightSeries.get(key);
+      if (labels === undefined) return;
+      metrics.instanceWeight.remove(labels);
+      this.#weightSeries.delete(key);
+    };
+    if (isWhole) {
+      const listed = new Set(
+        this.#snapshot.instances.map((instance) => `${instance.service}/${instance.instanceId}`),
+      );
+      for (const key of [...this.#weightSeries.keys()]) if (!listed.has(key)) forget(key);
+      for (const instance of this.#snapshot.instances) write(instance);
+      return;
+    }
+    for (const change of changes) {
+      if (change.type === "snapshot") continue;
+      if (change.type === "removed") forget(`${change.instance.service}/${change.instance.instanceId}`);
+      else write(change.instance);
+    }
   }
 
   /** Observes the propagation lag of one delta; `0` (an older registry) is not observed. */

@@ -10,6 +10,7 @@ export class ClientMetrics {
   readonly requestDuration: Histogram<"service" | "instance_id" | "method">;
   readonly breakerState: Gauge<"service" | "instance_id">;
   readonly instances: Gauge<"service" | "status">;
+  readonly instanceWeight: Gauge<"service" | "instance_id">;
   readonly membershipEvents: Counter<"service" | "type">;
   readonly membershipStale: Gauge<"service">;
   readonly membershipPropagation: Histogram<"service">;
@@ -42,6 +43,12 @@ export class ClientMetrics {
       name: "leasehold_client_instances",
       help: "Instances a caller knows, by status (SERVING, DRAINING).",
       labelNames: ["service", "status"],
+      registers,
+    });
+    this.instanceWeight = new Gauge({
+      name: "leasehold_client_instance_weight",
+      help: "The weight picking uses per instance (its registered weight; 0 while DRAINING): expected share = weight / sum.",
+      labelNames: ["service", "instance_id"],
       registers,
     });
     this.membershipEvents = new Counter({
