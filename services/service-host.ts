@@ -1,5 +1,4 @@
 import { randomBytes } from "node:crypto";
-import { networkInterfaces } from "node:os";
 import { fileURLToPath } from "node:url";
 import {
   Server,
@@ -19,6 +18,7 @@ import { connectRegistry } from "../client/registry-connection.js";
 import { Registrar } from "../client/registration/registrar.js";
 import { instrumentService } from "../client/server/grpc-server-metrics.js";
 import { metricsRoute, splitHostPort, startHttpEndpoints } from "../client/server/http-endpoints.js";
+import { routableHost } from "../client/server/routable-host.js";
 import { shutdownGrpcServer } from "../client/server/shutdown-grpc-server.js";
 import type { DemoService } from "./demo-service.js";
 
@@ -218,13 +218,3 @@ interface FaultyCall {
   emit(event: "error", error: object): boolean;
 }
 type FaultyCallback = (error: object | null, ...rest: unknown[]) => void;
-
-/** The host callers can dial: the listen host unless it is a wildcard, then the first external IPv4. */
-function routableHost(listenHost: string): string {
-  if (listenHost !== "0.0.0.0" && listenHost !== "[::]") return listenHost;
-  for (const addresses of Object.values(networkInterfaces())) {
-    const external = addresses?.find((address) => address.family === "IPv4" && !address.internal);
-    if (external !== undefined) return external.address;
-  }
-  return "127.0.0.1";
-}

@@ -1,5 +1,6 @@
 import anyTest, { type ExecutionContext, type TestFn } from "ava";
-import { startRegistryFixture, type RegistryFixture } from "./helpers/registry-fixture.js";
+import { rpc, startRegistryFixture, type RegistryFixture } from "./helpers/registry-fixture.js";
+import { CALLER_SERVICE } from "../client/registration/caller-entry.js";
 import { spawnCli, type CliProcess } from "./helpers/cli.js";
 import { eventually } from "./helpers/eventually.js";
 import { FIXTURES, register, startLedgerServer, type LedgerServer } from "./helpers/ledger-server.js";
@@ -351,4 +352,35 @@ test("load run: with no instance to pick, workers wait between attempts instead 
   // attempts). A spinning loop makes thousands.
   t.true(summary.total <= 2 * (1000 / 50 + 1), `${summary.total} attempts in 1 s`);
   t.is(server.served["Post"] ?? 0, 0, "the drained instance got no call");
+});
+
+test("call --metrics-listen lists the caller's /metrics as a leasehold-caller entry while it runs, and removes it at the end", async (t) => {
+  const instance = await startServiceInstance(calculator, {
+    registry: t.context.fixture.registry.address,
+    instanceId: "calc-metered",
+    listen: "127.0.0.1:0",
+    drainMs: 0,
+  });
+  t.teardown(async () => await instance.shutdown());
+  const { getService } = rpc(t.context.fixture.client);
+  const run = spawnCli(t, [
+    "call",
+    "calculator",
+    "Add",
+    '{"a":1,"b":2}',
+    "--duration=60",
+    "--metrics-listen=127.0.0.1:0",
+    registryFlag(t.context),
+  ]);
+  const entry = await eventually(async () => (await getService({ service: CALLER_SERVICE })).instances[0], {
+    timeoutMs: LOADED_MACHINE_MS,
+  });
+  t.is(entry.weight, 0, "never called");
+  t.deepEqual(entry.metadata, { calls: "calculator" });
+  t.is(entry.metricsAddress, entry.address);
+  const metrics = await (await fetch(`http://${entry.metricsAddress}/metrics`)).text();
+  t.regex(metrics, /leasehold_build_info\{[^}]*component="caller"/);
+  run.child.kill("SIGINT");
+  t.is(await run.exited, 0, run.stderr);
+  t.deepEqual((await getService({ service: CALLER_SERVICE })).instances, [], "deregistered on exit");
 });

@@ -29,12 +29,16 @@ import { MembershipWatcher } from "../../client/discovery/membership-watcher.js"
 import { LeaseholdError } from "../../client/errors.js";
 import { ClientMetrics } from "../../client/metrics/client-metrics.js";
 import { connectRegistry } from "../../client/registry-connection.js";
-import { metricsRoute, startHttpEndpoints } from "../../client/server/http-endpoints.js";
+import { metricsRoute, splitHostPort, startHttpEndpoints } from "../../client/server/http-endpoints.js";
+import { routableHost } from "../../client/server/routable-host.js";
+import { CALLER_SERVICE, startCallerEntry } from "../../client/registration/caller-entry.js";
+import type { Registrar } from "../../client/registration/registrar.js";
 import {
   InstanceStatus,
   type Instance,
   type RegistryServiceClient,
 } from "../../proto/gen/leasehold/registry/v1/registry.js";
+import type { Logger } from "pino";
 import { createLogger } from "../logger.js";
 import { checkRegistry } from "../registry-check.js";
 import { UsageError } from "../usage-error.js";
@@ -307,6 +311,8 @@ async function callThroughBalancer(
     flags.metricsListen === undefined
       ? undefined
       : await startHttpEndpoints(flags.metricsListen, { "/metrics": metricsRoute(metricsRegistry) });
+  const callerEntry =
+    metricsServer && (await listCaller(registry, metricsServer.address, serviceName, logger));
   const stopping = new AbortController();
   const onSignal = (): void => stopping.abort();
   process.once("SIGINT", onSignal).once("SIGTERM", onSignal);
@@ -353,7 +359,32 @@ async function callThroughBalancer(
     process.off("SIGINT", onSignal).off("SIGTERM", onSignal);
     await client.close();
     await watcher.close();
+    await callerEntry?.close();
     await metricsServer?.close();
+  }
+}
+
+/**
+ * Lists this caller's /metrics in the registry (a {@link CALLER_SERVICE} entry), so Prometheus'
+ * HTTP SD scrapes it. A refusal (say, a registry with auth on) costs the listing, not the calls.
+ */
+async function listCaller(
+  registry: RegistryServiceClient,
+  metricsListen: string,
+  calls: string,
+  logger: Logger,
+): Promise<Registrar | undefined> {
+  const { host, port } = splitHostPort(metricsListen);
+  try {
+    return await startCallerEntry({
+      registry,
+      metricsAddress: `${routableHost(host)}:${port}`,
+      calls,
+      logger,
+    });
+  } catch (error) {
+    logger.warn({ err: error }, `the registry did not list this caller's /metrics (${CALLER_SERVICE})`);
+    return undefined;
   }
 }
 
