@@ -45,8 +45,11 @@ export {
   type LeaseholdErrorCode,
   type LeaseholdErrorOptions,
   type StatusCodeName,
+  metricCodeLabel,
 } from "./errors.js";
-export { ClientMetrics } from "./metrics/client-metrics.js";
+export { ClientMetrics, type InstanceLoad } from "./metrics/client-metrics.js";
+export { collectProcessMetrics } from "./metrics/process-metrics.js";
+export { CALLER_SERVICE, startCallerEntry, type CallerEntryOptions } from "./registration/caller-entry.js";
 export {
   Registrar,
   type InstanceRegistration,

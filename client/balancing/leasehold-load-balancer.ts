@@ -25,6 +25,7 @@ import { Instance, InstanceStatus } from "../../proto/gen/leasehold/registry/v1/
 import { BREAKER_STATE_VALUE, InstanceBreaker } from "../breaker/instance-breaker.js";
 import type { MembershipSnapshot } from "../discovery/membership.js";
 import { LeaseholdError, statusCodeName } from "../errors.js";
+import type { InstanceLoad } from "../metrics/client-metrics.js";
 import {
   CONTEXT_OPTION,
   contextOf,
@@ -174,6 +175,10 @@ class LeaseholdPicker implements GrpcPicker {
       if (child === undefined) break;
       if (!child.admitsCall(nowMs)) {
         (exclude ??= new Set()).add(child.instanceId);
+        this.#balancer.context.metrics?.breakerRejections.inc({
+          service: child.instance.service,
+          instance_id: child.instanceId,
+        });
         continue;
       }
       const result = child.leaf.getPicker().pick(args);
@@ -310,6 +315,8 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
   /** Largest lease TTL seen among instances, s (the panic grace is 2 × this). */
   #maxTtlSeconds = 0;
   #panicTimer: NodeJS.Timeout | undefined;
+  /** Set once this balancer reports its outstanding counts to the metrics. */
+  #removeLoadSource: (() => void) | undefined;
 
   constructor(helper: ChannelControlHelper) {
     this.#helper = helper;
@@ -379,6 +386,12 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
     }
   }
 
+  /** Outstanding attempts per listed instance, for `leasehold_client_outstanding_requests`. */
+  *#loads(): Iterable<InstanceLoad> {
+    for (const child of this.#children.values())
+      yield { service: child.instance.service, instanceId: child.instanceId, outstanding: child.outstanding };
+  }
+
   resetBackoff(): void {
     // Each leaf's pick_first owns its reconnect backoff.
   }
@@ -387,6 +400,7 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
     if (this.#isDestroyed) return;
     this.#isDestroyed = true;
     clearTimeout(this.#panicTimer);
+    this.#removeLoadSource?.();
     const removed = [...this.#children.values()].map((child) => this.#retire(child));
     this.#children.clear();
     this.#ordered = [];
@@ -584,6 +598,9 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
     const leaf = new experimental.LeafLoadBalancer(endpoint, helper, childOptions, this.#resolutionNote);
     const child: Child = new Child(instance, leaf, breaker);
     metrics?.breakerState.set({ service, instance_id: instanceId }, BREAKER_STATE_VALUE.closed);
+    metrics?.breakerRejections.inc({ service, instance_id: instanceId }, 0); // the series exists from the start
+    metrics?.panicMode.inc({ service }, 0); // likewise, without touching a value another channel set
+    this.#removeLoadSource ??= metrics?.addLoadSource(() => this.#loads());
     leaf.startConnecting();
     return child;
   }

@@ -1,6 +1,13 @@
 import { Counter, Gauge, Histogram, type Registry } from "prom-client";
 import { metricCodeLabel, type StatusCodeName } from "../errors.js";
 
+/** One instance's attempts in flight, as a balancer reports them. */
+export interface InstanceLoad {
+  readonly service: string;
+  readonly instanceId: string;
+  readonly outstanding: number;
+}
+
 /**
  * The caller-side metrics of DESIGN §7, registered in an injected registry (never the global one).
  * Labels are never named `instance` or `job`: Prometheus would rename them.
@@ -9,6 +16,8 @@ export class ClientMetrics {
   readonly requests: Counter<"service" | "instance_id" | "method" | "code">;
   readonly requestDuration: Histogram<"service" | "instance_id" | "method">;
   readonly breakerState: Gauge<"service" | "instance_id">;
+  readonly breakerRejections: Counter<"service" | "instance_id">;
+  readonly outstanding: Gauge<"service" | "instance_id">;
   readonly instances: Gauge<"service" | "status">;
   readonly instanceWeight: Gauge<"service" | "instance_id">;
   readonly membershipEvents: Counter<"service" | "type">;
@@ -38,6 +47,28 @@ export class ClientMetrics {
       help: "Circuit breaker state per instance: 0 closed, 1 half-open, 2 open.",
       labelNames: ["service", "instance_id"],
       registers,
+    });
+    this.breakerRejections = new Counter({
+      name: "leasehold_client_breaker_rejections_total",
+      help:
+        "Picks an instance's breaker refused: half-open with its one trial call taken. (An open breaker's " +
+        "instance is not offered to picks at all while under the max-ejection cap.)",
+      labelNames: ["service", "instance_id"],
+      registers,
+    });
+    const loadSources = this.#loadSources;
+    this.outstanding = new Gauge({
+      name: "leasehold_client_outstanding_requests",
+      help: "Attempts in flight per instance (started, not yet ended), summed over the channels of this process.",
+      labelNames: ["service", "instance_id"],
+      registers,
+      // Read when scraped, from every balancer's own counts: nothing to do per call.
+      collect() {
+        this.reset();
+        for (const source of loadSources)
+          for (const { service, instanceId, outstanding } of source())
+            this.inc({ service, instance_id: instanceId }, outstanding);
+      },
     });
     this.instances = new Gauge({
       name: "leasehold_client_instances",
@@ -95,6 +126,17 @@ export class ClientMetrics {
     });
   }
 
+  readonly #loadSources = new Set<() => Iterable<InstanceLoad>>();
+
+  /**
+   * Adds a source of per-instance outstanding counts for `leasehold_client_outstanding_requests`,
+   * read at each scrape. Returns the function that removes it (call it when the balancer goes).
+   */
+  addLoadSource(source: () => Iterable<InstanceLoad>): () => void {
+    this.#loadSources.add(source);
+    return () => this.#loadSources.delete(source);
+  }
+
   /** Label sets written per instance (prom-client removes series only by their exact labels). */
   readonly #callLabels = new Map<string, Map<string, { method: string; code: string }>>();
 
@@ -122,7 +164,15 @@ export class ClientMetrics {
   /** Counts one call by the outcome the application saw (after retries), in `leasehold_client_calls_total`. */
   countCall(service: string, method: string, status: number | StatusCodeName): void {
     this.calls.inc({ service, method, code: metricCodeLabel(status) });
+    const key = `${service} ${method}`;
+    if (this.#methodsSeen.has(key)) return;
+    // A method's retries series exists from its first call (at 0), so "retries per second" and
+    // ratios over it are 0, not absent, until a retry happens.
+    this.#methodsSeen.add(key);
+    this.retries.inc({ service, method }, 0);
   }
+
+  readonly #methodsSeen = new Set<string>();
 
   /** Removes every series of an instance that left, so dashboards do not show ghosts. */
   forgetInstance(service: string, instanceId: string): void {
@@ -133,5 +183,6 @@ export class ClientMetrics {
     }
     this.#callLabels.delete(key);
     this.breakerState.remove({ service, instance_id: instanceId });
+    this.breakerRejections.remove({ service, instance_id: instanceId });
   }
 }

@@ -1,0 +1,283 @@
+import { spawn } from "node:child_process";
+import { copyFile, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import anyTest, { type ExecutionContext, type TestFn } from "ava";
+import { freePort, startLocalEtcd } from "../cli/local-etcd.js";
+import { spawnCli } from "./helpers/cli.js";
+import { eventually } from "./helpers/eventually.js";
+
+/**
+ * The Grafana dashboard and the alert rules, proven against a real Prometheus that runs the
+ * deployed config (deploy/prometheus.yml, host names pointed at loopback) and scrapes LIVE
+ * Leasehold processes: a registry (HTTP SD), calculator instances weighted 1:2:3, echo instances of
+ * which one fails 30 % of calls, and two `leasehold call` load runs that list their /metrics in the
+ * registry. No fixture exporter: every series comes from the real code paths.
+ */
+const root = fileURLToPath(new URL("..", import.meta.url));
+const dashboard = JSON.parse(await readFile(join(root, "grafana/dashboards/leasehold.json"), "utf8")) as {
+  panels: Array<{ type: string; title: string; targets?: Array<{ refId: string; expr: string }> }>;
+  templating: { list: Array<{ name: string; type: string; query?: { query?: string } | string }> };
+};
+
+interface Context {
+  prometheusUrl: string;
+}
+const test = anyTest as TestFn<Context>;
+
+/** A loaded 2-core CI machine starts a dozen node processes slowly: waits are generous. */
+const LOADED_MACHINE_MS = 90_000;
+/** Stands in for Grafana's `$__rate_interval` at a 1 s scrape interval. */
+const RATE_INTERVAL = "20s";
+
+const closers: Array<() => Promise<unknown>> = [];
+test.after.always(async () => {
+  for (const close of closers.splice(0).reverse()) await close().catch(() => undefined);
+});
+
+/** `t` for the processes of the whole file: teardown at the end (ava's hooks have no t.teardown). */
+function hookContext(t: ExecutionContext<Context>): ExecutionContext<Context> {
+  return { ...t, teardown: (fn: () => unknown) => void closers.push(async () => await fn()) };
+}
+
+test.before(async (t) => {
+  const scope = hookContext(t);
+  const etcd = await startLocalEtcd();
+  closers.push(() => etcd.stop());
+  const registry = spawnCli(scope, [
+    "registry",
+    "--listen=127.0.0.1:0",
+    `--etcd=${etcd.endpoint}`,
+    "--admin-listen=127.0.0.1:0",
+  ]);
+  const line = await registry.waitForLine(/registry listening on/, LOADED_MACHINE_MS);
+  const address = /listening on (\S+)/.exec(line)?.[1] ?? "";
+  const admin = /admin http:\/\/(\S+?)\)/.exec(line)?.[1] ?? "";
+  const registryFlag = `--registry=${address}`;
+  const serve = (service: string, id: string, ...flags: string[]) =>
+    spawnCli(scope, [
+      "serve",
+      service,
+      registryFlag,
+      `--id=${id}`,
+      "--listen=127.0.0.1:0",
+      "--metrics-listen=127.0.0.1:0",
+      "--ttl=3",
+      ...flags,
+    ]);
+  const instances = [
+    serve("calculator", "calc-1", "--weight=1"),
+    serve("calculator", "calc-2", "--weight=2"),
+    serve("calculator", "calc-3", "--weight=3"),
+    serve("echo", "echo-1"),
+    serve("echo", "echo-2", "--fail-rate=0.3"),
+  ];
+  for (const instance of instances) await instance.waitForLine(/serving/, LOADED_MACHINE_MS);
+  const call = (service: string, method: string, request: string, policy: string) =>
+    spawnCli(scope, [
+      "call",
+      service,
+      method,
+      request,
+      registryFlag,
+      `--policy=${policy}`,
+      "--duration=600",
+      "--concurrency=2",
+      "--metrics-listen=127.0.0.1:0",
+    ]);
+  call("calculator", "Add", '{"a":1,"b":2}', "weighted_round_robin");
+  call("echo", "Echo", '{"message":"hi"}', "round_robin");
+
+  const dir = await mkdtemp(join(tmpdir(), "leasehold-dashboards-"));
+  closers.push(() => rm(dir, { recursive: true, force: true }));
+  const port = await freePort();
+  await writeFile(
+    join(dir, "prometheus.yml"),
+    loopbackConfig(await readFile(join(root, "deploy/prometheus.yml"), "utf8"), admin, port),
+  );
+  await copyFile(join(root, "deploy/rules.yml"), join(dir, "rules.yml"));
+  const prometheus = spawn(
+    "prometheus",
+    [
+      `--config.file=${join(dir, "prometheus.yml")}`,
+      `--storage.tsdb.path=${join(dir, "data")}`,
+      `--web.listen-address=127.0.0.1:${port}`,
+      "--log.level=warn",
+    ],
+    { stdio: ["ignore", "ignore", "pipe"] },
+  );
+  let stderr = "";
+  prometheus.stderr
+    .setEncoding("utf8")
+    .on("data", (chunk: string) => (stderr = (stderr + chunk).slice(-4000)));
+  const exited = new Promise<void>((resolve) => prometheus.once("exit", () => resolve()));
+  prometheus.once("error", () => undefined);
+  closers.push(async () => {
+    if (prometheus.exitCode === null && prometheus.signalCode === null) prometheus.kill("SIGTERM");
+    await exited;
+  });
+  const prometheusUrl = `http://127.0.0.1:${port}`;
+  await eventually(async () => (await fetch(`${prometheusUrl}/-/ready`)).ok, {
+    timeoutMs: 30_000,
+    what: `prometheus /-/ready (stderr: ${stderr})`,
+  });
+  t.context = { prometheusUrl };
+  // Every target up: the registry, 5 instances and 2 callers (all discovered through /sd/prometheus
+  // but the registry), then enough scrapes for a 20 s rate.
+  await eventually(async () => (await series(prometheusUrl, 'up{job=~"leasehold-.+"} == 1')).length === 8, {
+    timeoutMs: LOADED_MACHINE_MS,
+    what: "8 leasehold targets up",
+  });
+  await eventually(
+    async () =>
+      (
+        await series(
+          prometheusUrl,
+          `count_over_time(leasehold_client_calls_total{service="echo"}[${RATE_INTERVAL}])`,
+        )
+      )
+        .map((labels) => Number(labels["value"]))
+        .some((count) => count >= 15),
+    { timeoutMs: LOADED_MACHINE_MS, what: "15 scrapes of the callers" },
+  );
+});
+
+/** deploy/prometheus.yml pointed at this test: the registry's admin port, 1 s scrapes. */
+function loopbackConfig(config: string, admin: string, port: number): string {
+  let result = config;
+  const replace = (from: string | RegExp, to: string): void => {
+    const next = result.replaceAll(from, to);
+    if (next === result) throw new Error(`deploy/prometheus.yml no longer contains ${String(from)}`);
+    result = next;
+  };
+  replace('["registry-1:7101", "registry-2:7101"]', `["${admin}"]`);
+  replace("http://registry:7101/sd/prometheus", `http://${admin}/sd/prometheus`);
+  replace('"localhost:9090"', `"127.0.0.1:${port}"`);
+  replace(/(scrape_interval|evaluation_interval|refresh_interval): 5s/g, "$1: 1s");
+  return result;
+}
+
+/** The result of an instant query, each series' labels plus its `value`. */
+async function series(prometheusUrl: string, expr: string): Promise<Array<Record<string, string>>> {
+  const response = await fetch(`${prometheusUrl}/api/v1/query`, {
+    method: "POST",
+    headers: { "content-type": "application/x-www-form-urlencoded" },
+    body: new URLSearchParams({ query: expr }),
+  });
+  const body = (await response.json()) as {
+    status: string;
+    error?: string;
+    data?: { result: Array<{ metric: Record<string, string>; value: [number, string] }> };
+  };
+  if (body.status !== "success") throw new Error(`${expr}: ${body.error ?? response.status}`);
+  return (body.data?.result ?? []).map(({ metric, value }) => ({ ...metric, value: value[1] }));
+}
+
+/** A panel query as Grafana sends it for one service. */
+function forService(expr: string, service: string): string {
+  return expr.replaceAll("$__rate_interval", RATE_INTERVAL).replaceAll('=~"$service"', `="${service}"`);
+}
+
+const byInstance = (rows: Array<Record<string, string>>): Record<string, number> =>
+  Object.fromEntries(rows.map((row) => [row["instance_id"] ?? "", Number(row["value"])]));
+
+test("every target is discovered: the registry, 5 instances and both callers (through their leasehold-caller entries)", async (t) => {
+  const up = await series(t.context.prometheusUrl, 'up{job=~"leasehold-.+"}');
+  const names = up
+    .map(
+      (labels) =>
+        `${labels["job"]} ${labels["service"] ?? ""}/${labels["instance_id"] ?? labels["caller"] ?? ""}`,
+    )
+    .sort();
+  t.is(names.filter((name) => name.startsWith("leasehold-client ")).length, 2, names.join(", "));
+  t.deepEqual(
+    names.filter((name) => name.startsWith("leasehold-services ")),
+    [
+      "leasehold-services calculator/calc-1",
+      "leasehold-services calculator/calc-2",
+      "leasehold-services calculator/calc-3",
+      "leasehold-services echo/echo-1",
+      "leasehold-services echo/echo-2",
+    ],
+  );
+  const renamed = await series(
+    t.context.prometheusUrl,
+    'count({exported_service=~".+"} or {exported_instance_id=~".+"} or {exported_job=~".+"})',
+  );
+  t.deepEqual(renamed, [], "no scraped label was renamed");
+});
+
+test("share versus expected share: weights 1:2:3 give 1/6, 2/6, 3/6 within 5 %, drawn from the same panel", async (t) => {
+  const panel = dashboard.panels.find((p) => p.title === "Share versus expected share");
+  const [share, expected] = panel?.targets ?? [];
+  if (share === undefined || expected === undefined) return t.fail("the panel has two queries");
+  const shares = byInstance(await series(t.context.prometheusUrl, forService(share.expr, "calculator")));
+  const expectedShares = byInstance(
+    await series(t.context.prometheusUrl, forService(expected.expr, "calculator")),
+  );
+  t.deepEqual(Object.keys(shares).sort(), ["calc-1", "calc-2", "calc-3"]);
+  for (const [id, weight] of [
+    ["calc-1", 1],
+    ["calc-2", 2],
+    ["calc-3", 3],
+  ] as const) {
+    t.is(expectedShares[id], weight / 6, `${id} expected`);
+    const measured = shares[id] ?? 0;
+    t.true(Math.abs(measured - weight / 6) <= 0.05 * (weight / 6), `${id}: ${measured} vs ${weight / 6}`);
+  }
+});
+
+test("a 30 % failing instance whose failures retries hide: calls error ratio 0, attempts error ratio about 0.3 × its share, the alert silent", async (t) => {
+  const { prometheusUrl } = t.context;
+  const ratio = async (name: string): Promise<number> =>
+    Number((await series(prometheusUrl, `${name}{service="echo"}`))[0]?.["value"] ?? NaN);
+  t.is(await ratio("service:leasehold_client_errors:ratio_rate1m"), 0, "calls: what users saw");
+  const attempts = await ratio("service:leasehold_client_attempt_errors:ratio_rate1m");
+  const share = byInstance(
+    await series(prometheusUrl, 'service_instance_id:leasehold_client_requests:share1m{service="echo"}'),
+  )["echo-2"];
+  if (share === undefined) return t.fail("no share for echo-2");
+  const expected = 0.3 * share;
+  t.true(
+    Math.abs(attempts - expected) <= 0.5 * expected,
+    `attempt error ratio ${attempts} vs 0.3 × ${share}`,
+  );
+  const alerts = await series(prometheusUrl, 'ALERTS{alertname="LeaseholdClientErrorRatioHigh"}');
+  t.deepEqual(alerts, [], "the error alert stays silent");
+});
+
+for (const panel of dashboard.panels.filter((p) => p.type !== "row")) {
+  for (const target of panel.targets ?? []) {
+    test(`panel "${panel.title}" (${target.refId}) returns series for the live system`, async (t) => {
+      const service = target.expr.includes("breaker_rejections") ? "echo" : "calculator";
+      const rows = await eventually(
+        async () => {
+          const found = await series(t.context.prometheusUrl, forService(target.expr, service));
+          return found.length > 0 ? found : undefined;
+        },
+        { timeoutMs: 20_000, what: `series for ${panel.title}` },
+      );
+      t.true(rows.length > 0);
+    });
+  }
+}
+
+test("the $service variable lists the called services, not the caller entries", async (t) => {
+  const variable = dashboard.templating.list.find((v) => v.name === "service");
+  const query = typeof variable?.query === "string" ? variable.query : (variable?.query?.query ?? "");
+  const selector = /^label_values\((.+), (\w+)\)$/.exec(query);
+  if (selector === null) return t.fail(`not label_values(...): ${query}`);
+  const values = await series(t.context.prometheusUrl, `count by (${selector[2]}) (${selector[1]})`);
+  t.deepEqual(values.map((labels) => labels[selector[2] ?? ""]).sort(), ["calculator", "echo"]);
+});
+
+test("every recording and alerting rule evaluates without error against the live series", async (t) => {
+  const response = await fetch(`${t.context.prometheusUrl}/api/v1/rules`);
+  const body = (await response.json()) as {
+    data: { groups: Array<{ rules: Array<{ name: string; health: string; lastError?: string }> }> };
+  };
+  const rules = body.data.groups.flatMap((group) => group.rules);
+  t.true(rules.length >= 5);
+  for (const rule of rules) t.not(rule.health, "err", `${rule.name}: ${rule.lastError ?? ""}`);
+});
