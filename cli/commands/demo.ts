@@ -1,6 +1,6 @@
 import type { Command } from "commander";
 import type { DemoFlags } from "../demo/run-demo.js";
-import { numberIn, urlList } from "../options.js";
+import { hostPort, numberIn, urlList } from "../options.js";
 
 /** `leasehold demo`; the implementation is loaded when the command runs. */
 export function demoCommand(program: Command): void {
@@ -12,6 +12,11 @@ export function demoCommand(program: Command): void {
     )
     .option("--duration <seconds>", "how long to run", numberIn(10, 86_400), 60)
     .option("--etcd <url[,url]>", "use this etcd instead of starting one (env LEASEHOLD_ETCD)", urlList)
+    .option(
+      "--metrics-listen <host:port>",
+      "serve the demo client's /metrics here, listed in the registry's /sd/prometheus for Prometheus",
+      hostPort,
+    )
     .action(async (flags: DemoFlags) => {
       const { runDemo } = await import("../demo/run-demo.js");
       await runDemo(flags);

@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import Table from "cli-table3";
+import { Registry } from "prom-client";
 import logUpdate from "log-update";
 import { sleep } from "../../client/backoff.js";
 import {
@@ -15,6 +16,17 @@ import {
 } from "../../client/balancing/balanced-client.js";
 import type { PolicyName } from "../../client/balancing/policies.js";
 import { MembershipWatcher } from "../../client/discovery/membership-watcher.js";
+import { ClientMetrics } from "../../client/metrics/client-metrics.js";
+import { collectProcessMetrics } from "../../client/metrics/process-metrics.js";
+import { CALLER_SERVICE, startCallerEntry } from "../../client/registration/caller-entry.js";
+import type { Registrar } from "../../client/registration/registrar.js";
+import {
+  metricsRoute,
+  splitHostPort,
+  startHttpEndpoints,
+  type HttpEndpoints,
+} from "../../client/server/http-endpoints.js";
+import { routableHost } from "../../client/server/routable-host.js";
 import { connectRegistry } from "../../client/registry-connection.js";
 import type { RegistryServiceClient } from "../../proto/gen/leasehold/registry/v1/registry.js";
 import { DEMO_SERVICES } from "../../services/index.js";
@@ -67,11 +79,13 @@ const SCHEDULE: readonly Step[] = [
 export interface DemoFlags {
   duration: number;
   etcd?: string[];
+  /** Serve the demo client's /metrics here and list it in the registry (a leasehold-caller entry). */
+  metricsListen?: string;
 }
 
 /** `leasehold demo`: runs the whole system for `--duration` seconds, then stops everything it started. */
 export async function runDemo(flags: DemoFlags): Promise<void> {
-  const demo = new Demo(flags.duration * 1000, flags.etcd ?? envEtcd());
+  const demo = new Demo(flags.duration * 1000, flags.etcd ?? envEtcd(), flags.metricsListen);
   let hasFailed = true;
   try {
     await demo.run();
@@ -123,9 +137,15 @@ class Demo {
   readonly #panicking = new Set<string>();
   readonly #stale = new Set<string>();
 
-  constructor(durationMs: number, etcdUrls: string[] | undefined) {
+  readonly #metricsListen: string | undefined;
+  #metrics: ClientMetrics | undefined;
+  #metricsServer: HttpEndpoints | undefined;
+  #callerEntry: Registrar | undefined;
+
+  constructor(durationMs: number, etcdUrls: string[] | undefined, metricsListen: string | undefined) {
     this.#durationMs = durationMs;
     this.#etcdUrls = etcdUrls;
+    this.#metricsListen = metricsListen;
   }
 
   async run(): Promise<void> {
@@ -172,6 +192,7 @@ class Demo {
     });
     this.#allWatcher.start();
     await this.#allWatcher.ready();
+    if (this.#metricsListen !== undefined) await this.#serveMetrics(this.#metricsListen, this.#registry);
 
     await Promise.all(
       INITIAL_INSTANCES.map((spec) => this.startInstance(spec.service, spec.id, spec.weight)),
@@ -180,12 +201,19 @@ class Demo {
       ["calculator", "weighted_round_robin"],
       ["echo", "round_robin"],
     ] as const) {
-      const watcher = new MembershipWatcher({ registry: this.#registry, service, logger });
+      const metrics = this.#metrics;
+      const watcher = new MembershipWatcher({ registry: this.#registry, service, logger, metrics });
       watcher.start();
       await watcher.ready();
       const definition = DEMO_SERVICES[service]?.definition;
       if (definition === undefined) throw new Error(`no demo service ${service}`);
-      const client = createBalancedClient(definition, { service, membership: watcher, policy, logger });
+      const client = createBalancedClient(definition, {
+        service,
+        membership: watcher,
+        policy,
+        logger,
+        metrics,
+      });
       client.start();
       this.#clients.push({ service, policy, client, watcher });
     }
@@ -238,6 +266,18 @@ class Demo {
     this.#children.get(id)?.process.kill(signal);
   }
 
+  /** Serves the demo client's metrics on `listen` and lists them in the registry for Prometheus' HTTP SD. */
+  async #serveMetrics(listen: string, registry: RegistryServiceClient): Promise<void> {
+    const metricsRegistry = new Registry();
+    collectProcessMetrics(metricsRegistry, "caller");
+    this.#metrics = new ClientMetrics(metricsRegistry);
+    this.#metricsServer = await startHttpEndpoints(listen, { "/metrics": metricsRoute(metricsRegistry) });
+    const { host, port } = splitHostPort(this.#metricsServer.address);
+    const metricsAddress = `${routableHost(host)}:${port}`;
+    this.#callerEntry = await startCallerEntry({ registry, metricsAddress, calls: "calculator,echo" });
+    this.#say(`demo client metrics http://${metricsAddress}/metrics (listed as ${CALLER_SERVICE})`);
+  }
+
   /** Stops the load, every child (SIGTERM, then SIGKILL after 5 s) and etcd. Idempotent. */
   async close({ keepLogs }: { keepLogs: boolean }): Promise<void> {
     this.#stopping.abort();
@@ -246,6 +286,8 @@ class Demo {
       await watcher.close();
     }
     await this.#allWatcher?.close();
+    await this.#callerEntry?.close();
+    await this.#metricsServer?.close();
     this.#registry?.close();
     const children = [...this.#children.values()];
     const services = children.filter((child) => child.name !== "registry");
