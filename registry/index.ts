@@ -10,6 +10,8 @@ import type { HttpEndpoints } from "../client/server/http-endpoints.js";
 import { shutdownGrpcServer } from "../client/server/shutdown-grpc-server.js";
 import { startAdminServer } from "./admin/admin-server.js";
 import { createRegistryService } from "./api/registry-service.js";
+import { ConsoleFeed } from "./console/console-feed.js";
+import { consoleRoutes } from "./console/console-routes.js";
 import { EtcdReadiness } from "./readiness.js";
 import { RegistryMetrics } from "./registry-metrics.js";
 import { resolveRegistryOptions, type RegistryOptions } from "./registry-options.js";
@@ -83,6 +85,12 @@ export async function startRegistry(options: RegistryOptions): Promise<RunningRe
   });
   const api = createRegistryService({ store, hub, metrics, logger });
   const server = new Server(serverOptions);
+  const consoleFeed = new ConsoleFeed({
+    hub,
+    isReady: () => readiness.isReady,
+    leaseTimeToLive: (key) => store.leaseTimeToLive(key),
+    logger,
+  });
   let admin: HttpEndpoints | undefined;
   let watch: ServicesWatch | undefined;
   let isStarted = false;
@@ -91,6 +99,7 @@ export async function startRegistry(options: RegistryOptions): Promise<RunningRe
   const close = (): Promise<void> =>
     (closing ??= (async () => {
       readiness.close();
+      consoleFeed.close();
       hub.close();
       api.endStreams();
       if (isStarted) await shutdownGrpcServer(server, resolved.shutdownGraceMs);
@@ -126,6 +135,7 @@ export async function startRegistry(options: RegistryOptions): Promise<RunningRe
         metricsRegistry,
         isReady: () => readiness.isReady,
         instances: () => hub.instances(),
+        routes: consoleRoutes(consoleFeed),
       });
     }
     logger.info(

@@ -1,8 +1,8 @@
 #!/usr/bin/env node
 // Set-up for a fresh machine with Node and npm: node modules, then the system tools a run needs.
 //   node scripts/setup.mjs            etcd (for the demo)
-//   node scripts/setup.mjs --for=test etcd, prometheus/promtool and docker-compose (for the tests)
-// Tools come from Debian's packages (etcd-server, prometheus, docker-compose) when apt-get is there
+//   node scripts/setup.mjs --for=test etcd, prometheus/promtool, docker-compose and chromium (for the tests)
+// Tools come from Debian's packages (etcd-server, prometheus, docker-compose, chromium) when apt-get is there
 // and we are root; otherwise it says how to get them and exits 1.
 import { spawnSync } from "node:child_process";
 import { existsSync, statSync } from "node:fs";
@@ -36,6 +36,8 @@ if (forTests)
   tools.push(
     { command: "promtool", pkg: "prometheus" },
     { command: "docker-compose", pkg: "docker-compose" },
+    // The web console's test drives Debian's Chromium with playwright-core (no browser download).
+    { command: process.env.LEASEHOLD_CHROMIUM ?? "chromium", pkg: "chromium" },
   );
 const missing = tools.filter((tool) => !onPath(tool.command));
 if (missing.length === 0) process.exit(0);

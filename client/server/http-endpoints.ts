@@ -1,4 +1,4 @@
-import { createServer } from "node:http";
+import { createServer, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import type { Registry } from "prom-client";
 
@@ -29,8 +29,21 @@ export interface HttpAnswer {
   readonly body: string;
 }
 
+/**
+ * A streamed answer, e.g. server-sent events: after the status and headers are written, `open`
+ * writes to `response` (honouring `write()` false → `drain`) until `signal` aborts, which it does
+ * when the client goes or the server closes. For HEAD only the head is sent.
+ */
+export interface HttpStream {
+  readonly status: number;
+  readonly headers: Readonly<Record<string, string>>;
+  open(response: ServerResponse, signal: AbortSignal): void;
+}
+
 /** Answers of GET paths, e.g. `{ "/metrics": metricsRoute(registry) }`. */
-export type HttpRoutes = Readonly<Record<string, () => HttpAnswer | Promise<HttpAnswer>>>;
+export type HttpRoutes = Readonly<
+  Record<string, () => HttpAnswer | HttpStream | Promise<HttpAnswer | HttpStream>>
+>;
 
 /** A running HTTP server of {@link startHttpEndpoints}. */
 export interface HttpEndpoints {
@@ -47,7 +60,8 @@ export function metricsRoute(registry: Registry): () => Promise<HttpAnswer> {
 
 /**
  * Serves `routes` over plain HTTP on `listen` (GET and HEAD; 404 for other paths, 405 for other
- * methods, 500 with no details when a route throws).
+ * methods, 500 with no details when a route throws). Streamed answers ({@link HttpStream}) stay
+ * open until their client goes; `close()` ends them.
  * @throws the listen error (EADDRINUSE ...).
  */
 export async function startHttpEndpoints(
@@ -68,8 +82,20 @@ export async function startHttpEndpoints(
     Promise.resolve()
       .then(route)
       .then(
-        (answer) =>
-          response.writeHead(answer.status, { "content-type": answer.contentType }).end(answer.body),
+        (answer) => {
+          if (!("open" in answer)) {
+            response.writeHead(answer.status, { "content-type": answer.contentType }).end(answer.body);
+            return;
+          }
+          response.writeHead(answer.status, answer.headers);
+          if (request.method === "HEAD") {
+            response.end();
+            return;
+          }
+          const stop = new AbortController();
+          response.once("close", () => stop.abort());
+          answer.open(response, stop.signal);
+        },
         () => {
           if (!response.headersSent) response.writeHead(500);
           response.end();

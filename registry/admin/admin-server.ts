@@ -5,6 +5,7 @@ import {
   type HostPort,
   type HttpAnswer,
   type HttpEndpoints,
+  type HttpRoutes,
 } from "../../client/server/http-endpoints.js";
 import type { Instance } from "../../proto/gen/leasehold/registry/v1/registry.js";
 
@@ -41,16 +42,19 @@ export interface AdminSources {
   isReady(): boolean;
   /** Every instance, for `/sd/prometheus`. */
   instances(): readonly Instance[];
+  /** More GET routes served beside these (the web console's `/ui`). */
+  readonly routes?: HttpRoutes;
 }
 
 /**
  * Serves `/metrics` (Prometheus text), `/healthz` (200 while the process runs), `/readyz` (200
- * while etcd answers, else 503) and `/sd/prometheus` (HTTP SD JSON) on `listen`.
+ * while etcd answers, else 503), `/sd/prometheus` (HTTP SD JSON) and `sources.routes` on `listen`.
  */
 export async function startAdminServer(listen: HostPort, sources: AdminSources): Promise<HttpEndpoints> {
   let selfAddress = "";
   const text = (status: number, body: string): HttpAnswer => ({ status, contentType: "text/plain", body });
   const endpoints = await startHttpEndpoints(listen, {
+    ...sources.routes,
     "/metrics": metricsRoute(sources.metricsRegistry),
     "/healthz": () => text(200, "ok\n"),
     "/readyz": () => (sources.isReady() ? text(200, "ready\n") : text(503, "etcd unreachable\n")),

@@ -320,6 +320,33 @@ export class EtcdStore {
     }
   }
 
+  /**
+   * The lease holding an instance key, as etcd sees it now (for the web console's lease age):
+   * granted and remaining TTL in seconds, or `undefined` when the key or its lease is gone. Two
+   * etcd reads (the key, then LeaseTimeToLive), each with the request timeout.
+   * @throws RegistryError `unavailable` when etcd does not answer.
+   */
+  async leaseTimeToLive(
+    key: InstanceKey,
+  ): Promise<{ grantedTtlSeconds: number; remainingTtlSeconds: number } | undefined> {
+    try {
+      const range = await this.#time("range", () =>
+        this.#client.get(this.keys.key(key.service, key.instanceId)).exec(),
+      );
+      const leaseId = range.kvs[0]?.lease ?? "0";
+      if (leaseId === "0") return undefined;
+      const lease = await this.#time("lease_time_to_live", () =>
+        this.#client.leaseClient.leaseTimeToLive({ ID: leaseId }),
+      );
+      const remainingTtlSeconds = Number(lease.TTL);
+      // etcd answers TTL -1 for a lease that expired or was revoked.
+      if (remainingTtlSeconds < 0) return undefined;
+      return { grantedTtlSeconds: Number(lease.grantedTTL), remainingTtlSeconds };
+    } catch (error) {
+      throw fromEtcdError(error);
+    }
+  }
+
   /** Opens a keepalive channel for one caller stream; see {@link LeaseKeepAlive}. */
   openKeepAlive(): LeaseKeepAlive {
     return new LeaseKeepAlive(this.#client.leaseClient, this.#options.metrics, this.#unavailable);
