@@ -6,8 +6,10 @@ import { fileURLToPath } from "node:url";
 import test, { type ExecutionContext } from "ava";
 import { chromium, type Page } from "playwright-core";
 import { startLocalEtcd } from "../cli/local-etcd.js";
+import { counterRate, readScrapedCounters } from "../registry/console/instance-scrape.js";
 import { startRegistry } from "../registry/index.js";
 import { spawnCli, type CliProcess } from "./helpers/cli.js";
+import { registration, rpc, startFixtureFor } from "./helpers/registry-fixture.js";
 
 /** Debian's `chromium` package (scripts/setup.mjs --for=test installs it); override with LEASEHOLD_CHROMIUM. */
 const CHROMIUM = process.env.LEASEHOLD_CHROMIUM ?? "/usr/bin/chromium";
@@ -29,6 +31,31 @@ const CHROMIUM_ARGS = [
   "--disable-component-update",
   "--disable-sync",
 ];
+
+test("served calls are the sum of grpc_server_handled_total; callers' panic services are read from leasehold_client_panic_mode", (t) => {
+  const text = [
+    "# HELP grpc_server_handled_total Total number of RPCs completed on the server.",
+    "# TYPE grpc_server_handled_total counter",
+    'grpc_server_handled_total{grpc_type="unary",grpc_service="e.Echo",grpc_method="Echo",grpc_code="OK"} 40',
+    'grpc_server_handled_total{grpc_type="unary",grpc_service="e.Echo",grpc_method="Echo",grpc_code="Unavailable"} 2',
+    "grpc_server_handled_totally_different 1000",
+    'leasehold_client_panic_mode{service="echo"} 1',
+    'leasehold_client_panic_mode{service="calc"} 0',
+    'leasehold_client_panic_mode{other="x",service="a \\"quoted\\" one"} 1',
+  ].join("\n");
+  t.deepEqual(readScrapedCounters(text), { handledTotal: 42, panicServices: ["echo", 'a \\"quoted\\" one'] });
+  t.deepEqual(readScrapedCounters("process_cpu_seconds_total 3\n"), {
+    handledTotal: undefined,
+    panicServices: [],
+  });
+});
+
+test("a served rate needs two scrapes and restarts after a counter reset", (t) => {
+  t.is(counterRate(undefined, 100, 1000), undefined);
+  t.is(counterRate({ total: 100, atMs: 1000 }, 150, 3000), 25);
+  t.is(counterRate({ total: 150, atMs: 3000 }, 10, 5000), undefined, "the instance restarted");
+  t.is(counterRate({ total: 150, atMs: 3000 }, 150, 3000), undefined, "no time passed");
+});
 
 test.serial(
   "the console lists live instances with served rate and lease age, and an instance SIGKILLed leaves the page once its lease expires",
@@ -131,6 +158,54 @@ test.serial(
     await page.keyboard.type("no-such-instance");
     await page.locator('tr[data-instance^="calculator/"]').waitFor({ state: "detached" });
     t.regex(await page.locator("#summary").innerText(), /^0 services, 0 instances matching/);
+  },
+);
+
+test.serial(
+  "the console shows a stale banner while etcd is frozen and a panic banner when most instances of a service leave at once",
+  async (t) => {
+    t.timeout(3 * LOADED_MACHINE_MS);
+    if (!existsSync(CHROMIUM)) t.fail(`no Chromium at ${CHROMIUM}: run node scripts/setup.mjs --for=test`);
+    const fixture = await startFixtureFor(t, { adminListen: "127.0.0.1:0" });
+    const registryApi = rpc(fixture.client);
+    const leases = new Map<string, string>();
+    for (const instanceId of ["a-1", "a-2", "a-3"]) {
+      const registered = await registryApi.register(
+        registration({ service: "alpha", instanceId, ttlSeconds: "30" }),
+      );
+      leases.set(instanceId, registered.leaseId);
+    }
+    const page = await openConsole(t, fixture.registry.adminAddress);
+    await page.locator('tr[data-instance="alpha/a-3"]').waitFor({ timeout: LOADED_MACHINE_MS });
+    t.is(await page.locator(".banner").count(), 0, "no banner while all is well");
+
+    // Two of three serving instances leave within the 5 s window: callers would enter panic mode.
+    for (const instanceId of ["a-1", "a-2"]) {
+      await registryApi.deregister({ service: "alpha", instanceId, leaseId: leases.get(instanceId) ?? "" });
+    }
+    const panic = page.locator(".banner.panic");
+    await panic.waitFor({ timeout: LOADED_MACHINE_MS });
+    t.regex(
+      await panic.innerText(),
+      /^Panic: more than half of the serving instances of alpha left within 5 s/,
+    );
+    t.is(await panic.getAttribute("role"), "alert");
+    await page.screenshot({ path: join(ARTIFACTS, "console-panic.png"), fullPage: true });
+    // It ends with the callers' default grace (2 × the 30 s TTL): not waited for here.
+
+    const etcdProcess = fixture.etcd.process;
+    etcdProcess.kill("SIGSTOP");
+    t.teardown(() => void etcdProcess.kill("SIGCONT"));
+    const stale = page.locator(".banner.stale");
+    await stale.waitFor({ timeout: LOADED_MACHINE_MS });
+    t.regex(await stale.innerText(), /^Stale: the registry cannot confirm its etcd watch is current/);
+    await page.screenshot({ path: join(ARTIFACTS, "console-stale.png"), fullPage: true });
+    etcdProcess.kill("SIGCONT");
+    await stale.waitFor({ state: "detached", timeout: LOADED_MACHINE_MS });
+    t.true(
+      await page.locator('tr[data-instance="alpha/a-3"]').isVisible(),
+      "the membership stayed on the page",
+    );
   },
 );
 
