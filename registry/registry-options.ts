@@ -7,7 +7,7 @@ import { splitHostPort, type HostPort } from "../client/server/http-endpoints.js
 export interface RegistryOptions {
   /** gRPC listen address host:port; port 0 picks a free one. */
   listen: string;
-  /** Admin HTTP host:port (/metrics, /healthz, /readyz, /sd/prometheus); undefined = no admin server. */
+  /** Admin HTTP host:port (/metrics, /healthz, /readyz, /sd/prometheus, /ui); undefined = no admin server. */
   adminListen?: string | undefined;
   /** etcd client URLs, e.g. ["http://127.0.0.1:2379"]. */
   etcdEndpoints: readonly string[];

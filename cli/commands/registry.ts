@@ -21,7 +21,7 @@ export function registryCommand(program: Command): void {
     )
     .option(
       "--admin-listen <host:port>",
-      "admin HTTP address: /metrics, /healthz, /readyz, /sd/prometheus",
+      "admin HTTP address: /metrics, /healthz, /readyz, /sd/prometheus, /ui (web console)",
       hostPort,
       process.env["LEASEHOLD_ADMIN_LISTEN"] ?? "127.0.0.1:7101",
     )

@@ -174,7 +174,7 @@ class Demo {
     ]);
     await this.#waitForLine(registry, /registry listening/);
     this.#say(
-      `registry ${this.#registryAddress}, admin http://127.0.0.1:${adminPort}/metrics and /sd/prometheus`,
+      `registry ${this.#registryAddress}, admin http://127.0.0.1:${adminPort}/metrics, /sd/prometheus and /ui (web console)`,
     );
     this.#say(`process logs in ${this.#logDir} (removed at the end unless the demo fails)`);
     this.#header = `etcd ${endpoints.join(",")} · registry ${this.#registryAddress} · logs ${this.#logDir}`;
