@@ -5,9 +5,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import test, { type ExecutionContext } from "ava";
 import { chromium, type Page } from "playwright-core";
-import { startLocalEtcd } from "../cli/local-etcd.js";
 import { counterRate, readScrapedCounters } from "../registry/console/instance-scrape.js";
-import { startRegistry } from "../registry/index.js";
 import { spawnCli, type CliProcess } from "./helpers/cli.js";
 import { registration, rpc, startFixtureFor } from "./helpers/registry-fixture.js";
 
@@ -62,15 +60,7 @@ test.serial(
   async (t) => {
     t.timeout(4 * LOADED_MACHINE_MS);
     if (!existsSync(CHROMIUM)) t.fail(`no Chromium at ${CHROMIUM}: run node scripts/setup.mjs --for=test`);
-    const etcd = await startLocalEtcd();
-    t.teardown(() => etcd.stop());
-    const registry = await startRegistry({
-      listen: "127.0.0.1:0",
-      adminListen: "127.0.0.1:0",
-      etcdEndpoints: [etcd.endpoint],
-      progressIntervalMs: 500,
-    });
-    t.teardown(() => registry.close());
+    const { registry } = await startFixtureFor(t, { adminListen: "127.0.0.1:0" });
     const registryFlag = `--registry=${registry.address}`;
     const serve = (id: string, weight: number): CliProcess =>
       spawnCli(t, [
@@ -209,16 +199,9 @@ test.serial(
   },
 );
 
-/** A registry with one calculator instance (in process) and the console open on it. */
+/** A registry (in process) with one calculator instance (a child process) and the console open on it. */
 async function consoleWithOneInstance(t: ExecutionContext): Promise<Page> {
-  const etcd = await startLocalEtcd();
-  t.teardown(() => etcd.stop());
-  const registry = await startRegistry({
-    listen: "127.0.0.1:0",
-    adminListen: "127.0.0.1:0",
-    etcdEndpoints: [etcd.endpoint],
-  });
-  t.teardown(() => registry.close());
+  const { registry } = await startFixtureFor(t, { adminListen: "127.0.0.1:0" });
   const instance = spawnCli(t, [
     "serve",
     "calculator",
