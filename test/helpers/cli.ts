@@ -13,7 +13,7 @@ export interface CliProcess {
   stderr: string;
   /** Resolves with the first stdout line matching `pattern` (already seen or later). */
   waitForLine(pattern: RegExp, timeoutMs?: number): Promise<string>;
-  /** Resolves with the exit code (or signal) once the process ended. */
+  /** Resolves with the exit code (or signal) once the process ended and its output is all read. */
   readonly exited: Promise<number | string>;
 }
 
@@ -36,7 +36,9 @@ export function spawnCli(
         timeoutMs,
         what: `a line matching ${pattern} from leasehold ${args.join(" ")} (stderr: ${result.stderr.slice(-500)})`,
       }),
-    exited: once(child, "exit").then(([code, signal]) => (code as number | null) ?? (signal as string)),
+    // "close", not "exit": "exit" can come before the last stdout/stderr chunks are read (seen in
+    // CI: a one-line error missing from stderr at exit).
+    exited: once(child, "close").then(([code, signal]) => (code as number | null) ?? (signal as string)),
   };
   let partial = "";
   child.stdout.setEncoding("utf8").on("data", (chunk: string) => {
