@@ -49,6 +49,12 @@ export interface LeaseholdOptions {
   readonly panicThresholdPercent?: number;
   /** How long panic mode keeps instances that left, ms. Default 2 × the largest lease TTL seen. */
   readonly panicGraceMs?: number;
+  /**
+   * Floor of the stall threshold, ms: an instance with attempts in flight that answers none for
+   * max(this, 3 × its p99) while the others answer 16 is skipped by picks (and the typed client
+   * moves attempts parked on it). Default 75; `Infinity` turns it off.
+   */
+  readonly stallFloorMs?: number;
   /** pino logger for membership and breaker transitions. Default silent. */
   readonly logger?: Logger;
   /** grpc-js options of the channels to the registry (keepalive is already set). */
@@ -82,6 +88,7 @@ export function registerLeasehold(options: LeaseholdOptions = {}): void {
     maxEjectionPercent: options.maxEjectionPercent,
     panicThresholdPercent: options.panicThresholdPercent,
     panicGraceMs: options.panicGraceMs,
+    stallFloorMs: options.stallFloorMs,
   });
   setResolverDefaults({
     registry: options.registry,

@@ -565,3 +565,39 @@ test("hedging (opt-in): a slow attempt is raced by one on another instance, the 
   t.is((await metrics.retries.get()).values[0]?.value, a.calls, "each hedge counts as a retry");
   t.is(b.calls, 4, "one answer from b per call: no hedge where the first attempt answered in time");
 });
+
+test("under concurrent load a frozen instance is stalled: picks skip it and its parked attempts move, before any timeout", async (t) => {
+  const [a, b] = await Promise.all(["a", "b"].map((id) => startEchoServer(t, id)));
+  if (a === undefined || b === undefined) throw new Error("servers");
+  const { client, metrics } = newClient(t, {
+    membership: staticMembership("echo", [instanceOf(a), instanceOf(b)]),
+    // Without stall detection every attempt parked on a would wait for the deadline and fail.
+    attemptTimeoutFloorMs: 60_000,
+    deadlineMs: 10_000,
+  });
+  await connected(client, 2);
+  for (let i = 0; i < 20; i++) await client.methods.echo({ message: "warm" });
+  a.isFrozen = true;
+  const callsBefore = a.calls;
+  let next = 0;
+  const answers: string[] = [];
+  const worker = async (): Promise<void> => {
+    while (next++ < 400) answers.push((await client.methods.echo({ message: "x" })).instanceId);
+  };
+  await Promise.all(Array.from({ length: 32 }, worker));
+  t.is(answers.length, 400);
+  t.deepEqual([...new Set(answers)], ["b"], "every call answered by b");
+  t.true(
+    a.calls - callsBefore <= 32 + 1,
+    `a took ${a.calls - callsBefore} attempts: picks skipped it once stalled`,
+  );
+  await eventually(() => a.cancelled === a.calls - callsBefore, { what: "every attempt parked on a moved" });
+  const failed = (await metrics.requests.get()).values.filter(
+    (v) => v.labels.instance_id === "a" && v.labels.code !== "OK",
+  );
+  t.is(
+    failed.reduce((sum, v) => sum + v.value, 0),
+    a.calls - callsBefore,
+    "each moved attempt counts against a",
+  );
+});

@@ -22,6 +22,7 @@ import {
 import { LeaseholdError } from "../errors.js";
 import type { ClientMetrics } from "../metrics/client-metrics.js";
 import {
+  AttemptTag,
   CONTEXT_OPTION,
   createContext,
   dropContext,
@@ -77,6 +78,12 @@ export interface BalancedClientOptions {
   readonly panicThresholdPercent?: number;
   /** How long panic mode keeps instances that left, ms. Default 2 × the largest lease TTL seen. */
   readonly panicGraceMs?: number;
+  /**
+   * Floor of the stall threshold, ms: an instance with attempts in flight that answers none for
+   * max(this, 3 × its p99) while the others answer 16 is skipped by picks (and the typed client
+   * moves attempts parked on it). Default 75; `Infinity` turns it off.
+   */
+  readonly stallFloorMs?: number;
   /**
    * grpc-js channel options. `grpc.use_local_subchannel_pool` defaults to 1 here, so the
    * connection of an instance that left closes at once (the global pool keeps it up to 10 s).
@@ -155,6 +162,16 @@ export interface BalancedClient<D> extends AsyncDisposable {
 
 type AnyMethod = grpc.MethodDefinition<unknown, unknown>;
 
+/** A unary attempt in flight, watched for a stalled instance. */
+interface ParkedAttempt {
+  readonly call: grpc.ClientUnaryCall;
+  /** Where the picker sent it (grpc-js's getPeer() says "unknown" until the server answers). */
+  readonly tag: AttemptTag;
+  readonly startedMs: number;
+  /** Set when it was moved off a stalled instance: how long it had waited, ms. */
+  stalledAfterMs: number | undefined;
+}
+
 interface ResolvedOptions {
   readonly service: string;
   readonly policy: PolicyName;
@@ -216,6 +233,7 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
       maxEjectionPercent: options.maxEjectionPercent,
       panicThresholdPercent: options.panicThresholdPercent,
       panicGraceMs: options.panicGraceMs,
+      stallFloorMs: options.stallFloorMs,
     });
     const shared = options.membership === undefined ? undefined : shareMembership(options.membership);
     this.#forgetMembership = shared?.forget ?? (() => undefined);
@@ -270,6 +288,52 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
     return "";
   }
 
+  /** Unary attempts in flight, watched for a stalled instance while any is. */
+  readonly #parked = new Set<ParkedAttempt>();
+  #stallTimer: NodeJS.Timeout | undefined;
+
+  #park(attempt: ParkedAttempt): void {
+    this.#parked.add(attempt);
+    const floorMs = this.#context.stallFloorMs;
+    if (this.#stallTimer !== undefined || !Number.isFinite(floorMs)) return;
+    this.#stallTimer = setInterval(() => this.#releaseStalled(floorMs), Math.max(10, floorMs / 3));
+    this.#stallTimer.unref(); // the calls in flight keep the process alive, not this watch
+  }
+
+  /**
+   * Moves attempts parked on a stalled instance (see stall-detector.ts) elsewhere: each is ended
+   * as DEADLINE_EXCEEDED, which its breaker counts as the endpoint fault it is, and retried on
+   * another instance as UNAVAILABLE.
+   */
+  #releaseStalled(floorMs: number): void {
+    if (this.#parked.size === 0) {
+      clearInterval(this.#stallTimer);
+      this.#stallTimer = undefined;
+      return;
+    }
+    const nowMs = Date.now();
+    for (const attempt of this.#parked) {
+      if (nowMs - attempt.startedMs <= floorMs) continue;
+      const peer = attempt.tag.address;
+      if (peer === undefined || !this.#isStalledAt(peer)) continue;
+      this.#parked.delete(attempt);
+      attempt.stalledAfterMs = nowMs - attempt.startedMs;
+      // grpc-js's public cancel() ends an attempt as CANCELLED, which no breaker counts; its
+      // InterceptingCall takes a status (an internal of grpc-js 1.x, hence the fallback).
+      const inner = (
+        attempt.call as { call?: { cancelWithStatus?: (code: number, details: string) => void } }
+      ).call;
+      if (inner?.cancelWithStatus !== undefined)
+        inner.cancelWithStatus(grpc.status.DEADLINE_EXCEEDED, `instance at ${peer} stalled`);
+      else attempt.call.cancel();
+    }
+  }
+
+  #isStalledAt(address: string): boolean {
+    for (const balancer of this.#context.balancers) if (balancer.isStalledAt(address)) return true;
+    return false;
+  }
+
   #isBreakerOpenAt(address: string): boolean {
     for (const balancer of this.#context.balancers) if (balancer.isBreakerOpenAt(address)) return true;
     return false;
@@ -302,6 +366,7 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
   close(): Promise<void> {
     if (this.#isClosed) return Promise.resolve();
     this.#isClosed = true;
+    clearInterval(this.#stallTimer);
     this.grpcClient.close(); // destroys the balancer: breakers shut down, metric series removed
     this.#forgetMembership();
     dropContext(this.#context);
@@ -438,6 +503,7 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
       { ok: true; value: unknown } | { ok: false; error: LeaseholdError; peer: string | undefined };
     return new Promise((resolve) => {
       const calls: grpc.ClientUnaryCall[] = [];
+      const tags: AttemptTag[] = [];
       let running = 0;
       const hedge: { timer?: NodeJS.Timeout } = {};
       let isSettled = false;
@@ -451,21 +517,33 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
         resolve(outcome);
       };
       const start = (attemptMetadata: grpc.Metadata): void => {
+        let parked: ParkedAttempt | undefined = undefined;
+        const tag = Object.assign(new AttemptTag(), attemptMetadata.getOptions());
+        const tagged = new grpc.Metadata(tag);
+        tagged.merge(attemptMetadata);
+        tags.push(tag);
         const call = this.grpcClient.makeUnaryRequest(
           method.path,
           method.requestSerialize,
           method.responseDeserialize,
           request,
-          attemptMetadata,
+          tagged,
           { deadline },
           (error: grpc.ServiceError | null, response?: unknown) => {
             running--;
+            if (parked !== undefined) this.#parked.delete(parked);
             if (isSettled) return;
             if (error === null) return settle({ ok: true, value: response });
-            const peer = call.getPeer();
+            const peer = tag.address ?? call.getPeer();
             lastFailure = {
               ok: false,
-              error: LeaseholdError.from(error),
+              error:
+                parked?.stalledAfterMs === undefined
+                  ? LeaseholdError.from(error)
+                  : new LeaseholdError(
+                      "UNAVAILABLE",
+                      `instance at ${peer} stalled: no answer for ${parked.stalledAfterMs} ms while others answered`,
+                    ),
               peer: peer === this.#options.target || peer === "unknown" ? undefined : peer,
             };
             // A failure before the hedge started ends the attempt (the caller retries elsewhere);
@@ -475,17 +553,22 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
         );
         running++;
         calls.push(call);
+        parked = { call, tag, startedMs: Date.now(), stalledAfterMs: undefined };
+        this.#park(parked);
       };
       start(metadata);
       signal?.addEventListener("abort", onAbort, { once: true });
       if (hedgeAfterMs === undefined) return;
       hedge.timer = setTimeout(() => {
-        const first = calls[0];
-        if (isSettled || first === undefined || (this.#budget !== undefined && !this.#budget.tryWithdraw()))
+        if (isSettled || calls.length === 0 || (this.#budget !== undefined && !this.#budget.tryWithdraw()))
           return;
         this.#context.metrics?.retries.inc({ service: this.service, method: methodName(method) });
         const hedged = metadata.clone();
-        const tried = [...metadata.get(EXCLUDE_METADATA).map(String), first.getPeer()];
+        const first = tags[0]?.address; // undefined while its pick waits for a connection
+        const tried = [
+          ...metadata.get(EXCLUDE_METADATA).map(String),
+          ...(first === undefined ? [] : [first]),
+        ];
         hedged.set(EXCLUDE_METADATA, tried.join(","));
         start(hedged);
       }, hedgeAfterMs);

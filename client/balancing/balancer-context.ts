@@ -11,6 +11,18 @@ import type { ClientMetrics } from "../metrics/client-metrics.js";
 import type { BreakerState, ResolvedBreakerOptions } from "../breaker/instance-breaker.js";
 import { resolveBreakerOptions } from "../breaker/instance-breaker.js";
 import { LeaseholdError } from "../errors.js";
+import { DEFAULT_STALL_FLOOR_MS } from "./stall-detector.js";
+
+/**
+ * The metadata options object the typed client gives each attempt (`new Metadata(tag)`); the
+ * picker writes the address of the instance it picked into it. grpc-js keeps a metadata's options
+ * object through the clones between the call and the pick, and its `getPeer()` says "unknown"
+ * until the server answers, so this is how the client knows where a silent attempt went.
+ */
+export class AttemptTag {
+  /** `host:port` of the picked instance; undefined until picked. */
+  address: string | undefined = undefined;
+}
 
 /** Channel option naming the {@link BalancerContext} of a channel (a string id). */
 export const CONTEXT_OPTION = "leasehold.context";
@@ -62,6 +74,8 @@ export interface BalancerView {
   readonly pickableCount: number;
   /** True when the instance at this `host:port` has an open breaker (kept in picks only by the ejection cap). */
   isBreakerOpenAt(address: string): boolean;
+  /** True when the instance at this `host:port` is stalled (see stall-detector.ts). */
+  isStalledAt(address: string): boolean;
 }
 
 /** Options of a {@link BalancerContext}; all optional. */
@@ -80,6 +94,12 @@ export interface BalancerContextOptions {
   readonly panicThresholdPercent?: number | undefined;
   /** How long panic mode keeps instances that left, ms. Default 2 × the largest lease TTL seen (20 s before any). */
   readonly panicGraceMs?: number | undefined;
+  /**
+   * Floor of the stall threshold, ms (see stall-detector.ts): an instance with attempts in flight
+   * that answers none for max(this, 3 × its p99) while others answer 16 is skipped by picks, and
+   * the typed client moves attempts parked on it. Default 75; `Infinity` turns stall detection off.
+   */
+  readonly stallFloorMs?: number | undefined;
 }
 
 /** Shared, per-process state of the balancers of one or more channels. */
@@ -92,6 +112,7 @@ export class BalancerContext {
   readonly maxEjectionPercent: number;
   readonly panicThresholdPercent: number;
   readonly panicGraceMs: number | undefined;
+  readonly stallFloorMs: number;
   readonly #balancers = new Set<BalancerView>();
   readonly #listeners = new Set<(change: BalancerChange) => void>();
 
@@ -104,6 +125,8 @@ export class BalancerContext {
     this.maxEjectionPercent = percent("maxEjectionPercent", options.maxEjectionPercent ?? 50);
     this.panicThresholdPercent = percent("panicThresholdPercent", options.panicThresholdPercent ?? 50);
     this.panicGraceMs = options.panicGraceMs;
+    this.stallFloorMs = options.stallFloorMs ?? DEFAULT_STALL_FLOOR_MS;
+    if (!(this.stallFloorMs > 0)) throw new LeaseholdError("INVALID_ARGUMENT", "stallFloorMs must be > 0");
     if (this.panicGraceMs !== undefined && !(this.panicGraceMs >= 0))
       throw new LeaseholdError("INVALID_ARGUMENT", "panicGraceMs must be ≥ 0");
   }

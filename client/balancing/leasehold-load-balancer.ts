@@ -27,6 +27,7 @@ import type { MembershipSnapshot } from "../discovery/membership.js";
 import { LeaseholdError, statusCodeName } from "../errors.js";
 import type { InstanceLoad } from "../metrics/client-metrics.js";
 import {
+  AttemptTag,
   CONTEXT_OPTION,
   contextOf,
   LATENCY_SAMPLES,
@@ -35,6 +36,7 @@ import {
   type InstanceStats,
 } from "./balancer-context.js";
 import { MassRemovalDetector } from "./mass-removal-detector.js";
+import { InstanceProgress, stallThresholdMs } from "./stall-detector.js";
 import { createPicker, POLICY_NAMES, type Pickable, type Picker, type PolicyName } from "./policies.js";
 
 type LoadBalancer = experimental.LoadBalancer;
@@ -67,6 +69,9 @@ export function loadBalancerName(policy: PolicyName): string {
   return `leasehold_${policy}`;
 }
 
+/** Latency samples between two refreshes of an instance's p99 (sorting the window costs). */
+const P99_REFRESH_SAMPLES = 256;
+
 /** How long a half-open breaker's trial stays reserved between the pick and the call's start. */
 const TRIAL_RESERVATION_MS = 1000;
 
@@ -89,6 +94,10 @@ class Child implements Pickable {
   #trialPickedAtMs = Number.NEGATIVE_INFINITY;
   readonly #latenciesMs = new Float64Array(LATENCY_SAMPLES);
   #latencyCount = 0;
+  /** Answers and attempts in flight over time, for stall detection. */
+  readonly progress = new InstanceProgress();
+  /** p99 latency, ms, refreshed every {@link P99_REFRESH_SAMPLES} samples (the stall threshold uses it). */
+  #p99Ms = 0;
 
   constructor(instance: Instance, leaf: experimental.LeafLoadBalancer, breaker: InstanceBreaker) {
     this.instance = instance;
@@ -126,6 +135,12 @@ class Child implements Pickable {
   recordLatency(ms: number): void {
     this.#latenciesMs[this.#latencyCount % LATENCY_SAMPLES] = ms;
     this.#latencyCount++;
+    if (this.#latencyCount % P99_REFRESH_SAMPLES === 0) this.#p99Ms = this.stats().p99Ms;
+  }
+
+  /** True while this instance is stalled (see stall-detector.ts). */
+  isStalled(nowMs: number, answers: number, floorMs: number): boolean {
+    return this.progress.isStalled(this.outstanding, nowMs, answers, stallThresholdMs(floorMs, this.#p99Ms));
   }
 
   stats(): InstanceStats {
@@ -170,9 +185,19 @@ class LeaseholdPicker implements GrpcPicker {
       exclude = this.#balancer.instanceIdsAt(excluded);
     }
     const nowMs = Date.now();
+    const balancer = this.#balancer;
+    let firstStalled: Child | undefined;
     for (let tries = 0; tries <= this.#picker.instances.length; tries++) {
-      const child = this.#picker.pick(exclude);
-      if (child === undefined) break;
+      let child = this.#picker.pick(exclude);
+      if (child === undefined) {
+        // Only stalled instances left: better one of them than none (they may answer yet).
+        if (firstStalled === undefined) break;
+        child = firstStalled;
+      } else if (child !== firstStalled && balancer.isStalled(child, nowMs)) {
+        firstStalled ??= child;
+        (exclude ??= new Set()).add(child.instanceId);
+        continue;
+      }
       if (!child.admitsCall(nowMs)) {
         (exclude ??= new Set()).add(child.instanceId);
         this.#balancer.context.metrics?.breakerRejections.inc({
@@ -187,6 +212,8 @@ class LeaseholdPicker implements GrpcPicker {
       // grpc-js marks its retry attempts (gRFC A6); the typed client counts its own.
       if (args.metadata.get("grpc-previous-rpc-attempts").length > 0)
         this.#balancer.context.metrics?.retries.inc({ service: child.instance.service, method });
+      const tag = args.metadata.getOptions();
+      if (tag instanceof AttemptTag) tag.address = child.instance.address;
       const call = new TrackedCall(this.#balancer, child, method);
       return {
         ...result,
@@ -219,6 +246,7 @@ class TrackedCall {
   }
 
   started(): void {
+    this.#child.progress.started(this.#child.outstanding, Date.now(), this.#balancer.answers);
     this.#child.outstanding++;
     this.#startedAt = performance.now();
     // opossum counts outcomes of the promises it runs; this one settles when the call ends.
@@ -237,6 +265,8 @@ class TrackedCall {
     const child = this.#child;
     child.outstanding--;
     const name = statusCodeName(code);
+    if (code !== Status.CANCELLED && code !== Status.DEADLINE_EXCEEDED)
+      child.progress.answered(Date.now(), ++this.#balancer.answers); // the instance itself answered
     this.#settle?.(name === "OK" ? undefined : new LeaseholdError(name, details));
     child.breaker.noteOutcome(name);
     if (child.isRemoved) return; // left meanwhile: its series are gone and must stay gone
@@ -317,6 +347,8 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
   #panicTimer: NodeJS.Timeout | undefined;
   /** Set once this balancer reports its outstanding counts to the metrics. */
   #removeLoadSource: (() => void) | undefined;
+  /** Attempts any instance answered (a status it sent, not a cancellation or a deadline), for stall detection. */
+  answers = 0;
 
   constructor(helper: ChannelControlHelper) {
     this.#helper = helper;
@@ -334,6 +366,18 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
     for (const child of this.#ordered)
       if (child.instance.address === address) return child.breaker.state === "open";
     return false;
+  }
+
+  /** True when the instance at this `host:port` is stalled: in flight, silent, while others answer. */
+  isStalledAt(address: string): boolean {
+    const nowMs = Date.now();
+    for (const child of this.#ordered)
+      if (child.instance.address === address) return this.isStalled(child, nowMs);
+    return false;
+  }
+
+  isStalled(child: Child, nowMs: number): boolean {
+    return child.isStalled(nowMs, this.answers, this.context.stallFloorMs);
   }
 
   get pickableCount(): number {
