@@ -15,6 +15,7 @@ interface RegistryChildOptions {
   readonly adminListen: string;
   readonly etcd: string;
   readonly progressIntervalMs?: number;
+  readonly maxWatchBehindMs?: number;
 }
 
 const options = JSON.parse(process.argv[2] ?? "{}") as RegistryChildOptions;
@@ -23,6 +24,7 @@ const registry = await startRegistry({
   adminListen: options.adminListen,
   etcdEndpoints: [options.etcd],
   progressIntervalMs: options.progressIntervalMs,
+  maxWatchBehindMs: options.maxWatchBehindMs,
   logger: pino({ level: process.env["CHAOS_LOG_LEVEL"] ?? "info" }, pino.destination(2)),
 });
 process.stdout.write(`ready ${registry.address} ${registry.adminAddress ?? "-"}\n`);

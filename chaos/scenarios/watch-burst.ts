@@ -1,4 +1,5 @@
 /** 10,000 registrations in a burst while 300 Watch streams read and 1 is paused. */
+import { existsSync } from "node:fs";
 import { Metadata, type ServiceError } from "@grpc/grpc-js";
 import { connectRegistry } from "../../client/registry-connection.js";
 import {
@@ -6,7 +7,7 @@ import {
   type RegistryServiceClient,
 } from "../../proto/gen/leasehold/registry/v1/registry.js";
 import { spawnTsx } from "../lib/child.js";
-import { Cluster } from "../lib/cluster.js";
+import { Cluster, JEMALLOC } from "../lib/cluster.js";
 import { check, row, type Scenario } from "../lib/result.js";
 import { mustWaitFor, sleep, waitFor } from "../lib/scope.js";
 import { ms } from "./common.js";
@@ -60,7 +61,9 @@ export const watchBurst: Scenario = {
     "10,000 registrations in a burst (then their removal), 300 Watch streams reading, 1 paused: only the paused one ended; stream gauge back to the live count; registry RSS within 10 % of before",
   timeoutMs: () => 900_000,
   async run({ scope, log }) {
-    const cluster = await Cluster.start(scope);
+    // The paused stream must stay paused longer than the behind limit (the burst takes 8-15 s here),
+    // so the limit is 5 s, not the 30 s default: what is checked is that only it is ended.
+    const cluster = await Cluster.start(scope, { maxWatchBehindMs: 5000 });
     const replica = cluster.registries[0];
     if (replica === undefined) throw new Error("no registry");
     const streams = spawnTsx(scope, "watch streams", "chaos/children/watch-streams.ts", [
@@ -190,7 +193,7 @@ export const watchBurst: Scenario = {
             true,
           ),
           check(
-            "registry RSS within 10 % of before",
+            `registry RSS within 10 % of before (${existsSync(JEMALLOC) ? "jemalloc" : "glibc malloc: install libjemalloc2"})`,
             Math.abs(growth) <= 0.1,
             `${(rssBefore / 2 ** 20).toFixed(0)} → ${(rssAfter / 2 ** 20).toFixed(0)} MiB (${(growth * 100).toFixed(1)} %; V8 heap used ${(before.heapUsed / 2 ** 20).toFixed(0)} → ${(after.heapUsed / 2 ** 20).toFixed(0)} MiB, total ${(before.heapTotal / 2 ** 20).toFixed(0)} → ${(after.heapTotal / 2 ** 20).toFixed(0)} MiB, external ${(before.external / 2 ** 20).toFixed(0)} → ${(after.external / 2 ** 20).toFixed(0)} MiB)`,
           ),
