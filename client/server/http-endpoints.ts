@@ -73,9 +73,17 @@ export interface HttpEndpoints {
   close(): Promise<void>;
 }
 
-/** The `/metrics` route: Prometheus text exposition of `registry`. */
+/**
+ * The `/metrics` route: Prometheus text exposition of `registry`. Requests that arrive while a
+ * rendering is under way share it (pipelined or concurrent requests render once, not once each).
+ */
 export function metricsRoute(registry: Registry): () => Promise<HttpAnswer> {
-  return async () => ({ status: 200, contentType: registry.contentType, body: await registry.metrics() });
+  let rendering: Promise<HttpAnswer> | undefined;
+  return async () =>
+    await (rendering ??= registry
+      .metrics()
+      .then((body) => ({ status: 200, contentType: registry.contentType, body }))
+      .finally(() => (rendering = undefined)));
 }
 
 /**
@@ -94,8 +102,13 @@ export const httpLimits = Object.freeze({
   connectionsCheckingIntervalMs: 1_000,
   /** Request line plus headers, bytes (Node's default 16 KiB). */
   maxHeaderSizeBytes: 16 * 1024,
-  /** Requests served on one connection before it is closed. */
-  maxRequestsPerSocket: 1_000,
+  /**
+   * Requests served on one connection before it is closed; later pipelined ones get 503. Bounds
+   * the answers one received packet can queue (each /metrics answer is tens of KiB).
+   */
+  maxRequestsPerSocket: 100,
+  /** Open connections; more are closed at once (a scraper or console needs one each). */
+  maxConnections: 256,
 });
 
 /** The path of a request target (origin form `/p?q` or absolute form `http://h/p`); undefined if malformed. */
@@ -153,6 +166,7 @@ export async function startHttpEndpoints(
     },
   );
   server.maxRequestsPerSocket = httpLimits.maxRequestsPerSocket;
+  server.maxConnections = httpLimits.maxConnections;
   server.on("clientError", refuseClient);
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
