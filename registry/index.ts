@@ -8,7 +8,7 @@ import { instrumentService } from "../client/server/grpc-server-metrics.js";
 import type { HttpEndpoints } from "../client/server/http-endpoints.js";
 import { shutdownGrpcServer } from "../client/server/shutdown-grpc-server.js";
 import { startAdminServer } from "./admin/admin-server.js";
-import { registryServiceDefinition } from "./api/request-decoding.js";
+import { guardUndecodable, registryServiceDefinition } from "./api/request-decoding.js";
 import { createRegistryService } from "./api/registry-service.js";
 import { ConsoleFeed } from "./console/console-feed.js";
 import { consoleRoutes } from "./console/console-routes.js";
@@ -123,7 +123,7 @@ export async function startRegistry(options: RegistryOptions): Promise<RunningRe
     await readiness.start();
     server.addService(
       registryServiceDefinition,
-      instrumentService(registryServiceDefinition, api.implementation, metricsRegistry),
+      instrumentService(registryServiceDefinition, guardUndecodable(api.implementation), metricsRegistry),
     );
     health.addToServer(server);
     new ReflectionService(loadReflectedProtos()).addToServer(server);

@@ -1,4 +1,4 @@
-import { status } from "@grpc/grpc-js";
+import { Client, credentials, status, type ServiceError } from "@grpc/grpc-js";
 import test from "ava";
 import {
   InstanceStatus,
@@ -306,4 +306,29 @@ test("UpdateInstance refuses a __proto__ metadata key sent on the wire, naming i
   const stored = await etcd3.get(`/leasehold/v1/services/${base.service}/${base.instanceId}`).json();
   t.like(stored, { metadata: { a: "1" } });
   t.is(Object.getPrototypeOf((stored as { metadata: object }).metadata), Object.prototype);
+});
+
+test("a request whose bytes are not its message answers INVALID_ARGUMENT naming the message, not INTERNAL", async (t) => {
+  const { registry } = await startFixtureFor(t);
+  const raw = new Client(registry.address, credentials.createInsecure());
+  t.teardown(() => raw.close());
+  // Field 1 (service) announces 5 bytes and brings 1.
+  const truncated = Buffer.from([0x0a, 0x05, 0x61]);
+  const identity = (bytes: Buffer): Buffer => bytes;
+  const path = "/leasehold.registry.v1.RegistryService/";
+  for (const method of ["GetService", "Register", "UpdateInstance", "Deregister"]) {
+    const error = await new Promise<ServiceError | null>((resolve) => {
+      raw.makeUnaryRequest(`${path}${method}`, identity, identity, truncated, (e) => resolve(e));
+    });
+    t.is(error?.code, status.INVALID_ARGUMENT, method);
+    t.regex(
+      error?.details ?? "",
+      new RegExp(`^request: not a valid leasehold\\.registry\\.v1\\.${method}Request message`),
+    );
+  }
+  const watch = raw.makeServerStreamRequest(`${path}Watch`, identity, identity, truncated);
+  watch.on("data", () => t.fail("no message before the refusal"));
+  const ended = await new Promise<ServiceError>((resolve) => watch.on("error", resolve));
+  t.is(ended.code, status.INVALID_ARGUMENT);
+  t.regex(ended.details, /^request: not a valid leasehold\.registry\.v1\.WatchRequest message/);
 });
