@@ -49,6 +49,12 @@ export function serveCommand(program: Command): void {
       "/metrics bind address (default 127.0.0.1:0; listed for Prometheus only on the address's host)",
       hostPort,
     )
+    .option(
+      "--drain-ms <ms>",
+      "on shutdown, how long to stay DRAINING (callers stop picking it) before deregistering",
+      integerIn(0, 60_000),
+      300,
+    )
     .option("--fail-rate <f>", "share of calls answered UNAVAILABLE, 0..1", numberIn(0, 1), 0)
     .option("--latency-ms <ms>", "added latency per call", integerIn(0, 60_000), 0)
     .action(async (name: string, flags: ServeFlags) => {

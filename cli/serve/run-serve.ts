@@ -18,6 +18,7 @@ export interface ServeFlags {
   metricsListen?: string;
   failRate: number;
   latencyMs: number;
+  drainMs: number;
 }
 
 /**
@@ -50,6 +51,7 @@ export async function runServe(name: string, flags: ServeFlags): Promise<void> {
     metricsListen: flags.metricsListen,
     failRate: flags.failRate,
     latencyMs: flags.latencyMs,
+    drainMs: flags.drainMs,
     logger,
   });
   const say = (line: string): void => void process.stdout.write(`${instance.instanceId}: ${line}\n`);
