@@ -33,3 +33,37 @@ test.serial(
     t.false(existsSync(logDir ?? ""), `${logDir} removed`);
   },
 );
+
+test.serial(
+  "demo --metrics-listen 0.0.0.0:0 binds every /metrics it lists in /sd/prometheus on all interfaces (reachable from a container through the host gateway)",
+  async (t) => {
+    const demo = spawnCli(t, ["demo", "--duration", "12", "--metrics-listen", "0.0.0.0:0"]);
+    const admin = /admin (http:\/\/\S+?)\/metrics/.exec(
+      await demo.waitForLine(/registry .* admin http/),
+    )?.[1];
+    const client = /demo client metrics http:\/\/(\S+?)\/metrics/.exec(
+      await demo.waitForLine(/demo client metrics http/),
+    )?.[1];
+    t.truthy(admin);
+    t.truthy(client);
+    // The client lists its external address; the instances, whose gRPC is on loopback, list
+    // 127.0.0.1 (the registry wants /metrics on the host of the address), which
+    // deploy/prometheus.host.yml dials at host.docker.internal. Either way the port answers on
+    // the external address too: bound on 0.0.0.0, not loopback only.
+    const externalHost = client?.replace(/:\d+$/, "") ?? "";
+    t.not(externalHost, "0.0.0.0");
+    await demo.waitForLine(/\+ added echo\/echo-2 /);
+    const groups = (await (await fetch(`${admin}/sd/prometheus`)).json()) as Array<{
+      targets: string[];
+      labels: Record<string, string>;
+    }>;
+    const listed = groups.filter((group) => group.labels["service"] !== "leasehold-registry");
+    t.true(listed.length >= 6, JSON.stringify(listed)); // 5 instances and the client
+    for (const group of listed) {
+      const port = /:(\d+)$/.exec(group.targets[0] ?? "")?.[1] ?? "";
+      const url = `http://${externalHost}:${port}/metrics`;
+      t.true((await fetch(url)).ok, `${group.labels["instance_id"]}: ${url}`);
+    }
+    t.is(await demo.exited, 0, demo.stderr.slice(-2000));
+  },
+);
