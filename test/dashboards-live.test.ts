@@ -1,8 +1,9 @@
-import { spawn } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
 import { copyFile, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
 import anyTest, { type ExecutionContext, type TestFn } from "ava";
 import { freePort, startLocalEtcd } from "../cli/local-etcd.js";
 import { spawnCli } from "./helpers/cli.js";
@@ -21,11 +22,15 @@ const dashboard = JSON.parse(await readFile(join(root, "grafana/dashboards/lease
   templating: { list: Array<{ name: string; type: string; query?: { query?: string } | string }> };
 };
 
+const execFileAsync = promisify(execFile);
+
 interface Context {
   /** Prometheus on deploy/prometheus.yml (the all-in-compose flow). */
   prometheusUrl: string;
   /** Prometheus on deploy/prometheus.host.yml, the file Compose mounts for the host flow. */
   hostFlowPrometheusUrl: string;
+  /** The registry's admin address, host:port. */
+  admin: string;
 }
 const test = anyTest as TestFn<Context>;
 
@@ -98,7 +103,7 @@ test.before(async (t) => {
     );
   const prometheusUrl = await prometheus("deploy/prometheus.yml");
   const hostFlowPrometheusUrl = await prometheus("deploy/prometheus.host.yml");
-  t.context = { prometheusUrl, hostFlowPrometheusUrl };
+  t.context = { prometheusUrl, hostFlowPrometheusUrl, admin };
   // Every target up in both: the registry, 5 instances and 2 callers (all discovered through
   // /sd/prometheus but the registry), then enough scrapes for a 20 s rate.
   for (const url of [prometheusUrl, hostFlowPrometheusUrl]) {
@@ -255,10 +260,44 @@ for (const flow of flows) {
     ] as const) {
       t.is(expectedShares[id], weight / 6, `${id} expected`);
       const measured = shares[id] ?? 0;
+      t.log(`${id}: share ${measured.toFixed(4)}, expected ${(weight / 6).toFixed(4)}`);
       t.true(Math.abs(measured - weight / 6) <= 0.05 * (weight / 6), `${id}: ${measured} vs ${weight / 6}`);
     }
   });
 }
+
+test("host flow: deploy/prometheus.host.yml dials every loopback target from /sd/prometheus at host.docker.internal (promtool check service-discovery)", async (t) => {
+  // Only the SD URL points at this test's registry; the relabeling stays as Compose mounts it.
+  const config = (await readFile(join(root, "deploy/prometheus.host.yml"), "utf8")).replaceAll(
+    "http://host.docker.internal:7101/sd/prometheus",
+    `http://${t.context.admin}/sd/prometheus`,
+  );
+  const dir = await mkdtemp(join(tmpdir(), "leasehold-sd-"));
+  t.teardown(async () => await rm(dir, { recursive: true, force: true }));
+  await writeFile(join(dir, "prometheus.yml"), config);
+  await writeFile(join(dir, "rules.yml"), "groups: []\n");
+  for (const [job, expected] of [
+    ["leasehold-services", 5],
+    ["leasehold-client", 2],
+  ] as const) {
+    // promtool reports after --timeout (default 30 s); the registry answers at once.
+    const { stdout } = await execFileAsync("promtool", [
+      "check",
+      "service-discovery",
+      "--timeout=3s",
+      join(dir, "prometheus.yml"),
+      job,
+    ]);
+    const targets = JSON.parse(stdout) as Array<{ labels?: Record<string, string> }>;
+    // A dropped target has no labels left.
+    const addresses = targets.flatMap((target) => {
+      const address = target.labels?.["__address__"];
+      return address === undefined ? [] : [address];
+    });
+    t.is(addresses.length, expected, stdout);
+    for (const address of addresses) t.regex(address, /^host\.docker\.internal:\d+$/, job);
+  }
+});
 
 test("a 30 % failing instance whose failures retries hide: calls error ratio 0, attempts error ratio about 0.3 × its share, the alert silent", async (t) => {
   const { prometheusUrl } = t.context;
