@@ -36,10 +36,16 @@ export function hostPort(value: string): string {
 
 /**
  * Commander parser for `--advertise`: `host:port`, or `auto` (the default: the bound port on the
- * first non-internal IPv4, as `routableHost` picks it), which parses to `undefined`.
+ * first non-internal IPv4, as `routableHost` picks it), kept as the word `auto` (commander stores a
+ * parser's `undefined` as ""). See {@link advertisedAddress}.
  */
-export function advertiseAddress(value: string): string | undefined {
-  return value === "auto" ? undefined : hostPort(value);
+export function advertiseAddress(value: string): string {
+  return value === "auto" ? value : hostPort(value);
+}
+
+/** The `--advertise` value for the service host: `undefined` (detect) for `auto` or no flag. */
+export function advertisedAddress(flag: string | undefined): string | undefined {
+  return flag === "auto" ? undefined : flag;
 }
 
 /**

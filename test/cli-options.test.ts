@@ -1,7 +1,7 @@
 import { hostname } from "node:os";
 import test from "ava";
 import { InvalidArgumentError } from "commander";
-import { advertiseAddress, instanceIdTemplate } from "../cli/options.js";
+import { advertiseAddress, advertisedAddress, instanceIdTemplate } from "../cli/options.js";
 
 test("--id replaces {hostname} with the host name, so compose replicas get their container's name", (t) => {
   t.is(instanceIdTemplate("calc-{hostname}"), `calc-${hostname()}`);
@@ -15,7 +15,8 @@ test("--id refuses a result that is not an instance id, naming it", (t) => {
 });
 
 test("--advertise auto means detect (undefined); anything else must be host:port", (t) => {
-  t.is(advertiseAddress("auto"), undefined);
+  t.is(advertisedAddress(advertiseAddress("auto")), undefined);
+  t.is(advertisedAddress(undefined), undefined);
   t.is(advertiseAddress("10.0.0.5:7200"), "10.0.0.5:7200");
   t.throws(() => advertiseAddress("10.0.0.5"), { instanceOf: InvalidArgumentError });
 });
