@@ -1,6 +1,7 @@
 import { existsSync } from "node:fs";
 import test from "ava";
 import { spawnCli } from "./helpers/cli.js";
+import { eventually } from "./helpers/eventually.js";
 
 test.serial(
   "the demo runs its schedule, splits calculator traffic 1:2:3, exits 0 and leaves nothing behind",
@@ -52,13 +53,18 @@ test.serial(
     // the external address too: bound on 0.0.0.0, not loopback only.
     const externalHost = client?.replace(/:\d+$/, "") ?? "";
     t.not(externalHost, "0.0.0.0");
-    await demo.waitForLine(/\+ added echo\/echo-2 /);
-    const groups = (await (await fetch(`${admin}/sd/prometheus`)).json()) as Array<{
-      targets: string[];
-      labels: Record<string, string>;
-    }>;
-    const listed = groups.filter((group) => group.labels["service"] !== "leasehold-registry");
-    t.true(listed.length >= 6, JSON.stringify(listed)); // 5 instances and the client
+    // 5 instances and the client, once all are up.
+    const listed = await eventually(
+      async () => {
+        const groups = (await (await fetch(`${admin}/sd/prometheus`)).json()) as Array<{
+          targets: string[];
+          labels: Record<string, string>;
+        }>;
+        const found = groups.filter((group) => group.labels["service"] !== "leasehold-registry");
+        return found.length >= 6 ? found : undefined;
+      },
+      { timeoutMs: 20_000, what: "6 entries in /sd/prometheus" },
+    );
     for (const group of listed) {
       const port = /:(\d+)$/.exec(group.targets[0] ?? "")?.[1] ?? "";
       const url = `http://${externalHost}:${port}/metrics`;
