@@ -361,9 +361,11 @@ test("promtool accepts deploy/prometheus.yml, deploy/prometheus.host.yml and dep
 });
 
 test("no relabeling, rule or dashboard query uses a label named `instance` or writes `job`", async (t) => {
-  const config = await readFile(prometheusConfigFile, "utf8");
-  t.notRegex(config, /target_label:\s*["']?(instance|job)["']?\s*$/m);
-  t.notRegex(config, /^\s+(instance|exported_instance):/m);
+  for (const file of [prometheusConfigFile, hostPrometheusConfigFile]) {
+    const config = await readFile(file, "utf8");
+    t.notRegex(config, /target_label:\s*["']?(instance|job)["']?\s*$/m, file);
+    t.notRegex(config, /^\s+(instance|exported_instance):/m, file);
+  }
   const rules = await readFile(rulesFile, "utf8");
   t.notRegex(rules, /\$labels\.instance\b(?!_)/);
   t.false(labelNames(rules).includes("instance"), "rules.yml groups or matches by `instance`");
@@ -373,9 +375,11 @@ test("no relabeling, rule or dashboard query uses a label named `instance` or wr
   }
 });
 
-test("no scrape job of deploy/prometheus.yml honors target labels (registered metrics addresses cannot inject labels)", async (t) => {
-  const config = await readFile(prometheusConfigFile, "utf8");
-  t.notRegex(config, /^\s*honor_labels\s*:\s*true/m);
+test("no scrape job of deploy/prometheus.yml or deploy/prometheus.host.yml honors target labels (registered metrics addresses cannot inject labels)", async (t) => {
+  for (const file of [prometheusConfigFile, hostPrometheusConfigFile]) {
+    const config = await readFile(file, "utf8");
+    t.notRegex(config, /^\s*honor_labels\s*:\s*true/m, file);
+  }
 });
 
 test("the PromQL reader finds metric and label names (so the dashboard checks can fail)", (t) => {
@@ -445,4 +449,18 @@ test("the dashboard is well formed: unique ids, a datasource variable with __inp
   const compose = await readFile(composeFile, "utf8");
   t.true(compose.includes(`../grafana/dashboards:${path}`), `compose does not mount dashboards at ${path}`);
   t.true(compose.includes("../grafana/provisioning:/etc/grafana/provisioning"));
+});
+
+test("deploy/prometheus.host.yml has deploy/prometheus.yml's jobs and rule files, so the dashboard and alerts serve both flows", async (t) => {
+  const read = async (file: string) =>
+    parse(await readFile(file, "utf8")) as {
+      rule_files: string[];
+      scrape_configs: Array<{ job_name: string }>;
+    };
+  const [compose, host] = [await read(prometheusConfigFile), await read(hostPrometheusConfigFile)];
+  t.deepEqual(
+    host.scrape_configs.map((job) => job.job_name),
+    compose.scrape_configs.map((job) => job.job_name),
+  );
+  t.deepEqual(host.rule_files, compose.rule_files);
 });
