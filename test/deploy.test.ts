@@ -220,10 +220,21 @@ function activeServices(services: Record<string, ComposeService>, profile: strin
 const commandLine = (service: ComposeService | undefined): string => (service?.command ?? []).join(" ");
 
 test("docker-compose 1.29 accepts deploy/docker-compose.yml under every profile, and refuses it without GRAFANA_ADMIN_PASSWORD", async (t) => {
-  for (const profile of profiles) {
-    const args = ["-f", composeFile, ...(profile === "" ? [] : ["--profile", profile]), "config", "-q"];
+  const combinations = [
+    ...profiles.map((profile) => (profile === "" ? [] : [profile])),
+    ["all", "cluster"],
+    ["all", "client"],
+  ];
+  for (const combination of combinations) {
+    const args = [
+      "-f",
+      composeFile,
+      ...combination.flatMap((profile) => ["--profile", profile]),
+      "config",
+      "-q",
+    ];
     const check = await run("docker-compose", args, "docker-compose", composeEnv);
-    t.true(check.ok, `profile "${profile}": ${check.output}`);
+    t.true(check.ok, `profiles [${combination.join(", ")}]: ${check.output}`);
   }
   const noPassword = await run("docker-compose", ["-f", composeFile, "config", "-q"], "docker-compose", {
     GRAFANA_ADMIN_PASSWORD: "",

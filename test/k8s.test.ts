@@ -164,6 +164,16 @@ test("the demo service advertises status.podIP, drains in preStop, and its grace
 test("the Prometheus ConfigMap passes promtool and discovers through the registry's HTTP SD", async (t) => {
   const config = find("ConfigMap", "prometheus")?.data?.["prometheus.yml"] ?? "";
   t.regex(config, /url: http:\/\/registry:7101\/sd\/prometheus/);
+  // The jobs of deploy/prometheus.yml, so the dashboard and rules.yml work unchanged.
+  const jobs = (text: string) =>
+    (parse(text) as { scrape_configs: Array<{ job_name: string }> }).scrape_configs.map(
+      (job) => job.job_name,
+    );
+  const composeJobs = jobs(await readFile(join(root, "deploy/prometheus.yml"), "utf8"));
+  t.deepEqual(
+    jobs(config),
+    composeJobs.filter((job) => job !== "prometheus"),
+  );
   t.notRegex(config, /target_label:\s*["']?(instance|job)["']?\s*$/m);
   const dir = await mkdtemp(join(tmpdir(), "leasehold-k8s-"));
   t.teardown(async () => await rm(dir, { recursive: true, force: true }));
