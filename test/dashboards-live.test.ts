@@ -310,8 +310,10 @@ test("a 30 % failing instance whose failures retries hide: calls error ratio 0, 
   )["echo-2"];
   if (share === undefined) return t.fail("no share for echo-2");
   const expected = 0.3 * share;
+  // Runs of 5 failures (0.3^5 per attempt) open echo-2's breaker now and then; when that kept its
+  // share near 0 for the whole minute, half of a near-zero expectation is below the scrape noise.
   t.true(
-    Math.abs(attempts - expected) <= 0.5 * expected,
+    Math.abs(attempts - expected) <= Math.max(0.5 * expected, 0.01),
     `attempt error ratio ${attempts} vs 0.3 × ${share}`,
   );
   const alerts = await series(prometheusUrl, 'ALERTS{alertname="LeaseholdClientErrorRatioHigh"}');
