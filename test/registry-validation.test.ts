@@ -4,7 +4,7 @@ import { InstanceStatus, type RegisterRequest } from "../proto/gen/leasehold/reg
 import {
   isHostPort,
   validateDeregister,
-  validateLeaseId,
+  validateKeepAlive,
   validateRegister,
   validateUpdate,
   validateWatch,
@@ -114,9 +114,26 @@ test("isHostPort accepts DNS names, IPv4 and bracketed IPv6 with ports 1-65535",
   }
 });
 
-test("fenced requests need a positive lease id, a valid name and valid fields", (t) => {
-  const fenced = { service: "calc", instanceId: "calc-1", leaseId: "7587869923457236737" };
+test("fenced requests need a positive lease id, a registration token, a valid name and valid fields", (t) => {
+  const token = "t".repeat(43);
+  const fenced = {
+    service: "calc",
+    instanceId: "calc-1",
+    leaseId: "7587869923457236737",
+    registrationToken: token,
+  };
   t.like(validateDeregister(fenced), { ok: true, value: { leaseId: "7587869923457236737" } });
+  t.regex(
+    errorOf(validateDeregister({ ...fenced, registrationToken: "" })),
+    /^invalid_argument: registration_token: required/,
+  );
+  const tooLong = errorOf(validateDeregister({ ...fenced, registrationToken: "s".repeat(129) }));
+  t.regex(tooLong, /^invalid_argument: registration_token: must be at most 128 characters/);
+  t.false(tooLong.includes("s".repeat(129)), "the token is never echoed");
+  t.regex(
+    errorOf(validateKeepAlive({ leaseId: "5", registrationToken: "" })),
+    /registration_token: required/,
+  );
   t.regex(errorOf(validateDeregister({ ...fenced, leaseId: "0" })), /lease_id: required/);
   t.regex(errorOf(validateDeregister({ ...fenced, leaseId: "-3" })), /lease_id/);
   t.regex(errorOf(validateDeregister({ ...fenced, service: "Bad_Name!" })), /^invalid_argument: service/);
@@ -140,7 +157,10 @@ test("fenced requests need a positive lease id, a valid name and valid fields", 
     ok: true,
     value: { change: { zone: "" } },
   });
-  t.regex(errorOf(validateLeaseId("abc")), /lease_id: must be a decimal integer/);
+  t.regex(
+    errorOf(validateKeepAlive({ leaseId: "abc", registrationToken: token })),
+    /lease_id: must be a decimal integer/,
+  );
   t.regex(errorOf(validateWatch({ service: "Nope!", startRevision: "0" })), /service/);
   t.regex(errorOf(validateWatch({ service: "", startRevision: "-1" })), /start_revision/);
   t.like(validateWatch({ service: "", startRevision: "12" }), {
@@ -160,7 +180,13 @@ test("every invalid Register answers INVALID_ARGUMENT naming the field before et
     t.regex(error.details, message, title);
   }
   const fencedError = await failure(
-    rpc(client).updateInstance({ service: "calc", instanceId: "calc-1", leaseId: "0", metadata: undefined }),
+    rpc(client).updateInstance({
+      service: "calc",
+      instanceId: "calc-1",
+      leaseId: "0",
+      registrationToken: "t",
+      metadata: undefined,
+    }),
   );
   t.is(fencedError.code, status.INVALID_ARGUMENT);
   t.is((await etcd3.get("/leasehold/").exec()).header.revision, revisionBefore, "etcd revision unchanged");
