@@ -2,6 +2,7 @@ import { pino, type Logger } from "pino";
 import { Registry } from "prom-client";
 import { RegistryError } from "./registry-error.js";
 import { splitHostPort, type HostPort } from "../client/server/http-endpoints.js";
+import { resolveRegistryLimits, type RegistryLimitOptions, type RegistryLimits } from "./registry-limits.js";
 
 /** Options of {@link startRegistry}. */
 export interface RegistryOptions {
@@ -25,6 +26,8 @@ export interface RegistryOptions {
    * RESOURCE_EXHAUSTED, in milliseconds; default 30000.
    */
   maxWatchBehindMs?: number | undefined;
+  /** Quotas (instances per service, Watch streams per connection, rates, message sizes); see {@link RegistryLimitOptions} for each default. */
+  limits?: RegistryLimitOptions | undefined;
   /** Logger; default silent. */
   logger?: Logger | undefined;
   /** prom-client registry to register metrics in; default a new one (never the global). */
@@ -38,6 +41,7 @@ export interface ResolvedRegistryOptions {
   readonly etcdEndpoints: readonly string[];
   readonly prefix: string;
   readonly progressIntervalMs: number;
+  readonly limits: RegistryLimits;
   readonly logger: Logger;
   readonly metricsRegistry: Registry;
   /** Deadline of unary etcd requests: 5000 ms. */
@@ -97,6 +101,7 @@ export function resolveRegistryOptions(options: RegistryOptions): ResolvedRegist
     etcdEndpoints: Object.freeze([...options.etcdEndpoints]),
     prefix,
     progressIntervalMs,
+    limits: resolveRegistryLimits(options.limits),
     logger: options.logger ?? pino({ level: "silent" }),
     metricsRegistry: options.metricsRegistry ?? new Registry(),
     etcdRequestTimeoutMs: 5000,

@@ -7,6 +7,7 @@ import type {
 } from "../../proto/gen/leasehold/registry/v1/registry.js";
 import { RegistryError } from "../registry-error.js";
 import type { RegistryMetrics } from "../registry-metrics.js";
+import { ANONYMOUS_PRINCIPAL, type RegistryLimiter } from "../registry-limits.js";
 import { issueRegistrationToken } from "../registration-token.js";
 import { hashRegistrationId, type EtcdStore, type RequestScope } from "../store/etcd-store.js";
 import type { WatchHub } from "../watch/watch-hub.js";
@@ -27,6 +28,7 @@ import {
 export interface RegistryServiceDeps {
   readonly store: EtcdStore;
   readonly hub: WatchHub;
+  readonly limiter: RegistryLimiter;
   readonly metrics: RegistryMetrics;
   readonly logger: Logger;
   /** Clock for `registered_at`; default `() => new Date()`. */
@@ -46,7 +48,10 @@ export interface RegistryServiceHandlers {
  * leaves through `toServiceError`.
  */
 export function createRegistryService(deps: RegistryServiceDeps): RegistryServiceHandlers {
-  const { store, hub, metrics, logger } = deps;
+  const { store, hub, limiter, metrics, logger } = deps;
+  // Until authentication names callers (issue 7, item 3), everyone is one principal; quotas that
+  // will be per principal take it already.
+  const principal = ANONYMOUS_PRINCIPAL;
   const now = deps.now ?? (() => new Date());
   const keepAliveStreams = new Set<(error: RegistryError) => void>();
 
@@ -81,11 +86,10 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
           registrationId === undefined ? undefined : hashRegistrationId(registrationId);
         // Issued here, returned once, stored only as its hash, never logged.
         const token = issueRegistrationToken();
-        const registration = await store.register(
+        const registration = await limiter.admitInstance(
           instance,
-          ttlSeconds,
-          { registrationHash, tokenHash: token.hash },
-          scope,
+          () => store.register(instance, ttlSeconds, { registrationHash, tokenHash: token.hash }, scope),
+          principal,
         );
         metrics.registrations.inc({ result: registration.isAdopted ? "adopted" : "ok" });
         const fields = { service: instance.service, instanceId: instance.instanceId };
@@ -111,6 +115,7 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
       // etcd confirmed the pair, then without asking again (a deregistered lease is revoked, so
       // its renewal answers NOT_FOUND anyway).
       const provenLeases = new Map<string, string>();
+      const checkRate = limiter.keepAliveRate();
       let isEnded = false;
       let replies = Promise.resolve();
       const end = (error?: RegistryError) => {
@@ -124,6 +129,13 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
       keepAliveStreams.add(end);
       // Requests are answered one at a time, in order; a failure ends the stream with its status.
       call.on("data", (request: KeepAliveRequest) => {
+        // Counted on arrival, not when answered: a flood is cut however fast etcd answers.
+        try {
+          checkRate();
+        } catch (error) {
+          end(RegistryError.from(error));
+          return;
+        }
         replies = replies
           .then(async () => {
             if (isEnded) return;
@@ -198,17 +210,29 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
     watch: (call) => {
       let isEnded = false;
       const abort = new AbortController();
+      let release = () => {};
       const sink: WatchSink = {
         write: (message) => call.write(message),
         once: (event, listener) => call.once(event, listener),
         end: (error) => {
           if (isEnded) return;
           isEnded = true;
+          release();
           if (error === undefined) call.end();
           else call.emit("error", fail("Watch", error));
         },
       };
-      call.on("cancelled", () => abort.abort());
+      call.on("cancelled", () => {
+        release();
+        abort.abort();
+      });
+      try {
+        // One HTTP/2 session per peer address and port: the connection.
+        release = limiter.acquireWatchStream(call.getPeer(), principal);
+      } catch (error) {
+        sink.end(RegistryError.from(error));
+        return;
+      }
       call.on("error", (error) => logger.debug({ err: error }, "watch stream error"));
       const request = validateWatch(call.request);
       if (!request.ok) {
