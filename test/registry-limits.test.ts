@@ -343,3 +343,27 @@ test("leasehold_registry_instances keeps maxServiceLabels (3) service labels; la
   await eventually(async () => (await series())["other"] === 2, { what: "other = 2" });
   t.deepEqual(await series(), { s1: 2, s2: 2, s3: 2, other: 2 });
 });
+
+test("the service label cap (unit): services past it and a service named other are summed under other; a freed slot goes to the next new service", async (t) => {
+  const registry = new Registry();
+  const metrics = new RegistryMetrics(registry, 2);
+  const series = async () =>
+    Object.fromEntries(
+      ((await registry.getSingleMetric("leasehold_registry_instances")?.get())?.values ?? []).map((value) => [
+        String(value.labels["service"]),
+        value.value,
+      ]),
+    );
+  metrics.setInstances("a", 1);
+  metrics.setInstances("b", 1);
+  metrics.setInstances("c", 3);
+  metrics.setInstances("other", 2);
+  t.deepEqual(await series(), { a: 1, b: 1, other: 5 });
+  metrics.setInstances("a", 0);
+  metrics.setInstances("d", 4);
+  metrics.setInstances("c", 1);
+  t.deepEqual(await series(), { b: 1, d: 4, other: 3 });
+  metrics.setInstances("c", 0);
+  metrics.setInstances("other", 0);
+  t.deepEqual(await series(), { b: 1, d: 4 });
+});
