@@ -3071,7 +3071,8 @@ export type RegistryServiceService = typeof RegistryServiceService;
 export const RegistryServiceService = {
   /**
    * Register validates an instance, grants a lease of ttl_seconds and puts the instance key
-   * attached to it in one etcd transaction. ALREADY_EXISTS when another live lease holds the key.
+   * attached to it in one etcd transaction. ALREADY_EXISTS when another live lease holds the key;
+   * RESOURCE_EXHAUSTED when the service holds as many instances as the registry allows.
    */
   register: {
     path: "/leasehold.registry.v1.RegistryService/Register" as const,
@@ -3084,8 +3085,10 @@ export const RegistryServiceService = {
     responseDeserialize: (value: Buffer): RegisterResponse => RegisterResponse.decode(value),
   },
   /**
-   * KeepAlive renews leases: one response per request with the remaining TTL. A lease that no
-   * longer exists ends the stream with NOT_FOUND so the holder re-registers at once.
+   * KeepAlive renews leases: one response per request with the remaining TTL. Each request carries
+   * the registration token; a lease that no longer exists, or holds no Leasehold instance, ends the
+   * stream with NOT_FOUND so the holder re-registers at once; a wrong token with PERMISSION_DENIED;
+   * more messages per second than the registry allows with RESOURCE_EXHAUSTED.
    */
   keepAlive: {
     path: "/leasehold.registry.v1.RegistryService/KeepAlive" as const,
@@ -3113,7 +3116,7 @@ export const RegistryServiceService = {
       Buffer.from(UpdateInstanceResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): UpdateInstanceResponse => UpdateInstanceResponse.decode(value),
   },
-  /** Deregister revokes the holding lease; the key disappears at once. */
+  /** Deregister revokes the holding lease; the key disappears at once. Fenced like UpdateInstance. */
   deregister: {
     path: "/leasehold.registry.v1.RegistryService/Deregister" as const,
     requestStream: false as const,
@@ -3164,12 +3167,15 @@ export const RegistryServiceService = {
 export interface RegistryServiceServer extends UntypedServiceImplementation {
   /**
    * Register validates an instance, grants a lease of ttl_seconds and puts the instance key
-   * attached to it in one etcd transaction. ALREADY_EXISTS when another live lease holds the key.
+   * attached to it in one etcd transaction. ALREADY_EXISTS when another live lease holds the key;
+   * RESOURCE_EXHAUSTED when the service holds as many instances as the registry allows.
    */
   register: handleUnaryCall<RegisterRequest, RegisterResponse>;
   /**
-   * KeepAlive renews leases: one response per request with the remaining TTL. A lease that no
-   * longer exists ends the stream with NOT_FOUND so the holder re-registers at once.
+   * KeepAlive renews leases: one response per request with the remaining TTL. Each request carries
+   * the registration token; a lease that no longer exists, or holds no Leasehold instance, ends the
+   * stream with NOT_FOUND so the holder re-registers at once; a wrong token with PERMISSION_DENIED;
+   * more messages per second than the registry allows with RESOURCE_EXHAUSTED.
    */
   keepAlive: handleBidiStreamingCall<KeepAliveRequest, KeepAliveResponse>;
   /**
@@ -3177,7 +3183,7 @@ export interface RegistryServiceServer extends UntypedServiceImplementation {
    * registration token (PERMISSION_DENIED for another lease or token, NOT_FOUND when it is gone).
    */
   updateInstance: handleUnaryCall<UpdateInstanceRequest, UpdateInstanceResponse>;
-  /** Deregister revokes the holding lease; the key disappears at once. */
+  /** Deregister revokes the holding lease; the key disappears at once. Fenced like UpdateInstance. */
   deregister: handleUnaryCall<DeregisterRequest, DeregisterResponse>;
   /** GetService lists the instances of one service at a revision. */
   getService: handleUnaryCall<GetServiceRequest, GetServiceResponse>;
@@ -3190,7 +3196,8 @@ export interface RegistryServiceServer extends UntypedServiceImplementation {
 export interface RegistryServiceClient extends Client {
   /**
    * Register validates an instance, grants a lease of ttl_seconds and puts the instance key
-   * attached to it in one etcd transaction. ALREADY_EXISTS when another live lease holds the key.
+   * attached to it in one etcd transaction. ALREADY_EXISTS when another live lease holds the key;
+   * RESOURCE_EXHAUSTED when the service holds as many instances as the registry allows.
    */
   register(
     request: RegisterRequest,
@@ -3208,8 +3215,10 @@ export interface RegistryServiceClient extends Client {
     callback: (error: ServiceError | null, response: RegisterResponse) => void,
   ): ClientUnaryCall;
   /**
-   * KeepAlive renews leases: one response per request with the remaining TTL. A lease that no
-   * longer exists ends the stream with NOT_FOUND so the holder re-registers at once.
+   * KeepAlive renews leases: one response per request with the remaining TTL. Each request carries
+   * the registration token; a lease that no longer exists, or holds no Leasehold instance, ends the
+   * stream with NOT_FOUND so the holder re-registers at once; a wrong token with PERMISSION_DENIED;
+   * more messages per second than the registry allows with RESOURCE_EXHAUSTED.
    */
   keepAlive(): ClientDuplexStream<KeepAliveRequest, KeepAliveResponse>;
   keepAlive(options: Partial<CallOptions>): ClientDuplexStream<KeepAliveRequest, KeepAliveResponse>;
@@ -3236,7 +3245,7 @@ export interface RegistryServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: UpdateInstanceResponse) => void,
   ): ClientUnaryCall;
-  /** Deregister revokes the holding lease; the key disappears at once. */
+  /** Deregister revokes the holding lease; the key disappears at once. Fenced like UpdateInstance. */
   deregister(
     request: DeregisterRequest,
     callback: (error: ServiceError | null, response: DeregisterResponse) => void,
