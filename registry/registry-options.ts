@@ -28,6 +28,11 @@ export interface RegistryOptions {
   maxWatchBehindMs?: number | undefined;
   /** Quotas (instances per service, Watch streams per connection, rates, message sizes); see {@link RegistryLimitOptions} for each default. */
   limits?: RegistryLimitOptions | undefined;
+  /**
+   * Accept a Register whose `metrics_address` is on another host than its `address`; default
+   * false (INVALID_ARGUMENT), since Prometheus scrapes every `metrics_address` on `/sd/prometheus`.
+   */
+  allowForeignMetricsAddress?: boolean | undefined;
   /** Logger; default silent. */
   logger?: Logger | undefined;
   /** prom-client registry to register metrics in; default a new one (never the global). */
@@ -42,6 +47,8 @@ export interface ResolvedRegistryOptions {
   readonly prefix: string;
   readonly progressIntervalMs: number;
   readonly limits: RegistryLimits;
+  /** See {@link RegistryOptions.allowForeignMetricsAddress}: default false. */
+  readonly allowForeignMetricsAddress: boolean;
   readonly logger: Logger;
   readonly metricsRegistry: Registry;
   /** Deadline of unary etcd requests: 5000 ms. */
@@ -102,6 +109,7 @@ export function resolveRegistryOptions(options: RegistryOptions): ResolvedRegist
     prefix,
     progressIntervalMs,
     limits: resolveRegistryLimits(options.limits),
+    allowForeignMetricsAddress: options.allowForeignMetricsAddress ?? false,
     logger: options.logger ?? pino({ level: "silent" }),
     metricsRegistry: options.metricsRegistry ?? new Registry(),
     etcdRequestTimeoutMs: 5000,

@@ -26,7 +26,11 @@ export function registryCommand(program: Command): void {
       hostPort,
       process.env["LEASEHOLD_ADMIN_LISTEN"] ?? "127.0.0.1:7101",
     )
-    .option("--prefix <prefix>", "etcd key prefix", process.env["LEASEHOLD_PREFIX"] ?? "/leasehold/");
+    .option("--prefix <prefix>", "etcd key prefix", process.env["LEASEHOLD_PREFIX"] ?? "/leasehold/")
+    .option(
+      "--allow-foreign-metrics-address",
+      "accept a metrics_address on another host than the instance's address (listed for Prometheus)",
+    );
   // Quotas: each refusal is RESOURCE_EXHAUSTED, counted in leasehold_registry_limited_total{limit}.
   for (const [flag, option, description] of limitFlags) {
     command.option(

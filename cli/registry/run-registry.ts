@@ -9,6 +9,7 @@ export interface RegistryFlags {
   etcd: string[];
   adminListen: string;
   prefix: string;
+  allowForeignMetricsAddress?: boolean;
   maxInstancesPerService?: number;
   maxWatchStreamsPerConnection?: number;
   maxConcurrentStreams?: number;
@@ -53,6 +54,7 @@ export async function runRegistry(flags: RegistryFlags): Promise<void> {
       adminListen: flags.adminListen,
       etcdEndpoints: flags.etcd,
       prefix: flags.prefix,
+      allowForeignMetricsAddress: flags.allowForeignMetricsAddress === true,
       limits: limitsOf(flags),
       logger,
     });
