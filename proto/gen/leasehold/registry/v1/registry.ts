@@ -3152,7 +3152,11 @@ export const RegistryServiceService = {
       Buffer.from(ListServicesResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListServicesResponse => ListServicesResponse.decode(value),
   },
-  /** Watch streams a snapshot, then deltas in revision order, with periodic progress messages. */
+  /**
+   * Watch streams a snapshot, then deltas in revision order, with periodic progress messages.
+   * RESOURCE_EXHAUSTED when the connection has as many Watch streams open as the registry allows,
+   * or when too many resumes a second would read etcd (resume again after a backoff).
+   */
   watch: {
     path: "/leasehold.registry.v1.RegistryService/Watch" as const,
     requestStream: false as const,
@@ -3189,7 +3193,11 @@ export interface RegistryServiceServer extends UntypedServiceImplementation {
   getService: handleUnaryCall<GetServiceRequest, GetServiceResponse>;
   /** ListServices lists every service name with instance counts at a revision. */
   listServices: handleUnaryCall<ListServicesRequest, ListServicesResponse>;
-  /** Watch streams a snapshot, then deltas in revision order, with periodic progress messages. */
+  /**
+   * Watch streams a snapshot, then deltas in revision order, with periodic progress messages.
+   * RESOURCE_EXHAUSTED when the connection has as many Watch streams open as the registry allows,
+   * or when too many resumes a second would read etcd (resume again after a backoff).
+   */
   watch: handleServerStreamingCall<WatchRequest, WatchResponse>;
 }
 
@@ -3293,7 +3301,11 @@ export interface RegistryServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListServicesResponse) => void,
   ): ClientUnaryCall;
-  /** Watch streams a snapshot, then deltas in revision order, with periodic progress messages. */
+  /**
+   * Watch streams a snapshot, then deltas in revision order, with periodic progress messages.
+   * RESOURCE_EXHAUSTED when the connection has as many Watch streams open as the registry allows,
+   * or when too many resumes a second would read etcd (resume again after a backoff).
+   */
   watch(request: WatchRequest, options?: Partial<CallOptions>): ClientReadableStream<WatchResponse>;
   watch(
     request: WatchRequest,
