@@ -13,6 +13,7 @@ import { createRegistryService } from "./api/registry-service.js";
 import { ConsoleFeed } from "./console/console-feed.js";
 import { consoleRoutes } from "./console/console-routes.js";
 import { EtcdReadiness } from "./readiness.js";
+import { RegistryLimiter } from "./registry-limits.js";
 import { RegistryMetrics } from "./registry-metrics.js";
 import { resolveRegistryOptions, type RegistryOptions } from "./registry-options.js";
 import { EtcdStore } from "./store/etcd-store.js";
@@ -20,6 +21,7 @@ import type { ServicesWatch } from "./store/services-watch.js";
 import { WatchHub } from "./watch/watch-hub.js";
 
 export type { RegistryOptions } from "./registry-options.js";
+export { DEFAULT_REGISTRY_LIMITS, type RegistryLimitOptions } from "./registry-limits.js";
 export { RegistryError, type RegistryErrorCode } from "./registry-error.js";
 
 /** A running registry; see {@link startRegistry}. */
@@ -53,7 +55,7 @@ const serverOptions = {
 export async function startRegistry(options: RegistryOptions): Promise<RunningRegistry> {
   const resolved = resolveRegistryOptions(options);
   const { logger, metricsRegistry } = resolved;
-  const metrics = new RegistryMetrics(metricsRegistry);
+  const metrics = new RegistryMetrics(metricsRegistry, resolved.limits.maxServiceLabels);
   const store = new EtcdStore({
     endpoints: resolved.etcdEndpoints,
     prefix: resolved.prefix,
@@ -64,14 +66,22 @@ export async function startRegistry(options: RegistryOptions): Promise<RunningRe
     metrics,
     logger,
   });
-  const hub = new WatchHub({
+  const limiter = new RegistryLimiter({
+    limits: resolved.limits,
+    metrics,
+    cache: { instanceCount: (service, instanceId) => hub.instanceCount(service, instanceId) },
+  });
+  const resumes = limiter.coalesceResumes((revision, service) => store.listAt(revision, service));
+  const hub: WatchHub = new WatchHub({
     historyMaxDeltas: resolved.historyMaxDeltas,
     streamLimits: { maxQueuedBytes: resolved.maxQueuedWatchBytes, maxBehindMs: resolved.maxWatchBehindMs },
     progressIntervalMs: resolved.progressIntervalMs,
-    listAt: (revision, service) => store.listAt(revision, service),
+    // Resumes that read etcd share one read per service and revision, and are capped per second.
+    listAt: (revision, service) => resumes(revision, service),
     metrics,
     logger,
   });
+
   const health = new HealthImplementation({ "": "NOT_SERVING", [registryServiceName]: "NOT_SERVING" });
   const readiness = new EtcdReadiness({
     probe: () => store.probe(resolved.probeTimeoutMs),
@@ -86,11 +96,12 @@ export async function startRegistry(options: RegistryOptions): Promise<RunningRe
   const api = createRegistryService({
     store,
     hub,
+    limiter,
     metrics,
     logger,
     validation: { allowForeignMetricsAddress: resolved.allowForeignMetricsAddress },
   });
-  const server = new Server(serverOptions);
+  const server = new Server({ ...serverOptions, ...limiter.serverOptions() });
   const consoleFeed = new ConsoleFeed({
     hub,
     isReady: () => readiness.isReady,

@@ -7,6 +7,8 @@ import type {
 } from "../../proto/gen/leasehold/registry/v1/registry.js";
 import { RegistryError } from "../registry-error.js";
 import type { RegistryMetrics } from "../registry-metrics.js";
+import { ANONYMOUS_PRINCIPAL, type RegistryLimiter } from "../registry-limits.js";
+import { issueRegistrationToken } from "../registration-token.js";
 import { hashRegistrationId, type EtcdStore, type RequestScope } from "../store/etcd-store.js";
 import type { WatchHub } from "../watch/watch-hub.js";
 import type { WatchSink } from "../watch/watch-subscription.js";
@@ -14,7 +16,7 @@ import { toServiceError } from "./grpc-status.js";
 import {
   applyChange,
   validateDeregister,
-  validateLeaseId,
+  validateKeepAlive,
   validateRegister,
   validateServiceName,
   validateUpdate,
@@ -27,6 +29,7 @@ import {
 export interface RegistryServiceDeps {
   readonly store: EtcdStore;
   readonly hub: WatchHub;
+  readonly limiter: RegistryLimiter;
   readonly metrics: RegistryMetrics;
   readonly logger: Logger;
   /** Operator choices that loosen validation; default none. */
@@ -48,7 +51,10 @@ export interface RegistryServiceHandlers {
  * leaves through `toServiceError`.
  */
 export function createRegistryService(deps: RegistryServiceDeps): RegistryServiceHandlers {
-  const { store, hub, metrics, logger } = deps;
+  const { store, hub, limiter, metrics, logger } = deps;
+  // Until authentication names callers (issue 7, item 3), everyone is one principal; quotas that
+  // will be per principal take it already.
+  const principal = ANONYMOUS_PRINCIPAL;
   const now = deps.now ?? (() => new Date());
   const keepAliveStreams = new Set<(error: RegistryError) => void>();
 
@@ -81,22 +87,24 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
         );
         const registrationHash =
           registrationId === undefined ? undefined : hashRegistrationId(registrationId);
-        const registration = await store.register(instance, ttlSeconds, registrationHash, scope);
-        metrics.registrations.inc({ result: registration.isAdopted ? "adopted" : "ok" });
-        logger.info(
-          {
-            service: instance.service,
-            instanceId: instance.instanceId,
-            leaseId: registration.leaseId,
-            adopted: registration.isAdopted,
-          },
-          "registered",
+        // Issued here, returned once, stored only as its hash, never logged.
+        const token = issueRegistrationToken();
+        const registration = await limiter.admitInstance(
+          instance,
+          () => store.register(instance, ttlSeconds, { registrationHash, tokenHash: token.hash }, scope),
+          principal,
         );
+        metrics.registrations.inc({ result: registration.isAdopted ? "adopted" : "ok" });
+        const fields = { service: instance.service, instanceId: instance.instanceId };
+        logger.info({ ...fields, adopted: registration.isAdopted }, "registered");
+        // A lease id is not a credential any more, but it is still not for info-level logs.
+        logger.debug({ ...fields, leaseId: registration.leaseId }, "registered lease");
         return {
           leaseId: registration.leaseId,
           ttlSeconds: String(registration.ttlSeconds),
           revision: registration.revision,
           instance: registration.instance,
+          registrationToken: token.token,
         };
       } catch (error) {
         metrics.registrations.inc({ result: RegistryError.from(error).code });
@@ -106,6 +114,11 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
 
     keepAlive: (call: ServerDuplexStream<KeepAliveRequest, KeepAliveResponse>) => {
       const keepAlive = store.openKeepAlive();
+      // Leases this stream proved it owns (lease id → token hash); a lease is renewed only once
+      // etcd confirmed the pair, then without asking again (a deregistered lease is revoked, so
+      // its renewal answers NOT_FOUND anyway).
+      const provenLeases = new Map<string, string>();
+      const checkRate = limiter.keepAliveRate();
       let isEnded = false;
       let replies = Promise.resolve();
       const end = (error?: RegistryError) => {
@@ -119,10 +132,36 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
       keepAliveStreams.add(end);
       // Requests are answered one at a time, in order; a failure ends the stream with its status.
       call.on("data", (request: KeepAliveRequest) => {
+        // Counted on arrival, not when answered: a flood is cut however fast etcd answers.
+        try {
+          checkRate();
+        } catch (error) {
+          end(RegistryError.from(error));
+          return;
+        }
         replies = replies
           .then(async () => {
             if (isEnded) return;
-            const leaseId = valueOf(validateLeaseId(request.leaseId));
+            const fence = valueOf(validateKeepAlive(request));
+            const { leaseId } = fence;
+            if (provenLeases.get(leaseId) !== fence.tokenHash) {
+              const owner = await store.checkLeaseOwner(fence);
+              if (owner === "not_found") {
+                throw new RegistryError(
+                  "not_found",
+                  `lease ${leaseId} holds no Leasehold instance (expired, revoked or not one of ours); register again`,
+                );
+              }
+              if (owner === "permission_denied") {
+                throw new RegistryError(
+                  "permission_denied",
+                  `registration_token does not match the instance lease ${leaseId} holds`,
+                );
+              }
+              if (provenLeases.size >= MAX_PROVEN_LEASES_PER_STREAM) provenLeases.clear();
+              provenLeases.set(leaseId, fence.tokenHash);
+            }
+            if (isEnded) return;
             const ttlSeconds = await keepAlive.renew(leaseId);
             if (isEnded) return;
             if (ttlSeconds <= 0) {
@@ -150,15 +189,15 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
     },
 
     updateInstance: unary("UpdateInstance", async (request, scope) => {
-      const { key, leaseId, change } = valueOf(validateUpdate(request));
-      const updated = await store.update(key, leaseId, (current) => applyChange(current, change), scope);
+      const { key, change, ...fence } = valueOf(validateUpdate(request));
+      const updated = await store.update(key, fence, (current) => applyChange(current, change), scope);
       return { instance: updated.instance, revision: updated.revision };
     }),
 
     deregister: unary("Deregister", async (request, scope) => {
-      const { key, leaseId } = valueOf(validateDeregister(request));
-      const revision = await store.deregister(key, leaseId, scope);
-      logger.info({ service: key.service, instanceId: key.instanceId, leaseId }, "deregistered");
+      const { key, ...fence } = valueOf(validateDeregister(request));
+      const revision = await store.deregister(key, fence, scope);
+      logger.info({ service: key.service, instanceId: key.instanceId }, "deregistered");
       return { revision };
     }),
 
@@ -174,17 +213,29 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
     watch: (call) => {
       let isEnded = false;
       const abort = new AbortController();
+      let release = () => {};
       const sink: WatchSink = {
         write: (message) => call.write(message),
         once: (event, listener) => call.once(event, listener),
         end: (error) => {
           if (isEnded) return;
           isEnded = true;
+          release();
           if (error === undefined) call.end();
           else call.emit("error", fail("Watch", error));
         },
       };
-      call.on("cancelled", () => abort.abort());
+      call.on("cancelled", () => {
+        release();
+        abort.abort();
+      });
+      try {
+        // One HTTP/2 session per peer address and port: the connection.
+        release = limiter.acquireWatchStream(call.getPeer(), principal);
+      } catch (error) {
+        sink.end(RegistryError.from(error));
+        return;
+      }
       call.on("error", (error) => logger.debug({ err: error }, "watch stream error"));
       const request = validateWatch(call.request);
       if (!request.ok) {
@@ -206,6 +257,9 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
     },
   };
 }
+
+/** Leases one KeepAlive stream remembers as proven; a registrar's stream renews one. */
+const MAX_PROVEN_LEASES_PER_STREAM = 64;
 
 /**
  * When the caller of a unary call stops waiting: its signal aborts on cancel (grpc-js emits

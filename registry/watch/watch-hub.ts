@@ -127,6 +127,15 @@ export class WatchHub implements ServicesWatchListener {
     );
   }
 
+  /** How many instances `service` has in the cache, and whether `instanceId` is one of them; O(1). */
+  instanceCount(service: string, instanceId?: string): { count: number; isListed: boolean } {
+    const instances = this.#services.get(service);
+    return {
+      count: instances?.size ?? 0,
+      isListed: instanceId !== undefined && instances?.has(instanceId) === true,
+    };
+  }
+
   /** Every service with its instance counts, sorted by name. */
   summaries(): ServiceSummary[] {
     return [...this.#services.entries()]

@@ -142,10 +142,22 @@ export interface RegisterResponse {
   /** etcd revision of the put. */
   revision: string;
   instance: Instance | undefined;
+  /**
+   * Unguessable proof of ownership (32 random bytes, base64url, 43 chars): UpdateInstance,
+   * Deregister and KeepAlive require it. The registry stores only its SHA-256 and never logs it.
+   * A Register that adopts an earlier attempt (same registration_id) returns a fresh token and the
+   * earlier one stops working.
+   */
+  registrationToken: string;
 }
 
 export interface KeepAliveRequest {
   leaseId: string;
+  /**
+   * RegisterResponse.registration_token of the instance the lease holds: required. A lease that
+   * holds no Leasehold instance answers NOT_FOUND; a wrong token PERMISSION_DENIED.
+   */
+  registrationToken: string;
 }
 
 export interface KeepAliveResponse {
@@ -173,6 +185,8 @@ export interface UpdateInstanceRequest {
   status?: InstanceStatus | undefined;
   zone?: string | undefined;
   metadata: MetadataUpdate | undefined;
+  /** RegisterResponse.registration_token: required; a wrong one is PERMISSION_DENIED. */
+  registrationToken: string;
 }
 
 export interface UpdateInstanceResponse {
@@ -184,6 +198,8 @@ export interface DeregisterRequest {
   service: string;
   instanceId: string;
   leaseId: string;
+  /** RegisterResponse.registration_token: required; a wrong one is PERMISSION_DENIED. */
+  registrationToken: string;
 }
 
 export interface DeregisterResponse {
@@ -1086,7 +1102,7 @@ export const RegisterRequest_MetadataEntry: MessageFns<RegisterRequest_MetadataE
 };
 
 function createBaseRegisterResponse(): RegisterResponse {
-  return { leaseId: "0", ttlSeconds: "0", revision: "0", instance: undefined };
+  return { leaseId: "0", ttlSeconds: "0", revision: "0", instance: undefined, registrationToken: "" };
 }
 
 export const RegisterResponse: MessageFns<RegisterResponse> = {
@@ -1102,6 +1118,9 @@ export const RegisterResponse: MessageFns<RegisterResponse> = {
     }
     if (message.instance !== undefined) {
       Instance.encode(message.instance, writer.uint32(34).fork()).join();
+    }
+    if (message.registrationToken !== "") {
+      writer.uint32(42).string(message.registrationToken);
     }
     return writer;
   },
@@ -1151,6 +1170,14 @@ export const RegisterResponse: MessageFns<RegisterResponse> = {
             message.instance = Instance.decode(reader, reader.uint32());
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.registrationToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1177,6 +1204,11 @@ export const RegisterResponse: MessageFns<RegisterResponse> = {
           : "0",
       revision: isSet(object.revision) ? globalThis.String(object.revision) : "0",
       instance: isSet(object.instance) ? Instance.fromJSON(object.instance) : undefined,
+      registrationToken: isSet(object.registrationToken)
+        ? globalThis.String(object.registrationToken)
+        : isSet(object.registration_token)
+          ? globalThis.String(object.registration_token)
+          : "",
     };
   },
 
@@ -1194,6 +1226,9 @@ export const RegisterResponse: MessageFns<RegisterResponse> = {
     if (message.instance !== undefined) {
       obj.instance = Instance.toJSON(message.instance);
     }
+    if (message.registrationToken !== "") {
+      obj.registrationToken = message.registrationToken;
+    }
     return obj;
   },
 
@@ -1209,18 +1244,22 @@ export const RegisterResponse: MessageFns<RegisterResponse> = {
       object.instance !== undefined && object.instance !== null
         ? Instance.fromPartial(object.instance)
         : undefined;
+    message.registrationToken = object.registrationToken ?? "";
     return message;
   },
 };
 
 function createBaseKeepAliveRequest(): KeepAliveRequest {
-  return { leaseId: "0" };
+  return { leaseId: "0", registrationToken: "" };
 }
 
 export const KeepAliveRequest: MessageFns<KeepAliveRequest> = {
   encode(message: KeepAliveRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.leaseId !== "0") {
       writer.uint32(8).int64(message.leaseId);
+    }
+    if (message.registrationToken !== "") {
+      writer.uint32(18).string(message.registrationToken);
     }
     return writer;
   },
@@ -1246,6 +1285,14 @@ export const KeepAliveRequest: MessageFns<KeepAliveRequest> = {
             message.leaseId = reader.int64().toString();
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.registrationToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1265,6 +1312,11 @@ export const KeepAliveRequest: MessageFns<KeepAliveRequest> = {
         : isSet(object.lease_id)
           ? globalThis.String(object.lease_id)
           : "0",
+      registrationToken: isSet(object.registrationToken)
+        ? globalThis.String(object.registrationToken)
+        : isSet(object.registration_token)
+          ? globalThis.String(object.registration_token)
+          : "",
     };
   },
 
@@ -1272,6 +1324,9 @@ export const KeepAliveRequest: MessageFns<KeepAliveRequest> = {
     const obj: any = {};
     if (message.leaseId !== "0") {
       obj.leaseId = message.leaseId;
+    }
+    if (message.registrationToken !== "") {
+      obj.registrationToken = message.registrationToken;
     }
     return obj;
   },
@@ -1282,6 +1337,7 @@ export const KeepAliveRequest: MessageFns<KeepAliveRequest> = {
   fromPartial<I extends Exact<DeepPartial<KeepAliveRequest>, I>>(object: I): KeepAliveRequest {
     const message = createBaseKeepAliveRequest();
     message.leaseId = object.leaseId ?? "0";
+    message.registrationToken = object.registrationToken ?? "";
     return message;
   },
 };
@@ -1576,6 +1632,7 @@ function createBaseUpdateInstanceRequest(): UpdateInstanceRequest {
     status: undefined,
     zone: undefined,
     metadata: undefined,
+    registrationToken: "",
   };
 }
 
@@ -1601,6 +1658,9 @@ export const UpdateInstanceRequest: MessageFns<UpdateInstanceRequest> = {
     }
     if (message.metadata !== undefined) {
       MetadataUpdate.encode(message.metadata, writer.uint32(58).fork()).join();
+    }
+    if (message.registrationToken !== "") {
+      writer.uint32(66).string(message.registrationToken);
     }
     return writer;
   },
@@ -1674,6 +1734,14 @@ export const UpdateInstanceRequest: MessageFns<UpdateInstanceRequest> = {
             message.metadata = MetadataUpdate.decode(reader, reader.uint32());
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.registrationToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1703,6 +1771,11 @@ export const UpdateInstanceRequest: MessageFns<UpdateInstanceRequest> = {
       status: isSet(object.status) ? instanceStatusFromJSON(object.status) : undefined,
       zone: isSet(object.zone) ? globalThis.String(object.zone) : undefined,
       metadata: isSet(object.metadata) ? MetadataUpdate.fromJSON(object.metadata) : undefined,
+      registrationToken: isSet(object.registrationToken)
+        ? globalThis.String(object.registrationToken)
+        : isSet(object.registration_token)
+          ? globalThis.String(object.registration_token)
+          : "",
     };
   },
 
@@ -1729,6 +1802,9 @@ export const UpdateInstanceRequest: MessageFns<UpdateInstanceRequest> = {
     if (message.metadata !== undefined) {
       obj.metadata = MetadataUpdate.toJSON(message.metadata);
     }
+    if (message.registrationToken !== "") {
+      obj.registrationToken = message.registrationToken;
+    }
     return obj;
   },
 
@@ -1747,6 +1823,7 @@ export const UpdateInstanceRequest: MessageFns<UpdateInstanceRequest> = {
       object.metadata !== undefined && object.metadata !== null
         ? MetadataUpdate.fromPartial(object.metadata)
         : undefined;
+    message.registrationToken = object.registrationToken ?? "";
     return message;
   },
 };
@@ -1840,7 +1917,7 @@ export const UpdateInstanceResponse: MessageFns<UpdateInstanceResponse> = {
 };
 
 function createBaseDeregisterRequest(): DeregisterRequest {
-  return { service: "", instanceId: "", leaseId: "0" };
+  return { service: "", instanceId: "", leaseId: "0", registrationToken: "" };
 }
 
 export const DeregisterRequest: MessageFns<DeregisterRequest> = {
@@ -1853,6 +1930,9 @@ export const DeregisterRequest: MessageFns<DeregisterRequest> = {
     }
     if (message.leaseId !== "0") {
       writer.uint32(24).int64(message.leaseId);
+    }
+    if (message.registrationToken !== "") {
+      writer.uint32(34).string(message.registrationToken);
     }
     return writer;
   },
@@ -1894,6 +1974,14 @@ export const DeregisterRequest: MessageFns<DeregisterRequest> = {
             message.leaseId = reader.int64().toString();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.registrationToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1919,6 +2007,11 @@ export const DeregisterRequest: MessageFns<DeregisterRequest> = {
         : isSet(object.lease_id)
           ? globalThis.String(object.lease_id)
           : "0",
+      registrationToken: isSet(object.registrationToken)
+        ? globalThis.String(object.registrationToken)
+        : isSet(object.registration_token)
+          ? globalThis.String(object.registration_token)
+          : "",
     };
   },
 
@@ -1933,6 +2026,9 @@ export const DeregisterRequest: MessageFns<DeregisterRequest> = {
     if (message.leaseId !== "0") {
       obj.leaseId = message.leaseId;
     }
+    if (message.registrationToken !== "") {
+      obj.registrationToken = message.registrationToken;
+    }
     return obj;
   },
 
@@ -1944,6 +2040,7 @@ export const DeregisterRequest: MessageFns<DeregisterRequest> = {
     message.service = object.service ?? "";
     message.instanceId = object.instanceId ?? "";
     message.leaseId = object.leaseId ?? "0";
+    message.registrationToken = object.registrationToken ?? "";
     return message;
   },
 };
@@ -2974,7 +3071,8 @@ export type RegistryServiceService = typeof RegistryServiceService;
 export const RegistryServiceService = {
   /**
    * Register validates an instance, grants a lease of ttl_seconds and puts the instance key
-   * attached to it in one etcd transaction. ALREADY_EXISTS when another live lease holds the key.
+   * attached to it in one etcd transaction. ALREADY_EXISTS when another live lease holds the key;
+   * RESOURCE_EXHAUSTED when the service holds as many instances as the registry allows.
    */
   register: {
     path: "/leasehold.registry.v1.RegistryService/Register" as const,
@@ -2987,8 +3085,10 @@ export const RegistryServiceService = {
     responseDeserialize: (value: Buffer): RegisterResponse => RegisterResponse.decode(value),
   },
   /**
-   * KeepAlive renews leases: one response per request with the remaining TTL. A lease that no
-   * longer exists ends the stream with NOT_FOUND so the holder re-registers at once.
+   * KeepAlive renews leases: one response per request with the remaining TTL. Each request carries
+   * the registration token; a lease that no longer exists, or holds no Leasehold instance, ends the
+   * stream with NOT_FOUND so the holder re-registers at once; a wrong token with PERMISSION_DENIED;
+   * more messages per second than the registry allows with RESOURCE_EXHAUSTED.
    */
   keepAlive: {
     path: "/leasehold.registry.v1.RegistryService/KeepAlive" as const,
@@ -3002,8 +3102,8 @@ export const RegistryServiceService = {
     responseDeserialize: (value: Buffer): KeepAliveResponse => KeepAliveResponse.decode(value),
   },
   /**
-   * UpdateInstance changes weight, status, zone or metadata; fenced by the holding lease
-   * (PERMISSION_DENIED for another lease, NOT_FOUND when the instance is gone).
+   * UpdateInstance changes weight, status, zone or metadata; fenced by the holding lease and the
+   * registration token (PERMISSION_DENIED for another lease or token, NOT_FOUND when it is gone).
    */
   updateInstance: {
     path: "/leasehold.registry.v1.RegistryService/UpdateInstance" as const,
@@ -3016,7 +3116,7 @@ export const RegistryServiceService = {
       Buffer.from(UpdateInstanceResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): UpdateInstanceResponse => UpdateInstanceResponse.decode(value),
   },
-  /** Deregister revokes the holding lease; the key disappears at once. */
+  /** Deregister revokes the holding lease; the key disappears at once. Fenced like UpdateInstance. */
   deregister: {
     path: "/leasehold.registry.v1.RegistryService/Deregister" as const,
     requestStream: false as const,
@@ -3052,7 +3152,11 @@ export const RegistryServiceService = {
       Buffer.from(ListServicesResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListServicesResponse => ListServicesResponse.decode(value),
   },
-  /** Watch streams a snapshot, then deltas in revision order, with periodic progress messages. */
+  /**
+   * Watch streams a snapshot, then deltas in revision order, with periodic progress messages.
+   * RESOURCE_EXHAUSTED when the connection has as many Watch streams open as the registry allows,
+   * or when too many resumes a second would read etcd (resume again after a backoff).
+   */
   watch: {
     path: "/leasehold.registry.v1.RegistryService/Watch" as const,
     requestStream: false as const,
@@ -3067,33 +3171,41 @@ export const RegistryServiceService = {
 export interface RegistryServiceServer extends UntypedServiceImplementation {
   /**
    * Register validates an instance, grants a lease of ttl_seconds and puts the instance key
-   * attached to it in one etcd transaction. ALREADY_EXISTS when another live lease holds the key.
+   * attached to it in one etcd transaction. ALREADY_EXISTS when another live lease holds the key;
+   * RESOURCE_EXHAUSTED when the service holds as many instances as the registry allows.
    */
   register: handleUnaryCall<RegisterRequest, RegisterResponse>;
   /**
-   * KeepAlive renews leases: one response per request with the remaining TTL. A lease that no
-   * longer exists ends the stream with NOT_FOUND so the holder re-registers at once.
+   * KeepAlive renews leases: one response per request with the remaining TTL. Each request carries
+   * the registration token; a lease that no longer exists, or holds no Leasehold instance, ends the
+   * stream with NOT_FOUND so the holder re-registers at once; a wrong token with PERMISSION_DENIED;
+   * more messages per second than the registry allows with RESOURCE_EXHAUSTED.
    */
   keepAlive: handleBidiStreamingCall<KeepAliveRequest, KeepAliveResponse>;
   /**
-   * UpdateInstance changes weight, status, zone or metadata; fenced by the holding lease
-   * (PERMISSION_DENIED for another lease, NOT_FOUND when the instance is gone).
+   * UpdateInstance changes weight, status, zone or metadata; fenced by the holding lease and the
+   * registration token (PERMISSION_DENIED for another lease or token, NOT_FOUND when it is gone).
    */
   updateInstance: handleUnaryCall<UpdateInstanceRequest, UpdateInstanceResponse>;
-  /** Deregister revokes the holding lease; the key disappears at once. */
+  /** Deregister revokes the holding lease; the key disappears at once. Fenced like UpdateInstance. */
   deregister: handleUnaryCall<DeregisterRequest, DeregisterResponse>;
   /** GetService lists the instances of one service at a revision. */
   getService: handleUnaryCall<GetServiceRequest, GetServiceResponse>;
   /** ListServices lists every service name with instance counts at a revision. */
   listServices: handleUnaryCall<ListServicesRequest, ListServicesResponse>;
-  /** Watch streams a snapshot, then deltas in revision order, with periodic progress messages. */
+  /**
+   * Watch streams a snapshot, then deltas in revision order, with periodic progress messages.
+   * RESOURCE_EXHAUSTED when the connection has as many Watch streams open as the registry allows,
+   * or when too many resumes a second would read etcd (resume again after a backoff).
+   */
   watch: handleServerStreamingCall<WatchRequest, WatchResponse>;
 }
 
 export interface RegistryServiceClient extends Client {
   /**
    * Register validates an instance, grants a lease of ttl_seconds and puts the instance key
-   * attached to it in one etcd transaction. ALREADY_EXISTS when another live lease holds the key.
+   * attached to it in one etcd transaction. ALREADY_EXISTS when another live lease holds the key;
+   * RESOURCE_EXHAUSTED when the service holds as many instances as the registry allows.
    */
   register(
     request: RegisterRequest,
@@ -3111,8 +3223,10 @@ export interface RegistryServiceClient extends Client {
     callback: (error: ServiceError | null, response: RegisterResponse) => void,
   ): ClientUnaryCall;
   /**
-   * KeepAlive renews leases: one response per request with the remaining TTL. A lease that no
-   * longer exists ends the stream with NOT_FOUND so the holder re-registers at once.
+   * KeepAlive renews leases: one response per request with the remaining TTL. Each request carries
+   * the registration token; a lease that no longer exists, or holds no Leasehold instance, ends the
+   * stream with NOT_FOUND so the holder re-registers at once; a wrong token with PERMISSION_DENIED;
+   * more messages per second than the registry allows with RESOURCE_EXHAUSTED.
    */
   keepAlive(): ClientDuplexStream<KeepAliveRequest, KeepAliveResponse>;
   keepAlive(options: Partial<CallOptions>): ClientDuplexStream<KeepAliveRequest, KeepAliveResponse>;
@@ -3121,8 +3235,8 @@ export interface RegistryServiceClient extends Client {
     options?: Partial<CallOptions>,
   ): ClientDuplexStream<KeepAliveRequest, KeepAliveResponse>;
   /**
-   * UpdateInstance changes weight, status, zone or metadata; fenced by the holding lease
-   * (PERMISSION_DENIED for another lease, NOT_FOUND when the instance is gone).
+   * UpdateInstance changes weight, status, zone or metadata; fenced by the holding lease and the
+   * registration token (PERMISSION_DENIED for another lease or token, NOT_FOUND when it is gone).
    */
   updateInstance(
     request: UpdateInstanceRequest,
@@ -3139,7 +3253,7 @@ export interface RegistryServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: UpdateInstanceResponse) => void,
   ): ClientUnaryCall;
-  /** Deregister revokes the holding lease; the key disappears at once. */
+  /** Deregister revokes the holding lease; the key disappears at once. Fenced like UpdateInstance. */
   deregister(
     request: DeregisterRequest,
     callback: (error: ServiceError | null, response: DeregisterResponse) => void,
@@ -3187,7 +3301,11 @@ export interface RegistryServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListServicesResponse) => void,
   ): ClientUnaryCall;
-  /** Watch streams a snapshot, then deltas in revision order, with periodic progress messages. */
+  /**
+   * Watch streams a snapshot, then deltas in revision order, with periodic progress messages.
+   * RESOURCE_EXHAUSTED when the connection has as many Watch streams open as the registry allows,
+   * or when too many resumes a second would read etcd (resume again after a backoff).
+   */
   watch(request: WatchRequest, options?: Partial<CallOptions>): ClientReadableStream<WatchResponse>;
   watch(
     request: WatchRequest,
