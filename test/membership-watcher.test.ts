@@ -120,7 +120,7 @@ test("a stale progress flips isStale and tells both kinds of listener; the gauge
   send({
     event: {
       $case: "snapshot",
-      value: { instances: [], revision: "5", reset: false, observedAtUnixMs: "0" },
+      value: { instances: [], revision: "5", reset: false, observedAtUnixMs: "0", hasMore: false },
     },
   });
   await watcher.ready();
@@ -193,6 +193,7 @@ test("the weight gauge follows membership: 0 while DRAINING, series removed when
         instances: [listed("calc-1", 1, "4"), listed("calc-2", 2, "5")],
         revision: "5",
         reset: false,
+        hasMore: false,
         observedAtUnixMs: "0",
       },
     },
@@ -223,7 +224,13 @@ test("the weight gauge follows membership: 0 while DRAINING, series removed when
   send({
     event: {
       $case: "snapshot",
-      value: { instances: [listed("calc-3", 3, "9")], revision: "9", reset: true, observedAtUnixMs: "0" },
+      value: {
+        instances: [listed("calc-3", 3, "9")],
+        revision: "9",
+        reset: true,
+        observedAtUnixMs: "0",
+        hasMore: false,
+      },
     },
   });
   t.deepEqual(await weights(), [
