@@ -1,0 +1,132 @@
+import { spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+import test from "ava";
+import { Etcd3 } from "etcd3";
+import { pino } from "pino";
+import { startLocalEtcd } from "../cli/local-etcd.js";
+import { getServicePage, listServiceInstances } from "../client/discovery/list-service-instances.js";
+import { MembershipWatcher } from "../client/discovery/membership-watcher.js";
+import { connectRegistry } from "../client/registry-connection.js";
+import { startRegistry } from "../registry/index.js";
+import { bulkId, putBulkInstances } from "./helpers/bulk-instances.js";
+import { eventually } from "./helpers/eventually.js";
+import { startTcpProxy } from "./helpers/tcp-proxy.js";
+
+/** Instances of the service (the issue's 50,000; LEASEHOLD_LARGE_INSTANCES makes it smaller locally). */
+const COUNT = Number(process.env["LEASEHOLD_LARGE_INSTANCES"] ?? 50_000);
+/** DESIGN §2's most metadata per instance. */
+const METADATA_BYTES = 4096;
+const SERVICE = "large";
+const BIN = fileURLToPath(new URL("../leasehold.mjs", import.meta.url));
+
+/** Peak resident set of a live process (VmHWM), in MiB; undefined when /proc has no answer. */
+function peakRssMiB(pid: number | undefined): number | undefined {
+  try {
+    const kib = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1];
+    return kib === undefined ? undefined : Math.round(Number(kib) / 1024);
+  } catch {
+    return undefined;
+  }
+}
+
+test(`${COUNT} instances with 4 KiB metadata: the registry starts and re-lists; GetService, MembershipWatcher and leasehold watch --json read the whole service`, async (t) => {
+  t.timeout(120_000, "the whole scenario"); // a bound on a hang, not a timing claim
+  const timings: string[] = [];
+  let mark = performance.now();
+  const lap = (what: string) => {
+    const now = performance.now();
+    timings.push(`${what} ${((now - mark) / 1000).toFixed(1)} s`);
+    mark = now;
+  };
+
+  const etcd = await startLocalEtcd();
+  t.teardown(() => etcd.stop());
+  const etcd3 = new Etcd3({
+    hosts: etcd.endpoint,
+    grpcOptions: { "grpc.max_receive_message_length": 64 << 20 },
+  });
+  t.teardown(() => etcd3.close());
+  await putBulkInstances(etcd3, { service: SERVICE, count: COUNT, metadataBytes: METADATA_BYTES });
+  lap("write to etcd");
+
+  // The registry reaches etcd through a proxy, so the test can cut it off and force a re-list.
+  const proxy = await startTcpProxy(etcd.endpoint);
+  t.teardown(() => proxy.close());
+  const logLines: string[] = [];
+  const registry = await startRegistry({
+    listen: "127.0.0.1:0",
+    etcdEndpoints: [proxy.endpoint],
+    logger: pino({ level: "info" }, { write: (line: string) => void logLines.push(line) }),
+  });
+  t.teardown(() => registry.close());
+  lap("registry start (paged list)");
+
+  // Default clients: grpc-js's 4 MiB receive limit.
+  const client = connectRegistry(registry.address);
+  t.teardown(() => client.close());
+  const listed = await listServiceInstances(client, SERVICE);
+  t.is(listed.instances.length, COUNT);
+  t.is(listed.instances[0]?.instanceId, bulkId(0));
+  t.is(listed.instances.at(-1)?.instanceId, bulkId(COUNT - 1));
+  t.is(Object.values(listed.instances[0]?.metadata ?? {}).join("").length >= METADATA_BYTES - 64, true);
+  lap("GetService, every page");
+
+  const watcher = new MembershipWatcher({ registry: client, service: SERVICE });
+  t.teardown(() => watcher.close());
+  watcher.start();
+  await watcher.ready(60_000);
+  t.is(watcher.current().instances.length, COUNT);
+  lap("MembershipWatcher snapshot");
+
+  const cli = spawn(process.execPath, [BIN, "watch", SERVICE, "--registry", registry.address, "--json"], {
+    stdio: ["ignore", "pipe", "pipe"],
+    env: { ...process.env, LEASEHOLD_LOG_LEVEL: "warn" },
+  });
+  t.teardown(() => void cli.kill("SIGKILL"));
+  let stderr = "";
+  cli.stderr.setEncoding("utf8").on("data", (chunk: string) => (stderr = (stderr + chunk).slice(-2000)));
+  const seen = new Set<string>();
+  for await (const line of createInterface({ input: cli.stdout })) {
+    const event = JSON.parse(line) as { type: string; instance_id: string };
+    if (event.type === "snapshot") seen.add(event.instance_id);
+    if (seen.size === COUNT) break;
+  }
+  const cliPeakMiB = peakRssMiB(cli.pid);
+  cli.kill("SIGTERM");
+  t.is(seen.size, COUNT, stderr);
+  lap("leasehold watch --json snapshot");
+
+  // Re-list: cut the registry off etcd, change and compact past its watch, let it back. Its etcd
+  // watch resumes into a compacted revision, fails, and the registry lists the prefix again.
+  proxy.cut();
+  await etcd3
+    .delete()
+    .key(`/leasehold/v1/services/${SERVICE}/${bulkId(0)}`)
+    .exec();
+  await etcd3.put("/leasehold/unrelated").value("x").exec();
+  const head = (await etcd3.get("/leasehold/unrelated").exec()).header.revision;
+  await etcd3.kv.compact({ revision: head, physical: true });
+  proxy.restore();
+  await eventually(() => logLines.some((line) => line.includes("re-listing")), {
+    what: "the registry's etcd watch to fail and re-list",
+    timeoutMs: 60_000,
+  });
+  await eventually(() => watcher.current().instances.length === COUNT - 1, {
+    what: "the re-list's removal at the MembershipWatcher",
+    timeoutMs: 60_000,
+  });
+  const first = await getServicePage(client, { service: SERVICE, pageSize: 1 });
+  t.is(first.instances[0]?.instanceId, bulkId(1));
+  t.false(watcher.current().instances.some((instance) => instance.instanceId === bulkId(0)));
+  lap("re-list after compaction");
+
+  const etcdPeakMiB = peakRssMiB(etcd.process.pid);
+  const ownPeakMiB = Math.round(process.resourceUsage().maxRSS / 1024);
+  t.log(
+    `${COUNT} instances × ${METADATA_BYTES} B metadata: ${timings.join(", ")}; peak RSS: test process ` +
+      `(registry + watcher + listing) ${ownPeakMiB} MiB, leasehold watch ${cliPeakMiB ?? "?"} MiB, ` +
+      `etcd ${etcdPeakMiB ?? "?"} MiB`,
+  );
+});
