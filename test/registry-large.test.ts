@@ -4,12 +4,10 @@ import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import test from "ava";
 import { Etcd3 } from "etcd3";
-import { pino } from "pino";
 import { startLocalEtcd } from "../cli/local-etcd.js";
 import { getServicePage, listServiceInstances } from "../client/discovery/list-service-instances.js";
 import { MembershipWatcher } from "../client/discovery/membership-watcher.js";
 import { connectRegistry } from "../client/registry-connection.js";
-import { startRegistry } from "../registry/index.js";
 import { bulkId, putBulkInstances } from "./helpers/bulk-instances.js";
 import { eventually } from "./helpers/eventually.js";
 import { startTcpProxy } from "./helpers/tcp-proxy.js";
@@ -48,29 +46,45 @@ test(`${COUNT} instances with 4 KiB metadata: the registry starts and re-lists; 
     grpcOptions: { "grpc.max_receive_message_length": 64 << 20 },
   });
   t.teardown(() => etcd3.close());
-  await putBulkInstances(etcd3, { service: SERVICE, count: COUNT, metadataBytes: METADATA_BYTES });
+  await putBulkInstances(etcd3, {
+    service: SERVICE,
+    count: COUNT,
+    metadataBytes: METADATA_BYTES,
+    parallel: 8,
+  });
   lap("write to etcd");
 
   // The registry reaches etcd through a proxy, so the test can cut it off and force a re-list.
   const proxy = await startTcpProxy(etcd.endpoint);
   t.teardown(() => proxy.close());
+  // The registry runs as its own process (`leasehold registry`), as deployed: its memory is its own.
+  const registryProcess = spawn(
+    process.execPath,
+    [BIN, "registry", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--etcd", proxy.endpoint],
+    { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, LEASEHOLD_LOG_LEVEL: "info" } },
+  );
+  t.teardown(() => void registryProcess.kill("SIGKILL"));
   const logLines: string[] = [];
-  const registry = await startRegistry({
-    listen: "127.0.0.1:0",
-    etcdEndpoints: [proxy.endpoint],
-    logger: pino({ level: "info" }, { write: (line: string) => void logLines.push(line) }),
-  });
-  t.teardown(() => registry.close());
+  createInterface({ input: registryProcess.stderr }).on("line", (line) => logLines.push(line));
+  let registryAddress: string | undefined;
+  for await (const line of createInterface({ input: registryProcess.stdout })) {
+    registryAddress = /registry listening on (\S+)/.exec(line)?.[1];
+    if (registryAddress !== undefined) break;
+  }
+  if (registryAddress === undefined)
+    throw new Error(`registry did not start: ${logLines.slice(-5).join("\n")}`);
   lap("registry start (paged list)");
 
   // Default clients: grpc-js's 4 MiB receive limit.
-  const client = connectRegistry(registry.address);
+  const client = connectRegistry(registryAddress);
   t.teardown(() => client.close());
-  const listed = await listServiceInstances(client, SERVICE);
-  t.is(listed.instances.length, COUNT);
-  t.is(listed.instances[0]?.instanceId, bulkId(0));
-  t.is(listed.instances.at(-1)?.instanceId, bulkId(COUNT - 1));
-  t.is(Object.values(listed.instances[0]?.metadata ?? {}).join("").length >= METADATA_BYTES - 64, true);
+  {
+    const listed = await listServiceInstances(client, SERVICE);
+    t.is(listed.instances.length, COUNT);
+    t.is(listed.instances[0]?.instanceId, bulkId(0));
+    t.is(listed.instances.at(-1)?.instanceId, bulkId(COUNT - 1));
+    t.true(Object.values(listed.instances[0]?.metadata ?? {}).join("").length >= METADATA_BYTES - 64);
+  }
   lap("GetService, every page");
 
   const watcher = new MembershipWatcher({ registry: client, service: SERVICE });
@@ -80,7 +94,7 @@ test(`${COUNT} instances with 4 KiB metadata: the registry starts and re-lists; 
   t.is(watcher.current().instances.length, COUNT);
   lap("MembershipWatcher snapshot");
 
-  const cli = spawn(process.execPath, [BIN, "watch", SERVICE, "--registry", registry.address, "--json"], {
+  const cli = spawn(process.execPath, [BIN, "watch", SERVICE, "--registry", registryAddress, "--json"], {
     stdio: ["ignore", "pipe", "pipe"],
     env: { ...process.env, LEASEHOLD_LOG_LEVEL: "warn" },
   });
@@ -107,7 +121,7 @@ test(`${COUNT} instances with 4 KiB metadata: the registry starts and re-lists; 
     .exec();
   await etcd3.put("/leasehold/unrelated").value("x").exec();
   const head = (await etcd3.get("/leasehold/unrelated").exec()).header.revision;
-  await etcd3.kv.compact({ revision: head, physical: true });
+  await etcd3.kv.compact({ revision: head });
   proxy.restore();
   await eventually(() => logLines.some((line) => line.includes("re-listing")), {
     what: "the registry's etcd watch to fail and re-list",
@@ -123,10 +137,11 @@ test(`${COUNT} instances with 4 KiB metadata: the registry starts and re-lists; 
   lap("re-list after compaction");
 
   const etcdPeakMiB = peakRssMiB(etcd.process.pid);
+  const registryPeakMiB = peakRssMiB(registryProcess.pid);
   const ownPeakMiB = Math.round(process.resourceUsage().maxRSS / 1024);
   t.log(
-    `${COUNT} instances × ${METADATA_BYTES} B metadata: ${timings.join(", ")}; peak RSS: test process ` +
-      `(registry + watcher + listing) ${ownPeakMiB} MiB, leasehold watch ${cliPeakMiB ?? "?"} MiB, ` +
-      `etcd ${etcdPeakMiB ?? "?"} MiB`,
+    `${COUNT} instances × ${METADATA_BYTES} B metadata: ${timings.join(", ")}; peak RSS: registry ` +
+      `${registryPeakMiB ?? "?"} MiB, test process (GetService listing + MembershipWatcher) ${ownPeakMiB} MiB, ` +
+      `leasehold watch ${cliPeakMiB ?? "?"} MiB, etcd ${etcdPeakMiB ?? "?"} MiB`,
   );
 });
