@@ -16,8 +16,15 @@ export interface PagedRangeOptions {
   readonly start: Buffer;
   /** End of the range (exclusive), e.g. `Range.prefix(p).end`. */
   readonly end: Buffer;
-  /** Most keys of one page (etcd's `limit`); at least 1. */
+  /** Most keys of one page (etcd's `limit`); at least 1. With `targetPageBytes`, of the first page. */
   readonly pageKeys: number;
+  /**
+   * Sizes later pages to about this many bytes of keys and values, from the previous page's
+   * average (between 1 and `maxPageKeys` keys); undefined keeps `pageKeys` for every page.
+   */
+  readonly targetPageBytes?: number | undefined;
+  /** Most keys of a page sized by `targetPageBytes`; default 10000. */
+  readonly maxPageKeys?: number | undefined;
   /** Read at this revision; undefined pins the revision etcd answers the first page at. */
   readonly revision?: bigint | undefined;
   /** Start after this key (exclusive) instead of at `start`: resumes a paged read. */
@@ -39,7 +46,7 @@ export async function* rangeInPages(
   read: (request: IRangeRequest) => Promise<IRangeResponse>,
   options: PagedRangeOptions,
 ): AsyncGenerator<RangePage, void, undefined> {
-  const pageKeys = Math.max(1, Math.floor(options.pageKeys));
+  let pageKeys = Math.max(1, Math.floor(options.pageKeys));
   let revision = options.revision;
   let from = options.after === undefined ? options.start : keyAfter(options.after);
   for (;;) {
@@ -54,6 +61,15 @@ export async function* rangeInPages(
     const last = response.kvs.at(-1);
     if (!response.more || last === undefined) return;
     from = keyAfter(last.key);
+    if (options.targetPageBytes !== undefined) {
+      let bytes = 0;
+      for (const kv of response.kvs) bytes += kv.key.length + kv.value.length;
+      const perKey = Math.max(1, bytes / response.kvs.length);
+      pageKeys = Math.min(
+        options.maxPageKeys ?? 10_000,
+        Math.max(1, Math.floor(options.targetPageBytes / perKey)),
+      );
+    }
   }
 }
 

@@ -3,7 +3,7 @@ import { InstanceStatus, type Instance } from "../../proto/gen/leasehold/registr
 import { InstanceKeys, encodeInstance } from "../../registry/store/instance-codec.js";
 
 /** etcd's default `--max-txn-ops`. */
-const TXN_OPS = 128;
+const DEFAULT_TXN_OPS = 128;
 
 /** Instance id number `index` as a fixed-width id, so ids sort as numbers do: `i-000042`. */
 export function bulkId(index: number): string {
@@ -41,19 +41,27 @@ export function bulkInstance(service: string, index: number, metadataBytes: numb
 
 /**
  * Writes `count` instances of `service` straight into etcd with the registry's own key and value
- * encoding (no leases: they stay until deleted), in transactions of 128 puts, `parallel` at a time.
+ * encoding (no leases: they stay until deleted), in transactions of `opsPerTxn` puts (default 128,
+ * etcd's default `--max-txn-ops`), `parallel` (default 4) at a time.
  * Much faster than registering them; for tests of large memberships only.
  */
 export async function putBulkInstances(
   etcd3: Etcd3,
-  options: { service: string; count: number; metadataBytes: number; prefix?: string; parallel?: number },
+  options: {
+    service: string;
+    count: number;
+    metadataBytes: number;
+    prefix?: string;
+    parallel?: number;
+    opsPerTxn?: number;
+  },
 ): Promise<void> {
   const keys = new InstanceKeys(options.prefix ?? "/leasehold/");
   let next = 0;
   const worker = async (): Promise<void> => {
     while (next < options.count) {
       const first = next;
-      next = Math.min(options.count, next + TXN_OPS);
+      next = Math.min(options.count, next + (options.opsPerTxn ?? DEFAULT_TXN_OPS));
       const success = [];
       for (let index = first; index < next; index += 1) {
         const instance = bulkInstance(options.service, index, options.metadataBytes);
