@@ -5,10 +5,10 @@ import { HealthImplementation, protoPath as healthProtoPath } from "grpc-health-
 import { dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { instrumentService } from "../client/server/grpc-server-metrics.js";
-import { RegistryServiceService } from "../proto/gen/leasehold/registry/v1/registry.js";
 import type { HttpEndpoints } from "../client/server/http-endpoints.js";
 import { shutdownGrpcServer } from "../client/server/shutdown-grpc-server.js";
 import { startAdminServer } from "./admin/admin-server.js";
+import { guardUndecodable, registryServiceDefinition } from "./api/request-decoding.js";
 import { createRegistryService } from "./api/registry-service.js";
 import { ConsoleFeed } from "./console/console-feed.js";
 import { consoleRoutes } from "./console/console-routes.js";
@@ -83,7 +83,13 @@ export async function startRegistry(options: RegistryOptions): Promise<RunningRe
       logger.info({ etcd: status }, "etcd readiness changed");
     },
   });
-  const api = createRegistryService({ store, hub, metrics, logger });
+  const api = createRegistryService({
+    store,
+    hub,
+    metrics,
+    logger,
+    validation: { allowForeignMetricsAddress: resolved.allowForeignMetricsAddress },
+  });
   const server = new Server(serverOptions);
   const consoleFeed = new ConsoleFeed({
     hub,
@@ -116,8 +122,8 @@ export async function startRegistry(options: RegistryOptions): Promise<RunningRe
     hub.start();
     await readiness.start();
     server.addService(
-      RegistryServiceService,
-      instrumentService(RegistryServiceService, api.implementation, metricsRegistry),
+      registryServiceDefinition,
+      instrumentService(registryServiceDefinition, guardUndecodable(api.implementation), metricsRegistry),
     );
     health.addToServer(server);
     new ReflectionService(loadReflectedProtos()).addToServer(server);

@@ -25,6 +25,11 @@ export interface RegistryOptions {
    * RESOURCE_EXHAUSTED, in milliseconds; default 30000.
    */
   maxWatchBehindMs?: number | undefined;
+  /**
+   * Accept a Register whose `metrics_address` is on another host than its `address`; default
+   * false (INVALID_ARGUMENT), since Prometheus scrapes every `metrics_address` on `/sd/prometheus`.
+   */
+  allowForeignMetricsAddress?: boolean | undefined;
   /** Logger; default silent. */
   logger?: Logger | undefined;
   /** prom-client registry to register metrics in; default a new one (never the global). */
@@ -38,6 +43,8 @@ export interface ResolvedRegistryOptions {
   readonly etcdEndpoints: readonly string[];
   readonly prefix: string;
   readonly progressIntervalMs: number;
+  /** See {@link RegistryOptions.allowForeignMetricsAddress}: default false. */
+  readonly allowForeignMetricsAddress: boolean;
   readonly logger: Logger;
   readonly metricsRegistry: Registry;
   /** Deadline of unary etcd requests: 5000 ms. */
@@ -97,6 +104,7 @@ export function resolveRegistryOptions(options: RegistryOptions): ResolvedRegist
     etcdEndpoints: Object.freeze([...options.etcdEndpoints]),
     prefix,
     progressIntervalMs,
+    allowForeignMetricsAddress: options.allowForeignMetricsAddress ?? false,
     logger: options.logger ?? pino({ level: "silent" }),
     metricsRegistry: options.metricsRegistry ?? new Registry(),
     etcdRequestTimeoutMs: 5000,

@@ -26,6 +26,10 @@ export function registryCommand(program: Command): void {
       process.env["LEASEHOLD_ADMIN_LISTEN"] ?? "127.0.0.1:7101",
     )
     .option("--prefix <prefix>", "etcd key prefix", process.env["LEASEHOLD_PREFIX"] ?? "/leasehold/")
+    .option(
+      "--allow-foreign-metrics-address",
+      "accept a metrics_address on another host than the instance's address (listed for Prometheus)",
+    )
     .action(async (flags: RegistryFlags) => {
       const { runRegistry } = await import("../registry/run-registry.js");
       await runRegistry(flags);

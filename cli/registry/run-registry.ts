@@ -9,6 +9,7 @@ export interface RegistryFlags {
   etcd: string[];
   adminListen: string;
   prefix: string;
+  allowForeignMetricsAddress?: boolean;
 }
 
 /** A registry that cannot start because etcd cannot be read: one line, exit status 1. */
@@ -31,6 +32,7 @@ export async function runRegistry(flags: RegistryFlags): Promise<void> {
       adminListen: flags.adminListen,
       etcdEndpoints: flags.etcd,
       prefix: flags.prefix,
+      allowForeignMetricsAddress: flags.allowForeignMetricsAddress === true,
       logger,
     });
   } catch (error) {

@@ -21,6 +21,7 @@ import {
   validateUpdate,
   validateWatch,
   type Validated,
+  type ValidationOptions,
 } from "./validation.js";
 
 /** What the handlers need. */
@@ -29,6 +30,8 @@ export interface RegistryServiceDeps {
   readonly hub: WatchHub;
   readonly metrics: RegistryMetrics;
   readonly logger: Logger;
+  /** Operator choices that loosen validation; default none. */
+  readonly validation?: ValidationOptions;
   /** Clock for `registered_at`; default `() => new Date()`. */
   readonly now?: () => Date;
 }
@@ -80,7 +83,7 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
     register: unary("Register", async (request, scope) => {
       try {
         const { instance, ttlSeconds, registrationId } = valueOf(
-          validateRegister(request, now().toISOString()),
+          validateRegister(request, now().toISOString(), deps.validation),
         );
         const registrationHash =
           registrationId === undefined ? undefined : hashRegistrationId(registrationId);
