@@ -13,6 +13,7 @@ import { hashRegistrationId, type EtcdStore, type RequestScope } from "../store/
 import type { WatchHub } from "../watch/watch-hub.js";
 import type { WatchSink } from "../watch/watch-subscription.js";
 import { toServiceError } from "./grpc-status.js";
+import { getServicePage, type ServicePageSources } from "./service-pages.js";
 import {
   applyChange,
   validateDeregister,
@@ -57,6 +58,11 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
   const principal = ANONYMOUS_PRINCIPAL;
   const now = deps.now ?? (() => new Date());
   const keepAliveStreams = new Set<(error: RegistryError) => void>();
+  const pageSources: ServicePageSources = {
+    revision: () => hub.revision,
+    cached: (service) => hub.sortedInstances(service),
+    readPage: (...args) => store.readServicePage(...args),
+  };
 
   const fail = (method: string, error: unknown) => {
     const normalised = RegistryError.from(error);
@@ -201,9 +207,9 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
       return { revision };
     }),
 
-    getService: unary("GetService", (request) => {
+    getService: unary("GetService", async (request, scope) => {
       const service = valueOf(validateServiceName(request.service));
-      return Promise.resolve({ instances: hub.instances(service), revision: String(hub.revision) });
+      return await getServicePage(service, request, pageSources, scope);
     }),
 
     listServices: unary("ListServices", () =>
@@ -243,7 +249,11 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
         return;
       }
       hub
-        .subscribe(sink, request.value, abort.signal)
+        .subscribe(
+          sink,
+          { ...request.value, splitSnapshots: call.request.splitSnapshots === true },
+          abort.signal,
+        )
         .catch((error: unknown) => sink.end(RegistryError.from(error)));
     },
   };

@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { Etcd3, Range, type IKeyValue } from "etcd3";
+import { Etcd3, Range, type IKeyValue, type IRangeRequest, type IRangeResponse } from "etcd3";
 import { noop } from "cockatiel";
 import type { Logger } from "pino";
 import type { Instance, InstanceKey } from "../../proto/gen/leasehold/registry/v1/registry.js";
@@ -11,10 +11,12 @@ import {
   InstanceKeys,
   decodeInstance,
   encodeInstance,
+  instanceBytes,
   ownerOf,
   type InstanceOwner,
 } from "./instance-codec.js";
 import { LeaseKeepAlive, RENEWAL_TIMEOUT_MS } from "./lease-keep-alive.js";
+import { rangeInPages } from "./paged-range.js";
 import {
   ServicesWatch,
   type InstanceList,
@@ -73,6 +75,37 @@ export interface RequestScope {
 /** Fenced updates and deletes retry this many times when the key changes between read and write. */
 const UPDATE_ATTEMPTS = 3;
 
+/**
+ * Largest message the registry's etcd client accepts, in bytes (64 MiB; grpc-js defaults to
+ * 4 MiB). Reads of the prefix are paged ({@link ETCD_PAGE_KEYS}), so this bounds one page and
+ * one watch response, not the membership.
+ */
+export const ETCD_MAX_RECEIVE_BYTES = 64 << 20;
+
+/**
+ * Keys of the first etcd Range page when the registry lists the prefix, and of every page of a
+ * GetService read. Leasehold values are at most ~6 KiB (4 KiB of metadata plus the other fields),
+ * so such a page stays under ~3 MiB; 64 MiB leaves room for foreign values of up to ~128 KiB each.
+ */
+export const ETCD_PAGE_KEYS = 500;
+
+/**
+ * Later pages of a prefix listing are sized to about this many bytes (8 MiB) from the previous
+ * page's average key and value size, at most 10,000 keys: fewer round trips for a large
+ * membership (about 28 pages for 50,000 instances with 4 KiB of metadata), still far under
+ * {@link ETCD_MAX_RECEIVE_BYTES}.
+ */
+const ETCD_LIST_PAGE_BYTES = 8 << 20;
+
+/** One page of a service's instances read from etcd: see {@link EtcdStore.readServicePage}. */
+export interface ServicePage {
+  readonly instances: readonly Instance[];
+  /** Instance id of the last key examined (well-formed or not); resume after it. */
+  readonly lastInstanceId: string | undefined;
+  /** True when keys after `lastInstanceId` remain at that revision. */
+  readonly hasMore: boolean;
+}
+
 /** Register's read–write loop retries this many times when the key changes in between. */
 const REGISTER_ATTEMPTS = 3;
 
@@ -101,7 +134,13 @@ export class EtcdStore {
       // Without pings a stalled etcd is invisible to watchers and keepalive streams. etcd refuses
       // pings more often than every 5 s (--grpc-keepalive-min-time), so 6 s leaves a margin; a
       // connection that misses a ping answer for 3 s is dropped and redialled.
-      grpcOptions: { "grpc.keepalive_time_ms": 6_000, "grpc.keepalive_timeout_ms": 3_000 },
+      // A receive limit set on purpose (see ETCD_MAX_RECEIVE_BYTES): grpc-js's 4 MiB default made the
+      // registry unable to start or re-list once etcd held more than 4 MiB of instances.
+      grpcOptions: {
+        "grpc.keepalive_time_ms": 6_000,
+        "grpc.keepalive_timeout_ms": 3_000,
+        "grpc.max_receive_message_length": ETCD_MAX_RECEIVE_BYTES,
+      },
       defaultCallOptions: (context) =>
         context.isStream ? {} : { deadline: Date.now() + options.requestTimeoutMs },
       faultHandling: {
@@ -428,12 +467,68 @@ export class EtcdStore {
   async listAt(revision: bigint, service: string | undefined): Promise<readonly Instance[] | undefined> {
     const prefix = service === undefined ? this.keys.servicesPrefix : this.keys.servicePrefix(service);
     try {
-      const range = await this.#time("range", () =>
-        this.#client.getAll().prefix(prefix).revision(String(revision)).exec(),
-      );
-      return this.#decodeAll(range.kvs);
+      return (await this.#listPaged(prefix, revision)).instances;
     } catch (error) {
       if (isCompactedError(error)) return undefined;
+      if (isFutureRevisionError(error)) {
+        throw new RegistryError("out_of_range", `revision ${revision} is ahead of etcd`, { cause: error });
+      }
+      throw fromEtcdError(error);
+    }
+  }
+
+  /**
+   * Reads the instances of `service` at `revision` after instance id `afterInstanceId`, in key
+   * order, until `maxInstances` instances or `maxBytes` (by {@link instanceBytes}; at least one
+   * instance) are reached. Paged etcd reads of at most {@link ETCD_PAGE_KEYS} keys each.
+   * @throws RegistryError `aborted` when etcd compacted `revision` (the listing must start again),
+   * `out_of_range` for a revision etcd has not reached, `unavailable`.
+   */
+  async readServicePage(
+    service: string,
+    revision: bigint,
+    afterInstanceId: string | undefined,
+    maxInstances: number,
+    maxBytes: number,
+    scope: RequestScope = {},
+  ): Promise<ServicePage> {
+    const prefix = this.keys.servicePrefix(service);
+    const range = Range.prefix(prefix);
+    const instances: Instance[] = [];
+    let bytes = 0;
+    let lastInstanceId = afterInstanceId;
+    try {
+      const pages = rangeInPages((request) => this.#range(request, scope), {
+        start: range.start,
+        end: range.end,
+        pageKeys: Math.min(ETCD_PAGE_KEYS, maxInstances + 1),
+        revision,
+        after: afterInstanceId === undefined ? undefined : Buffer.from(prefix + afterInstanceId),
+      });
+      for await (const page of pages) {
+        for (const kv of page.kvs) {
+          const key = this.keys.parse(kv.key.toString());
+          const instance = key && decodeInstance(key, kv.value.toString(), kv.mod_revision);
+          if (instance !== undefined) {
+            const size = instanceBytes(instance);
+            if (instances.length >= maxInstances || (instances.length > 0 && bytes + size > maxBytes)) {
+              return { instances, lastInstanceId, hasMore: true };
+            }
+            instances.push(instance);
+            bytes += size;
+          }
+          lastInstanceId = kv.key.toString().slice(prefix.length);
+        }
+      }
+      return { instances, lastInstanceId, hasMore: false };
+    } catch (error) {
+      if (isCompactedError(error)) {
+        throw new RegistryError(
+          "aborted",
+          `revision ${revision} of this listing was compacted by etcd; list again without page_token`,
+          { cause: error },
+        );
+      }
       if (isFutureRevisionError(error)) {
         throw new RegistryError("out_of_range", `revision ${revision} is ahead of etcd`, { cause: error });
       }
@@ -481,15 +576,35 @@ export class EtcdStore {
     this.#client.close();
   }
 
-  async #listAll(): Promise<InstanceList> {
-    const range = await this.#time("range", () =>
-      this.#client.getAll().prefix(this.keys.servicesPrefix).exec(),
-    );
-    return {
-      instances: this.#decodeAll(range.kvs),
-      revision: BigInt(range.header.revision),
-      keyCount: Number(range.count),
-    };
+  #listAll(): Promise<InstanceList> {
+    return this.#listPaged(this.keys.servicesPrefix, undefined);
+  }
+
+  /**
+   * Every instance under `prefix` at `revision` (undefined: now), read in pages at one revision
+   * ({@link ETCD_PAGE_KEYS} keys first, then about 8 MiB each), decoding each page before reading the next.
+   */
+  async #listPaged(prefix: string, revision: bigint | undefined): Promise<InstanceList> {
+    const range = Range.prefix(prefix);
+    const instances: Instance[] = [];
+    let listed: { revision: bigint; keyCount: number } | undefined;
+    const pages = rangeInPages((request) => this.#range(request, {}), {
+      start: range.start,
+      end: range.end,
+      pageKeys: ETCD_PAGE_KEYS,
+      targetPageBytes: ETCD_LIST_PAGE_BYTES,
+      revision,
+    });
+    for await (const page of pages) {
+      listed ??= { revision: page.revision, keyCount: page.count };
+      for (const instance of this.#decodeAll(page.kvs)) instances.push(instance);
+    }
+    return { instances, revision: listed?.revision ?? 0n, keyCount: listed?.keyCount ?? 0 };
+  }
+
+  /** One etcd Range with the caller's deadline (or the request timeout), timed as `range`. */
+  #range(request: IRangeRequest, scope: RequestScope): Promise<IRangeResponse> {
+    return this.#time("range", () => this.#client.kv.range(request, this.#callOptions(scope)));
   }
 
   /**

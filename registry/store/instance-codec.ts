@@ -151,3 +151,29 @@ function isStringRecord(value: unknown): value is Record<string, string> {
     Object.values(value).every((entry) => typeof entry === "string")
   );
 }
+
+const instanceSizes = new WeakMap<Instance, number>();
+
+/**
+ * An upper bound of an instance's protobuf encoding in bytes (UTF-8 lengths of its strings plus
+ * generous per-field and per-metadata-entry overhead), computed once per instance object: cheaper
+ * than encoding, and never below the real size, so budgets built on it hold.
+ */
+export function instanceBytes(instance: Instance): number {
+  let bytes = instanceSizes.get(instance);
+  if (bytes === undefined) {
+    bytes =
+      96 +
+      Buffer.byteLength(instance.service) +
+      Buffer.byteLength(instance.instanceId) +
+      Buffer.byteLength(instance.address) +
+      Buffer.byteLength(instance.zone) +
+      Buffer.byteLength(instance.registeredAt) +
+      Buffer.byteLength(instance.metricsAddress);
+    for (const [key, value] of Object.entries(instance.metadata)) {
+      bytes += 12 + Buffer.byteLength(key) + Buffer.byteLength(value);
+    }
+    instanceSizes.set(instance, bytes);
+  }
+  return bytes;
+}

@@ -208,11 +208,32 @@ export interface DeregisterResponse {
 
 export interface GetServiceRequest {
   service: string;
+  /**
+   * Most instances in one response; 0 means as many as fit the registry's response budget
+   * (about 3 MiB, so every response stays under grpc's default 4 MiB receive limit). Larger values
+   * are lowered to 5000, and a page never exceeds the budget whatever page_size says.
+   */
+  pageSize?: number | undefined;
+  /**
+   * next_page_token of the previous response, to read the next page; empty reads the first.
+   * Every page of one listing is read at the first page's revision; once etcd compacted it the
+   * call fails with ABORTED and the listing must start again without a token.
+   * (`optional` on these request fields only so that existing TypeScript callers need not set
+   * them; on the wire they are plain fields.)
+   */
+  pageToken?: string | undefined;
 }
 
 export interface GetServiceResponse {
+  /** Sorted by instance_id. */
   instances: Instance[];
+  /** The revision every page of this listing is read at. */
   revision: string;
+  /**
+   * Opaque token of the next page; empty on the last page. A client that ignores it sees only
+   * the first page of a service larger than the response budget.
+   */
+  nextPageToken: string;
 }
 
 export interface ListServicesRequest {}
@@ -235,6 +256,12 @@ export interface WatchRequest {
   service: string;
   /** Resume after this revision (the last one applied); 0 starts with a snapshot. */
   startRevision: string;
+  /**
+   * Split a snapshot over several Snapshot messages, each under the registry's message budget
+   * (about 1 MiB); every one but the last has has_more set. False sends one Snapshot message,
+   * which a client cannot receive once it passes its receive limit (grpc's default is 4 MiB).
+   */
+  splitSnapshots?: boolean | undefined;
 }
 
 /** Snapshot is the full membership at a revision. */
@@ -245,6 +272,12 @@ export interface Snapshot {
   reset: boolean;
   /** When the registry read this membership (Unix ms, registry clock), for propagation lag. */
   observedAtUnixMs: string;
+  /**
+   * More Snapshot messages of this same snapshot follow (only with split_snapshots): the caller
+   * applies the snapshot once a message without has_more arrives. Every part carries the same
+   * revision, reset and observed_at_unix_ms; the parts together list each instance once.
+   */
+  hasMore: boolean;
 }
 
 /** Delta is every change of one etcd revision. */
@@ -2113,13 +2146,19 @@ export const DeregisterResponse: MessageFns<DeregisterResponse> = {
 };
 
 function createBaseGetServiceRequest(): GetServiceRequest {
-  return { service: "" };
+  return { service: "", pageSize: undefined, pageToken: undefined };
 }
 
 export const GetServiceRequest: MessageFns<GetServiceRequest> = {
   encode(message: GetServiceRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.service !== "") {
       writer.uint32(10).string(message.service);
+    }
+    if (message.pageSize !== undefined) {
+      writer.uint32(16).int32(message.pageSize);
+    }
+    if (message.pageToken !== undefined) {
+      writer.uint32(26).string(message.pageToken);
     }
     return writer;
   },
@@ -2145,6 +2184,22 @@ export const GetServiceRequest: MessageFns<GetServiceRequest> = {
             message.service = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.pageSize = reader.int32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2158,13 +2213,31 @@ export const GetServiceRequest: MessageFns<GetServiceRequest> = {
   },
 
   fromJSON(object: any): GetServiceRequest {
-    return { service: isSet(object.service) ? globalThis.String(object.service) : "" };
+    return {
+      service: isSet(object.service) ? globalThis.String(object.service) : "",
+      pageSize: isSet(object.pageSize)
+        ? globalThis.Number(object.pageSize)
+        : isSet(object.page_size)
+          ? globalThis.Number(object.page_size)
+          : undefined,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+          ? globalThis.String(object.page_token)
+          : undefined,
+    };
   },
 
   toJSON(message: GetServiceRequest): unknown {
     const obj: any = {};
     if (message.service !== "") {
       obj.service = message.service;
+    }
+    if (message.pageSize !== undefined) {
+      obj.pageSize = Math.round(message.pageSize);
+    }
+    if (message.pageToken !== undefined) {
+      obj.pageToken = message.pageToken;
     }
     return obj;
   },
@@ -2175,12 +2248,14 @@ export const GetServiceRequest: MessageFns<GetServiceRequest> = {
   fromPartial<I extends Exact<DeepPartial<GetServiceRequest>, I>>(object: I): GetServiceRequest {
     const message = createBaseGetServiceRequest();
     message.service = object.service ?? "";
+    message.pageSize = object.pageSize ?? undefined;
+    message.pageToken = object.pageToken ?? undefined;
     return message;
   },
 };
 
 function createBaseGetServiceResponse(): GetServiceResponse {
-  return { instances: [], revision: "0" };
+  return { instances: [], revision: "0", nextPageToken: "" };
 }
 
 export const GetServiceResponse: MessageFns<GetServiceResponse> = {
@@ -2190,6 +2265,9 @@ export const GetServiceResponse: MessageFns<GetServiceResponse> = {
     }
     if (message.revision !== "0") {
       writer.uint32(16).int64(message.revision);
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(26).string(message.nextPageToken);
     }
     return writer;
   },
@@ -2223,6 +2301,14 @@ export const GetServiceResponse: MessageFns<GetServiceResponse> = {
             message.revision = reader.int64().toString();
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2241,6 +2327,11 @@ export const GetServiceResponse: MessageFns<GetServiceResponse> = {
         ? object.instances.map((e: any) => Instance.fromJSON(e))
         : [],
       revision: isSet(object.revision) ? globalThis.String(object.revision) : "0",
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+          ? globalThis.String(object.next_page_token)
+          : "",
     };
   },
 
@@ -2252,6 +2343,9 @@ export const GetServiceResponse: MessageFns<GetServiceResponse> = {
     if (message.revision !== "0") {
       obj.revision = message.revision;
     }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
+    }
     return obj;
   },
 
@@ -2262,6 +2356,7 @@ export const GetServiceResponse: MessageFns<GetServiceResponse> = {
     const message = createBaseGetServiceResponse();
     message.instances = object.instances?.map((e) => Instance.fromPartial(e)) || [];
     message.revision = object.revision ?? "0";
+    message.nextPageToken = object.nextPageToken ?? "";
     return message;
   },
 };
@@ -2523,7 +2618,7 @@ export const ListServicesResponse: MessageFns<ListServicesResponse> = {
 };
 
 function createBaseWatchRequest(): WatchRequest {
-  return { service: "", startRevision: "0" };
+  return { service: "", startRevision: "0", splitSnapshots: undefined };
 }
 
 export const WatchRequest: MessageFns<WatchRequest> = {
@@ -2533,6 +2628,9 @@ export const WatchRequest: MessageFns<WatchRequest> = {
     }
     if (message.startRevision !== "0") {
       writer.uint32(16).int64(message.startRevision);
+    }
+    if (message.splitSnapshots !== undefined) {
+      writer.uint32(24).bool(message.splitSnapshots);
     }
     return writer;
   },
@@ -2566,6 +2664,14 @@ export const WatchRequest: MessageFns<WatchRequest> = {
             message.startRevision = reader.int64().toString();
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.splitSnapshots = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2586,6 +2692,11 @@ export const WatchRequest: MessageFns<WatchRequest> = {
         : isSet(object.start_revision)
           ? globalThis.String(object.start_revision)
           : "0",
+      splitSnapshots: isSet(object.splitSnapshots)
+        ? globalThis.Boolean(object.splitSnapshots)
+        : isSet(object.split_snapshots)
+          ? globalThis.Boolean(object.split_snapshots)
+          : undefined,
     };
   },
 
@@ -2597,6 +2708,9 @@ export const WatchRequest: MessageFns<WatchRequest> = {
     if (message.startRevision !== "0") {
       obj.startRevision = message.startRevision;
     }
+    if (message.splitSnapshots !== undefined) {
+      obj.splitSnapshots = message.splitSnapshots;
+    }
     return obj;
   },
 
@@ -2607,12 +2721,13 @@ export const WatchRequest: MessageFns<WatchRequest> = {
     const message = createBaseWatchRequest();
     message.service = object.service ?? "";
     message.startRevision = object.startRevision ?? "0";
+    message.splitSnapshots = object.splitSnapshots ?? undefined;
     return message;
   },
 };
 
 function createBaseSnapshot(): Snapshot {
-  return { instances: [], revision: "0", reset: false, observedAtUnixMs: "0" };
+  return { instances: [], revision: "0", reset: false, observedAtUnixMs: "0", hasMore: false };
 }
 
 export const Snapshot: MessageFns<Snapshot> = {
@@ -2628,6 +2743,9 @@ export const Snapshot: MessageFns<Snapshot> = {
     }
     if (message.observedAtUnixMs !== "0") {
       writer.uint32(32).int64(message.observedAtUnixMs);
+    }
+    if (message.hasMore !== false) {
+      writer.uint32(40).bool(message.hasMore);
     }
     return writer;
   },
@@ -2677,6 +2795,14 @@ export const Snapshot: MessageFns<Snapshot> = {
             message.observedAtUnixMs = reader.int64().toString();
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.hasMore = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2701,6 +2827,11 @@ export const Snapshot: MessageFns<Snapshot> = {
         : isSet(object.observed_at_unix_ms)
           ? globalThis.String(object.observed_at_unix_ms)
           : "0",
+      hasMore: isSet(object.hasMore)
+        ? globalThis.Boolean(object.hasMore)
+        : isSet(object.has_more)
+          ? globalThis.Boolean(object.has_more)
+          : false,
     };
   },
 
@@ -2718,6 +2849,9 @@ export const Snapshot: MessageFns<Snapshot> = {
     if (message.observedAtUnixMs !== "0") {
       obj.observedAtUnixMs = message.observedAtUnixMs;
     }
+    if (message.hasMore !== false) {
+      obj.hasMore = message.hasMore;
+    }
     return obj;
   },
 
@@ -2730,6 +2864,7 @@ export const Snapshot: MessageFns<Snapshot> = {
     message.revision = object.revision ?? "0";
     message.reset = object.reset ?? false;
     message.observedAtUnixMs = object.observedAtUnixMs ?? "0";
+    message.hasMore = object.hasMore ?? false;
     return message;
   },
 };
