@@ -119,7 +119,6 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
     }),
 
     keepAlive: (call: ServerDuplexStream<KeepAliveRequest, KeepAliveResponse>) => {
-      const keepAlive = store.openKeepAlive();
       // Leases this stream proved it owns (lease id → token hash); a lease is renewed only once
       // etcd confirmed the pair, then without asking again (a deregistered lease is revoked, so
       // its renewal answers NOT_FOUND anyway).
@@ -131,7 +130,6 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
         if (isEnded) return;
         isEnded = true;
         keepAliveStreams.delete(end);
-        keepAlive.close();
         if (error === undefined) call.end();
         else call.emit("error", fail("KeepAlive", error));
       };
@@ -168,7 +166,7 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
               provenLeases.set(leaseId, fence.tokenHash);
             }
             if (isEnded) return;
-            const ttlSeconds = await keepAlive.renew(leaseId);
+            const ttlSeconds = await store.renewLease(leaseId);
             if (isEnded) return;
             if (ttlSeconds <= 0) {
               end(
@@ -189,7 +187,6 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
       call.on("cancelled", () => {
         isEnded = true;
         keepAliveStreams.delete(end);
-        keepAlive.close();
       });
       call.on("error", (error) => logger.debug({ err: error }, "keepalive stream error"));
     },

@@ -123,6 +123,7 @@ export class EtcdStore {
   readonly #client: Etcd3;
   readonly #options: EtcdStoreOptions;
   readonly #unavailable: UnavailableEpisodes;
+  readonly #keepAlive: LeaseKeepAlive;
 
   /** Creates the client; etcd3 connects lazily on the first request. */
   constructor(options: EtcdStoreOptions) {
@@ -150,6 +151,7 @@ export class EtcdStore {
         watchBackoff: cappedBackoff(100, 1000),
       },
     });
+    this.#keepAlive = new LeaseKeepAlive(this.#client.leaseClient, options.metrics, this.#unavailable);
   }
 
   /**
@@ -454,9 +456,14 @@ export class EtcdStore {
     }
   }
 
-  /** Opens a keepalive channel for one caller stream; see {@link LeaseKeepAlive}. */
-  openKeepAlive(): LeaseKeepAlive {
-    return new LeaseKeepAlive(this.#client.leaseClient, this.#options.metrics, this.#unavailable);
+  /**
+   * Renews `leaseId` (decimal) once, over the registry's one shared etcd keepalive stream
+   * ({@link LeaseKeepAlive}).
+   * @returns the remaining TTL in seconds; `0` when the lease no longer exists.
+   * @throws RegistryError `unavailable` when etcd does not answer within {@link RENEWAL_TIMEOUT_MS}.
+   */
+  renewLease(leaseId: string): Promise<number> {
+    return this.#keepAlive.renew(leaseId);
   }
 
   /**
@@ -573,6 +580,7 @@ export class EtcdStore {
 
   /** Closes the etcd client (watches must be closed first). Idempotent. */
   close(): void {
+    this.#keepAlive.close();
     this.#client.close();
   }
 
