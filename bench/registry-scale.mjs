@@ -10,7 +10,9 @@
 //   node --import tsx bench/registry-scale.mjs [--instances 10000 --watchers 1000 --ttl 10
 //     --hold-seconds 25 --runs 1 --registry-root DIR --out bench/results]
 //
-// --registry-root runs another checkout's registry (e.g. /work/main) for a before/after figure.
+// --registry-root runs another checkout's registry (e.g. /work/main) for a before/after figure;
+// --registry-node-options gives the registry NODE_OPTIONS (e.g. "--cpu-prof --cpu-prof-dir=/tmp/p"
+// or "--heapsnapshot-signal=SIGUSR2" with LEASEHOLD_BENCH_SIGNAL_AT_END=SIGUSR2).
 // Not part of `npm run bench` (minutes long, and ~1.5 GB of memory between the processes).
 import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
@@ -32,6 +34,7 @@ const { values } = parseArgs({
     runs: { type: "string", default: "1" },
     "registry-root": { type: "string", default: root },
     out: { type: "string" },
+    "registry-node-options": { type: "string" },
   },
 });
 const instances = Number(values.instances);
@@ -65,7 +68,10 @@ async function runOnce() {
       `--admin-listen=127.0.0.1:${adminPort}`,
       `--etcd=${etcd.endpoint}`,
     ],
-    { stdio: ["ignore", "ignore", "pipe"] },
+    {
+      stdio: ["ignore", "ignore", "pipe"],
+      env: { ...process.env, NODE_OPTIONS: values["registry-node-options"] ?? process.env.NODE_OPTIONS ?? "" },
+    },
   );
   const logLevels = {};
   let logTail = "";
@@ -100,6 +106,10 @@ async function runOnce() {
     const afterRegister = processUsage(registry.pid);
     await sleep(holdSeconds * 1000);
     const end = processUsage(registry.pid);
+    if (process.env.LEASEHOLD_BENCH_SIGNAL_AT_END) {
+      registry.kill(process.env.LEASEHOLD_BENCH_SIGNAL_AT_END);
+      await sleep(Number(process.env.LEASEHOLD_BENCH_SIGNAL_WAIT_MS ?? 20_000));
+    }
     clearInterval(sampler);
     peakRssBytes = Math.max(peakRssBytes, end.rssBytes);
     const counts = load.counts();
