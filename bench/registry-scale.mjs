@@ -11,7 +11,7 @@
 //     --hold-seconds 25 --runs 1 --registry-root DIR --out bench/results]
 //
 // --registry-root runs another checkout's registry (e.g. /work/main) for a before/after figure;
-// --registry-node-options gives the registry NODE_OPTIONS (e.g. "--cpu-prof --cpu-prof-dir=/tmp/p"
+// --registry-node-args gives the registry node flags (e.g. "--cpu-prof --cpu-prof-dir=/tmp/p"
 // or "--heapsnapshot-signal=SIGUSR2" with LEASEHOLD_BENCH_SIGNAL_AT_END=SIGUSR2).
 // Not part of `npm run bench` (minutes long, and ~1.5 GB of memory between the processes).
 import { spawn } from "node:child_process";
@@ -34,7 +34,7 @@ const { values } = parseArgs({
     runs: { type: "string", default: "1" },
     "registry-root": { type: "string", default: root },
     out: { type: "string" },
-    "registry-node-options": { type: "string" },
+    "registry-node-args": { type: "string", default: "" },
   },
 });
 const instances = Number(values.instances);
@@ -62,6 +62,7 @@ async function runOnce() {
   const registry = spawn(
     process.execPath,
     [
+      ...values["registry-node-args"].split(" ").filter(Boolean),
       join(registryRoot, "leasehold.mjs"),
       "registry",
       `--listen=127.0.0.1:${port}`,
@@ -70,7 +71,6 @@ async function runOnce() {
     ],
     {
       stdio: ["ignore", "ignore", "pipe"],
-      env: { ...process.env, NODE_OPTIONS: values["registry-node-options"] ?? process.env.NODE_OPTIONS ?? "" },
     },
   );
   const logLevels = {};

@@ -15,6 +15,7 @@ import {
   ownerOf,
   type InstanceOwner,
 } from "./instance-codec.js";
+import { KeyCreates } from "./key-creates.js";
 import { LeaseKeepAlive, RENEWAL_TIMEOUT_MS } from "./lease-keep-alive.js";
 import { rangeInPages } from "./paged-range.js";
 import {
@@ -66,8 +67,8 @@ export interface InstanceFence {
 
 /** The caller of one request: when it stops waiting. */
 export interface RequestScope {
-  /** Aborts when the caller has gone (cancelled, or its deadline passed). */
-  readonly signal?: AbortSignal | undefined;
+  /** True once the caller has gone (cancelled, or its connection broke). */
+  readonly isCancelled?: (() => boolean) | undefined;
   /** The caller's deadline, Unix ms; etcd requests never outlive it. */
   readonly deadlineMs?: number | undefined;
 }
@@ -124,6 +125,7 @@ export class EtcdStore {
   readonly #options: EtcdStoreOptions;
   readonly #unavailable: UnavailableEpisodes;
   readonly #keepAlive: LeaseKeepAlive;
+  readonly #creates: KeyCreates;
 
   /** Creates the client; etcd3 connects lazily on the first request. */
   constructor(options: EtcdStoreOptions) {
@@ -151,6 +153,11 @@ export class EtcdStore {
         watchBackoff: cappedBackoff(100, 1000),
       },
     });
+    this.#creates = new KeyCreates(
+      (request) => this.#time("txn", request),
+      this.#client,
+      (scope) => this.#callOptions(scope),
+    );
     this.#keepAlive = new LeaseKeepAlive(this.#client.leaseClient, options.metrics, this.#unavailable);
   }
 
@@ -268,24 +275,16 @@ export class EtcdStore {
     const stored: Instance = { ...instance, ttlSeconds: String(grantedTtlSeconds) };
     try {
       checkCaller(scope);
-      const txn = await this.#time("txn", () =>
-        this.#client
-          .if(key, "Create", "==", 0)
-          .then(this.#client.put(key).value(encodeInstance(stored, owner)).lease(lease.ID))
-          .else(this.#client.get(key))
-          .options(this.#callOptions(scope))
-          .commit(),
-      );
-      if (!txn.succeeded) {
+      const created = await this.#creates.create(key, encodeInstance(stored, owner), lease.ID, scope);
+      if ("held" in created) {
         await this.#revoke(lease.ID);
-        const held = txn.responses[0]?.response_range.kvs[0];
-        if (held === undefined) throw alreadyExists(instance); // deleted meanwhile: the caller retries
-        return { held };
+        if (created.held === undefined) throw alreadyExists(instance); // deleted meanwhile: the caller retries
+        return { held: created.held };
       }
       // The caller left while the key was written: nobody will keep the lease alive, so the key
       // would block the instance until the TTL runs out. Revoke it now.
       checkCaller(scope);
-      const revision = txn.header.revision;
+      const { revision } = created;
       return {
         leaseId: lease.ID,
         ttlSeconds: grantedTtlSeconds,
@@ -707,7 +706,7 @@ function cappedBackoff(initialMs: number, maxMs: number, attempt = 0) {
 
 /** Throws when the caller of a request has gone: nothing more is done on its behalf. */
 function checkCaller(scope: RequestScope): void {
-  if (scope.signal?.aborted === true || (scope.deadlineMs !== undefined && Date.now() >= scope.deadlineMs)) {
+  if (scope.isCancelled?.() === true || (scope.deadlineMs !== undefined && Date.now() >= scope.deadlineMs)) {
     const isDeadline = scope.deadlineMs !== undefined && Date.now() >= scope.deadlineMs;
     throw new RegistryError(
       isDeadline ? "deadline_exceeded" : "cancelled",
