@@ -106,6 +106,15 @@ async function runOnce() {
     const afterRegister = processUsage(registry.pid);
     await sleep(holdSeconds * 1000);
     const end = processUsage(registry.pid);
+    // Where the registry's memory is, from its own process metrics (prom-client defaults).
+    const metrics = await fetch(`http://127.0.0.1:${adminPort}/metrics`).then((response) => response.text());
+    const gauge = (name) =>
+      Math.round(Number(new RegExp(`^${name} (\\S+)$`, "m").exec(metrics)?.[1] ?? NaN) / 2 ** 20);
+    const registryMemoryMb = {
+      heapUsed: gauge("nodejs_heap_size_used_bytes"),
+      heapTotal: gauge("nodejs_heap_size_total_bytes"),
+      external: gauge("nodejs_external_memory_bytes"),
+    };
     if (process.env.LEASEHOLD_BENCH_SIGNAL_AT_END) {
       registry.kill(process.env.LEASEHOLD_BENCH_SIGNAL_AT_END);
       await sleep(Number(process.env.LEASEHOLD_BENCH_SIGNAL_WAIT_MS ?? 20_000));
@@ -134,6 +143,7 @@ async function runOnce() {
         end: mb(end.rssBytes),
         peak: mb(peakRssBytes),
       },
+      registryMemoryMb,
       registryCpuPercentWhileHolding:
         Math.round(((end.cpuSeconds - afterRegister.cpuSeconds) / holdSeconds) * 1000) / 10,
       registryLogLinesByLevel: logLevels,
@@ -155,7 +165,7 @@ for (let run = 0; run < runs; run += 1) {
     `run ${run + 1}/${runs}: ${instances} instances + ${watchers} Watch streams, TTL ${ttlSeconds} s, held ${holdSeconds} s: ` +
       `lost leases ${result.lostLeases}, keys not held by their lease ${result.keysNotHeldByTheirLease}, ` +
       `KeepAlive errors ${JSON.stringify(result.keepAliveErrors)}, registry RSS peak ${result.registryRssMb.peak} MB ` +
-      `(idle ${result.registryRssMb.idle}, end ${result.registryRssMb.end}), registry CPU ${result.registryCpuPercentWhileHolding} %, ` +
+      `(idle ${result.registryRssMb.idle}, end ${result.registryRssMb.end}; JS heap used ${result.registryMemoryMb.heapUsed} of ${result.registryMemoryMb.heapTotal}, external ${result.registryMemoryMb.external}), registry CPU ${result.registryCpuPercentWhileHolding} %, ` +
       `Register ${result.registerPerSecond}/s`,
   );
 }
