@@ -9,7 +9,7 @@ const INSTANCES = Number(process.env["LEASEHOLD_SCALE_INSTANCES"] ?? 2000);
 const WATCHERS = Number(process.env["LEASEHOLD_SCALE_WATCHERS"] ?? 200);
 const TTL_SECONDS = 3;
 
-test(`${INSTANCES} instances renewing over their own KeepAlive streams with ${WATCHERS} Watch streams open lose no lease over 2 TTLs`, async (t) => {
+test(`${INSTANCES} instances renewing over their own KeepAlive streams with ${WATCHERS} Watch streams open lose no lease over 2 TTLs, renewed over one etcd keepalive stream`, async (t) => {
   t.timeout(120_000);
   const fixture = await startFixtureFor(t);
   const load = await startScaleLoad({
@@ -40,4 +40,10 @@ test(`${INSTANCES} instances renewing over their own KeepAlive streams with ${WA
   );
   const moved = [...load.leases].filter(([key, leaseId]) => held.get(key) !== leaseId);
   t.deepEqual(moved, []);
+
+  // The registry renewed them all over one shared etcd keepalive stream, not one per instance.
+  const etcdMetrics = await (await fetch(`${fixture.etcd.endpoint}/metrics`)).text();
+  const keepAliveStreams =
+    /^grpc_server_started_total\{[^}]*grpc_method="LeaseKeepAlive"[^}]*\} (\d+)$/m.exec(etcdMetrics);
+  t.is(keepAliveStreams?.[1], "1", "LeaseKeepAlive streams etcd started");
 });
