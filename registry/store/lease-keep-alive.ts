@@ -135,7 +135,9 @@ export class LeaseKeepAlive {
         }
         this.#stream = stream;
         stream
-          .on("data", (response) => this.#answer(response))
+          .on("data", (response) => {
+            if (stream === this.#stream) this.#answer(response); // not a replaced stream's late answer
+          })
           .on("error", (error) => this.#streamFailed(stream, error))
           .on("end", () => this.#streamFailed(stream, new Error("etcd ended the keepalive stream")));
         this.#flush();
