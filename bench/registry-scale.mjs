@@ -74,6 +74,7 @@ async function runOnce() {
     },
   );
   const logLevels = {};
+  const warnings = [];
   let logTail = "";
   registry.stderr.setEncoding("utf8").on("data", (chunk) => {
     const lines = (logTail + chunk).split("\n");
@@ -81,6 +82,7 @@ async function runOnce() {
     for (const line of lines) {
       const level = /"level":(\d+)/.exec(line)?.[1] ?? "other";
       logLevels[level] = (logLevels[level] ?? 0) + 1;
+      if (Number(level) >= 40 && warnings.length < 10) warnings.push(line.slice(0, 600));
     }
   });
   let load;
@@ -147,6 +149,7 @@ async function runOnce() {
       registryCpuPercentWhileHolding:
         Math.round(((end.cpuSeconds - afterRegister.cpuSeconds) / holdSeconds) * 1000) / 10,
       registryLogLinesByLevel: logLevels,
+      registryWarnings: warnings,
     };
   } finally {
     load?.close();

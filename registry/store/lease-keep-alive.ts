@@ -33,8 +33,16 @@ interface Renewals {
 }
 
 /**
- * Renews every lease of the registry over ONE shared etcd `LeaseKeepAlive` stream (not one stream
- * per caller: about 50 KB each at 10,000 holders). Renewals asked for in the same event-loop turn
+ * Shared etcd `LeaseKeepAlive` streams of the registry. etcd answers one stream's renewals one
+ * after another, so a few streams (not one) keep renewals flowing when etcd is slow to apply, and
+ * a stream that fails takes only its share of the leases with it.
+ */
+export const KEEPALIVE_STREAMS = 8;
+
+/**
+ * Renews every lease of the registry over {@link KEEPALIVE_STREAMS} shared etcd `LeaseKeepAlive`
+ * streams, a lease always on the same one (by its id), not one stream per caller (about 50 KB each
+ * at 10,000 holders). Renewals asked for in the same event-loop turn
  * are written together, once per lease id (a lease already in flight waits for its answer, then
  * is written again), and etcd's answers are matched by lease id, so each renewal costs O(1). Each
  * holder's message is one renewal: the registry never renews on its own schedule, or a holder that
@@ -45,7 +53,7 @@ interface Renewals {
  * later ones for {@link REOPEN_DELAY_MS}, then the next renewal opens a new stream. Failures are
  * logged once per episode through `episodes`, never per lease.
  */
-export class LeaseKeepAlive {
+class LeaseKeepAliveStream {
   readonly #leaseClient: LeaseClient;
   readonly #metrics: RegistryMetrics;
   readonly #episodes: UnavailableEpisodes;
@@ -211,4 +219,34 @@ export class LeaseKeepAlive {
 function firstSince(renewals: ReadonlyMap<string, Renewals>): number {
   for (const first of renewals.values()) return first.sinceMs;
   return Number.POSITIVE_INFINITY;
+}
+
+/** The registry's keepalive streams, each lease on one of them; see {@link LeaseKeepAliveStream}. */
+export class LeaseKeepAlive {
+  readonly #streams: readonly LeaseKeepAliveStream[];
+
+  /** No I/O: each etcd stream opens on its first renewal. */
+  constructor(leaseClient: LeaseClient, metrics: RegistryMetrics, episodes: UnavailableEpisodes) {
+    this.#streams = Array.from(
+      { length: KEEPALIVE_STREAMS },
+      () => new LeaseKeepAliveStream(leaseClient, metrics, episodes),
+    );
+  }
+
+  /**
+   * Renews `leaseId` (decimal) once, on the stream its id picks.
+   * @returns the remaining TTL in seconds as etcd reports it; `0` when the lease no longer exists.
+   * @throws RegistryError `unavailable` when that etcd stream failed, did not answer within
+   * {@link RENEWAL_TIMEOUT_MS}, or was closed.
+   */
+  renew(leaseId: string): Promise<number> {
+    // The last two decimal digits of the id: etcd's ids differ there from one grant to the next.
+    const digits = Number(leaseId.slice(-2));
+    return this.#streams[(Number.isFinite(digits) ? digits : 0) % KEEPALIVE_STREAMS]!.renew(leaseId);
+  }
+
+  /** Ends every etcd stream; pending renewals reject with `unavailable`. Idempotent. */
+  close(): void {
+    for (const stream of this.#streams) stream.close();
+  }
 }

@@ -40,7 +40,7 @@ export interface ScaleLoadCounts {
    * NOT_FOUND or TTL 0, or went a whole TTL without a successful renewal. Each counted once.
    */
   readonly lostLeases: number;
-  /** KeepAlive streams that ended with a status, by gRPC code (UNAVAILABLE included). */
+  /** KeepAlive streams that ended with a status, by gRPC code; one that ended UNAVAILABLE was opened again. */
   readonly keepAliveErrors: Readonly<Record<string, number>>;
   /** The first few KeepAlive errors, `code details`. */
   readonly keepAliveErrorSamples: readonly string[];
@@ -65,8 +65,8 @@ const WATCHES_PER_CHANNEL = 50;
 /**
  * A light in-process load on a registry through its gRPC API: `instances` Registers, then one
  * KeepAlive stream per instance renewing every TTL/3 with its registration token, and `watchers`
- * Watch streams. No registrar machinery (no backoff, no re-registration): a lost lease is counted,
- * not repaired, so the count is what the registry caused.
+ * Watch streams. A KeepAlive stream that ends UNAVAILABLE is opened again, as a registrar does; no
+ * re-registration: a lost lease is counted, not repaired, so the count is what the registry caused.
  */
 export async function startScaleLoad(options: ScaleLoadOptions): Promise<ScaleLoad> {
   const perService = options.instancesPerService ?? 100;
@@ -128,26 +128,45 @@ export async function startScaleLoad(options: ScaleLoadOptions): Promise<ScaleLo
     if (keepAlives > 0 && keepAlives % KEEPALIVES_PER_CHANNEL === 0) keepAliveClient = newClient();
     keepAlives += 1;
     leases.set(`scale-${index % services}/i-${index}`, registration.leaseId);
-    const stream = keepAliveClient.keepAlive();
-    streams.push(stream);
     lastRenewedMs[index] = Date.now();
     const request = { leaseId: registration.leaseId, registrationToken: registration.registrationToken };
-    stream.on("data", (response: KeepAliveResponse) => {
-      renewals += 1;
-      if (Number(response.ttlSeconds) > 0) lastRenewedMs[index] = Date.now();
-      else lost.add(index);
-    });
-    stream.on("error", (error: ServiceError) => {
-      if (isClosed) return;
-      keepAliveErrors[String(error.code)] = (keepAliveErrors[String(error.code)] ?? 0) + 1;
-      if (errorSamples.length < 5) errorSamples.push(`${error.code} ${error.details}`);
-      if (error.code === status.NOT_FOUND) lost.add(index);
-    });
+    const client = keepAliveClient;
+    let stream: ClientDuplexStream<KeepAliveRequest, KeepAliveResponse> | undefined;
+    // As a registrar: a stream that ends UNAVAILABLE is opened again and renewing goes on; only
+    // NOT_FOUND (or a whole TTL without a renewal) loses the lease (DESIGN §4, §11).
+    const open = () => {
+      const opened = client.keepAlive();
+      stream = opened;
+      streams.push(opened);
+      opened.on("data", (response: KeepAliveResponse) => {
+        renewals += 1;
+        if (Number(response.ttlSeconds) > 0) lastRenewedMs[index] = Date.now();
+        else lost.add(index);
+      });
+      opened.on("error", (error: ServiceError) => {
+        if (isClosed) return;
+        keepAliveErrors[String(error.code)] = (keepAliveErrors[String(error.code)] ?? 0) + 1;
+        if (errorSamples.length < 5) errorSamples.push(`${error.code} ${error.details}`);
+        if (error.code === status.NOT_FOUND) lost.add(index);
+        if (error.code === status.UNAVAILABLE) {
+          stream = undefined;
+          clearTimeout(renewTimers[index]);
+          renewTimers[index] = setTimeout(
+            () => {
+              open();
+              renew();
+            },
+            100 + Math.random() * 400,
+          );
+        }
+      });
+    };
     const renew = () => {
-      if (isClosed) return;
+      if (isClosed || stream === undefined) return;
       stream.write(request);
       renewTimers[index] = setTimeout(renew, renewEveryMs);
     };
+    open();
     // Spread the first renewals over one interval, as independently started registrars are.
     renewTimers[index] = setTimeout(renew, Math.random() * renewEveryMs);
   };
