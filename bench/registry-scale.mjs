@@ -75,6 +75,7 @@ async function runOnce() {
   );
   const logLevels = {};
   const warnings = [];
+  let isStopping = false;
   let logTail = "";
   registry.stderr.setEncoding("utf8").on("data", (chunk) => {
     const lines = (logTail + chunk).split("\n");
@@ -82,7 +83,8 @@ async function runOnce() {
     for (const line of lines) {
       const level = /"level":(\d+)/.exec(line)?.[1] ?? "other";
       logLevels[level] = (logLevels[level] ?? 0) + 1;
-      if (Number(level) >= 40 && warnings.length < 10) warnings.push(line.slice(0, 600));
+      if ((Number(level) >= 40 || level === "other") && warnings.length < 10)
+        warnings.push(line.slice(0, 600));
     }
   });
   let load;
@@ -100,8 +102,13 @@ async function runOnce() {
     const idle = processUsage(registry.pid);
     let peakRssBytes = idle.rssBytes;
     const sampler = setInterval(() => {
+      if (registry.exitCode !== null || registry.signalCode !== null) return;
       peakRssBytes = Math.max(peakRssBytes, processUsage(registry.pid).rssBytes);
     }, 250);
+    registry.once("exit", (code, signal) => {
+      if (!isStopping)
+        console.error(`registry exited early: ${code ?? signal}; last lines: ${warnings.join("\n")}`);
+    });
     const registerStartedMs = Date.now();
     load = await startScaleLoad({ address: `127.0.0.1:${port}`, instances, watchers, ttlSeconds });
     const registerSeconds = (Date.now() - registerStartedMs) / 1000;
@@ -154,6 +161,7 @@ async function runOnce() {
   } finally {
     load?.close();
     etcd3.close();
+    isStopping = true;
     registry.kill("SIGTERM");
     await new Promise((resolve) => (registry.exitCode !== null ? resolve() : registry.once("exit", resolve)));
     await etcd.stop();
