@@ -3,7 +3,7 @@
 //   "leasehold"          the balanced client (round_robin, no metrics; client/balancing/),
 //   "leasehold+metrics"  the same with ClientMetrics (prom-client),
 //   "grpc-js"            a stock grpc-js client, built-in round_robin over a static ipv4: target.
-// Command `run VARIANT CALLS CONCURRENCY` → `result {"calls","wallMs","cpuUs","errors"}`.
+// Command `run VARIANT CALLS CONCURRENCY` → `result {"calls","wallMs","cpuUs","errors","firstError"}`.
 import { credentials } from "@grpc/grpc-js";
 import { createInterface } from "node:readline";
 import { Registry } from "prom-client";
@@ -41,13 +41,15 @@ const variants = {
 async function run(call, calls, concurrency) {
   let started = 0;
   let errors = 0;
+  let firstError;
   const worker = async () => {
     while (started < calls) {
       started += 1;
       try {
         await call();
-      } catch {
+      } catch (error) {
         errors += 1;
+        firstError ??= error.message;
       }
     }
   };
@@ -56,7 +58,7 @@ async function run(call, calls, concurrency) {
   await Promise.all(Array.from({ length: concurrency }, worker));
   const wallMs = performance.now() - began;
   const { user, system } = process.cpuUsage(cpu);
-  return { calls, wallMs, cpuUs: user + system, errors };
+  return { calls, wallMs, cpuUs: user + system, errors, firstError };
 }
 
 process.stdout.write("ready\n");
