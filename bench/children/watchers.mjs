@@ -3,6 +3,7 @@
 // written by the benchmark carries its send time (`metadata.sent_ms`, see cluster.mjs nowMs) and
 // an event id (the instance id); each watcher records now − sent per event it receives.
 // Prints `ready` once every watcher is open (snapshot received / watch created). Commands on stdin:
+// `received` → `received N` (events received since the last report, duplicates included);
 // `report` → `report {"received","duplicates","latenciesMs":[p50,p99,max]}` since the last report.
 import { createInterface } from "node:readline";
 import { percentile } from "../harness.mjs";
@@ -62,6 +63,7 @@ if (options.kind === "leasehold") {
 
 process.stdout.write("ready\n");
 createInterface({ input: process.stdin }).on("line", (line) => {
+  if (line === "received") process.stdout.write(`received ${latencies.length}\n`);
   if (line !== "report") return;
   const sorted = latencies.sort((a, b) => a - b);
   const report = {
