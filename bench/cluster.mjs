@@ -220,3 +220,35 @@ export function unary(client, method, request, timeoutMs = 30_000) {
     ),
   );
 }
+
+/**
+ * For a bench/children/watchers.mjs child: waits until `expected` deliveries arrived (or none for
+ * 3 s), then takes its report; adds `lost` (expected − distinct deliveries).
+ */
+export async function collectDeliveries(watchers, expected) {
+  let received = 0;
+  for (let quietSince = Date.now(); received < expected && Date.now() - quietSince < 3000;) {
+    const now = Number(await watchers.ask("received", "received"));
+    if (now > received) quietSince = Date.now();
+    received = now;
+    if (received < expected) await sleep(100);
+  }
+  const report = await watchers.ask("report", "report");
+  return { ...report, lost: expected - (report.received - report.duplicates) };
+}
+
+/**
+ * Puts `count` values at `perSecond`, paced by the clock (a put is not awaited before the next
+ * is due, so a slow answer does not slow the rate); resolves when every put was answered.
+ * `entry(i)` gives `{ key, value }`.
+ */
+export async function paced(etcd3, count, perSecond, entry) {
+  const began = performance.now();
+  const puts = [];
+  for (let i = 0; i < count; i += 1) {
+    await sleep(Math.max(0, began + (i * 1000) / perSecond - performance.now()));
+    const { key, value } = entry(i);
+    puts.push(etcd3.kv.put({ key: Buffer.from(key), value: Buffer.from(value) }));
+  }
+  await Promise.all(puts);
+}

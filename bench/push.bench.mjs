@@ -5,10 +5,11 @@
 // distinct received) and duplicates are counted. DESIGN §8: p99 ≤ 1.25× raw at 1,000 watchers (the
 // issue's goal; DESIGN says 2×), 0 lost.
 import {
+  collectDeliveries,
   instanceValue,
+  paced,
   nowMs,
   servicePrefix,
-  sleep,
   startChild,
   startEtcd,
   startRegistryProcess,
@@ -37,31 +38,17 @@ export async function run({ rounds, warmupRounds, quick }) {
     let batch = 0;
     const sample = (child, service, count, keyOf) => async () => {
       batch += 1;
-      for (let i = 0; i < events; i += 1) {
-        const slot = performance.now() + 1000 / EVENTS_PER_SECOND;
+      await paced(raw, events, EVENTS_PER_SECOND, (i) => {
         const id = `b${batch}-${i}`;
-        await raw.kv.put({
-          key: Buffer.from(keyOf(id)),
-          value: Buffer.from(instanceValue(service, id, { sent_ms: String(nowMs()) })),
-        });
-        await sleep(Math.max(0, slot - performance.now()));
-      }
-      // Wait for stragglers: until every delivery arrived, or none came for 3 s.
-      const expected = events * count;
-      let received = 0;
-      for (let quietSince = Date.now(); received < expected && Date.now() - quietSince < 3000;) {
-        const now = Number(await child.ask("received", "received"));
-        if (now > received) quietSince = Date.now();
-        received = now;
-        if (received < expected) await sleep(100);
-      }
-      const report = await child.ask("report", "report");
+        return { key: keyOf(id), value: instanceValue(service, id, { sent_ms: String(nowMs()) }) };
+      });
+      const report = await collectDeliveries(child, events * count);
       const [p50Ms, p99Ms, maxMs] = report.latenciesMs;
       return {
         p50Ms,
         p99Ms,
         maxMs,
-        lost: expected - (report.received - report.duplicates),
+        lost: report.lost,
         duplicates: report.duplicates,
       };
     };

@@ -1,7 +1,7 @@
 // Many membership watchers in one process: `count` Watch streams of the registry on one service
 // (kind "leasehold"), or `count` raw etcd3 watchers on one key prefix (kind "etcd3"). Every put
 // written by the benchmark carries its send time (`metadata.sent_ms`, see cluster.mjs nowMs) and
-// an event id (the instance id); each watcher records now − sent per event it receives.
+// an event id (`metadata.event`, else the instance id); each watcher records now − sent per event.
 // Prints `ready` once every watcher is open (snapshot received / watch created). Commands on stdin:
 // `received` → `received N` (events received since the last report, duplicates included);
 // `report` → `report {"received","duplicates","latenciesMs":[p50,p99,max]}` since the last report.
@@ -37,7 +37,11 @@ if (options.kind === "leasehold") {
           if (message.event?.$case === "snapshot") resolve();
           if (message.event?.$case !== "delta") return;
           for (const instance of message.event.value.upserted)
-            record(seen, instance.instanceId, Number(instance.metadata["sent_ms"]));
+            record(
+              seen,
+              instance.metadata["event"] ?? instance.instanceId,
+              Number(instance.metadata["sent_ms"]),
+            );
         });
         stream.on("error", (error) => {
           reject(error);
@@ -55,7 +59,7 @@ if (options.kind === "leasehold") {
     const watcher = await client.watch().prefix(options.prefix).create();
     watcher.on("put", (kv) => {
       const value = JSON.parse(kv.value.toString());
-      record(seen, value.instance_id, Number(value.metadata?.sent_ms));
+      record(seen, value.metadata?.event ?? value.instance_id, Number(value.metadata?.sent_ms));
     });
     watcher.on("error", (error) => process.stderr.write(`etcd3 watcher ${i}: ${error.message}\n`));
   }
