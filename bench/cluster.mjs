@@ -3,7 +3,7 @@
 // of bench/children/ that speak one JSON line at a time, and CPU/RSS read from /proc by pid.
 // Uses the compiled code (dist/, `npm run build`), as the installed package does.
 import { spawn } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 
@@ -132,19 +132,35 @@ export async function startChild(script, options, { nodeArgs = [], timeoutMs = 1
   return child;
 }
 
+/** Debian's libjemalloc2, which deploy/Dockerfile and the chaos suite run the registry under (chaos/lib/cluster.ts). */
+const JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
+
+/** The allocator registry processes run under: "jemalloc" when installed, else "glibc malloc". */
+export const registryAllocator = existsSync(JEMALLOC) ? "jemalloc" : "glibc malloc";
+
 /**
  * Starts a registry replica in a process of its own (chaos/children/registry.ts, under tsx, with
- * --expose-gc) on free ports, against `etcdEndpoint`; resolves once it serves.
+ * --expose-gc, under jemalloc when installed, as deployed) on free ports, against `etcdEndpoint`;
+ * resolves once it serves.
  * `registry.address` is its gRPC host:port; `rssAfterGc()` asks it for its RSS after a full GC.
  */
 export async function startRegistryProcess(etcdEndpoint, options = {}) {
-  const child = new Child("registry", process.execPath, [
-    "--expose-gc",
-    "--import",
-    "tsx",
-    "chaos/children/registry.ts",
-    JSON.stringify({ listen: "127.0.0.1:0", adminListen: "127.0.0.1:0", etcd: etcdEndpoint, ...options }),
-  ]);
+  const child = new Child(
+    "registry",
+    process.execPath,
+    [
+      "--expose-gc",
+      "--import",
+      "tsx",
+      "chaos/children/registry.ts",
+      JSON.stringify({ listen: "127.0.0.1:0", adminListen: "127.0.0.1:0", etcd: etcdEndpoint, ...options }),
+    ],
+    {
+      env: existsSync(JEMALLOC)
+        ? { LD_PRELOAD: JEMALLOC, MALLOC_CONF: "dirty_decay_ms:1000,muzzy_decay_ms:1000" }
+        : {},
+    },
+  );
   try {
     const [address] = (await child.next("ready")).split(" ");
     child.address = address;
