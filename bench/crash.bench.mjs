@@ -2,7 +2,8 @@
 // and a raw etcd3 lease holder (etcd3's own keepalive, TTL 3), each alone in a child process, are
 // SIGKILLed at the same instant; the time until a registry Watch stream sees the instance removed,
 // and until a raw etcd3 watcher sees the key deleted, is measured from the kill. Each round kills
-// a fresh pair after a random 0–1 s, so the kill lands anywhere in the keepalive period.
+// a fresh pair a random 0–1 s after both hold their lease, so the kill lands anywhere in the
+// keepalive period (TTL/3).
 // DESIGN §8: gone within TTL + 0.5 s (the etcd floor).
 import { connectRegistry } from "../dist/client/index.js";
 import { servicePrefix, sleep, startChild, startEtcd, startRegistryProcess } from "./cluster.mjs";
@@ -65,7 +66,7 @@ export async function run({ rounds, warmupRounds }) {
           ttlSeconds: TTL_SECONDS,
         }),
       ]);
-      await sleep(1000 + Math.random() * 1000);
+      await sleep(Math.random() * 1000); // the keepalive period is TTL/3 = 1 s for both
       const killedAt = Date.now();
       await Promise.all(holders.map((holder) => holder.kill()));
       const deadline = killedAt + (TTL_SECONDS + 10) * 1000;

@@ -30,7 +30,7 @@ const ETCD3 = "etcd3";
 export async function run({ rounds, warmupRounds, quick }) {
   const streams = quick ? 100 : 1000;
   const perSecond = quick ? 20 : 100;
-  const seconds = quick ? 3 : 10;
+  const seconds = quick ? 2 : 10;
   const changes = perSecond * seconds;
   const { Etcd3 } = await import("etcd3");
   const etcd = await startEtcd();

@@ -21,7 +21,7 @@ export async function run({ rounds, warmupRounds, quick, large }) {
     : large
       ? { instances: 10_000, streams: 1000, ttlSeconds: 10 }
       : { instances: 1000, streams: 100, ttlSeconds: 5 };
-  const steadyMs = 2 * size.ttlSeconds * 1000; // every lease renewed at least once
+  const steadyMs = size.ttlSeconds * 1000; // keepalives every TTL/3: every lease renewed about 3 times
   const loaded = `leasehold N=${size.instances} W=${size.streams}`;
   const { Etcd3 } = await import("etcd3");
   const etcd = await startEtcd();

@@ -63,6 +63,7 @@ for (const name of selected) {
       `${git.dirty ? " (with uncommitted changes)" : ""}\n`,
   );
   let result;
+  const began = Date.now();
   try {
     result = await benchmark.run({ root, rounds, warmupRounds, quick: values.quick, large: values.large });
   } catch (error) {
@@ -101,6 +102,7 @@ for (const name of selected) {
     ]),
   );
   for (const note of result.notes ?? []) console.log(note);
+  console.log(`(${((Date.now() - began) / 1000).toFixed(0)} s)`);
   const record = {
     benchmark: name,
     description: benchmark.description,
