@@ -68,7 +68,13 @@ export async function run({ rounds, warmupRounds, quick }) {
       const cpuMs = pids()
         .map(processCpuMs)
         .reduce((sum, after, i) => sum + after - cpuBefore[i], 0);
-      return { cpuMs, cpuPercent: (cpuMs / wallMs) * 100, p99Ms: report.latenciesMs[1], lost: report.lost };
+      return {
+        cpuMs,
+        cpuPercent: (cpuMs / wallMs) * 100,
+        p99Ms: report.latenciesMs[1],
+        lost: report.lost,
+        endedStreams: report.ended,
+      };
     };
     const samples = await interleave(
       [
@@ -86,8 +92,9 @@ export async function run({ rounds, warmupRounds, quick }) {
         { key: "cpuPercent", label: "CPU", unit: "%" },
         { key: "p99Ms", label: "p99", unit: "ms" },
         { key: "lost", label: "lost", unit: "events", digits: 0 },
+        { key: "endedStreams", label: "ended", unit: "streams", digits: 0 },
       ],
-      variants: summarizeVariants(samples, ["cpuMs", "cpuPercent", "p99Ms", "lost"]),
+      variants: summarizeVariants(samples, ["cpuMs", "cpuPercent", "p99Ms", "lost", "endedStreams"]),
       ratios: [
         ratioRow(samples, {
           metric: "cpuMs",
@@ -99,7 +106,8 @@ export async function run({ rounds, warmupRounds, quick }) {
       ],
       notes: [
         `${streams} watchers × ${perSecond} changes/s for ${seconds} s over ${KEYS} keys; ` +
-          `CPU: registry + etcd (leasehold), etcd (etcd3), from /proc`,
+          `CPU: registry + etcd (leasehold), etcd (etcd3), from /proc; lost: changes a watcher never saw ` +
+          `(the registry may also coalesce changes of one key), ended: watchers cut so far, not reopened`,
       ],
     };
   } finally {

@@ -4,7 +4,8 @@
 // an event id (`metadata.event`, else the instance id); each watcher records now − sent per event.
 // Prints `ready` once every watcher is open (snapshot received / watch created). Commands on stdin:
 // `received` → `received N` (events received since the last report, duplicates included);
-// `report` → `report {"received","duplicates","latenciesMs":[p50,p99,max]}` since the last report.
+// `report` → `report {"received","duplicates","ended","latenciesMs":[p50,p99,max]}` since the last
+// report (`ended`: watchers that ended so far, never reopened).
 import { createInterface } from "node:readline";
 import { percentile } from "../harness.mjs";
 import { nowMs } from "../cluster.mjs";
@@ -13,6 +14,7 @@ const options = JSON.parse(process.argv[2]);
 const watchers = [];
 let latencies = [];
 let duplicates = 0;
+let ended = 0; // streams (or etcd3 watchers) that ended or failed, over the whole run
 
 function record(seen, id, sentMs) {
   if (!Number.isFinite(sentMs)) return; // a put that is not a measured event
@@ -44,6 +46,7 @@ if (options.kind === "leasehold") {
             );
         });
         stream.on("error", (error) => {
+          ended += 1;
           reject(error);
           process.stderr.write(`watch stream ${i} ended: ${error.message}\n`);
         });
@@ -61,7 +64,10 @@ if (options.kind === "leasehold") {
       const value = JSON.parse(kv.value.toString());
       record(seen, value.metadata?.event ?? value.instance_id, Number(value.metadata?.sent_ms));
     });
-    watcher.on("error", (error) => process.stderr.write(`etcd3 watcher ${i}: ${error.message}\n`));
+    watcher.on(
+      "error",
+      (error) => (ended += 1) && process.stderr.write(`etcd3 watcher ${i}: ${error.message}\n`),
+    );
   }
 }
 
@@ -73,6 +79,7 @@ createInterface({ input: process.stdin }).on("line", (line) => {
   const report = {
     received: sorted.length,
     duplicates,
+    ended,
     latenciesMs: [percentile(sorted, 0.5), percentile(sorted, 0.99), sorted.at(-1) ?? Number.NaN],
   };
   latencies = [];
