@@ -106,8 +106,9 @@ export async function run({ rounds, warmupRounds, quick }) {
       ],
       notes: [
         `${streams} watchers × ${perSecond} changes/s for ${seconds} s over ${KEYS} keys; ` +
-          `CPU: registry + etcd (leasehold), etcd (etcd3), from /proc; lost: changes a watcher never saw ` +
-          `(the registry may also coalesce changes of one key), ended: watchers cut so far, not reopened`,
+          `CPU: registry + etcd (leasehold), etcd (etcd3), from /proc; lost: versions a watcher never saw ` +
+          `(a backed-up Registry stream gets only the latest version of each instance, by design: ` +
+          `registry/watch/watch-subscription.ts), ended: watchers cut so far, not reopened`,
       ],
     };
   } finally {
