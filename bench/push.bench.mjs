@@ -56,7 +56,7 @@ export async function run({ rounds, warmupRounds, quick }) {
     for (const count of sizes) {
       // A service and a prefix per size, so watchers of one size never see another's events.
       const service = `${SERVICE}-${count}`;
-      const rawPrefix = `${RAW_PREFIX}${service}/`; // push-1/ is no prefix of push-100/
+      const rawPrefix = `${RAW_PREFIX}${service}/`;
       const leasehold = await startChild("watchers.mjs", {
         kind: "leasehold",
         registry: registry.address,
