@@ -1,4 +1,7 @@
-import { Server, ServerCredentials } from "@grpc/grpc-js";
+import { Server } from "@grpc/grpc-js";
+import { isIP } from "node:net";
+import { isTlsOn, serverCredentials } from "../client/tls/tls-files.js";
+import { RegistryAuth } from "./auth/registry-auth.js";
 import { loadSync } from "@grpc/proto-loader";
 import { ReflectionService } from "@grpc/reflection";
 import { HealthImplementation, protoPath as healthProtoPath } from "grpc-health-check";
@@ -56,6 +59,8 @@ export async function startRegistry(options: RegistryOptions): Promise<RunningRe
   const metrics = new RegistryMetrics(metricsRegistry);
   const store = new EtcdStore({
     endpoints: resolved.etcdEndpoints,
+    tls: resolved.etcdTls,
+    auth: resolved.etcdAuth,
     prefix: resolved.prefix,
     requestTimeoutMs: resolved.etcdRequestTimeoutMs,
     watchCheckIntervalMs: resolved.watchCheckIntervalMs,
@@ -83,7 +88,12 @@ export async function startRegistry(options: RegistryOptions): Promise<RunningRe
       logger.info({ etcd: status }, "etcd readiness changed");
     },
   });
-  const api = createRegistryService({ store, hub, metrics, logger });
+  const auth =
+    resolved.authPolicyFile === undefined
+      ? undefined
+      : RegistryAuth.fromFiles(resolved.authPolicyFile, resolved.authTokensFile);
+  const credentials = serverCredentials(resolved.tls); // reads the files now: a bad file fails the start
+  const api = createRegistryService({ store, hub, metrics, logger, auth });
   const server = new Server(serverOptions);
   const consoleFeed = new ConsoleFeed({
     hub,
@@ -122,10 +132,8 @@ export async function startRegistry(options: RegistryOptions): Promise<RunningRe
     health.addToServer(server);
     new ReflectionService(loadReflectedProtos()).addToServer(server);
     const port = await new Promise<number>((resolve, reject) =>
-      server.bindAsync(
-        `${resolved.listen.host}:${resolved.listen.port}`,
-        ServerCredentials.createInsecure(),
-        (error, bound) => (error === null ? resolve(bound) : reject(error)),
+      server.bindAsync(`${resolved.listen.host}:${resolved.listen.port}`, credentials, (error, bound) =>
+        error === null ? resolve(bound) : reject(error),
       ),
     );
     isStarted = true;
@@ -136,12 +144,26 @@ export async function startRegistry(options: RegistryOptions): Promise<RunningRe
         isReady: () => readiness.isReady,
         instances: () => hub.instances(),
         routes: consoleRoutes(consoleFeed),
+        tls: resolved.tls,
       });
     }
     logger.info(
-      { address, adminAddress: admin?.address, revision: String(hub.revision) },
+      {
+        address,
+        adminAddress: admin?.address,
+        revision: String(hub.revision),
+        tls: isTlsOn(resolved.tls) ? (resolved.tls.caFile === undefined ? "tls" : "mtls") : "off",
+        auth: auth === undefined ? "off" : "on",
+      },
       "registry started",
     );
+    if (!isLoopback(resolved.listen.host) && (!isTlsOn(resolved.tls) || auth === undefined)) {
+      logger.warn(
+        { address, tls: isTlsOn(resolved.tls), auth: auth !== undefined },
+        "registry listens beyond loopback without TLS and auth: anyone who reaches it can read and " +
+          "change membership (set --tls-cert/--tls-key/--tls-ca and --auth-policy)",
+      );
+    }
     return { address, adminAddress: admin?.address, close };
   } catch (error) {
     await close();
@@ -149,7 +171,12 @@ export async function startRegistry(options: RegistryOptions): Promise<RunningRe
   }
 }
 
-/** Lets calls finish for `graceMs`, then cuts the rest (e.g. health Watch streams). */
+/** True for `localhost`, 127.0.0.0/8 and ::1 (brackets allowed). */
+function isLoopback(host: string): boolean {
+  const bare = host.replace(/^\[(.*)\]$/, "$1");
+  if (bare === "localhost" || bare === "::1") return true;
+  return isIP(bare) === 4 && bare.startsWith("127.");
+}
 
 /** The protos served by reflection (registry and health), resolved next to this module (works from any cwd). */
 function loadReflectedProtos(): ReturnType<typeof loadSync> {

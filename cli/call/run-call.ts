@@ -28,6 +28,8 @@ import type { PolicyName } from "../../client/balancing/policies.js";
 import { MembershipWatcher } from "../../client/discovery/membership-watcher.js";
 import { LeaseholdError } from "../../client/errors.js";
 import { ClientMetrics } from "../../client/metrics/client-metrics.js";
+import { clientSecurityOf, tlsFilesOf, type SecurityFlags } from "../security-options.js";
+import { channelCredentials, type TlsFiles } from "../../client/tls/tls-files.js";
 import { connectRegistry } from "../../client/registry-connection.js";
 import { metricsRoute, splitHostPort, startHttpEndpoints } from "../../client/server/http-endpoints.js";
 import { routableHost } from "../../client/server/routable-host.js";
@@ -51,7 +53,7 @@ import { decodeRequest, parseRequest } from "./request-json.js";
 import { renderSummary, summarize } from "./summary.js";
 
 /** Flags of `leasehold call`, as commander parsed them. */
-export interface CallFlags {
+export interface CallFlags extends SecurityFlags {
   readonly registry: string;
   readonly count?: number;
   readonly concurrency: number;
@@ -112,11 +114,14 @@ export async function runCall(
   // With --proto, the method and the request are checked before the network is touched.
   const offline =
     flags.proto.length > 0 ? prepare(await describeFromProtoFiles(flags.proto, flags.importPath)) : undefined;
-  const registry = connectRegistry(flags.registry);
+  const registry = connectRegistry(flags.registry, {}, await clientSecurityOf(flags));
   try {
     await checkRegistry(registry, flags.registry);
     const { method, types, request } =
-      offline ?? prepare(await describeByReflection(registry, flags.registry, serviceName, spec, metadata));
+      offline ??
+      prepare(
+        await describeByReflection(registry, flags.registry, serviceName, spec, metadata, tlsFilesOf(flags)),
+      );
     await callThroughBalancer(registry, serviceName, method, types, request, metadata, flags);
   } finally {
     registry.close();
@@ -200,6 +205,7 @@ async function describeByReflection(
   serviceName: string,
   spec: MethodSpec,
   metadata: grpc.Metadata,
+  tlsFiles: TlsFiles,
 ): Promise<Described> {
   const instances = await listInstances(registry, serviceName);
   if (instances.length === 0) {
@@ -207,7 +213,11 @@ async function describeByReflection(
   }
   let lastFailure: Error | undefined;
   for (const instance of instances.slice(0, REFLECTION_ATTEMPTS)) {
-    const reflection = new ReflectionClient(instance.address, { metadata, timeoutMs: REFLECTION_TIMEOUT_MS });
+    const reflection = new ReflectionClient(instance.address, {
+      metadata,
+      timeoutMs: REFLECTION_TIMEOUT_MS,
+      credentials: channelCredentials(tlsFiles),
+    });
     try {
       return await reflectOn(reflection, instance, spec);
     } catch (error) {
@@ -305,12 +315,17 @@ async function callThroughBalancer(
     policy: flags.policy,
     metrics,
     deadlineMs: flags.deadlineMs ?? UNARY_DEADLINE_MS,
+    credentials: channelCredentials(tlsFilesOf(flags)),
     logger,
   });
   const metricsServer =
     flags.metricsListen === undefined
       ? undefined
-      : await startHttpEndpoints(flags.metricsListen, { "/metrics": metricsRoute(metricsRegistry) });
+      : await startHttpEndpoints(
+          flags.metricsListen,
+          { "/metrics": metricsRoute(metricsRegistry) },
+          tlsFilesOf(flags),
+        );
   const callerEntry =
     metricsServer && (await listCaller(registry, metricsServer.address, serviceName, logger));
   const stopping = new AbortController();

@@ -1,6 +1,8 @@
-import { createServer, type ServerResponse } from "node:http";
+import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
+import { createServer as createHttpsServer } from "node:https";
 import type { AddressInfo } from "node:net";
 import type { Registry } from "prom-client";
+import { isTlsOn, tlsServerOptions, watchTlsFiles, type TlsFiles } from "../tls/tls-files.js";
 
 /** A host and port, e.g. from `127.0.0.1:0` or `[::]:7100`. */
 export interface HostPort {
@@ -61,15 +63,18 @@ export function metricsRoute(registry: Registry): () => Promise<HttpAnswer> {
 /**
  * Serves `routes` over plain HTTP on `listen` (GET and HEAD; 404 for other paths, 405 for other
  * methods, 500 with no details when a route throws). Streamed answers ({@link HttpStream}) stay
- * open until their client goes; `close()` ends them.
- * @throws the listen error (EADDRINUSE ...).
+ * open until their client goes; `close()` ends them. With `tls` (cert and key, see
+ * {@link TlsFiles}) it serves HTTPS instead, requiring a client certificate when a CA is given;
+ * the files are re-read every 60 s and a changed certificate serves new connections.
+ * @throws the listen error (EADDRINUSE ...); TlsConfigError for unreadable TLS files.
  */
 export async function startHttpEndpoints(
   listen: HostPort | string,
   routes: HttpRoutes,
+  tls?: TlsFiles,
 ): Promise<HttpEndpoints> {
   const { host, port } = typeof listen === "string" ? splitHostPort(listen) : listen;
-  const server = createServer((request, response) => {
+  const handle = (request: IncomingMessage, response: ServerResponse) => {
     if (request.method !== "GET" && request.method !== "HEAD") {
       response.writeHead(405, { allow: "GET, HEAD" }).end();
       return;
@@ -101,7 +106,12 @@ export async function startHttpEndpoints(
           response.end();
         },
       );
-  });
+  };
+  let stopTlsReload = () => {};
+  const server = isTlsOn(tls) ? createHttpsServer(tlsServerOptions(tls), handle) : createServer(handle);
+  if (isTlsOn(tls) && "setSecureContext" in server) {
+    stopTlsReload = watchTlsFiles(tls, (options) => server.setSecureContext(options));
+  }
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     server.listen(port, host.replace(/^\[(.*)\]$/, "$1"), () => {
@@ -114,6 +124,7 @@ export async function startHttpEndpoints(
     address: `${host}:${(server.address() as AddressInfo).port}`,
     close: async () =>
       await (closing ??= new Promise<void>((resolve) => {
+        stopTlsReload();
         server.close(() => resolve());
         server.closeAllConnections();
       })),

@@ -8,6 +8,7 @@ import {
   type HttpRoutes,
 } from "../../client/server/http-endpoints.js";
 import type { Instance } from "../../proto/gen/leasehold/registry/v1/registry.js";
+import type { TlsFiles } from "../../client/tls/tls-files.js";
 
 /** One target group of Prometheus HTTP service discovery. */
 export interface PrometheusTargetGroup {
@@ -44,6 +45,8 @@ export interface AdminSources {
   instances(): readonly Instance[];
   /** More GET routes served beside these (the web console's `/ui`). */
   readonly routes?: HttpRoutes;
+  /** HTTPS instead of HTTP (mTLS with a CA); see `startHttpEndpoints`. */
+  readonly tls?: TlsFiles | undefined;
 }
 
 /**
@@ -53,17 +56,21 @@ export interface AdminSources {
 export async function startAdminServer(listen: HostPort, sources: AdminSources): Promise<HttpEndpoints> {
   let selfAddress = "";
   const text = (status: number, body: string): HttpAnswer => ({ status, contentType: "text/plain", body });
-  const endpoints = await startHttpEndpoints(listen, {
-    ...sources.routes,
-    "/metrics": metricsRoute(sources.metricsRegistry),
-    "/healthz": () => text(200, "ok\n"),
-    "/readyz": () => (sources.isReady() ? text(200, "ready\n") : text(503, "etcd unreachable\n")),
-    "/sd/prometheus": () => ({
-      status: 200,
-      contentType: "application/json",
-      body: JSON.stringify(prometheusTargets(sources.instances(), selfAddress)),
-    }),
-  });
+  const endpoints = await startHttpEndpoints(
+    listen,
+    {
+      ...sources.routes,
+      "/metrics": metricsRoute(sources.metricsRegistry),
+      "/healthz": () => text(200, "ok\n"),
+      "/readyz": () => (sources.isReady() ? text(200, "ready\n") : text(503, "etcd unreachable\n")),
+      "/sd/prometheus": () => ({
+        status: 200,
+        contentType: "application/json",
+        body: JSON.stringify(prometheusTargets(sources.instances(), selfAddress)),
+      }),
+    },
+    sources.tls,
+  );
   selfAddress = endpoints.address;
   return endpoints;
 }

@@ -1,4 +1,5 @@
 import type { ServerDuplexStream, ServerUnaryCall, handleUnaryCall, sendUnaryData } from "@grpc/grpc-js";
+import type { RegistryAuth } from "../auth/registry-auth.js";
 import type { Logger } from "pino";
 import type {
   KeepAliveRequest,
@@ -28,6 +29,8 @@ export interface RegistryServiceDeps {
   readonly hub: WatchHub;
   readonly metrics: RegistryMetrics;
   readonly logger: Logger;
+  /** [auth] Authentication and authorisation (issue 7); undefined = auth off, anyone may write. */
+  readonly auth?: RegistryAuth | undefined;
   /** Clock for `registered_at`; default `() => new Date()`. */
   readonly now?: () => Date;
 }
@@ -45,7 +48,12 @@ export interface RegistryServiceHandlers {
  * leaves through `toServiceError`.
  */
 export function createRegistryService(deps: RegistryServiceDeps): RegistryServiceHandlers {
-  const { store, hub, metrics, logger } = deps;
+  const { store, hub, metrics, logger, auth } = deps;
+  // [auth] A write's scope carries the caller's principal as the instance owner; anonymous →
+  // UNAUTHENTICATED before anything else, a service outside its grant → PERMISSION_DENIED.
+  const requireWriter = (call: ServerUnaryCall<unknown, unknown>) => auth?.requirePrincipal(call);
+  const owned = (scope: RequestScope, call: ServerUnaryCall<unknown, unknown>, service: string) =>
+    auth === undefined ? scope : { ...scope, owner: auth.authorizeWrite(call, service) };
   const now = deps.now ?? (() => new Date());
   const keepAliveStreams = new Set<(error: RegistryError) => void>();
 
@@ -59,23 +67,29 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
   const unary =
     <Request, Response>(
       method: string,
-      run: (request: Request, scope: RequestScope) => Promise<Response>,
+      run: (
+        request: Request,
+        scope: RequestScope,
+        call: ServerUnaryCall<Request, Response>,
+      ) => Promise<Response>,
     ): handleUnaryCall<Request, Response> =>
     (call, callback: sendUnaryData<Response>) => {
       const scope = callerScope(call);
       // A handler that throws before its first await (validation) fails the call like a rejection.
-      new Promise<Response>((resolve) => resolve(run(call.request, scope))).then(
+      new Promise<Response>((resolve) => resolve(run(call.request, scope, call))).then(
         (response) => callback(null, response),
         (error: unknown) => callback(fail(method, error)),
       );
     };
 
   const implementation: RegistryServiceServer = {
-    register: unary("Register", async (request, scope) => {
+    register: unary("Register", async (request, callerScope, call) => {
       try {
+        requireWriter(call);
         const { instance, ttlSeconds, registrationId } = valueOf(
           validateRegister(request, now().toISOString()),
         );
+        const scope = owned(callerScope, call, instance.service);
         const registrationHash =
           registrationId === undefined ? undefined : hashRegistrationId(registrationId);
         const registration = await store.register(instance, ttlSeconds, registrationHash, scope);
@@ -103,6 +117,9 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
 
     keepAlive: (call: ServerDuplexStream<KeepAliveRequest, KeepAliveResponse>) => {
       const keepAlive = store.openKeepAlive();
+      // [auth] The stream's principal, and the leases it has been shown to own (checked once each).
+      let principal: string | undefined;
+      const ownedLeases = new Set<string>();
       let isEnded = false;
       let replies = Promise.resolve();
       const end = (error?: RegistryError) => {
@@ -114,12 +131,22 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
         else call.emit("error", fail("KeepAlive", error));
       };
       keepAliveStreams.add(end);
+      try {
+        principal = auth?.requirePrincipal(call);
+      } catch (error) {
+        end(RegistryError.from(error));
+      }
       // Requests are answered one at a time, in order; a failure ends the stream with its status.
       call.on("data", (request: KeepAliveRequest) => {
         replies = replies
           .then(async () => {
             if (isEnded) return;
             const leaseId = valueOf(validateLeaseId(request.leaseId));
+            if (principal !== undefined && !ownedLeases.has(leaseId)) {
+              await checkLeaseOwner(leaseId, principal);
+              ownedLeases.add(leaseId);
+            }
+            if (isEnded) return;
             const ttlSeconds = await keepAlive.renew(leaseId);
             if (isEnded) return;
             if (ttlSeconds <= 0) {
@@ -146,27 +173,33 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
       call.on("error", (error) => logger.debug({ err: error }, "keepalive stream error"));
     },
 
-    updateInstance: unary("UpdateInstance", async (request, scope) => {
+    updateInstance: unary("UpdateInstance", async (request, callerScope, call) => {
+      requireWriter(call);
       const { key, leaseId, change } = valueOf(validateUpdate(request));
+      const scope = owned(callerScope, call, key.service);
       const updated = await store.update(key, leaseId, (current) => applyChange(current, change), scope);
       return { instance: updated.instance, revision: updated.revision };
     }),
 
-    deregister: unary("Deregister", async (request, scope) => {
+    deregister: unary("Deregister", async (request, callerScope, call) => {
+      requireWriter(call);
       const { key, leaseId } = valueOf(validateDeregister(request));
+      const scope = owned(callerScope, call, key.service);
       const revision = await store.deregister(key, leaseId, scope);
       logger.info({ service: key.service, instanceId: key.instanceId, leaseId }, "deregistered");
       return { revision };
     }),
 
-    getService: unary("GetService", (request) => {
+    getService: unary("GetService", (request, _scope, call) => {
+      auth?.authorizeRead(call);
       const service = valueOf(validateServiceName(request.service));
       return Promise.resolve({ instances: hub.instances(service), revision: String(hub.revision) });
     }),
 
-    listServices: unary("ListServices", () =>
-      Promise.resolve({ services: hub.summaries(), revision: String(hub.revision) }),
-    ),
+    listServices: unary("ListServices", (_request, _scope, call) => {
+      auth?.authorizeRead(call);
+      return Promise.resolve({ services: hub.summaries(), revision: String(hub.revision) });
+    }),
 
     watch: (call) => {
       let isEnded = false;
@@ -183,6 +216,12 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
       };
       call.on("cancelled", () => abort.abort());
       call.on("error", (error) => logger.debug({ err: error }, "watch stream error"));
+      try {
+        auth?.authorizeRead(call);
+      } catch (error) {
+        sink.end(RegistryError.from(error));
+        return;
+      }
       const request = validateWatch(call.request);
       if (!request.ok) {
         sink.end(request.error);
@@ -192,6 +231,17 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
         .subscribe(sink, request.value, abort.signal)
         .catch((error: unknown) => sink.end(RegistryError.from(error)));
     },
+  };
+
+  /** [auth] A KeepAlive may renew only a lease holding an instance its principal registered. */
+  const checkLeaseOwner = async (leaseId: string, principal: string) => {
+    const held = await store.leaseOwner(leaseId);
+    if (held === undefined) {
+      throw new RegistryError("not_found", `lease ${leaseId} holds no instance; register again`);
+    }
+    if (held.owner !== principal) {
+      throw new RegistryError("permission_denied", `lease ${leaseId} holds an instance of another principal`);
+    }
   };
 
   return {

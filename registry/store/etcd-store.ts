@@ -2,11 +2,19 @@ import { createHash } from "node:crypto";
 import { Etcd3, Range, type IKeyValue } from "etcd3";
 import { noop } from "cockatiel";
 import type { Logger } from "pino";
+import { rootCertificates } from "node:tls";
+import { isTlsOn, readTlsMaterial, type TlsFiles } from "../../client/tls/tls-files.js";
 import type { Instance, InstanceKey } from "../../proto/gen/leasehold/registry/v1/registry.js";
 import { RegistryError } from "../registry-error.js";
 import type { RegistryMetrics } from "../registry-metrics.js";
 import { fromEtcdError, isCompactedError, isFutureRevisionError } from "./etcd-errors.js";
-import { InstanceKeys, decodeInstance, encodeInstance, registrationHashOf } from "./instance-codec.js";
+import {
+  InstanceKeys,
+  decodeInstance,
+  encodeInstance,
+  ownerOf,
+  registrationHashOf,
+} from "./instance-codec.js";
 import { LeaseKeepAlive } from "./lease-keep-alive.js";
 import {
   ServicesWatch,
@@ -19,6 +27,10 @@ import { UnavailableEpisodes } from "./unavailable-episodes.js";
 /** Resolved options of {@link EtcdStore}. */
 export interface EtcdStoreOptions {
   readonly endpoints: readonly string[];
+  /** TLS toward etcd (CA; client cert and key); undefined = as the endpoint URLs say. */
+  readonly tls?: TlsFiles | undefined;
+  /** etcd user and password (etcd auth). */
+  readonly auth?: { readonly username: string; readonly password: string } | undefined;
   /** Key prefix, e.g. `/leasehold/`. */
   readonly prefix: string;
   /** Deadline of every unary etcd request, in milliseconds (a caller's earlier deadline wins). */
@@ -53,6 +65,12 @@ export interface RequestScope {
   readonly signal?: AbortSignal | undefined;
   /** The caller's deadline, Unix ms; etcd requests never outlive it. */
   readonly deadlineMs?: number | undefined;
+  /**
+   * [auth] The caller's principal when auth is on (issue 7): stored as the instance's `owner` on
+   * Register; Update, Deregister and adoption need the stored owner to equal it, read under the
+   * same mod-revision fence as the write (a different owner → `permission_denied`).
+   */
+  readonly owner?: string | undefined;
 }
 
 /** Fenced updates retry this many times when the key changes between read and write. */
@@ -81,8 +99,17 @@ export class EtcdStore {
     this.#options = options;
     this.keys = new InstanceKeys(options.prefix);
     this.#unavailable = new UnavailableEpisodes(options.logger);
+    const tls = isTlsOn(options.tls) ? readTlsMaterial(options.tls) : undefined;
     this.#client = new Etcd3({
       hosts: [...options.endpoints],
+      ...(tls && {
+        credentials: {
+          rootCertificate: tls.ca ?? Buffer.from(rootCertificates.join("\n")),
+          privateKey: tls.key,
+          certChain: tls.cert,
+        },
+      }),
+      ...(options.auth && { auth: { ...options.auth } }),
       // Without pings a stalled etcd is invisible to watchers and keepalive streams. etcd refuses
       // pings more often than every 5 s (--grpc-keepalive-min-time), so 6 s leaves a margin; a
       // connection that misses a ping answer for 3 s is dropped and redialled.
@@ -157,7 +184,8 @@ export class EtcdStore {
     if (
       registrationHash === undefined ||
       registrationHashOf(value) !== registrationHash ||
-      kv.lease === "0"
+      kv.lease === "0" ||
+      ownerOf(value) !== scope.owner // [auth] only the same principal adopts
     ) {
       throw alreadyExists(instance);
     }
@@ -176,8 +204,8 @@ export class EtcdStore {
       registeredAt: current?.registeredAt || instance.registeredAt,
       ttlSeconds: String(ttlSeconds),
     };
-    const encoded = encodeInstance(next, registrationHash);
-    if (current !== undefined && encoded === encodeInstance(current, registrationHash)) {
+    const encoded = encodeInstance(next, registrationHash, scope.owner);
+    if (current !== undefined && encoded === encodeInstance(current, registrationHash, scope.owner)) {
       const revision = kv.mod_revision;
       return { leaseId: kv.lease, ttlSeconds, revision, instance: { ...next, revision }, isAdopted: true };
     }
@@ -217,7 +245,12 @@ export class EtcdStore {
       const txn = await this.#time("txn", () =>
         this.#client
           .if(key, "Create", "==", 0)
-          .then(this.#client.put(key).value(encodeInstance(stored, registrationHash)).lease(lease.ID))
+          .then(
+            this.#client
+              .put(key)
+              .value(encodeInstance(stored, registrationHash, scope.owner))
+              .lease(lease.ID),
+          )
           .else(this.#client.get(key))
           .options(this.#callOptions(scope))
           .commit(),
@@ -268,6 +301,7 @@ export class EtcdStore {
           this.#client.get(etcdKey).options(this.#callOptions(scope)).exec(),
         );
         const kv = this.#checkHolder(key, range.kvs[0], leaseId);
+        checkOwner(key, kv, scope); // [auth] fenced by the Mod compare below
         const current = decodeInstance(key, kv.value.toString(), kv.mod_revision);
         if (current === undefined) throw new RegistryError("internal", `malformed value under ${etcdKey}`);
         const next = change(current);
@@ -278,7 +312,12 @@ export class EtcdStore {
           this.#client
             .if(etcdKey, "Mod", "==", kv.mod_revision)
             .and(etcdKey, "Lease", "==", leaseId)
-            .then(this.#client.put(etcdKey).value(encodeInstance(next, registrationHash)).lease(leaseId))
+            .then(
+              this.#client
+                .put(etcdKey)
+                .value(encodeInstance(next, registrationHash, ownerOf(kv.value.toString())))
+                .lease(leaseId),
+            )
             .options(this.#callOptions(scope))
             .commit(),
         );
@@ -302,16 +341,21 @@ export class EtcdStore {
   async deregister(key: InstanceKey, leaseId: string, scope: RequestScope = {}): Promise<string> {
     const etcdKey = this.keys.key(key.service, key.instanceId);
     try {
+      // [auth] With an owner, the key is read first and the delete fenced on its mod revision.
+      const owned = scope.owner === undefined ? undefined : await this.#ownedKv(key, leaseId, scope);
       const txn = await this.#time("txn", () =>
         this.#client
           .if(etcdKey, "Lease", "==", leaseId)
+          .and(etcdKey, "Mod", owned === undefined ? ">" : "==", owned?.mod_revision ?? 0)
           .then(this.#client.delete().key(etcdKey))
           .else(this.#client.get(etcdKey))
           .options(this.#callOptions({ deadlineMs: scope.deadlineMs }))
           .commit(),
       );
       if (!txn.succeeded) {
-        this.#checkHolder(key, txn.responses[0]?.response_range.kvs[0], leaseId);
+        const kv = this.#checkHolder(key, txn.responses[0]?.response_range.kvs[0], leaseId);
+        checkOwner(key, kv, scope);
+        throw new RegistryError("aborted", `instance ${key.service}/${key.instanceId} changed; try again`);
       }
       await this.#revoke(leaseId);
       return txn.header.revision;
@@ -345,6 +389,47 @@ export class EtcdStore {
     } catch (error) {
       throw fromEtcdError(error);
     }
+  }
+
+  /**
+   * [auth] The owner of the Leasehold instance a lease holds, for KeepAlive (issue 7): etcd's
+   * LeaseTimeToLive with its keys, then the instance key under this prefix.
+   * @returns `{ owner }` (owner undefined for a value without one), or `undefined` when the lease
+   * is gone or holds no instance key of this registry.
+   * @throws RegistryError `unavailable` when etcd does not answer.
+   */
+  async leaseOwner(leaseId: string): Promise<{ owner: string | undefined } | undefined> {
+    try {
+      const lease = await this.#time("lease_time_to_live", () =>
+        this.#client.leaseClient.leaseTimeToLive({ ID: leaseId, keys: true }, this.#callOptions({})),
+      );
+      if (Number(lease.TTL) < 0) return undefined;
+      for (const raw of lease.keys) {
+        const key = this.keys.parse(raw.toString());
+        if (key === undefined) continue;
+        const range = await this.#time("range", () =>
+          this.#client.get(raw.toString()).options(this.#callOptions({})).exec(),
+        );
+        const kv = range.kvs[0];
+        if (kv !== undefined && kv.lease === leaseId) return { owner: ownerOf(kv.value.toString()) };
+      }
+      return undefined;
+    } catch (error) {
+      throw fromEtcdError(error);
+    }
+  }
+
+  /** [auth] The key held by `leaseId` and owned by `scope.owner`. @throws like {@link update}. */
+  async #ownedKv(key: InstanceKey, leaseId: string, scope: RequestScope): Promise<IKeyValue> {
+    const range = await this.#time("range", () =>
+      this.#client
+        .get(this.keys.key(key.service, key.instanceId))
+        .options(this.#callOptions({ deadlineMs: scope.deadlineMs }))
+        .exec(),
+    );
+    const kv = this.#checkHolder(key, range.kvs[0], leaseId);
+    checkOwner(key, kv, scope);
+    return kv;
   }
 
   /** Opens a keepalive channel for one caller stream; see {@link LeaseKeepAlive}. */
@@ -536,6 +621,15 @@ function checkCaller(scope: RequestScope): void {
       isDeadline ? "the caller's deadline passed" : "the caller cancelled",
     );
   }
+}
+
+/** [auth] Throws `permission_denied` when auth is on and `kv` is not the caller's. */
+function checkOwner(key: InstanceKey, kv: IKeyValue, scope: RequestScope): void {
+  if (scope.owner === undefined || ownerOf(kv.value.toString()) === scope.owner) return;
+  throw new RegistryError(
+    "permission_denied",
+    `instance ${key.service}/${key.instanceId} was registered by another principal`,
+  );
 }
 
 function alreadyExists(instance: InstanceKey): RegistryError {

@@ -51,13 +51,16 @@ interface StoredInstance {
    * never stored.
    */
   registration_hash?: string;
+  /** [auth] The principal that registered the instance (issue 7), absent when auth is off. */
+  owner?: string;
 }
 
 /**
  * Encodes an instance as its etcd value; `revision` is not stored (it is the key's mod revision).
  * @param registrationHash hex SHA-256 of the holder's registration id, or `undefined` for none.
+ * @param owner the principal that registered it (auth on), or `undefined`.
  */
-export function encodeInstance(instance: Instance, registrationHash?: string): string {
+export function encodeInstance(instance: Instance, registrationHash?: string, owner?: string): string {
   const stored: StoredInstance = {
     service: instance.service,
     instance_id: instance.instanceId,
@@ -71,6 +74,7 @@ export function encodeInstance(instance: Instance, registrationHash?: string): s
     ttl_seconds: Number(instance.ttlSeconds),
   };
   if (registrationHash !== undefined) stored.registration_hash = registrationHash;
+  if (owner !== undefined) stored.owner = owner;
   return JSON.stringify(stored);
 }
 
@@ -119,6 +123,18 @@ export function registrationHashOf(value: string): string | undefined {
     if (typeof parsed !== "object" || parsed === null) return undefined;
     const hash = (parsed as { registration_hash?: unknown }).registration_hash;
     return typeof hash === "string" ? hash : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** [auth] The `owner` of an etcd value written by {@link encodeInstance}, if any. */
+export function ownerOf(value: string): string | undefined {
+  try {
+    const parsed: unknown = JSON.parse(value);
+    if (typeof parsed !== "object" || parsed === null) return undefined;
+    const owner = (parsed as { owner?: unknown }).owner;
+    return typeof owner === "string" ? owner : undefined;
   } catch {
     return undefined;
   }
