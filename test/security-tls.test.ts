@@ -1,0 +1,155 @@
+import { credentials, status } from "@grpc/grpc-js";
+import anyTest, { type TestFn } from "ava";
+import { readFileSync } from "node:fs";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { request as httpsRequest } from "node:https";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createBalancedClient } from "../client/balancing/balanced-client.js";
+import { connectRegistry } from "../client/registry-connection.js";
+import { channelCredentials, type TlsFiles } from "../client/tls/tls-files.js";
+import { generateCa, writeCertificate, type ThrowawayCa } from "../cli/demo/throwaway-pki.js";
+import { startLocalEtcd, type LocalEtcd } from "../cli/local-etcd.js";
+import { EchoServiceService } from "../proto/gen/leasehold/demo/v1/echo.js";
+import { RegistryServiceClient } from "../proto/gen/leasehold/registry/v1/registry.js";
+import { startRegistry, type RunningRegistry } from "../registry/index.js";
+import { echo } from "../services/echo.js";
+import { startServiceInstance } from "../services/service-host.js";
+import { failure, registration, rpc } from "./helpers/registry-fixture.js";
+
+interface Context {
+  dir: string;
+  etcd: LocalEtcd;
+  registry: RunningRegistry;
+  /** CA A, to issue more certificates. */
+  ca: ThrowawayCa;
+  /** CA A: the registry's server certificate (localhost, 127.0.0.1). */
+  server: Required<TlsFiles>;
+  /** CA A: a client whose SAN `alice` the policy names. */
+  alice: Required<TlsFiles>;
+  /** CA A: a client whose SAN no policy names. */
+  stranger: Required<TlsFiles>;
+  /** CA B: a client certificate from another CA (trusting CA A for the server). */
+  mallory: TlsFiles;
+}
+
+const test = anyTest as TestFn<Context>;
+
+test.before(async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), "leasehold-tls-"));
+  const ca = await generateCa("test CA A");
+  const other = await generateCa("test CA B");
+  const server = await writeCertificate(dir, "server", ca, { dns: ["localhost"], ips: ["127.0.0.1"] });
+  const alice = await writeCertificate(dir, "alice", ca, { dns: ["alice"] });
+  const stranger = await writeCertificate(dir, "stranger", ca, { dns: ["stranger"] });
+  await mkdir(join(dir, "other"));
+  const malloryFiles = await writeCertificate(join(dir, "other"), "mallory", other, { dns: ["alice"] });
+  const mallory = { ...malloryFiles, caFile: server.caFile };
+  const policyFile = join(dir, "policy.json");
+  await writeFile(policyFile, JSON.stringify({ principals: { alice: { services: ["*"], read: true } } }));
+  // etcd over TLS with client certificates; the registry presents its own certificate to it.
+  const etcd = await startLocalEtcd({ tls: server });
+  try {
+    const registry = await startRegistry({
+      listen: "127.0.0.1:0",
+      adminListen: "127.0.0.1:0",
+      etcdEndpoints: [etcd.endpoint],
+      tls: server,
+      etcdTls: server,
+      authPolicyFile: policyFile,
+    });
+    t.context = { dir, ca, etcd, registry, server, alice, stranger, mallory };
+  } catch (error) {
+    await etcd.stop();
+    throw error;
+  }
+});
+
+test.after.always(async (t) => {
+  await t.context.registry?.close();
+  await t.context.etcd?.stop();
+  if (t.context.dir !== undefined) await rm(t.context.dir, { recursive: true, force: true });
+});
+
+test("the registry's etcd endpoint is https with client certificates", (t) => {
+  t.regex(t.context.etcd.endpoint, /^https:\/\//);
+});
+
+test("a plaintext client is refused by a TLS registry", async (t) => {
+  const client = new RegistryServiceClient(t.context.registry.address, credentials.createInsecure());
+  t.teardown(() => client.close());
+  const error = await failure(rpc(client).listServices({}));
+  t.is(error.code, status.UNAVAILABLE);
+});
+
+test("a client certificate from another CA is refused by an mTLS registry", async (t) => {
+  const client = connectRegistry(t.context.registry.address, {}, { tls: t.context.mallory });
+  t.teardown(() => client.close());
+  const error = await failure(rpc(client).listServices({}));
+  t.is(error.code, status.UNAVAILABLE);
+});
+
+test("an mTLS client whose SAN the policy names registers; one whose SAN it does not name is UNAUTHENTICATED", async (t) => {
+  const alice = connectRegistry(t.context.registry.address, {}, { tls: t.context.alice });
+  const stranger = connectRegistry(t.context.registry.address, {}, { tls: t.context.stranger });
+  t.teardown(() => [alice, stranger].forEach((client) => client.close()));
+  const registered = await rpc(alice).register(registration({ service: "tls-svc", instanceId: "a-1" }));
+  t.regex(registered.leaseId, /^\d+$/);
+  const refused = await failure(
+    rpc(stranger).register(registration({ service: "tls-svc", instanceId: "s-1" })),
+  );
+  t.is(refused.code, status.UNAUTHENTICATED);
+  await rpc(alice).deregister({ service: "tls-svc", instanceId: "a-1", leaseId: registered.leaseId });
+});
+
+test("the admin endpoint serves HTTPS and requires a client certificate", async (t) => {
+  const { registry, alice } = t.context;
+  const get = (tls: TlsFiles & { caFile: string }) =>
+    new Promise<number>((resolve, reject) => {
+      const request = httpsRequest(
+        `https://${registry.adminAddress ?? ""}/healthz`,
+        {
+          ca: [readFileSync(tls.caFile)],
+          ...(tls.certFile === undefined
+            ? {}
+            : { cert: readFileSync(tls.certFile), key: readFileSync(tls.keyFile ?? tls.certFile) }),
+        },
+        (response) => {
+          response.resume();
+          resolve(response.statusCode ?? 0);
+        },
+      );
+      request.on("error", reject);
+      request.end();
+    });
+  t.is(await get(alice), 200);
+  await t.throwsAsync(get({ caFile: alice.caFile }));
+});
+
+test("a TLS registrar and a TLS balanced client call an mTLS instance end to end", async (t) => {
+  const { registry, alice, dir } = t.context;
+  // A leasehold:/// channel verifies an instance against the service name (the channel's
+  // authority), so the instance's certificate names the service; its SAN alice is its principal.
+  const instanceTls = await writeCertificate(dir, "echo-instance", t.context.ca, { dns: ["echo", "alice"] });
+  const instance = await startServiceInstance(echo, {
+    registry: registry.address,
+    instanceId: "echo-tls-1",
+    listen: "127.0.0.1:0",
+    ttlSeconds: 5,
+    drainMs: 0,
+    tls: instanceTls,
+    registrySecurity: { tls: instanceTls },
+  });
+  t.teardown(async () => await instance.shutdown());
+  const client = createBalancedClient(EchoServiceService, {
+    service: "echo",
+    registry: registry.address,
+    registrySecurity: { tls: alice },
+    credentials: channelCredentials(alice),
+  });
+  t.teardown(async () => await client.close());
+  client.start();
+  const response = await client.methods.echo({ message: "over tls" });
+  t.is(response.instanceId, "echo-tls-1");
+  t.is(response.message, "over tls");
+});
