@@ -23,6 +23,7 @@ import type { ServicesWatch } from "./store/services-watch.js";
 import { WatchHub } from "./watch/watch-hub.js";
 
 export type { RegistryOptions } from "./registry-options.js";
+export type { TlsFiles } from "../client/tls/tls-files.js";
 export { RegistryError, type RegistryErrorCode } from "./registry-error.js";
 
 /** A running registry; see {@link startRegistry}. */

@@ -1,4 +1,6 @@
-import { credentials, status } from "@grpc/grpc-js";
+import { Client, credentials, Metadata, Server, status } from "@grpc/grpc-js";
+import { HealthImplementation } from "grpc-health-check";
+import { pino } from "pino";
 import anyTest, { type TestFn } from "ava";
 import { readFileSync } from "node:fs";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
@@ -7,7 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createBalancedClient } from "../client/balancing/balanced-client.js";
 import { connectRegistry } from "../client/registry-connection.js";
-import { channelCredentials, type TlsFiles } from "../client/tls/tls-files.js";
+import { channelCredentials, serverCredentials, type TlsFiles } from "../client/tls/tls-files.js";
 import { generateCa, writeCertificate, type ThrowawayCa } from "../cli/demo/throwaway-pki.js";
 import { startLocalEtcd, type LocalEtcd } from "../cli/local-etcd.js";
 import { EchoServiceService } from "../proto/gen/leasehold/demo/v1/echo.js";
@@ -15,6 +17,7 @@ import { RegistryServiceClient } from "../proto/gen/leasehold/registry/v1/regist
 import { startRegistry, type RunningRegistry } from "../registry/index.js";
 import { echo } from "../services/echo.js";
 import { startServiceInstance } from "../services/service-host.js";
+import { eventually } from "./helpers/eventually.js";
 import { failure, registration, rpc } from "./helpers/registry-fixture.js";
 
 interface Context {
@@ -152,4 +155,72 @@ test("a TLS registrar and a TLS balanced client call an mTLS instance end to end
   const response = await client.methods.echo({ message: "over tls" });
   t.is(response.instanceId, "echo-tls-1");
   t.is(response.message, "over tls");
+});
+
+test("a server's replaced certificate files are served to new connections without a restart", async (t) => {
+  const { dir } = t.context;
+  const reloadDir = join(dir, "reload");
+  await mkdir(reloadDir);
+  const [first, second] = [await generateCa("reload CA 1"), await generateCa("reload CA 2")];
+  const served = await writeCertificate(reloadDir, "server", first, {
+    dns: ["localhost"],
+    ips: ["127.0.0.1"],
+  });
+  const server = new Server();
+  new HealthImplementation({ "": "SERVING" }).addToServer(server);
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync(
+      "127.0.0.1:0",
+      serverCredentials({ certFile: served.certFile, keyFile: served.keyFile }, 100),
+      (error, bound) => (error === null ? resolve(bound) : reject(error)),
+    ),
+  );
+  t.teardown(() => server.forceShutdown());
+  const check = async (caPem: string): Promise<status> => {
+    const caFile = join(reloadDir, `trust-${Math.random()}.pem`);
+    await writeFile(caFile, caPem);
+    const client = new Client(`127.0.0.1:${port}`, channelCredentials({ caFile }));
+    try {
+      return await new Promise<status>((resolve) =>
+        client.makeUnaryRequest(
+          "/grpc.health.v1.Health/Check",
+          (value: Buffer) => value,
+          (value: Buffer) => value,
+          Buffer.alloc(0),
+          new Metadata(),
+          { deadline: Date.now() + 2000 },
+          (error) => resolve(error === null ? status.OK : (error.code ?? status.UNKNOWN)),
+        ),
+      );
+    } finally {
+      client.close();
+    }
+  };
+  t.is(await check(first.cert), status.OK, "CA 1 verifies the first certificate");
+  t.is(await check(second.cert), status.UNAVAILABLE, "CA 2 does not, yet");
+  // Replace the files in place, as a certificate renewal does.
+  await writeCertificate(reloadDir, "server", second, { dns: ["localhost"], ips: ["127.0.0.1"] });
+  await eventually(async () => (await check(second.cert)) === status.OK, {
+    what: "the renewed certificate is served",
+    timeoutMs: 10_000,
+  });
+  t.pass();
+});
+
+test("a registry listening beyond loopback without TLS and auth logs one warning", async (t) => {
+  const lines: { level: number; msg: string }[] = [];
+  const logger = pino(
+    { level: "info" },
+    { write: (line: string) => void lines.push(JSON.parse(line) as { level: number; msg: string }) },
+  );
+  const etcd = await startLocalEtcd();
+  t.teardown(async () => await etcd.stop());
+  const open = await startRegistry({ listen: "0.0.0.0:0", etcdEndpoints: [etcd.endpoint], logger });
+  await open.close();
+  const warnings = lines.filter((line) => line.level === 40 && /beyond loopback/.test(line.msg));
+  t.is(warnings.length, 1);
+  lines.length = 0;
+  const loopback = await startRegistry({ listen: "127.0.0.1:0", etcdEndpoints: [etcd.endpoint], logger });
+  await loopback.close();
+  t.is(lines.filter((line) => /beyond loopback/.test(line.msg)).length, 0, "none on loopback");
 });

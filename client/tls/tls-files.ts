@@ -1,5 +1,5 @@
 import { readFileSync } from "node:fs";
-import type { SecureContextOptions } from "node:tls";
+import { createSecureContext, type SecureContextOptions } from "node:tls";
 import {
   credentials,
   ServerCredentials,
@@ -117,8 +117,9 @@ export function watchTlsFiles(
     let options: ReturnType<typeof tlsServerOptions>;
     try {
       options = tlsServerOptions(files);
+      createSecureContext({ cert: options.cert, key: options.key, ca: options.ca }); // a matching pair?
     } catch {
-      return; // a certificate being replaced: keep serving the current one
+      return; // files half replaced (new cert, old key): keep serving the current ones, read again later
     }
     const next = fingerprint(options);
     if (next === last) return;
