@@ -15,8 +15,10 @@ import { startLocalEtcd, type LocalEtcd } from "../cli/local-etcd.js";
 import { EchoServiceService } from "../proto/gen/leasehold/demo/v1/echo.js";
 import { RegistryServiceClient } from "../proto/gen/leasehold/registry/v1/registry.js";
 import { startRegistry, type RunningRegistry } from "../registry/index.js";
+import { calculator } from "../services/calculator.js";
 import { echo } from "../services/echo.js";
 import { startServiceInstance } from "../services/service-host.js";
+import { spawnCli } from "./helpers/cli.js";
 import { eventually } from "./helpers/eventually.js";
 import { failure, registration, rpc } from "./helpers/registry-fixture.js";
 
@@ -223,4 +225,35 @@ test("a registry listening beyond loopback without TLS and auth logs one warning
   const loopback = await startRegistry({ listen: "127.0.0.1:0", etcdEndpoints: [etcd.endpoint], logger });
   await loopback.close();
   t.is(lines.filter((line) => /beyond loopback/.test(line.msg)).length, 0, "none on loopback");
+});
+
+test("CLI list and call take --tls-* (flags or env); without them list names the TLS mismatch and exits 1", async (t) => {
+  const { registry, alice, dir } = t.context;
+  const instanceTls = await writeCertificate(dir, "calc-instance", t.context.ca, {
+    dns: ["calculator", "alice"],
+  });
+  const instance = await startServiceInstance(calculator, {
+    registry: registry.address,
+    instanceId: "calc-tls-1",
+    listen: "127.0.0.1:0",
+    ttlSeconds: 5,
+    drainMs: 0,
+    tls: instanceTls,
+    registrySecurity: { tls: instanceTls },
+  });
+  t.teardown(async () => await instance.shutdown());
+  const tlsFlags = [`--tls-cert=${alice.certFile}`, `--tls-key=${alice.keyFile}`, `--tls-ca=${alice.caFile}`];
+  const list = spawnCli(t, ["list", "calculator", `--registry=${registry.address}`, ...tlsFlags]);
+  t.is(await list.exited, 0, list.stderr);
+  t.regex(list.stdout.join("\n"), /calc-tls-1/);
+  const call = spawnCli(t, ["call", "calculator", "Add", '{"a":2,"b":3}', `--registry=${registry.address}`], {
+    LEASEHOLD_TLS_CERT: alice.certFile,
+    LEASEHOLD_TLS_KEY: alice.keyFile,
+    LEASEHOLD_TLS_CA: alice.caFile,
+  });
+  t.is(await call.exited, 0, call.stderr);
+  t.regex(call.stdout.join("\n"), /5/);
+  const plain = spawnCli(t, ["list", `--registry=${registry.address}`]);
+  t.is(await plain.exited, 1);
+  t.regex(plain.stderr, /TLS mismatch.*--tls-ca/);
 });

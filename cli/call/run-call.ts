@@ -217,6 +217,7 @@ async function describeByReflection(
       metadata,
       timeoutMs: REFLECTION_TIMEOUT_MS,
       credentials: channelCredentials(tlsFiles),
+      serverName: serviceName,
     });
     try {
       return await reflectOn(reflection, instance, spec);
