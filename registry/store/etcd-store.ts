@@ -185,7 +185,7 @@ export class EtcdStore {
       registrationHash === undefined ||
       registrationHashOf(value) !== registrationHash ||
       kv.lease === "0" ||
-      ownerOf(value) !== scope.owner // [auth] only the same principal adopts
+      (scope.owner !== undefined && ownerOf(value) !== scope.owner) // [auth] only the same principal adopts
     ) {
       throw alreadyExists(instance);
     }
