@@ -8,10 +8,10 @@ import { HealthImplementation, protoPath as healthProtoPath } from "grpc-health-
 import { dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { instrumentService } from "../client/server/grpc-server-metrics.js";
-import { RegistryServiceService } from "../proto/gen/leasehold/registry/v1/registry.js";
 import type { HttpEndpoints } from "../client/server/http-endpoints.js";
 import { shutdownGrpcServer } from "../client/server/shutdown-grpc-server.js";
 import { startAdminServer } from "./admin/admin-server.js";
+import { guardUndecodable, registryServiceDefinition } from "./api/request-decoding.js";
 import { createRegistryService } from "./api/registry-service.js";
 import { ConsoleFeed } from "./console/console-feed.js";
 import { consoleRoutes } from "./console/console-routes.js";
@@ -94,7 +94,14 @@ export async function startRegistry(options: RegistryOptions): Promise<RunningRe
       ? undefined
       : RegistryAuth.fromFiles(resolved.authPolicyFile, resolved.authTokensFile);
   const credentials = serverCredentials(resolved.tls); // reads the files now: a bad file fails the start
-  const api = createRegistryService({ store, hub, metrics, logger, auth });
+  const api = createRegistryService({
+    store,
+    hub,
+    metrics,
+    logger,
+    validation: { allowForeignMetricsAddress: resolved.allowForeignMetricsAddress },
+    auth,
+  });
   const server = new Server(serverOptions);
   const consoleFeed = new ConsoleFeed({
     hub,
@@ -127,8 +134,8 @@ export async function startRegistry(options: RegistryOptions): Promise<RunningRe
     hub.start();
     await readiness.start();
     server.addService(
-      RegistryServiceService,
-      instrumentService(RegistryServiceService, api.implementation, metricsRegistry),
+      registryServiceDefinition,
+      instrumentService(registryServiceDefinition, guardUndecodable(api.implementation), metricsRegistry),
     );
     health.addToServer(server);
     new ReflectionService(loadReflectedProtos()).addToServer(server);

@@ -27,6 +27,11 @@ export interface RegistryOptions {
    */
   maxWatchBehindMs?: number | undefined;
   /**
+   * Accept a Register whose `metrics_address` is on another host than its `address`; default
+   * false (INVALID_ARGUMENT), since Prometheus scrapes every `metrics_address` on `/sd/prometheus`.
+   */
+  allowForeignMetricsAddress?: boolean | undefined;
+  /**
    * TLS of the gRPC server and the admin HTTP server (HTTPS): cert and key; a CA too turns on mTLS
    * (client certificates required). Default plaintext. Files are re-read every 60 s.
    */
@@ -60,6 +65,8 @@ export interface ResolvedRegistryOptions {
   readonly authPolicyFile: string | undefined;
   readonly authTokensFile: string | undefined;
   readonly progressIntervalMs: number;
+  /** See {@link RegistryOptions.allowForeignMetricsAddress}: default false. */
+  readonly allowForeignMetricsAddress: boolean;
   readonly logger: Logger;
   readonly metricsRegistry: Registry;
   /** Deadline of unary etcd requests: 5000 ms. */
@@ -127,6 +134,7 @@ export function resolveRegistryOptions(options: RegistryOptions): ResolvedRegist
     etcdEndpoints: Object.freeze([...options.etcdEndpoints]),
     prefix,
     progressIntervalMs,
+    allowForeignMetricsAddress: options.allowForeignMetricsAddress ?? false,
     logger: options.logger ?? pino({ level: "silent" }),
     metricsRegistry: options.metricsRegistry ?? new Registry(),
     etcdRequestTimeoutMs: 5000,

@@ -2,6 +2,7 @@
 // Set-up for a fresh machine with Node and npm: node modules, then the system tools a run needs.
 //   node scripts/setup.mjs            etcd (for the demo)
 //   node scripts/setup.mjs --for=test etcd, prometheus/promtool, docker-compose and chromium (for the tests)
+//   node scripts/setup.mjs --for=chaos etcd and jemalloc (the chaos suite runs registries under it)
 // Tools come from Debian's packages (etcd-server, prometheus, docker-compose, chromium) when apt-get is there
 // and we are root; otherwise it says how to get them and exits 1.
 import { spawnSync } from "node:child_process";
@@ -11,6 +12,7 @@ import { fileURLToPath } from "node:url";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const forTests = process.argv.includes("--for=test");
+const forChaos = process.argv.includes("--for=chaos");
 
 function run(command, args, options = {}) {
   const result = spawnSync(command, args, { stdio: "inherit", cwd: root, ...options });
@@ -39,7 +41,10 @@ if (forTests)
     // The web console's test drives Debian's Chromium with playwright-core (no browser download).
     { command: process.env.LEASEHOLD_CHROMIUM ?? "chromium", pkg: "chromium" },
   );
-const missing = tools.filter((tool) => !onPath(tool.command));
+// glibc keeps the native memory a watch burst freed; chaos/lib/cluster.ts preloads jemalloc when present.
+if (forChaos) tools.push({ file: "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", pkg: "libjemalloc2" });
+const isThere = (tool) => (tool.file === undefined ? onPath(tool.command) : existsSync(tool.file));
+const missing = tools.filter((tool) => !isThere(tool));
 if (missing.length === 0) process.exit(0);
 
 const packages = missing.map((tool) => tool.pkg);
@@ -50,10 +55,10 @@ if (onPath("apt-get") && isRoot) {
   const ok =
     run("apt-get", ["update", "-qq"], { env }) &&
     run("apt-get", ["install", "-y", "-qq", "--no-install-recommends", ...packages], { env });
-  if (ok && missing.every((tool) => onPath(tool.command))) process.exit(0);
+  if (ok && missing.every(isThere)) process.exit(0);
 }
 console.error(
-  `setup: missing ${missing.map((tool) => tool.command).join(", ")}. Install Debian's ${packages.join(", ")} ` +
+  `setup: missing ${missing.map((tool) => tool.command ?? tool.file).join(", ")}. Install Debian's ${packages.join(", ")} ` +
     `(sudo apt-get install ${packages.join(" ")}), or put the binaries on PATH` +
     ` (etcd releases: github.com/etcd-io/etcd/releases; or set LEASEHOLD_ETCD_BIN).`,
 );

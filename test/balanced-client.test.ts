@@ -562,7 +562,10 @@ test("hedging (opt-in): a slow attempt is raced by one on another instance, the 
   await eventually(() => a.calls > 0 && a.cancelled === a.calls, {
     what: "every losing attempt on a cancelled",
   });
-  t.is((await metrics.retries.get()).values[0]?.value, a.calls, "each hedge counts as a retry");
+  // Each hedge counts as a retry. On a loaded machine b can be the slow first attempt: its hedge
+  // to a is cancelled when b answers, sometimes before a's handler sees it, so a may count fewer.
+  const retries = (await metrics.retries.get()).values[0]?.value ?? 0;
+  t.true(retries >= a.calls, `${retries} retries counted for ${a.calls} hedges that reached a`);
   t.is(b.calls, 4, "one answer from b per call: no hedge where the first attempt answered in time");
 });
 

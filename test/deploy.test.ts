@@ -221,6 +221,11 @@ test("no relabeling, rule or dashboard query uses a label named `instance` or wr
   }
 });
 
+test("no scrape job of deploy/prometheus.yml honors target labels (registered metrics addresses cannot inject labels)", async (t) => {
+  const config = await readFile(prometheusConfigFile, "utf8");
+  t.notRegex(config, /^\s*honor_labels\s*:\s*true/m);
+});
+
 test("the PromQL reader finds metric and label names (so the dashboard checks can fail)", (t) => {
   const expr =
     'histogram_quantile(0.99, sum by (service, le) (rate(foo_bucket{code!="OK", x=~"a|b"}[5m] offset 1m)))' +

@@ -27,6 +27,10 @@ export function registryCommand(program: Command): void {
     )
     .option("--prefix <prefix>", "etcd key prefix", process.env["LEASEHOLD_PREFIX"] ?? "/leasehold/")
     .option(
+      "--allow-foreign-metrics-address",
+      "accept a metrics_address on another host than the instance's address (listed for Prometheus)",
+    )
+    .option(
       "--etcd-ca <file>",
       "PEM CA that verifies etcd (env LEASEHOLD_ETCD_CA)",
       process.env["LEASEHOLD_ETCD_CA"],

@@ -30,7 +30,7 @@ export function serveCommand(program: Command): void {
     .option("--advertise <host:port>", "address registered for callers (default: detected)", hostPort)
     .option(
       "--metrics-listen <host:port>",
-      "/metrics bind address (default: listen host, free port)",
+      "/metrics bind address (default 127.0.0.1:0; listed for Prometheus only on the address's host)",
       hostPort,
     )
     .option("--fail-rate <f>", "share of calls answered UNAVAILABLE, 0..1", numberIn(0, 1), 0)

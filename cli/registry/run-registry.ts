@@ -17,6 +17,7 @@ export interface RegistryFlags extends SecurityFlags {
   etcd: string[];
   adminListen: string;
   prefix: string;
+  allowForeignMetricsAddress?: boolean;
 }
 
 /** A registry that cannot start because etcd cannot be read: one line, exit status 1. */
@@ -39,6 +40,7 @@ export async function runRegistry(flags: RegistryFlags): Promise<void> {
       adminListen: flags.adminListen,
       etcdEndpoints: flags.etcd,
       prefix: flags.prefix,
+      allowForeignMetricsAddress: flags.allowForeignMetricsAddress === true,
       tls: tlsFilesOf(flags),
       etcdTls: { caFile: flags.etcdCa, certFile: flags.etcdCert, keyFile: flags.etcdKey },
       etcdAuth: etcdAuthFromEnv(),

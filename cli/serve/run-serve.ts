@@ -58,7 +58,8 @@ export async function runServe(name: string, flags: ServeFlags): Promise<void> {
   });
   const say = (line: string): void => void process.stdout.write(`${instance.instanceId}: ${line}\n`);
   say(
-    `serving ${name} on ${instance.address} (weight ${flags.weight}, metrics http://${instance.metricsAddress}/metrics)`,
+    `serving ${name} on ${instance.address} (weight ${flags.weight}, metrics http://${instance.metricsAddress}/metrics` +
+      `${instance.isMetricsListed ? "" : ", not listed for Prometheus: use --metrics-listen 0.0.0.0:PORT"})`,
   );
   const quit = new Promise<void>((resolve) => {
     listenForKeys(async (key) => {

@@ -267,6 +267,7 @@ class TrackedCall {
     const name = statusCodeName(code);
     if (code !== Status.CANCELLED && code !== Status.DEADLINE_EXCEEDED)
       child.progress.answered(Date.now(), ++this.#balancer.answers); // the instance itself answered
+    else child.progress.unanswered(child.outstanding, Date.now());
     this.#settle?.(name === "OK" ? undefined : new LeaseholdError(name, details));
     child.breaker.noteOutcome(name);
     if (child.isRemoved) return; // left meanwhile: its series are gone and must stay gone

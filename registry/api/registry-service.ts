@@ -21,6 +21,7 @@ import {
   validateUpdate,
   validateWatch,
   type Validated,
+  type ValidationOptions,
 } from "./validation.js";
 
 /** What the handlers need. */
@@ -29,6 +30,8 @@ export interface RegistryServiceDeps {
   readonly hub: WatchHub;
   readonly metrics: RegistryMetrics;
   readonly logger: Logger;
+  /** Operator choices that loosen validation; default none. */
+  readonly validation?: ValidationOptions;
   /** [auth] Authentication and authorisation (issue 7); undefined = auth off, anyone may write. */
   readonly auth?: RegistryAuth | undefined;
   /** Clock for `registered_at`; default `() => new Date()`. */
@@ -87,7 +90,7 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
       try {
         requireWriter(call);
         const { instance, ttlSeconds, registrationId } = valueOf(
-          validateRegister(request, now().toISOString()),
+          validateRegister(request, now().toISOString(), deps.validation),
         );
         const scope = owned(callerScope, call, instance.service);
         const registrationHash =
