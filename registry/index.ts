@@ -57,6 +57,12 @@ const serverOptions = {
 export async function startRegistry(options: RegistryOptions): Promise<RunningRegistry> {
   const resolved = resolveRegistryOptions(options);
   const { logger, metricsRegistry } = resolved;
+  // Files are read first: a bad policy, token or certificate file fails the start before anything runs.
+  const auth =
+    resolved.authPolicyFile === undefined
+      ? undefined
+      : RegistryAuth.fromFiles(resolved.authPolicyFile, resolved.authTokensFile);
+  const credentials = serverCredentials(resolved.tls);
   const metrics = new RegistryMetrics(metricsRegistry);
   const store = new EtcdStore({
     endpoints: resolved.etcdEndpoints,
@@ -89,11 +95,6 @@ export async function startRegistry(options: RegistryOptions): Promise<RunningRe
       logger.info({ etcd: status }, "etcd readiness changed");
     },
   });
-  const auth =
-    resolved.authPolicyFile === undefined
-      ? undefined
-      : RegistryAuth.fromFiles(resolved.authPolicyFile, resolved.authTokensFile);
-  const credentials = serverCredentials(resolved.tls); // reads the files now: a bad file fails the start
   const api = createRegistryService({
     store,
     hub,

@@ -257,3 +257,26 @@ test("CLI list and call take --tls-* (flags or env); without them list names the
   t.is(await plain.exited, 1);
   t.regex(plain.stderr, /TLS mismatch.*--tls-ca/);
 });
+
+test("a missing TLS file or a malformed policy is one line on stderr and exit status 2", async (t) => {
+  const { dir } = t.context;
+  const missing = spawnCli(t, [
+    "registry",
+    "--listen=127.0.0.1:0",
+    "--tls-cert=/nonexistent.pem",
+    "--tls-key=/nonexistent-key.pem",
+  ]);
+  t.is(await missing.exited, 2);
+  t.is(missing.stderr.trim(), "leasehold: --tls-cert /nonexistent.pem: ENOENT");
+  const badPolicy = join(dir, "bad-policy.json");
+  await writeFile(badPolicy, JSON.stringify({ principals: { a: { services: "calculator" } } }));
+  const policy = spawnCli(t, ["registry", "--listen=127.0.0.1:0", `--auth-policy=${badPolicy}`]);
+  t.is(await policy.exited, 2);
+  t.regex(
+    policy.stderr.trim(),
+    /^leasehold: \S+bad-policy\.json: principals\.a\.services must be a list of service names$/,
+  );
+  const list = spawnCli(t, ["list", "--registry=127.0.0.1:1", "--token-file=/nonexistent-token"]);
+  t.is(await list.exited, 2);
+  t.is(list.stderr.trim(), "leasehold: --token-file /nonexistent-token: ENOENT");
+});
