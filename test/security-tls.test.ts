@@ -12,7 +12,12 @@ import { connectRegistry } from "../client/registry-connection.js";
 import { channelCredentials, serverCredentials, type TlsFiles } from "../client/tls/tls-files.js";
 import { generateCa, writeCertificate, type ThrowawayCa } from "../cli/demo/throwaway-pki.js";
 import { startLocalEtcd, type LocalEtcd } from "../cli/local-etcd.js";
-import { EchoServiceService } from "../proto/gen/leasehold/demo/v1/echo.js";
+import {
+  EchoServiceClient,
+  EchoServiceService,
+  type EchoResponse,
+} from "../proto/gen/leasehold/demo/v1/echo.js";
+import { registerLeasehold } from "../client/leasehold.js";
 import { RegistryServiceClient } from "../proto/gen/leasehold/registry/v1/registry.js";
 import { startRegistry, type RunningRegistry } from "../registry/index.js";
 import { calculator } from "../services/calculator.js";
@@ -131,7 +136,7 @@ test("the admin endpoint serves HTTPS and requires a client certificate", async 
   await t.throwsAsync(get({ caFile: alice.caFile }));
 });
 
-test("a TLS registrar and a TLS balanced client call an mTLS instance end to end", async (t) => {
+test("a TLS registrar, a TLS balanced client and a stock grpc-js leasehold:/// client call an mTLS instance end to end", async (t) => {
   const { registry, alice, dir } = t.context;
   // A leasehold:/// channel verifies an instance against the service name (the channel's
   // authority), so the instance's certificate names the service; its SAN alice is its principal.
@@ -157,6 +162,20 @@ test("a TLS registrar and a TLS balanced client call an mTLS instance end to end
   const response = await client.methods.echo({ message: "over tls" });
   t.is(response.instanceId, "echo-tls-1");
   t.is(response.message, "over tls");
+
+  // A stock grpc-js client on leasehold:///echo, its registry Watch secured by registerLeasehold.
+  registerLeasehold({ registry: registry.address, registrySecurity: { tls: alice } });
+  const stock = new EchoServiceClient("leasehold:///echo", channelCredentials(alice));
+  t.teardown(() => stock.close());
+  const stockResponse = await new Promise<EchoResponse>((resolve, reject) =>
+    stock.echo(
+      { message: "stock over tls" },
+      new Metadata(),
+      { deadline: Date.now() + 10_000 },
+      (error, value) => (error === null ? resolve(value) : reject(error)),
+    ),
+  );
+  t.is(stockResponse.instanceId, "echo-tls-1");
 });
 
 test("a server's replaced certificate files are served to new connections without a restart", async (t) => {
