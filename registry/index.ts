@@ -14,6 +14,7 @@ import { startAdminServer } from "./admin/admin-server.js";
 import { guardUndecodable, registryServiceDefinition } from "./api/request-decoding.js";
 import { createRegistryService } from "./api/registry-service.js";
 import { ConsoleFeed } from "./console/console-feed.js";
+import { fetchMetricsOverHttps } from "./console/metrics-fetch.js";
 import { consoleRoutes } from "./console/console-routes.js";
 import { EtcdReadiness } from "./readiness.js";
 import { RegistryMetrics } from "./registry-metrics.js";
@@ -108,6 +109,7 @@ export async function startRegistry(options: RegistryOptions): Promise<RunningRe
     hub,
     isReady: () => readiness.isReady,
     leaseTimeToLive: (key) => store.leaseTimeToLive(key),
+    fetchMetrics: isTlsOn(resolved.tls) ? fetchMetricsOverHttps(resolved.tls) : undefined,
     logger,
   });
   let admin: HttpEndpoints | undefined;

@@ -19,6 +19,7 @@ import {
 } from "../proto/gen/leasehold/demo/v1/echo.js";
 import { registerLeasehold } from "../client/leasehold.js";
 import { RegistryServiceClient } from "../proto/gen/leasehold/registry/v1/registry.js";
+import { fetchMetricsOverHttps } from "../registry/console/metrics-fetch.js";
 import { startRegistry, type RunningRegistry } from "../registry/index.js";
 import { calculator } from "../services/calculator.js";
 import { echo } from "../services/echo.js";
@@ -137,7 +138,7 @@ test("the admin endpoint serves HTTPS and requires a client certificate", async 
 });
 
 test("a TLS registrar, a TLS balanced client and a stock grpc-js leasehold:/// client call an mTLS instance end to end", async (t) => {
-  const { registry, alice, dir } = t.context;
+  const { registry, alice, dir, server } = t.context;
   // A leasehold:/// channel verifies an instance against the service name (the channel's
   // authority), so the instance's certificate names the service; its SAN alice is its principal.
   const instanceTls = await writeCertificate(dir, "echo-instance", t.context.ca, { dns: ["echo", "alice"] });
@@ -176,6 +177,15 @@ test("a TLS registrar, a TLS balanced client and a stock grpc-js leasehold:/// c
     ),
   );
   t.is(stockResponse.instanceId, "echo-tls-1");
+
+  // The instance's /metrics is HTTPS with client certificates; the registry's console reads it so.
+  const metricsText = await fetchMetricsOverHttps(server)(
+    instance.metricsAddress,
+    "echo",
+    AbortSignal.timeout(5000),
+  );
+  t.regex(metricsText, /grpc_server_handled_total\{[^}]*grpc_method="Echo"/);
+  await t.throwsAsync(fetch(`http://${instance.metricsAddress}/metrics`), undefined, "no plaintext /metrics");
 });
 
 test("a server's replaced certificate files are served to new connections without a restart", async (t) => {
