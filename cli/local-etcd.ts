@@ -37,11 +37,13 @@ export async function freePort(): Promise<number> {
  * reach it over HTTPS and must present a certificate signed by that CA (`--client-cert-auth`).
  *
  * @param readyTimeoutMs how long to wait for `/health`; default 15000.
+ * @param extraArgs more etcd flags, e.g. `--max-txn-ops=1024` (tests that write in bulk).
  * @throws Error when etcd is not installed or does not become healthy in time.
  */
 export async function startLocalEtcd(
   options: {
     readyTimeoutMs?: number;
+    extraArgs?: readonly string[];
     tls?: { readonly certFile: string; readonly keyFile: string; readonly caFile: string };
   } = {},
 ): Promise<LocalEtcd> {
@@ -71,6 +73,7 @@ export async function startLocalEtcd(
             `--trusted-ca-file=${tls.caFile}`,
             "--client-cert-auth",
           ]),
+      ...(options.extraArgs ?? []),
     ],
     { stdio: ["ignore", "ignore", "pipe"] },
   );

@@ -17,6 +17,7 @@ import { ConsoleFeed } from "./console/console-feed.js";
 import { fetchMetricsOverHttps } from "./console/metrics-fetch.js";
 import { consoleRoutes } from "./console/console-routes.js";
 import { EtcdReadiness } from "./readiness.js";
+import { RegistryLimiter } from "./registry-limits.js";
 import { RegistryMetrics } from "./registry-metrics.js";
 import { resolveRegistryOptions, type RegistryOptions } from "./registry-options.js";
 import { EtcdStore } from "./store/etcd-store.js";
@@ -25,6 +26,7 @@ import { WatchHub } from "./watch/watch-hub.js";
 
 export type { RegistryOptions } from "./registry-options.js";
 export type { TlsFiles } from "../client/tls/tls-files.js";
+export { DEFAULT_REGISTRY_LIMITS, type RegistryLimitOptions } from "./registry-limits.js";
 export { RegistryError, type RegistryErrorCode } from "./registry-error.js";
 
 /** A running registry; see {@link startRegistry}. */
@@ -64,7 +66,7 @@ export async function startRegistry(options: RegistryOptions): Promise<RunningRe
       ? undefined
       : RegistryAuth.fromFiles(resolved.authPolicyFile, resolved.authTokensFile);
   const credentials = serverCredentials(resolved.tls);
-  const metrics = new RegistryMetrics(metricsRegistry);
+  const metrics = new RegistryMetrics(metricsRegistry, resolved.limits.maxServiceLabels);
   const store = new EtcdStore({
     endpoints: resolved.etcdEndpoints,
     tls: resolved.etcdTls,
@@ -77,14 +79,22 @@ export async function startRegistry(options: RegistryOptions): Promise<RunningRe
     metrics,
     logger,
   });
-  const hub = new WatchHub({
+  const limiter = new RegistryLimiter({
+    limits: resolved.limits,
+    metrics,
+    cache: { instanceCount: (service, instanceId) => hub.instanceCount(service, instanceId) },
+  });
+  const resumes = limiter.coalesceResumes((revision, service) => store.listAt(revision, service));
+  const hub: WatchHub = new WatchHub({
     historyMaxDeltas: resolved.historyMaxDeltas,
     streamLimits: { maxQueuedBytes: resolved.maxQueuedWatchBytes, maxBehindMs: resolved.maxWatchBehindMs },
     progressIntervalMs: resolved.progressIntervalMs,
-    listAt: (revision, service) => store.listAt(revision, service),
+    // Resumes that read etcd share one read per service and revision, and are capped per second.
+    listAt: (revision, service) => resumes(revision, service),
     metrics,
     logger,
   });
+
   const health = new HealthImplementation({ "": "NOT_SERVING", [registryServiceName]: "NOT_SERVING" });
   const readiness = new EtcdReadiness({
     probe: () => store.probe(resolved.probeTimeoutMs),
@@ -99,12 +109,13 @@ export async function startRegistry(options: RegistryOptions): Promise<RunningRe
   const api = createRegistryService({
     store,
     hub,
+    limiter,
     metrics,
     logger,
     validation: { allowForeignMetricsAddress: resolved.allowForeignMetricsAddress },
     auth,
   });
-  const server = new Server(serverOptions);
+  const server = new Server({ ...serverOptions, ...limiter.serverOptions() });
   const consoleFeed = new ConsoleFeed({
     hub,
     isReady: () => readiness.isReady,

@@ -3,6 +3,7 @@ import { Registry } from "prom-client";
 import { RegistryError } from "./registry-error.js";
 import { splitHostPort, type HostPort } from "../client/server/http-endpoints.js";
 import type { TlsFiles } from "../client/tls/tls-files.js";
+import { resolveRegistryLimits, type RegistryLimitOptions, type RegistryLimits } from "./registry-limits.js";
 
 /** Options of {@link startRegistry}. */
 export interface RegistryOptions {
@@ -26,6 +27,8 @@ export interface RegistryOptions {
    * RESOURCE_EXHAUSTED, in milliseconds; default 30000.
    */
   maxWatchBehindMs?: number | undefined;
+  /** Quotas (instances per service, Watch streams per connection, rates, message sizes); see {@link RegistryLimitOptions} for each default. */
+  limits?: RegistryLimitOptions | undefined;
   /**
    * Accept a Register whose `metrics_address` is on another host than its `address`; default
    * false (INVALID_ARGUMENT), since Prometheus scrapes every `metrics_address` on `/sd/prometheus`.
@@ -65,6 +68,7 @@ export interface ResolvedRegistryOptions {
   readonly authPolicyFile: string | undefined;
   readonly authTokensFile: string | undefined;
   readonly progressIntervalMs: number;
+  readonly limits: RegistryLimits;
   /** See {@link RegistryOptions.allowForeignMetricsAddress}: default false. */
   readonly allowForeignMetricsAddress: boolean;
   readonly logger: Logger;
@@ -134,6 +138,7 @@ export function resolveRegistryOptions(options: RegistryOptions): ResolvedRegist
     etcdEndpoints: Object.freeze([...options.etcdEndpoints]),
     prefix,
     progressIntervalMs,
+    limits: resolveRegistryLimits(options.limits),
     allowForeignMetricsAddress: options.allowForeignMetricsAddress ?? false,
     logger: options.logger ?? pino({ level: "silent" }),
     metricsRegistry: options.metricsRegistry ?? new Registry(),

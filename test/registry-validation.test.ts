@@ -8,7 +8,7 @@ import {
 import {
   isHostPort,
   validateDeregister,
-  validateLeaseId,
+  validateKeepAlive,
   validateRegister,
   validateUpdate,
   validateWatch,
@@ -197,9 +197,26 @@ test("isHostPort accepts DNS names, IPv4 and bracketed IPv6 with ports 1-65535",
   }
 });
 
-test("fenced requests need a positive lease id, a valid name and valid fields", (t) => {
-  const fenced = { service: "calc", instanceId: "calc-1", leaseId: "7587869923457236737" };
+test("fenced requests need a positive lease id, a registration token, a valid name and valid fields", (t) => {
+  const token = "t".repeat(43);
+  const fenced = {
+    service: "calc",
+    instanceId: "calc-1",
+    leaseId: "7587869923457236737",
+    registrationToken: token,
+  };
   t.like(validateDeregister(fenced), { ok: true, value: { leaseId: "7587869923457236737" } });
+  t.regex(
+    errorOf(validateDeregister({ ...fenced, registrationToken: "" })),
+    /^invalid_argument: registration_token: required/,
+  );
+  const tooLong = errorOf(validateDeregister({ ...fenced, registrationToken: "s".repeat(129) }));
+  t.regex(tooLong, /^invalid_argument: registration_token: must be at most 128 characters/);
+  t.false(tooLong.includes("s".repeat(129)), "the token is never echoed");
+  t.regex(
+    errorOf(validateKeepAlive({ leaseId: "5", registrationToken: "" })),
+    /registration_token: required/,
+  );
   t.regex(errorOf(validateDeregister({ ...fenced, leaseId: "0" })), /lease_id: required/);
   t.regex(errorOf(validateDeregister({ ...fenced, leaseId: "-3" })), /lease_id/);
   t.regex(errorOf(validateDeregister({ ...fenced, service: "Bad_Name!" })), /^invalid_argument: service/);
@@ -223,7 +240,10 @@ test("fenced requests need a positive lease id, a valid name and valid fields", 
     ok: true,
     value: { change: { zone: "" } },
   });
-  t.regex(errorOf(validateLeaseId("abc")), /lease_id: must be a decimal integer/);
+  t.regex(
+    errorOf(validateKeepAlive({ leaseId: "abc", registrationToken: token })),
+    /lease_id: must be a decimal integer/,
+  );
   t.regex(errorOf(validateWatch({ service: "Nope!", startRevision: "0" })), /service/);
   t.regex(errorOf(validateWatch({ service: "", startRevision: "-1" })), /start_revision/);
   t.regex(errorOf(validateDeregister({ ...fenced, instanceId: ".." })), /^invalid_argument: instance_id/);
@@ -248,7 +268,13 @@ test("every invalid Register answers INVALID_ARGUMENT naming the field before et
     t.regex(error.details, message, title);
   }
   const fencedError = await failure(
-    rpc(client).updateInstance({ service: "calc", instanceId: "calc-1", leaseId: "0", metadata: undefined }),
+    rpc(client).updateInstance({
+      service: "calc",
+      instanceId: "calc-1",
+      leaseId: "0",
+      registrationToken: "t",
+      metadata: undefined,
+    }),
   );
   t.is(fencedError.code, status.INVALID_ARGUMENT);
   t.is((await etcd3.get("/leasehold/").exec()).header.revision, revisionBefore, "etcd revision unchanged");
@@ -297,7 +323,12 @@ test("every bad GetService or Watch argument answers INVALID_ARGUMENT naming the
 test("UpdateInstance refuses a __proto__ metadata key sent on the wire, naming it, and leaves the instance as it was", async (t) => {
   const { client, etcd3 } = await startFixtureFor(t);
   const held = await rpc(client).register({ ...base, metadata: { a: "1" } });
-  const fenced = { service: base.service, instanceId: base.instanceId, leaseId: held.leaseId };
+  const fenced = {
+    service: base.service,
+    instanceId: base.instanceId,
+    leaseId: held.leaseId,
+    registrationToken: held.registrationToken,
+  };
   const error = await failure(
     rpc(client).updateInstance({ ...fenced, metadata: { entries: metadataWith("__proto__") } }),
   );

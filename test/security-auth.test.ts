@@ -108,7 +108,13 @@ test.serial(
     ) as { owner?: string };
     t.is(stored.owner, "bob", "the owner is stored in the instance value");
     const before = await etcdState(fixture);
-    const key = { service: "shared", instanceId: "bob-1", leaseId: registered.leaseId };
+    // Even with bob's lease id and registration token, alice is not bob.
+    const key = {
+      service: "shared",
+      instanceId: "bob-1",
+      leaseId: registered.leaseId,
+      registrationToken: registered.registrationToken,
+    };
 
     const update = await failure(rpc(alice).updateInstance({ ...key, weight: 10_000, metadata: undefined }));
     t.is(update.code, status.PERMISSION_DENIED);
@@ -116,14 +122,20 @@ test.serial(
     t.is(deregister.code, status.PERMISSION_DENIED);
     const session = new KeepAliveSession(alice);
     t.teardown(() => session.cancel());
-    const renew = await failure(session.renew(registered.leaseId));
+    const renew = await failure(
+      session.renew({ leaseId: registered.leaseId, registrationToken: registered.registrationToken }),
+    );
     t.is(renew.code, status.PERMISSION_DENIED);
     t.deepEqual(await etcdState(fixture), before, "same revision, same leases");
 
     // The owner still can.
     const own = new KeepAliveSession(bob);
     t.teardown(() => own.cancel());
-    t.is((await own.renew(registered.leaseId)).leaseId, registered.leaseId);
+    t.is(
+      (await own.renew({ leaseId: registered.leaseId, registrationToken: registered.registrationToken }))
+        .leaseId,
+      registered.leaseId,
+    );
     const updated = await rpc(bob).updateInstance({ ...key, weight: 5, metadata: undefined });
     t.is(updated.instance?.weight, 5);
     const afterUpdate = JSON.parse(
@@ -139,12 +151,14 @@ test.serial(
   "a KeepAlive of a lease that holds no Leasehold instance is NOT_FOUND with auth on",
   async (t) => {
     const { fixture, alice } = t.context;
+    // A well-formed token of alice's own instance, with a lease that is not Leasehold's.
+    const own = await rpc(alice).register(registration({ service: "alpha", instanceId: "alice-token" }));
     const foreign = fixture.etcd3.lease(30, { autoKeepAlive: false });
     const leaseId = await foreign.grant();
     t.teardown(async () => await foreign.revoke().catch(() => undefined));
     const session = new KeepAliveSession(alice);
     t.teardown(() => session.cancel());
-    const error = await failure(session.renew(leaseId));
+    const error = await failure(session.renew({ leaseId, registrationToken: own.registrationToken }));
     t.is(error.code, status.NOT_FOUND);
   },
 );

@@ -46,13 +46,22 @@ test("the registry works as an etcd user whose role only reads and writes the pr
   const registered = await rpc(client).register(registration({ service: "authz", instanceId: "a-1" }));
   const session = new KeepAliveSession(client);
   t.teardown(() => session.cancel());
-  t.is((await session.renew(registered.leaseId)).leaseId, registered.leaseId);
+  t.is(
+    (await session.renew({ leaseId: registered.leaseId, registrationToken: registered.registrationToken }))
+      .leaseId,
+    registered.leaseId,
+  );
   const listed = await rpc(client).getService({ service: "authz" });
   t.deepEqual(
     listed.instances.map((instance) => instance.instanceId),
     ["a-1"],
   );
-  await rpc(client).deregister({ service: "authz", instanceId: "a-1", leaseId: registered.leaseId });
+  await rpc(client).deregister({
+    service: "authz",
+    instanceId: "a-1",
+    leaseId: registered.leaseId,
+    registrationToken: registered.registrationToken,
+  });
 });
 
 test("etcd credentials come from env: user with password, or with a password file", async (t) => {

@@ -110,7 +110,12 @@ test("an mTLS client whose SAN the policy names registers; one whose SAN it does
     rpc(stranger).register(registration({ service: "tls-svc", instanceId: "s-1" })),
   );
   t.is(refused.code, status.UNAUTHENTICATED);
-  await rpc(alice).deregister({ service: "tls-svc", instanceId: "a-1", leaseId: registered.leaseId });
+  await rpc(alice).deregister({
+    service: "tls-svc",
+    instanceId: "a-1",
+    leaseId: registered.leaseId,
+    registrationToken: registered.registrationToken,
+  });
 });
 
 test("the admin endpoint serves HTTPS and requires a client certificate", async (t) => {

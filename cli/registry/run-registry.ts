@@ -1,12 +1,12 @@
 import { readFileSync } from "node:fs";
-import { startRegistry } from "../../registry/index.js";
+import { startRegistry, type RegistryLimitOptions } from "../../registry/index.js";
 import { tlsFilesOf, type SecurityFlags } from "../security-options.js";
 import { UsageError } from "../usage-error.js";
 import { createLogger } from "../logger.js";
 import { describeConnectFailure } from "../registry-check.js";
 import { onShutdownSignal } from "../signals.js";
 
-/** Flags of `leasehold registry`. */
+/** Flags of `leasehold registry`; the `--max-...` flags are named after {@link RegistryLimitOptions}. */
 export interface RegistryFlags extends SecurityFlags {
   listen: string;
   etcdCa?: string;
@@ -18,6 +18,28 @@ export interface RegistryFlags extends SecurityFlags {
   adminListen: string;
   prefix: string;
   allowForeignMetricsAddress?: boolean;
+  maxInstancesPerService?: number;
+  maxWatchStreamsPerConnection?: number;
+  maxConcurrentStreams?: number;
+  maxKeepalivesPerSecond?: number;
+  maxResumesPerSecond?: number;
+  maxReceiveMessageBytes?: number;
+  maxSendMessageBytes?: number;
+  maxServiceLabels?: number;
+}
+
+/** The quotas the flags set (unset ones keep their defaults). */
+function limitsOf(flags: RegistryFlags): RegistryLimitOptions {
+  return {
+    maxInstancesPerService: flags.maxInstancesPerService,
+    maxWatchStreamsPerConnection: flags.maxWatchStreamsPerConnection,
+    maxConcurrentStreamsPerConnection: flags.maxConcurrentStreams,
+    maxKeepAlivesPerSecond: flags.maxKeepalivesPerSecond,
+    maxEtcdResumesPerSecond: flags.maxResumesPerSecond,
+    maxReceiveMessageBytes: flags.maxReceiveMessageBytes,
+    maxSendMessageBytes: flags.maxSendMessageBytes,
+    maxServiceLabels: flags.maxServiceLabels,
+  };
 }
 
 /** A registry that cannot start because etcd cannot be read: one line, exit status 1. */
@@ -41,6 +63,7 @@ export async function runRegistry(flags: RegistryFlags): Promise<void> {
       etcdEndpoints: flags.etcd,
       prefix: flags.prefix,
       allowForeignMetricsAddress: flags.allowForeignMetricsAddress === true,
+      limits: limitsOf(flags),
       tls: tlsFilesOf(flags),
       etcdTls: { caFile: flags.etcdCa, certFile: flags.etcdCert, keyFile: flags.etcdKey },
       etcdAuth: etcdAuthFromEnv(),

@@ -3,6 +3,7 @@ import { connectRegistry } from "../../client/registry-connection.js";
 import { DEMO_SERVICES } from "../../services/index.js";
 import { startServiceInstance } from "../../services/service-host.js";
 import { createLogger } from "../logger.js";
+import { advertisedAddress } from "../options.js";
 import { checkRegistry } from "../registry-check.js";
 import { onShutdownSignal } from "../signals.js";
 import { UsageError } from "../usage-error.js";
@@ -19,6 +20,7 @@ export interface ServeFlags extends SecurityFlags {
   metricsListen?: string;
   failRate: number;
   latencyMs: number;
+  drainMs: number;
 }
 
 /**
@@ -48,10 +50,11 @@ export async function runServe(name: string, flags: ServeFlags): Promise<void> {
     zone: flags.zone,
     ttlSeconds: flags.ttl,
     listen: flags.listen,
-    advertise: flags.advertise,
+    advertise: advertisedAddress(flags.advertise),
     metricsListen: flags.metricsListen,
     failRate: flags.failRate,
     latencyMs: flags.latencyMs,
+    drainMs: flags.drainMs,
     tls: tlsFilesOf(flags),
     registrySecurity,
     logger,

@@ -8,14 +8,17 @@ import type {
 } from "../../proto/gen/leasehold/registry/v1/registry.js";
 import { RegistryError } from "../registry-error.js";
 import type { RegistryMetrics } from "../registry-metrics.js";
+import { ANONYMOUS_PRINCIPAL, type RegistryLimiter } from "../registry-limits.js";
+import { issueRegistrationToken } from "../registration-token.js";
 import { hashRegistrationId, type EtcdStore, type RequestScope } from "../store/etcd-store.js";
 import type { WatchHub } from "../watch/watch-hub.js";
 import type { WatchSink } from "../watch/watch-subscription.js";
 import { toServiceError } from "./grpc-status.js";
+import { getServicePage, type ServicePageSources } from "./service-pages.js";
 import {
   applyChange,
   validateDeregister,
-  validateLeaseId,
+  validateKeepAlive,
   validateRegister,
   validateServiceName,
   validateUpdate,
@@ -28,6 +31,7 @@ import {
 export interface RegistryServiceDeps {
   readonly store: EtcdStore;
   readonly hub: WatchHub;
+  readonly limiter: RegistryLimiter;
   readonly metrics: RegistryMetrics;
   readonly logger: Logger;
   /** Operator choices that loosen validation; default none. */
@@ -51,14 +55,22 @@ export interface RegistryServiceHandlers {
  * leaves through `toServiceError`.
  */
 export function createRegistryService(deps: RegistryServiceDeps): RegistryServiceHandlers {
-  const { store, hub, metrics, logger, auth } = deps;
+  const { store, hub, limiter, metrics, logger, auth } = deps;
   // [auth] A write's scope carries the caller's principal as the instance owner; anonymous →
   // UNAUTHENTICATED before anything else, a service outside its grant → PERMISSION_DENIED.
   const requireWriter = (call: ServerUnaryCall<unknown, unknown>) => auth?.requirePrincipal(call);
   const owned = (scope: RequestScope, call: ServerUnaryCall<unknown, unknown>, service: string) =>
     auth === undefined ? scope : { ...scope, owner: auth.authorizeWrite(call, service) };
+  // Quotas per principal still count every caller as one (the auth principal is per call; see
+  // registry/auth/): wiring them to it is a follow-up.
+  const principal = ANONYMOUS_PRINCIPAL;
   const now = deps.now ?? (() => new Date());
   const keepAliveStreams = new Set<(error: RegistryError) => void>();
+  const pageSources: ServicePageSources = {
+    revision: () => hub.revision,
+    cached: (service) => hub.sortedInstances(service),
+    readPage: (...args) => store.readServicePage(...args),
+  };
 
   const fail = (method: string, error: unknown) => {
     const normalised = RegistryError.from(error);
@@ -95,22 +107,24 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
         const scope = owned(callerScope, call, instance.service);
         const registrationHash =
           registrationId === undefined ? undefined : hashRegistrationId(registrationId);
-        const registration = await store.register(instance, ttlSeconds, registrationHash, scope);
-        metrics.registrations.inc({ result: registration.isAdopted ? "adopted" : "ok" });
-        logger.info(
-          {
-            service: instance.service,
-            instanceId: instance.instanceId,
-            leaseId: registration.leaseId,
-            adopted: registration.isAdopted,
-          },
-          "registered",
+        // Issued here, returned once, stored only as its hash, never logged.
+        const token = issueRegistrationToken();
+        const registration = await limiter.admitInstance(
+          instance,
+          () => store.register(instance, ttlSeconds, { registrationHash, tokenHash: token.hash }, scope),
+          principal,
         );
+        metrics.registrations.inc({ result: registration.isAdopted ? "adopted" : "ok" });
+        const fields = { service: instance.service, instanceId: instance.instanceId };
+        logger.info({ ...fields, adopted: registration.isAdopted }, "registered");
+        // A lease id is not a credential any more, but it is still not for info-level logs.
+        logger.debug({ ...fields, leaseId: registration.leaseId }, "registered lease");
         return {
           leaseId: registration.leaseId,
           ttlSeconds: String(registration.ttlSeconds),
           revision: registration.revision,
           instance: registration.instance,
+          registrationToken: token.token,
         };
       } catch (error) {
         metrics.registrations.inc({ result: RegistryError.from(error).code });
@@ -121,8 +135,13 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
     keepAlive: (call: ServerDuplexStream<KeepAliveRequest, KeepAliveResponse>) => {
       const keepAlive = store.openKeepAlive();
       // [auth] The stream's principal, and the leases it has been shown to own (checked once each).
-      let principal: string | undefined;
+      let streamPrincipal: string | undefined;
       const ownedLeases = new Set<string>();
+      // Leases this stream proved it owns (lease id → token hash); a lease is renewed only once
+      // etcd confirmed the pair, then without asking again (a deregistered lease is revoked, so
+      // its renewal answers NOT_FOUND anyway).
+      const provenLeases = new Map<string, string>();
+      const checkRate = limiter.keepAliveRate();
       let isEnded = false;
       let replies = Promise.resolve();
       const end = (error?: RegistryError) => {
@@ -135,18 +154,43 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
       };
       keepAliveStreams.add(end);
       try {
-        principal = auth?.requirePrincipal(call);
+        streamPrincipal = auth?.requirePrincipal(call);
       } catch (error) {
         end(RegistryError.from(error));
       }
       // Requests are answered one at a time, in order; a failure ends the stream with its status.
       call.on("data", (request: KeepAliveRequest) => {
+        // Counted on arrival, not when answered: a flood is cut however fast etcd answers.
+        try {
+          checkRate();
+        } catch (error) {
+          end(RegistryError.from(error));
+          return;
+        }
         replies = replies
           .then(async () => {
             if (isEnded) return;
-            const leaseId = valueOf(validateLeaseId(request.leaseId));
-            if (principal !== undefined && !ownedLeases.has(leaseId)) {
-              await checkLeaseOwner(leaseId, principal);
+            const fence = valueOf(validateKeepAlive(request));
+            const { leaseId } = fence;
+            if (provenLeases.get(leaseId) !== fence.tokenHash) {
+              const owner = await store.checkLeaseOwner(fence);
+              if (owner === "not_found") {
+                throw new RegistryError(
+                  "not_found",
+                  `lease ${leaseId} holds no Leasehold instance (expired, revoked or not one of ours); register again`,
+                );
+              }
+              if (owner === "permission_denied") {
+                throw new RegistryError(
+                  "permission_denied",
+                  `registration_token does not match the instance lease ${leaseId} holds`,
+                );
+              }
+              if (provenLeases.size >= MAX_PROVEN_LEASES_PER_STREAM) provenLeases.clear();
+              provenLeases.set(leaseId, fence.tokenHash);
+            }
+            if (streamPrincipal !== undefined && !ownedLeases.has(leaseId)) {
+              await checkLeaseOwner(leaseId, streamPrincipal);
               ownedLeases.add(leaseId);
             }
             if (isEnded) return;
@@ -178,25 +222,25 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
 
     updateInstance: unary("UpdateInstance", async (request, callerScope, call) => {
       requireWriter(call);
-      const { key, leaseId, change } = valueOf(validateUpdate(request));
+      const { key, change, ...fence } = valueOf(validateUpdate(request));
       const scope = owned(callerScope, call, key.service);
-      const updated = await store.update(key, leaseId, (current) => applyChange(current, change), scope);
+      const updated = await store.update(key, fence, (current) => applyChange(current, change), scope);
       return { instance: updated.instance, revision: updated.revision };
     }),
 
     deregister: unary("Deregister", async (request, callerScope, call) => {
       requireWriter(call);
-      const { key, leaseId } = valueOf(validateDeregister(request));
+      const { key, ...fence } = valueOf(validateDeregister(request));
       const scope = owned(callerScope, call, key.service);
-      const revision = await store.deregister(key, leaseId, scope);
-      logger.info({ service: key.service, instanceId: key.instanceId, leaseId }, "deregistered");
+      const revision = await store.deregister(key, fence, scope);
+      logger.info({ service: key.service, instanceId: key.instanceId }, "deregistered");
       return { revision };
     }),
 
-    getService: unary("GetService", (request, _scope, call) => {
+    getService: unary("GetService", async (request, scope, call) => {
       auth?.authorizeRead(call);
       const service = valueOf(validateServiceName(request.service));
-      return Promise.resolve({ instances: hub.instances(service), revision: String(hub.revision) });
+      return await getServicePage(service, request, pageSources, scope);
     }),
 
     listServices: unary("ListServices", (_request, _scope, call) => {
@@ -207,17 +251,29 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
     watch: (call) => {
       let isEnded = false;
       const abort = new AbortController();
+      let release = () => {};
       const sink: WatchSink = {
         write: (message) => call.write(message),
         once: (event, listener) => call.once(event, listener),
         end: (error) => {
           if (isEnded) return;
           isEnded = true;
+          release();
           if (error === undefined) call.end();
           else call.emit("error", fail("Watch", error));
         },
       };
-      call.on("cancelled", () => abort.abort());
+      call.on("cancelled", () => {
+        release();
+        abort.abort();
+      });
+      try {
+        // One HTTP/2 session per peer address and port: the connection.
+        release = limiter.acquireWatchStream(call.getPeer(), principal);
+      } catch (error) {
+        sink.end(RegistryError.from(error));
+        return;
+      }
       call.on("error", (error) => logger.debug({ err: error }, "watch stream error"));
       try {
         auth?.authorizeRead(call);
@@ -231,7 +287,11 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
         return;
       }
       hub
-        .subscribe(sink, request.value, abort.signal)
+        .subscribe(
+          sink,
+          { ...request.value, splitSnapshots: call.request.splitSnapshots === true },
+          abort.signal,
+        )
         .catch((error: unknown) => sink.end(RegistryError.from(error)));
     },
   };
@@ -256,6 +316,9 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
     },
   };
 }
+
+/** Leases one KeepAlive stream remembers as proven; a registrar's stream renews one. */
+const MAX_PROVEN_LEASES_PER_STREAM = 64;
 
 /**
  * When the caller of a unary call stops waiting: its signal aborts on cancel (grpc-js emits

@@ -10,6 +10,7 @@ import {
 import { isIPv4, isIPv6 } from "node:net";
 import { isSameHost } from "../../client/server/http-endpoints.js";
 import { RegistryError } from "../registry-error.js";
+import { MAX_REGISTRATION_TOKEN_LENGTH, hashRegistrationToken } from "../registration-token.js";
 
 /** Expected failures of pure validation are values; the error is `invalid_argument`, naming the field. */
 export type Validated<T> = { ok: true; value: T } | { ok: false; error: RegistryError };
@@ -65,10 +66,19 @@ export interface InstanceChange {
   readonly metadata: Readonly<Record<string, string>> | undefined;
 }
 
-/** A valid fenced request: which instance, and the lease that must hold it. */
+/** A valid fenced request: which instance, the lease that must hold it and its owner's proof. */
 export interface FencedKey {
   readonly key: InstanceKey;
   readonly leaseId: string;
+  /** Hex SHA-256 of the registration token sent (the token itself goes no further). */
+  readonly tokenHash: string;
+}
+
+/** A valid KeepAlive request: the lease to renew and the owner's proof. */
+export interface FencedLease {
+  readonly leaseId: string;
+  /** Hex SHA-256 of the registration token sent. */
+  readonly tokenHash: string;
 }
 
 class Invalid extends Error {}
@@ -323,9 +333,15 @@ export function validateDeregister(request: DeregisterRequest): Validated<Fenced
   return validated(() => fencedKey(request));
 }
 
-/** Validates the lease id of one KeepAlive request; returns it normalised (decimal). */
-export function validateLeaseId(leaseId: string): Validated<string> {
-  return validated(() => checkLeaseId(leaseId));
+/** Validates one KeepAlive request: the lease id (normalised, decimal) and the registration token. */
+export function validateKeepAlive(request: {
+  leaseId: string;
+  registrationToken: string;
+}): Validated<FencedLease> {
+  return validated(() => ({
+    leaseId: checkLeaseId(request.leaseId),
+    tokenHash: checkRegistrationToken(request.registrationToken),
+  }));
 }
 
 /** Validates a GetService request's service name. */
@@ -359,11 +375,27 @@ export function applyChange(current: Instance, change: InstanceChange): Instance
   };
 }
 
-function fencedKey(request: { service: string; instanceId: string; leaseId: string }): FencedKey {
+function fencedKey(request: {
+  service: string;
+  instanceId: string;
+  leaseId: string;
+  registrationToken: string;
+}): FencedKey {
   checkService(request.service);
   checkInstanceId(request.instanceId);
   return {
     key: { service: request.service, instanceId: request.instanceId },
     leaseId: checkLeaseId(request.leaseId),
+    tokenHash: checkRegistrationToken(request.registrationToken),
   };
+}
+
+/** The hash of a present, plausible token; the token is a secret, so messages never echo it. */
+function checkRegistrationToken(token: string): string {
+  check(token !== "", "registration_token: required (the registration_token returned by Register)");
+  check(
+    token.length <= MAX_REGISTRATION_TOKEN_LENGTH,
+    `registration_token: must be at most ${MAX_REGISTRATION_TOKEN_LENGTH} characters (got ${token.length})`,
+  );
+  return hashRegistrationToken(token);
 }
