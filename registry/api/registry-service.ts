@@ -61,9 +61,8 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
   const requireWriter = (call: ServerUnaryCall<unknown, unknown>) => auth?.requirePrincipal(call);
   const owned = (scope: RequestScope, call: ServerUnaryCall<unknown, unknown>, service: string) =>
     auth === undefined ? scope : { ...scope, owner: auth.authorizeWrite(call, service) };
-  // Quotas per principal still count every caller as one (the auth principal is per call; see
-  // registry/auth/): wiring them to it is a follow-up.
-  const principal = ANONYMOUS_PRINCIPAL;
+  // [auth] Quotas per principal key on the authenticated principal; without auth every caller is one.
+  const quotaPrincipal = (scope: RequestScope) => scope.owner ?? ANONYMOUS_PRINCIPAL;
   const now = deps.now ?? (() => new Date());
   const keepAliveStreams = new Set<(error: RegistryError) => void>();
   const pageSources: ServicePageSources = {
@@ -112,7 +111,7 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
         const registration = await limiter.admitInstance(
           instance,
           () => store.register(instance, ttlSeconds, { registrationHash, tokenHash: token.hash }, scope),
-          principal,
+          quotaPrincipal(scope),
         );
         metrics.registrations.inc({ result: registration.isAdopted ? "adopted" : "ok" });
         const fields = { service: instance.service, instanceId: instance.instanceId };
@@ -269,7 +268,10 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
       });
       try {
         // One HTTP/2 session per peer address and port: the connection.
-        release = limiter.acquireWatchStream(call.getPeer(), principal);
+        release = limiter.acquireWatchStream(
+          call.getPeer(),
+          auth?.principalOf(call) ?? ANONYMOUS_PRINCIPAL, // [auth]
+        );
       } catch (error) {
         sink.end(RegistryError.from(error));
         return;
