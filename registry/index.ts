@@ -26,7 +26,11 @@ import { WatchHub } from "./watch/watch-hub.js";
 
 export type { RegistryOptions } from "./registry-options.js";
 export type { TlsFiles } from "../client/tls/tls-files.js";
-export { DEFAULT_REGISTRY_LIMITS, type RegistryLimitOptions } from "./registry-limits.js";
+export {
+  DEFAULT_REGISTRY_LIMITS,
+  type RegistryLimitOptions,
+  type RegistryLimits,
+} from "./registry-limits.js";
 export { RegistryError, type RegistryErrorCode } from "./registry-error.js";
 
 /** A running registry; see {@link startRegistry}. */
