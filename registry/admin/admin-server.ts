@@ -10,6 +10,7 @@ import {
 } from "../../client/server/http-endpoints.js";
 import { routableHost } from "../../client/server/routable-host.js";
 import type { Instance } from "../../proto/gen/leasehold/registry/v1/registry.js";
+import type { TlsFiles } from "../../client/tls/tls-files.js";
 
 /** One target group of Prometheus HTTP service discovery. */
 export interface PrometheusTargetGroup {
@@ -46,6 +47,8 @@ export interface AdminSources {
   instances(): readonly Instance[];
   /** More GET routes served beside these (the web console's `/ui`). */
   readonly routes?: HttpRoutes;
+  /** HTTPS instead of HTTP (mTLS with a CA); see `startHttpEndpoints`. */
+  readonly tls?: TlsFiles | undefined;
 }
 
 /**
@@ -55,17 +58,21 @@ export interface AdminSources {
 export async function startAdminServer(listen: HostPort, sources: AdminSources): Promise<HttpEndpoints> {
   let selfAddress = "";
   const text = (status: number, body: string): HttpAnswer => ({ status, contentType: "text/plain", body });
-  const endpoints = await startHttpEndpoints(listen, {
-    ...sources.routes,
-    "/metrics": metricsRoute(sources.metricsRegistry),
-    "/healthz": () => text(200, "ok\n"),
-    "/readyz": () => (sources.isReady() ? text(200, "ready\n") : text(503, "etcd unreachable\n")),
-    "/sd/prometheus": () => ({
-      status: 200,
-      contentType: "application/json",
-      body: JSON.stringify(prometheusTargets(sources.instances(), selfAddress)),
-    }),
-  });
+  const endpoints = await startHttpEndpoints(
+    listen,
+    {
+      ...sources.routes,
+      "/metrics": metricsRoute(sources.metricsRegistry),
+      "/healthz": () => text(200, "ok\n"),
+      "/readyz": () => (sources.isReady() ? text(200, "ready\n") : text(503, "etcd unreachable\n")),
+      "/sd/prometheus": () => ({
+        status: 200,
+        contentType: "application/json",
+        body: JSON.stringify(prometheusTargets(sources.instances(), selfAddress)),
+      }),
+    },
+    sources.tls,
+  );
   // A wildcard bind (0.0.0.0) is listed as the address others dial, as instances list theirs.
   const { host, port } = splitHostPort(endpoints.address);
   selfAddress = `${routableHost(host)}:${port}`;

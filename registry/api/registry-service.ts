@@ -1,4 +1,5 @@
 import type { ServerDuplexStream, ServerUnaryCall, handleUnaryCall, sendUnaryData } from "@grpc/grpc-js";
+import type { RegistryAuth } from "../auth/registry-auth.js";
 import type { Logger } from "pino";
 import type {
   KeepAliveRequest,
@@ -35,6 +36,8 @@ export interface RegistryServiceDeps {
   readonly logger: Logger;
   /** Operator choices that loosen validation; default none. */
   readonly validation?: ValidationOptions;
+  /** [auth] Authentication and authorisation (issue 7); undefined = auth off, anyone may write. */
+  readonly auth?: RegistryAuth | undefined;
   /** Clock for `registered_at`; default `() => new Date()`. */
   readonly now?: () => Date;
 }
@@ -52,10 +55,14 @@ export interface RegistryServiceHandlers {
  * leaves through `toServiceError`.
  */
 export function createRegistryService(deps: RegistryServiceDeps): RegistryServiceHandlers {
-  const { store, hub, limiter, metrics, logger } = deps;
-  // Until authentication names callers (issue 7, item 3), everyone is one principal; quotas that
-  // will be per principal take it already.
-  const principal = ANONYMOUS_PRINCIPAL;
+  const { store, hub, limiter, metrics, logger, auth } = deps;
+  // [auth] A write's scope carries the caller's principal as the instance owner; anonymous →
+  // UNAUTHENTICATED before anything else, a service outside its grant → PERMISSION_DENIED.
+  const requireWriter = (call: ServerUnaryCall<unknown, unknown>) => auth?.requirePrincipal(call);
+  const owned = (scope: RequestScope, call: ServerUnaryCall<unknown, unknown>, service: string) =>
+    auth === undefined ? scope : { ...scope, owner: auth.authorizeWrite(call, service) };
+  // [auth] Quotas per principal key on the authenticated principal; without auth every caller is one.
+  const quotaPrincipal = (scope: RequestScope) => scope.owner ?? ANONYMOUS_PRINCIPAL;
   const now = deps.now ?? (() => new Date());
   const keepAliveStreams = new Set<(error: RegistryError) => void>();
   const pageSources: ServicePageSources = {
@@ -74,23 +81,29 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
   const unary =
     <Request, Response>(
       method: string,
-      run: (request: Request, scope: RequestScope) => Promise<Response>,
+      run: (
+        request: Request,
+        scope: RequestScope,
+        call: ServerUnaryCall<Request, Response>,
+      ) => Promise<Response>,
     ): handleUnaryCall<Request, Response> =>
     (call, callback: sendUnaryData<Response>) => {
       const scope = callerScope(call);
       // A handler that throws before its first await (validation) fails the call like a rejection.
-      new Promise<Response>((resolve) => resolve(run(call.request, scope))).then(
+      new Promise<Response>((resolve) => resolve(run(call.request, scope, call))).then(
         (response) => callback(null, response),
         (error: unknown) => callback(fail(method, error)),
       );
     };
 
   const implementation: RegistryServiceServer = {
-    register: unary("Register", async (request, scope) => {
+    register: unary("Register", async (request, callerScope, call) => {
       try {
+        requireWriter(call);
         const { instance, ttlSeconds, registrationId } = valueOf(
           validateRegister(request, now().toISOString(), deps.validation),
         );
+        const scope = owned(callerScope, call, instance.service);
         const registrationHash =
           registrationId === undefined ? undefined : hashRegistrationId(registrationId);
         // Issued here, returned once, stored only as its hash, never logged.
@@ -98,7 +111,7 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
         const registration = await limiter.admitInstance(
           instance,
           () => store.register(instance, ttlSeconds, { registrationHash, tokenHash: token.hash }, scope),
-          principal,
+          quotaPrincipal(scope),
         );
         metrics.registrations.inc({ result: registration.isAdopted ? "adopted" : "ok" });
         const fields = { service: instance.service, instanceId: instance.instanceId };
@@ -120,6 +133,9 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
 
     keepAlive: (call: ServerDuplexStream<KeepAliveRequest, KeepAliveResponse>) => {
       const keepAlive = store.openKeepAlive();
+      // [auth] The stream's principal, and the leases it has been shown to own (checked once each).
+      let streamPrincipal: string | undefined;
+      const ownedLeases = new Set<string>();
       // Leases this stream proved it owns (lease id → token hash); a lease is renewed only once
       // etcd confirmed the pair, then without asking again (a deregistered lease is revoked, so
       // its renewal answers NOT_FOUND anyway).
@@ -136,6 +152,11 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
         else call.emit("error", fail("KeepAlive", error));
       };
       keepAliveStreams.add(end);
+      try {
+        streamPrincipal = auth?.requirePrincipal(call);
+      } catch (error) {
+        end(RegistryError.from(error));
+      }
       // Requests are answered one at a time, in order; a failure ends the stream with its status.
       call.on("data", (request: KeepAliveRequest) => {
         // Counted on arrival, not when answered: a flood is cut however fast etcd answers.
@@ -167,6 +188,10 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
               if (provenLeases.size >= MAX_PROVEN_LEASES_PER_STREAM) provenLeases.clear();
               provenLeases.set(leaseId, fence.tokenHash);
             }
+            if (streamPrincipal !== undefined && !ownedLeases.has(leaseId)) {
+              await checkLeaseOwner(leaseId, streamPrincipal);
+              ownedLeases.add(leaseId);
+            }
             if (isEnded) return;
             const ttlSeconds = await keepAlive.renew(leaseId);
             if (isEnded) return;
@@ -194,27 +219,33 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
       call.on("error", (error) => logger.debug({ err: error }, "keepalive stream error"));
     },
 
-    updateInstance: unary("UpdateInstance", async (request, scope) => {
+    updateInstance: unary("UpdateInstance", async (request, callerScope, call) => {
+      requireWriter(call);
       const { key, change, ...fence } = valueOf(validateUpdate(request));
+      const scope = owned(callerScope, call, key.service);
       const updated = await store.update(key, fence, (current) => applyChange(current, change), scope);
       return { instance: updated.instance, revision: updated.revision };
     }),
 
-    deregister: unary("Deregister", async (request, scope) => {
+    deregister: unary("Deregister", async (request, callerScope, call) => {
+      requireWriter(call);
       const { key, ...fence } = valueOf(validateDeregister(request));
+      const scope = owned(callerScope, call, key.service);
       const revision = await store.deregister(key, fence, scope);
       logger.info({ service: key.service, instanceId: key.instanceId }, "deregistered");
       return { revision };
     }),
 
-    getService: unary("GetService", async (request, scope) => {
+    getService: unary("GetService", async (request, scope, call) => {
+      auth?.authorizeRead(call);
       const service = valueOf(validateServiceName(request.service));
       return await getServicePage(service, request, pageSources, scope);
     }),
 
-    listServices: unary("ListServices", () =>
-      Promise.resolve({ services: hub.summaries(), revision: String(hub.revision) }),
-    ),
+    listServices: unary("ListServices", (_request, _scope, call) => {
+      auth?.authorizeRead(call);
+      return Promise.resolve({ services: hub.summaries(), revision: String(hub.revision) });
+    }),
 
     watch: (call) => {
       let isEnded = false;
@@ -237,12 +268,21 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
       });
       try {
         // One HTTP/2 session per peer address and port: the connection.
-        release = limiter.acquireWatchStream(call.getPeer(), principal);
+        release = limiter.acquireWatchStream(
+          call.getPeer(),
+          auth?.principalOf(call) ?? ANONYMOUS_PRINCIPAL, // [auth]
+        );
       } catch (error) {
         sink.end(RegistryError.from(error));
         return;
       }
       call.on("error", (error) => logger.debug({ err: error }, "watch stream error"));
+      try {
+        auth?.authorizeRead(call);
+      } catch (error) {
+        sink.end(RegistryError.from(error));
+        return;
+      }
       const request = validateWatch(call.request);
       if (!request.ok) {
         sink.end(request.error);
@@ -256,6 +296,17 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
         )
         .catch((error: unknown) => sink.end(RegistryError.from(error)));
     },
+  };
+
+  /** [auth] A KeepAlive may renew only a lease holding an instance its principal registered. */
+  const checkLeaseOwner = async (leaseId: string, principal: string) => {
+    const held = await store.leaseOwner(leaseId);
+    if (held === undefined) {
+      throw new RegistryError("not_found", `lease ${leaseId} holds no instance; register again`);
+    }
+    if (held.owner !== principal) {
+      throw new RegistryError("permission_denied", `lease ${leaseId} holds an instance of another principal`);
+    }
   };
 
   return {
