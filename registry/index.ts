@@ -11,6 +11,7 @@ import { shutdownGrpcServer } from "../client/server/shutdown-grpc-server.js";
 import { startAdminServer } from "./admin/admin-server.js";
 import { createRegistryService } from "./api/registry-service.js";
 import { ConsoleFeed } from "./console/console-feed.js";
+import { createHttpApi } from "./http-api/http-api.js";
 import { consoleRoutes } from "./console/console-routes.js";
 import { EtcdReadiness } from "./readiness.js";
 import { RegistryMetrics } from "./registry-metrics.js";
@@ -44,7 +45,8 @@ const serverOptions = {
 /**
  * Starts the registry facade (DESIGN §3): `leasehold.registry.v1.RegistryService`,
  * `grpc.health.v1.Health` (SERVING only while etcd answers; probed every second) and server
- * reflection on `listen`, plus the admin HTTP server on `adminListen`. It first lists every
+ * reflection on `listen`, plus the admin HTTP server on `adminListen` (with the HTTP/JSON API
+ * unless `httpApi` is false). It first lists every
  * instance from etcd and starts the one etcd watch that feeds GetService, ListServices and Watch.
  *
  * @throws RegistryError `invalid_argument` for bad options; the etcd error when etcd cannot be
@@ -136,6 +138,7 @@ export async function startRegistry(options: RegistryOptions): Promise<RunningRe
         isReady: () => readiness.isReady,
         instances: () => hub.instances(),
         routes: consoleRoutes(consoleFeed),
+        ...(resolved.httpApi && { handler: createHttpApi(api.operations, logger) }),
       });
     }
     logger.info(

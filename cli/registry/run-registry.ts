@@ -8,6 +8,7 @@ export interface RegistryFlags {
   listen: string;
   etcd: string[];
   adminListen: string;
+  httpApi: boolean;
   prefix: string;
 }
 
@@ -29,6 +30,7 @@ export async function runRegistry(flags: RegistryFlags): Promise<void> {
     registry = await startRegistry({
       listen: flags.listen,
       adminListen: flags.adminListen,
+      httpApi: flags.httpApi,
       etcdEndpoints: flags.etcd,
       prefix: flags.prefix,
       logger,

@@ -1,4 +1,4 @@
-import { createServer, type ServerResponse } from "node:http";
+import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import type { Registry } from "prom-client";
 
@@ -45,6 +45,12 @@ export type HttpRoutes = Readonly<
   Record<string, () => HttpAnswer | HttpStream | Promise<HttpAnswer | HttpStream>>
 >;
 
+/**
+ * Takes a request before the GET routes, e.g. an API under a path prefix (any method); returns
+ * `true` when it answers the request itself.
+ */
+export type HttpHandler = (request: IncomingMessage, response: ServerResponse) => boolean;
+
 /** A running HTTP server of {@link startHttpEndpoints}. */
 export interface HttpEndpoints {
   /** host:port it is bound to (real port). */
@@ -60,16 +66,18 @@ export function metricsRoute(registry: Registry): () => Promise<HttpAnswer> {
 
 /**
  * Serves `routes` over plain HTTP on `listen` (GET and HEAD; 404 for other paths, 405 for other
- * methods, 500 with no details when a route throws). Streamed answers ({@link HttpStream}) stay
- * open until their client goes; `close()` ends them.
+ * methods, 500 with no details when a route throws), after `handler` (if any) declined the request.
+ * Streamed answers ({@link HttpStream}) stay open until their client goes; `close()` ends them.
  * @throws the listen error (EADDRINUSE ...).
  */
 export async function startHttpEndpoints(
   listen: HostPort | string,
   routes: HttpRoutes,
+  handler?: HttpHandler,
 ): Promise<HttpEndpoints> {
   const { host, port } = typeof listen === "string" ? splitHostPort(listen) : listen;
   const server = createServer((request, response) => {
+    if (handler?.(request, response) === true) return;
     if (request.method !== "GET" && request.method !== "HEAD") {
       response.writeHead(405, { allow: "GET, HEAD" }).end();
       return;

@@ -4,6 +4,7 @@ import {
   startHttpEndpoints,
   type HostPort,
   type HttpAnswer,
+  type HttpHandler,
   type HttpEndpoints,
   type HttpRoutes,
 } from "../../client/server/http-endpoints.js";
@@ -44,26 +45,33 @@ export interface AdminSources {
   instances(): readonly Instance[];
   /** More GET routes served beside these (the web console's `/ui`). */
   readonly routes?: HttpRoutes;
+  /** Takes requests before the routes (the HTTP API under `/leasehold.registry.v1.RegistryService/`). */
+  readonly handler?: HttpHandler;
 }
 
 /**
  * Serves `/metrics` (Prometheus text), `/healthz` (200 while the process runs), `/readyz` (200
- * while etcd answers, else 503), `/sd/prometheus` (HTTP SD JSON) and `sources.routes` on `listen`.
+ * while etcd answers, else 503), `/sd/prometheus` (HTTP SD JSON), `sources.routes` and
+ * `sources.handler` on `listen`.
  */
 export async function startAdminServer(listen: HostPort, sources: AdminSources): Promise<HttpEndpoints> {
   let selfAddress = "";
   const text = (status: number, body: string): HttpAnswer => ({ status, contentType: "text/plain", body });
-  const endpoints = await startHttpEndpoints(listen, {
-    ...sources.routes,
-    "/metrics": metricsRoute(sources.metricsRegistry),
-    "/healthz": () => text(200, "ok\n"),
-    "/readyz": () => (sources.isReady() ? text(200, "ready\n") : text(503, "etcd unreachable\n")),
-    "/sd/prometheus": () => ({
-      status: 200,
-      contentType: "application/json",
-      body: JSON.stringify(prometheusTargets(sources.instances(), selfAddress)),
-    }),
-  });
+  const endpoints = await startHttpEndpoints(
+    listen,
+    {
+      ...sources.routes,
+      "/metrics": metricsRoute(sources.metricsRegistry),
+      "/healthz": () => text(200, "ok\n"),
+      "/readyz": () => (sources.isReady() ? text(200, "ready\n") : text(503, "etcd unreachable\n")),
+      "/sd/prometheus": () => ({
+        status: 200,
+        contentType: "application/json",
+        body: JSON.stringify(prometheusTargets(sources.instances(), selfAddress)),
+      }),
+    },
+    sources.handler,
+  );
   selfAddress = endpoints.address;
   return endpoints;
 }

@@ -1,13 +1,25 @@
 import type { ServerDuplexStream, ServerUnaryCall, handleUnaryCall, sendUnaryData } from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import type {
+  DeregisterRequest,
+  DeregisterResponse,
+  GetServiceRequest,
+  GetServiceResponse,
   KeepAliveRequest,
   KeepAliveResponse,
+  ListServicesRequest,
+  ListServicesResponse,
+  RegisterRequest,
+  RegisterResponse,
   RegistryServiceServer,
+  UpdateInstanceRequest,
+  UpdateInstanceResponse,
+  WatchRequest,
 } from "../../proto/gen/leasehold/registry/v1/registry.js";
 import { RegistryError } from "../registry-error.js";
 import type { RegistryMetrics } from "../registry-metrics.js";
 import { hashRegistrationId, type EtcdStore, type RequestScope } from "../store/etcd-store.js";
+import type { LeaseKeepAlive } from "../store/lease-keep-alive.js";
 import type { WatchHub } from "../watch/watch-hub.js";
 import type { WatchSink } from "../watch/watch-subscription.js";
 import { toServiceError } from "./grpc-status.js";
@@ -32,9 +44,38 @@ export interface RegistryServiceDeps {
   readonly now?: () => Date;
 }
 
-/** The RegistryService handlers plus a way to end their long streams. */
+/**
+ * The RegistryService's behaviour without a transport: ts-proto messages in and out, failures
+ * thrown as {@link RegistryError} (`internal` for anything unexpected, already logged). The gRPC
+ * handlers and the HTTP API (`registry/http-api/`) both call these, so validation and behaviour
+ * live in one place.
+ */
+export interface RegistryOperations {
+  readonly register: (request: RegisterRequest, scope: RequestScope) => Promise<RegisterResponse>;
+  /**
+   * Renews a lease once, over a keepalive stream of its own: what one message of the KeepAlive
+   * stream does (the HTTP API's unary KeepAlive). `not_found` when the lease no longer exists.
+   */
+  readonly keepAliveOnce: (request: KeepAliveRequest, scope: RequestScope) => Promise<KeepAliveResponse>;
+  readonly updateInstance: (
+    request: UpdateInstanceRequest,
+    scope: RequestScope,
+  ) => Promise<UpdateInstanceResponse>;
+  readonly deregister: (request: DeregisterRequest, scope: RequestScope) => Promise<DeregisterResponse>;
+  readonly getService: (request: GetServiceRequest, scope: RequestScope) => Promise<GetServiceResponse>;
+  readonly listServices: (request: ListServicesRequest, scope: RequestScope) => Promise<ListServicesResponse>;
+  /**
+   * Validates `request` and subscribes `sink` to the watch hub until `signal` aborts; resolves once
+   * the snapshot (or the resumed deltas) are written. Rejects `invalid_argument` before anything is
+   * written for a bad request.
+   */
+  readonly watch: (request: WatchRequest, sink: WatchSink, signal: AbortSignal) => Promise<void>;
+}
+
+/** The RegistryService handlers, the operations behind them, and a way to end their long streams. */
 export interface RegistryServiceHandlers {
   readonly implementation: RegistryServiceServer;
+  readonly operations: RegistryOperations;
   /** Ends every open KeepAlive stream with `UNAVAILABLE` (Watch streams end via the hub). */
   endStreams(): void;
 }
@@ -49,29 +90,37 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
   const now = deps.now ?? (() => new Date());
   const keepAliveStreams = new Set<(error: RegistryError) => void>();
 
-  const fail = (method: string, error: unknown) => {
+  /** Normalises and logs a failure once (internal ones with their cause). */
+  const failed = (method: string, error: unknown): RegistryError => {
     const normalised = RegistryError.from(error);
     if (normalised.code === "internal") logger.error({ err: error, method }, "internal error");
     else logger.debug({ method, code: normalised.code, reason: normalised.message }, "request failed");
-    return toServiceError(normalised);
+    return normalised;
   };
 
-  const unary =
+  /** One unary operation: a handler that throws before its first await (validation) rejects too. */
+  const operation =
     <Request, Response>(
       method: string,
       run: (request: Request, scope: RequestScope) => Promise<Response>,
-    ): handleUnaryCall<Request, Response> =>
-    (call, callback: sendUnaryData<Response>) => {
-      const scope = callerScope(call);
-      // A handler that throws before its first await (validation) fails the call like a rejection.
-      new Promise<Response>((resolve) => resolve(run(call.request, scope))).then(
-        (response) => callback(null, response),
-        (error: unknown) => callback(fail(method, error)),
-      );
-    };
+    ): ((request: Request, scope: RequestScope) => Promise<Response>) =>
+    (request, scope) =>
+      new Promise<Response>((resolve) => resolve(run(request, scope))).catch((error: unknown) => {
+        throw failed(method, error);
+      });
 
-  const implementation: RegistryServiceServer = {
-    register: unary("Register", async (request, scope) => {
+  /** Renews `request.leaseId` on `keepAlive`; `not_found` when the lease is gone. */
+  const renew = async (keepAlive: LeaseKeepAlive, request: KeepAliveRequest): Promise<KeepAliveResponse> => {
+    const leaseId = valueOf(validateLeaseId(request.leaseId));
+    const ttlSeconds = await keepAlive.renew(leaseId);
+    if (ttlSeconds <= 0) {
+      throw new RegistryError("not_found", `lease ${leaseId} not found (expired or revoked); register again`);
+    }
+    return { leaseId, ttlSeconds: String(ttlSeconds) };
+  };
+
+  const operations: RegistryOperations = {
+    register: operation("Register", async (request: RegisterRequest, scope) => {
       try {
         const { instance, ttlSeconds, registrationId } = valueOf(
           validateRegister(request, now().toISOString()),
@@ -101,6 +150,56 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
       }
     }),
 
+    keepAliveOnce: operation("KeepAlive", async (request: KeepAliveRequest) => {
+      const keepAlive = store.openKeepAlive();
+      try {
+        return await renew(keepAlive, request);
+      } finally {
+        keepAlive.close();
+      }
+    }),
+
+    updateInstance: operation("UpdateInstance", async (request: UpdateInstanceRequest, scope) => {
+      const { key, leaseId, change } = valueOf(validateUpdate(request));
+      const updated = await store.update(key, leaseId, (current) => applyChange(current, change), scope);
+      return { instance: updated.instance, revision: updated.revision };
+    }),
+
+    deregister: operation("Deregister", async (request: DeregisterRequest, scope) => {
+      const { key, leaseId } = valueOf(validateDeregister(request));
+      const revision = await store.deregister(key, leaseId, scope);
+      logger.info({ service: key.service, instanceId: key.instanceId, leaseId }, "deregistered");
+      return { revision };
+    }),
+
+    getService: operation("GetService", (request: GetServiceRequest) => {
+      const service = valueOf(validateServiceName(request.service));
+      return Promise.resolve({ instances: hub.instances(service), revision: String(hub.revision) });
+    }),
+
+    listServices: operation("ListServices", () =>
+      Promise.resolve({ services: hub.summaries(), revision: String(hub.revision) }),
+    ),
+
+    watch: async (request, sink, signal) => {
+      await hub.subscribe(sink, valueOf(validateWatch(request)), signal);
+    },
+  };
+
+  const unary =
+    <Request, Response>(
+      run: (request: Request, scope: RequestScope) => Promise<Response>,
+    ): handleUnaryCall<Request, Response> =>
+    (call, callback: sendUnaryData<Response>) => {
+      run(call.request, callerScope(call)).then(
+        (response) => callback(null, response),
+        (error: unknown) => callback(toServiceError(error)),
+      );
+    };
+
+  const implementation: RegistryServiceServer = {
+    register: unary(operations.register),
+
     keepAlive: (call: ServerDuplexStream<KeepAliveRequest, KeepAliveResponse>) => {
       const keepAlive = store.openKeepAlive();
       let isEnded = false;
@@ -111,7 +210,7 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
         keepAliveStreams.delete(end);
         keepAlive.close();
         if (error === undefined) call.end();
-        else call.emit("error", fail("KeepAlive", error));
+        else call.emit("error", toServiceError(failed("KeepAlive", error)));
       };
       keepAliveStreams.add(end);
       // Requests are answered one at a time, in order; a failure ends the stream with its status.
@@ -119,19 +218,8 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
         replies = replies
           .then(async () => {
             if (isEnded) return;
-            const leaseId = valueOf(validateLeaseId(request.leaseId));
-            const ttlSeconds = await keepAlive.renew(leaseId);
-            if (isEnded) return;
-            if (ttlSeconds <= 0) {
-              end(
-                new RegistryError(
-                  "not_found",
-                  `lease ${leaseId} not found (expired or revoked); register again`,
-                ),
-              );
-            } else {
-              call.write({ leaseId, ttlSeconds: String(ttlSeconds) });
-            }
+            const response = await renew(keepAlive, request);
+            if (!isEnded) call.write(response);
           })
           .catch((error: unknown) => end(RegistryError.from(error)));
       });
@@ -146,27 +234,10 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
       call.on("error", (error) => logger.debug({ err: error }, "keepalive stream error"));
     },
 
-    updateInstance: unary("UpdateInstance", async (request, scope) => {
-      const { key, leaseId, change } = valueOf(validateUpdate(request));
-      const updated = await store.update(key, leaseId, (current) => applyChange(current, change), scope);
-      return { instance: updated.instance, revision: updated.revision };
-    }),
-
-    deregister: unary("Deregister", async (request, scope) => {
-      const { key, leaseId } = valueOf(validateDeregister(request));
-      const revision = await store.deregister(key, leaseId, scope);
-      logger.info({ service: key.service, instanceId: key.instanceId, leaseId }, "deregistered");
-      return { revision };
-    }),
-
-    getService: unary("GetService", (request) => {
-      const service = valueOf(validateServiceName(request.service));
-      return Promise.resolve({ instances: hub.instances(service), revision: String(hub.revision) });
-    }),
-
-    listServices: unary("ListServices", () =>
-      Promise.resolve({ services: hub.summaries(), revision: String(hub.revision) }),
-    ),
+    updateInstance: unary(operations.updateInstance),
+    deregister: unary(operations.deregister),
+    getService: unary(operations.getService),
+    listServices: unary(operations.listServices),
 
     watch: (call) => {
       let isEnded = false;
@@ -178,24 +249,20 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
           if (isEnded) return;
           isEnded = true;
           if (error === undefined) call.end();
-          else call.emit("error", fail("Watch", error));
+          else call.emit("error", toServiceError(failed("Watch", error)));
         },
       };
       call.on("cancelled", () => abort.abort());
       call.on("error", (error) => logger.debug({ err: error }, "watch stream error"));
-      const request = validateWatch(call.request);
-      if (!request.ok) {
-        sink.end(request.error);
-        return;
-      }
-      hub
-        .subscribe(sink, request.value, abort.signal)
+      operations
+        .watch(call.request, sink, abort.signal)
         .catch((error: unknown) => sink.end(RegistryError.from(error)));
     },
   };
 
   return {
     implementation,
+    operations,
     endStreams: () => {
       for (const end of [...keepAliveStreams]) {
         end(new RegistryError("unavailable", "registry is shutting down; reconnect"));

@@ -1,0 +1,232 @@
+import type { IncomingMessage, ServerResponse } from "node:http";
+import {
+  fromBinary,
+  fromJson,
+  toBinary,
+  toJson,
+  type DescMethod,
+  type DescMethodUnary,
+  type JsonValue,
+  type Message,
+} from "@bufbuild/protobuf";
+import { Code, ConnectError, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { codeToHttpStatus, errorToJson } from "@connectrpc/connect/protocol-connect";
+import type { Logger } from "pino";
+import {
+  RegistryServiceService,
+  type WatchResponse,
+} from "../../proto/gen/leasehold/registry/v1/registry.js";
+import { RegistryService } from "../../proto/gen/leasehold/registry/v1/registry_pb.js";
+import type { RegistryOperations } from "../api/registry-service.js";
+import { statusOf } from "../api/grpc-status.js";
+import { RegistryError } from "../registry-error.js";
+import type { RequestScope } from "../store/etcd-store.js";
+import type { WatchSink } from "../watch/watch-subscription.js";
+
+/** Every HTTP API path starts with this: Connect's `/{package}.{Service}/{Method}`. */
+export const HTTP_API_PATH_PREFIX = `/${RegistryService.typeName}/`;
+
+/** Largest request body the HTTP API reads, in bytes (a Register with full metadata is ~5 KiB). */
+export const HTTP_API_MAX_BODY_BYTES = 64 * 1024;
+
+/** Takes a request of the admin server; `true` when it is the HTTP API's and was answered. */
+export type HttpApiHandler = (request: IncomingMessage, response: ServerResponse) => boolean;
+
+/**
+ * proto3 JSON as this API writes it: every field, zero values included (a curl user sees
+ * `"weight": 0` rather than no `weight`), lowerCamelCase names. Reads accept both spellings and
+ * refuse unknown fields (Connect ignores them by default), so a typo such as `adress` is a 400
+ * naming it rather than a silently missing field.
+ */
+const JSON_OPTIONS = { alwaysEmitImplicit: true, ignoreUnknownFields: false } as const;
+
+/** The ts-proto (de)serialisers of one RegistryService method, as grpc-js uses them. */
+interface GrpcCodec {
+  requestDeserialize(bytes: Buffer): unknown;
+  responseSerialize(value: unknown): Buffer;
+}
+
+/**
+ * The registry's HTTP/JSON API (issue 9): `leasehold.registry.v1.RegistryService` over Connect's
+ * protocol (https://connectrpc.com/docs/protocol), served by `@connectrpc/connect-node`, plus
+ * Watch as server-sent events:
+ *
+ * - `POST /leasehold.registry.v1.RegistryService/{Register,UpdateInstance,Deregister,GetService,ListServices}`
+ *   with a proto3 JSON body (`content-type: application/json`; binary `application/proto` too);
+ * - `POST .../KeepAlive`: ONE renewal per call (`{"leaseId":"…"}` → `{"leaseId","ttlSeconds"}`), since
+ *   the gRPC method is a bidi stream that HTTP/1.1 cannot carry; call it every TTL/3;
+ * - `GET .../Watch?service=S&startRevision=R` (`Accept: text/event-stream`): events `snapshot`, `delta`,
+ *   `progress`, each `data:` one WatchResponse in proto3 JSON and `id:` its revision, so an
+ *   EventSource resumes after a break with `Last-Event-ID` (which overrides `startRevision`); a
+ *   stream the registry ends with an error sends an `error` event (Connect's error JSON) first.
+ *
+ * Messages are converted generically: JSON is parsed against the protobuf-es descriptors
+ * (generated next to ts-proto's code from the same .proto), re-encoded in the protobuf binary
+ * format and decoded by the ts-proto codecs the gRPC server uses, then handed to the SAME
+ * {@link RegistryOperations} as the gRPC handlers: one validation, one behaviour, and fields added
+ * to the .proto flow through without edits here. Errors carry the gRPC code (Connect's codes are
+ * gRPC's) and message: `invalid_argument` → 400 naming the field, `not_found` → 404,
+ * `already_exists` → 409, `permission_denied` → 403, `unavailable` → 503. An unknown method is 404.
+ */
+export function createHttpApi(operations: RegistryOperations, logger: Logger): HttpApiHandler {
+  const unaryOperations: Readonly<Record<string, (request: never, scope: RequestScope) => Promise<unknown>>> =
+    {
+      register: operations.register,
+      keepAlive: operations.keepAliveOnce,
+      updateInstance: operations.updateInstance,
+      deregister: operations.deregister,
+      getService: operations.getService,
+      listServices: operations.listServices,
+    };
+  const connect = connectNodeAdapter({
+    connect: true,
+    grpc: false, // gRPC is served on the registry's gRPC port
+    grpcWeb: false,
+    readMaxBytes: HTTP_API_MAX_BODY_BYTES,
+    jsonOptions: JSON_OPTIONS,
+    routes: (router: ConnectRouter) => {
+      for (const method of RegistryService.methods) {
+        const run = unaryOperations[method.localName];
+        if (run === undefined) continue;
+        // KeepAlive's descriptor says bidi stream; over HTTP it is served as one request, one response.
+        const unary = { ...method, methodKind: "unary" } as DescMethodUnary;
+        const codec = codecOf(method);
+        router.rpc(unary, async (request: Message, context: HandlerContext) => {
+          const response = await run(decode(method, codec, request) as never, scopeOf(context)).catch(
+            (error: unknown) => {
+              throw toConnectError(error);
+            },
+          );
+          return fromBinary(method.output, codec.responseSerialize(response));
+        });
+      }
+    },
+  });
+  const watchPath = `${HTTP_API_PATH_PREFIX}${RegistryService.method.watch.name}`;
+  return (request, response) => {
+    const url = request.url ?? "";
+    if (!url.startsWith(HTTP_API_PATH_PREFIX)) return false;
+    if (request.method === "GET" && (url === watchPath || url.startsWith(`${watchPath}?`))) {
+      serveWatchEvents(request, response, operations, logger);
+    } else {
+      connect(request, response);
+    }
+    return true;
+  };
+}
+
+function codecOf(method: DescMethod): GrpcCodec {
+  return RegistryServiceService[method.localName as keyof typeof RegistryServiceService];
+}
+
+/** A protobuf-es message of `method`'s input as the ts-proto object the operations take. */
+function decode(method: DescMethod, codec: GrpcCodec, message: Message): unknown {
+  return codec.requestDeserialize(Buffer.from(toBinary(method.input, message)));
+}
+
+/** The Connect call's cancellation and deadline (`connect-timeout-ms`) as the operations see them. */
+function scopeOf(context: HandlerContext): RequestScope {
+  const timeoutMs = context.timeoutMs();
+  return { signal: context.signal, deadlineMs: timeoutMs === undefined ? undefined : Date.now() + timeoutMs };
+}
+
+function toConnectError(error: unknown): ConnectError {
+  const { code, details } = statusOf(error);
+  return new ConnectError(details, code as number);
+}
+
+/** Answers `error` as Connect's unary error: its HTTP status and `{"code","message"}`. */
+function answerError(response: ServerResponse, error: ConnectError): void {
+  response
+    .writeHead(codeToHttpStatus(error.code), { "content-type": "application/json" })
+    .end(JSON.stringify(errorToJson(error, undefined)));
+}
+
+/** One server-sent event (WHATWG HTML §9.2). */
+function sseEvent(name: string, id: string | undefined, data: JsonValue): string {
+  return `event: ${name}\n${id === undefined ? "" : `id: ${id}\n`}data: ${JSON.stringify(data)}\n\n`;
+}
+
+/**
+ * `GET .../Watch`: the query's parameters are WatchRequest fields (proto3 JSON names, values as
+ * strings), `Last-Event-ID` the revision to resume after. A bad request is answered 400 before
+ * the stream starts; after that, failures are `error` events.
+ */
+function serveWatchEvents(
+  request: IncomingMessage,
+  response: ServerResponse,
+  operations: RegistryOperations,
+  logger: Logger,
+): void {
+  const method = RegistryService.method.watch;
+  const codec = codecOf(method);
+  let watchRequest: Parameters<RegistryOperations["watch"]>[0];
+  try {
+    const query: Record<string, string> = Object.fromEntries(
+      new URL(request.url ?? "", "http://api").searchParams,
+    );
+    const lastEventId = request.headers["last-event-id"];
+    if (typeof lastEventId === "string" && lastEventId !== "") {
+      delete query["start_revision"];
+      query["startRevision"] = lastEventId;
+    }
+    watchRequest = decode(method, codec, fromJson(method.input, query)) as typeof watchRequest;
+  } catch (error) {
+    answerError(response, ConnectError.from(error, Code.InvalidArgument));
+    return;
+  }
+
+  const abort = new AbortController();
+  response.once("close", () => abort.abort());
+  let isOpen = false;
+  let isEnded = false;
+  const open = () => {
+    if (isOpen || isEnded) return;
+    isOpen = true;
+    response.writeHead(200, {
+      "content-type": "text/event-stream; charset=utf-8",
+      "cache-control": "no-store",
+      "x-accel-buffering": "no",
+    });
+    // An EventSource reconnects after `retry` ms when the stream ends, sending Last-Event-ID.
+    response.write("retry: 1000\n\n");
+  };
+  const sink: WatchSink = {
+    write: (message: WatchResponse) => {
+      open();
+      const json = toJson(
+        method.output,
+        fromBinary(method.output, codec.responseSerialize(message)),
+        JSON_OPTIONS,
+      );
+      const name = message.event?.$case ?? "message";
+      return response.write(sseEvent(name, message.event?.value.revision, json));
+    },
+    once: (event, listener) => response.once(event, listener),
+    end: (error) => {
+      if (isEnded) return;
+      if (error !== undefined) {
+        const normalised = RegistryError.from(error);
+        if (normalised.code === "internal") logger.error({ err: error, method: "Watch" }, "internal error");
+        else
+          logger.debug(
+            { method: "Watch", code: normalised.code, reason: normalised.message },
+            "request failed",
+          );
+        if (!isOpen) {
+          isEnded = true;
+          answerError(response, toConnectError(error));
+          return;
+        }
+        response.write(sseEvent("error", undefined, errorToJson(toConnectError(error), undefined)));
+      }
+      open(); // a stream ended before its first event still answers as one
+      isEnded = true;
+      response.end();
+    },
+  };
+  operations
+    .watch(watchRequest, sink, abort.signal)
+    .then(open, (error: unknown) => sink.end(RegistryError.from(error)));
+}

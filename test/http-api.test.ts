@@ -1,0 +1,314 @@
+import { execFile } from "node:child_process";
+import { promisify } from "node:util";
+import anyTest, { type TestFn } from "ava";
+import {
+  registration,
+  rpc,
+  startRegistryFixture,
+  failure,
+  type RegistryFixture,
+} from "./helpers/registry-fixture.js";
+
+const test = anyTest as TestFn<RegistryFixture & { base: string }>;
+
+test.before(async (t) => {
+  const fixture = await startRegistryFixture({ adminListen: "127.0.0.1:0" });
+  t.context = {
+    ...fixture,
+    base: `http://${fixture.registry.adminAddress}/leasehold.registry.v1.RegistryService`,
+  };
+});
+test.after.always(async (t) => {
+  await t.context.close?.();
+});
+
+type Json = Record<string, unknown>;
+
+/** POSTs `body` as JSON to `base/method` (Connect's unary protocol); the status and the parsed answer. */
+async function call(base: string, method: string, body: unknown): Promise<{ status: number; json: Json }> {
+  const response = await fetch(`${base}/${method}`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: typeof body === "string" ? body : JSON.stringify(body),
+  });
+  const text = await response.text();
+  return { status: response.status, json: (text === "" ? {} : JSON.parse(text)) as Json };
+}
+
+/** One server-sent event as a client sees it. */
+interface ServerSentEvent {
+  event: string;
+  id: string | undefined;
+  data: Json;
+}
+
+/** Reads server-sent events from a fetch response body, one at a time (comments and `retry:` skipped). */
+class EventReader {
+  readonly #reader: ReadableStreamDefaultReader<Uint8Array>;
+  readonly #decoder = new TextDecoder();
+  #buffer = "";
+
+  constructor(response: Response) {
+    if (response.body === null) throw new Error("no body");
+    this.#reader = response.body.getReader();
+  }
+
+  async next(): Promise<ServerSentEvent> {
+    for (;;) {
+      const end = this.#buffer.indexOf("\n\n");
+      if (end >= 0) {
+        const block = this.#buffer.slice(0, end);
+        this.#buffer = this.#buffer.slice(end + 2);
+        const fields = new Map(
+          block
+            .split("\n")
+            .map((line) => [line.slice(0, line.indexOf(":")), line.slice(line.indexOf(":") + 2)]),
+        );
+        if (!fields.has("data")) continue;
+        return {
+          event: fields.get("event") ?? "message",
+          id: fields.get("id"),
+          data: JSON.parse(fields.get("data") ?? "") as Json,
+        };
+      }
+      const { value, done } = await this.#reader.read();
+      if (done) throw new Error("event stream ended");
+      this.#buffer += this.#decoder.decode(value, { stream: true });
+    }
+  }
+
+  /** The next event that is not `progress`. */
+  async nextChange(): Promise<ServerSentEvent> {
+    for (;;) {
+      const event = await this.next();
+      if (event.event !== "progress") return event;
+    }
+  }
+
+  async cancel(): Promise<void> {
+    await this.#reader.cancel();
+  }
+}
+
+test("register, keep alive, update, get, list and deregister an instance through the HTTP API with fetch", async (t) => {
+  const { base } = t.context;
+  const registered = await call(base, "Register", {
+    service: "calc",
+    instanceId: "calc-1",
+    address: "127.0.0.1:9001",
+    weight: 2,
+    metadata: { version: "1.2.0" },
+    ttlSeconds: "5",
+  });
+  t.is(registered.status, 200, JSON.stringify(registered.json));
+  const leaseId = registered.json["leaseId"] as string;
+  t.regex(leaseId, /^\d+$/, "lease id is a decimal string (int64 in proto3 JSON)");
+  t.is(registered.json["ttlSeconds"], "5");
+  t.like(registered.json["instance"], {
+    service: "calc",
+    instanceId: "calc-1",
+    weight: 2,
+    status: "INSTANCE_STATUS_SERVING",
+  });
+
+  const kept = await call(base, "KeepAlive", { leaseId });
+  t.is(kept.status, 200, JSON.stringify(kept.json));
+  t.is(kept.json["leaseId"], leaseId);
+  t.true(Number(kept.json["ttlSeconds"]) > 0);
+
+  const updated = await call(base, "UpdateInstance", {
+    service: "calc",
+    instanceId: "calc-1",
+    leaseId,
+    status: "INSTANCE_STATUS_DRAINING",
+  });
+  t.is(updated.status, 200, JSON.stringify(updated.json));
+  t.is((updated.json["instance"] as Json)["status"], "INSTANCE_STATUS_DRAINING");
+
+  const got = await call(base, "GetService", { service: "calc" });
+  t.is(got.status, 200);
+  t.deepEqual(
+    (got.json["instances"] as Json[]).map((instance) => [instance["instanceId"], instance["status"]]),
+    [["calc-1", "INSTANCE_STATUS_DRAINING"]],
+  );
+  // The gRPC API sees the same instance: one store, one implementation.
+  const viaGrpc = await rpc(t.context.client).getService({ service: "calc" });
+  t.deepEqual(
+    viaGrpc.instances.map((instance) => [instance.instanceId, instance.weight]),
+    [["calc-1", 2]],
+  );
+
+  const listed = await call(base, "ListServices", {});
+  t.deepEqual(
+    (listed.json["services"] as Json[]).find((summary) => summary["service"] === "calc"),
+    { service: "calc", instances: 1, serving: 0, draining: 1 },
+  );
+
+  const deregistered = await call(base, "Deregister", { service: "calc", instanceId: "calc-1", leaseId });
+  t.is(deregistered.status, 200, JSON.stringify(deregistered.json));
+  t.deepEqual((await call(base, "GetService", { service: "calc" })).json["instances"], []);
+
+  const lost = await call(base, "KeepAlive", { leaseId });
+  t.is(lost.status, 404);
+  t.is(lost.json["code"], "not_found");
+  t.regex(lost.json["message"] as string, /not found .*register again/);
+});
+
+test("curl registers, keeps alive, lists and deregisters an instance", async (t) => {
+  const { base } = t.context;
+  const curl = async (method: string, body: unknown): Promise<{ status: number; json: Json }> => {
+    const { stdout } = await promisify(execFile)("curl", [
+      "--silent",
+      "--show-error",
+      "--write-out",
+      "\n%{http_code}",
+      "-H",
+      "content-type: application/json",
+      "-d",
+      JSON.stringify(body),
+      `${base}/${method}`,
+    ]);
+    const lines = stdout.trimEnd().split("\n");
+    return { status: Number(lines.pop()), json: JSON.parse(lines.join("\n")) as Json };
+  };
+  const registered = await curl("Register", {
+    service: "curl-svc",
+    instance_id: "c-1",
+    address: "10.0.0.7:8080",
+  });
+  t.is(registered.status, 200, JSON.stringify(registered.json));
+  const leaseId = registered.json["leaseId"] as string;
+  t.is(registered.json["ttlSeconds"], "10", "the default TTL");
+
+  const kept = await curl("KeepAlive", { lease_id: leaseId });
+  t.is(kept.status, 200);
+  t.true(Number(kept.json["ttlSeconds"]) > 0);
+
+  const listed = await curl("ListServices", {});
+  t.like(
+    (listed.json["services"] as Json[]).find((s) => s["service"] === "curl-svc"),
+    { instances: 1, serving: 1 },
+  );
+
+  const deregistered = await curl("Deregister", {
+    service: "curl-svc",
+    instance_id: "c-1",
+    lease_id: leaseId,
+  });
+  t.is(deregistered.status, 200);
+  t.regex(deregistered.json["revision"] as string, /^\d+$/);
+  const after = await curl("GetService", { service: "curl-svc" });
+  t.deepEqual(after.json["instances"], []);
+});
+
+test("a bad body is answered 400 invalid_argument naming the field, with the gRPC API's own message", async (t) => {
+  const { base } = t.context;
+  const missing = await call(base, "Register", { service: "calc", instanceId: "x-1", address: "" });
+  t.is(missing.status, 400);
+  t.is(missing.json["code"], "invalid_argument");
+  t.regex(missing.json["message"] as string, /^address: /);
+  const grpc = await failure(
+    rpc(t.context.client).register(registration({ service: "calc", instanceId: "x-1", address: "" })),
+  );
+  t.is(grpc.details, missing.json["message"] as string, "the same validation behind both APIs");
+
+  const tooHeavy = await call(base, "Register", {
+    service: "calc",
+    instanceId: "x-1",
+    address: "h:1",
+    weight: 10_001,
+  });
+  t.is(tooHeavy.status, 400);
+  t.regex(tooHeavy.json["message"] as string, /^weight: /);
+
+  // Bodies that are not a RegisterRequest in proto3 JSON: the parser names the field.
+  const wrongType = await call(base, "Register", { service: "calc", weight: "heavy" });
+  t.is(wrongType.status, 400);
+  t.regex(wrongType.json["message"] as string, /RegisterRequest\.weight/);
+  const unknownField = await call(base, "Register", { service: "calc", adress: "h:1" });
+  t.is(unknownField.status, 400);
+  t.regex(unknownField.json["message"] as string, /adress/);
+  const notJson = await call(base, "Register", "{not json");
+  t.is(notJson.status, 400);
+  t.is(notJson.json["code"], "invalid_argument");
+});
+
+test("an unknown method is 404, and a write with the wrong lease is refused as over gRPC", async (t) => {
+  const { base } = t.context;
+  const unknown = await fetch(`${base}/Reboot`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: "{}",
+  });
+  await unknown.body?.cancel();
+  t.is(unknown.status, 404);
+
+  const registered = await call(base, "Register", { service: "fenced", instanceId: "f-1", address: "h:1" });
+  const wrongLease = await call(base, "Deregister", {
+    service: "fenced",
+    instanceId: "f-1",
+    leaseId: "12345",
+  });
+  t.is(wrongLease.status, 403);
+  t.is(wrongLease.json["code"], "permission_denied");
+  t.is(
+    (
+      await call(base, "Deregister", {
+        service: "fenced",
+        instanceId: "f-1",
+        leaseId: registered.json["leaseId"],
+      })
+    ).status,
+    200,
+  );
+});
+
+test("Watch over server-sent events: a snapshot, then a delta when an instance registers over gRPC; Last-Event-ID resumes after a revision", async (t) => {
+  const { base, client } = t.context;
+  const first = await call(base, "Register", { service: "watched", instanceId: "w-1", address: "h:1" });
+  const response = await fetch(`${base}/Watch?service=watched`, { headers: { accept: "text/event-stream" } });
+  t.is(response.status, 200);
+  t.regex(response.headers.get("content-type") ?? "", /^text\/event-stream/);
+  const events = new EventReader(response);
+  t.teardown(() => events.cancel());
+
+  const snapshot = await events.nextChange();
+  t.is(snapshot.event, "snapshot");
+  const snapshotBody = snapshot.data["snapshot"] as Json;
+  t.deepEqual(
+    (snapshotBody["instances"] as Json[]).map((instance) => instance["instanceId"]),
+    ["w-1"],
+  );
+  t.is(snapshot.id, snapshotBody["revision"] as string, "the event id is the revision");
+  t.true(BigInt(snapshot.id ?? 0) >= BigInt(first.json["revision"] as string), "read after w-1's put");
+
+  const second = await rpc(client).register(registration({ service: "watched", instanceId: "w-2" }));
+  const delta = await events.nextChange();
+  t.is(delta.event, "delta");
+  const deltaBody = delta.data["delta"] as Json;
+  t.deepEqual(
+    (deltaBody["upserted"] as Json[]).map((instance) => instance["instanceId"]),
+    ["w-2"],
+  );
+  t.is(delta.id, second.revision);
+
+  // An EventSource that reconnects sends the last id it saw: the stream resumes after it, no snapshot.
+  const resumed = await fetch(`${base}/Watch?service=watched`, {
+    headers: { accept: "text/event-stream", "last-event-id": snapshot.id ?? "" },
+  });
+  const resumedEvents = new EventReader(resumed);
+  t.teardown(() => resumedEvents.cancel());
+  const replayed = await resumedEvents.nextChange();
+  t.is(replayed.event, "delta");
+  t.is(replayed.id, second.revision);
+});
+
+test("Watch with a bad service name is answered 400 before any event", async (t) => {
+  const response = await fetch(`${t.context.base}/Watch?service=Not_A_Label`, {
+    headers: { accept: "text/event-stream" },
+  });
+  t.is(response.status, 400);
+  const body = (await response.json()) as Json;
+  t.is(body["code"], "invalid_argument");
+  t.regex(body["message"] as string, /^service: /);
+});
