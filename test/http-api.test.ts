@@ -154,7 +154,7 @@ test("register, keep alive, update, get, list and deregister an instance through
   t.regex(lost.json["message"] as string, /not found .*register again/);
 });
 
-test("curl registers, keeps alive, lists and deregisters an instance", async (t) => {
+test("curl (with its default content type) registers, keeps alive, lists and deregisters an instance", async (t) => {
   const { base } = t.context;
   const curl = async (method: string, body: unknown): Promise<{ status: number; json: Json }> => {
     const { stdout } = await promisify(execFile)("curl", [
@@ -162,9 +162,7 @@ test("curl registers, keeps alive, lists and deregisters an instance", async (t)
       "--show-error",
       "--write-out",
       "\n%{http_code}",
-      "-H",
-      "content-type: application/json",
-      "-d",
+      "-d", // no content-type: curl's default form type is read as JSON
       JSON.stringify(body),
       `${base}/${method}`,
     ]);
@@ -240,8 +238,10 @@ test("an unknown method is 404, and a write with the wrong lease is refused as o
     headers: { "content-type": "application/json" },
     body: "{}",
   });
-  await unknown.body?.cancel();
   t.is(unknown.status, 404);
+  const body = (await unknown.json()) as Json;
+  t.is(body["code"], "not_found");
+  t.regex(body["message"] as string, /unknown method; .* has Register, KeepAlive, /);
 
   const registered = await call(base, "Register", { service: "fenced", instanceId: "f-1", address: "h:1" });
   const wrongLease = await call(base, "Deregister", {

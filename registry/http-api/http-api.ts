@@ -67,7 +67,9 @@ interface GrpcCodec {
  * {@link RegistryOperations} as the gRPC handlers: one validation, one behaviour, and fields added
  * to the .proto flow through without edits here. Errors carry the gRPC code (Connect's codes are
  * gRPC's) and message: `invalid_argument` → 400 naming the field, `not_found` → 404,
- * `already_exists` → 409, `permission_denied` → 403, `unavailable` → 503. An unknown method is 404.
+ * `already_exists` → 409, `permission_denied` → 403, `unavailable` → 503. An unknown method is 404
+ * (`not_found`, listing the methods). A body without a content type, or curl's default form
+ * type, is read as JSON.
  */
 export function createHttpApi(operations: RegistryOperations, logger: Logger): HttpApiHandler {
   const unaryOperations: Readonly<Record<string, (request: never, scope: RequestScope) => Promise<unknown>>> =
@@ -85,6 +87,13 @@ export function createHttpApi(operations: RegistryOperations, logger: Logger): H
     grpcWeb: false,
     readMaxBytes: HTTP_API_MAX_BODY_BYTES,
     jsonOptions: JSON_OPTIONS,
+    fallback: (_request, response) => {
+      const methods = RegistryService.methods.map((method) => method.name).join(", ");
+      answerError(
+        response,
+        new ConnectError(`unknown method; ${RegistryService.typeName} has ${methods}`, Code.NotFound),
+      );
+    },
     routes: (router: ConnectRouter) => {
       for (const method of RegistryService.methods) {
         const run = unaryOperations[method.localName];
@@ -109,9 +118,14 @@ export function createHttpApi(operations: RegistryOperations, logger: Logger): H
     if (!url.startsWith(HTTP_API_PATH_PREFIX)) return false;
     if (request.method === "GET" && (url === watchPath || url.startsWith(`${watchPath}?`))) {
       serveWatchEvents(request, response, operations, logger);
-    } else {
-      connect(request, response);
+      return true;
     }
+    // `curl -d` sends application/x-www-form-urlencoded unless told otherwise: read it as JSON.
+    const contentType = request.headers["content-type"];
+    if (contentType === undefined || contentType.startsWith("application/x-www-form-urlencoded")) {
+      request.headers["content-type"] = "application/json";
+    }
+    connect(request, response);
     return true;
   };
 }
@@ -137,10 +151,16 @@ function toConnectError(error: unknown): ConnectError {
 }
 
 /** Answers `error` as Connect's unary error: its HTTP status and `{"code","message"}`. */
-function answerError(response: ServerResponse, error: ConnectError): void {
-  response
-    .writeHead(codeToHttpStatus(error.code), { "content-type": "application/json" })
-    .end(JSON.stringify(errorToJson(error, undefined)));
+function answerError(
+  // http1's ServerResponse, or what connect-node's fallback gets (http1 or http2)
+  response: {
+    writeHead(status: number, headers: Record<string, string>): unknown;
+    end(body: string): unknown;
+  },
+  error: ConnectError,
+): void {
+  response.writeHead(codeToHttpStatus(error.code), { "content-type": "application/json" });
+  response.end(JSON.stringify(errorToJson(error, undefined)));
 }
 
 /** One server-sent event (WHATWG HTML §9.2). */
