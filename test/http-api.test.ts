@@ -231,7 +231,7 @@ test("a bad body is answered 400 invalid_argument naming the field, with the gRP
   t.is(notJson.json["code"], "invalid_argument");
 });
 
-test("an unknown method is 404, and a write with the wrong lease is refused as over gRPC", async (t) => {
+test("an unknown method is 404, a POST to Watch 405 pointing to GET, and a write with the wrong lease is refused as over gRPC", async (t) => {
   const { base } = t.context;
   const unknown = await fetch(`${base}/Reboot`, {
     method: "POST",
@@ -242,6 +242,10 @@ test("an unknown method is 404, and a write with the wrong lease is refused as o
   const body = (await unknown.json()) as Json;
   t.is(body["code"], "not_found");
   t.regex(body["message"] as string, /unknown method; .* has Register, KeepAlive, /);
+
+  const watchByPost = await call(base, "Watch", { service: "calc" });
+  t.is(watchByPost.status, 405);
+  t.regex(watchByPost.json["message"] as string, /server-sent events: GET /);
 
   const registered = await call(base, "Register", { service: "fenced", instanceId: "f-1", address: "h:1" });
   const wrongLease = await call(base, "Deregister", {

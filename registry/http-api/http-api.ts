@@ -116,8 +116,20 @@ export function createHttpApi(operations: RegistryOperations, logger: Logger): H
   return (request, response) => {
     const url = request.url ?? "";
     if (!url.startsWith(HTTP_API_PATH_PREFIX)) return false;
-    if (request.method === "GET" && (url === watchPath || url.startsWith(`${watchPath}?`))) {
-      serveWatchEvents(request, response, operations, logger);
+    if (url === watchPath || url.startsWith(`${watchPath}?`)) {
+      if (request.method === "GET") {
+        serveWatchEvents(request, response, operations, logger);
+      } else {
+        response.setHeader("allow", "GET");
+        answerError(
+          response,
+          new ConnectError(
+            `Watch is served as server-sent events: GET ${watchPath}?service=SERVICE`,
+            Code.Unimplemented,
+          ),
+          405,
+        );
+      }
       return true;
     }
     // `curl -d` sends application/x-www-form-urlencoded unless told otherwise: read it as JSON.
@@ -158,8 +170,9 @@ function answerError(
     end(body: string): unknown;
   },
   error: ConnectError,
+  httpStatus = codeToHttpStatus(error.code),
 ): void {
-  response.writeHead(codeToHttpStatus(error.code), { "content-type": "application/json" });
+  response.writeHead(httpStatus, { "content-type": "application/json" });
   response.end(JSON.stringify(errorToJson(error, undefined)));
 }
 
