@@ -1,6 +1,9 @@
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
 import anyTest, { type TestFn } from "ava";
+import { ConnectError, createClient, type Client } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { RegistryService } from "../proto/gen/leasehold/registry/v1/registry_pb.js";
 import {
   registration,
   rpc,
@@ -231,7 +234,7 @@ test("a bad body is answered 400 invalid_argument naming the field, with the gRP
   t.is(notJson.json["code"], "invalid_argument");
 });
 
-test("an unknown method is 404, a POST to Watch 405 pointing to GET, and a write with the wrong lease is refused as over gRPC", async (t) => {
+test("an unknown method is 404, and a write with the wrong lease is refused as over gRPC", async (t) => {
   const { base } = t.context;
   const unknown = await fetch(`${base}/Reboot`, {
     method: "POST",
@@ -242,10 +245,6 @@ test("an unknown method is 404, a POST to Watch 405 pointing to GET, and a write
   const body = (await unknown.json()) as Json;
   t.is(body["code"], "not_found");
   t.regex(body["message"] as string, /unknown method; .* has Register, KeepAlive, /);
-
-  const watchByPost = await call(base, "Watch", { service: "calc" });
-  t.is(watchByPost.status, 405);
-  t.regex(watchByPost.json["message"] as string, /server-sent events: GET /);
 
   const registered = await call(base, "Register", { service: "fenced", instanceId: "f-1", address: "h:1" });
   const wrongLease = await call(base, "Deregister", {
@@ -315,4 +314,46 @@ test("Watch with a bad service name is answered 400 before any event", async (t)
   const body = (await response.json()) as Json;
   t.is(body["code"], "invalid_argument");
   t.regex(body["message"] as string, /^service: /);
+});
+
+test("a Connect client (connect-node, HTTP/1.1) registers and streams Watch: a snapshot, then the delta of a gRPC registration", async (t) => {
+  const { registry, client: grpcClient } = t.context;
+  const connect: Client<typeof RegistryService> = createClient(
+    RegistryService,
+    createConnectTransport({ baseUrl: `http://${registry.adminAddress}`, httpVersion: "1.1" }),
+  );
+  const registered = await connect.register({ service: "connect-svc", instanceId: "k-1", address: "h:1" });
+  t.true(registered.leaseId > 0n);
+  const abort = new AbortController();
+  t.teardown(() => abort.abort());
+  const stream = connect.watch({ service: "connect-svc" }, { signal: abort.signal })[Symbol.asyncIterator]();
+  const nextChange = async () => {
+    for (;;) {
+      const result = await stream.next();
+      if (result.done === true) throw new Error("Watch ended");
+      if (result.value.event.case !== "progress") return result.value.event;
+    }
+  };
+  const snapshot = await nextChange();
+  t.is(snapshot.case, "snapshot");
+  t.deepEqual(
+    snapshot.case === "snapshot" ? snapshot.value.instances.map((instance) => instance.instanceId) : [],
+    ["k-1"],
+  );
+  const second = await rpc(grpcClient).register(registration({ service: "connect-svc", instanceId: "k-2" }));
+  const delta = await nextChange();
+  t.is(delta.case, "delta");
+  if (delta.case === "delta") {
+    t.deepEqual(
+      delta.value.upserted.map((instance) => instance.instanceId),
+      ["k-2"],
+    );
+    t.is(String(delta.value.revision), second.revision);
+  }
+  abort.abort();
+  const cancelled = await stream.next().then(
+    () => undefined,
+    (error: unknown) => error,
+  );
+  t.true(cancelled instanceof ConnectError, "the aborted stream ends with a ConnectError (canceled)");
 });

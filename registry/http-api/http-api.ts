@@ -15,6 +15,7 @@ import { codeToHttpStatus, errorToJson } from "@connectrpc/connect/protocol-conn
 import type { Logger } from "pino";
 import {
   RegistryServiceService,
+  type WatchRequest,
   type WatchResponse,
 } from "../../proto/gen/leasehold/registry/v1/registry.js";
 import { RegistryService } from "../../proto/gen/leasehold/registry/v1/registry_pb.js";
@@ -29,6 +30,9 @@ export const HTTP_API_PATH_PREFIX = `/${RegistryService.typeName}/`;
 
 /** Largest request body the HTTP API reads, in bytes (a Register with full metadata is ~5 KiB). */
 export const HTTP_API_MAX_BODY_BYTES = 64 * 1024;
+
+/** Messages a Connect Watch stream queues before the hub is asked to wait for `drain`. */
+const WATCH_QUEUE_MESSAGES = 16;
 
 /** Takes a request of the admin server; `true` when it is the HTTP API's and was answered. */
 export type HttpApiHandler = (request: IncomingMessage, response: ServerResponse) => boolean;
@@ -59,7 +63,9 @@ interface GrpcCodec {
  * - `GET .../Watch?service=S&startRevision=R` (`Accept: text/event-stream`): events `snapshot`, `delta`,
  *   `progress`, each `data:` one WatchResponse in proto3 JSON and `id:` its revision, so an
  *   EventSource resumes after a break with `Last-Event-ID` (which overrides `startRevision`); a
- *   stream the registry ends with an error sends an `error` event (Connect's error JSON) first.
+ *   stream the registry ends with an error sends an `error` event (Connect's error JSON) first;
+ * - `POST .../Watch` with `application/connect+json` (or `+proto`): Watch as a Connect server
+ *   stream, for Connect clients.
  *
  * Messages are converted generically: JSON is parsed against the protobuf-es descriptors
  * (generated next to ts-proto's code from the same .proto), re-encoded in the protobuf binary
@@ -110,26 +116,27 @@ export function createHttpApi(operations: RegistryOperations, logger: Logger): H
           return fromBinary(method.output, codec.responseSerialize(response));
         });
       }
+      // Watch for Connect clients (a server stream: enveloped messages, `application/connect+json`).
+      const watch = RegistryService.method.watch;
+      const watchCodec = codecOf(watch);
+      router.rpc(watch, async function* (request, context) {
+        const messages = watchMessages(
+          operations,
+          logger,
+          decode(watch, watchCodec, request) as WatchRequest,
+          context.signal,
+        );
+        for await (const message of messages)
+          yield fromBinary(watch.output, watchCodec.responseSerialize(message));
+      });
     },
   });
   const watchPath = `${HTTP_API_PATH_PREFIX}${RegistryService.method.watch.name}`;
   return (request, response) => {
     const url = request.url ?? "";
     if (!url.startsWith(HTTP_API_PATH_PREFIX)) return false;
-    if (url === watchPath || url.startsWith(`${watchPath}?`)) {
-      if (request.method === "GET") {
-        serveWatchEvents(request, response, operations, logger);
-      } else {
-        response.setHeader("allow", "GET");
-        answerError(
-          response,
-          new ConnectError(
-            `Watch is served as server-sent events: GET ${watchPath}?service=SERVICE`,
-            Code.Unimplemented,
-          ),
-          405,
-        );
-      }
+    if (request.method === "GET" && (url === watchPath || url.startsWith(`${watchPath}?`))) {
+      serveWatchEvents(request, response, operations, logger);
       return true;
     }
     // `curl -d` sends application/x-www-form-urlencoded unless told otherwise: read it as JSON.
@@ -140,6 +147,69 @@ export function createHttpApi(operations: RegistryOperations, logger: Logger): H
     connect(request, response);
     return true;
   };
+}
+
+/**
+ * The messages `operations.watch` writes, as an async iterable for a Connect server stream. The
+ * sink asks the hub to wait (`write()` false, then `drain`) once {@link WATCH_QUEUE_MESSAGES} are
+ * queued, so a slow client is held to the hub's stream limits as a gRPC one is. Ends when the hub
+ * ends the stream (its error thrown as a ConnectError) or `signal` aborts.
+ */
+async function* watchMessages(
+  operations: RegistryOperations,
+  logger: Logger,
+  request: WatchRequest,
+  signal: AbortSignal,
+): AsyncGenerator<WatchResponse> {
+  const queue: WatchResponse[] = [];
+  const drained: (() => void)[] = [];
+  let ended: { error: RegistryError | undefined } | undefined;
+  let wake: (() => void) | undefined;
+  const sink: WatchSink = {
+    write: (message) => {
+      queue.push(message);
+      wake?.();
+      return queue.length < WATCH_QUEUE_MESSAGES;
+    },
+    once: (_event, listener) => drained.push(listener),
+    end: (error) => {
+      ended ??= { error };
+      wake?.();
+    },
+  };
+  const abort = new AbortController();
+  const stop = () => sink.end();
+  signal.addEventListener("abort", stop, { once: true });
+  operations
+    .watch(request, sink, abort.signal)
+    .catch((error: unknown) => sink.end(RegistryError.from(error)));
+  try {
+    for (;;) {
+      const message = queue.shift();
+      if (message !== undefined) {
+        yield message;
+        if (queue.length === 0) for (const listener of drained.splice(0)) listener();
+      } else if (ended !== undefined) {
+        if (ended.error !== undefined) {
+          logWatchFailure(logger, ended.error);
+          throw toConnectError(ended.error);
+        }
+        return;
+      } else {
+        await new Promise<void>((resolve) => (wake = resolve));
+        wake = undefined;
+      }
+    }
+  } finally {
+    signal.removeEventListener("abort", stop);
+    abort.abort(); // unsubscribes from the hub
+  }
+}
+
+/** Logs how a Watch stream failed, as the gRPC handlers do (internal errors with their cause). */
+function logWatchFailure(logger: Logger, error: RegistryError): void {
+  if (error.code === "internal") logger.error({ err: error.cause, method: "Watch" }, "internal error");
+  else logger.debug({ method: "Watch", code: error.code, reason: error.message }, "request failed");
 }
 
 function codecOf(method: DescMethod): GrpcCodec {
@@ -240,13 +310,7 @@ function serveWatchEvents(
     end: (error) => {
       if (isEnded) return;
       if (error !== undefined) {
-        const normalised = RegistryError.from(error);
-        if (normalised.code === "internal") logger.error({ err: error, method: "Watch" }, "internal error");
-        else
-          logger.debug(
-            { method: "Watch", code: normalised.code, reason: normalised.message },
-            "request failed",
-          );
+        logWatchFailure(logger, error);
         if (!isOpen) {
           isEnded = true;
           answerError(response, toConnectError(error));
