@@ -351,9 +351,27 @@ test("a Connect client (connect-node, HTTP/1.1) registers and streams Watch: a s
     t.is(String(delta.value.revision), second.revision);
   }
   abort.abort();
-  const cancelled = await stream.next().then(
-    () => undefined,
-    (error: unknown) => error,
+  // Messages already received may still come out; then the stream ends (Connect reports `canceled`).
+  let ending: unknown;
+  for (;;) {
+    const result = await stream.next().catch((error: unknown) => ((ending = error), { done: true as const }));
+    if (result.done === true) break;
+  }
+  t.true(ending === undefined || ending instanceof ConnectError, "the aborted stream ends");
+});
+
+test("a Watch event stream the registry ends (shutdown) sends an error event with the code first", async (t) => {
+  const fixture = await startRegistryFixture({ adminListen: "127.0.0.1:0" });
+  t.teardown(() => fixture.close());
+  const response = await fetch(
+    `http://${fixture.registry.adminAddress}/leasehold.registry.v1.RegistryService/Watch`,
   );
-  t.true(cancelled instanceof ConnectError, "the aborted stream ends with a ConnectError (canceled)");
+  const events = new EventReader(response);
+  t.is((await events.nextChange()).event, "snapshot");
+  const closed = fixture.registry.close();
+  const ended = await events.nextChange();
+  await closed;
+  t.is(ended.event, "error");
+  t.like(ended.data, { code: "unavailable" });
+  t.regex(ended.data["message"] as string, /shutting down/);
 });
