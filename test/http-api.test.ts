@@ -1,4 +1,5 @@
 import { execFile } from "node:child_process";
+import { readFile } from "node:fs/promises";
 import { promisify } from "node:util";
 import anyTest, { type TestFn } from "ava";
 import { ConnectError, createClient, type Client } from "@connectrpc/connect";
@@ -374,4 +375,36 @@ test("a Watch event stream the registry ends (shutdown) sends an error event wit
   t.is(ended.event, "error");
   t.like(ended.data, { code: "unavailable" });
   t.regex(ended.data["message"] as string, /shutting down/);
+});
+
+test("the README's HTTP API example (curl and jq) runs against a real registry", async (t) => {
+  const readme = await readFile(new URL("../README.md", import.meta.url), "utf8");
+  const script =
+    /<!-- http-api-example:start -->\s*```sh\n([\s\S]*?)```\s*<!-- http-api-example:end -->/.exec(
+      readme,
+    )?.[1];
+  if (script === undefined) return t.fail("README has the HTTP API example block");
+  const fixture = await startRegistryFixture({ adminListen: "127.0.0.1:0" });
+  t.teardown(() => fixture.close());
+  const { stdout } = await promisify(execFile)(
+    "bash",
+    [
+      "-euo",
+      "pipefail",
+      "-c",
+      script.replace("http://127.0.0.1:7101", `http://${fixture.registry.adminAddress}`),
+    ],
+    { timeout: 30_000 },
+  );
+  const [kept, listed, got, updated, deregistered, ...rest] = stdout
+    .trimEnd()
+    .split("\n")
+    .map((line) => JSON.parse(line) as Json);
+  t.deepEqual(rest, []);
+  t.like(kept, { ttlSeconds: "30" });
+  t.like(listed, { services: [{ service: "calc", instances: 1, serving: 1, draining: 0 }] });
+  t.like((got?.["instances"] as Json[])[0], { instanceId: "calc-1", address: "10.0.0.7:8080" });
+  t.like(updated?.["instance"], { weight: 5 });
+  t.regex(deregistered?.["revision"] as string, /^\d+$/);
+  t.deepEqual((await rpc(fixture.client).getService({ service: "calc" })).instances, []);
 });
