@@ -32,9 +32,12 @@ export async function freePort(): Promise<number> {
  * `/health` answers. Another etcd may already run on this machine, so ports are never fixed.
  *
  * @param readyTimeoutMs how long to wait for `/health`; default 15000.
+ * @param extraArgs more etcd flags, e.g. `--max-txn-ops=1024` (tests that write in bulk).
  * @throws Error when etcd is not installed or does not become healthy in time.
  */
-export async function startLocalEtcd(options: { readyTimeoutMs?: number } = {}): Promise<LocalEtcd> {
+export async function startLocalEtcd(
+  options: { readyTimeoutMs?: number; extraArgs?: readonly string[] } = {},
+): Promise<LocalEtcd> {
   const readyTimeoutMs = options.readyTimeoutMs ?? 15_000;
   const dataDir = await mkdtemp(join(tmpdir(), "leasehold-etcd-"));
   const [clientPort, peerPort] = [await freePort(), await freePort()];
@@ -52,6 +55,7 @@ export async function startLocalEtcd(options: { readyTimeoutMs?: number } = {}):
       `--initial-cluster=leasehold=${peer}`,
       "--logger=zap",
       "--log-level=error",
+      ...(options.extraArgs ?? []),
     ],
     { stdio: ["ignore", "ignore", "pipe"] },
   );

@@ -1,3 +1,4 @@
+import { hostname } from "node:os";
 import { InvalidArgumentError } from "commander";
 import { splitHostPort } from "../client/server/http-endpoints.js";
 
@@ -31,6 +32,35 @@ export function hostPort(value: string): string {
     throw new InvalidArgumentError("must be host:port, e.g. 127.0.0.1:7100.");
   }
   return value;
+}
+
+/**
+ * Commander parser for `--advertise`: `host:port`, or `auto` (the default: the bound port on the
+ * first non-internal IPv4, as `routableHost` picks it), kept as the word `auto` (commander stores a
+ * parser's `undefined` as ""). See {@link advertisedAddress}.
+ */
+export function advertiseAddress(value: string): string {
+  return value === "auto" ? value : hostPort(value);
+}
+
+/** The `--advertise` value for the service host: `undefined` (detect) for `auto` or no flag. */
+export function advertisedAddress(flag: string | undefined): string | undefined {
+  return flag === "auto" ? undefined : flag;
+}
+
+/**
+ * Commander parser for `--id`: `{hostname}` is replaced by `os.hostname()` (a container's own
+ * name, so `docker compose --scale` gives each replica its own id). The result must be an
+ * instance id (DESIGN §2: 1-128 of `[A-Za-z0-9._-]`).
+ */
+export function instanceIdTemplate(value: string): string {
+  const id = value.replaceAll("{hostname}", hostname());
+  if (!/^[A-Za-z0-9._-]{1,128}$/.test(id)) {
+    throw new InvalidArgumentError(
+      `"${id}" is not an instance id: 1-128 of A-Z a-z 0-9 . _ - ({hostname} is replaced by the host name).`,
+    );
+  }
+  return id;
 }
 
 /** Commander parser for a `host:port` to dial: like {@link hostPort}, but port 0 is refused. */

@@ -39,6 +39,12 @@ export {
   type MembershipListener,
   type MembershipWatcherOptions,
 } from "./discovery/membership-watcher.js";
+export {
+  getServicePage,
+  listServiceInstances,
+  type ListServiceInstancesOptions,
+  type ServiceInstances,
+} from "./discovery/list-service-instances.js";
 export { staticMembership, type MembershipSnapshot, type MembershipSource } from "./discovery/membership.js";
 export {
   LeaseholdError,

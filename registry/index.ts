@@ -5,15 +5,16 @@ import { HealthImplementation, protoPath as healthProtoPath } from "grpc-health-
 import { dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { instrumentService } from "../client/server/grpc-server-metrics.js";
-import { RegistryServiceService } from "../proto/gen/leasehold/registry/v1/registry.js";
 import type { HttpEndpoints } from "../client/server/http-endpoints.js";
 import { shutdownGrpcServer } from "../client/server/shutdown-grpc-server.js";
 import { startAdminServer } from "./admin/admin-server.js";
+import { guardUndecodable, registryServiceDefinition } from "./api/request-decoding.js";
 import { createRegistryService } from "./api/registry-service.js";
 import { ConsoleFeed } from "./console/console-feed.js";
 import { createHttpApi } from "./http-api/http-api.js";
 import { consoleRoutes } from "./console/console-routes.js";
 import { EtcdReadiness } from "./readiness.js";
+import { RegistryLimiter } from "./registry-limits.js";
 import { RegistryMetrics } from "./registry-metrics.js";
 import { resolveRegistryOptions, type RegistryOptions } from "./registry-options.js";
 import { EtcdStore } from "./store/etcd-store.js";
@@ -21,6 +22,7 @@ import type { ServicesWatch } from "./store/services-watch.js";
 import { WatchHub } from "./watch/watch-hub.js";
 
 export type { RegistryOptions } from "./registry-options.js";
+export { DEFAULT_REGISTRY_LIMITS, type RegistryLimitOptions } from "./registry-limits.js";
 export { RegistryError, type RegistryErrorCode } from "./registry-error.js";
 
 /** A running registry; see {@link startRegistry}. */
@@ -55,7 +57,7 @@ const serverOptions = {
 export async function startRegistry(options: RegistryOptions): Promise<RunningRegistry> {
   const resolved = resolveRegistryOptions(options);
   const { logger, metricsRegistry } = resolved;
-  const metrics = new RegistryMetrics(metricsRegistry);
+  const metrics = new RegistryMetrics(metricsRegistry, resolved.limits.maxServiceLabels);
   const store = new EtcdStore({
     endpoints: resolved.etcdEndpoints,
     prefix: resolved.prefix,
@@ -66,14 +68,22 @@ export async function startRegistry(options: RegistryOptions): Promise<RunningRe
     metrics,
     logger,
   });
-  const hub = new WatchHub({
+  const limiter = new RegistryLimiter({
+    limits: resolved.limits,
+    metrics,
+    cache: { instanceCount: (service, instanceId) => hub.instanceCount(service, instanceId) },
+  });
+  const resumes = limiter.coalesceResumes((revision, service) => store.listAt(revision, service));
+  const hub: WatchHub = new WatchHub({
     historyMaxDeltas: resolved.historyMaxDeltas,
     streamLimits: { maxQueuedBytes: resolved.maxQueuedWatchBytes, maxBehindMs: resolved.maxWatchBehindMs },
     progressIntervalMs: resolved.progressIntervalMs,
-    listAt: (revision, service) => store.listAt(revision, service),
+    // Resumes that read etcd share one read per service and revision, and are capped per second.
+    listAt: (revision, service) => resumes(revision, service),
     metrics,
     logger,
   });
+
   const health = new HealthImplementation({ "": "NOT_SERVING", [registryServiceName]: "NOT_SERVING" });
   const readiness = new EtcdReadiness({
     probe: () => store.probe(resolved.probeTimeoutMs),
@@ -85,8 +95,15 @@ export async function startRegistry(options: RegistryOptions): Promise<RunningRe
       logger.info({ etcd: status }, "etcd readiness changed");
     },
   });
-  const api = createRegistryService({ store, hub, metrics, logger });
-  const server = new Server(serverOptions);
+  const api = createRegistryService({
+    store,
+    hub,
+    limiter,
+    metrics,
+    logger,
+    validation: { allowForeignMetricsAddress: resolved.allowForeignMetricsAddress },
+  });
+  const server = new Server({ ...serverOptions, ...limiter.serverOptions() });
   const consoleFeed = new ConsoleFeed({
     hub,
     isReady: () => readiness.isReady,
@@ -118,8 +135,8 @@ export async function startRegistry(options: RegistryOptions): Promise<RunningRe
     hub.start();
     await readiness.start();
     server.addService(
-      RegistryServiceService,
-      instrumentService(RegistryServiceService, api.implementation, metricsRegistry),
+      registryServiceDefinition,
+      instrumentService(registryServiceDefinition, guardUndecodable(api.implementation), metricsRegistry),
     );
     health.addToServer(server);
     new ReflectionService(loadReflectedProtos()).addToServer(server);

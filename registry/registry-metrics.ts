@@ -1,6 +1,9 @@
 import { Counter, Gauge, Histogram, type Registry } from "prom-client";
 import { collectProcessMetrics } from "../client/metrics/process-metrics.js";
 
+/** The `service` label value of the services beyond the label cap. */
+const OTHER = "other";
+
 /** etcd operations timed by `leasehold_registry_etcd_request_duration_seconds{op}`. */
 export type EtcdOperation =
   | "lease_grant"
@@ -22,13 +25,27 @@ export class RegistryMetrics {
   readonly watchStreams: Gauge;
   readonly registrations: Counter<"result">;
   readonly etcdRequestDuration: Histogram<"op">;
+  /** Refusals by quota (registry/registry-limits.ts), by `limit`. */
+  readonly limited: Counter<"limit">;
+  readonly #maxServiceLabels: number;
+  /** Services with their own `service` label value. */
+  readonly #labelledServices = new Set<string>();
+  /** Instance counts of the services summed under `service="other"`. */
+  readonly #otherServices = new Map<string, number>();
+  #otherInstances = 0;
 
-  constructor(registry: Registry) {
+  /**
+   * @param maxServiceLabels distinct `service` values of `leasehold_registry_instances` (default
+   * 1000); the instances of later services are summed under `service="other"`, so callers cannot
+   * grow the registry's series without bound.
+   */
+  constructor(registry: Registry, maxServiceLabels = 1000) {
+    this.#maxServiceLabels = maxServiceLabels;
     const registers = [registry];
     collectProcessMetrics(registry, "registry");
     this.instances = new Gauge({
       name: "leasehold_registry_instances",
-      help: "Instances registered per service, as seen by this replica's watch-fed cache.",
+      help: 'Instances registered per service, as seen by this replica\'s watch-fed cache; services beyond the label cap (--max-service-labels, default 1000) are summed under service="other".',
       labelNames: ["service"],
       registers,
     });
@@ -50,6 +67,12 @@ export class RegistryMetrics {
       buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
       registers,
     });
+    this.limited = new Counter({
+      name: "leasehold_registry_limited_total",
+      help: "Requests refused with RESOURCE_EXHAUSTED by a registry quota: instances_per_service, watch_streams_per_connection, keepalive_rate, resume_rate.",
+      labelNames: ["limit"],
+      registers,
+    });
   }
 
   /** Runs `request` and observes its duration (successful or not) under `op`. */
@@ -62,9 +85,28 @@ export class RegistryMetrics {
     }
   }
 
-  /** Sets a service's instance count; a service with none left loses its series. */
+  /**
+   * Sets a service's instance count; a service with none left loses its series (and its label
+   * slot). Past the label cap, and for a service named `other`, the count goes into `other`.
+   */
   setInstances(service: string, count: number): void {
-    if (count > 0) this.instances.set({ service }, count);
-    else this.instances.remove({ service });
+    const hasLabel =
+      this.#labelledServices.has(service) ||
+      (service !== OTHER && count > 0 && this.#labelledServices.size < this.#maxServiceLabels);
+    if (hasLabel) {
+      if (count > 0) {
+        this.#labelledServices.add(service);
+        this.instances.set({ service }, count);
+      } else {
+        this.#labelledServices.delete(service);
+        this.instances.remove({ service });
+      }
+      return;
+    }
+    this.#otherInstances += count - (this.#otherServices.get(service) ?? 0);
+    if (count > 0) this.#otherServices.set(service, count);
+    else this.#otherServices.delete(service);
+    if (this.#otherServices.size > 0) this.instances.set({ service: OTHER }, this.#otherInstances);
+    else this.instances.remove({ service: OTHER });
   }
 }

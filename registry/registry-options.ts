@@ -2,6 +2,7 @@ import { pino, type Logger } from "pino";
 import { Registry } from "prom-client";
 import { RegistryError } from "./registry-error.js";
 import { splitHostPort, type HostPort } from "../client/server/http-endpoints.js";
+import { resolveRegistryLimits, type RegistryLimitOptions, type RegistryLimits } from "./registry-limits.js";
 
 /** Options of {@link startRegistry}. */
 export interface RegistryOptions {
@@ -30,6 +31,13 @@ export interface RegistryOptions {
    * RESOURCE_EXHAUSTED, in milliseconds; default 30000.
    */
   maxWatchBehindMs?: number | undefined;
+  /** Quotas (instances per service, Watch streams per connection, rates, message sizes); see {@link RegistryLimitOptions} for each default. */
+  limits?: RegistryLimitOptions | undefined;
+  /**
+   * Accept a Register whose `metrics_address` is on another host than its `address`; default
+   * false (INVALID_ARGUMENT), since Prometheus scrapes every `metrics_address` on `/sd/prometheus`.
+   */
+  allowForeignMetricsAddress?: boolean | undefined;
   /** Logger; default silent. */
   logger?: Logger | undefined;
   /** prom-client registry to register metrics in; default a new one (never the global). */
@@ -44,6 +52,9 @@ export interface ResolvedRegistryOptions {
   readonly etcdEndpoints: readonly string[];
   readonly prefix: string;
   readonly progressIntervalMs: number;
+  readonly limits: RegistryLimits;
+  /** See {@link RegistryOptions.allowForeignMetricsAddress}: default false. */
+  readonly allowForeignMetricsAddress: boolean;
   readonly logger: Logger;
   readonly metricsRegistry: Registry;
   /** Deadline of unary etcd requests: 5000 ms. */
@@ -104,6 +115,8 @@ export function resolveRegistryOptions(options: RegistryOptions): ResolvedRegist
     etcdEndpoints: Object.freeze([...options.etcdEndpoints]),
     prefix,
     progressIntervalMs,
+    limits: resolveRegistryLimits(options.limits),
+    allowForeignMetricsAddress: options.allowForeignMetricsAddress ?? false,
     logger: options.logger ?? pino({ level: "silent" }),
     metricsRegistry: options.metricsRegistry ?? new Registry(),
     etcdRequestTimeoutMs: 5000,

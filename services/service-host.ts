@@ -17,7 +17,13 @@ import { sleep } from "../client/backoff.js";
 import { connectRegistry } from "../client/registry-connection.js";
 import { Registrar } from "../client/registration/registrar.js";
 import { instrumentService } from "../client/server/grpc-server-metrics.js";
-import { metricsRoute, splitHostPort, startHttpEndpoints } from "../client/server/http-endpoints.js";
+import {
+  isSameHost,
+  isWildcardHost,
+  metricsRoute,
+  splitHostPort,
+  startHttpEndpoints,
+} from "../client/server/http-endpoints.js";
 import { routableHost } from "../client/server/routable-host.js";
 import { shutdownGrpcServer } from "../client/server/shutdown-grpc-server.js";
 import type { DemoService } from "./demo-service.js";
@@ -37,7 +43,11 @@ export interface ServiceInstanceOptions {
   readonly listen?: string | undefined;
   /** Address registered for callers; default the bound port on the first non-internal IPv4 (or the listen host). */
   readonly advertise?: string | undefined;
-  /** /metrics bind address; default the listen host on a free port. */
+  /**
+   * /metrics bind address; default `127.0.0.1:0` (loopback, free port). It is registered as the
+   * instance's `metrics_address` (for Prometheus HTTP SD) only when on the host of `address`: a
+   * wildcard bind (`0.0.0.0:9464`) is registered at the advertised host.
+   */
   readonly metricsListen?: string | undefined;
   /** Share of calls answered UNAVAILABLE, 0..1; default 0. */
   readonly failRate?: number | undefined;
@@ -53,8 +63,10 @@ export interface ServiceInstance {
   readonly instanceId: string;
   /** Advertised gRPC address. */
   readonly address: string;
-  /** Advertised /metrics address. */
+  /** Where /metrics answers: the advertised host when bound on a wildcard, else the bound address. */
   readonly metricsAddress: string;
+  /** True when {@link metricsAddress} is registered (listed on `/sd/prometheus`). */
+  readonly isMetricsListed: boolean;
   /** While true every call answers UNAVAILABLE (fault injection; the `f` key). */
   isFailing: boolean;
   /** Registers again after {@link unregister} (the `r` key). */
@@ -102,7 +114,7 @@ export async function startServiceInstance(
   // Server reflection, so `leasehold call` (and grpcurl) learn the methods from the instance itself.
   new ReflectionService(demoProtos(), { services: [grpcServiceName(service)] }).addToServer(server);
   // Metrics first: a failed gRPC bind then only has an HTTP server to close, never a bound port.
-  const metricsServer = await startHttpEndpoints(options.metricsListen ?? `${listen.host}:0`, {
+  const metricsServer = await startHttpEndpoints(options.metricsListen ?? "127.0.0.1:0", {
     "/metrics": metricsRoute(metrics),
   });
   let port: number;
@@ -116,9 +128,13 @@ export async function startServiceInstance(
     await metricsServer.close();
     throw error;
   }
-  const advertiseHost = routableHost(listen.host);
-  const address = options.advertise ?? `${advertiseHost}:${port}`;
-  const metricsAddress = `${advertiseHost}:${splitHostPort(metricsServer.address).port}`;
+  const address = options.advertise ?? `${routableHost(listen.host)}:${port}`;
+  const advertisedHost = splitHostPort(address).host;
+  const metricsBound = splitHostPort(metricsServer.address);
+  const metricsAddress = `${isWildcardHost(metricsBound.host) ? advertisedHost : metricsBound.host}:${metricsBound.port}`;
+  // The registry refuses a metrics_address on another host than the address (a target for the
+  // Prometheus that scrapes /sd/prometheus); a loopback /metrics of a routable instance stays unlisted.
+  const isMetricsListed = isSameHost(metricsAddress, address);
 
   const registryClient = connectRegistry(options.registry);
   const registrar = new Registrar({
@@ -129,7 +145,7 @@ export async function startServiceInstance(
       address,
       weight: options.weight,
       zone: options.zone,
-      metricsAddress,
+      metricsAddress: isMetricsListed ? metricsAddress : "",
     },
     ttlSeconds: options.ttlSeconds,
     logger,
@@ -159,6 +175,7 @@ export async function startServiceInstance(
     instanceId,
     address,
     metricsAddress,
+    isMetricsListed,
     get isFailing() {
       return state.isFailing;
     },

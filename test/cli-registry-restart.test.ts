@@ -85,12 +85,12 @@ async function etcd3Keys(endpoint: string): Promise<number> {
 test("watch says when callers enter panic mode: 3 of 4 serving instances leave at once", async (t) => {
   const fixture = await startFixtureFor(t);
   const address = fixture.registry.address;
-  const leases: string[] = [];
+  const leases: { leaseId: string; registrationToken: string }[] = [];
   for (const id of ["p-1", "p-2", "p-3", "p-4"]) {
     const granted = await rpc(fixture.client).register(
       registration({ service: "panicky", instanceId: id, address: `127.0.0.1:${9100 + leases.length}` }),
     );
-    leases.push(granted.leaseId);
+    leases.push(granted);
   }
   const watch = spawnCli(t, ["watch", "panicky", `--registry=${address}`, "--json"]);
   await eventually(() => watch.stdout.filter((line) => line.includes('"snapshot"')).length === 4, {
@@ -98,11 +98,14 @@ test("watch says when callers enter panic mode: 3 of 4 serving instances leave a
   });
   t.false(watch.stdout.some((line) => line.includes('"panic"')));
   await Promise.all(
-    leases
-      .slice(0, 3)
-      .map((leaseId, i) =>
-        rpc(fixture.client).deregister({ service: "panicky", instanceId: `p-${i + 1}`, leaseId }),
-      ),
+    leases.slice(0, 3).map(({ leaseId, registrationToken }, i) =>
+      rpc(fixture.client).deregister({
+        service: "panicky",
+        instanceId: `p-${i + 1}`,
+        leaseId,
+        registrationToken,
+      }),
+    ),
   );
   const panic = await eventually(() => watch.stdout.find((line) => line.includes('"type":"panic"')), {
     what: "a panic line",

@@ -158,12 +158,12 @@ test.serial(
     if (!existsSync(CHROMIUM)) t.fail(`no Chromium at ${CHROMIUM}: run node scripts/setup.mjs --for=test`);
     const fixture = await startFixtureFor(t, { adminListen: "127.0.0.1:0" });
     const registryApi = rpc(fixture.client);
-    const leases = new Map<string, string>();
+    const leases = new Map<string, { leaseId: string; registrationToken: string }>();
     for (const instanceId of ["a-1", "a-2", "a-3"]) {
       const registered = await registryApi.register(
         registration({ service: "alpha", instanceId, ttlSeconds: "30" }),
       );
-      leases.set(instanceId, registered.leaseId);
+      leases.set(instanceId, registered);
     }
     const page = await openConsole(t, fixture.registry.adminAddress);
     await page.locator('tr[data-instance="alpha/a-3"]').waitFor({ timeout: LOADED_MACHINE_MS });
@@ -171,7 +171,8 @@ test.serial(
 
     // Two of three serving instances leave within the 5 s window: callers would enter panic mode.
     for (const instanceId of ["a-1", "a-2"]) {
-      await registryApi.deregister({ service: "alpha", instanceId, leaseId: leases.get(instanceId) ?? "" });
+      const { leaseId, registrationToken } = leases.get(instanceId) ?? { leaseId: "", registrationToken: "" };
+      await registryApi.deregister({ service: "alpha", instanceId, leaseId, registrationToken });
     }
     const panic = page.locator(".banner.panic");
     await panic.waitFor({ timeout: LOADED_MACHINE_MS });

@@ -11,10 +11,13 @@ import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
+import { parse } from "yaml";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
 const composeFile = join(root, "deploy/docker-compose.yml");
 const prometheusConfigFile = join(root, "deploy/prometheus.yml");
+const hostPrometheusConfigFile = join(root, "deploy/prometheus.host.yml");
+const dockerfile = join(root, "deploy/Dockerfile");
 const rulesFile = join(root, "deploy/rules.yml");
 const rulesTestFile = join(root, "deploy/rules.test.yml");
 const dashboardFile = join(root, "grafana/dashboards/leasehold.json");
@@ -158,9 +161,14 @@ async function run(
   command: string,
   args: string[],
   debianPackage: string,
+  env: Record<string, string> = {},
 ): Promise<{ ok: boolean; output: string }> {
   try {
-    const { stdout, stderr } = await execFileAsync(command, args, { cwd: root, timeout: 30_000 });
+    const { stdout, stderr } = await execFileAsync(command, args, {
+      cwd: root,
+      timeout: 30_000,
+      env: { ...process.env, ...env },
+    });
     return { ok: true, output: `${stdout}${stderr}` };
   } catch (error) {
     const failure = error as NodeJS.ErrnoException & { stdout?: string; stderr?: string };
@@ -173,19 +181,98 @@ async function run(
 
 // ---- static checks ----
 
-test("docker-compose 1.29 accepts deploy/docker-compose.yml, with etcd, a registry, weighted instances, Prometheus and Grafana", async (t) => {
-  const check = await run("docker-compose", ["-f", composeFile, "config", "-q"], "docker-compose");
-  t.true(check.ok, check.output);
-  const services = await run("docker-compose", ["-f", composeFile, "config", "--services"], "docker-compose");
-  t.true(services.ok, services.output);
-  const names = services.output.trim().split("\n").sort();
-  for (const expected of ["etcd", "registry-1", "calc-1", "calc-2", "calc-3", "echo-1", "echo-2"]) {
-    t.true(names.includes(expected), `service ${expected} missing from ${names.join(", ")}`);
-  }
-  t.true(names.includes("prometheus") && names.includes("grafana"));
+// ---- compose ----
 
-  const resolved = await run("docker-compose", ["-f", composeFile, "config"], "docker-compose");
-  const images = [...resolved.output.matchAll(/^\s+image: (\S+)$/gm)].map((match) => match[1] ?? "");
+/** Every profile of deploy/docker-compose.yml; "" is none (etcd alone). */
+const profiles = ["", "host", "all", "client", "cluster"] as const;
+/** Grafana's admin password comes from the environment; compose refuses to start without it. */
+const composeEnv = { GRAFANA_ADMIN_PASSWORD: "from-the-test" };
+
+interface ComposeService {
+  profiles?: string[];
+  image?: string;
+  command?: string[];
+  ports?: Array<string | { published?: string | number; target?: number; host_ip?: string }>;
+  volumes?: Array<string | { source?: string; target?: string }>;
+  extra_hosts?: string[];
+  healthcheck?: { test?: string[] | string; disable?: boolean };
+  depends_on?: Record<string, unknown> | string[];
+  environment?: Record<string, string | null>;
+  deploy?: { replicas?: number };
+  container_name?: string;
+}
+
+/** The compose file as docker-compose resolves it (anchors merged, variables interpolated). */
+async function resolvedCompose(): Promise<Record<string, ComposeService>> {
+  const resolved = await run("docker-compose", ["-f", composeFile, "config"], "docker-compose", composeEnv);
+  if (!resolved.ok) throw new Error(resolved.output);
+  return (parse(resolved.output) as { services: Record<string, ComposeService> }).services;
+}
+
+/** The services `docker compose --profile PROFILE up` starts (Compose v2 semantics). */
+function activeServices(services: Record<string, ComposeService>, profile: string): string[] {
+  return Object.entries(services)
+    .filter(([, service]) => service.profiles === undefined || service.profiles.includes(profile))
+    .map(([name]) => name)
+    .sort();
+}
+
+const commandLine = (service: ComposeService | undefined): string => (service?.command ?? []).join(" ");
+
+test("docker-compose 1.29 accepts deploy/docker-compose.yml under every profile, and refuses it without GRAFANA_ADMIN_PASSWORD", async (t) => {
+  const combinations = [
+    ...profiles.map((profile) => (profile === "" ? [] : [profile])),
+    ["all", "cluster"],
+    ["all", "client"],
+  ];
+  for (const combination of combinations) {
+    const args = [
+      "-f",
+      composeFile,
+      ...combination.flatMap((profile) => ["--profile", profile]),
+      "config",
+      "-q",
+    ];
+    const check = await run("docker-compose", args, "docker-compose", composeEnv);
+    t.true(check.ok, `profiles [${combination.join(", ")}]: ${check.output}`);
+  }
+  const noPassword = await run("docker-compose", ["-f", composeFile, "config", "-q"], "docker-compose", {
+    GRAFANA_ADMIN_PASSWORD: "",
+  });
+  t.false(noPassword.ok);
+  t.regex(noPassword.output, /GRAFANA_ADMIN_PASSWORD/);
+});
+
+test("each profile starts a closed set: host is exactly etcd, Prometheus and Grafana; all is the whole system; cluster adds 3 etcd members", async (t) => {
+  const services = await resolvedCompose();
+  t.deepEqual(activeServices(services, "host"), ["etcd", "grafana", "prometheus"]);
+  t.deepEqual(activeServices(services, ""), ["etcd"]);
+  const all = activeServices(services, "all");
+  for (const name of ["etcd", "registry-1", "registry-2", "calc-1", "calc-2", "calc-3", "calc", "echo"])
+    t.true(all.includes(name), `profile all lacks ${name}: ${all.join(", ")}`);
+  for (const name of ["prometheus-compose", "grafana", "client-calculator", "client-echo"])
+    t.true(all.includes(name));
+  t.false(all.includes("prometheus"), "the host flow's Prometheus stays out of the all flow (port 9090)");
+  t.deepEqual(
+    activeServices(services, "cluster").filter((name) => name.startsWith("etcd-")),
+    ["etcd-1", "etcd-2", "etcd-3"],
+  );
+  // `up etcd prometheus grafana` starts only those: none of them depends on anything else.
+  for (const name of ["etcd", "prometheus", "grafana"]) t.is(services[name]?.depends_on, undefined, name);
+  // Every dependency of a profile's service is started by that profile.
+  for (const profile of profiles) {
+    const active = new Set(activeServices(services, profile));
+    for (const name of active) {
+      const dependsOn = services[name]?.depends_on ?? [];
+      for (const dependency of Array.isArray(dependsOn) ? dependsOn : Object.keys(dependsOn))
+        t.true(active.has(dependency), `profile "${profile}": ${name} depends on ${dependency}`);
+    }
+  }
+});
+
+test("compose pins its images, and its calculators are weighted 1:2:3 with weighted_round_robin callers", async (t) => {
+  const services = await resolvedCompose();
+  const images = Object.values(services).map((service) => service.image ?? "");
   t.true(
     images.some((image) => /^quay\.io\/coreos\/etcd:v3\.6\.\d+$/.test(image)),
     `etcd is not a pinned 3.6 image: ${images.join(", ")}`,
@@ -193,13 +280,89 @@ test("docker-compose 1.29 accepts deploy/docker-compose.yml, with etcd, a regist
   for (const image of images.filter((name) => name !== "leasehold:dev")) {
     t.regex(image, /:v?\d+\.\d+\.\d+$/, `image ${image} is not pinned to a release`);
   }
-  t.regex(resolved.output, /--weight\n\s+- '1'[\s\S]*--weight\n\s+- '2'[\s\S]*--weight\n\s+- '3'/);
-  t.regex(resolved.output, /weighted_round_robin/);
+  for (const [name, weight] of [
+    ["calc-1", 1],
+    ["calc-2", 2],
+    ["calc-3", 3],
+  ] as const) {
+    t.regex(commandLine(services[name]), new RegExp(`--weight=${weight}\\b`), name);
+  }
+  t.regex(commandLine(services["client-calculator"]), /--policy=weighted_round_robin/);
 });
 
-test("promtool accepts deploy/prometheus.yml and deploy/rules.yml, and the rule unit tests pass", async (t) => {
+test("the host flow: etcd published on 2379, Prometheus mounts deploy/prometheus.host.yml and maps host.docker.internal to the host gateway", async (t) => {
+  const services = await resolvedCompose();
+  t.true(
+    (services["etcd"]?.ports ?? []).some((port) =>
+      typeof port === "string"
+        ? /(^|:)2379:2379(\/tcp)?$/.test(port)
+        : String(port.published) === "2379" && port.target === 2379,
+    ),
+    JSON.stringify(services["etcd"]?.ports),
+  );
+  const prometheus = services["prometheus"];
+  const mounts = (prometheus?.volumes ?? []).map((volume) =>
+    typeof volume === "string" ? volume : `${volume.source ?? ""}:${volume.target ?? ""}`,
+  );
+  t.true(
+    mounts.some((mount) => mount.startsWith(`${hostPrometheusConfigFile}:/etc/prometheus/prometheus.yml`)),
+    mounts.join(", "),
+  );
+  t.true((prometheus?.extra_hosts ?? []).includes("host.docker.internal:host-gateway"));
+  const hostConfig = await readFile(hostPrometheusConfigFile, "utf8");
+  t.regex(hostConfig, /url: http:\/\/host\.docker\.internal:7101\/sd\/prometheus/);
+});
+
+test("compose operators can trust: a healthcheck on every service, no Prometheus lifecycle API, the Grafana password from env, a scalable calc", async (t) => {
+  const services = await resolvedCompose();
+  for (const [name, service] of Object.entries(services)) {
+    const check = service.healthcheck?.test;
+    if (name === "client") {
+      t.deepEqual(check, ["NONE"], "a one-shot session serves nothing to check");
+      continue;
+    }
+    t.true(Array.isArray(check) && check.length > 1 && check[0] !== "NONE", `${name} has no healthcheck`);
+  }
+  for (const name of ["prometheus", "prometheus-compose"]) {
+    t.notRegex(commandLine(services[name]), /enable-lifecycle/, name);
+  }
+  t.is(services["grafana"]?.environment?.["GF_SECURITY_ADMIN_PASSWORD"], composeEnv.GRAFANA_ADMIN_PASSWORD);
+  const calc = services["calc"];
+  t.regex(commandLine(calc), /--id=calc-\{hostname\}/);
+  t.regex(commandLine(calc), /--advertise=auto/);
+  t.is(calc?.ports, undefined, "a published port would clash between replicas");
+  t.is(calc?.container_name, undefined, "a container name would clash between replicas");
+  t.deepEqual(services["client"]?.profiles, ["client"]);
+  const cluster = ["etcd-1", "etcd-2", "etcd-3"].map((name) => commandLine(services[name]));
+  for (const [index, command] of cluster.entries()) {
+    t.regex(command, new RegExp(`--name=etcd-${index + 1} `));
+    t.regex(
+      command,
+      /--initial-cluster=etcd-1=http:\/\/etcd-1:2380,etcd-2=http:\/\/etcd-2:2380,etcd-3=http:\/\/etcd-3:2380/,
+    );
+  }
+});
+
+test("the Dockerfile builds compiled JavaScript in stages with npm ci, runs as non-root under jemalloc, with a HEALTHCHECK", async (t) => {
+  const text = await readFile(dockerfile, "utf8");
+  t.true([...text.matchAll(/^FROM /gm)].length >= 2, "multi-stage");
+  t.regex(text, /^RUN npm ci\b/m);
+  t.regex(text, /^RUN npm run build$/m);
+  t.notRegex(text, /\btsx\b/, "no TypeScript at run time");
+  t.regex(text, /COPY --from=build \/app\/dist/);
+  const user = [...text.matchAll(/^USER (\S+)$/gm)].at(-1)?.[1];
+  t.truthy(user);
+  t.not(user, "root");
+  t.regex(text, /^HEALTHCHECK /m);
+  t.regex(text, /apt-get install -y --no-install-recommends libjemalloc2/);
+  t.regex(text, /ARG JEMALLOC=\/usr\/lib\/x86_64-linux-gnu\/libjemalloc\.so\.2/);
+  t.regex(text, /ENV LD_PRELOAD=\$\{JEMALLOC\}/);
+});
+
+test("promtool accepts deploy/prometheus.yml, deploy/prometheus.host.yml and deploy/rules.yml, and the rule unit tests pass", async (t) => {
   for (const args of [
     ["check", "config", prometheusConfigFile],
+    ["check", "config", hostPrometheusConfigFile],
     ["check", "rules", rulesFile],
     ["test", "rules", rulesTestFile],
   ]) {
@@ -209,15 +372,24 @@ test("promtool accepts deploy/prometheus.yml and deploy/rules.yml, and the rule 
 });
 
 test("no relabeling, rule or dashboard query uses a label named `instance` or writes `job`", async (t) => {
-  const config = await readFile(prometheusConfigFile, "utf8");
-  t.notRegex(config, /target_label:\s*["']?(instance|job)["']?\s*$/m);
-  t.notRegex(config, /^\s+(instance|exported_instance):/m);
+  for (const file of [prometheusConfigFile, hostPrometheusConfigFile]) {
+    const config = await readFile(file, "utf8");
+    t.notRegex(config, /target_label:\s*["']?(instance|job)["']?\s*$/m, file);
+    t.notRegex(config, /^\s+(instance|exported_instance):/m, file);
+  }
   const rules = await readFile(rulesFile, "utf8");
   t.notRegex(rules, /\$labels\.instance\b(?!_)/);
   t.false(labelNames(rules).includes("instance"), "rules.yml groups or matches by `instance`");
   for (const { panel, target, expr } of panelQueries) {
     t.false(labelNames(expr).includes("instance"), `panel "${panel.title}" uses label instance`);
     t.notRegex(target.legendFormat ?? "", /\{\{\s*instance\s*\}\}/, `panel "${panel.title}" legend`);
+  }
+});
+
+test("no scrape job of deploy/prometheus.yml or deploy/prometheus.host.yml honors target labels (registered metrics addresses cannot inject labels)", async (t) => {
+  for (const file of [prometheusConfigFile, hostPrometheusConfigFile]) {
+    const config = await readFile(file, "utf8");
+    t.notRegex(config, /^\s*honor_labels\s*:\s*true/m, file);
   }
 });
 
@@ -288,4 +460,18 @@ test("the dashboard is well formed: unique ids, a datasource variable with __inp
   const compose = await readFile(composeFile, "utf8");
   t.true(compose.includes(`../grafana/dashboards:${path}`), `compose does not mount dashboards at ${path}`);
   t.true(compose.includes("../grafana/provisioning:/etc/grafana/provisioning"));
+});
+
+test("deploy/prometheus.host.yml has deploy/prometheus.yml's jobs and rule files, so the dashboard and alerts serve both flows", async (t) => {
+  const read = async (file: string) =>
+    parse(await readFile(file, "utf8")) as {
+      rule_files: string[];
+      scrape_configs: Array<{ job_name: string }>;
+    };
+  const [compose, host] = [await read(prometheusConfigFile), await read(hostPrometheusConfigFile)];
+  t.deepEqual(
+    host.scrape_configs.map((job) => job.job_name),
+    compose.scrape_configs.map((job) => job.job_name),
+  );
+  t.deepEqual(host.rule_files, compose.rule_files);
 });

@@ -107,6 +107,8 @@ test("register, keep alive, update, get, list and deregister an instance through
   t.is(registered.status, 200, JSON.stringify(registered.json));
   const leaseId = registered.json["leaseId"] as string;
   t.regex(leaseId, /^\d+$/, "lease id is a decimal string (int64 in proto3 JSON)");
+  const registrationToken = registered.json["registrationToken"] as string;
+  t.true(registrationToken.length > 0, "Register returns the registration token");
   t.is(registered.json["ttlSeconds"], "5");
   t.like(registered.json["instance"], {
     service: "calc",
@@ -115,7 +117,7 @@ test("register, keep alive, update, get, list and deregister an instance through
     status: "INSTANCE_STATUS_SERVING",
   });
 
-  const kept = await call(base, "KeepAlive", { leaseId });
+  const kept = await call(base, "KeepAlive", { leaseId, registrationToken });
   t.is(kept.status, 200, JSON.stringify(kept.json));
   t.is(kept.json["leaseId"], leaseId);
   t.true(Number(kept.json["ttlSeconds"]) > 0);
@@ -124,6 +126,7 @@ test("register, keep alive, update, get, list and deregister an instance through
     service: "calc",
     instanceId: "calc-1",
     leaseId,
+    registrationToken,
     status: "INSTANCE_STATUS_DRAINING",
   });
   t.is(updated.status, 200, JSON.stringify(updated.json));
@@ -148,14 +151,19 @@ test("register, keep alive, update, get, list and deregister an instance through
     { service: "calc", instances: 1, serving: 0, draining: 1 },
   );
 
-  const deregistered = await call(base, "Deregister", { service: "calc", instanceId: "calc-1", leaseId });
+  const deregistered = await call(base, "Deregister", {
+    service: "calc",
+    instanceId: "calc-1",
+    leaseId,
+    registrationToken,
+  });
   t.is(deregistered.status, 200, JSON.stringify(deregistered.json));
   t.deepEqual((await call(base, "GetService", { service: "calc" })).json["instances"], []);
 
-  const lost = await call(base, "KeepAlive", { leaseId });
+  const lost = await call(base, "KeepAlive", { leaseId, registrationToken });
   t.is(lost.status, 404);
   t.is(lost.json["code"], "not_found");
-  t.regex(lost.json["message"] as string, /not found .*register again/);
+  t.regex(lost.json["message"] as string, /register again/);
 });
 
 test("curl (with its default content type) registers, keeps alive, lists and deregisters an instance", async (t) => {
@@ -182,7 +190,8 @@ test("curl (with its default content type) registers, keeps alive, lists and der
   const leaseId = registered.json["leaseId"] as string;
   t.is(registered.json["ttlSeconds"], "10", "the default TTL");
 
-  const kept = await curl("KeepAlive", { lease_id: leaseId });
+  const token = registered.json["registrationToken"] as string;
+  const kept = await curl("KeepAlive", { lease_id: leaseId, registration_token: token });
   t.is(kept.status, 200);
   t.true(Number(kept.json["ttlSeconds"]) > 0);
 
@@ -196,6 +205,7 @@ test("curl (with its default content type) registers, keeps alive, lists and der
     service: "curl-svc",
     instance_id: "c-1",
     lease_id: leaseId,
+    registration_token: token,
   });
   t.is(deregistered.status, 200);
   t.regex(deregistered.json["revision"] as string, /^\d+$/);
@@ -235,7 +245,7 @@ test("a bad body is answered 400 invalid_argument naming the field, with the gRP
   t.is(notJson.json["code"], "invalid_argument");
 });
 
-test("an unknown method is 404, and a write with the wrong lease is refused as over gRPC", async (t) => {
+test("an unknown method is 404, and a write with the wrong registration token is refused 403 as over gRPC", async (t) => {
   const { base } = t.context;
   const unknown = await fetch(`${base}/Reboot`, {
     method: "POST",
@@ -248,19 +258,21 @@ test("an unknown method is 404, and a write with the wrong lease is refused as o
   t.regex(body["message"] as string, /unknown method; .* has Register, KeepAlive, /);
 
   const registered = await call(base, "Register", { service: "fenced", instanceId: "f-1", address: "h:1" });
-  const wrongLease = await call(base, "Deregister", {
+  const wrongToken = await call(base, "Deregister", {
     service: "fenced",
     instanceId: "f-1",
-    leaseId: "12345",
+    leaseId: registered.json["leaseId"],
+    registrationToken: "not-the-token",
   });
-  t.is(wrongLease.status, 403);
-  t.is(wrongLease.json["code"], "permission_denied");
+  t.is(wrongToken.status, 403);
+  t.is(wrongToken.json["code"], "permission_denied");
   t.is(
     (
       await call(base, "Deregister", {
         service: "fenced",
         instanceId: "f-1",
         leaseId: registered.json["leaseId"],
+        registrationToken: registered.json["registrationToken"],
       })
     ).status,
     200,

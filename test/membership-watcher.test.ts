@@ -120,7 +120,7 @@ test("a stale progress flips isStale and tells both kinds of listener; the gauge
   send({
     event: {
       $case: "snapshot",
-      value: { instances: [], revision: "5", reset: false, observedAtUnixMs: "0" },
+      value: { instances: [], revision: "5", reset: false, observedAtUnixMs: "0", hasMore: false },
     },
   });
   await watcher.ready();
@@ -193,6 +193,7 @@ test("the weight gauge follows membership: 0 while DRAINING, series removed when
         instances: [listed("calc-1", 1, "4"), listed("calc-2", 2, "5")],
         revision: "5",
         reset: false,
+        hasMore: false,
         observedAtUnixMs: "0",
       },
     },
@@ -223,10 +224,57 @@ test("the weight gauge follows membership: 0 while DRAINING, series removed when
   send({
     event: {
       $case: "snapshot",
-      value: { instances: [listed("calc-3", 3, "9")], revision: "9", reset: true, observedAtUnixMs: "0" },
+      value: {
+        instances: [listed("calc-3", 3, "9")],
+        revision: "9",
+        reset: true,
+        observedAtUnixMs: "0",
+        hasMore: false,
+      },
     },
   });
   t.deepEqual(await weights(), [
     'leasehold_client_instance_weight{service="calculator",instance_id="calc-3"} 3',
   ]);
+});
+
+test("a split snapshot is applied once its last part arrives, as one snapshot of every part's instances", async (t) => {
+  const { registry, send } = fakeRegistry();
+  const watcher = new MembershipWatcher({ registry, service: "calculator" });
+  t.teardown(async () => await watcher.close());
+  const changes: MembershipChange[] = [];
+  watcher.subscribe((_, applied) => changes.push(...applied));
+  watcher.start();
+  const part = (ids: string[], hasMore: boolean): WatchResponse => ({
+    event: {
+      $case: "snapshot",
+      value: {
+        instances: ids.map((id) => ({
+          ...instance(id, 1),
+          revision: "4",
+          registeredAt: "",
+          ttlSeconds: "10",
+        })),
+        revision: "7",
+        reset: false,
+        observedAtUnixMs: "0",
+        hasMore,
+      },
+    },
+  });
+  send(part(["calc-1", "calc-2"], true));
+  send(part(["calc-3"], true));
+  t.false(watcher.hasSnapshot, "no partial membership is applied");
+  t.deepEqual(changes, []);
+  send(part(["calc-4"], false));
+  await watcher.ready();
+  t.deepEqual(
+    watcher.current().instances.map((i) => i.instanceId),
+    ["calc-1", "calc-2", "calc-3", "calc-4"],
+  );
+  t.is(watcher.current().revision, "7");
+  t.deepEqual(
+    changes.map((change) => change.type),
+    ["snapshot"],
+  );
 });

@@ -384,6 +384,7 @@ test.serial(
           ttlSeconds: "3",
           revision: "1",
           instance: undefined,
+          registrationToken: `token-${requests.length}`,
         });
       },
       keepAlive: (call: ServerDuplexStream<KeepAliveRequest, KeepAliveResponse>) =>

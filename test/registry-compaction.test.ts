@@ -21,11 +21,17 @@ test.serial(
     const resumeFrom = first.lastRevision();
     first.cancel();
 
-    await rpc(client).deregister({ service: "compact", instanceId: "a", leaseId: a.leaseId });
+    await rpc(client).deregister({
+      service: "compact",
+      instanceId: "a",
+      leaseId: a.leaseId,
+      registrationToken: a.registrationToken,
+    });
     await rpc(client).updateInstance({
       service: "compact",
       instanceId: "b",
       leaseId: b.leaseId,
+      registrationToken: b.registrationToken,
       weight: 42,
       metadata: undefined,
     });
@@ -64,12 +70,18 @@ test.serial("a replica started later answers an older resume with one catch-up d
   const x = await rpc(client).register(registration({ service: "late", instanceId: "x", ttlSeconds: "30" }));
   const y = await rpc(client).register(registration({ service: "late", instanceId: "y", ttlSeconds: "30" }));
   const resumeFrom = y.revision;
-  await rpc(client).deregister({ service: "late", instanceId: "x", leaseId: x.leaseId });
+  await rpc(client).deregister({
+    service: "late",
+    instanceId: "x",
+    leaseId: x.leaseId,
+    registrationToken: x.registrationToken,
+  });
   const z = await rpc(client).register(registration({ service: "late", instanceId: "z", ttlSeconds: "30" }));
   await rpc(client).updateInstance({
     service: "late",
     instanceId: "y",
     leaseId: y.leaseId,
+    registrationToken: y.registrationToken,
     status: InstanceStatus.INSTANCE_STATUS_DRAINING,
     metadata: undefined,
   });

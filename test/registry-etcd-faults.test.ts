@@ -107,7 +107,7 @@ test("KeepAlive answers UNAVAILABLE, not INTERNAL, while etcd is frozen, and wor
   const stream = fixture.client.keepAlive();
   const ended = new Promise<ServiceError>((resolve) => stream.on("error", resolve));
   stream.on("data", () => undefined);
-  stream.write({ leaseId: registered.leaseId });
+  stream.write({ leaseId: registered.leaseId, registrationToken: registered.registrationToken });
   const error = await ended;
   t.is(error.code, status.UNAVAILABLE, error.message);
 
@@ -119,7 +119,7 @@ test("KeepAlive answers UNAVAILABLE, not INTERNAL, while etcd is frozen, and wor
         return await new Promise<KeepAliveResponse>((resolve, reject) => {
           retry.once("data", resolve);
           retry.once("error", reject);
-          retry.write({ leaseId: registered.leaseId });
+          retry.write({ leaseId: registered.leaseId, registrationToken: registered.registrationToken });
         });
       } finally {
         retry.on("error", () => undefined);
@@ -163,7 +163,8 @@ test("a Register abandoned at its deadline while etcd is frozen leaves no key, a
   const keepAlive = fixture.client.keepAlive();
   keepAlive.on("data", () => undefined);
   keepAlive.on("error", () => undefined);
-  const renew = () => keepAlive.write({ leaseId: retried.leaseId });
+  const renew = () =>
+    keepAlive.write({ leaseId: retried.leaseId, registrationToken: retried.registrationToken });
   renew();
   const renewal = setInterval(renew, 1000);
   t.teardown(() => {

@@ -1,4 +1,5 @@
 import { status } from "@grpc/grpc-js";
+import { createHash } from "node:crypto";
 import { InstanceStatus } from "../proto/gen/leasehold/registry/v1/registry.js";
 import { eventually } from "./helpers/eventually.js";
 import { KeepAliveSession } from "./helpers/keep-alive-session.js";
@@ -43,10 +44,12 @@ test("Register stores the instance JSON under its key and returns the lease id a
     "registered_at",
     "service",
     "status",
+    "token_hash",
     "ttl_seconds",
     "weight",
     "zone",
   ]);
+  t.is(stored.token_hash, createHash("sha256").update(response.registrationToken).digest("hex"));
   t.like(stored, { service: "json", instance_id: "a-1", status: "SERVING", weight: 1, metadata: { v: "1" } });
   const kv = (await etcd3.get(key("json", "a-1")).exec()).kvs[0];
   t.is(kv?.lease, response.leaseId);
@@ -63,7 +66,7 @@ test("keepalives keep an instance past its TTL; once they stop it is gone within
   const start = Date.now();
   let lastRenewalAt = Date.now();
   while (Date.now() - start < 4500) {
-    const reply = await session.renew(registered.leaseId);
+    const reply = await session.renew(registered);
     lastRenewalAt = Date.now();
     t.is(reply.leaseId, registered.leaseId);
     t.true(Number(reply.ttlSeconds) >= 1);
@@ -93,6 +96,7 @@ test("Deregister removes the key at once and watchers see the removal delta", as
     service: "dereg",
     instanceId: "i1",
     leaseId: registered.leaseId,
+    registrationToken: registered.registrationToken,
   });
   t.false(await etcd3.get(key("dereg", "i1")).exists());
   const removal = await watch.until(
@@ -124,9 +128,10 @@ test("KeepAlive on a revoked lease ends the stream with NOT_FOUND", async (t) =>
     service: "revoked",
     instanceId: "i1",
     leaseId: registered.leaseId,
+    registrationToken: registered.registrationToken,
   });
   const session = new KeepAliveSession(client);
-  const error = await failure(session.renew(registered.leaseId));
+  const error = await failure(session.renew(registered));
   t.is(error.code, status.NOT_FOUND);
   t.regex(error.details, /register again/);
 });
@@ -145,6 +150,7 @@ test("UpdateInstance and Deregister are fenced by the holding lease: PERMISSION_
     service: "fence",
     instanceId: "a",
     leaseId: holder.leaseId,
+    registrationToken: holder.registrationToken,
     weight: 7,
     status: InstanceStatus.INSTANCE_STATUS_DRAINING,
     zone: undefined,
@@ -169,13 +175,19 @@ test("UpdateInstance and Deregister are fenced by the holding lease: PERMISSION_
       service: "fence",
       instanceId: "a",
       leaseId: other.leaseId,
+      registrationToken: other.registrationToken,
       weight: 9,
       metadata: undefined,
     }),
   );
   t.is(deniedUpdate.code, status.PERMISSION_DENIED);
   const deniedDeregister = await failure(
-    rpc(client).deregister({ service: "fence", instanceId: "a", leaseId: other.leaseId }),
+    rpc(client).deregister({
+      service: "fence",
+      instanceId: "a",
+      leaseId: other.leaseId,
+      registrationToken: other.registrationToken,
+    }),
   );
   t.is(deniedDeregister.code, status.PERMISSION_DENIED);
   const unchanged = (await etcd3.get(key("fence", "a")).exec()).kvs[0];
@@ -191,15 +203,21 @@ test("UpdateInstance and Deregister are fenced by the holding lease: PERMISSION_
       service: "fence",
       instanceId: "a",
       leaseId: holder.leaseId,
+      registrationToken: holder.registrationToken,
       weight: 2,
       metadata: undefined,
     }),
   );
   t.is(goneUpdate.code, status.NOT_FOUND);
   const goneDeregister = await failure(
-    rpc(client).deregister({ service: "fence", instanceId: "a", leaseId: holder.leaseId }),
+    rpc(client).deregister({
+      service: "fence",
+      instanceId: "a",
+      leaseId: holder.leaseId,
+      registrationToken: holder.registrationToken,
+    }),
   );
   t.is(goneDeregister.code, status.NOT_FOUND);
-  const expiredKeepAlive = await failure(new KeepAliveSession(client).renew(holder.leaseId));
+  const expiredKeepAlive = await failure(new KeepAliveSession(client).renew(holder));
   t.is(expiredKeepAlive.code, status.NOT_FOUND, "KeepAlive on an expired lease is NOT_FOUND too");
 });

@@ -79,10 +79,10 @@ test("close() ends open Watch and KeepAlive streams with UNAVAILABLE", async (t)
   const watches = [new WatchRecorder(client, { service: "closing" }), new WatchRecorder(client)];
   await eventually(() => watches.every((watch) => watch.snapshots().length === 1), { what: "snapshots" });
   const keepAlive = new KeepAliveSession(client);
-  await keepAlive.renew(registered.leaseId);
+  await keepAlive.renew(registered);
 
   const closed = fixture.registry.close();
-  const keepAliveEnd = keepAlive.renew(registered.leaseId).catch((error: { code: number }) => error);
+  const keepAliveEnd = keepAlive.renew(registered).catch((error: { code: number }) => error);
   await closed;
   await fixture.registry.close(); // idempotent
   await eventually(() => watches.every((watch) => watch.ended !== undefined), { what: "streams ended" });

@@ -14,7 +14,7 @@ const holderId = "0123456789abcdef0123456789abcdef";
 const keyOf = (service: string, instanceId: string) => `/leasehold/v1/services/${service}/${instanceId}`;
 
 test.serial(
-  "a retry with the same registration id adopts the holder's key: same lease and TTL, changed fields written, never ALREADY_EXISTS",
+  "a retry with the same registration id adopts the holder's key: same lease and TTL, a fresh token (the earlier one refused), changed fields written, never ALREADY_EXISTS",
   async (t) => {
     const { client, etcd3 } = t.context;
     const api = rpc(client);
@@ -23,13 +23,26 @@ test.serial(
     const again = await api.register(request);
     t.is(again.leaseId, first.leaseId);
     t.is(again.ttlSeconds, first.ttlSeconds);
-    t.is(again.revision, first.revision, "nothing changed: nothing written");
+    t.not(again.registrationToken, first.registrationToken, "a fresh token");
+    t.true(BigInt(again.revision) > BigInt(first.revision), "its hash was written");
     t.is(again.instance?.ttlSeconds, "3", "Instance carries the granted TTL");
+    const stale = await failure(
+      api.updateInstance({
+        service: "idem",
+        instanceId: "i-1",
+        leaseId: first.leaseId,
+        registrationToken: first.registrationToken,
+        weight: 5,
+        metadata: undefined,
+      }),
+    );
+    t.is(stale.code, status.PERMISSION_DENIED, "the earlier token stopped working");
 
     await api.updateInstance({
       service: "idem",
       instanceId: "i-1",
-      leaseId: first.leaseId,
+      leaseId: again.leaseId,
+      registrationToken: again.registrationToken,
       status: InstanceStatus.INSTANCE_STATUS_DRAINING,
       weight: undefined,
       zone: undefined,
@@ -56,7 +69,12 @@ test.serial(
     const legacy = await failure(api.register({ ...request, registrationId: "" }));
     t.is(legacy.code, status.ALREADY_EXISTS, "so is a request without a registration id");
     t.is((await etcd3.leaseClient.leaseLeases()).leases.length, 1, "refusals grant nothing");
-    await api.deregister({ service: "idem", instanceId: "i-1", leaseId: first.leaseId });
+    await api.deregister({
+      service: "idem",
+      instanceId: "i-1",
+      leaseId: reweighted.leaseId,
+      registrationToken: reweighted.registrationToken,
+    });
   },
 );
 
@@ -73,7 +91,12 @@ test.serial("the registration id is stored only as its SHA-256 and never returne
   );
   t.is((JSON.parse(value) as { ttl_seconds?: number }).ttl_seconds, 3);
   t.false(JSON.stringify(response).includes(holderId));
-  await rpc(client).deregister({ service: "idem", instanceId: "secret-1", leaseId: response.leaseId });
+  await rpc(client).deregister({
+    service: "idem",
+    instanceId: "secret-1",
+    leaseId: response.leaseId,
+    registrationToken: response.registrationToken,
+  });
 });
 
 test.serial("a malformed registration id is INVALID_ARGUMENT and is not echoed", async (t) => {
@@ -126,7 +149,7 @@ test.serial(
       ttlSeconds: "30",
     };
     const before = new Set((await etcd3.leaseClient.leaseLeases()).leases.map((lease) => String(lease.ID)));
-    const error = await t.throwsAsync(store.register(instance, 30, undefined, { signal: caller.signal }));
+    const error = await t.throwsAsync(store.register(instance, 30, {}, { signal: caller.signal }));
     t.is((error as { code?: string } | undefined)?.code, "cancelled");
     t.is(await etcd3.get(keyOf("idem", "gone-1")).string(), null, "no key");
     // The revoke runs in the background (it retries while etcd is away); here etcd answers at once.

@@ -1,18 +1,34 @@
-import { status } from "@grpc/grpc-js";
+import { Client, credentials, status, type ServiceError } from "@grpc/grpc-js";
 import test from "ava";
-import { InstanceStatus, type RegisterRequest } from "../proto/gen/leasehold/registry/v1/registry.js";
+import {
+  InstanceStatus,
+  type RegisterRequest,
+  type WatchRequest,
+} from "../proto/gen/leasehold/registry/v1/registry.js";
 import {
   isHostPort,
   validateDeregister,
-  validateLeaseId,
+  validateKeepAlive,
   validateRegister,
   validateUpdate,
   validateWatch,
   type Validated,
 } from "../registry/api/validation.js";
-import { failure, registration, rpc, startRegistryFixture } from "./helpers/registry-fixture.js";
+import {
+  failure,
+  registration,
+  rpc,
+  startFixtureFor,
+  startRegistryFixture,
+  WatchRecorder,
+} from "./helpers/registry-fixture.js";
 
 const base = registration({ service: "calc", instanceId: "calc-1" });
+
+/** `{ [key]: "x" }` with `key` as an own property, even `__proto__` (as a decoded map holds it). */
+function metadataWith(key: string): Record<string, string> {
+  return Object.defineProperty({}, key, { value: "x", enumerable: true, configurable: true, writable: true });
+}
 const at = "2026-01-01T00:00:00.000Z";
 
 /** Every request of DESIGN §2 that must be refused, with the field its message must name. */
@@ -32,6 +48,44 @@ const invalidRegistrations: [string, Partial<RegisterRequest>, RegExp][] = [
   ["address without host", { address: ":8080" }, /^address:/],
   ["address with a space", { address: "a b:80" }, /^address:/],
   ["bad metrics_address", { metricsAddress: "metrics" }, /^metrics_address:/],
+  [
+    "metrics_address on another host",
+    { metricsAddress: "169.254.169.254:80" },
+    /^metrics_address: must be on the host of address/,
+  ],
+  ["instance_id '.'", { instanceId: "." }, /^instance_id: must not be "\." or "\.\."/],
+  ["instance_id '..'", { instanceId: ".." }, /^instance_id: must not be "\." or "\.\."/],
+  ["instance_id starting with '-'", { instanceId: "-rf" }, /^instance_id: must not start with '-'/],
+  ["address like an IP but none", { address: "999.999.999.999:80" }, /^address: must be host:port/],
+  ["address with a numeric last label", { address: "10.0.0:80" }, /^address:/],
+  ["address with a hex last label", { address: "a.0x7f:80" }, /^address:/],
+  ["address with an empty DNS label", { address: "a..b:80" }, /^address:/],
+  ["address with a trailing dot", { address: "a.b.:80" }, /^address:/],
+  ["address with a label of 64 characters", { address: `${"a".repeat(64)}.b:80` }, /^address:/],
+  ["address with a bad IPv6", { address: "[:::::]:80" }, /^address:/],
+  ["metrics_address with an empty DNS label", { address: "a..b:80", metricsAddress: "a..b:81" }, /^address:/],
+  [
+    "metadata key __proto__",
+    { metadata: metadataWith("__proto__") },
+    /^metadata: key "__proto__" is reserved/,
+  ],
+  [
+    "metadata key constructor",
+    { metadata: { constructor: "x" } },
+    /^metadata: key "constructor" is reserved/,
+  ],
+  ["metadata key prototype", { metadata: { prototype: "x" } }, /^metadata: key "prototype" is reserved/],
+  [
+    "a control character in a metadata key",
+    { metadata: { "a\u001b[31mb": "x" } },
+    /^metadata: key "a\\u001b\[31mb" must not contain control characters/,
+  ],
+  ["DEL in a metadata key", { metadata: { "a\u007f": "x" } }, /^metadata: key "a\\u007f" must not/],
+  [
+    "a control character in a metadata value",
+    { metadata: { k: "a\rb" } },
+    /^metadata: value of key "k" must not contain control characters/,
+  ],
   ["weight -1", { weight: -1 }, /^weight: must be an integer from 0 to 10000, got -1/],
   ["weight 10001", { weight: 10_001 }, /^weight:.*got 10001/],
   ["ttl 301", { ttlSeconds: "301" }, /^ttl_seconds:.*got 301/],
@@ -90,14 +144,32 @@ test("validateRegister accepts the limits themselves", (t) => {
     { service: "a".repeat(63), instanceId: "I.d_-9".padEnd(128, "x") },
     { metadata: Object.fromEntries(Array.from({ length: 32 }, (_, i) => [`k${i}`, "v"])) },
     { metadata: { big: "x".repeat(4093) } },
-    { address: "[::1]:8080", metricsAddress: "svc.example.internal:9464" },
+    { address: "[::1]:8080", metricsAddress: "[::1]:9464" },
+    { address: "Svc.Example.internal:8080", metricsAddress: "svc.example.internal:9464" },
+    { address: "10.0.0.1:80", metricsAddress: "10.0.0.1:9464" },
+    { instanceId: "a.-b_", metadata: { "x-y.z": "tab\tand\nnew line, ünïcode" } },
+    { address: "0-1.example:80" },
     { status: InstanceStatus.INSTANCE_STATUS_DRAINING },
   ];
   for (const overrides of limits) t.is(errorOf(validateRegister({ ...base, ...overrides }, at)), "(valid)");
 });
 
+test("validateRegister accepts a metrics_address on another host only when the registry allows it", (t) => {
+  const foreign = { ...base, metricsAddress: "metrics.example:9464" };
+  t.regex(errorOf(validateRegister(foreign, at)), /metrics_address: must be on the host of address/);
+  t.is(errorOf(validateRegister(foreign, at, { allowForeignMetricsAddress: true })), "(valid)");
+});
+
 test("isHostPort accepts DNS names, IPv4 and bracketed IPv6 with ports 1-65535", (t) => {
-  for (const good of ["localhost:1", "10.0.0.1:65535", "[::1]:80", "[fe80::1%eth0]:80", "a-b.c:8080"]) {
+  for (const good of [
+    "localhost:1",
+    "10.0.0.1:65535",
+    "[::1]:80",
+    "[fe80::1%eth0]:80",
+    "[::ffff:10.0.0.1]:80",
+    "a-b.c:8080",
+    "1a.example:80",
+  ]) {
     t.true(isHostPort(good), good);
   }
   for (const bad of [
@@ -109,14 +181,42 @@ test("isHostPort accepts DNS names, IPv4 and bracketed IPv6 with ports 1-65535",
     "-host:80",
     "ho st:80",
     "h:123456",
+    "999.999.999.999:80",
+    "1.2.3:80",
+    "1.2.3.4.5:80",
+    "01.2.3.4:80",
+    "a..b:80",
+    ".a:80",
+    "a.:80",
+    "a.-b:80",
+    "[:::::]:80",
+    "[::1%]:80",
+    "[1.2.3.4]:80",
   ]) {
     t.false(isHostPort(bad), bad);
   }
 });
 
-test("fenced requests need a positive lease id, a valid name and valid fields", (t) => {
-  const fenced = { service: "calc", instanceId: "calc-1", leaseId: "7587869923457236737" };
+test("fenced requests need a positive lease id, a registration token, a valid name and valid fields", (t) => {
+  const token = "t".repeat(43);
+  const fenced = {
+    service: "calc",
+    instanceId: "calc-1",
+    leaseId: "7587869923457236737",
+    registrationToken: token,
+  };
   t.like(validateDeregister(fenced), { ok: true, value: { leaseId: "7587869923457236737" } });
+  t.regex(
+    errorOf(validateDeregister({ ...fenced, registrationToken: "" })),
+    /^invalid_argument: registration_token: required/,
+  );
+  const tooLong = errorOf(validateDeregister({ ...fenced, registrationToken: "s".repeat(129) }));
+  t.regex(tooLong, /^invalid_argument: registration_token: must be at most 128 characters/);
+  t.false(tooLong.includes("s".repeat(129)), "the token is never echoed");
+  t.regex(
+    errorOf(validateKeepAlive({ leaseId: "5", registrationToken: "" })),
+    /registration_token: required/,
+  );
   t.regex(errorOf(validateDeregister({ ...fenced, leaseId: "0" })), /lease_id: required/);
   t.regex(errorOf(validateDeregister({ ...fenced, leaseId: "-3" })), /lease_id/);
   t.regex(errorOf(validateDeregister({ ...fenced, service: "Bad_Name!" })), /^invalid_argument: service/);
@@ -140,9 +240,17 @@ test("fenced requests need a positive lease id, a valid name and valid fields", 
     ok: true,
     value: { change: { zone: "" } },
   });
-  t.regex(errorOf(validateLeaseId("abc")), /lease_id: must be a decimal integer/);
+  t.regex(
+    errorOf(validateKeepAlive({ leaseId: "abc", registrationToken: token })),
+    /lease_id: must be a decimal integer/,
+  );
   t.regex(errorOf(validateWatch({ service: "Nope!", startRevision: "0" })), /service/);
   t.regex(errorOf(validateWatch({ service: "", startRevision: "-1" })), /start_revision/);
+  t.regex(errorOf(validateDeregister({ ...fenced, instanceId: ".." })), /^invalid_argument: instance_id/);
+  t.regex(
+    errorOf(validateUpdate({ ...fenced, metadata: { entries: metadataWith("__proto__") } })),
+    /^invalid_argument: metadata.entries: key "__proto__" is reserved/,
+  );
   t.like(validateWatch({ service: "", startRevision: "12" }), {
     ok: true,
     value: { service: undefined, startRevision: 12n },
@@ -160,7 +268,13 @@ test("every invalid Register answers INVALID_ARGUMENT naming the field before et
     t.regex(error.details, message, title);
   }
   const fencedError = await failure(
-    rpc(client).updateInstance({ service: "calc", instanceId: "calc-1", leaseId: "0", metadata: undefined }),
+    rpc(client).updateInstance({
+      service: "calc",
+      instanceId: "calc-1",
+      leaseId: "0",
+      registrationToken: "t",
+      metadata: undefined,
+    }),
   );
   t.is(fencedError.code, status.INVALID_ARGUMENT);
   t.is((await etcd3.get("/leasehold/").exec()).header.revision, revisionBefore, "etcd revision unchanged");
@@ -174,4 +288,78 @@ test("every invalid Register answers INVALID_ARGUMENT naming the field before et
     [held.leaseId],
     "the lease granted for the refused duplicate was revoked",
   );
+});
+
+test("every bad GetService or Watch argument answers INVALID_ARGUMENT naming the field", async (t) => {
+  const { client } = await startFixtureFor(t);
+  const badNames: [string, RegExp][] = [
+    ["", /^service: required/],
+    ["Bad_Name!", /^service: must be a DNS-1123 label/],
+    ["-calc", /^service:/],
+    ["a".repeat(64), /^service:/],
+    ["..", /^service:/],
+    ["calc\u0000", /^service:/],
+  ];
+  for (const [service, message] of badNames) {
+    const error = await failure(rpc(client).getService({ service }));
+    t.is(error.code, status.INVALID_ARGUMENT, `GetService ${JSON.stringify(service)}`);
+    t.regex(error.details, message, `GetService ${JSON.stringify(service)}`);
+  }
+  const badWatches: (readonly [Partial<WatchRequest>, RegExp])[] = [
+    ...badNames
+      .filter(([service]) => service !== "")
+      .map(([service, message]) => [{ service }, message] as const),
+    [{ service: "calc", startRevision: "-1" }, /^start_revision: must not be negative/],
+  ];
+  for (const [request, message] of badWatches) {
+    const watch = new WatchRecorder(client, request);
+    const ended = await watch.until((recorder) => recorder.ended, `Watch ${JSON.stringify(request)} ends`);
+    t.is(ended?.code, status.INVALID_ARGUMENT, JSON.stringify(request));
+    t.regex(ended?.details ?? "", message, JSON.stringify(request));
+    t.deepEqual(watch.messages, [], "no snapshot before the refusal");
+  }
+});
+
+test("UpdateInstance refuses a __proto__ metadata key sent on the wire, naming it, and leaves the instance as it was", async (t) => {
+  const { client, etcd3 } = await startFixtureFor(t);
+  const held = await rpc(client).register({ ...base, metadata: { a: "1" } });
+  const fenced = {
+    service: base.service,
+    instanceId: base.instanceId,
+    leaseId: held.leaseId,
+    registrationToken: held.registrationToken,
+  };
+  const error = await failure(
+    rpc(client).updateInstance({ ...fenced, metadata: { entries: metadataWith("__proto__") } }),
+  );
+  t.is(error.code, status.INVALID_ARGUMENT);
+  t.regex(error.details, /^metadata.entries: key "__proto__" is reserved/);
+  const stored = await etcd3.get(`/leasehold/v1/services/${base.service}/${base.instanceId}`).json();
+  t.like(stored, { metadata: { a: "1" } });
+  t.is(Object.getPrototypeOf((stored as { metadata: object }).metadata), Object.prototype);
+});
+
+test("a request whose bytes are not its message answers INVALID_ARGUMENT naming the message, not INTERNAL", async (t) => {
+  const { registry } = await startFixtureFor(t);
+  const raw = new Client(registry.address, credentials.createInsecure());
+  t.teardown(() => raw.close());
+  // Field 1 (service) announces 5 bytes and brings 1.
+  const truncated = Buffer.from([0x0a, 0x05, 0x61]);
+  const identity = (bytes: Buffer): Buffer => bytes;
+  const path = "/leasehold.registry.v1.RegistryService/";
+  for (const method of ["GetService", "Register", "UpdateInstance", "Deregister"]) {
+    const error = await new Promise<ServiceError | null>((resolve) => {
+      raw.makeUnaryRequest(`${path}${method}`, identity, identity, truncated, (e) => resolve(e));
+    });
+    t.is(error?.code, status.INVALID_ARGUMENT, method);
+    t.regex(
+      error?.details ?? "",
+      new RegExp(`^request: not a valid leasehold\\.registry\\.v1\\.${method}Request message`),
+    );
+  }
+  const watch = raw.makeServerStreamRequest(`${path}Watch`, identity, identity, truncated);
+  watch.on("data", () => t.fail("no message before the refusal"));
+  const ended = await new Promise<ServiceError>((resolve) => watch.on("error", resolve));
+  t.is(ended.code, status.INVALID_ARGUMENT);
+  t.regex(ended.details, /^request: not a valid leasehold\.registry\.v1\.WatchRequest message/);
 });

@@ -326,3 +326,77 @@ test("an aborted subscriber leaves, close() ends the rest with UNAVAILABLE, and 
     },
   );
 });
+
+/** An instance carrying `metadataBytes` of metadata, so a few thousand pass 1 MiB. */
+function heavy(service: string, index: number, revision: number, metadataBytes = 1024): Instance {
+  return {
+    ...instance(service, `i-${String(index).padStart(5, "0")}`, revision),
+    metadata: { blob: "x".repeat(metadataBytes) },
+  };
+}
+
+function snapshotOf(message: WatchResponse | undefined) {
+  return message?.event?.$case === "snapshot" ? message.event.value : undefined;
+}
+
+test("a split snapshot is written part by part as the sink drains; a delta meanwhile follows the last part", async (t) => {
+  const { hub } = hubWith();
+  const instances = Array.from({ length: 3000 }, (_, index) => heavy("big", index, 5));
+  hub.synced(instances, 10n);
+  const sink = new FakeSink();
+  sink.capacity = 1;
+  await hub.subscribe(
+    sink,
+    { service: "big", startRevision: 0n, splitSnapshots: true },
+    new AbortController().signal,
+  );
+  t.deepEqual(sink.kinds(), ["snapshot@10"], "one part, then it waits for drain");
+  put(hub, 11, heavy("big", 0, 11, 10));
+  t.is(sink.written.length, 1, "the delta waits behind the snapshot");
+  sink.drain(2);
+  t.deepEqual(sink.kinds(), ["snapshot@10", "snapshot@10"]);
+  sink.drain(Infinity);
+  const parts = sink.written.flatMap((message) => snapshotOf(message) ?? []);
+  t.true(parts.length >= 3, `parts: ${parts.length}`);
+  t.deepEqual(sink.kinds(), [...parts.map(() => "snapshot@10"), "delta@11"]);
+  t.deepEqual(
+    parts.map((part) => part.hasMore),
+    parts.map((_, index) => index < parts.length - 1),
+  );
+  t.deepEqual(
+    parts.flatMap((part) => part.instances.map((i) => i.instanceId)),
+    instances.map((i) => i.instanceId),
+  );
+});
+
+test("without split_snapshots the snapshot is one message with has_more false", async (t) => {
+  const { hub } = hubWith();
+  hub.synced(
+    Array.from({ length: 3000 }, (_, index) => heavy("big", index, 5)),
+    10n,
+  );
+  const sink = new FakeSink();
+  await hub.subscribe(sink, { service: "big", startRevision: 0n }, new AbortController().signal);
+  t.deepEqual(sink.kinds(), ["snapshot@10"]);
+  t.is(snapshotOf(sink.written[0])?.instances.length, 3000);
+  t.false(snapshotOf(sink.written[0])?.hasMore);
+});
+
+test("a delta over ~1 MiB goes out in parts, all but the last at the revision the caller had", async (t) => {
+  const { hub } = hubWith();
+  hub.synced([], 10n);
+  const sink = new FakeSink();
+  await hub.subscribe(sink, { service: "big", startRevision: 0n }, new AbortController().signal);
+  const upserted = Array.from({ length: 3000 }, (_, index) => heavy("big", index, 11));
+  put(hub, 11, ...upserted);
+  const deltas = sink.written.flatMap((message) => deltaOf(message) ?? []);
+  t.true(deltas.length >= 3, `parts: ${deltas.length}`);
+  t.deepEqual(
+    deltas.map((delta) => delta.revision),
+    deltas.map((_, index) => (index < deltas.length - 1 ? "10" : "11")),
+  );
+  t.deepEqual(
+    deltas.flatMap((delta) => delta.upserted.map((i) => i.instanceId)),
+    upserted.map((i) => i.instanceId),
+  );
+});

@@ -19,6 +19,7 @@ async function churn(fixture: RegistryFixture, service: string, suffix: string):
     service,
     instanceId: `a${suffix}`,
     leaseId: a.leaseId,
+    registrationToken: a.registrationToken,
     weight: 5,
     metadata: undefined,
   });
@@ -26,6 +27,7 @@ async function churn(fixture: RegistryFixture, service: string, suffix: string):
     service,
     instanceId: `a${suffix}`,
     leaseId: a.leaseId,
+    registrationToken: a.registrationToken,
     status: InstanceStatus.INSTANCE_STATUS_DRAINING,
     metadata: undefined,
   });
@@ -33,6 +35,7 @@ async function churn(fixture: RegistryFixture, service: string, suffix: string):
     service,
     instanceId: `b${suffix}`,
     leaseId: b.leaseId,
+    registrationToken: b.registrationToken,
   });
   return [a.revision, b.revision, updated.revision, drained.revision, removed.revision];
 }
@@ -152,7 +155,12 @@ test("writes outside the registry's prefix do not make it stale: progress reache
   t.teardown(() => stream.cancel());
   // Instance churn elsewhere (keys created and deleted under the prefix) and unrelated keys.
   const churned = await rpc(client).register(registration({ service: "noisy", instanceId: "n-1" }));
-  await rpc(client).deregister({ service: "noisy", instanceId: "n-1", leaseId: churned.leaseId });
+  await rpc(client).deregister({
+    service: "noisy",
+    instanceId: "n-1",
+    leaseId: churned.leaseId,
+    registrationToken: churned.registrationToken,
+  });
   let outside = 0n;
   for (let index = 0; index < 5; index += 1) {
     outside = BigInt((await etcd3.put(`/other-app/key-${index}`).value("x").exec()).header.revision);

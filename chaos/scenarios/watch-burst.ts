@@ -82,6 +82,7 @@ export const watchBurst: Scenario = {
     scope.defer("registry client", () => client.close());
     log(`${REGISTRATIONS} registrations`);
     const leases: string[] = new Array<string>(REGISTRATIONS).fill("");
+    const tokens: string[] = new Array<string>(REGISTRATIONS).fill("");
     let registerFailures = 0;
     const burstAt = Date.now();
     await pool(REGISTRATIONS, 128, async (i) => {
@@ -92,10 +93,11 @@ export const watchBurst: Scenario = {
         ttlSeconds: "300", // outlives the burst: every key is removed by Deregister, not by expiry
       });
       try {
-        const response = await unary<{ leaseId: string }>((cb) =>
+        const response = await unary<{ leaseId: string; registrationToken: string }>((cb) =>
           client.register(request, new Metadata(), { deadline: Date.now() + 30_000 }, cb),
         );
         leases[i] = response.leaseId;
+        tokens[i] = response.registrationToken;
       } catch {
         registerFailures++;
       }
@@ -121,6 +123,7 @@ export const watchBurst: Scenario = {
               service: BURST_SERVICE,
               instanceId: `burst-${String(i).padStart(5, "0")}`,
               leaseId: leases[i] ?? "0",
+              registrationToken: tokens[i] ?? "",
             },
             new Metadata(),
             { deadline: Date.now() + 30_000 },

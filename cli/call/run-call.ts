@@ -26,6 +26,7 @@ import {
 } from "../../client/balancing/balanced-client.js";
 import type { PolicyName } from "../../client/balancing/policies.js";
 import { MembershipWatcher } from "../../client/discovery/membership-watcher.js";
+import { listServiceInstances } from "../../client/discovery/list-service-instances.js";
 import { LeaseholdError } from "../../client/errors.js";
 import { ClientMetrics } from "../../client/metrics/client-metrics.js";
 import { connectRegistry } from "../../client/registry-connection.js";
@@ -266,11 +267,7 @@ async function reflectOn(
 
 /** Instances of `service`, SERVING ones first; GetService failures are the registry's. */
 async function listInstances(registry: RegistryServiceClient, service: string): Promise<Instance[]> {
-  const response = await new Promise<{ instances: Instance[] }>((resolve, reject) =>
-    registry.getService({ service }, new grpc.Metadata(), { deadline: Date.now() + 5000 }, (error, answer) =>
-      error === null ? resolve(answer) : reject(error),
-    ),
-  ).catch((error: unknown) => {
+  const response = await listServiceInstances(registry, service).catch((error: unknown) => {
     const failure = LeaseholdError.from(error);
     if (failure.code === "INVALID_ARGUMENT") throw new UsageError(`service "${service}": ${failure.message}`);
     throw new CallFailedError(`GetService ${service}: ${failure.code}: ${failure.message}`);

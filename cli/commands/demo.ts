@@ -14,7 +14,7 @@ export function demoCommand(program: Command): void {
     .option("--etcd <url[,url]>", "use this etcd instead of starting one (env LEASEHOLD_ETCD)", urlList)
     .option(
       "--metrics-listen <host:port>",
-      "serve the demo client's /metrics here, listed in the registry's /sd/prometheus for Prometheus",
+      "serve the demo client's /metrics here, listed in the registry's /sd/prometheus for Prometheus (its instances bind /metrics on the same host)",
       hostPort,
     )
     .action(async (flags: DemoFlags) => {

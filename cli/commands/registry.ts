@@ -1,10 +1,11 @@
 import type { Command } from "commander";
-import { hostPort, urlList } from "../options.js";
+import { DEFAULT_REGISTRY_LIMITS, type RegistryLimitOptions } from "../../registry/registry-limits.js";
+import { hostPort, integerIn, urlList } from "../options.js";
 import type { RegistryFlags } from "../registry/run-registry.js";
 
 /** `leasehold registry`; the implementation (etcd3, the facade) is loaded when the command runs. */
 export function registryCommand(program: Command): void {
-  program
+  const command = program
     .command("registry")
     .description("run the registry facade in front of etcd (gRPC, plus an admin HTTP port)")
     .option(
@@ -30,8 +31,48 @@ export function registryCommand(program: Command): void {
       "do not serve the HTTP/JSON API (/leasehold.registry.v1.RegistryService/...) on the admin port",
     )
     .option("--prefix <prefix>", "etcd key prefix", process.env["LEASEHOLD_PREFIX"] ?? "/leasehold/")
-    .action(async (flags: RegistryFlags) => {
-      const { runRegistry } = await import("../registry/run-registry.js");
-      await runRegistry(flags);
-    });
+    .option(
+      "--allow-foreign-metrics-address",
+      "accept a metrics_address on another host than the instance's address (listed for Prometheus)",
+    );
+  // Quotas: each refusal is RESOURCE_EXHAUSTED, counted in leasehold_registry_limited_total{limit}.
+  for (const [flag, option, description] of limitFlags) {
+    command.option(
+      `${flag} <n>`,
+      `${description} (default ${DEFAULT_REGISTRY_LIMITS[option]})`,
+      integerIn(1, Number.MAX_SAFE_INTEGER),
+    );
+  }
+  command.action(async (flags: RegistryFlags) => {
+    const { runRegistry } = await import("../registry/run-registry.js");
+    await runRegistry(flags);
+  });
 }
+
+/** `--max-...` flags of `leasehold registry`: flag, RegistryLimitOptions key, help. */
+const limitFlags: readonly (readonly [string, keyof RegistryLimitOptions, string])[] = [
+  ["--max-instances-per-service", "maxInstancesPerService", "instances one service may hold"],
+  [
+    "--max-watch-streams-per-connection",
+    "maxWatchStreamsPerConnection",
+    "open Watch streams per client connection",
+  ],
+  [
+    "--max-concurrent-streams",
+    "maxConcurrentStreamsPerConnection",
+    "concurrent HTTP/2 streams per connection (grpc.max_concurrent_streams; clients queue beyond it)",
+  ],
+  ["--max-keepalives-per-second", "maxKeepAlivesPerSecond", "KeepAlive messages per second on one stream"],
+  [
+    "--max-resumes-per-second",
+    "maxEtcdResumesPerSecond",
+    "Watch resumes per second that read etcd (resumes of one service at one revision share a read)",
+  ],
+  ["--max-receive-message-bytes", "maxReceiveMessageBytes", "largest request message, in bytes"],
+  ["--max-send-message-bytes", "maxSendMessageBytes", "largest response message, in bytes"],
+  [
+    "--max-service-labels",
+    "maxServiceLabels",
+    'distinct service labels of leasehold_registry_instances; later services count as service="other"',
+  ],
+];

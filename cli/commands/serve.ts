@@ -1,5 +1,13 @@
 import { Argument, type Command } from "commander";
-import { hostPort, hostPortList, integerIn, numberIn, REGISTRY_DEFAULT } from "../options.js";
+import {
+  advertiseAddress,
+  hostPort,
+  hostPortList,
+  instanceIdTemplate,
+  integerIn,
+  numberIn,
+  REGISTRY_DEFAULT,
+} from "../options.js";
 import type { ServeFlags } from "../serve/run-serve.js";
 
 const KEYS_HELP = "keys: u unregister, r register again, f toggle failure, q quit gracefully";
@@ -22,16 +30,30 @@ export function serveCommand(program: Command): void {
       hostPortList,
       REGISTRY_DEFAULT,
     )
-    .option("--id <instance-id>", "instance id (default <service>-<random>)")
+    .option(
+      "--id <instance-id>",
+      "instance id; {hostname} is replaced by the host name (default <service>-<random>)",
+      instanceIdTemplate,
+    )
     .option("--weight <n>", "weight 0..10000 (0 = listed, no traffic)", integerIn(0, 10_000), 1)
     .option("--zone <zone>", "zone label", "")
     .option("--ttl <seconds>", "lease TTL in seconds (etcd raises < 2 to 2)", integerIn(1, 300), 10)
     .option("--listen <host:port>", "gRPC bind address", hostPort, "0.0.0.0:0")
-    .option("--advertise <host:port>", "address registered for callers (default: detected)", hostPort)
+    .option(
+      "--advertise <host:port|auto>",
+      "address registered for callers (default auto: the bound port on the first external IPv4)",
+      advertiseAddress,
+    )
     .option(
       "--metrics-listen <host:port>",
-      "/metrics bind address (default: listen host, free port)",
+      "/metrics bind address (default 127.0.0.1:0; listed for Prometheus only on the address's host)",
       hostPort,
+    )
+    .option(
+      "--drain-ms <ms>",
+      "on shutdown, how long to stay DRAINING (callers stop picking it) before deregistering",
+      integerIn(0, 60_000),
+      300,
     )
     .option("--fail-rate <f>", "share of calls answered UNAVAILABLE, 0..1", numberIn(0, 1), 0)
     .option("--latency-ms <ms>", "added latency per call", integerIn(0, 60_000), 0)

@@ -253,7 +253,9 @@ class Demo {
       `--weight=${weight}`,
       `--ttl=${TTL_SECONDS}`,
       "--listen=127.0.0.1:0",
-      "--metrics-listen=127.0.0.1:0",
+      // The client's --metrics-listen host, so a Prometheus that reaches one reaches all (0.0.0.0
+      // for one in a container: README, "Run it with Prometheus and Grafana").
+      `--metrics-listen=${this.#metricsListen === undefined ? "127.0.0.1" : splitHostPort(this.#metricsListen).host}:0`,
     ]);
     await this.#waitForLine(child, /serving/);
   }

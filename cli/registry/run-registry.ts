@@ -1,15 +1,38 @@
-import { startRegistry } from "../../registry/index.js";
+import { startRegistry, type RegistryLimitOptions } from "../../registry/index.js";
 import { createLogger } from "../logger.js";
 import { describeConnectFailure } from "../registry-check.js";
 import { onShutdownSignal } from "../signals.js";
 
-/** Flags of `leasehold registry`. */
+/** Flags of `leasehold registry`; the `--max-...` flags are named after {@link RegistryLimitOptions}. */
 export interface RegistryFlags {
   listen: string;
   etcd: string[];
   adminListen: string;
   httpApi: boolean;
   prefix: string;
+  allowForeignMetricsAddress?: boolean;
+  maxInstancesPerService?: number;
+  maxWatchStreamsPerConnection?: number;
+  maxConcurrentStreams?: number;
+  maxKeepalivesPerSecond?: number;
+  maxResumesPerSecond?: number;
+  maxReceiveMessageBytes?: number;
+  maxSendMessageBytes?: number;
+  maxServiceLabels?: number;
+}
+
+/** The quotas the flags set (unset ones keep their defaults). */
+function limitsOf(flags: RegistryFlags): RegistryLimitOptions {
+  return {
+    maxInstancesPerService: flags.maxInstancesPerService,
+    maxWatchStreamsPerConnection: flags.maxWatchStreamsPerConnection,
+    maxConcurrentStreamsPerConnection: flags.maxConcurrentStreams,
+    maxKeepAlivesPerSecond: flags.maxKeepalivesPerSecond,
+    maxEtcdResumesPerSecond: flags.maxResumesPerSecond,
+    maxReceiveMessageBytes: flags.maxReceiveMessageBytes,
+    maxSendMessageBytes: flags.maxSendMessageBytes,
+    maxServiceLabels: flags.maxServiceLabels,
+  };
 }
 
 /** A registry that cannot start because etcd cannot be read: one line, exit status 1. */
@@ -33,6 +56,8 @@ export async function runRegistry(flags: RegistryFlags): Promise<void> {
       httpApi: flags.httpApi,
       etcdEndpoints: flags.etcd,
       prefix: flags.prefix,
+      allowForeignMetricsAddress: flags.allowForeignMetricsAddress === true,
+      limits: limitsOf(flags),
       logger,
     });
   } catch (error) {

@@ -2,6 +2,7 @@ import { connectRegistry } from "../../client/registry-connection.js";
 import { DEMO_SERVICES } from "../../services/index.js";
 import { startServiceInstance } from "../../services/service-host.js";
 import { createLogger } from "../logger.js";
+import { advertisedAddress } from "../options.js";
 import { checkRegistry } from "../registry-check.js";
 import { onShutdownSignal } from "../signals.js";
 import { UsageError } from "../usage-error.js";
@@ -18,6 +19,7 @@ export interface ServeFlags {
   metricsListen?: string;
   failRate: number;
   latencyMs: number;
+  drainMs: number;
 }
 
 /**
@@ -46,15 +48,17 @@ export async function runServe(name: string, flags: ServeFlags): Promise<void> {
     zone: flags.zone,
     ttlSeconds: flags.ttl,
     listen: flags.listen,
-    advertise: flags.advertise,
+    advertise: advertisedAddress(flags.advertise),
     metricsListen: flags.metricsListen,
     failRate: flags.failRate,
     latencyMs: flags.latencyMs,
+    drainMs: flags.drainMs,
     logger,
   });
   const say = (line: string): void => void process.stdout.write(`${instance.instanceId}: ${line}\n`);
   say(
-    `serving ${name} on ${instance.address} (weight ${flags.weight}, metrics http://${instance.metricsAddress}/metrics)`,
+    `serving ${name} on ${instance.address} (weight ${flags.weight}, metrics http://${instance.metricsAddress}/metrics` +
+      `${instance.isMetricsListed ? "" : ", not listed for Prometheus: use --metrics-listen 0.0.0.0:PORT"})`,
   );
   const quit = new Promise<void>((resolve) => {
     listenForKeys(async (key) => {

@@ -7,7 +7,7 @@ import { MassRemovalDetector } from "../../client/balancing/mass-removal-detecto
 import { InstanceStatus, type Instance } from "../../proto/gen/leasehold/registry/v1/registry.js";
 import { statusName } from "../instance-json.js";
 import { createLogger } from "../logger.js";
-import { getService } from "../registry-calls.js";
+import { checkServiceName } from "../registry-calls.js";
 import { checkRegistry } from "../registry-check.js";
 import { keepProcessAlive, onShutdownSignal } from "../signals.js";
 
@@ -53,7 +53,7 @@ export async function runWatch(service: string, flags: WatchFlags): Promise<void
   try {
     await checkRegistry(registry, flags.registry);
     // A name the registry refuses (INVALID_ARGUMENT) is one line and exit 2, not a Watch retried forever.
-    if (service !== "") await getService(registry, service);
+    if (service !== "") await checkServiceName(registry, service);
   } catch (error) {
     registry.close();
     throw error;

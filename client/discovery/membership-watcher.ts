@@ -87,6 +87,8 @@ export class MembershipWatcher implements MembershipSource {
   /** When a message last proved the membership fresh (ms), 0 before the first. */
   #lastFreshAtMs = 0;
   #call: ClientReadableStream<WatchResponse> | undefined;
+  /** Instances of a split snapshot received so far (until the part without `has_more`). */
+  #snapshotParts: Instance[] | undefined;
   #loop: Promise<void> | undefined;
   #staleTimer: NodeJS.Timeout | undefined;
   readonly #ready: Promise<void>;
@@ -210,9 +212,13 @@ export class MembershipWatcher implements MembershipSource {
 
   /** One Watch stream, from open to end; resolves on a clean end, rejects on an error. */
   async #streamOnce(): Promise<void> {
+    this.#snapshotParts = undefined; // a snapshot cut short by a broken stream is dropped
     const call = this.#options.registry.watch({
       service: this.#options.service,
       startRevision: this.#hasSnapshot ? this.#resumeRevision : "0",
+      // Several Snapshot messages, each under grpc's default 4 MiB receive limit, so a service
+      // of any size can be watched (a registry older than the field sends one message).
+      splitSnapshots: true,
     });
     this.#call = call;
     let idleTimer: NodeJS.Timeout | undefined;
@@ -264,7 +270,14 @@ export class MembershipWatcher implements MembershipSource {
     if (!this.#isRegistryStale) this.#lastFreshAtMs = this.#options.now();
     const changes: MembershipChange[] = [];
     if (event.$case === "snapshot") {
-      const { instances, revision, reset } = event.value;
+      const { revision, reset, hasMore } = event.value;
+      if (hasMore || this.#snapshotParts !== undefined) {
+        this.#snapshotParts ??= [];
+        for (const instance of event.value.instances) this.#snapshotParts.push(instance);
+        if (hasMore) return; // applied once whole: never a partial membership
+      }
+      const instances = this.#snapshotParts ?? event.value.instances;
+      this.#snapshotParts = undefined;
       const next = new Map(instances.map((instance) => [keyOf(instance), instance]));
       if (!this.#hasSnapshot) {
         changes.push({ type: "snapshot", instances, revision, reset });
@@ -283,6 +296,7 @@ export class MembershipWatcher implements MembershipSource {
       this.#commit(revision, changes, reset ? "reset" : "snapshot");
       return;
     }
+    if (this.#snapshotParts !== undefined) throw new Error("a delta arrived inside a split snapshot");
     const { upserted, removed, revision, observedAtUnixMs } = event.value;
     this.#observePropagation(observedAtUnixMs);
     for (const key of removed) {

@@ -17,7 +17,7 @@ export interface CallerEntryOptions {
   readonly metricsAddress: string;
   /** The service this caller calls; listed as the entry's metadata `calls`. */
   readonly calls: string;
-  /** The entry's instance id; default `<hostname>-<pid>` (characters outside `[A-Za-z0-9._-]` become `-`). */
+  /** The entry's instance id; default `<hostname>-<pid>` (characters outside `[A-Za-z0-9._-]` become `-`; leading `-` and `.` are dropped). */
   readonly callerId?: string | undefined;
   /** Lease TTL in seconds; default 10. */
   readonly ttlSeconds?: number | undefined;
@@ -33,6 +33,7 @@ export interface CallerEntryOptions {
 export async function startCallerEntry(options: CallerEntryOptions): Promise<Registrar> {
   const callerId = (options.callerId ?? `${hostname()}-${process.pid}`)
     .replace(/[^A-Za-z0-9._-]/g, "-")
+    .replace(/^[-.]+/, "") // the registry refuses ids ".", ".." and a leading "-"
     .slice(0, 128);
   const registrar = new Registrar({
     registry: options.registry,

@@ -83,6 +83,11 @@ const PERMANENT_CODES: ReadonlySet<number> = new Set([
  * Register abandoned at its deadline and completed later is adopted by the next attempt instead of
  * blocking it with `ALREADY_EXISTS`.
  *
+ * The registration token each Register returns goes with every KeepAlive, UpdateInstance and
+ * Deregister (the lease id alone proves nothing). A KeepAlive refused with `PERMISSION_DENIED`
+ * (the token is not the instance's, e.g. a value written before tokens) registers again: the same
+ * registration id adopts the same lease and gets a fresh token. The token is never logged.
+ *
  * With several registry replicas on one channel ({@link connectRegistry} with `a:1,b:2`), a broken
  * KeepAlive stream is reopened at once on a ready replica, and a stream whose keepalive is
  * unanswered for TTL/6 is replaced by a new one, which the channel's round robin puts on the next
@@ -175,6 +180,7 @@ export class Registrar {
       service: this.#instance.service,
       instanceId: this.#instance.instanceId,
       leaseId: lease.leaseId,
+      registrationToken: lease.registrationToken,
       ...change,
       metadata: undefined,
     });
@@ -192,7 +198,12 @@ export class Registrar {
     try {
       await this.#unary<DeregisterRequest, DeregisterResponse>((request, metadata, options, callback) =>
         this.#registry.deregister(request, metadata, options, callback),
-      )({ service: this.#instance.service, instanceId: this.#instance.instanceId, leaseId: lease.leaseId });
+      )({
+        service: this.#instance.service,
+        instanceId: this.#instance.instanceId,
+        leaseId: lease.leaseId,
+        registrationToken: lease.registrationToken,
+      });
       this.#logger?.info({ instanceId: this.#instance.instanceId }, "deregistered");
     } catch (error) {
       // The lease expires by itself after its TTL; nothing else to do.
@@ -250,13 +261,11 @@ export class Registrar {
       this.#backoff.reset();
       this.#setState("registered");
       this.#logger?.info(
-        {
-          instanceId: this.#instance.instanceId,
-          leaseId: this.#lease.leaseId,
-          ttlSeconds: this.#lease.ttlSeconds,
-        },
+        { instanceId: this.#instance.instanceId, ttlSeconds: this.#lease.ttlSeconds },
         "registered",
       );
+      // Lease ids stay at debug level; the registration token is never logged.
+      this.#logger?.debug({ instanceId: this.#instance.instanceId, leaseId: this.#lease.leaseId }, "lease");
       hooks.onRegistered();
       const reason = await this.#holdLease(this.#lease, signal);
       if (signal.aborted) return;
@@ -301,7 +310,7 @@ export class Registrar {
       initialDelayMs: Math.min(this.#backoffOptions.initialDelayMs, intervalMs),
       maxDelayMs: Math.min(this.#backoffOptions.maxDelayMs, intervalMs),
     });
-    const fields = { instanceId: this.#instance.instanceId, leaseId: lease.leaseId };
+    const fields = { instanceId: this.#instance.instanceId };
     return await new Promise<string>((resolve) => {
       let stream: ClientDuplexStream<KeepAliveRequest, KeepAliveResponse> | undefined;
       /** Armed by a keepalive sent on `stream`, disarmed by an answer; when it fires the stream moves. */
@@ -340,7 +349,7 @@ export class Registrar {
       };
       const onAbort = (): void => finish("stopped");
       const send = (): void => {
-        stream?.write({ leaseId: lease.leaseId });
+        stream?.write({ leaseId: lease.leaseId, registrationToken: lease.registrationToken });
         answerTimer ??= setTimeout(
           () => {
             answerTimer = undefined;
@@ -389,6 +398,12 @@ export class Registrar {
           disarmAnswerTimer();
           if (error.code === status.NOT_FOUND) {
             finish(`lease ${lease.leaseId} not found`);
+            return;
+          }
+          // The token is not (or no longer) the instance's, e.g. a value written before tokens:
+          // Register again; the same registration id adopts the same lease with a fresh token.
+          if (error.code === status.PERMISSION_DENIED) {
+            finish(`registration token refused: ${error.details}`);
             return;
           }
           this.#logger?.debug({ ...fields, err: error }, "keepalive stream broke; reopening");

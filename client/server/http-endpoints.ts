@@ -1,5 +1,5 @@
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
-import type { AddressInfo } from "node:net";
+import type { AddressInfo, Socket } from "node:net";
 import type { Registry } from "prom-client";
 
 /** A host and port, e.g. from `127.0.0.1:0` or `[::]:7100`. */
@@ -20,6 +20,26 @@ export function splitHostPort(value: string): HostPort {
     throw new RangeError(`"${value}" is not host:port`);
   }
   return { host: match[1], port };
+}
+
+/** True for the any-address hosts `0.0.0.0` and `[::]` (also `::`). */
+export function isWildcardHost(host: string): boolean {
+  return host === "0.0.0.0" || host === "[::]" || host === "::";
+}
+
+/**
+ * True when two `host:port` addresses name the same host: hosts compared without IPv6 brackets
+ * and case-insensitively (DNS names); ports are ignored. False if either is not `host:port`.
+ */
+export function isSameHost(a: string, b: string): boolean {
+  const hostOf = (address: string): string | undefined =>
+    /^(?:\[([^\]]+)\]|([^:[\]]+)):\d+$/
+      .exec(address)
+      ?.slice(1)
+      .find((part) => part !== undefined)
+      ?.toLowerCase();
+  const host = hostOf(a);
+  return host !== undefined && host === hostOf(b);
 }
 
 /** What a route answers. */
@@ -47,7 +67,7 @@ export type HttpRoutes = Readonly<
 
 /**
  * Takes a request before the GET routes, e.g. an API under a path prefix (any method); returns
- * `true` when it answers the request itself.
+ * `true` when it answers the request itself. Only requests with a well-formed target reach it.
  */
 export type HttpHandler = (request: IncomingMessage, response: ServerResponse) => boolean;
 
@@ -59,15 +79,75 @@ export interface HttpEndpoints {
   close(): Promise<void>;
 }
 
-/** The `/metrics` route: Prometheus text exposition of `registry`. */
+/**
+ * The `/metrics` route: Prometheus text exposition of `registry`. Requests that arrive while a
+ * rendering is under way share it (pipelined or concurrent requests render once, not once each).
+ */
 export function metricsRoute(registry: Registry): () => Promise<HttpAnswer> {
-  return async () => ({ status: 200, contentType: registry.contentType, body: await registry.metrics() });
+  let rendering: Promise<HttpAnswer> | undefined;
+  return async () =>
+    await (rendering ??= registry
+      .metrics()
+      .then((body) => ({ status: 200, contentType: registry.contentType, body }))
+      .finally(() => (rendering = undefined)));
 }
 
 /**
- * Serves `routes` over plain HTTP on `listen` (GET and HEAD; 404 for other paths, 405 for other
- * methods, 500 with no details when a route throws), after `handler` (if any) declined the request.
- * Streamed answers ({@link HttpStream}) stay open until their client goes; `close()` ends them.
+ * Node's own HTTP limits, set on purpose rather than left at Node's defaults (60 s headers, 300 s
+ * request, no idle timeout): a client that sends its headers slower than this (slowloris) is
+ * answered 408 and disconnected, and headers above `maxHeaderSize` are answered 431.
+ */
+export const httpLimits = Object.freeze({
+  /** Time to receive the whole request head, ms (Node's default 60 s). */
+  headersTimeoutMs: 10_000,
+  /** Time to receive the whole request, ms (Node's default 300 s); only the registry's HTTP API takes bodies, ≤ 64 KiB. */
+  requestTimeoutMs: 15_000,
+  /** Idle time of a kept-alive connection between requests, ms (Node's default 5 s). */
+  keepAliveTimeoutMs: 5_000,
+  /** How often the two timeouts above are checked, ms (Node's default 30 s makes them coarse). */
+  connectionsCheckingIntervalMs: 1_000,
+  /** Request line plus headers, bytes (Node's default 16 KiB). */
+  maxHeaderSizeBytes: 16 * 1024,
+  /**
+   * Requests served on one connection before it is closed; later pipelined ones get 503. Bounds
+   * the answers one received packet can queue (each /metrics answer is tens of KiB).
+   */
+  maxRequestsPerSocket: 100,
+  /** Open connections; more are closed at once (a scraper or console needs one each). */
+  maxConnections: 256,
+});
+
+/** The path of a request target (origin form `/p?q` or absolute form `http://h/p`); undefined if malformed. */
+function requestPath(target: string | undefined): string | undefined {
+  if (target === undefined || target === "") return undefined;
+  if (!URL.canParse(target, "http://endpoint")) return undefined;
+  return new URL(target, "http://endpoint").pathname;
+}
+
+/**
+ * Answers a request the HTTP parser refused (malformed request line or headers, smuggling
+ * attempts such as both Content-Length and Transfer-Encoding, oversized headers, slow headers)
+ * with 400, 431 or 408 when the socket can still take it, then destroys the socket.
+ */
+function refuseClient(error: Error & { code?: string }, socket: Socket): void {
+  if (socket.writable && error.code !== "ECONNRESET") {
+    const status =
+      error.code === "HPE_HEADER_OVERFLOW"
+        ? "431 Request Header Fields Too Large"
+        : error.code === "ERR_HTTP_REQUEST_TIMEOUT"
+          ? "408 Request Timeout"
+          : "400 Bad Request";
+    socket.end(`HTTP/1.1 ${status}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n`);
+  }
+  socket.destroy();
+}
+
+/**
+ * Serves `routes` over plain HTTP on `listen` (GET and HEAD; 400 for a malformed request target or
+ * request, 404 for other paths, 405 for other methods, 500 with no details when a route throws),
+ * within {@link httpLimits}, after `handler` (if any) declined the request. No request, however
+ * malformed, throws out of the server. Streamed answers ({@link HttpStream}) stay open until their
+ * client goes; `close()` ends them.
  * @throws the listen error (EADDRINUSE ...).
  */
 export async function startHttpEndpoints(
@@ -76,40 +156,27 @@ export async function startHttpEndpoints(
   handler?: HttpHandler,
 ): Promise<HttpEndpoints> {
   const { host, port } = typeof listen === "string" ? splitHostPort(listen) : listen;
-  const server = createServer((request, response) => {
-    if (handler?.(request, response) === true) return;
-    if (request.method !== "GET" && request.method !== "HEAD") {
-      response.writeHead(405, { allow: "GET, HEAD" }).end();
-      return;
-    }
-    const route = routes[new URL(request.url ?? "/", "http://endpoint").pathname];
-    if (route === undefined) {
-      response.writeHead(404, { "content-type": "text/plain" }).end("not found\n");
-      return;
-    }
-    Promise.resolve()
-      .then(route)
-      .then(
-        (answer) => {
-          if (!("open" in answer)) {
-            response.writeHead(answer.status, { "content-type": answer.contentType }).end(answer.body);
-            return;
-          }
-          response.writeHead(answer.status, answer.headers);
-          if (request.method === "HEAD") {
-            response.end();
-            return;
-          }
-          const stop = new AbortController();
-          response.once("close", () => stop.abort());
-          answer.open(response, stop.signal);
-        },
-        () => {
-          if (!response.headersSent) response.writeHead(500);
-          response.end();
-        },
-      );
-  });
+  const server = createServer(
+    {
+      headersTimeout: httpLimits.headersTimeoutMs,
+      requestTimeout: httpLimits.requestTimeoutMs,
+      keepAliveTimeout: httpLimits.keepAliveTimeoutMs,
+      connectionsCheckingInterval: httpLimits.connectionsCheckingIntervalMs,
+      maxHeaderSize: httpLimits.maxHeaderSizeBytes,
+    },
+    (request, response) => {
+      try {
+        if (requestPath(request.url) !== undefined && handler?.(request, response) === true) return;
+        answer(routes, request, response);
+      } catch {
+        if (!response.headersSent) response.writeHead(500);
+        response.end();
+      }
+    },
+  );
+  server.maxRequestsPerSocket = httpLimits.maxRequestsPerSocket;
+  server.maxConnections = httpLimits.maxConnections;
+  server.on("clientError", refuseClient);
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     server.listen(port, host.replace(/^\[(.*)\]$/, "$1"), () => {
@@ -118,6 +185,8 @@ export async function startHttpEndpoints(
     });
   });
   let closing: Promise<void> | undefined;
+  // A server-level error after listen (e.g. EMFILE on accept) must not end the process.
+  server.on("error", () => undefined);
   return {
     address: `${host}:${(server.address() as AddressInfo).port}`,
     close: async () =>
@@ -126,4 +195,46 @@ export async function startHttpEndpoints(
         server.closeAllConnections();
       })),
   };
+}
+
+function answer(routes: HttpRoutes, request: IncomingMessage, response: ServerResponse): void {
+  if (request.method !== "GET" && request.method !== "HEAD") {
+    response.writeHead(405, { allow: "GET, HEAD" }).end();
+    return;
+  }
+  const path = requestPath(request.url);
+  if (path === undefined) {
+    response
+      .writeHead(400, { "content-type": "text/plain", connection: "close" })
+      .end("bad request target\n");
+    return;
+  }
+  const route = Object.hasOwn(routes, path) ? routes[path] : undefined;
+  if (route === undefined) {
+    response.writeHead(404, { "content-type": "text/plain" }).end("not found\n");
+    return;
+  }
+  Promise.resolve()
+    .then(route)
+    .then(
+      (answer) => {
+        if (!("open" in answer)) {
+          response.writeHead(answer.status, { "content-type": answer.contentType }).end(answer.body);
+          return;
+        }
+        response.writeHead(answer.status, answer.headers);
+        if (request.method === "HEAD") {
+          response.end();
+          return;
+        }
+        const stop = new AbortController();
+        response.once("close", () => stop.abort());
+        answer.open(response, stop.signal);
+      },
+      () => {
+        if (!response.headersSent) response.writeHead(500);
+        response.end();
+      },
+    )
+    .catch(() => response.destroy());
 }

@@ -7,7 +7,9 @@ import {
   type HttpHandler,
   type HttpEndpoints,
   type HttpRoutes,
+  splitHostPort,
 } from "../../client/server/http-endpoints.js";
+import { routableHost } from "../../client/server/routable-host.js";
 import type { Instance } from "../../proto/gen/leasehold/registry/v1/registry.js";
 
 /** One target group of Prometheus HTTP service discovery. */
@@ -72,6 +74,8 @@ export async function startAdminServer(listen: HostPort, sources: AdminSources):
     },
     sources.handler,
   );
-  selfAddress = endpoints.address;
+  // A wildcard bind (0.0.0.0) is listed as the address others dial, as instances list theirs.
+  const { host, port } = splitHostPort(endpoints.address);
+  selfAddress = `${routableHost(host)}:${port}`;
   return endpoints;
 }

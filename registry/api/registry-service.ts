@@ -18,28 +18,35 @@ import type {
 } from "../../proto/gen/leasehold/registry/v1/registry.js";
 import { RegistryError } from "../registry-error.js";
 import type { RegistryMetrics } from "../registry-metrics.js";
+import { ANONYMOUS_PRINCIPAL, type RegistryLimiter } from "../registry-limits.js";
+import { issueRegistrationToken } from "../registration-token.js";
 import { hashRegistrationId, type EtcdStore, type RequestScope } from "../store/etcd-store.js";
 import type { LeaseKeepAlive } from "../store/lease-keep-alive.js";
 import type { WatchHub } from "../watch/watch-hub.js";
 import type { WatchSink } from "../watch/watch-subscription.js";
 import { toServiceError } from "./grpc-status.js";
+import { getServicePage, type ServicePageSources } from "./service-pages.js";
 import {
   applyChange,
   validateDeregister,
-  validateLeaseId,
+  validateKeepAlive,
   validateRegister,
   validateServiceName,
   validateUpdate,
   validateWatch,
   type Validated,
+  type ValidationOptions,
 } from "./validation.js";
 
 /** What the handlers need. */
 export interface RegistryServiceDeps {
   readonly store: EtcdStore;
   readonly hub: WatchHub;
+  readonly limiter: RegistryLimiter;
   readonly metrics: RegistryMetrics;
   readonly logger: Logger;
+  /** Operator choices that loosen validation; default none. */
+  readonly validation?: ValidationOptions;
   /** Clock for `registered_at`; default `() => new Date()`. */
   readonly now?: () => Date;
 }
@@ -47,14 +54,15 @@ export interface RegistryServiceDeps {
 /**
  * The RegistryService's behaviour without a transport: ts-proto messages in and out, failures
  * thrown as {@link RegistryError} (`internal` for anything unexpected, already logged). The gRPC
- * handlers and the HTTP API (`registry/http-api/`) both call these, so validation and behaviour
- * live in one place.
+ * handlers and the HTTP API (`registry/http-api/`) both call these, so validation, limits and
+ * behaviour live in one place.
  */
 export interface RegistryOperations {
   readonly register: (request: RegisterRequest, scope: RequestScope) => Promise<RegisterResponse>;
   /**
    * Renews a lease once, over a keepalive stream of its own: what one message of the KeepAlive
-   * stream does (the HTTP API's unary KeepAlive). `not_found` when the lease no longer exists.
+   * stream does (the HTTP API's unary KeepAlive), token check included. `not_found` when the lease
+   * no longer exists, `permission_denied` for another instance's token.
    */
   readonly keepAliveOnce: (request: KeepAliveRequest, scope: RequestScope) => Promise<KeepAliveResponse>;
   readonly updateInstance: (
@@ -65,11 +73,17 @@ export interface RegistryOperations {
   readonly getService: (request: GetServiceRequest, scope: RequestScope) => Promise<GetServiceResponse>;
   readonly listServices: (request: ListServicesRequest, scope: RequestScope) => Promise<ListServicesResponse>;
   /**
-   * Validates `request` and subscribes `sink` to the watch hub until `signal` aborts; resolves once
-   * the snapshot (or the resumed deltas) are written. Rejects `invalid_argument` before anything is
-   * written for a bad request.
+   * Takes a Watch stream slot of `connection` (the caller's connection, e.g. `ip:port`; limited
+   * per connection), validates `request` and subscribes `sink` to the watch hub until `signal`
+   * aborts or the sink is ended; resolves once the snapshot (or the resumed deltas) are written.
+   * Rejects (`resource_exhausted`, `invalid_argument`, ...) before anything is written.
    */
-  readonly watch: (request: WatchRequest, sink: WatchSink, signal: AbortSignal) => Promise<void>;
+  readonly watch: (
+    request: WatchRequest,
+    sink: WatchSink,
+    signal: AbortSignal,
+    connection: string,
+  ) => Promise<void>;
 }
 
 /** The RegistryService handlers, the operations behind them, and a way to end their long streams. */
@@ -86,9 +100,17 @@ export interface RegistryServiceHandlers {
  * leaves through `toServiceError`.
  */
 export function createRegistryService(deps: RegistryServiceDeps): RegistryServiceHandlers {
-  const { store, hub, metrics, logger } = deps;
+  const { store, hub, limiter, metrics, logger } = deps;
+  // Until authentication names callers (issue 7, item 3), everyone is one principal; quotas that
+  // will be per principal take it already.
+  const principal = ANONYMOUS_PRINCIPAL;
   const now = deps.now ?? (() => new Date());
   const keepAliveStreams = new Set<(error: RegistryError) => void>();
+  const pageSources: ServicePageSources = {
+    revision: () => hub.revision,
+    cached: (service) => hub.sortedInstances(service),
+    readPage: (...args) => store.readServicePage(...args),
+  };
 
   /** Normalises and logs a failure once (internal ones with their cause). */
   const failed = (method: string, error: unknown): RegistryError => {
@@ -109,9 +131,35 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
         throw failed(method, error);
       });
 
-  /** Renews `request.leaseId` on `keepAlive`; `not_found` when the lease is gone. */
-  const renew = async (keepAlive: LeaseKeepAlive, request: KeepAliveRequest): Promise<KeepAliveResponse> => {
-    const leaseId = valueOf(validateLeaseId(request.leaseId));
+  /**
+   * Renews `request`'s lease on `keepAlive` once its token is proven: `provenLeases` (lease id →
+   * token hash) remembers leases etcd confirmed, so a stream asks only once per lease (a
+   * deregistered lease is revoked, so its renewal answers NOT_FOUND anyway).
+   */
+  const renew = async (
+    keepAlive: LeaseKeepAlive,
+    provenLeases: Map<string, string>,
+    request: KeepAliveRequest,
+  ): Promise<KeepAliveResponse> => {
+    const fence = valueOf(validateKeepAlive(request));
+    const { leaseId } = fence;
+    if (provenLeases.get(leaseId) !== fence.tokenHash) {
+      const owner = await store.checkLeaseOwner(fence);
+      if (owner === "not_found") {
+        throw new RegistryError(
+          "not_found",
+          `lease ${leaseId} holds no Leasehold instance (expired, revoked or not one of ours); register again`,
+        );
+      }
+      if (owner === "permission_denied") {
+        throw new RegistryError(
+          "permission_denied",
+          `registration_token does not match the instance lease ${leaseId} holds`,
+        );
+      }
+      if (provenLeases.size >= MAX_PROVEN_LEASES_PER_STREAM) provenLeases.clear();
+      provenLeases.set(leaseId, fence.tokenHash);
+    }
     const ttlSeconds = await keepAlive.renew(leaseId);
     if (ttlSeconds <= 0) {
       throw new RegistryError("not_found", `lease ${leaseId} not found (expired or revoked); register again`);
@@ -123,26 +171,28 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
     register: operation("Register", async (request: RegisterRequest, scope) => {
       try {
         const { instance, ttlSeconds, registrationId } = valueOf(
-          validateRegister(request, now().toISOString()),
+          validateRegister(request, now().toISOString(), deps.validation),
         );
         const registrationHash =
           registrationId === undefined ? undefined : hashRegistrationId(registrationId);
-        const registration = await store.register(instance, ttlSeconds, registrationHash, scope);
-        metrics.registrations.inc({ result: registration.isAdopted ? "adopted" : "ok" });
-        logger.info(
-          {
-            service: instance.service,
-            instanceId: instance.instanceId,
-            leaseId: registration.leaseId,
-            adopted: registration.isAdopted,
-          },
-          "registered",
+        // Issued here, returned once, stored only as its hash, never logged.
+        const token = issueRegistrationToken();
+        const registration = await limiter.admitInstance(
+          instance,
+          () => store.register(instance, ttlSeconds, { registrationHash, tokenHash: token.hash }, scope),
+          principal,
         );
+        metrics.registrations.inc({ result: registration.isAdopted ? "adopted" : "ok" });
+        const fields = { service: instance.service, instanceId: instance.instanceId };
+        logger.info({ ...fields, adopted: registration.isAdopted }, "registered");
+        // A lease id is not a credential any more, but it is still not for info-level logs.
+        logger.debug({ ...fields, leaseId: registration.leaseId }, "registered lease");
         return {
           leaseId: registration.leaseId,
           ttlSeconds: String(registration.ttlSeconds),
           revision: registration.revision,
           instance: registration.instance,
+          registrationToken: token.token,
         };
       } catch (error) {
         metrics.registrations.inc({ result: RegistryError.from(error).code });
@@ -153,36 +203,52 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
     keepAliveOnce: operation("KeepAlive", async (request: KeepAliveRequest) => {
       const keepAlive = store.openKeepAlive();
       try {
-        return await renew(keepAlive, request);
+        return await renew(keepAlive, new Map(), request);
       } finally {
         keepAlive.close();
       }
     }),
 
     updateInstance: operation("UpdateInstance", async (request: UpdateInstanceRequest, scope) => {
-      const { key, leaseId, change } = valueOf(validateUpdate(request));
-      const updated = await store.update(key, leaseId, (current) => applyChange(current, change), scope);
+      const { key, change, ...fence } = valueOf(validateUpdate(request));
+      const updated = await store.update(key, fence, (current) => applyChange(current, change), scope);
       return { instance: updated.instance, revision: updated.revision };
     }),
 
     deregister: operation("Deregister", async (request: DeregisterRequest, scope) => {
-      const { key, leaseId } = valueOf(validateDeregister(request));
-      const revision = await store.deregister(key, leaseId, scope);
-      logger.info({ service: key.service, instanceId: key.instanceId, leaseId }, "deregistered");
+      const { key, ...fence } = valueOf(validateDeregister(request));
+      const revision = await store.deregister(key, fence, scope);
+      logger.info({ service: key.service, instanceId: key.instanceId }, "deregistered");
       return { revision };
     }),
 
-    getService: operation("GetService", (request: GetServiceRequest) => {
+    getService: operation("GetService", async (request: GetServiceRequest, scope) => {
       const service = valueOf(validateServiceName(request.service));
-      return Promise.resolve({ instances: hub.instances(service), revision: String(hub.revision) });
+      return await getServicePage(service, request, pageSources, scope);
     }),
 
     listServices: operation("ListServices", () =>
       Promise.resolve({ services: hub.summaries(), revision: String(hub.revision) }),
     ),
 
-    watch: async (request, sink, signal) => {
-      await hub.subscribe(sink, valueOf(validateWatch(request)), signal);
+    watch: async (request, sink, signal, connection) => {
+      const release = once(limiter.acquireWatchStream(connection, principal));
+      signal.addEventListener("abort", release, { once: true });
+      const released: WatchSink = {
+        write: (message) => sink.write(message),
+        once: (event, listener) => sink.once(event, listener),
+        end: (error) => {
+          release();
+          sink.end(error);
+        },
+      };
+      try {
+        const valid = valueOf(validateWatch(request));
+        await hub.subscribe(released, { ...valid, splitSnapshots: request.splitSnapshots === true }, signal);
+      } catch (error) {
+        release();
+        throw error;
+      }
     },
   };
 
@@ -202,6 +268,8 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
 
     keepAlive: (call: ServerDuplexStream<KeepAliveRequest, KeepAliveResponse>) => {
       const keepAlive = store.openKeepAlive();
+      const provenLeases = new Map<string, string>();
+      const checkRate = limiter.keepAliveRate();
       let isEnded = false;
       let replies = Promise.resolve();
       const end = (error?: RegistryError) => {
@@ -215,10 +283,17 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
       keepAliveStreams.add(end);
       // Requests are answered one at a time, in order; a failure ends the stream with its status.
       call.on("data", (request: KeepAliveRequest) => {
+        // Counted on arrival, not when answered: a flood is cut however fast etcd answers.
+        try {
+          checkRate();
+        } catch (error) {
+          end(RegistryError.from(error));
+          return;
+        }
         replies = replies
           .then(async () => {
             if (isEnded) return;
-            const response = await renew(keepAlive, request);
+            const response = await renew(keepAlive, provenLeases, request);
             if (!isEnded) call.write(response);
           })
           .catch((error: unknown) => end(RegistryError.from(error)));
@@ -254,8 +329,9 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
       };
       call.on("cancelled", () => abort.abort());
       call.on("error", (error) => logger.debug({ err: error }, "watch stream error"));
+      // One HTTP/2 session per peer address and port: the connection.
       operations
-        .watch(call.request, sink, abort.signal)
+        .watch(call.request, sink, abort.signal, call.getPeer())
         .catch((error: unknown) => sink.end(RegistryError.from(error)));
     },
   };
@@ -270,6 +346,19 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
     },
   };
 }
+
+/** `release` callable any number of times, running once. */
+function once(release: () => void): () => void {
+  let isReleased = false;
+  return () => {
+    if (isReleased) return;
+    isReleased = true;
+    release();
+  };
+}
+
+/** Leases one KeepAlive stream remembers as proven; a registrar's stream renews one. */
+const MAX_PROVEN_LEASES_PER_STREAM = 64;
 
 /**
  * When the caller of a unary call stops waiting: its signal aborts on cancel (grpc-js emits

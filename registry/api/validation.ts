@@ -7,7 +7,10 @@ import {
   type UpdateInstanceRequest,
   type WatchRequest,
 } from "../../proto/gen/leasehold/registry/v1/registry.js";
+import { isIPv4, isIPv6 } from "node:net";
+import { isSameHost } from "../../client/server/http-endpoints.js";
 import { RegistryError } from "../registry-error.js";
+import { MAX_REGISTRATION_TOKEN_LENGTH, hashRegistrationToken } from "../registration-token.js";
 
 /** Expected failures of pure validation are values; the error is `invalid_argument`, naming the field. */
 export type Validated<T> = { ok: true; value: T } | { ok: false; error: RegistryError };
@@ -30,6 +33,23 @@ export const limits = Object.freeze({
   registrationIdMaxLength: 64,
 });
 
+/** Choices of the registry operator that loosen validation. */
+export interface ValidationOptions {
+  /**
+   * Accept a `metrics_address` on another host than `address` (default false). Prometheus scrapes
+   * every `metrics_address` listed on `/sd/prometheus`: a foreign one would point it anywhere.
+   */
+  readonly allowForeignMetricsAddress: boolean;
+}
+
+const defaultValidationOptions: ValidationOptions = Object.freeze({ allowForeignMetricsAddress: false });
+
+/**
+ * Metadata keys refused because JavaScript objects treat them specially: a decoded `__proto__`
+ * entry would silently vanish or poison the prototype of whatever copies the map.
+ */
+const reservedMetadataKeys: ReadonlySet<string> = new Set(["__proto__", "constructor", "prototype"]);
+
 /** A valid registration: the instance to store (no revision yet) and its TTL in seconds. */
 export interface ValidRegistration {
   readonly instance: Instance;
@@ -46,13 +66,30 @@ export interface InstanceChange {
   readonly metadata: Readonly<Record<string, string>> | undefined;
 }
 
-/** A valid fenced request: which instance, and the lease that must hold it. */
+/** A valid fenced request: which instance, the lease that must hold it and its owner's proof. */
 export interface FencedKey {
   readonly key: InstanceKey;
   readonly leaseId: string;
+  /** Hex SHA-256 of the registration token sent (the token itself goes no further). */
+  readonly tokenHash: string;
+}
+
+/** A valid KeepAlive request: the lease to renew and the owner's proof. */
+export interface FencedLease {
+  readonly leaseId: string;
+  /** Hex SHA-256 of the registration token sent. */
+  readonly tokenHash: string;
 }
 
 class Invalid extends Error {}
+
+/** `value` (its first `maxLength` characters) as a JSON string with every control character escaped. */
+function quoted(value: string, maxLength = 80): string {
+  return JSON.stringify(value.slice(0, maxLength)).replace(
+    /[\u007f-\u009f]/g,
+    (character) => `\\u${character.charCodeAt(0).toString(16).padStart(4, "0")}`,
+  );
+}
 
 function check(condition: boolean, message: string): asserts condition {
   if (!condition) throw new Invalid(message);
@@ -71,15 +108,23 @@ const dnsLabel = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 const instanceIdPattern = /^[A-Za-z0-9._-]+$/;
 const zonePattern = /^[A-Za-z0-9._-]*$/;
 const registrationIdPattern = /^[A-Za-z0-9_-]+$/;
-const hostnamePattern = /^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$/;
-const ipv6Pattern = /^[0-9A-Fa-f:.]+(%[A-Za-z0-9._-]+)?$/;
+const dnsNameLabel = /^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/;
+/** A last label that WHATWG URL parsing (and so many clients) reads as an IPv4 number. */
+const numericLabel = /^(0[xX][0-9A-Fa-f]*|\d+)$/;
+const ipv6ZonePattern = /^[A-Za-z0-9._-]+$/;
+/** C0 controls, DEL and C1 controls. */
+// eslint-disable-next-line no-control-regex
+const controlCharacter = /[\u0000-\u001f\u007f-\u009f]/;
+/** The same, minus tab and line feed, which values may carry. */
+// eslint-disable-next-line no-control-regex
+const valueControlCharacter = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/;
 
 function checkService(service: string, field = "service"): void {
   check(service !== "", `${field}: required`);
   check(
     service.length <= limits.serviceMaxLength && dnsLabel.test(service),
     `${field}: must be a DNS-1123 label (lowercase letters, digits and '-', starting and ending with ` +
-      `a letter or digit, at most ${limits.serviceMaxLength} characters), got ${JSON.stringify(service)}`,
+      `a letter or digit, at most ${limits.serviceMaxLength} characters), got ${quoted(service)}`,
   );
 }
 
@@ -88,8 +133,32 @@ function checkInstanceId(instanceId: string): void {
   check(
     instanceId.length <= limits.instanceIdMaxLength && instanceIdPattern.test(instanceId),
     `instance_id: must be 1 to ${limits.instanceIdMaxLength} characters of [A-Za-z0-9._-], ` +
-      `got ${JSON.stringify(instanceId.slice(0, 140))}`,
+      `got ${quoted(instanceId, 140)}`,
   );
+  // A path segment or a command-line option in disguise (etcdctl, shells, file names).
+  check(
+    instanceId !== "." && instanceId !== "..",
+    `instance_id: must not be "." or "..", got ${quoted(instanceId)}`,
+  );
+  check(!instanceId.startsWith("-"), `instance_id: must not start with '-', got ${quoted(instanceId)}`);
+}
+
+/**
+ * True for a host of `host:port`: an IPv4 address in dotted-quad form, or a DNS name of labels
+ * 1–63 characters of `[A-Za-z0-9-]` (not starting or ending with `-`), ≤ 253 in all, whose last
+ * label is not numeric (`999.999.999.999`, `1.2.3`, `0x7f` look like IPs but are none).
+ */
+function isHost(host: string): boolean {
+  if (isIPv4(host)) return true;
+  const labels = host.split(".");
+  const last = labels.at(-1) ?? "";
+  return host.length <= 253 && labels.every((label) => dnsNameLabel.test(label)) && !numericLabel.test(last);
+}
+
+/** True for an IPv6 address, with an optional zone (`fe80::1%eth0`). */
+function isIpv6Host(host: string): boolean {
+  const [address = "", zone, ...rest] = host.split("%");
+  return isIPv6(address) && rest.length === 0 && (zone === undefined || ipv6ZonePattern.test(zone));
 }
 
 /** True for `host:port` with a DNS name, IPv4 or bracketed IPv6 host and a port 1–65535. */
@@ -99,14 +168,15 @@ export function isHostPort(address: string): boolean {
   const [, ipv6, host, port] = match;
   const portNumber = Number(port);
   if (portNumber < 1 || portNumber > 65_535) return false;
-  if (ipv6 !== undefined) return ipv6Pattern.test(ipv6) && ipv6.includes(":");
-  return host !== undefined && host.length <= 253 && hostnamePattern.test(host);
+  if (ipv6 !== undefined) return isIpv6Host(ipv6);
+  return host !== undefined && isHost(host);
 }
 
 function checkAddress(address: string, field: string): void {
   check(
     isHostPort(address),
-    `${field}: must be host:port (DNS name, IPv4 or [IPv6], port 1-65535), got ${JSON.stringify(address.slice(0, 300))}`,
+    `${field}: must be host:port (DNS name with non-empty labels, dotted-quad IPv4 or [IPv6], ` +
+      `port 1-65535), got ${quoted(address, 300)}`,
   );
 }
 
@@ -120,7 +190,7 @@ function checkWeight(weight: number): void {
 function checkZone(zone: string): void {
   check(
     zone.length <= limits.zoneMaxLength && zonePattern.test(zone),
-    `zone: must be at most ${limits.zoneMaxLength} characters of [A-Za-z0-9._-], got ${JSON.stringify(zone.slice(0, 80))}`,
+    `zone: must be at most ${limits.zoneMaxLength} characters of [A-Za-z0-9._-], got ${quoted(zone, 80)}`,
   );
 }
 
@@ -133,6 +203,16 @@ function checkMetadata(metadata: Readonly<Record<string, string>>, field: string
   let bytes = 0;
   for (const [key, value] of entries) {
     check(key !== "", `${field}: keys must not be empty`);
+    check(
+      !reservedMetadataKeys.has(key),
+      `${field}: key ${quoted(key)} is reserved (__proto__, constructor and prototype are refused)`,
+    );
+    check(!controlCharacter.test(key), `${field}: key ${quoted(key)} must not contain control characters`);
+    check(
+      !valueControlCharacter.test(value),
+      `${field}: value of key ${quoted(key)} must not contain control characters ` +
+        `(tab and line feed are allowed)`,
+    );
     bytes += Buffer.byteLength(key) + Buffer.byteLength(value);
   }
   check(
@@ -150,7 +230,7 @@ function checkStatus(value: InstanceStatus, field: string): void {
 
 /** A decimal int64 as ts-proto decodes it (`forceLong=string`). */
 function parseInt64(value: string, field: string): bigint {
-  check(/^-?\d+$/.test(value), `${field}: must be a decimal integer, got ${JSON.stringify(value)}`);
+  check(/^-?\d+$/.test(value), `${field}: must be a decimal integer, got ${quoted(value)}`);
   return BigInt(value);
 }
 
@@ -163,17 +243,26 @@ function checkLeaseId(leaseId: string): string {
 /**
  * Validates a Register request against every rule of DESIGN §2 and applies the defaults
  * (weight 1, TTL 10 s, status SERVING). `registeredAt` is the caller's clock, RFC 3339.
+ * A `metrics_address` must be on the host of `address` unless `options.allowForeignMetricsAddress`.
  */
 export function validateRegister(
   request: RegisterRequest,
   registeredAt: string,
+  options: ValidationOptions = defaultValidationOptions,
 ): Validated<ValidRegistration> {
   return validated(() => {
     checkService(request.service);
     checkInstanceId(request.instanceId);
     check(request.address !== "", "address: required");
     checkAddress(request.address, "address");
-    if (request.metricsAddress !== "") checkAddress(request.metricsAddress, "metrics_address");
+    if (request.metricsAddress !== "") {
+      checkAddress(request.metricsAddress, "metrics_address");
+      check(
+        options.allowForeignMetricsAddress || isSameHost(request.metricsAddress, request.address),
+        `metrics_address: must be on the host of address (${quoted(request.address)}), ` +
+          `got ${quoted(request.metricsAddress)}`,
+      );
+    }
     const weight = request.weight ?? limits.defaultWeight;
     checkWeight(weight);
     checkZone(request.zone);
@@ -244,9 +333,15 @@ export function validateDeregister(request: DeregisterRequest): Validated<Fenced
   return validated(() => fencedKey(request));
 }
 
-/** Validates the lease id of one KeepAlive request; returns it normalised (decimal). */
-export function validateLeaseId(leaseId: string): Validated<string> {
-  return validated(() => checkLeaseId(leaseId));
+/** Validates one KeepAlive request: the lease id (normalised, decimal) and the registration token. */
+export function validateKeepAlive(request: {
+  leaseId: string;
+  registrationToken: string;
+}): Validated<FencedLease> {
+  return validated(() => ({
+    leaseId: checkLeaseId(request.leaseId),
+    tokenHash: checkRegistrationToken(request.registrationToken),
+  }));
 }
 
 /** Validates a GetService request's service name. */
@@ -280,11 +375,27 @@ export function applyChange(current: Instance, change: InstanceChange): Instance
   };
 }
 
-function fencedKey(request: { service: string; instanceId: string; leaseId: string }): FencedKey {
+function fencedKey(request: {
+  service: string;
+  instanceId: string;
+  leaseId: string;
+  registrationToken: string;
+}): FencedKey {
   checkService(request.service);
   checkInstanceId(request.instanceId);
   return {
     key: { service: request.service, instanceId: request.instanceId },
     leaseId: checkLeaseId(request.leaseId),
+    tokenHash: checkRegistrationToken(request.registrationToken),
   };
+}
+
+/** The hash of a present, plausible token; the token is a secret, so messages never echo it. */
+function checkRegistrationToken(token: string): string {
+  check(token !== "", "registration_token: required (the registration_token returned by Register)");
+  check(
+    token.length <= MAX_REGISTRATION_TOKEN_LENGTH,
+    `registration_token: must be at most ${MAX_REGISTRATION_TOKEN_LENGTH} characters (got ${token.length})`,
+  );
+  return hashRegistrationToken(token);
 }

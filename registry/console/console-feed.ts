@@ -149,16 +149,23 @@ export class ConsoleFeed {
       once: (name, listener) => response.once(name, listener),
       end: () => response.end(),
     };
-    this.#sources.hub.subscribe(sink, { service: undefined, startRevision: 0n }, signal).then(
-      () => {
-        response.write(event("health", this.#health()));
-        response.write(event("observations", this.#observationsJson()));
-      },
-      (error: unknown) => {
-        this.#sources.logger.debug({ err: error }, "console stream not served");
-        response.end();
-      },
-    );
+    this.#sources.hub
+      .subscribe(
+        sink,
+        // Parts of ~1 MiB: the page shows the snapshot once the part without hasMore arrives.
+        { service: undefined, startRevision: 0n, splitSnapshots: true },
+        signal,
+      )
+      .then(
+        () => {
+          response.write(event("health", this.#health()));
+          response.write(event("observations", this.#observationsJson()));
+        },
+        (error: unknown) => {
+          this.#sources.logger.debug({ err: error }, "console stream not served");
+          response.end();
+        },
+      );
     this.#scheduleRefresh(0);
   }
 

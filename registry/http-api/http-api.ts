@@ -9,7 +9,14 @@ import {
   type JsonValue,
   type Message,
 } from "@bufbuild/protobuf";
-import { Code, ConnectError, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
+import {
+  Code,
+  ConnectError,
+  createContextKey,
+  createContextValues,
+  type ConnectRouter,
+  type HandlerContext,
+} from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { codeToHttpStatus, errorToJson } from "@connectrpc/connect/protocol-connect";
 import type { Logger } from "pino";
@@ -33,6 +40,9 @@ export const HTTP_API_MAX_BODY_BYTES = 64 * 1024;
 
 /** Messages a Connect Watch stream queues before the hub is asked to wait for `drain`. */
 const WATCH_QUEUE_MESSAGES = 16;
+
+/** The caller's connection (`ip:port`), which the registry limits Watch streams per. */
+const CONNECTION = createContextKey("", { description: "the caller's connection, ip:port" });
 
 /** Takes a request of the admin server; `true` when it is the HTTP API's and was answered. */
 export type HttpApiHandler = (request: IncomingMessage, response: ServerResponse) => boolean;
@@ -93,6 +103,7 @@ export function createHttpApi(operations: RegistryOperations, logger: Logger): H
     grpcWeb: false,
     readMaxBytes: HTTP_API_MAX_BODY_BYTES,
     jsonOptions: JSON_OPTIONS,
+    contextValues: (request) => createContextValues().set(CONNECTION, connectionOf(request.socket)),
     fallback: (_request, response) => {
       const methods = RegistryService.methods.map((method) => method.name).join(", ");
       answerError(
@@ -125,6 +136,7 @@ export function createHttpApi(operations: RegistryOperations, logger: Logger): H
           logger,
           decode(watch, watchCodec, request) as WatchRequest,
           context.signal,
+          context.values.get(CONNECTION),
         );
         for await (const message of messages)
           yield fromBinary(watch.output, watchCodec.responseSerialize(message));
@@ -160,6 +172,7 @@ async function* watchMessages(
   logger: Logger,
   request: WatchRequest,
   signal: AbortSignal,
+  connection: string,
 ): AsyncGenerator<WatchResponse> {
   const queue: WatchResponse[] = [];
   const drained: (() => void)[] = [];
@@ -181,7 +194,7 @@ async function* watchMessages(
   const stop = () => sink.end();
   signal.addEventListener("abort", stop, { once: true });
   operations
-    .watch(request, sink, abort.signal)
+    .watch(request, sink, abort.signal, connection)
     .catch((error: unknown) => sink.end(RegistryError.from(error)));
   try {
     for (;;) {
@@ -210,6 +223,13 @@ async function* watchMessages(
 function logWatchFailure(logger: Logger, error: RegistryError): void {
   if (error.code === "internal") logger.error({ err: error.cause, method: "Watch" }, "internal error");
   else logger.debug({ method: "Watch", code: error.code, reason: error.message }, "request failed");
+}
+
+function connectionOf(socket: {
+  remoteAddress?: string | undefined;
+  remotePort?: number | undefined;
+}): string {
+  return `${socket.remoteAddress ?? "unknown"}:${socket.remotePort ?? 0}`;
 }
 
 function codecOf(method: DescMethod): GrpcCodec {
@@ -324,6 +344,6 @@ function serveWatchEvents(
     },
   };
   operations
-    .watch(watchRequest, sink, abort.signal)
+    .watch(watchRequest, sink, abort.signal, connectionOf(request.socket))
     .then(open, (error: unknown) => sink.end(RegistryError.from(error)));
 }

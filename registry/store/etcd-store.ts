@@ -1,13 +1,22 @@
 import { createHash } from "node:crypto";
-import { Etcd3, Range, type IKeyValue } from "etcd3";
+import { Etcd3, Range, type IKeyValue, type IRangeRequest, type IRangeResponse } from "etcd3";
 import { noop } from "cockatiel";
 import type { Logger } from "pino";
 import type { Instance, InstanceKey } from "../../proto/gen/leasehold/registry/v1/registry.js";
 import { RegistryError } from "../registry-error.js";
 import type { RegistryMetrics } from "../registry-metrics.js";
 import { fromEtcdError, isCompactedError, isFutureRevisionError } from "./etcd-errors.js";
-import { InstanceKeys, decodeInstance, encodeInstance, registrationHashOf } from "./instance-codec.js";
-import { LeaseKeepAlive } from "./lease-keep-alive.js";
+import { isTokenHashMatch } from "../registration-token.js";
+import {
+  InstanceKeys,
+  decodeInstance,
+  encodeInstance,
+  instanceBytes,
+  ownerOf,
+  type InstanceOwner,
+} from "./instance-codec.js";
+import { LeaseKeepAlive, RENEWAL_TIMEOUT_MS } from "./lease-keep-alive.js";
+import { rangeInPages } from "./paged-range.js";
 import {
   ServicesWatch,
   type InstanceList,
@@ -47,6 +56,14 @@ export interface Registration {
   readonly isAdopted: boolean;
 }
 
+/** What a write to an instance must bring: the lease that holds it and its token's hash. */
+export interface InstanceFence {
+  /** etcd lease id, decimal. */
+  readonly leaseId: string;
+  /** Hex SHA-256 of the registration token the caller sent. */
+  readonly tokenHash: string;
+}
+
 /** The caller of one request: when it stops waiting. */
 export interface RequestScope {
   /** Aborts when the caller has gone (cancelled, or its deadline passed). */
@@ -55,8 +72,39 @@ export interface RequestScope {
   readonly deadlineMs?: number | undefined;
 }
 
-/** Fenced updates retry this many times when the key changes between read and write. */
+/** Fenced updates and deletes retry this many times when the key changes between read and write. */
 const UPDATE_ATTEMPTS = 3;
+
+/**
+ * Largest message the registry's etcd client accepts, in bytes (64 MiB; grpc-js defaults to
+ * 4 MiB). Reads of the prefix are paged ({@link ETCD_PAGE_KEYS}), so this bounds one page and
+ * one watch response, not the membership.
+ */
+export const ETCD_MAX_RECEIVE_BYTES = 64 << 20;
+
+/**
+ * Keys of the first etcd Range page when the registry lists the prefix, and of every page of a
+ * GetService read. Leasehold values are at most ~6 KiB (4 KiB of metadata plus the other fields),
+ * so such a page stays under ~3 MiB; 64 MiB leaves room for foreign values of up to ~128 KiB each.
+ */
+export const ETCD_PAGE_KEYS = 500;
+
+/**
+ * Later pages of a prefix listing are sized to about this many bytes (8 MiB) from the previous
+ * page's average key and value size, at most 10,000 keys: fewer round trips for a large
+ * membership (about 28 pages for 50,000 instances with 4 KiB of metadata), still far under
+ * {@link ETCD_MAX_RECEIVE_BYTES}.
+ */
+const ETCD_LIST_PAGE_BYTES = 8 << 20;
+
+/** One page of a service's instances read from etcd: see {@link EtcdStore.readServicePage}. */
+export interface ServicePage {
+  readonly instances: readonly Instance[];
+  /** Instance id of the last key examined (well-formed or not); resume after it. */
+  readonly lastInstanceId: string | undefined;
+  /** True when keys after `lastInstanceId` remain at that revision. */
+  readonly hasMore: boolean;
+}
 
 /** Register's read–write loop retries this many times when the key changes in between. */
 const REGISTER_ATTEMPTS = 3;
@@ -86,7 +134,13 @@ export class EtcdStore {
       // Without pings a stalled etcd is invisible to watchers and keepalive streams. etcd refuses
       // pings more often than every 5 s (--grpc-keepalive-min-time), so 6 s leaves a margin; a
       // connection that misses a ping answer for 3 s is dropped and redialled.
-      grpcOptions: { "grpc.keepalive_time_ms": 6_000, "grpc.keepalive_timeout_ms": 3_000 },
+      // A receive limit set on purpose (see ETCD_MAX_RECEIVE_BYTES): grpc-js's 4 MiB default made the
+      // registry unable to start or re-list once etcd held more than 4 MiB of instances.
+      grpcOptions: {
+        "grpc.keepalive_time_ms": 6_000,
+        "grpc.keepalive_timeout_ms": 3_000,
+        "grpc.max_receive_message_length": ETCD_MAX_RECEIVE_BYTES,
+      },
       defaultCallOptions: (context) =>
         context.isStream ? {} : { deadline: Date.now() + options.requestTimeoutMs },
       faultHandling: {
@@ -100,13 +154,15 @@ export class EtcdStore {
 
   /**
    * Grants a lease of `ttlSeconds` and puts the instance key with it in one transaction, if the key
-   * is absent.
+   * is absent. The value stores `owner`'s hashes: `tokenHash` (of the fresh registration token) and
+   * `registrationHash`.
    *
    * With a `registrationHash` (the SHA-256 of the caller's registration id), a key that already
    * holds the same hash is the same holder's earlier attempt (abandoned at its deadline, or a
    * re-registration after a lost keepalive): it is adopted — its lease id and TTL are returned,
-   * and changed fields are written under that lease (compare on the key's mod revision and lease).
-   * The same holder never gets `already_exists`.
+   * and the value is rewritten under that lease with the new fields and the new `tokenHash`
+   * (compare on the key's mod revision and lease), so the earlier token stops working. The same
+   * holder never gets `already_exists`.
    *
    * The caller (`scope`) is checked before the transaction and after the lease grant; once it has
    * gone, a lease granted for it is revoked (never a lease and key nobody holds), and every etcd
@@ -118,7 +174,7 @@ export class EtcdStore {
   async register(
     instance: Instance,
     ttlSeconds: number,
-    registrationHash: string | undefined,
+    owner: InstanceOwner,
     scope: RequestScope = {},
   ): Promise<Registration> {
     const key = this.keys.key(instance.service, instance.instanceId);
@@ -126,10 +182,10 @@ export class EtcdStore {
       // Create first (lease grant + one transaction, as without a registration id); only when
       // the key is already held does the transaction's else-branch read decide: adopt or refuse.
       for (let attempt = 0; attempt < REGISTER_ATTEMPTS; attempt += 1) {
-        const created = await this.#create(key, instance, ttlSeconds, registrationHash, scope);
+        const created = await this.#create(key, instance, ttlSeconds, owner, scope);
         this.#unavailable.recovered();
         if (!("held" in created)) return created;
-        const adopted = await this.#adopt(key, created.held, instance, registrationHash, scope);
+        const adopted = await this.#adopt(key, created.held, instance, owner, scope);
         if (adopted !== "changed") return adopted;
       }
     } catch (error) {
@@ -142,7 +198,7 @@ export class EtcdStore {
   }
 
   /**
-   * Adopts the key `kv` when it carries `registrationHash`.
+   * Adopts the key `kv` when it carries `owner.registrationHash`; always writes (the token is new).
    * @returns the registration, or `"changed"` when the key changed under us (read again).
    * @throws RegistryError `already_exists` when another holder has it.
    */
@@ -150,13 +206,13 @@ export class EtcdStore {
     key: string,
     kv: IKeyValue,
     instance: Instance,
-    registrationHash: string | undefined,
+    owner: InstanceOwner,
     scope: RequestScope,
   ): Promise<Registration | "changed"> {
     const value = kv.value.toString();
     if (
-      registrationHash === undefined ||
-      registrationHashOf(value) !== registrationHash ||
+      owner.registrationHash === undefined ||
+      ownerOf(value).registrationHash !== owner.registrationHash ||
       kv.lease === "0"
     ) {
       throw alreadyExists(instance);
@@ -176,11 +232,7 @@ export class EtcdStore {
       registeredAt: current?.registeredAt || instance.registeredAt,
       ttlSeconds: String(ttlSeconds),
     };
-    const encoded = encodeInstance(next, registrationHash);
-    if (current !== undefined && encoded === encodeInstance(current, registrationHash)) {
-      const revision = kv.mod_revision;
-      return { leaseId: kv.lease, ttlSeconds, revision, instance: { ...next, revision }, isAdopted: true };
-    }
+    const encoded = encodeInstance(next, owner);
     checkCaller(scope);
     const txn = await this.#time("txn", () =>
       this.#client
@@ -203,7 +255,7 @@ export class EtcdStore {
     key: string,
     instance: Instance,
     ttlSeconds: number,
-    registrationHash: string | undefined,
+    owner: InstanceOwner,
     scope: RequestScope,
   ): Promise<Registration | { held: IKeyValue }> {
     checkCaller(scope);
@@ -217,7 +269,7 @@ export class EtcdStore {
       const txn = await this.#time("txn", () =>
         this.#client
           .if(key, "Create", "==", 0)
-          .then(this.#client.put(key).value(encodeInstance(stored, registrationHash)).lease(lease.ID))
+          .then(this.#client.put(key).value(encodeInstance(stored, owner)).lease(lease.ID))
           .else(this.#client.get(key))
           .options(this.#callOptions(scope))
           .commit(),
@@ -249,36 +301,39 @@ export class EtcdStore {
     }
   }
   /**
-   * Rewrites an instance with `change(current)`, only while `leaseId` holds its key (compare on the
-   * key's lease and mod revision in one transaction).
-   * @throws RegistryError `not_found` (key gone), `permission_denied` (another lease holds it),
+   * Rewrites an instance with `change(current)`, only while `fence.leaseId` holds its key and its
+   * value carries `fence.tokenHash`: the value is read, its token hash compared (constant time),
+   * and the write is a transaction on the key's mod revision and lease as read, so a write that
+   * raced in between fails the transaction (and is read again) instead of slipping through.
+   * @throws RegistryError `not_found` (key gone), `permission_denied` (another lease or token),
    * `aborted` (the key kept changing concurrently), `unavailable`; `deadline_exceeded`/`cancelled`
    * when the caller has gone before the write (etcd requests carry its deadline).
    */
   async update(
     key: InstanceKey,
-    leaseId: string,
+    fence: InstanceFence,
     change: (current: Instance) => Instance,
     scope: RequestScope = {},
   ): Promise<{ instance: Instance; revision: string }> {
     const etcdKey = this.keys.key(key.service, key.instanceId);
+    const { leaseId } = fence;
     try {
       for (let attempt = 0; attempt < UPDATE_ATTEMPTS; attempt += 1) {
         const range = await this.#time("range", () =>
           this.#client.get(etcdKey).options(this.#callOptions(scope)).exec(),
         );
-        const kv = this.#checkHolder(key, range.kvs[0], leaseId);
+        const kv = checkHolder(key, range.kvs[0], fence);
         const current = decodeInstance(key, kv.value.toString(), kv.mod_revision);
         if (current === undefined) throw new RegistryError("internal", `malformed value under ${etcdKey}`);
         const next = change(current);
-        // The holder's registration hash stays: a later Register of the same holder still adopts.
-        const registrationHash = registrationHashOf(kv.value.toString());
+        // The owner's hashes stay: the token keeps working, a later Register of the holder adopts.
+        const owner = ownerOf(kv.value.toString());
         checkCaller(scope);
         const txn = await this.#time("txn", () =>
           this.#client
             .if(etcdKey, "Mod", "==", kv.mod_revision)
             .and(etcdKey, "Lease", "==", leaseId)
-            .then(this.#client.put(etcdKey).value(encodeInstance(next, registrationHash)).lease(leaseId))
+            .then(this.#client.put(etcdKey).value(encodeInstance(next, owner)).lease(leaseId))
             .options(this.#callOptions(scope))
             .commit(),
         );
@@ -294,29 +349,81 @@ export class EtcdStore {
   }
 
   /**
-   * Deletes the instance key only while `leaseId` holds it, then revokes the lease.
+   * Deletes the instance key only while `fence.leaseId` holds it and its value carries
+   * `fence.tokenHash` (read, compare, then a delete fenced on the mod revision and lease as read),
+   * then revokes the lease.
    * @returns the etcd revision of the delete.
-   * @throws RegistryError `not_found`, `permission_denied`, `unavailable`. The delete carries the
-   * caller's deadline but still runs for a caller that has gone (removing is what it asked for).
+   * @throws RegistryError `not_found`, `permission_denied` (another lease or token), `aborted`
+   * (the key kept changing), `unavailable`. The delete carries the caller's deadline but still
+   * runs for a caller that has gone (removing is what it asked for).
    */
-  async deregister(key: InstanceKey, leaseId: string, scope: RequestScope = {}): Promise<string> {
+  async deregister(key: InstanceKey, fence: InstanceFence, scope: RequestScope = {}): Promise<string> {
     const etcdKey = this.keys.key(key.service, key.instanceId);
+    const callOptions = () => this.#callOptions({ deadlineMs: scope.deadlineMs });
     try {
-      const txn = await this.#time("txn", () =>
-        this.#client
-          .if(etcdKey, "Lease", "==", leaseId)
-          .then(this.#client.delete().key(etcdKey))
-          .else(this.#client.get(etcdKey))
-          .options(this.#callOptions({ deadlineMs: scope.deadlineMs }))
-          .commit(),
-      );
-      if (!txn.succeeded) {
-        this.#checkHolder(key, txn.responses[0]?.response_range.kvs[0], leaseId);
+      for (let attempt = 0; attempt < UPDATE_ATTEMPTS; attempt += 1) {
+        const range = await this.#time("range", () =>
+          this.#client.get(etcdKey).options(callOptions()).exec(),
+        );
+        const kv = checkHolder(key, range.kvs[0], fence);
+        const txn = await this.#time("txn", () =>
+          this.#client
+            .if(etcdKey, "Mod", "==", kv.mod_revision)
+            .and(etcdKey, "Lease", "==", fence.leaseId)
+            .then(this.#client.delete().key(etcdKey))
+            .options(callOptions())
+            .commit(),
+        );
+        if (txn.succeeded) {
+          await this.#revoke(fence.leaseId);
+          return txn.header.revision;
+        }
       }
-      await this.#revoke(leaseId);
-      return txn.header.revision;
     } catch (error) {
       throw fromEtcdError(error);
+    }
+    throw new RegistryError("aborted", `instance ${key.service}/${key.instanceId} kept changing; try again`);
+  }
+
+  /**
+   * Whether `fence.leaseId` holds a Leasehold instance whose value carries `fence.tokenHash`, as
+   * etcd sees it now: LeaseTimeToLive with its keys, then a read of the instance key(s) among them.
+   * KeepAlive asks this before it renews a lease it has not seen with that token.
+   * @returns `"ok"`; `"not_found"` when the lease is gone or holds no instance key of this
+   * registry (another program's lease); `"permission_denied"` when it holds one with another token.
+   * @throws RegistryError `unavailable` when etcd does not answer.
+   */
+  async checkLeaseOwner(fence: InstanceFence): Promise<"ok" | "not_found" | "permission_denied"> {
+    // A keepalive's deadline, not a unary request's: a frozen etcd is reported as fast as by a renewal.
+    const deadlineMs = Date.now() + RENEWAL_TIMEOUT_MS;
+    try {
+      const lease = await this.#time("lease_time_to_live", () =>
+        this.#client.leaseClient.leaseTimeToLive(
+          { ID: fence.leaseId, keys: true },
+          this.#callOptions({ deadlineMs }),
+        ),
+      );
+      const keys = (lease.keys ?? [])
+        .map((key) => key.toString())
+        .filter((key) => this.keys.parse(key) !== undefined);
+      if (Number(lease.TTL) < 0 || keys.length === 0) return "not_found";
+      for (const key of keys) {
+        const range = await this.#time("range", () =>
+          this.#client.get(key).options(this.#callOptions({ deadlineMs })).exec(),
+        );
+        const kv = range.kvs[0];
+        if (
+          kv?.lease === fence.leaseId &&
+          isTokenHashMatch(fence.tokenHash, ownerOf(kv.value.toString()).tokenHash)
+        ) {
+          return "ok";
+        }
+      }
+      return "permission_denied";
+    } catch (error) {
+      const normalised = fromEtcdError(error);
+      if (normalised.code === "not_found") return "not_found";
+      throw normalised;
     }
   }
 
@@ -360,12 +467,68 @@ export class EtcdStore {
   async listAt(revision: bigint, service: string | undefined): Promise<readonly Instance[] | undefined> {
     const prefix = service === undefined ? this.keys.servicesPrefix : this.keys.servicePrefix(service);
     try {
-      const range = await this.#time("range", () =>
-        this.#client.getAll().prefix(prefix).revision(String(revision)).exec(),
-      );
-      return this.#decodeAll(range.kvs);
+      return (await this.#listPaged(prefix, revision)).instances;
     } catch (error) {
       if (isCompactedError(error)) return undefined;
+      if (isFutureRevisionError(error)) {
+        throw new RegistryError("out_of_range", `revision ${revision} is ahead of etcd`, { cause: error });
+      }
+      throw fromEtcdError(error);
+    }
+  }
+
+  /**
+   * Reads the instances of `service` at `revision` after instance id `afterInstanceId`, in key
+   * order, until `maxInstances` instances or `maxBytes` (by {@link instanceBytes}; at least one
+   * instance) are reached. Paged etcd reads of at most {@link ETCD_PAGE_KEYS} keys each.
+   * @throws RegistryError `aborted` when etcd compacted `revision` (the listing must start again),
+   * `out_of_range` for a revision etcd has not reached, `unavailable`.
+   */
+  async readServicePage(
+    service: string,
+    revision: bigint,
+    afterInstanceId: string | undefined,
+    maxInstances: number,
+    maxBytes: number,
+    scope: RequestScope = {},
+  ): Promise<ServicePage> {
+    const prefix = this.keys.servicePrefix(service);
+    const range = Range.prefix(prefix);
+    const instances: Instance[] = [];
+    let bytes = 0;
+    let lastInstanceId = afterInstanceId;
+    try {
+      const pages = rangeInPages((request) => this.#range(request, scope), {
+        start: range.start,
+        end: range.end,
+        pageKeys: Math.min(ETCD_PAGE_KEYS, maxInstances + 1),
+        revision,
+        after: afterInstanceId === undefined ? undefined : Buffer.from(prefix + afterInstanceId),
+      });
+      for await (const page of pages) {
+        for (const kv of page.kvs) {
+          const key = this.keys.parse(kv.key.toString());
+          const instance = key && decodeInstance(key, kv.value.toString(), kv.mod_revision);
+          if (instance !== undefined) {
+            const size = instanceBytes(instance);
+            if (instances.length >= maxInstances || (instances.length > 0 && bytes + size > maxBytes)) {
+              return { instances, lastInstanceId, hasMore: true };
+            }
+            instances.push(instance);
+            bytes += size;
+          }
+          lastInstanceId = kv.key.toString().slice(prefix.length);
+        }
+      }
+      return { instances, lastInstanceId, hasMore: false };
+    } catch (error) {
+      if (isCompactedError(error)) {
+        throw new RegistryError(
+          "aborted",
+          `revision ${revision} of this listing was compacted by etcd; list again without page_token`,
+          { cause: error },
+        );
+      }
       if (isFutureRevisionError(error)) {
         throw new RegistryError("out_of_range", `revision ${revision} is ahead of etcd`, { cause: error });
       }
@@ -413,15 +576,35 @@ export class EtcdStore {
     this.#client.close();
   }
 
-  async #listAll(): Promise<InstanceList> {
-    const range = await this.#time("range", () =>
-      this.#client.getAll().prefix(this.keys.servicesPrefix).exec(),
-    );
-    return {
-      instances: this.#decodeAll(range.kvs),
-      revision: BigInt(range.header.revision),
-      keyCount: Number(range.count),
-    };
+  #listAll(): Promise<InstanceList> {
+    return this.#listPaged(this.keys.servicesPrefix, undefined);
+  }
+
+  /**
+   * Every instance under `prefix` at `revision` (undefined: now), read in pages at one revision
+   * ({@link ETCD_PAGE_KEYS} keys first, then about 8 MiB each), decoding each page before reading the next.
+   */
+  async #listPaged(prefix: string, revision: bigint | undefined): Promise<InstanceList> {
+    const range = Range.prefix(prefix);
+    const instances: Instance[] = [];
+    let listed: { revision: bigint; keyCount: number } | undefined;
+    const pages = rangeInPages((request) => this.#range(request, {}), {
+      start: range.start,
+      end: range.end,
+      pageKeys: ETCD_PAGE_KEYS,
+      targetPageBytes: ETCD_LIST_PAGE_BYTES,
+      revision,
+    });
+    for await (const page of pages) {
+      listed ??= { revision: page.revision, keyCount: page.count };
+      for (const instance of this.#decodeAll(page.kvs)) instances.push(instance);
+    }
+    return { instances, revision: listed?.revision ?? 0n, keyCount: listed?.keyCount ?? 0 };
+  }
+
+  /** One etcd Range with the caller's deadline (or the request timeout), timed as `range`. */
+  #range(request: IRangeRequest, scope: RequestScope): Promise<IRangeResponse> {
+    return this.#time("range", () => this.#client.kv.range(request, this.#callOptions(scope)));
   }
 
   /**
@@ -470,19 +653,6 @@ export class EtcdStore {
       if (instance) instances.push(instance);
     }
     return instances;
-  }
-
-  #checkHolder(key: InstanceKey, kv: IKeyValue | undefined, leaseId: string): IKeyValue {
-    if (kv === undefined) {
-      throw new RegistryError("not_found", `instance ${key.service}/${key.instanceId} is not registered`);
-    }
-    if (kv.lease !== leaseId) {
-      throw new RegistryError(
-        "permission_denied",
-        `lease ${leaseId} does not hold instance ${key.service}/${key.instanceId}`,
-      );
-    }
-    return kv;
   }
 
   async #revoke(leaseId: string): Promise<boolean> {
@@ -536,6 +706,30 @@ function checkCaller(scope: RequestScope): void {
       isDeadline ? "the caller's deadline passed" : "the caller cancelled",
     );
   }
+}
+
+/**
+ * The key's value when `fence` owns it: its lease is `fence.leaseId` and its token hash matches
+ * (constant time). Messages never carry the token or its hash.
+ * @throws RegistryError `not_found` (no key), `permission_denied` (another lease or token).
+ */
+function checkHolder(key: InstanceKey, kv: IKeyValue | undefined, fence: InstanceFence): IKeyValue {
+  if (kv === undefined) {
+    throw new RegistryError("not_found", `instance ${key.service}/${key.instanceId} is not registered`);
+  }
+  if (kv.lease !== fence.leaseId) {
+    throw new RegistryError(
+      "permission_denied",
+      `lease ${fence.leaseId} does not hold instance ${key.service}/${key.instanceId}`,
+    );
+  }
+  if (!isTokenHashMatch(fence.tokenHash, ownerOf(kv.value.toString()).tokenHash)) {
+    throw new RegistryError(
+      "permission_denied",
+      `registration_token does not match instance ${key.service}/${key.instanceId}`,
+    );
+  }
+  return kv;
 }
 
 function alreadyExists(instance: InstanceKey): RegistryError {

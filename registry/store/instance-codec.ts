@@ -51,13 +51,28 @@ interface StoredInstance {
    * never stored.
    */
   registration_hash?: string;
+  /**
+   * Hex SHA-256 of the registration token Register returned (registry/registration-token.ts): the
+   * proof UpdateInstance, Deregister and KeepAlive must bring. Absent in values written before
+   * tokens (nothing matches them: their holder registers again).
+   */
+  token_hash?: string;
+}
+
+/** Who owns an instance value: hashes only, never the secrets themselves. */
+export interface InstanceOwner {
+  /** Hex SHA-256 of the holder's registration id, or `undefined` for a legacy registration. */
+  readonly registrationHash?: string | undefined;
+  /** Hex SHA-256 of the registration token, or `undefined` in values written before tokens. */
+  readonly tokenHash?: string | undefined;
 }
 
 /**
  * Encodes an instance as its etcd value; `revision` is not stored (it is the key's mod revision).
- * @param registrationHash hex SHA-256 of the holder's registration id, or `undefined` for none.
+ * @param owner the hashes that prove ownership, stored beside the instance.
  */
-export function encodeInstance(instance: Instance, registrationHash?: string): string {
+export function encodeInstance(instance: Instance, owner: InstanceOwner = {}): string {
+  const { registrationHash, tokenHash } = owner;
   const stored: StoredInstance = {
     service: instance.service,
     instance_id: instance.instanceId,
@@ -71,6 +86,7 @@ export function encodeInstance(instance: Instance, registrationHash?: string): s
     ttl_seconds: Number(instance.ttlSeconds),
   };
   if (registrationHash !== undefined) stored.registration_hash = registrationHash;
+  if (tokenHash !== undefined) stored.token_hash = tokenHash;
   return JSON.stringify(stored);
 }
 
@@ -112,15 +128,18 @@ export function decodeInstance(key: InstanceKey, value: string, modRevision: str
   };
 }
 
-/** The `registration_hash` of an etcd value written by {@link encodeInstance}, if any. */
-export function registrationHashOf(value: string): string | undefined {
+/** The owner hashes of an etcd value written by {@link encodeInstance} (empty for anything else). */
+export function ownerOf(value: string): InstanceOwner {
   try {
     const parsed: unknown = JSON.parse(value);
-    if (typeof parsed !== "object" || parsed === null) return undefined;
-    const hash = (parsed as { registration_hash?: unknown }).registration_hash;
-    return typeof hash === "string" ? hash : undefined;
+    if (typeof parsed !== "object" || parsed === null) return {};
+    const { registration_hash: registrationHash, token_hash: tokenHash } = parsed as Record<string, unknown>;
+    return {
+      registrationHash: typeof registrationHash === "string" ? registrationHash : undefined,
+      tokenHash: typeof tokenHash === "string" ? tokenHash : undefined,
+    };
   } catch {
-    return undefined;
+    return {};
   }
 }
 
@@ -131,4 +150,30 @@ function isStringRecord(value: unknown): value is Record<string, string> {
     !Array.isArray(value) &&
     Object.values(value).every((entry) => typeof entry === "string")
   );
+}
+
+const instanceSizes = new WeakMap<Instance, number>();
+
+/**
+ * An upper bound of an instance's protobuf encoding in bytes (UTF-8 lengths of its strings plus
+ * generous per-field and per-metadata-entry overhead), computed once per instance object: cheaper
+ * than encoding, and never below the real size, so budgets built on it hold.
+ */
+export function instanceBytes(instance: Instance): number {
+  let bytes = instanceSizes.get(instance);
+  if (bytes === undefined) {
+    bytes =
+      96 +
+      Buffer.byteLength(instance.service) +
+      Buffer.byteLength(instance.instanceId) +
+      Buffer.byteLength(instance.address) +
+      Buffer.byteLength(instance.zone) +
+      Buffer.byteLength(instance.registeredAt) +
+      Buffer.byteLength(instance.metricsAddress);
+    for (const [key, value] of Object.entries(instance.metadata)) {
+      bytes += 12 + Buffer.byteLength(key) + Buffer.byteLength(value);
+    }
+    instanceSizes.set(instance, bytes);
+  }
+  return bytes;
 }

@@ -8,10 +8,12 @@ import {
 } from "../../proto/gen/leasehold/registry/v1/registry.js";
 import { RegistryError } from "../registry-error.js";
 import type { RegistryMetrics } from "../registry-metrics.js";
+import { instanceBytes } from "../store/instance-codec.js";
 import type { ServicesWatchListener } from "../store/services-watch.js";
 import {
   DeltaParts,
   MIN_BEHIND_CHECKS,
+  WATCH_MESSAGE_BYTES,
   WatchSubscription,
   type WatchSink,
   type WatchStreamLimits,
@@ -55,6 +57,8 @@ export class WatchHub implements ServicesWatchListener {
   readonly #options: WatchHubOptions;
   /** service → instance id → instance */
   readonly #services = new Map<string, Map<string, Instance>>();
+  /** service → its instances sorted by id, built on demand, dropped when the service changes. */
+  readonly #sorted = new Map<string, readonly Instance[]>();
   readonly #subscriptions = new Set<WatchSubscription>();
   /** Every delta after `#historyFloor` up to `#revision`, oldest first. */
   readonly #history: Delta[] = [];
@@ -122,9 +126,28 @@ export class WatchHub implements ServicesWatchListener {
   /** Instances of `service` (or of every service), sorted by service then instance id. */
   instances(service?: string): Instance[] {
     const services = service === undefined ? [...this.#services.keys()].sort() : [service];
-    return services.flatMap((name) =>
-      [...(this.#services.get(name)?.values() ?? [])].sort((a, b) => compare(a.instanceId, b.instanceId)),
-    );
+    return services.flatMap((name) => this.sortedInstances(name));
+  }
+
+  /** Instances of one service sorted by instance id: a shared array, never to be changed. */
+  sortedInstances(service: string): readonly Instance[] {
+    let sorted = this.#sorted.get(service);
+    if (sorted === undefined) {
+      sorted = [...(this.#services.get(service)?.values() ?? [])].sort((a, b) =>
+        compare(a.instanceId, b.instanceId),
+      );
+      if (sorted.length > 0) this.#sorted.set(service, sorted);
+    }
+    return sorted;
+  }
+
+  /** How many instances `service` has in the cache, and whether `instanceId` is one of them; O(1). */
+  instanceCount(service: string, instanceId?: string): { count: number; isListed: boolean } {
+    const instances = this.#services.get(service);
+    return {
+      count: instances?.size ?? 0,
+      isListed: instanceId !== undefined && instances?.has(instanceId) === true,
+    };
   }
 
   /** Every service with its instance counts, sorted by name. */
@@ -149,7 +172,7 @@ export class WatchHub implements ServicesWatchListener {
    */
   async subscribe(
     sink: WatchSink,
-    request: { service: string | undefined; startRevision: bigint },
+    request: { service: string | undefined; startRevision: bigint; splitSnapshots?: boolean },
     signal: AbortSignal,
   ): Promise<void> {
     const { service, startRevision } = request;
@@ -173,17 +196,18 @@ export class WatchHub implements ServicesWatchListener {
       const reset = startRevision !== 0n;
       if (reset)
         this.#options.logger.info({ startRevision: String(startRevision) }, "resume revision compacted");
-      subscription.sendSnapshot({
-        event: {
-          $case: "snapshot",
-          value: {
-            instances: this.instances(service),
-            revision: String(this.#revision),
-            reset,
-            observedAtUnixMs: String(this.#now()),
+      const instances = this.instances(service);
+      const parts = request.splitSnapshots === true ? splitBySize(instances) : [instances];
+      const revision = String(this.#revision);
+      const observedAtUnixMs = String(this.#now());
+      subscription.sendSnapshot(
+        parts.map((part, index) => ({
+          event: {
+            $case: "snapshot",
+            value: { instances: part, revision, reset, observedAtUnixMs, hasMore: index < parts.length - 1 },
           },
-        },
-      });
+        })),
+      );
     } else if (startRevision >= this.#historyFloor) {
       for (const delta of this.#history) subscription.deliver(new DeltaParts(delta));
     } else {
@@ -269,6 +293,7 @@ export class WatchHub implements ServicesWatchListener {
   }
 
   #countInstances(service: string): void {
+    this.#sorted.delete(service);
     const count = this.#services.get(service)?.size ?? 0;
     if (count === 0) this.#services.delete(service);
     this.#options.metrics.setInstances(service, count);
@@ -294,6 +319,24 @@ export class WatchHub implements ServicesWatchListener {
     this.#subscriptions.delete(subscription);
     this.#options.metrics.watchStreams.set(this.#subscriptions.size);
   }
+}
+
+/** Consecutive runs of `instances` of about {@link WATCH_MESSAGE_BYTES} each; at least one (maybe empty). */
+function splitBySize(instances: readonly Instance[]): Instance[][] {
+  const parts: Instance[][] = [[]];
+  let bytes = 0;
+  for (const instance of instances) {
+    const size = instanceBytes(instance);
+    const part = parts.at(-1) as Instance[];
+    if (part.length > 0 && bytes + size > WATCH_MESSAGE_BYTES) {
+      parts.push([instance]);
+      bytes = size;
+    } else {
+      part.push(instance);
+      bytes += size;
+    }
+  }
+  return parts;
 }
 
 function keyOf(instance: InstanceKey): string {

@@ -5,6 +5,7 @@ import type {
   WatchResponse,
 } from "../../proto/gen/leasehold/registry/v1/registry.js";
 import { RegistryError } from "../registry-error.js";
+import { instanceBytes } from "../store/instance-codec.js";
 
 /** Where a subscription writes: a server stream, seen through what backpressure needs. */
 export interface WatchSink {
@@ -35,8 +36,12 @@ export interface WatchStreamLimits {
 /** Checks in a row that must see a stream behind without a drain before it is ended. */
 export const MIN_BEHIND_CHECKS = 3;
 
-/** Target size of one message flushed after a stream drains, in approximate bytes (1 MiB). */
-const FLUSH_CHUNK_BYTES = 1 << 20;
+/**
+ * Target size of one message that carries many instances (a flush after a stream drains, a large
+ * delta, a part of a split snapshot), in approximate bytes (1 MiB, by `instanceBytes`): well under
+ * grpc's default 4 MiB receive limit.
+ */
+export const WATCH_MESSAGE_BYTES = 1 << 20;
 
 /** A delta split by service, computed once per delta for every subscription that needs a part. */
 export class DeltaParts {
@@ -97,6 +102,8 @@ export class WatchSubscription {
   #revision: bigint;
   /** Revision the caller was last sent, so partial flush messages never claim more. */
   #sentRevision: bigint;
+  /** Messages of a split snapshot not written yet: written as the sink drains, before any delta. */
+  #outbox: WatchResponse[] = [];
   #isBlocked = false;
   #behindSinceMs = 0;
   #behindChecks = 0;
@@ -123,9 +130,9 @@ export class WatchSubscription {
     return this.#isClosed;
   }
 
-  /** True while the sink asked to wait for `drain` or changes are waiting. */
+  /** True while the sink asked to wait for `drain`, or snapshot parts or changes are waiting. */
   get isBehind(): boolean {
-    return this.#isBlocked || this.#pending.size > 0;
+    return this.#isBlocked || this.#pending.size > 0 || this.#outbox.length > 0;
   }
 
   /** Approximate bytes of changes waiting for the sink to drain. */
@@ -140,6 +147,11 @@ export class WatchSubscription {
     const own = parts.of(this.service);
     if (own === undefined) return; // a later progress or delta carries the revision
     if (!this.isBehind) {
+      if (deltaBytes(own) > WATCH_MESSAGE_BYTES) {
+        // e.g. a resume's catch-up or a re-list: split like a flush, so each message stays small.
+        this.#writeChanges(changesOf(own), own.observedAtUnixMs);
+        return;
+      }
       this.#sentRevision = parts.revision;
       this.#write({ event: { $case: "delta", value: own } });
       return;
@@ -165,10 +177,20 @@ export class WatchSubscription {
     });
   }
 
-  /** Sends the first message (a snapshot) of the stream. */
-  sendSnapshot(message: WatchResponse): void {
+  /**
+   * Sends the first message(s) of the stream: a snapshot, or the parts of a split snapshot. Parts
+   * are written as the sink drains (backpressure); deltas meanwhile are coalesced and follow them.
+   */
+  sendSnapshot(messages: readonly WatchResponse[]): void {
     if (this.#isClosed) return;
-    this.#write(message);
+    for (const message of messages) this.#outbox.push(message);
+    this.#writeOutbox();
+  }
+
+  #writeOutbox(): void {
+    while (this.#outbox.length > 0 && !this.#isBlocked && !this.#isClosed) {
+      this.#write(this.#outbox.shift() as WatchResponse);
+    }
   }
 
   /**
@@ -197,6 +219,7 @@ export class WatchSubscription {
     if (this.#isClosed) return;
     this.#isClosed = true;
     this.#pending.clear();
+    this.#outbox = [];
     this.#pendingBytes = 0;
     this.#closed(this);
     this.#sink.end(error);
@@ -235,6 +258,8 @@ export class WatchSubscription {
     if (this.#isClosed) return;
     this.#isBlocked = false;
     this.#behindChecks = 0;
+    this.#writeOutbox();
+    if (this.#isBlocked || this.#outbox.length > 0) return;
     this.#flush();
     if (!this.#isBlocked && this.#pendingProgressStale !== undefined) {
       const isStale = this.#pendingProgressStale;
@@ -251,6 +276,14 @@ export class WatchSubscription {
     this.#pending.clear();
     this.#pendingBytes = 0;
     this.#pendingObservedAtUnixMs = undefined;
+    this.#writeChanges(changes, observedAtUnixMs);
+  }
+
+  /**
+   * Writes `changes` as deltas of ~{@link WATCH_MESSAGE_BYTES}: all but the last carry the revision
+   * the caller already had, the last one the latest revision.
+   */
+  #writeChanges(changes: readonly PendingChange[], observedAtUnixMs: string): void {
     let chunk: Delta = { upserted: [], removed: [], revision: "", observedAtUnixMs };
     let chunkBytes = 0;
     const messages: Delta[] = [];
@@ -258,7 +291,7 @@ export class WatchSubscription {
       if (change.instance === undefined) chunk.removed.push(change.key);
       else chunk.upserted.push(change.instance);
       chunkBytes += change.bytes;
-      if (chunkBytes >= FLUSH_CHUNK_BYTES) {
+      if (chunkBytes >= WATCH_MESSAGE_BYTES) {
         messages.push(chunk);
         chunk = { upserted: [], removed: [], revision: "", observedAtUnixMs };
         chunkBytes = 0;
@@ -273,35 +306,27 @@ export class WatchSubscription {
   }
 }
 
+/** A delta as changes (removals first, as a delta applies them). */
+function changesOf(delta: Delta): PendingChange[] {
+  return [
+    ...delta.removed.map((key) => ({ key, instance: undefined, bytes: removalBytes(key) })),
+    ...delta.upserted.map((instance) => ({ key: instance, instance, bytes: instanceBytes(instance) })),
+  ];
+}
+
+function deltaBytes(delta: Delta): number {
+  let bytes = 0;
+  for (const key of delta.removed) bytes += removalBytes(key);
+  for (const instance of delta.upserted) bytes += instanceBytes(instance);
+  return bytes;
+}
+
 /** The part of `delta` about `service`, or `undefined` when it has none. */
 export function deltaOfService(delta: Delta, service: string): Delta | undefined {
   const upserted = delta.upserted.filter((instance) => instance.service === service);
   const removed = delta.removed.filter((key) => key.service === service);
   if (upserted.length === 0 && removed.length === 0) return undefined;
   return { upserted, removed, revision: delta.revision, observedAtUnixMs: delta.observedAtUnixMs };
-}
-
-const instanceSizes = new WeakMap<Instance, number>();
-
-/**
- * Approximate encoded size of an instance in bytes (string lengths plus field overhead), computed
- * once per instance object: cheaper than encoding, and close enough for a bound.
- */
-function instanceBytes(instance: Instance): number {
-  let bytes = instanceSizes.get(instance);
-  if (bytes === undefined) {
-    bytes =
-      48 +
-      instance.service.length +
-      instance.instanceId.length +
-      instance.address.length +
-      instance.zone.length +
-      instance.registeredAt.length +
-      instance.metricsAddress.length;
-    for (const [key, value] of Object.entries(instance.metadata)) bytes += 4 + key.length + value.length;
-    instanceSizes.set(instance, bytes);
-  }
-  return bytes;
 }
 
 function removalBytes(key: InstanceKey): number {

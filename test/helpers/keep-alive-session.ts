@@ -20,11 +20,12 @@ export class KeepAliveSession {
     });
   }
 
-  renew(leaseId: string): Promise<KeepAliveResponse> {
+  /** Renews `lease` (its id and the token Register returned, e.g. a RegisterResponse). */
+  renew(lease: KeepAliveRequest): Promise<KeepAliveResponse> {
     if (this.#ended !== undefined) return Promise.reject(this.#ended);
     return new Promise((resolve, reject) => {
       this.#waiting.push({ resolve, reject });
-      this.#stream.write({ leaseId });
+      this.#stream.write({ leaseId: lease.leaseId, registrationToken: lease.registrationToken });
     });
   }
 

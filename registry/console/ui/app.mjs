@@ -29,10 +29,17 @@ function connect() {
     state.isConnected = false;
     render();
   });
+  // A large snapshot comes in parts (hasMore on all but the last): shown once whole.
+  let snapshotParts;
+  source.addEventListener("open", () => (snapshotParts = undefined));
   source.addEventListener("snapshot", (event) => {
     const snapshot = JSON.parse(event.data);
+    snapshotParts ??= new Map();
+    for (const instance of snapshot.instances ?? []) snapshotParts.set(keyOf(instance), instance);
+    if (snapshot.hasMore === true) return;
     instances.clear();
-    for (const instance of snapshot.instances ?? []) instances.set(keyOf(instance), instance);
+    for (const [key, instance] of snapshotParts) instances.set(key, instance);
+    snapshotParts = undefined;
     state.revision = snapshot.revision ?? state.revision;
     state.isStale = false;
     render();

@@ -142,10 +142,22 @@ export interface RegisterResponse {
   /** etcd revision of the put. */
   revision: string;
   instance: Instance | undefined;
+  /**
+   * Unguessable proof of ownership (32 random bytes, base64url, 43 chars): UpdateInstance,
+   * Deregister and KeepAlive require it. The registry stores only its SHA-256 and never logs it.
+   * A Register that adopts an earlier attempt (same registration_id) returns a fresh token and the
+   * earlier one stops working.
+   */
+  registrationToken: string;
 }
 
 export interface KeepAliveRequest {
   leaseId: string;
+  /**
+   * RegisterResponse.registration_token of the instance the lease holds: required. A lease that
+   * holds no Leasehold instance answers NOT_FOUND; a wrong token PERMISSION_DENIED.
+   */
+  registrationToken: string;
 }
 
 export interface KeepAliveResponse {
@@ -173,6 +185,8 @@ export interface UpdateInstanceRequest {
   status?: InstanceStatus | undefined;
   zone?: string | undefined;
   metadata: MetadataUpdate | undefined;
+  /** RegisterResponse.registration_token: required; a wrong one is PERMISSION_DENIED. */
+  registrationToken: string;
 }
 
 export interface UpdateInstanceResponse {
@@ -184,6 +198,8 @@ export interface DeregisterRequest {
   service: string;
   instanceId: string;
   leaseId: string;
+  /** RegisterResponse.registration_token: required; a wrong one is PERMISSION_DENIED. */
+  registrationToken: string;
 }
 
 export interface DeregisterResponse {
@@ -192,11 +208,32 @@ export interface DeregisterResponse {
 
 export interface GetServiceRequest {
   service: string;
+  /**
+   * Most instances in one response; 0 means as many as fit the registry's response budget
+   * (about 3 MiB, so every response stays under grpc's default 4 MiB receive limit). Larger values
+   * are lowered to 5000, and a page never exceeds the budget whatever page_size says.
+   */
+  pageSize?: number | undefined;
+  /**
+   * next_page_token of the previous response, to read the next page; empty reads the first.
+   * Every page of one listing is read at the first page's revision; once etcd compacted it the
+   * call fails with ABORTED and the listing must start again without a token.
+   * (`optional` on these request fields only so that existing TypeScript callers need not set
+   * them; on the wire they are plain fields.)
+   */
+  pageToken?: string | undefined;
 }
 
 export interface GetServiceResponse {
+  /** Sorted by instance_id. */
   instances: Instance[];
+  /** The revision every page of this listing is read at. */
   revision: string;
+  /**
+   * Opaque token of the next page; empty on the last page. A client that ignores it sees only
+   * the first page of a service larger than the response budget.
+   */
+  nextPageToken: string;
 }
 
 export interface ListServicesRequest {}
@@ -219,6 +256,12 @@ export interface WatchRequest {
   service: string;
   /** Resume after this revision (the last one applied); 0 starts with a snapshot. */
   startRevision: string;
+  /**
+   * Split a snapshot over several Snapshot messages, each under the registry's message budget
+   * (about 1 MiB); every one but the last has has_more set. False sends one Snapshot message,
+   * which a client cannot receive once it passes its receive limit (grpc's default is 4 MiB).
+   */
+  splitSnapshots?: boolean | undefined;
 }
 
 /** Snapshot is the full membership at a revision. */
@@ -229,6 +272,12 @@ export interface Snapshot {
   reset: boolean;
   /** When the registry read this membership (Unix ms, registry clock), for propagation lag. */
   observedAtUnixMs: string;
+  /**
+   * More Snapshot messages of this same snapshot follow (only with split_snapshots): the caller
+   * applies the snapshot once a message without has_more arrives. Every part carries the same
+   * revision, reset and observed_at_unix_ms; the parts together list each instance once.
+   */
+  hasMore: boolean;
 }
 
 /** Delta is every change of one etcd revision. */
@@ -1086,7 +1135,7 @@ export const RegisterRequest_MetadataEntry: MessageFns<RegisterRequest_MetadataE
 };
 
 function createBaseRegisterResponse(): RegisterResponse {
-  return { leaseId: "0", ttlSeconds: "0", revision: "0", instance: undefined };
+  return { leaseId: "0", ttlSeconds: "0", revision: "0", instance: undefined, registrationToken: "" };
 }
 
 export const RegisterResponse: MessageFns<RegisterResponse> = {
@@ -1102,6 +1151,9 @@ export const RegisterResponse: MessageFns<RegisterResponse> = {
     }
     if (message.instance !== undefined) {
       Instance.encode(message.instance, writer.uint32(34).fork()).join();
+    }
+    if (message.registrationToken !== "") {
+      writer.uint32(42).string(message.registrationToken);
     }
     return writer;
   },
@@ -1151,6 +1203,14 @@ export const RegisterResponse: MessageFns<RegisterResponse> = {
             message.instance = Instance.decode(reader, reader.uint32());
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.registrationToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1177,6 +1237,11 @@ export const RegisterResponse: MessageFns<RegisterResponse> = {
           : "0",
       revision: isSet(object.revision) ? globalThis.String(object.revision) : "0",
       instance: isSet(object.instance) ? Instance.fromJSON(object.instance) : undefined,
+      registrationToken: isSet(object.registrationToken)
+        ? globalThis.String(object.registrationToken)
+        : isSet(object.registration_token)
+          ? globalThis.String(object.registration_token)
+          : "",
     };
   },
 
@@ -1194,6 +1259,9 @@ export const RegisterResponse: MessageFns<RegisterResponse> = {
     if (message.instance !== undefined) {
       obj.instance = Instance.toJSON(message.instance);
     }
+    if (message.registrationToken !== "") {
+      obj.registrationToken = message.registrationToken;
+    }
     return obj;
   },
 
@@ -1209,18 +1277,22 @@ export const RegisterResponse: MessageFns<RegisterResponse> = {
       object.instance !== undefined && object.instance !== null
         ? Instance.fromPartial(object.instance)
         : undefined;
+    message.registrationToken = object.registrationToken ?? "";
     return message;
   },
 };
 
 function createBaseKeepAliveRequest(): KeepAliveRequest {
-  return { leaseId: "0" };
+  return { leaseId: "0", registrationToken: "" };
 }
 
 export const KeepAliveRequest: MessageFns<KeepAliveRequest> = {
   encode(message: KeepAliveRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.leaseId !== "0") {
       writer.uint32(8).int64(message.leaseId);
+    }
+    if (message.registrationToken !== "") {
+      writer.uint32(18).string(message.registrationToken);
     }
     return writer;
   },
@@ -1246,6 +1318,14 @@ export const KeepAliveRequest: MessageFns<KeepAliveRequest> = {
             message.leaseId = reader.int64().toString();
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.registrationToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1265,6 +1345,11 @@ export const KeepAliveRequest: MessageFns<KeepAliveRequest> = {
         : isSet(object.lease_id)
           ? globalThis.String(object.lease_id)
           : "0",
+      registrationToken: isSet(object.registrationToken)
+        ? globalThis.String(object.registrationToken)
+        : isSet(object.registration_token)
+          ? globalThis.String(object.registration_token)
+          : "",
     };
   },
 
@@ -1272,6 +1357,9 @@ export const KeepAliveRequest: MessageFns<KeepAliveRequest> = {
     const obj: any = {};
     if (message.leaseId !== "0") {
       obj.leaseId = message.leaseId;
+    }
+    if (message.registrationToken !== "") {
+      obj.registrationToken = message.registrationToken;
     }
     return obj;
   },
@@ -1282,6 +1370,7 @@ export const KeepAliveRequest: MessageFns<KeepAliveRequest> = {
   fromPartial<I extends Exact<DeepPartial<KeepAliveRequest>, I>>(object: I): KeepAliveRequest {
     const message = createBaseKeepAliveRequest();
     message.leaseId = object.leaseId ?? "0";
+    message.registrationToken = object.registrationToken ?? "";
     return message;
   },
 };
@@ -1576,6 +1665,7 @@ function createBaseUpdateInstanceRequest(): UpdateInstanceRequest {
     status: undefined,
     zone: undefined,
     metadata: undefined,
+    registrationToken: "",
   };
 }
 
@@ -1601,6 +1691,9 @@ export const UpdateInstanceRequest: MessageFns<UpdateInstanceRequest> = {
     }
     if (message.metadata !== undefined) {
       MetadataUpdate.encode(message.metadata, writer.uint32(58).fork()).join();
+    }
+    if (message.registrationToken !== "") {
+      writer.uint32(66).string(message.registrationToken);
     }
     return writer;
   },
@@ -1674,6 +1767,14 @@ export const UpdateInstanceRequest: MessageFns<UpdateInstanceRequest> = {
             message.metadata = MetadataUpdate.decode(reader, reader.uint32());
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.registrationToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1703,6 +1804,11 @@ export const UpdateInstanceRequest: MessageFns<UpdateInstanceRequest> = {
       status: isSet(object.status) ? instanceStatusFromJSON(object.status) : undefined,
       zone: isSet(object.zone) ? globalThis.String(object.zone) : undefined,
       metadata: isSet(object.metadata) ? MetadataUpdate.fromJSON(object.metadata) : undefined,
+      registrationToken: isSet(object.registrationToken)
+        ? globalThis.String(object.registrationToken)
+        : isSet(object.registration_token)
+          ? globalThis.String(object.registration_token)
+          : "",
     };
   },
 
@@ -1729,6 +1835,9 @@ export const UpdateInstanceRequest: MessageFns<UpdateInstanceRequest> = {
     if (message.metadata !== undefined) {
       obj.metadata = MetadataUpdate.toJSON(message.metadata);
     }
+    if (message.registrationToken !== "") {
+      obj.registrationToken = message.registrationToken;
+    }
     return obj;
   },
 
@@ -1747,6 +1856,7 @@ export const UpdateInstanceRequest: MessageFns<UpdateInstanceRequest> = {
       object.metadata !== undefined && object.metadata !== null
         ? MetadataUpdate.fromPartial(object.metadata)
         : undefined;
+    message.registrationToken = object.registrationToken ?? "";
     return message;
   },
 };
@@ -1840,7 +1950,7 @@ export const UpdateInstanceResponse: MessageFns<UpdateInstanceResponse> = {
 };
 
 function createBaseDeregisterRequest(): DeregisterRequest {
-  return { service: "", instanceId: "", leaseId: "0" };
+  return { service: "", instanceId: "", leaseId: "0", registrationToken: "" };
 }
 
 export const DeregisterRequest: MessageFns<DeregisterRequest> = {
@@ -1853,6 +1963,9 @@ export const DeregisterRequest: MessageFns<DeregisterRequest> = {
     }
     if (message.leaseId !== "0") {
       writer.uint32(24).int64(message.leaseId);
+    }
+    if (message.registrationToken !== "") {
+      writer.uint32(34).string(message.registrationToken);
     }
     return writer;
   },
@@ -1894,6 +2007,14 @@ export const DeregisterRequest: MessageFns<DeregisterRequest> = {
             message.leaseId = reader.int64().toString();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.registrationToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1919,6 +2040,11 @@ export const DeregisterRequest: MessageFns<DeregisterRequest> = {
         : isSet(object.lease_id)
           ? globalThis.String(object.lease_id)
           : "0",
+      registrationToken: isSet(object.registrationToken)
+        ? globalThis.String(object.registrationToken)
+        : isSet(object.registration_token)
+          ? globalThis.String(object.registration_token)
+          : "",
     };
   },
 
@@ -1933,6 +2059,9 @@ export const DeregisterRequest: MessageFns<DeregisterRequest> = {
     if (message.leaseId !== "0") {
       obj.leaseId = message.leaseId;
     }
+    if (message.registrationToken !== "") {
+      obj.registrationToken = message.registrationToken;
+    }
     return obj;
   },
 
@@ -1944,6 +2073,7 @@ export const DeregisterRequest: MessageFns<DeregisterRequest> = {
     message.service = object.service ?? "";
     message.instanceId = object.instanceId ?? "";
     message.leaseId = object.leaseId ?? "0";
+    message.registrationToken = object.registrationToken ?? "";
     return message;
   },
 };
@@ -2016,13 +2146,19 @@ export const DeregisterResponse: MessageFns<DeregisterResponse> = {
 };
 
 function createBaseGetServiceRequest(): GetServiceRequest {
-  return { service: "" };
+  return { service: "", pageSize: undefined, pageToken: undefined };
 }
 
 export const GetServiceRequest: MessageFns<GetServiceRequest> = {
   encode(message: GetServiceRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.service !== "") {
       writer.uint32(10).string(message.service);
+    }
+    if (message.pageSize !== undefined) {
+      writer.uint32(16).int32(message.pageSize);
+    }
+    if (message.pageToken !== undefined) {
+      writer.uint32(26).string(message.pageToken);
     }
     return writer;
   },
@@ -2048,6 +2184,22 @@ export const GetServiceRequest: MessageFns<GetServiceRequest> = {
             message.service = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.pageSize = reader.int32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2061,13 +2213,31 @@ export const GetServiceRequest: MessageFns<GetServiceRequest> = {
   },
 
   fromJSON(object: any): GetServiceRequest {
-    return { service: isSet(object.service) ? globalThis.String(object.service) : "" };
+    return {
+      service: isSet(object.service) ? globalThis.String(object.service) : "",
+      pageSize: isSet(object.pageSize)
+        ? globalThis.Number(object.pageSize)
+        : isSet(object.page_size)
+          ? globalThis.Number(object.page_size)
+          : undefined,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+          ? globalThis.String(object.page_token)
+          : undefined,
+    };
   },
 
   toJSON(message: GetServiceRequest): unknown {
     const obj: any = {};
     if (message.service !== "") {
       obj.service = message.service;
+    }
+    if (message.pageSize !== undefined) {
+      obj.pageSize = Math.round(message.pageSize);
+    }
+    if (message.pageToken !== undefined) {
+      obj.pageToken = message.pageToken;
     }
     return obj;
   },
@@ -2078,12 +2248,14 @@ export const GetServiceRequest: MessageFns<GetServiceRequest> = {
   fromPartial<I extends Exact<DeepPartial<GetServiceRequest>, I>>(object: I): GetServiceRequest {
     const message = createBaseGetServiceRequest();
     message.service = object.service ?? "";
+    message.pageSize = object.pageSize ?? undefined;
+    message.pageToken = object.pageToken ?? undefined;
     return message;
   },
 };
 
 function createBaseGetServiceResponse(): GetServiceResponse {
-  return { instances: [], revision: "0" };
+  return { instances: [], revision: "0", nextPageToken: "" };
 }
 
 export const GetServiceResponse: MessageFns<GetServiceResponse> = {
@@ -2093,6 +2265,9 @@ export const GetServiceResponse: MessageFns<GetServiceResponse> = {
     }
     if (message.revision !== "0") {
       writer.uint32(16).int64(message.revision);
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(26).string(message.nextPageToken);
     }
     return writer;
   },
@@ -2126,6 +2301,14 @@ export const GetServiceResponse: MessageFns<GetServiceResponse> = {
             message.revision = reader.int64().toString();
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2144,6 +2327,11 @@ export const GetServiceResponse: MessageFns<GetServiceResponse> = {
         ? object.instances.map((e: any) => Instance.fromJSON(e))
         : [],
       revision: isSet(object.revision) ? globalThis.String(object.revision) : "0",
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+          ? globalThis.String(object.next_page_token)
+          : "",
     };
   },
 
@@ -2155,6 +2343,9 @@ export const GetServiceResponse: MessageFns<GetServiceResponse> = {
     if (message.revision !== "0") {
       obj.revision = message.revision;
     }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
+    }
     return obj;
   },
 
@@ -2165,6 +2356,7 @@ export const GetServiceResponse: MessageFns<GetServiceResponse> = {
     const message = createBaseGetServiceResponse();
     message.instances = object.instances?.map((e) => Instance.fromPartial(e)) || [];
     message.revision = object.revision ?? "0";
+    message.nextPageToken = object.nextPageToken ?? "";
     return message;
   },
 };
@@ -2426,7 +2618,7 @@ export const ListServicesResponse: MessageFns<ListServicesResponse> = {
 };
 
 function createBaseWatchRequest(): WatchRequest {
-  return { service: "", startRevision: "0" };
+  return { service: "", startRevision: "0", splitSnapshots: undefined };
 }
 
 export const WatchRequest: MessageFns<WatchRequest> = {
@@ -2436,6 +2628,9 @@ export const WatchRequest: MessageFns<WatchRequest> = {
     }
     if (message.startRevision !== "0") {
       writer.uint32(16).int64(message.startRevision);
+    }
+    if (message.splitSnapshots !== undefined) {
+      writer.uint32(24).bool(message.splitSnapshots);
     }
     return writer;
   },
@@ -2469,6 +2664,14 @@ export const WatchRequest: MessageFns<WatchRequest> = {
             message.startRevision = reader.int64().toString();
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.splitSnapshots = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2489,6 +2692,11 @@ export const WatchRequest: MessageFns<WatchRequest> = {
         : isSet(object.start_revision)
           ? globalThis.String(object.start_revision)
           : "0",
+      splitSnapshots: isSet(object.splitSnapshots)
+        ? globalThis.Boolean(object.splitSnapshots)
+        : isSet(object.split_snapshots)
+          ? globalThis.Boolean(object.split_snapshots)
+          : undefined,
     };
   },
 
@@ -2500,6 +2708,9 @@ export const WatchRequest: MessageFns<WatchRequest> = {
     if (message.startRevision !== "0") {
       obj.startRevision = message.startRevision;
     }
+    if (message.splitSnapshots !== undefined) {
+      obj.splitSnapshots = message.splitSnapshots;
+    }
     return obj;
   },
 
@@ -2510,12 +2721,13 @@ export const WatchRequest: MessageFns<WatchRequest> = {
     const message = createBaseWatchRequest();
     message.service = object.service ?? "";
     message.startRevision = object.startRevision ?? "0";
+    message.splitSnapshots = object.splitSnapshots ?? undefined;
     return message;
   },
 };
 
 function createBaseSnapshot(): Snapshot {
-  return { instances: [], revision: "0", reset: false, observedAtUnixMs: "0" };
+  return { instances: [], revision: "0", reset: false, observedAtUnixMs: "0", hasMore: false };
 }
 
 export const Snapshot: MessageFns<Snapshot> = {
@@ -2531,6 +2743,9 @@ export const Snapshot: MessageFns<Snapshot> = {
     }
     if (message.observedAtUnixMs !== "0") {
       writer.uint32(32).int64(message.observedAtUnixMs);
+    }
+    if (message.hasMore !== false) {
+      writer.uint32(40).bool(message.hasMore);
     }
     return writer;
   },
@@ -2580,6 +2795,14 @@ export const Snapshot: MessageFns<Snapshot> = {
             message.observedAtUnixMs = reader.int64().toString();
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.hasMore = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2604,6 +2827,11 @@ export const Snapshot: MessageFns<Snapshot> = {
         : isSet(object.observed_at_unix_ms)
           ? globalThis.String(object.observed_at_unix_ms)
           : "0",
+      hasMore: isSet(object.hasMore)
+        ? globalThis.Boolean(object.hasMore)
+        : isSet(object.has_more)
+          ? globalThis.Boolean(object.has_more)
+          : false,
     };
   },
 
@@ -2621,6 +2849,9 @@ export const Snapshot: MessageFns<Snapshot> = {
     if (message.observedAtUnixMs !== "0") {
       obj.observedAtUnixMs = message.observedAtUnixMs;
     }
+    if (message.hasMore !== false) {
+      obj.hasMore = message.hasMore;
+    }
     return obj;
   },
 
@@ -2633,6 +2864,7 @@ export const Snapshot: MessageFns<Snapshot> = {
     message.revision = object.revision ?? "0";
     message.reset = object.reset ?? false;
     message.observedAtUnixMs = object.observedAtUnixMs ?? "0";
+    message.hasMore = object.hasMore ?? false;
     return message;
   },
 };
@@ -2974,7 +3206,8 @@ export type RegistryServiceService = typeof RegistryServiceService;
 export const RegistryServiceService = {
   /**
    * Register validates an instance, grants a lease of ttl_seconds and puts the instance key
-   * attached to it in one etcd transaction. ALREADY_EXISTS when another live lease holds the key.
+   * attached to it in one etcd transaction. ALREADY_EXISTS when another live lease holds the key;
+   * RESOURCE_EXHAUSTED when the service holds as many instances as the registry allows.
    */
   register: {
     path: "/leasehold.registry.v1.RegistryService/Register" as const,
@@ -2987,8 +3220,10 @@ export const RegistryServiceService = {
     responseDeserialize: (value: Buffer): RegisterResponse => RegisterResponse.decode(value),
   },
   /**
-   * KeepAlive renews leases: one response per request with the remaining TTL. A lease that no
-   * longer exists ends the stream with NOT_FOUND so the holder re-registers at once.
+   * KeepAlive renews leases: one response per request with the remaining TTL. Each request carries
+   * the registration token; a lease that no longer exists, or holds no Leasehold instance, ends the
+   * stream with NOT_FOUND so the holder re-registers at once; a wrong token with PERMISSION_DENIED;
+   * more messages per second than the registry allows with RESOURCE_EXHAUSTED.
    */
   keepAlive: {
     path: "/leasehold.registry.v1.RegistryService/KeepAlive" as const,
@@ -3002,8 +3237,8 @@ export const RegistryServiceService = {
     responseDeserialize: (value: Buffer): KeepAliveResponse => KeepAliveResponse.decode(value),
   },
   /**
-   * UpdateInstance changes weight, status, zone or metadata; fenced by the holding lease
-   * (PERMISSION_DENIED for another lease, NOT_FOUND when the instance is gone).
+   * UpdateInstance changes weight, status, zone or metadata; fenced by the holding lease and the
+   * registration token (PERMISSION_DENIED for another lease or token, NOT_FOUND when it is gone).
    */
   updateInstance: {
     path: "/leasehold.registry.v1.RegistryService/UpdateInstance" as const,
@@ -3016,7 +3251,7 @@ export const RegistryServiceService = {
       Buffer.from(UpdateInstanceResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): UpdateInstanceResponse => UpdateInstanceResponse.decode(value),
   },
-  /** Deregister revokes the holding lease; the key disappears at once. */
+  /** Deregister revokes the holding lease; the key disappears at once. Fenced like UpdateInstance. */
   deregister: {
     path: "/leasehold.registry.v1.RegistryService/Deregister" as const,
     requestStream: false as const,
@@ -3052,7 +3287,11 @@ export const RegistryServiceService = {
       Buffer.from(ListServicesResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListServicesResponse => ListServicesResponse.decode(value),
   },
-  /** Watch streams a snapshot, then deltas in revision order, with periodic progress messages. */
+  /**
+   * Watch streams a snapshot, then deltas in revision order, with periodic progress messages.
+   * RESOURCE_EXHAUSTED when the connection has as many Watch streams open as the registry allows,
+   * or when too many resumes a second would read etcd (resume again after a backoff).
+   */
   watch: {
     path: "/leasehold.registry.v1.RegistryService/Watch" as const,
     requestStream: false as const,
@@ -3067,33 +3306,41 @@ export const RegistryServiceService = {
 export interface RegistryServiceServer extends UntypedServiceImplementation {
   /**
    * Register validates an instance, grants a lease of ttl_seconds and puts the instance key
-   * attached to it in one etcd transaction. ALREADY_EXISTS when another live lease holds the key.
+   * attached to it in one etcd transaction. ALREADY_EXISTS when another live lease holds the key;
+   * RESOURCE_EXHAUSTED when the service holds as many instances as the registry allows.
    */
   register: handleUnaryCall<RegisterRequest, RegisterResponse>;
   /**
-   * KeepAlive renews leases: one response per request with the remaining TTL. A lease that no
-   * longer exists ends the stream with NOT_FOUND so the holder re-registers at once.
+   * KeepAlive renews leases: one response per request with the remaining TTL. Each request carries
+   * the registration token; a lease that no longer exists, or holds no Leasehold instance, ends the
+   * stream with NOT_FOUND so the holder re-registers at once; a wrong token with PERMISSION_DENIED;
+   * more messages per second than the registry allows with RESOURCE_EXHAUSTED.
    */
   keepAlive: handleBidiStreamingCall<KeepAliveRequest, KeepAliveResponse>;
   /**
-   * UpdateInstance changes weight, status, zone or metadata; fenced by the holding lease
-   * (PERMISSION_DENIED for another lease, NOT_FOUND when the instance is gone).
+   * UpdateInstance changes weight, status, zone or metadata; fenced by the holding lease and the
+   * registration token (PERMISSION_DENIED for another lease or token, NOT_FOUND when it is gone).
    */
   updateInstance: handleUnaryCall<UpdateInstanceRequest, UpdateInstanceResponse>;
-  /** Deregister revokes the holding lease; the key disappears at once. */
+  /** Deregister revokes the holding lease; the key disappears at once. Fenced like UpdateInstance. */
   deregister: handleUnaryCall<DeregisterRequest, DeregisterResponse>;
   /** GetService lists the instances of one service at a revision. */
   getService: handleUnaryCall<GetServiceRequest, GetServiceResponse>;
   /** ListServices lists every service name with instance counts at a revision. */
   listServices: handleUnaryCall<ListServicesRequest, ListServicesResponse>;
-  /** Watch streams a snapshot, then deltas in revision order, with periodic progress messages. */
+  /**
+   * Watch streams a snapshot, then deltas in revision order, with periodic progress messages.
+   * RESOURCE_EXHAUSTED when the connection has as many Watch streams open as the registry allows,
+   * or when too many resumes a second would read etcd (resume again after a backoff).
+   */
   watch: handleServerStreamingCall<WatchRequest, WatchResponse>;
 }
 
 export interface RegistryServiceClient extends Client {
   /**
    * Register validates an instance, grants a lease of ttl_seconds and puts the instance key
-   * attached to it in one etcd transaction. ALREADY_EXISTS when another live lease holds the key.
+   * attached to it in one etcd transaction. ALREADY_EXISTS when another live lease holds the key;
+   * RESOURCE_EXHAUSTED when the service holds as many instances as the registry allows.
    */
   register(
     request: RegisterRequest,
@@ -3111,8 +3358,10 @@ export interface RegistryServiceClient extends Client {
     callback: (error: ServiceError | null, response: RegisterResponse) => void,
   ): ClientUnaryCall;
   /**
-   * KeepAlive renews leases: one response per request with the remaining TTL. A lease that no
-   * longer exists ends the stream with NOT_FOUND so the holder re-registers at once.
+   * KeepAlive renews leases: one response per request with the remaining TTL. Each request carries
+   * the registration token; a lease that no longer exists, or holds no Leasehold instance, ends the
+   * stream with NOT_FOUND so the holder re-registers at once; a wrong token with PERMISSION_DENIED;
+   * more messages per second than the registry allows with RESOURCE_EXHAUSTED.
    */
   keepAlive(): ClientDuplexStream<KeepAliveRequest, KeepAliveResponse>;
   keepAlive(options: Partial<CallOptions>): ClientDuplexStream<KeepAliveRequest, KeepAliveResponse>;
@@ -3121,8 +3370,8 @@ export interface RegistryServiceClient extends Client {
     options?: Partial<CallOptions>,
   ): ClientDuplexStream<KeepAliveRequest, KeepAliveResponse>;
   /**
-   * UpdateInstance changes weight, status, zone or metadata; fenced by the holding lease
-   * (PERMISSION_DENIED for another lease, NOT_FOUND when the instance is gone).
+   * UpdateInstance changes weight, status, zone or metadata; fenced by the holding lease and the
+   * registration token (PERMISSION_DENIED for another lease or token, NOT_FOUND when it is gone).
    */
   updateInstance(
     request: UpdateInstanceRequest,
@@ -3139,7 +3388,7 @@ export interface RegistryServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: UpdateInstanceResponse) => void,
   ): ClientUnaryCall;
-  /** Deregister revokes the holding lease; the key disappears at once. */
+  /** Deregister revokes the holding lease; the key disappears at once. Fenced like UpdateInstance. */
   deregister(
     request: DeregisterRequest,
     callback: (error: ServiceError | null, response: DeregisterResponse) => void,
@@ -3187,7 +3436,11 @@ export interface RegistryServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListServicesResponse) => void,
   ): ClientUnaryCall;
-  /** Watch streams a snapshot, then deltas in revision order, with periodic progress messages. */
+  /**
+   * Watch streams a snapshot, then deltas in revision order, with periodic progress messages.
+   * RESOURCE_EXHAUSTED when the connection has as many Watch streams open as the registry allows,
+   * or when too many resumes a second would read etcd (resume again after a backoff).
+   */
   watch(request: WatchRequest, options?: Partial<CallOptions>): ClientReadableStream<WatchResponse>;
   watch(
     request: WatchRequest,

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
 export const file_leasehold_registry_v1_registry: GenFile =
   /*@__PURE__*/
   fileDesc(
-    "CiRsZWFzZWhvbGQvcmVnaXN0cnkvdjEvcmVnaXN0cnkucHJvdG8SFWxlYXNlaG9sZC5yZWdpc3RyeS52MSLfAgoISW5zdGFuY2USDwoHc2VydmljZRgBIAEoCRITCgtpbnN0YW5jZV9pZBgCIAEoCRIPCgdhZGRyZXNzGAMgASgJEg4KBndlaWdodBgEIAEoBRIMCgR6b25lGAUgASgJEj8KCG1ldGFkYXRhGAYgAygLMi0ubGVhc2Vob2xkLnJlZ2lzdHJ5LnYxLkluc3RhbmNlLk1ldGFkYXRhRW50cnkSNQoGc3RhdHVzGAcgASgOMiUubGVhc2Vob2xkLnJlZ2lzdHJ5LnYxLkluc3RhbmNlU3RhdHVzEhUKDXJlZ2lzdGVyZWRfYXQYCCABKAkSFwoPbWV0cmljc19hZGRyZXNzGAkgASgJEhAKCHJldmlzaW9uGAogASgDEhMKC3R0bF9zZWNvbmRzGAsgASgDGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIzCgtJbnN0YW5jZUtleRIPCgdzZXJ2aWNlGAEgASgJEhMKC2luc3RhbmNlX2lkGAIgASgJIoYDCg9SZWdpc3RlclJlcXVlc3QSDwoHc2VydmljZRgBIAEoCRITCgtpbnN0YW5jZV9pZBgCIAEoCRIPCgdhZGRyZXNzGAMgASgJEhMKBndlaWdodBgEIAEoBUgAiAEBEgwKBHpvbmUYBSABKAkSRgoIbWV0YWRhdGEYBiADKAsyNC5sZWFzZWhvbGQucmVnaXN0cnkudjEuUmVnaXN0ZXJSZXF1ZXN0Lk1ldGFkYXRhRW50cnkSFwoPbWV0cmljc19hZGRyZXNzGAcgASgJEhMKC3R0bF9zZWNvbmRzGAggASgDEjUKBnN0YXR1cxgJIAEoDjIlLmxlYXNlaG9sZC5yZWdpc3RyeS52MS5JbnN0YW5jZVN0YXR1cxIcCg9yZWdpc3RyYXRpb25faWQYCiABKAlIAYgBARovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCCQoHX3dlaWdodEISChBfcmVnaXN0cmF0aW9uX2lkIn4KEFJlZ2lzdGVyUmVzcG9uc2USEAoIbGVhc2VfaWQYASABKAMSEwoLdHRsX3NlY29uZHMYAiABKAMSEAoIcmV2aXNpb24YAyABKAMSMQoIaW5zdGFuY2UYBCABKAsyHy5sZWFzZWhvbGQucmVnaXN0cnkudjEuSW5zdGFuY2UiJAoQS2VlcEFsaXZlUmVxdWVzdBIQCghsZWFzZV9pZBgBIAEoAyI6ChFLZWVwQWxpdmVSZXNwb25zZRIQCghsZWFzZV9pZBgBIAEoAxITCgt0dGxfc2Vjb25kcxgCIAEoAyKFAQoOTWV0YWRhdGFVcGRhdGUSQwoHZW50cmllcxgBIAMoCzIyLmxlYXNlaG9sZC5yZWdpc3RyeS52MS5NZXRhZGF0YVVwZGF0ZS5FbnRyaWVzRW50cnkaLgoMRW50cmllc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiiwIKFVVwZGF0ZUluc3RhbmNlUmVxdWVzdBIPCgdzZXJ2aWNlGAEgASgJEhMKC2luc3RhbmNlX2lkGAIgASgJEhAKCGxlYXNlX2lkGAMgASgDEhMKBndlaWdodBgEIAEoBUgAiAEBEjoKBnN0YXR1cxgFIAEoDjIlLmxlYXNlaG9sZC5yZWdpc3RyeS52MS5JbnN0YW5jZVN0YXR1c0gBiAEBEhEKBHpvbmUYBiABKAlIAogBARI3CghtZXRhZGF0YRgHIAEoCzIlLmxlYXNlaG9sZC5yZWdpc3RyeS52MS5NZXRhZGF0YVVwZGF0ZUIJCgdfd2VpZ2h0QgkKB19zdGF0dXNCBwoFX3pvbmUiXQoWVXBkYXRlSW5zdGFuY2VSZXNwb25zZRIxCghpbnN0YW5jZRgBIAEoCzIfLmxlYXNlaG9sZC5yZWdpc3RyeS52MS5JbnN0YW5jZRIQCghyZXZpc2lvbhgCIAEoAyJLChFEZXJlZ2lzdGVyUmVxdWVzdBIPCgdzZXJ2aWNlGAEgASgJEhMKC2luc3RhbmNlX2lkGAIgASgJEhAKCGxlYXNlX2lkGAMgASgDIiYKEkRlcmVnaXN0ZXJSZXNwb25zZRIQCghyZXZpc2lvbhgBIAEoAyIkChFHZXRTZXJ2aWNlUmVxdWVzdBIPCgdzZXJ2aWNlGAEgASgJIloKEkdldFNlcnZpY2VSZXNwb25zZRIyCglpbnN0YW5jZXMYASADKAsyHy5sZWFzZWhvbGQucmVnaXN0cnkudjEuSW5zdGFuY2USEAoIcmV2aXNpb24YAiABKAMiFQoTTGlzdFNlcnZpY2VzUmVxdWVzdCJXCg5TZXJ2aWNlU3VtbWFyeRIPCgdzZXJ2aWNlGAEgASgJEhEKCWluc3RhbmNlcxgCIAEoBRIPCgdzZXJ2aW5nGAMgASgFEhAKCGRyYWluaW5nGAQgASgFImEKFExpc3RTZXJ2aWNlc1Jlc3BvbnNlEjcKCHNlcnZpY2VzGAEgAygLMiUubGVhc2Vob2xkLnJlZ2lzdHJ5LnYxLlNlcnZpY2VTdW1tYXJ5EhAKCHJldmlzaW9uGAIgASgDIjcKDFdhdGNoUmVxdWVzdBIPCgdzZXJ2aWNlGAEgASgJEhYKDnN0YXJ0X3JldmlzaW9uGAIgASgDInwKCFNuYXBzaG90EjIKCWluc3RhbmNlcxgBIAMoCzIfLmxlYXNlaG9sZC5yZWdpc3RyeS52MS5JbnN0YW5jZRIQCghyZXZpc2lvbhgCIAEoAxINCgVyZXNldBgDIAEoCBIbChNvYnNlcnZlZF9hdF91bml4X21zGAQgASgDIp4BCgVEZWx0YRIxCgh1cHNlcnRlZBgBIAMoCzIfLmxlYXNlaG9sZC5yZWdpc3RyeS52MS5JbnN0YW5jZRIzCgdyZW1vdmVkGAIgAygLMiIubGVhc2Vob2xkLnJlZ2lzdHJ5LnYxLkluc3RhbmNlS2V5EhAKCHJldmlzaW9uGAMgASgDEhsKE29ic2VydmVkX2F0X3VuaXhfbXMYBCABKAMiKwoIUHJvZ3Jlc3MSEAoIcmV2aXNpb24YASABKAMSDQoFc3RhbGUYAiABKAgisQEKDVdhdGNoUmVzcG9uc2USMwoIc25hcHNob3QYASABKAsyHy5sZWFzZWhvbGQucmVnaXN0cnkudjEuU25hcHNob3RIABItCgVkZWx0YRgCIAEoCzIcLmxlYXNlaG9sZC5yZWdpc3RyeS52MS5EZWx0YUgAEjMKCHByb2dyZXNzGAMgASgLMh8ubGVhc2Vob2xkLnJlZ2lzdHJ5LnYxLlByb2dyZXNzSABCBwoFZXZlbnQqbAoOSW5zdGFuY2VTdGF0dXMSHwobSU5TVEFOQ0VfU1RBVFVTX1VOU1BFQ0lGSUVEEAASGwoXSU5TVEFOQ0VfU1RBVFVTX1NFUlZJTkcQARIcChhJTlNUQU5DRV9TVEFUVVNfRFJBSU5JTkcQAjLGBQoPUmVnaXN0cnlTZXJ2aWNlElsKCFJlZ2lzdGVyEiYubGVhc2Vob2xkLnJlZ2lzdHJ5LnYxLlJlZ2lzdGVyUmVxdWVzdBonLmxlYXNlaG9sZC5yZWdpc3RyeS52MS5SZWdpc3RlclJlc3BvbnNlEmIKCUtlZXBBbGl2ZRInLmxlYXNlaG9sZC5yZWdpc3RyeS52MS5LZWVwQWxpdmVSZXF1ZXN0GigubGVhc2Vob2xkLnJlZ2lzdHJ5LnYxLktlZXBBbGl2ZVJlc3BvbnNlKAEwARJtCg5VcGRhdGVJbnN0YW5jZRIsLmxlYXNlaG9sZC5yZWdpc3RyeS52MS5VcGRhdGVJbnN0YW5jZVJlcXVlc3QaLS5sZWFzZWhvbGQucmVnaXN0cnkudjEuVXBkYXRlSW5zdGFuY2VSZXNwb25zZRJhCgpEZXJlZ2lzdGVyEigubGVhc2Vob2xkLnJlZ2lzdHJ5LnYxLkRlcmVnaXN0ZXJSZXF1ZXN0GikubGVhc2Vob2xkLnJlZ2lzdHJ5LnYxLkRlcmVnaXN0ZXJSZXNwb25zZRJhCgpHZXRTZXJ2aWNlEigubGVhc2Vob2xkLnJlZ2lzdHJ5LnYxLkdldFNlcnZpY2VSZXF1ZXN0GikubGVhc2Vob2xkLnJlZ2lzdHJ5LnYxLkdldFNlcnZpY2VSZXNwb25zZRJnCgxMaXN0U2VydmljZXMSKi5sZWFzZWhvbGQucmVnaXN0cnkudjEuTGlzdFNlcnZpY2VzUmVxdWVzdBorLmxlYXNlaG9sZC5yZWdpc3RyeS52MS5MaXN0U2VydmljZXNSZXNwb25zZRJUCgVXYXRjaBIjLmxlYXNlaG9sZC5yZWdpc3RyeS52MS5XYXRjaFJlcXVlc3QaJC5sZWFzZWhvbGQucmVnaXN0cnkudjEuV2F0Y2hSZXNwb25zZTABYgZwcm90bzM",
+    "CiRsZWFzZWhvbGQvcmVnaXN0cnkvdjEvcmVnaXN0cnkucHJvdG8SFWxlYXNlaG9sZC5yZWdpc3RyeS52MSLfAgoISW5zdGFuY2USDwoHc2VydmljZRgBIAEoCRITCgtpbnN0YW5jZV9pZBgCIAEoCRIPCgdhZGRyZXNzGAMgASgJEg4KBndlaWdodBgEIAEoBRIMCgR6b25lGAUgASgJEj8KCG1ldGFkYXRhGAYgAygLMi0ubGVhc2Vob2xkLnJlZ2lzdHJ5LnYxLkluc3RhbmNlLk1ldGFkYXRhRW50cnkSNQoGc3RhdHVzGAcgASgOMiUubGVhc2Vob2xkLnJlZ2lzdHJ5LnYxLkluc3RhbmNlU3RhdHVzEhUKDXJlZ2lzdGVyZWRfYXQYCCABKAkSFwoPbWV0cmljc19hZGRyZXNzGAkgASgJEhAKCHJldmlzaW9uGAogASgDEhMKC3R0bF9zZWNvbmRzGAsgASgDGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIzCgtJbnN0YW5jZUtleRIPCgdzZXJ2aWNlGAEgASgJEhMKC2luc3RhbmNlX2lkGAIgASgJIoYDCg9SZWdpc3RlclJlcXVlc3QSDwoHc2VydmljZRgBIAEoCRITCgtpbnN0YW5jZV9pZBgCIAEoCRIPCgdhZGRyZXNzGAMgASgJEhMKBndlaWdodBgEIAEoBUgAiAEBEgwKBHpvbmUYBSABKAkSRgoIbWV0YWRhdGEYBiADKAsyNC5sZWFzZWhvbGQucmVnaXN0cnkudjEuUmVnaXN0ZXJSZXF1ZXN0Lk1ldGFkYXRhRW50cnkSFwoPbWV0cmljc19hZGRyZXNzGAcgASgJEhMKC3R0bF9zZWNvbmRzGAggASgDEjUKBnN0YXR1cxgJIAEoDjIlLmxlYXNlaG9sZC5yZWdpc3RyeS52MS5JbnN0YW5jZVN0YXR1cxIcCg9yZWdpc3RyYXRpb25faWQYCiABKAlIAYgBARovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCCQoHX3dlaWdodEISChBfcmVnaXN0cmF0aW9uX2lkIpoBChBSZWdpc3RlclJlc3BvbnNlEhAKCGxlYXNlX2lkGAEgASgDEhMKC3R0bF9zZWNvbmRzGAIgASgDEhAKCHJldmlzaW9uGAMgASgDEjEKCGluc3RhbmNlGAQgASgLMh8ubGVhc2Vob2xkLnJlZ2lzdHJ5LnYxLkluc3RhbmNlEhoKEnJlZ2lzdHJhdGlvbl90b2tlbhgFIAEoCSJAChBLZWVwQWxpdmVSZXF1ZXN0EhAKCGxlYXNlX2lkGAEgASgDEhoKEnJlZ2lzdHJhdGlvbl90b2tlbhgCIAEoCSI6ChFLZWVwQWxpdmVSZXNwb25zZRIQCghsZWFzZV9pZBgBIAEoAxITCgt0dGxfc2Vjb25kcxgCIAEoAyKFAQoOTWV0YWRhdGFVcGRhdGUSQwoHZW50cmllcxgBIAMoCzIyLmxlYXNlaG9sZC5yZWdpc3RyeS52MS5NZXRhZGF0YVVwZGF0ZS5FbnRyaWVzRW50cnkaLgoMRW50cmllc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEipwIKFVVwZGF0ZUluc3RhbmNlUmVxdWVzdBIPCgdzZXJ2aWNlGAEgASgJEhMKC2luc3RhbmNlX2lkGAIgASgJEhAKCGxlYXNlX2lkGAMgASgDEhMKBndlaWdodBgEIAEoBUgAiAEBEjoKBnN0YXR1cxgFIAEoDjIlLmxlYXNlaG9sZC5yZWdpc3RyeS52MS5JbnN0YW5jZVN0YXR1c0gBiAEBEhEKBHpvbmUYBiABKAlIAogBARI3CghtZXRhZGF0YRgHIAEoCzIlLmxlYXNlaG9sZC5yZWdpc3RyeS52MS5NZXRhZGF0YVVwZGF0ZRIaChJyZWdpc3RyYXRpb25fdG9rZW4YCCABKAlCCQoHX3dlaWdodEIJCgdfc3RhdHVzQgcKBV96b25lIl0KFlVwZGF0ZUluc3RhbmNlUmVzcG9uc2USMQoIaW5zdGFuY2UYASABKAsyHy5sZWFzZWhvbGQucmVnaXN0cnkudjEuSW5zdGFuY2USEAoIcmV2aXNpb24YAiABKAMiZwoRRGVyZWdpc3RlclJlcXVlc3QSDwoHc2VydmljZRgBIAEoCRITCgtpbnN0YW5jZV9pZBgCIAEoCRIQCghsZWFzZV9pZBgDIAEoAxIaChJyZWdpc3RyYXRpb25fdG9rZW4YBCABKAkiJgoSRGVyZWdpc3RlclJlc3BvbnNlEhAKCHJldmlzaW9uGAEgASgDInIKEUdldFNlcnZpY2VSZXF1ZXN0Eg8KB3NlcnZpY2UYASABKAkSFgoJcGFnZV9zaXplGAIgASgFSACIAQESFwoKcGFnZV90b2tlbhgDIAEoCUgBiAEBQgwKCl9wYWdlX3NpemVCDQoLX3BhZ2VfdG9rZW4icwoSR2V0U2VydmljZVJlc3BvbnNlEjIKCWluc3RhbmNlcxgBIAMoCzIfLmxlYXNlaG9sZC5yZWdpc3RyeS52MS5JbnN0YW5jZRIQCghyZXZpc2lvbhgCIAEoAxIXCg9uZXh0X3BhZ2VfdG9rZW4YAyABKAkiFQoTTGlzdFNlcnZpY2VzUmVxdWVzdCJXCg5TZXJ2aWNlU3VtbWFyeRIPCgdzZXJ2aWNlGAEgASgJEhEKCWluc3RhbmNlcxgCIAEoBRIPCgdzZXJ2aW5nGAMgASgFEhAKCGRyYWluaW5nGAQgASgFImEKFExpc3RTZXJ2aWNlc1Jlc3BvbnNlEjcKCHNlcnZpY2VzGAEgAygLMiUubGVhc2Vob2xkLnJlZ2lzdHJ5LnYxLlNlcnZpY2VTdW1tYXJ5EhAKCHJldmlzaW9uGAIgASgDImkKDFdhdGNoUmVxdWVzdBIPCgdzZXJ2aWNlGAEgASgJEhYKDnN0YXJ0X3JldmlzaW9uGAIgASgDEhwKD3NwbGl0X3NuYXBzaG90cxgDIAEoCEgAiAEBQhIKEF9zcGxpdF9zbmFwc2hvdHMijgEKCFNuYXBzaG90EjIKCWluc3RhbmNlcxgBIAMoCzIfLmxlYXNlaG9sZC5yZWdpc3RyeS52MS5JbnN0YW5jZRIQCghyZXZpc2lvbhgCIAEoAxINCgVyZXNldBgDIAEoCBIbChNvYnNlcnZlZF9hdF91bml4X21zGAQgASgDEhAKCGhhc19tb3JlGAUgASgIIp4BCgVEZWx0YRIxCgh1cHNlcnRlZBgBIAMoCzIfLmxlYXNlaG9sZC5yZWdpc3RyeS52MS5JbnN0YW5jZRIzCgdyZW1vdmVkGAIgAygLMiIubGVhc2Vob2xkLnJlZ2lzdHJ5LnYxLkluc3RhbmNlS2V5EhAKCHJldmlzaW9uGAMgASgDEhsKE29ic2VydmVkX2F0X3VuaXhfbXMYBCABKAMiKwoIUHJvZ3Jlc3MSEAoIcmV2aXNpb24YASABKAMSDQoFc3RhbGUYAiABKAgisQEKDVdhdGNoUmVzcG9uc2USMwoIc25hcHNob3QYASABKAsyHy5sZWFzZWhvbGQucmVnaXN0cnkudjEuU25hcHNob3RIABItCgVkZWx0YRgCIAEoCzIcLmxlYXNlaG9sZC5yZWdpc3RyeS52MS5EZWx0YUgAEjMKCHByb2dyZXNzGAMgASgLMh8ubGVhc2Vob2xkLnJlZ2lzdHJ5LnYxLlByb2dyZXNzSABCBwoFZXZlbnQqbAoOSW5zdGFuY2VTdGF0dXMSHwobSU5TVEFOQ0VfU1RBVFVTX1VOU1BFQ0lGSUVEEAASGwoXSU5TVEFOQ0VfU1RBVFVTX1NFUlZJTkcQARIcChhJTlNUQU5DRV9TVEFUVVNfRFJBSU5JTkcQAjLGBQoPUmVnaXN0cnlTZXJ2aWNlElsKCFJlZ2lzdGVyEiYubGVhc2Vob2xkLnJlZ2lzdHJ5LnYxLlJlZ2lzdGVyUmVxdWVzdBonLmxlYXNlaG9sZC5yZWdpc3RyeS52MS5SZWdpc3RlclJlc3BvbnNlEmIKCUtlZXBBbGl2ZRInLmxlYXNlaG9sZC5yZWdpc3RyeS52MS5LZWVwQWxpdmVSZXF1ZXN0GigubGVhc2Vob2xkLnJlZ2lzdHJ5LnYxLktlZXBBbGl2ZVJlc3BvbnNlKAEwARJtCg5VcGRhdGVJbnN0YW5jZRIsLmxlYXNlaG9sZC5yZWdpc3RyeS52MS5VcGRhdGVJbnN0YW5jZVJlcXVlc3QaLS5sZWFzZWhvbGQucmVnaXN0cnkudjEuVXBkYXRlSW5zdGFuY2VSZXNwb25zZRJhCgpEZXJlZ2lzdGVyEigubGVhc2Vob2xkLnJlZ2lzdHJ5LnYxLkRlcmVnaXN0ZXJSZXF1ZXN0GikubGVhc2Vob2xkLnJlZ2lzdHJ5LnYxLkRlcmVnaXN0ZXJSZXNwb25zZRJhCgpHZXRTZXJ2aWNlEigubGVhc2Vob2xkLnJlZ2lzdHJ5LnYxLkdldFNlcnZpY2VSZXF1ZXN0GikubGVhc2Vob2xkLnJlZ2lzdHJ5LnYxLkdldFNlcnZpY2VSZXNwb25zZRJnCgxMaXN0U2VydmljZXMSKi5sZWFzZWhvbGQucmVnaXN0cnkudjEuTGlzdFNlcnZpY2VzUmVxdWVzdBorLmxlYXNlaG9sZC5yZWdpc3RyeS52MS5MaXN0U2VydmljZXNSZXNwb25zZRJUCgVXYXRjaBIjLmxlYXNlaG9sZC5yZWdpc3RyeS52MS5XYXRjaFJlcXVlc3QaJC5sZWFzZWhvbGQucmVnaXN0cnkudjEuV2F0Y2hSZXNwb25zZTABYgZwcm90bzM",
   );
 
 /**
@@ -231,6 +231,16 @@ export type RegisterResponse = Message<"leasehold.registry.v1.RegisterResponse">
    * @generated from field: leasehold.registry.v1.Instance instance = 4;
    */
   instance?: Instance | undefined;
+
+  /**
+   * Unguessable proof of ownership (32 random bytes, base64url, 43 chars): UpdateInstance,
+   * Deregister and KeepAlive require it. The registry stores only its SHA-256 and never logs it.
+   * A Register that adopts an earlier attempt (same registration_id) returns a fresh token and the
+   * earlier one stops working.
+   *
+   * @generated from field: string registration_token = 5;
+   */
+  registrationToken: string;
 };
 
 /**
@@ -249,6 +259,14 @@ export type KeepAliveRequest = Message<"leasehold.registry.v1.KeepAliveRequest">
    * @generated from field: int64 lease_id = 1;
    */
   leaseId: bigint;
+
+  /**
+   * RegisterResponse.registration_token of the instance the lease holds: required. A lease that
+   * holds no Leasehold instance answers NOT_FOUND; a wrong token PERMISSION_DENIED.
+   *
+   * @generated from field: string registration_token = 2;
+   */
+  registrationToken: string;
 };
 
 /**
@@ -344,6 +362,13 @@ export type UpdateInstanceRequest = Message<"leasehold.registry.v1.UpdateInstanc
    * @generated from field: leasehold.registry.v1.MetadataUpdate metadata = 7;
    */
   metadata?: MetadataUpdate | undefined;
+
+  /**
+   * RegisterResponse.registration_token: required; a wrong one is PERMISSION_DENIED.
+   *
+   * @generated from field: string registration_token = 8;
+   */
+  registrationToken: string;
 };
 
 /**
@@ -395,6 +420,13 @@ export type DeregisterRequest = Message<"leasehold.registry.v1.DeregisterRequest
    * @generated from field: int64 lease_id = 3;
    */
   leaseId: bigint;
+
+  /**
+   * RegisterResponse.registration_token: required; a wrong one is PERMISSION_DENIED.
+   *
+   * @generated from field: string registration_token = 4;
+   */
+  registrationToken: string;
 };
 
 /**
@@ -431,6 +463,26 @@ export type GetServiceRequest = Message<"leasehold.registry.v1.GetServiceRequest
    * @generated from field: string service = 1;
    */
   service: string;
+
+  /**
+   * Most instances in one response; 0 means as many as fit the registry's response budget
+   * (about 3 MiB, so every response stays under grpc's default 4 MiB receive limit). Larger values
+   * are lowered to 5000, and a page never exceeds the budget whatever page_size says.
+   *
+   * @generated from field: optional int32 page_size = 2;
+   */
+  pageSize?: number | undefined;
+
+  /**
+   * next_page_token of the previous response, to read the next page; empty reads the first.
+   * Every page of one listing is read at the first page's revision; once etcd compacted it the
+   * call fails with ABORTED and the listing must start again without a token.
+   * (`optional` on these request fields only so that existing TypeScript callers need not set
+   * them; on the wire they are plain fields.)
+   *
+   * @generated from field: optional string page_token = 3;
+   */
+  pageToken?: string | undefined;
 };
 
 /**
@@ -446,14 +498,26 @@ export const GetServiceRequestSchema: GenMessage<GetServiceRequest> =
  */
 export type GetServiceResponse = Message<"leasehold.registry.v1.GetServiceResponse"> & {
   /**
+   * Sorted by instance_id.
+   *
    * @generated from field: repeated leasehold.registry.v1.Instance instances = 1;
    */
   instances: Instance[];
 
   /**
+   * The revision every page of this listing is read at.
+   *
    * @generated from field: int64 revision = 2;
    */
   revision: bigint;
+
+  /**
+   * Opaque token of the next page; empty on the last page. A client that ignores it sees only
+   * the first page of a service larger than the response budget.
+   *
+   * @generated from field: string next_page_token = 3;
+   */
+  nextPageToken: string;
 };
 
 /**
@@ -552,6 +616,15 @@ export type WatchRequest = Message<"leasehold.registry.v1.WatchRequest"> & {
    * @generated from field: int64 start_revision = 2;
    */
   startRevision: bigint;
+
+  /**
+   * Split a snapshot over several Snapshot messages, each under the registry's message budget
+   * (about 1 MiB); every one but the last has has_more set. False sends one Snapshot message,
+   * which a client cannot receive once it passes its receive limit (grpc's default is 4 MiB).
+   *
+   * @generated from field: optional bool split_snapshots = 3;
+   */
+  splitSnapshots?: boolean | undefined;
 };
 
 /**
@@ -591,6 +664,15 @@ export type Snapshot = Message<"leasehold.registry.v1.Snapshot"> & {
    * @generated from field: int64 observed_at_unix_ms = 4;
    */
   observedAtUnixMs: bigint;
+
+  /**
+   * More Snapshot messages of this same snapshot follow (only with split_snapshots): the caller
+   * applies the snapshot once a message without has_more arrives. Every part carries the same
+   * revision, reset and observed_at_unix_ms; the parts together list each instance once.
+   *
+   * @generated from field: bool has_more = 5;
+   */
+  hasMore: boolean;
 };
 
 /**
@@ -750,7 +832,8 @@ export const InstanceStatusSchema: GenEnum<InstanceStatus> =
 export const RegistryService: GenService<{
   /**
    * Register validates an instance, grants a lease of ttl_seconds and puts the instance key
-   * attached to it in one etcd transaction. ALREADY_EXISTS when another live lease holds the key.
+   * attached to it in one etcd transaction. ALREADY_EXISTS when another live lease holds the key;
+   * RESOURCE_EXHAUSTED when the service holds as many instances as the registry allows.
    *
    * @generated from rpc leasehold.registry.v1.RegistryService.Register
    */
@@ -760,8 +843,10 @@ export const RegistryService: GenService<{
     output: typeof RegisterResponseSchema;
   };
   /**
-   * KeepAlive renews leases: one response per request with the remaining TTL. A lease that no
-   * longer exists ends the stream with NOT_FOUND so the holder re-registers at once.
+   * KeepAlive renews leases: one response per request with the remaining TTL. Each request carries
+   * the registration token; a lease that no longer exists, or holds no Leasehold instance, ends the
+   * stream with NOT_FOUND so the holder re-registers at once; a wrong token with PERMISSION_DENIED;
+   * more messages per second than the registry allows with RESOURCE_EXHAUSTED.
    *
    * @generated from rpc leasehold.registry.v1.RegistryService.KeepAlive
    */
@@ -771,8 +856,8 @@ export const RegistryService: GenService<{
     output: typeof KeepAliveResponseSchema;
   };
   /**
-   * UpdateInstance changes weight, status, zone or metadata; fenced by the holding lease
-   * (PERMISSION_DENIED for another lease, NOT_FOUND when the instance is gone).
+   * UpdateInstance changes weight, status, zone or metadata; fenced by the holding lease and the
+   * registration token (PERMISSION_DENIED for another lease or token, NOT_FOUND when it is gone).
    *
    * @generated from rpc leasehold.registry.v1.RegistryService.UpdateInstance
    */
@@ -782,7 +867,7 @@ export const RegistryService: GenService<{
     output: typeof UpdateInstanceResponseSchema;
   };
   /**
-   * Deregister revokes the holding lease; the key disappears at once.
+   * Deregister revokes the holding lease; the key disappears at once. Fenced like UpdateInstance.
    *
    * @generated from rpc leasehold.registry.v1.RegistryService.Deregister
    */
@@ -813,6 +898,8 @@ export const RegistryService: GenService<{
   };
   /**
    * Watch streams a snapshot, then deltas in revision order, with periodic progress messages.
+   * RESOURCE_EXHAUSTED when the connection has as many Watch streams open as the registry allows,
+   * or when too many resumes a second would read etcd (resume again after a backoff).
    *
    * @generated from rpc leasehold.registry.v1.RegistryService.Watch
    */
