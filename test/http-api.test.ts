@@ -319,7 +319,7 @@ test("Watch over server-sent events: a snapshot, then a delta when an instance r
   t.is(replayed.id, second.revision);
 });
 
-test("Watch with a bad service name is answered 400 before any event", async (t) => {
+test("Watch with a bad service name or a non-bool split_snapshots is answered 400 before any event; splitSnapshots=true is read as a bool", async (t) => {
   const response = await fetch(`${t.context.base}/Watch?service=Not_A_Label`, {
     headers: { accept: "text/event-stream" },
   });
@@ -327,6 +327,15 @@ test("Watch with a bad service name is answered 400 before any event", async (t)
   const body = (await response.json()) as Json;
   t.is(body["code"], "invalid_argument");
   t.regex(body["message"] as string, /^service: /);
+
+  const notBool = await fetch(`${t.context.base}/Watch?split_snapshots=1`);
+  t.is(notBool.status, 400);
+  t.regex(((await notBool.json()) as Json)["message"] as string, /WatchRequest\.split_snapshots/);
+  // A bool field takes true/false from the query.
+  const split = await fetch(`${t.context.base}/Watch?splitSnapshots=true`);
+  const events = new EventReader(split);
+  t.teardown(() => events.cancel());
+  t.like((await events.nextChange()).data["snapshot"], { hasMore: false });
 });
 
 test("a Connect client (connect-node, HTTP/1.1) registers and streams Watch: a snapshot, then the delta of a gRPC registration", async (t) => {

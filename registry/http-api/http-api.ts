@@ -4,6 +4,8 @@ import {
   fromJson,
   toBinary,
   toJson,
+  ScalarType,
+  type DescMessage,
   type DescMethod,
   type DescMethodUnary,
   type JsonValue,
@@ -71,8 +73,9 @@ interface GrpcCodec {
  * - `POST .../KeepAlive`: ONE renewal per call (`{"leaseId":"…"}` → `{"leaseId","ttlSeconds"}`), since
  *   the gRPC method is a bidi stream that HTTP/1.1 cannot carry; call it every TTL/3;
  * - `GET .../Watch?service=S&startRevision=R` (`Accept: text/event-stream`): events `snapshot`, `delta`,
- *   `progress`, each `data:` one WatchResponse in proto3 JSON and `id:` its revision, so an
- *   EventSource resumes after a break with `Last-Event-ID` (which overrides `startRevision`); a
+ *   `progress`, each `data:` one WatchResponse in proto3 JSON and `id:` its revision (none on a
+ *   split snapshot's parts but the last), so an EventSource resumes after a break with
+ *   `Last-Event-ID` (which overrides `startRevision`); a
  *   stream the registry ends with an error sends an `error` event (Connect's error JSON) first;
  * - `POST .../Watch` with `application/connect+json` (or `+proto`): Watch as a Connect server
  *   stream, for Connect clients.
@@ -266,6 +269,20 @@ function answerError(
   response.end(JSON.stringify(errorToJson(error, undefined)));
 }
 
+/**
+ * Query parameters as the proto3 JSON object of `schema`: values stay strings (proto3 JSON reads
+ * numbers and int64 from strings), except `true`/`false` of a bool field, which JSON wants bare.
+ */
+function queryJson(schema: DescMessage, parameters: URLSearchParams): Record<string, JsonValue> {
+  const json: Record<string, JsonValue> = {};
+  for (const [name, value] of parameters) {
+    const field = schema.fields.find((candidate) => candidate.name === name || candidate.jsonName === name);
+    const isBool = field?.fieldKind === "scalar" && field.scalar === ScalarType.BOOL;
+    json[name] = isBool && (value === "true" || value === "false") ? value === "true" : value;
+  }
+  return json;
+}
+
 /** One server-sent event (WHATWG HTML §9.2). */
 function sseEvent(name: string, id: string | undefined, data: JsonValue): string {
   return `event: ${name}\n${id === undefined ? "" : `id: ${id}\n`}data: ${JSON.stringify(data)}\n\n`;
@@ -286,9 +303,7 @@ function serveWatchEvents(
   const codec = codecOf(method);
   let watchRequest: Parameters<RegistryOperations["watch"]>[0];
   try {
-    const query: Record<string, string> = Object.fromEntries(
-      new URL(request.url ?? "", "http://api").searchParams,
-    );
+    const query = queryJson(method.input, new URL(request.url ?? "", "http://api").searchParams);
     const lastEventId = request.headers["last-event-id"];
     if (typeof lastEventId === "string" && lastEventId !== "") {
       delete query["start_revision"];
@@ -324,7 +339,10 @@ function serveWatchEvents(
         JSON_OPTIONS,
       );
       const name = message.event?.$case ?? "message";
-      return response.write(sseEvent(name, message.event?.value.revision, json));
+      // A part of a split snapshot with more to come gets no id: resuming after its revision would
+      // skip the parts not yet received.
+      const isPartial = message.event?.$case === "snapshot" && message.event.value.hasMore;
+      return response.write(sseEvent(name, isPartial ? undefined : message.event?.value.revision, json));
     },
     once: (event, listener) => response.once(event, listener),
     end: (error) => {
