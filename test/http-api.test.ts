@@ -1,5 +1,6 @@
 import { execFile } from "node:child_process";
 import { readFile } from "node:fs/promises";
+import { gzipSync } from "node:zlib";
 import { promisify } from "node:util";
 import anyTest, { type TestFn } from "ava";
 import { ConnectError, createClient, type Client } from "@connectrpc/connect";
@@ -428,4 +429,27 @@ test("the README's HTTP API example (curl and jq) runs against a real registry",
   t.like(updated?.["instance"], { weight: 5 });
   t.regex(deregistered?.["revision"] as string, /^\d+$/);
   t.deepEqual((await rpc(fixture.client).getService({ service: "calc" })).instances, []);
+});
+
+test("hostile bodies: over 64 KiB, or a gzip body that inflates past it, are refused 429 resource_exhausted; a body that does not inflate is 400", async (t) => {
+  const { base } = t.context;
+  const post = async (body: Uint8Array | string, headers: Record<string, string> = {}) => {
+    const response = await fetch(`${base}/Register`, {
+      method: "POST",
+      headers: { "content-type": "application/json", ...headers },
+      body,
+    });
+    return { status: response.status, json: (await response.json()) as Json };
+  };
+  const oversized = await post(JSON.stringify({ service: "calc", zone: "a".repeat(100_000) }));
+  t.is(oversized.status, 429);
+  t.is(oversized.json["code"], "resource_exhausted");
+  const bomb = gzipSync(JSON.stringify({ service: "calc", zone: "a".repeat(10_000_000) }));
+  t.true(bomb.length < 64 * 1024, "the compressed body itself is small");
+  const inflated = await post(bomb, { "content-encoding": "gzip" });
+  t.is(inflated.status, 429);
+  t.regex(inflated.json["message"] as string, /readMaxBytes 65536 after decompression/);
+  const notGzip = await post("{}", { "content-encoding": "gzip" });
+  t.is(notGzip.status, 400);
+  t.is(notGzip.json["code"], "invalid_argument");
 });
