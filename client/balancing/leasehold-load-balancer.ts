@@ -186,15 +186,18 @@ class LeaseholdPicker implements GrpcPicker {
     }
     const nowMs = Date.now();
     const balancer = this.#balancer;
-    let firstStalled: Child | undefined;
-    for (let tries = 0; tries <= this.#picker.instances.length; tries++) {
+    // Stalled instances skipped so far, in pick order; the fallback takes them one by one.
+    const stalled: Child[] = [];
+    let fallbacks = 0;
+    for (let tries = 0; tries <= 2 * this.#picker.instances.length; tries++) {
       let child = this.#picker.pick(exclude);
       if (child === undefined) {
-        // Only stalled instances left: better one of them than none (they may answer yet).
-        if (firstStalled === undefined) break;
-        child = firstStalled;
-      } else if (child !== firstStalled && balancer.isStalled(child, nowMs)) {
-        firstStalled ??= child;
+        // Only stalled instances left: better one of them than none (they may answer yet), and
+        // the next one when a breaker refuses it (a half-open trial in flight).
+        child = stalled[fallbacks++];
+        if (child === undefined) break;
+      } else if (balancer.isStalled(child, nowMs)) {
+        stalled.push(child);
         (exclude ??= new Set()).add(child.instanceId);
         continue;
       }

@@ -1,6 +1,8 @@
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
+import { createServer as createHttpsServer } from "node:https";
 import type { AddressInfo, Socket } from "node:net";
 import type { Registry } from "prom-client";
+import { isTlsOn, tlsServerOptions, watchTlsFiles, type TlsFiles } from "../tls/tls-files.js";
 
 /** A host and port, e.g. from `127.0.0.1:0` or `[::]:7100`. */
 export interface HostPort {
@@ -147,33 +149,41 @@ function refuseClient(error: Error & { code?: string }, socket: Socket): void {
  * request, 404 for other paths, 405 for other methods, 500 with no details when a route throws),
  * within {@link httpLimits}, after `handler` (if any) declined the request. No request, however
  * malformed, throws out of the server. Streamed answers ({@link HttpStream}) stay open until their
- * client goes; `close()` ends them.
- * @throws the listen error (EADDRINUSE ...).
+ * client goes; `close()` ends them. With `tls` (cert and key, see {@link TlsFiles}) it serves HTTPS
+ * instead, requiring a client certificate when a CA is given; the files are re-read every 60 s and
+ * a changed certificate serves new connections.
+ * @throws the listen error (EADDRINUSE ...); TlsConfigError for unreadable TLS files.
  */
 export async function startHttpEndpoints(
   listen: HostPort | string,
   routes: HttpRoutes,
+  tls?: TlsFiles,
   handler?: HttpHandler,
 ): Promise<HttpEndpoints> {
   const { host, port } = typeof listen === "string" ? splitHostPort(listen) : listen;
-  const server = createServer(
-    {
-      headersTimeout: httpLimits.headersTimeoutMs,
-      requestTimeout: httpLimits.requestTimeoutMs,
-      keepAliveTimeout: httpLimits.keepAliveTimeoutMs,
-      connectionsCheckingInterval: httpLimits.connectionsCheckingIntervalMs,
-      maxHeaderSize: httpLimits.maxHeaderSizeBytes,
-    },
-    (request, response) => {
-      try {
-        if (requestPath(request.url) !== undefined && handler?.(request, response) === true) return;
-        answer(routes, request, response);
-      } catch {
-        if (!response.headersSent) response.writeHead(500);
-        response.end();
-      }
-    },
-  );
+  const limits = {
+    headersTimeout: httpLimits.headersTimeoutMs,
+    requestTimeout: httpLimits.requestTimeoutMs,
+    keepAliveTimeout: httpLimits.keepAliveTimeoutMs,
+    connectionsCheckingInterval: httpLimits.connectionsCheckingIntervalMs,
+    maxHeaderSize: httpLimits.maxHeaderSizeBytes,
+  };
+  const handle = (request: IncomingMessage, response: ServerResponse) => {
+    try {
+      if (requestPath(request.url) !== undefined && handler?.(request, response) === true) return;
+      answer(routes, request, response);
+    } catch {
+      if (!response.headersSent) response.writeHead(500);
+      response.end();
+    }
+  };
+  let stopTlsReload = () => {};
+  const server = isTlsOn(tls)
+    ? createHttpsServer({ ...limits, ...tlsServerOptions(tls) }, handle)
+    : createServer(limits, handle);
+  if (isTlsOn(tls) && "setSecureContext" in server) {
+    stopTlsReload = watchTlsFiles(tls, (options) => server.setSecureContext(options));
+  }
   server.maxRequestsPerSocket = httpLimits.maxRequestsPerSocket;
   server.maxConnections = httpLimits.maxConnections;
   server.on("clientError", refuseClient);
@@ -191,6 +201,7 @@ export async function startHttpEndpoints(
     address: `${host}:${(server.address() as AddressInfo).port}`,
     close: async () =>
       await (closing ??= new Promise<void>((resolve) => {
+        stopTlsReload();
         server.close(() => resolve());
         server.closeAllConnections();
       })),

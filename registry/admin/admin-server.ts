@@ -11,6 +11,7 @@ import {
 } from "../../client/server/http-endpoints.js";
 import { routableHost } from "../../client/server/routable-host.js";
 import type { Instance } from "../../proto/gen/leasehold/registry/v1/registry.js";
+import type { TlsFiles } from "../../client/tls/tls-files.js";
 
 /** One target group of Prometheus HTTP service discovery. */
 export interface PrometheusTargetGroup {
@@ -49,6 +50,8 @@ export interface AdminSources {
   readonly routes?: HttpRoutes;
   /** Takes requests before the routes (the HTTP API under `/leasehold.registry.v1.RegistryService/`). */
   readonly handler?: HttpHandler;
+  /** HTTPS instead of HTTP (mTLS with a CA); see `startHttpEndpoints`. */
+  readonly tls?: TlsFiles | undefined;
 }
 
 /**
@@ -72,6 +75,7 @@ export async function startAdminServer(listen: HostPort, sources: AdminSources):
         body: JSON.stringify(prometheusTargets(sources.instances(), selfAddress)),
       }),
     },
+    sources.tls,
     sources.handler,
   );
   // A wildcard bind (0.0.0.0) is listed as the address others dial, as instances list theirs.

@@ -6,6 +6,7 @@ const statusByCode: Readonly<Record<RegistryErrorCode, status>> = {
   not_found: status.NOT_FOUND,
   already_exists: status.ALREADY_EXISTS,
   permission_denied: status.PERMISSION_DENIED,
+  unauthenticated: status.UNAUTHENTICATED,
   resource_exhausted: status.RESOURCE_EXHAUSTED,
   aborted: status.ABORTED,
   out_of_range: status.OUT_OF_RANGE,

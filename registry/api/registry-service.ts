@@ -1,5 +1,6 @@
 import type { ServerDuplexStream, ServerUnaryCall, handleUnaryCall, sendUnaryData } from "@grpc/grpc-js";
 import type { Logger } from "pino";
+import type { CallIdentity, RegistryAuth } from "../auth/registry-auth.js";
 import type {
   DeregisterRequest,
   DeregisterResponse,
@@ -47,42 +48,54 @@ export interface RegistryServiceDeps {
   readonly logger: Logger;
   /** Operator choices that loosen validation; default none. */
   readonly validation?: ValidationOptions;
+  /** [auth] Authentication and authorisation (issue 7); undefined = auth off, anyone may write. */
+  readonly auth?: RegistryAuth | undefined;
   /** Clock for `registered_at`; default `() => new Date()`. */
   readonly now?: () => Date;
 }
 
+/** One unary operation: the request, when its caller stops waiting, and who the caller is. */
+export type UnaryOperation<Request, Response> = (
+  request: Request,
+  scope: RequestScope,
+  caller: CallIdentity,
+) => Promise<Response>;
+
 /**
  * The RegistryService's behaviour without a transport: ts-proto messages in and out, failures
  * thrown as {@link RegistryError} (`internal` for anything unexpected, already logged). The gRPC
- * handlers and the HTTP API (`registry/http-api/`) both call these, so validation, limits and
- * behaviour live in one place.
+ * handlers and the HTTP API (`registry/http-api/`) both call these, so validation, limits,
+ * authentication and authorisation live in one place. `caller` is what the call presents
+ * (a gRPC call, or the HTTP API's view of its request: `Authorization` header and verified client
+ * certificate); with auth on, a write without a principal is `unauthenticated`, a write into a
+ * service outside its grant or to another principal's instance `permission_denied`.
  */
 export interface RegistryOperations {
-  readonly register: (request: RegisterRequest, scope: RequestScope) => Promise<RegisterResponse>;
+  readonly register: UnaryOperation<RegisterRequest, RegisterResponse>;
   /**
    * Renews a lease once, over a keepalive stream of its own: what one message of the KeepAlive
-   * stream does (the HTTP API's unary KeepAlive), token check included. `not_found` when the lease
-   * no longer exists, `permission_denied` for another instance's token.
+   * stream does (the HTTP API's unary KeepAlive), token and owner checks included. `not_found`
+   * when the lease no longer exists, `permission_denied` for another instance's token or another
+   * principal's lease.
    */
-  readonly keepAliveOnce: (request: KeepAliveRequest, scope: RequestScope) => Promise<KeepAliveResponse>;
-  readonly updateInstance: (
-    request: UpdateInstanceRequest,
-    scope: RequestScope,
-  ) => Promise<UpdateInstanceResponse>;
-  readonly deregister: (request: DeregisterRequest, scope: RequestScope) => Promise<DeregisterResponse>;
-  readonly getService: (request: GetServiceRequest, scope: RequestScope) => Promise<GetServiceResponse>;
-  readonly listServices: (request: ListServicesRequest, scope: RequestScope) => Promise<ListServicesResponse>;
+  readonly keepAliveOnce: UnaryOperation<KeepAliveRequest, KeepAliveResponse>;
+  readonly updateInstance: UnaryOperation<UpdateInstanceRequest, UpdateInstanceResponse>;
+  readonly deregister: UnaryOperation<DeregisterRequest, DeregisterResponse>;
+  readonly getService: UnaryOperation<GetServiceRequest, GetServiceResponse>;
+  readonly listServices: UnaryOperation<ListServicesRequest, ListServicesResponse>;
   /**
    * Takes a Watch stream slot of `connection` (the caller's connection, e.g. `ip:port`; limited
-   * per connection), validates `request` and subscribes `sink` to the watch hub until `signal`
-   * aborts or the sink is ended; resolves once the snapshot (or the resumed deltas) are written.
-   * Rejects (`resource_exhausted`, `invalid_argument`, ...) before anything is written.
+   * per connection and per principal), checks that `caller` may read, validates `request` and
+   * subscribes `sink` to the watch hub until `signal` aborts or the sink is ended; resolves once
+   * the snapshot (or the resumed deltas) are written. Rejects (`resource_exhausted`,
+   * `unauthenticated`, `permission_denied`, `invalid_argument`, ...) before anything is written.
    */
   readonly watch: (
     request: WatchRequest,
     sink: WatchSink,
     signal: AbortSignal,
     connection: string,
+    caller: CallIdentity,
   ) => Promise<void>;
 }
 
@@ -100,10 +113,14 @@ export interface RegistryServiceHandlers {
  * leaves through `toServiceError`.
  */
 export function createRegistryService(deps: RegistryServiceDeps): RegistryServiceHandlers {
-  const { store, hub, limiter, metrics, logger } = deps;
-  // Until authentication names callers (issue 7, item 3), everyone is one principal; quotas that
-  // will be per principal take it already.
-  const principal = ANONYMOUS_PRINCIPAL;
+  const { store, hub, limiter, metrics, logger, auth } = deps;
+  // [auth] A write's scope carries the caller's principal as the instance owner; anonymous →
+  // UNAUTHENTICATED before anything else, a service outside its grant → PERMISSION_DENIED.
+  const requireWriter = (caller: CallIdentity) => auth?.requirePrincipal(caller);
+  const owned = (scope: RequestScope, caller: CallIdentity, service: string): RequestScope =>
+    auth === undefined ? scope : { ...scope, owner: auth.authorizeWrite(caller, service) };
+  // [auth] Quotas per principal key on the authenticated principal; without auth every caller is one.
+  const quotaPrincipal = (scope: RequestScope) => scope.owner ?? ANONYMOUS_PRINCIPAL;
   const now = deps.now ?? (() => new Date());
   const keepAliveStreams = new Set<(error: RegistryError) => void>();
   const pageSources: ServicePageSources = {
@@ -124,22 +141,24 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
   const operation =
     <Request, Response>(
       method: string,
-      run: (request: Request, scope: RequestScope) => Promise<Response>,
-    ): ((request: Request, scope: RequestScope) => Promise<Response>) =>
-    (request, scope) =>
-      new Promise<Response>((resolve) => resolve(run(request, scope))).catch((error: unknown) => {
+      run: UnaryOperation<Request, Response>,
+    ): UnaryOperation<Request, Response> =>
+    (request, scope, caller) =>
+      new Promise<Response>((resolve) => resolve(run(request, scope, caller))).catch((error: unknown) => {
         throw failed(method, error);
       });
 
   /**
-   * Renews `request`'s lease on `keepAlive` once its token is proven: `provenLeases` (lease id →
-   * token hash) remembers leases etcd confirmed, so a stream asks only once per lease (a
-   * deregistered lease is revoked, so its renewal answers NOT_FOUND anyway).
+   * Renews `request`'s lease on `keepAlive` once its token is proven and, with auth on, once the
+   * instance it holds is `principal`'s: `provenLeases` (lease id → token hash) remembers leases
+   * etcd confirmed, so a stream of one principal asks only once per lease (a deregistered lease is
+   * revoked, so its renewal answers NOT_FOUND anyway).
    */
   const renew = async (
     keepAlive: LeaseKeepAlive,
     provenLeases: Map<string, string>,
     request: KeepAliveRequest,
+    principal: string | undefined,
   ): Promise<KeepAliveResponse> => {
     const fence = valueOf(validateKeepAlive(request));
     const { leaseId } = fence;
@@ -157,6 +176,7 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
           `registration_token does not match the instance lease ${leaseId} holds`,
         );
       }
+      if (principal !== undefined) await checkLeaseOwner(leaseId, principal); // [auth]
       if (provenLeases.size >= MAX_PROVEN_LEASES_PER_STREAM) provenLeases.clear();
       provenLeases.set(leaseId, fence.tokenHash);
     }
@@ -168,11 +188,13 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
   };
 
   const operations: RegistryOperations = {
-    register: operation("Register", async (request: RegisterRequest, scope) => {
+    register: operation("Register", async (request: RegisterRequest, callerScope, caller) => {
       try {
+        requireWriter(caller);
         const { instance, ttlSeconds, registrationId } = valueOf(
           validateRegister(request, now().toISOString(), deps.validation),
         );
+        const scope = owned(callerScope, caller, instance.service);
         const registrationHash =
           registrationId === undefined ? undefined : hashRegistrationId(registrationId);
         // Issued here, returned once, stored only as its hash, never logged.
@@ -180,7 +202,7 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
         const registration = await limiter.admitInstance(
           instance,
           () => store.register(instance, ttlSeconds, { registrationHash, tokenHash: token.hash }, scope),
-          principal,
+          quotaPrincipal(scope),
         );
         metrics.registrations.inc({ result: registration.isAdopted ? "adopted" : "ok" });
         const fields = { service: instance.service, instanceId: instance.instanceId };
@@ -200,38 +222,49 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
       }
     }),
 
-    keepAliveOnce: operation("KeepAlive", async (request: KeepAliveRequest) => {
+    keepAliveOnce: operation("KeepAlive", async (request: KeepAliveRequest, _scope, caller) => {
+      const principal = auth?.requirePrincipal(caller);
       const keepAlive = store.openKeepAlive();
       try {
-        return await renew(keepAlive, new Map(), request);
+        return await renew(keepAlive, new Map(), request, principal);
       } finally {
         keepAlive.close();
       }
     }),
 
-    updateInstance: operation("UpdateInstance", async (request: UpdateInstanceRequest, scope) => {
-      const { key, change, ...fence } = valueOf(validateUpdate(request));
-      const updated = await store.update(key, fence, (current) => applyChange(current, change), scope);
-      return { instance: updated.instance, revision: updated.revision };
-    }),
+    updateInstance: operation(
+      "UpdateInstance",
+      async (request: UpdateInstanceRequest, callerScope, caller) => {
+        requireWriter(caller);
+        const { key, change, ...fence } = valueOf(validateUpdate(request));
+        const scope = owned(callerScope, caller, key.service);
+        const updated = await store.update(key, fence, (current) => applyChange(current, change), scope);
+        return { instance: updated.instance, revision: updated.revision };
+      },
+    ),
 
-    deregister: operation("Deregister", async (request: DeregisterRequest, scope) => {
+    deregister: operation("Deregister", async (request: DeregisterRequest, callerScope, caller) => {
+      requireWriter(caller);
       const { key, ...fence } = valueOf(validateDeregister(request));
+      const scope = owned(callerScope, caller, key.service);
       const revision = await store.deregister(key, fence, scope);
       logger.info({ service: key.service, instanceId: key.instanceId }, "deregistered");
       return { revision };
     }),
 
-    getService: operation("GetService", async (request: GetServiceRequest, scope) => {
+    getService: operation("GetService", async (request: GetServiceRequest, scope, caller) => {
+      auth?.authorizeRead(caller);
       const service = valueOf(validateServiceName(request.service));
       return await getServicePage(service, request, pageSources, scope);
     }),
 
-    listServices: operation("ListServices", () =>
-      Promise.resolve({ services: hub.summaries(), revision: String(hub.revision) }),
-    ),
+    listServices: operation("ListServices", (_request, _scope, caller) => {
+      auth?.authorizeRead(caller);
+      return Promise.resolve({ services: hub.summaries(), revision: String(hub.revision) });
+    }),
 
-    watch: async (request, sink, signal, connection) => {
+    watch: async (request, sink, signal, connection, caller) => {
+      const principal = auth?.principalOf(caller) ?? ANONYMOUS_PRINCIPAL; // [auth]
       const release = once(limiter.acquireWatchStream(connection, principal));
       signal.addEventListener("abort", release, { once: true });
       const released: WatchSink = {
@@ -243,6 +276,7 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
         },
       };
       try {
+        auth?.authorizeRead(caller); // [auth]
         const valid = valueOf(validateWatch(request));
         await hub.subscribe(released, { ...valid, splitSnapshots: request.splitSnapshots === true }, signal);
       } catch (error) {
@@ -252,12 +286,21 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
     },
   };
 
+  /** [auth] A KeepAlive may renew only a lease holding an instance its principal registered. */
+  const checkLeaseOwner = async (leaseId: string, principal: string) => {
+    const held = await store.leaseOwner(leaseId);
+    if (held === undefined) {
+      throw new RegistryError("not_found", `lease ${leaseId} holds no instance; register again`);
+    }
+    if (held.owner !== principal) {
+      throw new RegistryError("permission_denied", `lease ${leaseId} holds an instance of another principal`);
+    }
+  };
+
   const unary =
-    <Request, Response>(
-      run: (request: Request, scope: RequestScope) => Promise<Response>,
-    ): handleUnaryCall<Request, Response> =>
+    <Request, Response>(run: UnaryOperation<Request, Response>): handleUnaryCall<Request, Response> =>
     (call, callback: sendUnaryData<Response>) => {
-      run(call.request, callerScope(call)).then(
+      run(call.request, callerScope(call), call).then(
         (response) => callback(null, response),
         (error: unknown) => callback(toServiceError(error)),
       );
@@ -281,6 +324,13 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
         else call.emit("error", toServiceError(failed("KeepAlive", error)));
       };
       keepAliveStreams.add(end);
+      // [auth] The stream's principal, fixed for its life: each lease's owner is checked once.
+      let principal: string | undefined;
+      try {
+        principal = auth?.requirePrincipal(call);
+      } catch (error) {
+        end(RegistryError.from(error));
+      }
       // Requests are answered one at a time, in order; a failure ends the stream with its status.
       call.on("data", (request: KeepAliveRequest) => {
         // Counted on arrival, not when answered: a flood is cut however fast etcd answers.
@@ -293,7 +343,7 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
         replies = replies
           .then(async () => {
             if (isEnded) return;
-            const response = await renew(keepAlive, provenLeases, request);
+            const response = await renew(keepAlive, provenLeases, request, principal);
             if (!isEnded) call.write(response);
           })
           .catch((error: unknown) => end(RegistryError.from(error)));
@@ -331,7 +381,7 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
       call.on("error", (error) => logger.debug({ err: error }, "watch stream error"));
       // One HTTP/2 session per peer address and port: the connection.
       operations
-        .watch(call.request, sink, abort.signal, call.getPeer())
+        .watch(call.request, sink, abort.signal, call.getPeer(), call)
         .catch((error: unknown) => sink.end(RegistryError.from(error)));
     },
   };

@@ -1,4 +1,6 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
+import { TLSSocket } from "node:tls";
+import { Metadata } from "@grpc/grpc-js";
 import {
   fromBinary,
   fromJson,
@@ -28,7 +30,8 @@ import {
   type WatchResponse,
 } from "../../proto/gen/leasehold/registry/v1/registry.js";
 import { RegistryService } from "../../proto/gen/leasehold/registry/v1/registry_pb.js";
-import type { RegistryOperations } from "../api/registry-service.js";
+import type { CallIdentity } from "../auth/registry-auth.js";
+import type { RegistryOperations, UnaryOperation } from "../api/registry-service.js";
 import { statusOf } from "../api/grpc-status.js";
 import { RegistryError } from "../registry-error.js";
 import type { RequestScope } from "../store/etcd-store.js";
@@ -45,6 +48,12 @@ const WATCH_QUEUE_MESSAGES = 16;
 
 /** The caller's connection (`ip:port`), which the registry limits Watch streams per. */
 const CONNECTION = createContextKey("", { description: "the caller's connection, ip:port" });
+
+/** Who the caller is, as registry-auth reads it (see {@link callerOf}). */
+const CALLER = createContextKey<CallIdentity>(
+  { metadata: new Metadata(), getAuthContext: () => ({}) },
+  { description: "the caller's Authorization header and verified client certificate" },
+);
 
 /** Takes a request of the admin server; `true` when it is the HTTP API's and was answered. */
 export type HttpApiHandler = (request: IncomingMessage, response: ServerResponse) => boolean;
@@ -91,22 +100,22 @@ interface GrpcCodec {
  * type, is read as JSON.
  */
 export function createHttpApi(operations: RegistryOperations, logger: Logger): HttpApiHandler {
-  const unaryOperations: Readonly<Record<string, (request: never, scope: RequestScope) => Promise<unknown>>> =
-    {
-      register: operations.register,
-      keepAlive: operations.keepAliveOnce,
-      updateInstance: operations.updateInstance,
-      deregister: operations.deregister,
-      getService: operations.getService,
-      listServices: operations.listServices,
-    };
+  const unaryOperations: Readonly<Record<string, UnaryOperation<never, unknown>>> = {
+    register: operations.register,
+    keepAlive: operations.keepAliveOnce,
+    updateInstance: operations.updateInstance,
+    deregister: operations.deregister,
+    getService: operations.getService,
+    listServices: operations.listServices,
+  };
   const connect = connectNodeAdapter({
     connect: true,
     grpc: false, // gRPC is served on the registry's gRPC port
     grpcWeb: false,
     readMaxBytes: HTTP_API_MAX_BODY_BYTES,
     jsonOptions: JSON_OPTIONS,
-    contextValues: (request) => createContextValues().set(CONNECTION, connectionOf(request.socket)),
+    contextValues: (request) =>
+      createContextValues().set(CONNECTION, connectionOf(request.socket)).set(CALLER, callerOf(request)),
     fallback: (_request, response) => {
       const methods = RegistryService.methods.map((method) => method.name).join(", ");
       answerError(
@@ -122,7 +131,8 @@ export function createHttpApi(operations: RegistryOperations, logger: Logger): H
         const unary = { ...method, methodKind: "unary" } as DescMethodUnary;
         const codec = codecOf(method);
         router.rpc(unary, async (request: Message, context: HandlerContext) => {
-          const response = await run(decode(method, codec, request) as never, scopeOf(context)).catch(
+          const caller = context.values.get(CALLER);
+          const response = await run(decode(method, codec, request) as never, scopeOf(context), caller).catch(
             (error: unknown) => {
               throw toConnectError(error);
             },
@@ -140,6 +150,7 @@ export function createHttpApi(operations: RegistryOperations, logger: Logger): H
           decode(watch, watchCodec, request) as WatchRequest,
           context.signal,
           context.values.get(CONNECTION),
+          context.values.get(CALLER),
         );
         for await (const message of messages)
           yield fromBinary(watch.output, watchCodec.responseSerialize(message));
@@ -176,6 +187,7 @@ async function* watchMessages(
   request: WatchRequest,
   signal: AbortSignal,
   connection: string,
+  caller: CallIdentity,
 ): AsyncGenerator<WatchResponse> {
   const queue: WatchResponse[] = [];
   const drained: (() => void)[] = [];
@@ -197,7 +209,7 @@ async function* watchMessages(
   const stop = () => sink.end();
   signal.addEventListener("abort", stop, { once: true });
   operations
-    .watch(request, sink, abort.signal, connection)
+    .watch(request, sink, abort.signal, connection, caller)
     .catch((error: unknown) => sink.end(RegistryError.from(error)));
   try {
     for (;;) {
@@ -233,6 +245,32 @@ function connectionOf(socket: {
   remotePort?: number | undefined;
 }): string {
   return `${socket.remoteAddress ?? "unknown"}:${socket.remotePort ?? 0}`;
+}
+
+/**
+ * What an HTTP request presents, in the shape registry-auth reads from a gRPC call: its
+ * `Authorization` header as `authorization` metadata, and, on an HTTPS connection whose client
+ * certificate the admin server's CA verified, that certificate (its SANs name the principal).
+ */
+function callerOf(request: Pick<IncomingMessage, "headers" | "socket">): CallIdentity {
+  const metadata = new Metadata();
+  const authorization = request.headers.authorization;
+  if (authorization !== undefined) {
+    try {
+      metadata.set("authorization", authorization);
+    } catch {
+      // Not a legal gRPC metadata value (bytes beyond ASCII): refused as a malformed header.
+      metadata.set("authorization", "malformed");
+    }
+  }
+  const { socket } = request;
+  const certificate =
+    socket instanceof TLSSocket && socket.authorized ? socket.getPeerCertificate() : undefined;
+  return {
+    metadata,
+    getAuthContext: () =>
+      certificate === undefined ? {} : { transportSecurityType: "ssl", sslPeerCertificate: certificate },
+  };
 }
 
 function codecOf(method: DescMethod): GrpcCodec {
@@ -362,6 +400,6 @@ function serveWatchEvents(
     },
   };
   operations
-    .watch(watchRequest, sink, abort.signal, connectionOf(request.socket))
+    .watch(watchRequest, sink, abort.signal, connectionOf(request.socket), callerOf(request))
     .then(open, (error: unknown) => sink.end(RegistryError.from(error)));
 }
