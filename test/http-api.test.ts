@@ -1,11 +1,14 @@
 import { execFile } from "node:child_process";
-import { readFile } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { gzipSync } from "node:zlib";
 import { promisify } from "node:util";
 import anyTest, { type TestFn } from "ava";
 import { ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { RegistryService } from "../proto/gen/leasehold/registry/v1/registry_pb.js";
+import { hashToken } from "../registry/auth/registry-auth.js";
 import {
   registration,
   rpc,
@@ -29,11 +32,22 @@ test.after.always(async (t) => {
 
 type Json = Record<string, unknown>;
 
-/** POSTs `body` as JSON to `base/method` (Connect's unary protocol); the status and the parsed answer. */
-async function call(base: string, method: string, body: unknown): Promise<{ status: number; json: Json }> {
+/**
+ * POSTs `body` as JSON to `base/method` (Connect's unary protocol), with `token` as a bearer token
+ * if given; the status and the parsed answer.
+ */
+async function call(
+  base: string,
+  method: string,
+  body: unknown,
+  token?: string,
+): Promise<{ status: number; json: Json }> {
   const response = await fetch(`${base}/${method}`, {
     method: "POST",
-    headers: { "content-type": "application/json" },
+    headers: {
+      "content-type": "application/json",
+      ...(token !== undefined && { authorization: `Bearer ${token}` }),
+    },
     body: typeof body === "string" ? body : JSON.stringify(body),
   });
   const text = await response.text();
@@ -452,4 +466,64 @@ test("hostile bodies: over 64 KiB, or a gzip body that inflates past it, are ref
   const notGzip = await post("{}", { "content-encoding": "gzip" });
   t.is(notGzip.status, 400);
   t.is(notGzip.json["code"], "invalid_argument");
+});
+
+test("with auth on, an anonymous HTTP Register is 401 unauthenticated and a write to another principal's service or lease is 403 permission_denied", async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), "leasehold-http-auth-"));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const tokens = { alice: "alice-http-token-1", bob: "bob-http-token-2" };
+  const policyFile = join(dir, "policy.json");
+  const tokensFile = join(dir, "tokens");
+  await writeFile(
+    policyFile,
+    JSON.stringify({
+      principals: { alice: { services: ["alpha"], read: true }, bob: { services: ["beta"], read: true } },
+    }),
+  );
+  await writeFile(tokensFile, `alice ${hashToken(tokens.alice)}\nbob ${hashToken(tokens.bob)}\n`);
+  const fixture = await startRegistryFixture({
+    adminListen: "127.0.0.1:0",
+    authPolicyFile: policyFile,
+    authTokensFile: tokensFile,
+  });
+  t.teardown(() => fixture.close());
+  const base = `http://${fixture.registry.adminAddress}/leasehold.registry.v1.RegistryService`;
+  const instance = { service: "alpha", instanceId: "a-1", address: "127.0.0.1:9301", ttlSeconds: "10" };
+
+  const anonymous = await call(base, "Register", instance);
+  t.is(anonymous.status, 401, JSON.stringify(anonymous.json));
+  t.is(anonymous.json["code"], "unauthenticated");
+  const forged = await call(base, "Register", instance, "not-a-listed-token");
+  t.is(forged.status, 401);
+  t.is(forged.json["message"], "unknown bearer token");
+  t.deepEqual((await call(base, "GetService", { service: "alpha" })).json["instances"], []);
+
+  const intruder = await call(base, "Register", instance, tokens.bob);
+  t.is(intruder.status, 403, JSON.stringify(intruder.json));
+  t.is(intruder.json["code"], "permission_denied");
+  t.regex(intruder.json["message"] as string, /principal bob may not register into alpha/);
+
+  const registered = await call(base, "Register", instance, tokens.alice);
+  t.is(registered.status, 200, JSON.stringify(registered.json));
+  const fence = {
+    leaseId: registered.json["leaseId"] as string,
+    registrationToken: registered.json["registrationToken"] as string,
+  };
+  // bob holds alice's lease id and token, and still may not renew or remove her instance.
+  const renewed = await call(base, "KeepAlive", fence, tokens.bob);
+  t.is(renewed.status, 403, JSON.stringify(renewed.json));
+  t.regex(renewed.json["message"] as string, /another principal/);
+  const removed = await call(
+    base,
+    "Deregister",
+    { service: "alpha", instanceId: "a-1", ...fence },
+    tokens.bob,
+  );
+  t.is(removed.status, 403, JSON.stringify(removed.json));
+  t.is((await call(base, "KeepAlive", fence, tokens.alice)).status, 200);
+  const listed = await call(base, "GetService", { service: "alpha" });
+  t.deepEqual(
+    (listed.json["instances"] as Json[]).map((listed) => listed["instanceId"]),
+    ["a-1"],
+  );
 });
