@@ -95,7 +95,10 @@ interface GrpcCodec {
  * {@link RegistryOperations} as the gRPC handlers: one validation, one behaviour, and fields added
  * to the .proto flow through without edits here. Errors carry the gRPC code (Connect's codes are
  * gRPC's) and message: `invalid_argument` → 400 naming the field, `not_found` → 404,
- * `already_exists` → 409, `permission_denied` → 403, `unavailable` → 503. An unknown method is 404
+ * `already_exists` → 409, `unauthenticated` → 401, `permission_denied` → 403, `unavailable` → 503.
+ * With auth on, the operations authenticate the caller from the request (see {@link callerOf}):
+ * an `Authorization: Bearer TOKEN` header, or the verified client certificate of an HTTPS admin
+ * port, exactly as a gRPC call's metadata and certificate. An unknown method is 404
  * (`not_found`, listing the methods). A body without a content type, or curl's default form
  * type, is read as JSON.
  */
