@@ -14,6 +14,7 @@ import { startAdminServer } from "./admin/admin-server.js";
 import { guardUndecodable, registryServiceDefinition } from "./api/request-decoding.js";
 import { createRegistryService } from "./api/registry-service.js";
 import { ConsoleFeed } from "./console/console-feed.js";
+import { createHttpApi } from "./http-api/http-api.js";
 import { fetchMetricsOverHttps } from "./console/metrics-fetch.js";
 import { consoleRoutes } from "./console/console-routes.js";
 import { EtcdReadiness } from "./readiness.js";
@@ -55,7 +56,8 @@ const serverOptions = {
 /**
  * Starts the registry facade (DESIGN §3): `leasehold.registry.v1.RegistryService`,
  * `grpc.health.v1.Health` (SERVING only while etcd answers; probed every second) and server
- * reflection on `listen`, plus the admin HTTP server on `adminListen`. It first lists every
+ * reflection on `listen`, plus the admin HTTP server on `adminListen` (with the HTTP/JSON API
+ * unless `httpApi` is false). It first lists every
  * instance from etcd and starts the one etcd watch that feeds GetService, ListServices and Watch.
  *
  * @throws RegistryError `invalid_argument` for bad options; the etcd error when etcd cannot be
@@ -170,6 +172,7 @@ export async function startRegistry(options: RegistryOptions): Promise<RunningRe
         isReady: () => readiness.isReady,
         instances: () => hub.instances(),
         routes: consoleRoutes(consoleFeed),
+        ...(resolved.httpApi && { handler: createHttpApi(api.operations, logger) }),
         tls: resolved.tls,
       });
     }

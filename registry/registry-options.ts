@@ -11,6 +11,11 @@ export interface RegistryOptions {
   listen: string;
   /** Admin HTTP host:port (/metrics, /healthz, /readyz, /sd/prometheus, /ui); undefined = no admin server. */
   adminListen?: string | undefined;
+  /**
+   * Serve the HTTP/JSON API (`/leasehold.registry.v1.RegistryService/...`, see README "HTTP API")
+   * on the admin server; default true. It has the gRPC API's powers: keep the admin port private.
+   */
+  httpApi?: boolean | undefined;
   /** etcd client URLs, e.g. ["http://127.0.0.1:2379"]. */
   etcdEndpoints: readonly string[];
   /** Key prefix; default "/leasehold/". Keys are `${prefix}v1/services/{service}/{instance_id}`. */
@@ -60,6 +65,7 @@ export interface RegistryOptions {
 export interface ResolvedRegistryOptions {
   readonly listen: HostPort;
   readonly adminListen: HostPort | undefined;
+  readonly httpApi: boolean;
   readonly etcdEndpoints: readonly string[];
   readonly prefix: string;
   readonly tls: TlsFiles | undefined;
@@ -135,6 +141,7 @@ export function resolveRegistryOptions(options: RegistryOptions): ResolvedRegist
     listen: parseListen(options.listen, "listen"),
     adminListen:
       options.adminListen === undefined ? undefined : parseListen(options.adminListen, "adminListen"),
+    httpApi: options.httpApi ?? true,
     etcdEndpoints: Object.freeze([...options.etcdEndpoints]),
     prefix,
     progressIntervalMs,

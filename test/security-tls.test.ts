@@ -142,6 +142,52 @@ test("the admin endpoint serves HTTPS and requires a client certificate", async 
   await t.throwsAsync(get({ caFile: alice.caFile }));
 });
 
+test("the HTTP API on the HTTPS admin port takes the principal from the client certificate's SAN: alice registers, a stranger is 401", async (t) => {
+  const { registry, alice, stranger } = t.context;
+  const post = (tls: Required<TlsFiles>, method: string, body: unknown) =>
+    new Promise<{ status: number; json: Record<string, unknown> }>((resolve, reject) => {
+      const request = httpsRequest(
+        `https://${registry.adminAddress ?? ""}/leasehold.registry.v1.RegistryService/${method}`,
+        {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          ca: [readFileSync(tls.caFile)],
+          cert: readFileSync(tls.certFile),
+          key: readFileSync(tls.keyFile),
+        },
+        (response) => {
+          let text = "";
+          response.setEncoding("utf8");
+          response.on("data", (chunk: string) => (text += chunk));
+          response.on("end", () =>
+            resolve({ status: response.statusCode ?? 0, json: JSON.parse(text) as Record<string, unknown> }),
+          );
+        },
+      );
+      request.on("error", reject);
+      request.end(JSON.stringify(body));
+    });
+  const instance = { service: "https-api", instanceId: "h-1", address: "127.0.0.1:9401", ttlSeconds: "10" };
+  const refused = await post(stranger, "Register", instance);
+  t.is(refused.status, 401, JSON.stringify(refused.json));
+  t.is(refused.json["code"], "unauthenticated");
+  const registered = await post(alice, "Register", instance);
+  t.is(registered.status, 200, JSON.stringify(registered.json));
+  const fence = {
+    leaseId: registered.json["leaseId"],
+    registrationToken: registered.json["registrationToken"],
+  };
+  // The stored owner is alice's SAN: her gRPC client (same certificate) may deregister it.
+  const grpcAlice = connectRegistry(registry.address, {}, { tls: alice });
+  t.teardown(() => grpcAlice.close());
+  await rpc(grpcAlice).deregister({
+    service: "https-api",
+    instanceId: "h-1",
+    ...(fence as { leaseId: string; registrationToken: string }),
+  });
+  t.deepEqual((await rpc(grpcAlice).getService({ service: "https-api" })).instances, []);
+});
+
 test("a TLS registrar, a TLS balanced client and a stock grpc-js leasehold:/// client call an mTLS instance end to end", async (t) => {
   const { registry, alice, dir, server } = t.context;
   // A leasehold:/// channel verifies an instance against the service name (the channel's

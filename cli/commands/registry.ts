@@ -22,9 +22,13 @@ export function registryCommand(program: Command): void {
     )
     .option(
       "--admin-listen <host:port>",
-      "admin HTTP address: /metrics, /healthz, /readyz, /sd/prometheus, /ui (web console)",
+      "admin HTTP address: /metrics, /healthz, /readyz, /sd/prometheus, /ui (web console), the HTTP API",
       hostPort,
       process.env["LEASEHOLD_ADMIN_LISTEN"] ?? "127.0.0.1:7101",
+    )
+    .option(
+      "--no-http-api",
+      "do not serve the HTTP/JSON API (/leasehold.registry.v1.RegistryService/...) on the admin port",
     )
     .option("--prefix <prefix>", "etcd key prefix", process.env["LEASEHOLD_PREFIX"] ?? "/leasehold/")
     .option(

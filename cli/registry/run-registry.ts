@@ -16,6 +16,7 @@ export interface RegistryFlags extends SecurityFlags {
   authTokens?: string;
   etcd: string[];
   adminListen: string;
+  httpApi: boolean;
   prefix: string;
   allowForeignMetricsAddress?: boolean;
   maxInstancesPerService?: number;
@@ -60,6 +61,7 @@ export async function runRegistry(flags: RegistryFlags): Promise<void> {
     registry = await startRegistry({
       listen: flags.listen,
       adminListen: flags.adminListen,
+      httpApi: flags.httpApi,
       etcdEndpoints: flags.etcd,
       prefix: flags.prefix,
       allowForeignMetricsAddress: flags.allowForeignMetricsAddress === true,

@@ -67,6 +67,12 @@ export type HttpRoutes = Readonly<
   Record<string, () => HttpAnswer | HttpStream | Promise<HttpAnswer | HttpStream>>
 >;
 
+/**
+ * Takes a request before the GET routes, e.g. an API under a path prefix (any method); returns
+ * `true` when it answers the request itself. Only requests with a well-formed target reach it.
+ */
+export type HttpHandler = (request: IncomingMessage, response: ServerResponse) => boolean;
+
 /** A running HTTP server of {@link startHttpEndpoints}. */
 export interface HttpEndpoints {
   /** host:port it is bound to (real port). */
@@ -96,7 +102,7 @@ export function metricsRoute(registry: Registry): () => Promise<HttpAnswer> {
 export const httpLimits = Object.freeze({
   /** Time to receive the whole request head, ms (Node's default 60 s). */
   headersTimeoutMs: 10_000,
-  /** Time to receive the whole request, ms (Node's default 300 s); these endpoints take no bodies. */
+  /** Time to receive the whole request, ms (Node's default 300 s); only the registry's HTTP API takes bodies, ≤ 64 KiB. */
   requestTimeoutMs: 15_000,
   /** Idle time of a kept-alive connection between requests, ms (Node's default 5 s). */
   keepAliveTimeoutMs: 5_000,
@@ -141,17 +147,18 @@ function refuseClient(error: Error & { code?: string }, socket: Socket): void {
 /**
  * Serves `routes` over plain HTTP on `listen` (GET and HEAD; 400 for a malformed request target or
  * request, 404 for other paths, 405 for other methods, 500 with no details when a route throws),
- * within {@link httpLimits}. No request, however malformed, throws out of the server. Streamed
- * answers ({@link HttpStream}) stay open until their client goes; `close()` ends them. With
- * `tls` (cert and key, see {@link TlsFiles}) it serves HTTPS instead, requiring a client
- * certificate when a CA is given; the files are re-read every 60 s and a changed certificate
- * serves new connections.
+ * within {@link httpLimits}, after `handler` (if any) declined the request. No request, however
+ * malformed, throws out of the server. Streamed answers ({@link HttpStream}) stay open until their
+ * client goes; `close()` ends them. With `tls` (cert and key, see {@link TlsFiles}) it serves HTTPS
+ * instead, requiring a client certificate when a CA is given; the files are re-read every 60 s and
+ * a changed certificate serves new connections.
  * @throws the listen error (EADDRINUSE ...); TlsConfigError for unreadable TLS files.
  */
 export async function startHttpEndpoints(
   listen: HostPort | string,
   routes: HttpRoutes,
   tls?: TlsFiles,
+  handler?: HttpHandler,
 ): Promise<HttpEndpoints> {
   const { host, port } = typeof listen === "string" ? splitHostPort(listen) : listen;
   const limits = {
@@ -163,6 +170,7 @@ export async function startHttpEndpoints(
   };
   const handle = (request: IncomingMessage, response: ServerResponse) => {
     try {
+      if (requestPath(request.url) !== undefined && handler?.(request, response) === true) return;
       answer(routes, request, response);
     } catch {
       if (!response.headersSent) response.writeHead(500);

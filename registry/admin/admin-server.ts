@@ -4,6 +4,7 @@ import {
   startHttpEndpoints,
   type HostPort,
   type HttpAnswer,
+  type HttpHandler,
   type HttpEndpoints,
   type HttpRoutes,
   splitHostPort,
@@ -47,13 +48,16 @@ export interface AdminSources {
   instances(): readonly Instance[];
   /** More GET routes served beside these (the web console's `/ui`). */
   readonly routes?: HttpRoutes;
+  /** Takes requests before the routes (the HTTP API under `/leasehold.registry.v1.RegistryService/`). */
+  readonly handler?: HttpHandler;
   /** HTTPS instead of HTTP (mTLS with a CA); see `startHttpEndpoints`. */
   readonly tls?: TlsFiles | undefined;
 }
 
 /**
  * Serves `/metrics` (Prometheus text), `/healthz` (200 while the process runs), `/readyz` (200
- * while etcd answers, else 503), `/sd/prometheus` (HTTP SD JSON) and `sources.routes` on `listen`.
+ * while etcd answers, else 503), `/sd/prometheus` (HTTP SD JSON), `sources.routes` and
+ * `sources.handler` on `listen`.
  */
 export async function startAdminServer(listen: HostPort, sources: AdminSources): Promise<HttpEndpoints> {
   let selfAddress = "";
@@ -72,6 +76,7 @@ export async function startAdminServer(listen: HostPort, sources: AdminSources):
       }),
     },
     sources.tls,
+    sources.handler,
   );
   // A wildcard bind (0.0.0.0) is listed as the address others dial, as instances list theirs.
   const { host, port } = splitHostPort(endpoints.address);
