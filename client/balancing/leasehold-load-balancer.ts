@@ -702,8 +702,10 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
 
 /**
  * Max-ejection cap (Envoy's `max_ejection_percent`): of the instances that could take traffic, at
- * most `maxEjectionPercent` (never all) are ejected by their open breakers, the earliest opened
- * first; the others stay in the pick set even while their breaker is open (panic for breakers).
+ * most `maxEjectionPercent` (never all) are ejected by their open breakers, the worst first (the
+ * highest failure ratio in the breaker's window, then the earliest opened): an instance that
+ * tripped on a few slow answers under load stays ahead of ones that fail everything. The others
+ * stay in the pick set even while their breaker is open (panic for breakers).
  */
 function capEjections(children: readonly Child[], maxEjectionPercent: number): void {
   const candidates = children.filter((child) => child.isServing && child.weight > 0);
@@ -713,7 +715,7 @@ function capEjections(children: readonly Child[], maxEjectionPercent: number): v
   );
   const open = candidates
     .filter((child) => child.breaker.state === "open")
-    .sort((a, b) => a.openedAtMs - b.openedAtMs);
+    .sort((a, b) => b.breaker.failureRatio - a.breaker.failureRatio || a.openedAtMs - b.openedAtMs);
   const ejected = new Set(open.slice(0, allowed));
   for (const child of children) child.isEjected = ejected.has(child);
 }
