@@ -2,6 +2,7 @@
  * The picker contract (DESIGN §5), after grpc-js `picker.ts`: a picker is a snapshot of the
  * eligible instances, rebuilt on every membership or breaker change, and `pick()` is synchronous.
  */
+import type { ResolvedPolicyConfig } from "./policy-config.js";
 
 /** What a picker needs to know about one instance. The Leasehold load balancer's children implement it. */
 export interface Pickable {
@@ -19,6 +20,10 @@ export interface Pickable {
   readonly isReady: boolean;
   /** Calls in flight on this instance, read live by `least_request`. */
   readonly outstanding: number;
+  /** Its zone ("" when none), for zone-aware routing. */
+  readonly zone?: string;
+  /** Its registered metadata, for the metadata filter (subset routing). */
+  readonly metadata?: Readonly<Record<string, string>>;
 }
 
 /**
@@ -40,14 +45,15 @@ export interface Picker<T extends Pickable = Pickable> {
   readonly instances: readonly T[];
   /**
    * Picks an instance, skipping the ids in `exclude` (instances already tried by this call);
-   * `undefined` when no eligible instance is left.
+   * `undefined` when no eligible instance is left. `hash` is the request's hash (xxHash64 of its
+   * hash key), read only by `ring_hash`.
    */
-  pick(exclude?: ReadonlySet<string>): T | undefined;
+  pick(exclude?: ReadonlySet<string>, hash?: bigint): T | undefined;
 }
 
 /** The standard policy names (DESIGN §5). */
 export type PolicyName =
-  "random" | "round_robin" | "weighted_random" | "weighted_round_robin" | "least_request";
+  "random" | "round_robin" | "weighted_random" | "weighted_round_robin" | "least_request" | "ring_hash";
 
 export const POLICY_NAMES: readonly PolicyName[] = Object.freeze([
   "random",
@@ -55,6 +61,7 @@ export const POLICY_NAMES: readonly PolicyName[] = Object.freeze([
   "weighted_random",
   "weighted_round_robin",
   "least_request",
+  "ring_hash",
 ]);
 
 export function isPolicyName(name: string): name is PolicyName {
@@ -67,6 +74,8 @@ export interface PickerDeps<T extends Pickable = Pickable> {
   readonly random: () => number;
   /** The picker this one replaces, so stateful policies can carry state over (smooth WRR). */
   readonly previous?: Picker<T> | undefined;
+  /** The policy's settings (zone, metadata filter, ring); defaults when absent. */
+  readonly config?: ResolvedPolicyConfig | undefined;
 }
 
 /** The picker of an empty eligible set. */
