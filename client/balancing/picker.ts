@@ -74,6 +74,12 @@ export interface PickerDeps<T extends Pickable = Pickable> {
   readonly random: () => number;
   /** The picker this one replaces, so stateful policies can carry state over (smooth WRR). */
   readonly previous?: Picker<T> | undefined;
+  /**
+   * The listed SERVING instances with weight > 0, eligible or not: `ring_hash` builds its ring
+   * over them, so a key keeps its place while its instance reconnects or its breaker is open
+   * (a pick walks on past such instances). Default: the eligible ones.
+   */
+  readonly members?: readonly T[] | undefined;
   /** The policy's settings (zone, metadata filter, ring); defaults when absent. */
   readonly config?: ResolvedPolicyConfig | undefined;
 }

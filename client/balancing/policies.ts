@@ -57,6 +57,10 @@ export function createPicker<T extends Pickable>(
   const build = (subset: readonly T[], previous: Picker<T> | undefined): Picker<T> =>
     subset.length === 0 ? emptyPicker(policy) : new POLICIES[policy](subset, { ...deps, previous });
   const zone = deps.config?.zone;
+  if (policy === "ring_hash" && eligible.length > 0) {
+    const members = listed.filter((instance) => instance.isServing && instance.weight > 0);
+    return new RingHashPicker(eligible, { ...deps, members });
+  }
   if (zone === undefined || eligible.length === 0) return build(eligible, deps.previous);
   return new ZonePicker(
     policy,

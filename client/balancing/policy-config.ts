@@ -109,6 +109,8 @@ export function resolvePolicyConfig(policy: string, json: unknown): ResolvedPoli
 
   const zone = config.zone;
   if (zone !== undefined && (typeof zone !== "string" || zone === "")) bad("zone must be a non-empty string");
+  if (zone !== undefined && policy === "ring_hash")
+    bad("zone does not apply to ring_hash (keys keep their instance)");
   const zoneCallerPercent =
     config.zoneCallerPercent === undefined
       ? undefined

@@ -28,8 +28,10 @@ const DEFAULT_RING: Required<RingHashConfig> = Object.freeze({
  * joins and leaves between those steps move only ~1/N. Hashing the instance id, not the address,
  * keeps keys where they were when an instance restarts on another port.
  *
- * A pick without a hash (no hash key on the request) takes a random one. A retry (`exclude`)
- * walks the ring on to the next instance not excluded, as Envoy does past unhealthy hosts.
+ * The ring holds every listed SERVING instance (`deps.members`), so a key stays put while its
+ * instance reconnects or its breaker is open: such a pick, and a retry (`exclude`), walks the ring
+ * on to the next eligible instance, as Envoy does past unhealthy hosts. A pick without a hash (no
+ * hash key on the request) takes a random one.
  * Build O(R log R) for a ring of R points; pick O(log R).
  */
 export class RingHashPicker<T extends Pickable> implements Picker<T> {
@@ -39,13 +41,20 @@ export class RingHashPicker<T extends Pickable> implements Picker<T> {
   /** Point hashes, ascending, and the index (into `instances`) of each point's instance. */
   readonly #hashes: BigUint64Array;
   readonly #owners: Uint32Array;
+  /** The ring's instances (`deps.members`), and whether each is eligible now. */
+  readonly #members: readonly T[];
+  readonly #isEligible: Uint8Array;
 
   constructor(eligible: readonly T[], deps: PickerDeps<T>) {
     this.instances = eligible;
     this.#random = deps.random;
+    const members = deps.members ?? eligible;
+    this.#members = members;
+    const eligibleIds = new Set(eligible.map((instance) => instance.instanceId));
+    this.#isEligible = Uint8Array.from(members, (instance) => (eligibleIds.has(instance.instanceId) ? 1 : 0));
     const { minRingSize, maxRingSize } = deps.config?.ringHash ?? DEFAULT_RING;
-    const minWeight = Math.min(...eligible.map((instance) => instance.weight));
-    const units = eligible.map((instance) => instance.weight / minWeight);
+    const minWeight = Math.min(...members.map((instance) => instance.weight));
+    const units = members.map((instance) => instance.weight / minWeight);
     const totalUnits = units.reduce((sum, u) => sum + u, 0);
     let pointsPerWeight = 2 ** Math.ceil(Math.log2(minRingSize / totalUnits));
     const pointsOf = (u: number): number => Math.max(1, Math.round(pointsPerWeight * u));
@@ -53,7 +62,7 @@ export class RingHashPicker<T extends Pickable> implements Picker<T> {
     while (ringSize() > maxRingSize && pointsOf(1) > 1) pointsPerWeight /= 2;
     const points: { hash: bigint; owner: number }[] = [];
     units.forEach((u, owner) => {
-      const id = (eligible[owner] as T).instanceId;
+      const id = (members[owner] as T).instanceId;
       for (let i = 0, n = pointsOf(u); i < n; i++) points.push({ hash: xxh64(`${id}_${i}`, 0n), owner });
     });
     points.sort((a, b) => (a.hash < b.hash ? -1 : a.hash > b.hash ? 1 : a.owner - b.owner));
@@ -80,7 +89,9 @@ export class RingHashPicker<T extends Pickable> implements Picker<T> {
     }
     const hasExclude = exclude !== undefined && exclude.size > 0;
     for (let step = 0; step < n; step++) {
-      const instance = this.instances[this.#owners[(lo + step) % n] as number] as T;
+      const owner = this.#owners[(lo + step) % n] as number;
+      if (this.#isEligible[owner] === 0) continue;
+      const instance = this.#members[owner] as T;
       if (!hasExclude || !exclude.has(instance.instanceId)) return instance;
     }
     return undefined;
