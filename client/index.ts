@@ -70,6 +70,17 @@ export {
 } from "./registration/registrar.js";
 export { connectRegistry, REGISTRY_CHANNEL_OPTIONS } from "./registry-connection.js";
 export {
+  bearerTokenInterceptor,
+  channelCredentials,
+  clientSecurityFromEnv,
+  readTokenFile,
+  serverCredentials,
+  tlsFilesFromEnv,
+  TlsConfigError,
+  type ClientSecurity,
+  type TlsFiles,
+} from "./tls/tls-files.js";
+export {
   Instance,
   InstanceStatus,
   RegistryServiceClient,

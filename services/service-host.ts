@@ -1,12 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { fileURLToPath } from "node:url";
-import {
-  Server,
-  ServerCredentials,
-  status,
-  type handleUnaryCall,
-  type UntypedServiceImplementation,
-} from "@grpc/grpc-js";
+import { Server, status, type handleUnaryCall, type UntypedServiceImplementation } from "@grpc/grpc-js";
 import { loadSync, type PackageDefinition } from "@grpc/proto-loader";
 import { ReflectionService } from "@grpc/reflection";
 import { HealthImplementation } from "grpc-health-check";
@@ -15,6 +9,7 @@ import { Registry } from "prom-client";
 import { collectProcessMetrics } from "../client/metrics/process-metrics.js";
 import { sleep } from "../client/backoff.js";
 import { connectRegistry } from "../client/registry-connection.js";
+import { serverCredentials, type ClientSecurity, type TlsFiles } from "../client/tls/tls-files.js";
 import { Registrar } from "../client/registration/registrar.js";
 import { instrumentService } from "../client/server/grpc-server-metrics.js";
 import {
@@ -57,6 +52,13 @@ export interface ServiceInstanceOptions {
   readonly latencyMs?: number | undefined;
   /** Time between DRAINING and Deregister on shutdown, for in-flight calls and watchers; default 300 ms. */
   readonly drainMs?: number | undefined;
+  /**
+   * TLS of the instance's gRPC server and /metrics (HTTPS): cert and key; a CA requires client
+   * certificates (mTLS). Default plaintext.
+   */
+  readonly tls?: TlsFiles | undefined;
+  /** TLS files and bearer token toward the registry; default plaintext, anonymous. */
+  readonly registrySecurity?: ClientSecurity | undefined;
   readonly logger?: Logger | undefined;
 }
 
@@ -122,13 +124,17 @@ export async function startServiceInstance(
   // Server reflection, so `leasehold call` (and grpcurl) learn the methods from the instance itself.
   new ReflectionService(demoProtos(), { services: [grpcServiceName(service)] }).addToServer(server);
   // Metrics first: a failed gRPC bind then only has an HTTP server to close, never a bound port.
-  const metricsServer = await startHttpEndpoints(options.metricsListen ?? "127.0.0.1:0", {
-    "/metrics": metricsRoute(metrics),
-  });
+  const metricsServer = await startHttpEndpoints(
+    options.metricsListen ?? "127.0.0.1:0",
+    {
+      "/metrics": metricsRoute(metrics),
+    },
+    options.tls,
+  );
   let port: number;
   try {
     port = await new Promise<number>((resolve, reject) =>
-      server.bindAsync(`${listen.host}:${listen.port}`, ServerCredentials.createInsecure(), (error, bound) =>
+      server.bindAsync(`${listen.host}:${listen.port}`, serverCredentials(options.tls), (error, bound) =>
         error === null ? resolve(bound) : reject(error),
       ),
     );
@@ -144,7 +150,7 @@ export async function startServiceInstance(
   // Prometheus that scrapes /sd/prometheus); a loopback /metrics of a routable instance stays unlisted.
   const isMetricsListed = isSameHost(metricsAddress, address);
 
-  const registryClient = connectRegistry(options.registry);
+  const registryClient = connectRegistry(options.registry, {}, options.registrySecurity);
   const registrar = new Registrar({
     registry: registryClient,
     instance: {

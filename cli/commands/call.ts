@@ -1,3 +1,4 @@
+import { addSecurityOptions } from "../security-options.js";
 import { type Command, InvalidArgumentError } from "commander";
 import { isPolicyName, POLICY_NAMES, type PolicyName } from "../../client/balancing/policies.js";
 import type { CallFlags } from "../call/run-call.js";
@@ -8,8 +9,7 @@ import { hostPort, hostPortList, integerIn, numberIn, REGISTRY_DEFAULT } from ".
  * balanced client, prom-client) is imported when the command runs, so `--help` stays fast.
  */
 export function callCommand(program: Command): void {
-  program
-    .command("call")
+  addSecurityOptions(program.command("call"), { token: true })
     .description(
       "call a method of any registered service, balanced over its instances; the method is learnt by " +
         "server reflection (or from --proto files). Unary and server-streaming responses print as " +

@@ -1,11 +1,11 @@
 import type { Command } from "commander";
+import { addSecurityOptions } from "../security-options.js";
 import { dialAddress, hostPortList, integerIn, keyValue, REGISTRY_DEFAULT } from "../options.js";
 import type { RegisterFlags } from "../register/run-register.js";
 
 /** `leasehold register`; the implementation is loaded when the command runs. */
 export function registerCommand(program: Command): void {
-  program
-    .command("register")
+  addSecurityOptions(program.command("register"), { token: true })
     .description(
       "lease any process reachable at --address (any language) into the registry until SIGINT/SIGTERM, then " +
         "drain and deregister; with --health-check, DRAINING while its grpc.health.v1 says NOT_SERVING",

@@ -1,3 +1,4 @@
+import { addSecurityOptions } from "../security-options.js";
 import { Argument, type Command } from "commander";
 import {
   advertiseAddress,
@@ -22,8 +23,7 @@ const DEMO_SERVICE_NAMES = ["calculator", "echo"] as const;
 
 /** `leasehold serve`; the implementation is loaded when the command runs. */
 export function serveCommand(program: Command): void {
-  program
-    .command("serve")
+  addSecurityOptions(program.command("serve"), { token: true })
     .description(`run a demo service instance that registers itself (${KEYS_HELP})`)
     .addArgument(new Argument("<service>", "demo service").choices(DEMO_SERVICE_NAMES))
     .option(

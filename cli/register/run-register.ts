@@ -4,6 +4,7 @@ import { status, type ServiceError } from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import { Backoff, sleep } from "../../client/backoff.js";
 import { Registrar } from "../../client/registration/registrar.js";
+import { clientSecurityOf, type SecurityFlags } from "../security-options.js";
 import { connectRegistry } from "../../client/registry-connection.js";
 import {
   InstanceStatus,
@@ -18,7 +19,7 @@ import { UsageError } from "../usage-error.js";
 import { TargetHealthWatcher, type TargetHealth } from "./target-health.js";
 
 /** Flags of `leasehold register`. */
-export interface RegisterFlags {
+export interface RegisterFlags extends SecurityFlags {
   registry: string;
   service: string;
   address: string;
@@ -45,7 +46,7 @@ export interface RegisterFlags {
  * SERVING; NOT_SERVING or an unreachable target drains it again.
  */
 export async function runRegister(flags: RegisterFlags): Promise<void> {
-  const registry = connectRegistry(flags.registry);
+  const registry = connectRegistry(flags.registry, {}, await clientSecurityOf(flags));
   try {
     await checkRegistry(registry, flags.registry);
   } catch (error) {

@@ -1,3 +1,4 @@
+import { clientSecurityOf, tlsFilesOf, type SecurityFlags } from "../security-options.js";
 import { connectRegistry } from "../../client/registry-connection.js";
 import { DEMO_SERVICES } from "../../services/index.js";
 import { startServiceInstance } from "../../services/service-host.js";
@@ -8,7 +9,7 @@ import { onShutdownSignal } from "../signals.js";
 import { UsageError } from "../usage-error.js";
 
 /** Flags of `leasehold serve`. */
-export interface ServeFlags {
+export interface ServeFlags extends SecurityFlags {
   registry: string;
   id?: string;
   weight: number;
@@ -35,7 +36,8 @@ export async function runServe(name: string, flags: ServeFlags): Promise<void> {
       `unknown demo service "${name}": must be one of ${Object.keys(DEMO_SERVICES).join(", ")}`,
     );
   }
-  const registry = connectRegistry(flags.registry);
+  const registrySecurity = await clientSecurityOf(flags);
+  const registry = connectRegistry(flags.registry, {}, registrySecurity);
   try {
     await checkRegistry(registry, flags.registry);
   } finally {
@@ -55,6 +57,8 @@ export async function runServe(name: string, flags: ServeFlags): Promise<void> {
     failRate: flags.failRate,
     latencyMs: flags.latencyMs,
     drainMs: flags.drainMs,
+    tls: tlsFilesOf(flags),
+    registrySecurity,
     logger,
   });
   const say = (line: string): void => void process.stdout.write(`${instance.instanceId}: ${line}\n`);

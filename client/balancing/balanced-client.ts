@@ -15,12 +15,15 @@ import {
   MEMBERSHIP_SOURCE_OPTION,
   POLICY_CONFIG_OPTION,
   POLICY_OPTION,
+  REGISTRY_SECURITY_OPTION,
+  registrySecurityId,
   TYPED_CLIENT_OPTION,
   registerResolver,
   resolverDefaults,
   shareMembership,
 } from "../discovery/leasehold-resolver.js";
 import { LeaseholdError } from "../errors.js";
+import type { ClientSecurity } from "../tls/tls-files.js";
 import type { ClientMetrics } from "../metrics/client-metrics.js";
 import {
   AttemptTag,
@@ -119,7 +122,12 @@ export interface BalancedClientOptions {
    * connection of an instance that left closes at once (the global pool keeps it up to 10 s).
    */
   readonly channelOptions?: grpc.ChannelOptions;
-  /** Channel credentials. Default insecure. */
+  /**
+   * TLS files and bearer token of this client's registry Watch; default the `registrySecurity` of
+   * `registerLeasehold()`. `credentials` are those toward the instances.
+   */
+  readonly registrySecurity?: ClientSecurity;
+  /** Channel credentials toward the instances (e.g. `channelCredentials(tlsFiles)`). Default insecure. */
   readonly credentials?: grpc.ChannelCredentials;
   /** grpc-js client interceptors, run on every call (each attempt of a retried call). */
   readonly interceptors?: readonly grpc.Interceptor[];
@@ -310,6 +318,9 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
         [POLICY_OPTION]: policy,
         [POLICY_CONFIG_OPTION]: policyConfig,
         [TYPED_CLIENT_OPTION]: 1,
+        ...(options.registrySecurity === undefined
+          ? {}
+          : { [REGISTRY_SECURITY_OPTION]: registrySecurityId(options.registrySecurity) }),
         ...(shared === undefined ? {} : { [MEMBERSHIP_SOURCE_OPTION]: shared.id }),
       }),
       credentials: options.credentials ?? grpc.credentials.createInsecure(),

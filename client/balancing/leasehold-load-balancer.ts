@@ -22,7 +22,7 @@ import {
   type StatusObject,
 } from "@grpc/grpc-js";
 import { Instance, InstanceStatus } from "../../proto/gen/leasehold/registry/v1/registry.js";
-import { BREAKER_STATE_VALUE, InstanceBreaker } from "../breaker/instance-breaker.js";
+import { BREAKER_STATE_VALUE, InstanceBreaker, isEndpointFault } from "../breaker/instance-breaker.js";
 import type { MembershipSnapshot } from "../discovery/membership.js";
 import { LeaseholdError, statusCodeName } from "../errors.js";
 import type { InstanceLoad } from "../metrics/client-metrics.js";
@@ -216,15 +216,21 @@ class LeaseholdPicker implements GrpcPicker {
     const nowMs = Date.now();
     const balancer = this.#balancer;
     const hash = balancer.requestHash(args.metadata);
-    let firstStalled: Child | undefined;
-    for (let tries = 0; tries <= this.#picker.instances.length; tries++) {
+    const isRetry = exclude !== undefined;
+    // Instances skipped so far, in pick order, that the fallback takes one by one: stalled ones,
+    // and on a retry half-open ones (a retry is no trial: it must not fail on a suspect instance
+    // while a closed one is left; first attempts serve as the trials).
+    const deferred: Child[] = [];
+    let fallbacks = 0;
+    for (let tries = 0; tries <= 2 * this.#picker.instances.length; tries++) {
       let child = this.#picker.pick(exclude, hash);
       if (child === undefined) {
-        // Only stalled instances left: better one of them than none (they may answer yet).
-        if (firstStalled === undefined) break;
-        child = firstStalled;
-      } else if (child !== firstStalled && balancer.isStalled(child, nowMs)) {
-        firstStalled ??= child;
+        // Only deferred instances left: better one of them than none (they may answer yet), and
+        // the next one when a breaker refuses it (a half-open trial in flight).
+        child = deferred[fallbacks++];
+        if (child === undefined) break;
+      } else if (balancer.isStalled(child, nowMs) || (isRetry && child.breaker.state === "half-open")) {
+        deferred.push(child);
         (exclude ??= new Set()).add(child.instanceId);
         continue;
       }
@@ -295,9 +301,12 @@ class TrackedCall {
     const child = this.#child;
     child.outstanding--;
     const name = statusCodeName(code);
-    if (code !== Status.CANCELLED && code !== Status.DEADLINE_EXCEEDED)
-      child.progress.answered(Date.now(), ++this.#balancer.answers); // the instance itself answered
-    else child.progress.unanswered(child.outstanding, Date.now());
+    if (code !== Status.CANCELLED && code !== Status.DEADLINE_EXCEEDED) {
+      // The instance itself answered. Only answers that are no endpoint fault count as others'
+      // progress: three instances failing fast must not make the one healthy, busy one "stalled".
+      if (name === "OK" || !isEndpointFault(name)) this.#balancer.answers++;
+      child.progress.answered(Date.now(), this.#balancer.answers);
+    } else child.progress.unanswered(child.outstanding, Date.now());
     this.#settle?.(name === "OK" ? undefined : new LeaseholdError(name, details));
     child.breaker.noteOutcome(name);
     if (child.isRemoved) return; // left meanwhile: its series are gone and must stay gone
@@ -387,7 +396,7 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
   #panicTimer: NodeJS.Timeout | undefined;
   /** Set once this balancer reports its outstanding counts to the metrics. */
   #removeLoadSource: (() => void) | undefined;
-  /** Attempts any instance answered (a status it sent, not a cancellation or a deadline), for stall detection. */
+  /** Attempts answered with no endpoint fault (OK or a caller fault), all instances, for stall detection. */
   answers = 0;
 
   constructor(helper: ChannelControlHelper) {

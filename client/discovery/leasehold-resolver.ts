@@ -29,6 +29,7 @@ import { isPolicyName } from "../balancing/policies.js";
 import { resolvePolicyConfig } from "../balancing/policy-config.js";
 import type { ClientMetrics } from "../metrics/client-metrics.js";
 import { connectRegistry } from "../registry-connection.js";
+import type { ClientSecurity } from "../tls/tls-files.js";
 import type { MembershipSnapshot, MembershipSource } from "./membership.js";
 import { MembershipWatcher } from "./membership-watcher.js";
 
@@ -53,6 +54,12 @@ export const POLICY_CONFIG_OPTION = "leasehold.policy_config";
 
 /** Channel option set by the typed balanced client, which retries and counts calls itself. */
 export const TYPED_CLIENT_OPTION = "leasehold.typed_client";
+
+/**
+ * Channel option: the id of the TLS files and token this channel's registry Watch uses (see
+ * {@link registrySecurityId}); default the `registrySecurity` of `registerLeasehold()`.
+ */
+export const REGISTRY_SECURITY_OPTION = "leasehold.registry_security";
 
 /** Channel option: the id of an in-process membership source (see {@link shareMembership}). */
 export const MEMBERSHIP_SOURCE_OPTION = "leasehold.membership";
@@ -86,6 +93,8 @@ export interface ResolverDefaults {
   readonly retryPolicy: RetryPolicy | undefined;
   /** grpc-js options of the channels to the registry. */
   readonly registryChannelOptions: ChannelOptions;
+  /** TLS and bearer token toward the registry; undefined = plaintext, anonymous. */
+  readonly registrySecurity?: ClientSecurity | undefined;
 }
 
 let defaults: ResolverDefaults = Object.freeze({
@@ -114,6 +123,19 @@ interface SharedWatcher {
 }
 
 const watchers = new Map<string, SharedWatcher>();
+const securities = new Map<string, ClientSecurity>();
+const securityIds = new WeakMap<ClientSecurity, string>();
+
+/** The {@link REGISTRY_SECURITY_OPTION} value of `security` (one id per object, kept for the process). */
+export function registrySecurityId(security: ClientSecurity): string {
+  let id = securityIds.get(security);
+  if (id === undefined) {
+    id = `security-${securities.size + 1}`;
+    securityIds.set(security, id);
+    securities.set(id, security);
+  }
+  return id;
+}
 const sources = new Map<string, MembershipSource>();
 let nextSourceId = 1;
 
@@ -138,6 +160,7 @@ function acquireWatcher(
   registry: string,
   service: string,
   context: BalancerContext,
+  securityId: string | undefined,
 ): { watcher: MembershipWatcher; release: () => void } {
   const metrics = context.metrics;
   let metricsId = 0;
@@ -145,10 +168,12 @@ function acquireWatcher(
     metricsId = metricsIds.get(metrics) ?? nextMetricsId++;
     metricsIds.set(metrics, metricsId);
   }
-  const key = `${registry}\n${service}\n${metricsId}`;
+  const key = `${registry}\n${service}\n${metricsId}\n${securityId ?? ""}`;
   let shared = watchers.get(key);
   if (shared === undefined) {
-    const client = connectRegistry(registry, defaults.registryChannelOptions);
+    const security =
+      securityId === undefined ? defaults.registrySecurity : (securities.get(securityId) ?? undefined);
+    const client = connectRegistry(registry, defaults.registryChannelOptions, security);
     const watcher = new MembershipWatcher({ registry: client, service, metrics, logger: context.logger });
     watcher.start();
     shared = { watcher, close: () => watcher.close().finally(() => client.close()), refs: 0 };
@@ -231,6 +256,7 @@ export class LeaseholdResolver implements experimental.Resolver {
   readonly #service: string;
   readonly #registry: string | undefined;
   readonly #sourceId: string | undefined;
+  readonly #securityId: string | undefined;
   readonly #serviceConfig: ServiceConfig | null;
   readonly #configSelector: experimental.ConfigSelector | undefined;
   readonly #targetError: StatusObject | undefined;
@@ -252,6 +278,8 @@ export class LeaseholdResolver implements experimental.Resolver {
     this.#context = contextOf(options[CONTEXT_OPTION]);
     const sourceId: unknown = options[MEMBERSHIP_SOURCE_OPTION];
     this.#sourceId = typeof sourceId === "string" ? sourceId : undefined;
+    const securityId: unknown = options[REGISTRY_SECURITY_OPTION];
+    this.#securityId = typeof securityId === "string" ? securityId : undefined;
     const policy: unknown = options[POLICY_OPTION] ?? defaults.policy;
     let configError: string | undefined;
     if (!SERVICE_NAME.test(this.#service)) {
@@ -328,7 +356,7 @@ export class LeaseholdResolver implements experimental.Resolver {
       this.#hasSnapshot = () => source.hasSnapshot ?? true;
     } else {
       const registry = this.#registry as string;
-      const { watcher, release } = acquireWatcher(registry, this.#service, this.#context);
+      const { watcher, release } = acquireWatcher(registry, this.#service, this.#context, this.#securityId);
       this.#source = watcher;
       this.#release = release;
       this.#hasSnapshot = () => watcher.hasSnapshot;
