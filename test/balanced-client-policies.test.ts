@@ -13,6 +13,7 @@ import {
   shareMembership,
 } from "../client/discovery/leasehold-resolver.js";
 import { staticMembership } from "../client/discovery/membership.js";
+import { Registrar } from "../client/registration/registrar.js";
 import { EchoServiceClient, type EchoRequest } from "../proto/gen/leasehold/demo/v1/echo.js";
 import { InstanceStatus } from "../proto/gen/leasehold/registry/v1/registry.js";
 import {
@@ -23,6 +24,7 @@ import {
   startEchoServer,
 } from "./helpers/echo-servers.js";
 import { eventually } from "./helpers/eventually.js";
+import { startFixtureFor } from "./helpers/registry-fixture.js";
 
 /** mulberry32: a tiny seeded PRNG, uniform in [0, 1). */
 function seeded(seed: number): () => number {
@@ -243,5 +245,72 @@ test.serial(
     await connected(none, 2);
     const error = await t.throwsAsync(none.methods.echo({ message: "m" }, { deadlineMs: 500 }));
     t.regex(error?.message ?? "", /2 not matching the metadata filter/);
+  },
+);
+
+test.serial(
+  "through a real registry: zone spill-over when a zone-a registrar stops, and a metadata update moving a canary subset live, 0 calls failing",
+  async (t) => {
+    const fixture = await startFixtureFor(t);
+    const servers = await Promise.all(["a1", "a2", "b1", "b2"].map((id) => startEchoServer(t, id)));
+    const registrars = servers.map((server) => {
+      const registrar = new Registrar({
+        registry: fixture.client,
+        instance: {
+          service: "echo",
+          instanceId: server.instanceId,
+          address: server.address,
+          zone: server.instanceId.startsWith("a") ? "zone-a" : "zone-b",
+          metadata: { version: "v1" },
+        },
+        ttlSeconds: 5,
+      });
+      t.teardown(async () => await registrar.close());
+      return registrar;
+    });
+    await Promise.all(registrars.map((registrar) => registrar.start()));
+    const zoned = newClient(t, {
+      registry: fixture.registry.address,
+      zone: "zone-a",
+      random: seeded(9),
+    }).client;
+    const canary = newClient(t, {
+      registry: fixture.registry.address,
+      metadataFilter: { version: "v2" },
+    }).client;
+    await connected(zoned, 4);
+    const tally = async (client: typeof zoned, calls: number): Promise<Record<string, number>> => {
+      const result: Record<string, number> = {};
+      for (let done = 0; done < calls; done += 50) {
+        const answers = await Promise.all(
+          Array.from({ length: Math.min(50, calls - done) }, () => client.methods.echo({ message: "r" })),
+        );
+        for (const { instanceId } of answers) result[instanceId] = (result[instanceId] ?? 0) + 1;
+      }
+      return result;
+    };
+    const before = await tally(zoned, 400);
+    t.is((before.a1 ?? 0) + (before.a2 ?? 0), 400);
+
+    const [, a2Registrar, b1Registrar] = registrars;
+    // a2 leaves (drain, then deregister) while calls run: none fails.
+    const during = tally(zoned, 400);
+    await a2Registrar?.drain();
+    await a2Registrar?.stop();
+    await during;
+    await eventually(() => zoned.stats().length === 3, { what: "a2 gone from the caller" });
+    const after = await tally(zoned, 1_200);
+    t.log(after);
+    t.true((after.b1 ?? 0) > 0 && (after.b2 ?? 0) > 0, "spilled to zone-b");
+    t.true(Math.abs((after.a1 ?? 0) / 1_200 - 2 / 3) < 0.08, `a1 ${after.a1}`);
+
+    // No v2 yet: the canary client has nothing to pick. b1 becomes v2 live, with no reconnect.
+    await connected(canary, 3);
+    await b1Registrar?.update({ metadata: { version: "v2" } });
+    await eventually(() => canary.stats().find((s) => s.instanceId === "b1") !== undefined, { what: "b1" });
+    await eventually(async () => (await tally(canary, 1)).b1 === 1, {
+      what: "the canary subset reaching b1",
+    });
+    t.deepEqual(await tally(canary, 200), { b1: 200 });
   },
 );
