@@ -314,3 +314,47 @@ test.serial(
     t.deepEqual(await tally(canary, 200), { b1: 200 });
   },
 );
+
+test.serial(
+  "bad policy settings: the typed client refuses them at creation (INVALID_ARGUMENT), a stock channel fails calls UNAVAILABLE naming the field",
+  async (t) => {
+    const membership = staticMembership("echo", []);
+    const refused = (options: Parameters<typeof newClient>[1]): string => {
+      const error = t.throws(() => newClient(t, options));
+      t.is((error as { code?: string } | undefined)?.code, "INVALID_ARGUMENT");
+      return error?.message ?? "";
+    };
+    t.regex(refused({ membership, slowStart: { windowMs: 1000 } }), /slowStart needs a weighted policy/);
+    t.regex(
+      refused({ membership, policy: "least_request", slowStart: { windowMs: 1000, minWeightPercent: 150 } }),
+      /slowStart.minWeightPercent out of range: 150/,
+    );
+    t.regex(refused({ membership, hashKey: () => "k" }), /hashKey .* ring_hash/);
+    t.regex(refused({ membership, policy: "ring_hash", zone: "zone-a" }), /zone does not apply to ring_hash/);
+    t.regex(
+      refused({ membership, metadataFilter: { version: 2 as unknown as string } }),
+      /metadataFilter.version/,
+    );
+
+    registerResolver();
+    registerLoadBalancers();
+    const shared = shareMembership(membership);
+    t.teardown(shared.forget);
+    const stock = new EchoServiceClient("leasehold:///echo", grpc.credentials.createInsecure(), {
+      [MEMBERSHIP_SOURCE_OPTION]: shared.id,
+      [POLICY_OPTION]: "round_robin",
+      [POLICY_CONFIG_OPTION]: { ringHash: { minRingSize: 8 } },
+    });
+    t.teardown(() => stock.close());
+    const error = await new Promise<grpc.ServiceError>((resolve) =>
+      stock.echo({ message: "x" }, new grpc.Metadata(), { deadline: Date.now() + 5_000 }, (e) =>
+        resolve(e as grpc.ServiceError),
+      ),
+    );
+    t.is(error.code, grpc.status.UNAVAILABLE);
+    t.regex(
+      error.details,
+      /leasehold.policy_config: leasehold_round_robin config: ringHash is for the ring_hash policy/,
+    );
+  },
+);
