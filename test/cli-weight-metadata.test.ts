@@ -2,6 +2,8 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Instance } from "../proto/gen/leasehold/registry/v1/registry.js";
+import { echo } from "../services/echo.js";
+import { startServiceInstance } from "../services/service-host.js";
 import { spawnCli } from "./helpers/cli.js";
 import { eventually } from "./helpers/eventually.js";
 import { rpc, testWithSharedFixture } from "./helpers/registry-fixture.js";
@@ -71,4 +73,43 @@ test("register --weight-file applies the file's weight at once and again wheneve
   t.is((await instanceOf(client, "wfile", "wfile-1"))?.weight, 8);
   sidecar.child.kill("SIGTERM");
   t.is(await sidecar.exited, 0, sidecar.stderr);
+});
+
+test("call --filter version=v2 reaches only the v2 instance; --zone keeps calls in the caller's zone", async (t) => {
+  const { registry } = t.context;
+  const instances = await Promise.all(
+    [
+      { instanceId: "echo-v1", metadata: { version: "v1" }, zone: "zone-a" },
+      { instanceId: "echo-v2", metadata: { version: "v2" }, zone: "zone-b" },
+    ].map((options) =>
+      startServiceInstance(echo, {
+        registry: registry.address,
+        listen: "127.0.0.1:0",
+        drainMs: 0,
+        ...options,
+      }),
+    ),
+  );
+  for (const instance of instances) t.teardown(async () => await instance.shutdown());
+  const load = async (flags: readonly string[]): Promise<Record<string, number>> => {
+    const run = spawnCli(t, [
+      "call",
+      "echo",
+      "Echo",
+      '{"message":"x"}',
+      "--count=40",
+      "--json",
+      ...flags,
+      `--registry=${registry.address}`,
+    ]);
+    t.is(await run.exited, 0, run.stderr);
+    const summary = JSON.parse(run.stdout.join("\n")) as {
+      errors: number;
+      instances: { instance_id: string; calls: number }[];
+    };
+    t.is(summary.errors, 0);
+    return Object.fromEntries(summary.instances.map((i) => [i.instance_id, i.calls]));
+  };
+  t.like(await load(["--filter=version=v2"]), { "echo-v2": 40 });
+  t.like(await load(["--zone=zone-a"]), { "echo-v1": 40 });
 });
