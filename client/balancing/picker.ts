@@ -7,7 +7,10 @@ import type { ResolvedPolicyConfig } from "./policy-config.js";
 /** What a picker needs to know about one instance. The Leasehold load balancer's children implement it. */
 export interface Pickable {
   readonly instanceId: string;
-  /** 0..10000 (DESIGN §2); 0 is listed but never picked. */
+  /**
+   * The effective weight: the registered 0..10000 (DESIGN §2), times slow start's factor while an
+   * instance ramps up (so possibly fractional). 0 is listed but never picked.
+   */
   readonly weight: number;
   /** True only for `SERVING`; a `DRAINING` instance is never picked. */
   readonly isServing: boolean;
