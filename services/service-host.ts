@@ -32,6 +32,8 @@ export interface ServiceInstanceOptions {
   /** 0..10000; default 1. */
   readonly weight?: number | undefined;
   readonly zone?: string | undefined;
+  /** Instance metadata (DESIGN §2: ≤ 32 keys, ≤ 4 KiB), e.g. `{ version: "v2" }` for subset routing. */
+  readonly metadata?: Readonly<Record<string, string>> | undefined;
   /** Lease TTL in seconds; default 10. */
   readonly ttlSeconds?: number | undefined;
   /** gRPC bind address; default `0.0.0.0:0` (any free port). */
@@ -75,6 +77,12 @@ export interface ServiceInstance {
   register(): Promise<void>;
   /** Deregisters but keeps serving (the `u` key). */
   unregister(): Promise<void>;
+  /** Changes weight, zone or metadata live (`Registrar.update`; the `w N` line sets the weight). */
+  update(change: {
+    weight?: number;
+    zone?: string;
+    metadata?: Readonly<Record<string, string>>;
+  }): Promise<void>;
   /**
    * Graceful shutdown (SIGTERM, the `q` key): health NOT_SERVING, mark DRAINING, wait `drainMs`,
    * Deregister, then stop the gRPC server once in-flight calls finish. Idempotent.
@@ -151,6 +159,7 @@ export async function startServiceInstance(
       address,
       weight: options.weight,
       zone: options.zone,
+      metadata: options.metadata,
       metricsAddress: isMetricsListed ? metricsAddress : "",
     },
     ttlSeconds: options.ttlSeconds,
@@ -190,6 +199,7 @@ export async function startServiceInstance(
     },
     register: async () => await registrar.start(),
     unregister: async () => await registrar.stop(),
+    update: async (change) => await registrar.update(change),
     shutdown: async () => await (shutdown ??= stopEverything()),
   };
 }

@@ -59,6 +59,10 @@ export interface CallFlags extends SecurityFlags {
   readonly count?: number;
   readonly concurrency: number;
   readonly policy: PolicyName;
+  /** The caller's zone, for zone-aware routing. */
+  readonly zone?: string;
+  /** Metadata filter: `key=value` pairs every picked instance has. */
+  readonly filter: Readonly<Record<string, string>>;
   readonly duration?: number;
   /** Absent: {@link UNARY_DEADLINE_MS} for unary calls, {@link STREAM_DEADLINE_MS} for streams. */
   readonly deadlineMs?: number;
@@ -311,6 +315,8 @@ async function callThroughBalancer(
     service: serviceName,
     membership: watcher,
     policy: flags.policy,
+    zone: flags.zone,
+    metadataFilter: Object.keys(flags.filter).length === 0 ? undefined : flags.filter,
     metrics,
     deadlineMs: flags.deadlineMs ?? UNARY_DEADLINE_MS,
     credentials: channelCredentials(tlsFilesOf(flags)),

@@ -20,6 +20,10 @@ export function registerCommand(program: Command): void {
     )
     .option("--id <instance-id>", "instance id (default <service>-<random>)")
     .option("--weight <n>", "weight 0..10000 (0 = listed, no traffic)", integerIn(0, 10_000), 1)
+    .option(
+      "--weight-file <path>",
+      "re-read the weight (an integer 0..10000) from this file whenever it changes, and apply it live",
+    )
     .option("--zone <zone>", "zone label", "")
     .option("--metadata <key=value>", "instance metadata (repeatable)", keyValue, {})
     .option("--ttl <seconds>", "lease TTL in seconds (etcd raises < 2 to 2)", integerIn(1, 300), 10)

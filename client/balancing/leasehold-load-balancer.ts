@@ -37,7 +37,21 @@ import {
 } from "./balancer-context.js";
 import { MassRemovalDetector } from "./mass-removal-detector.js";
 import { InstanceProgress, stallThresholdMs } from "./stall-detector.js";
-import { createPicker, POLICY_NAMES, type Pickable, type Picker, type PolicyName } from "./policies.js";
+import {
+  createPicker,
+  matchesMetadata,
+  POLICY_NAMES,
+  type Pickable,
+  type Picker,
+  type PolicyName,
+} from "./policies.js";
+import {
+  resolvePolicyConfig,
+  slowStartFactor,
+  type PolicyConfig,
+  type ResolvedPolicyConfig,
+} from "./policy-config.js";
+import { hashKey } from "./ring-hash-picker.js";
 
 type LoadBalancer = experimental.LoadBalancer;
 type ChannelControlHelper = experimental.ChannelControlHelper;
@@ -98,6 +112,13 @@ class Child implements Pickable {
   readonly progress = new InstanceProgress();
   /** p99 latency, ms, refreshed every {@link P99_REFRESH_SAMPLES} samples (the stall threshold uses it). */
   #p99Ms = 0;
+  /**
+   * Slow start: when this instance first became READY after joining (ms); -Infinity for the
+   * instances of the first membership a balancer applies (a restarting caller ramps up no one).
+   */
+  slowStartFromMs: number | undefined;
+  /** Slow start's share of the registered weight now, 0..1 (1 without slow start). */
+  weightFactor = 1;
 
   constructor(instance: Instance, leaf: experimental.LeafLoadBalancer, breaker: InstanceBreaker) {
     this.instance = instance;
@@ -108,8 +129,15 @@ class Child implements Pickable {
   get instanceId(): string {
     return this.instance.instanceId;
   }
+  /** The effective weight: registered weight × slow start's factor. */
   get weight(): number {
-    return this.instance.weight;
+    return this.instance.weight * this.weightFactor;
+  }
+  get zone(): string {
+    return this.instance.zone;
+  }
+  get metadata(): Readonly<Record<string, string>> {
+    return this.instance.metadata;
   }
   get isServing(): boolean {
     return this.instance.status !== InstanceStatus.INSTANCE_STATUS_DRAINING;
@@ -151,7 +179,8 @@ class Child implements Pickable {
       service: this.instance.service,
       instanceId: this.instanceId,
       address: this.instance.address,
-      weight: this.weight,
+      weight: this.instance.weight,
+      effectiveWeight: this.weight,
       status: this.isServing ? "SERVING" : "DRAINING",
       zone: this.instance.zone,
       calls: this.calls,
@@ -186,6 +215,7 @@ class LeaseholdPicker implements GrpcPicker {
     }
     const nowMs = Date.now();
     const balancer = this.#balancer;
+    const hash = balancer.requestHash(args.metadata);
     const isRetry = exclude !== undefined;
     // Instances skipped so far, in pick order, that the fallback takes one by one: stalled ones,
     // and on a retry half-open ones (a retry is no trial: it must not fail on a suspect instance
@@ -193,7 +223,7 @@ class LeaseholdPicker implements GrpcPicker {
     const deferred: Child[] = [];
     let fallbacks = 0;
     for (let tries = 0; tries <= 2 * this.#picker.instances.length; tries++) {
-      let child = this.#picker.pick(exclude);
+      let child = this.#picker.pick(exclude, hash);
       if (child === undefined) {
         // Only deferred instances left: better one of them than none (they may answer yet), and
         // the next one when a breaker refuses it (a half-open trial in flight).
@@ -294,12 +324,17 @@ class TrackedCall {
   }
 }
 
-/** The parsed `loadBalancingConfig` entry of one policy (it takes no settings: `{}`). */
+/** The parsed `loadBalancingConfig` entry of one policy: its {@link PolicyConfig}. */
 export class LeaseholdLoadBalancingConfig implements experimental.TypedLoadBalancingConfig {
   readonly policy: PolicyName;
+  readonly json: PolicyConfig;
+  readonly config: ResolvedPolicyConfig;
 
-  constructor(policy: PolicyName) {
+  /** @throws LeaseholdError `INVALID_ARGUMENT` for a bad config (grpc-js reports it as a bad service config). */
+  constructor(policy: PolicyName, json: PolicyConfig = {}) {
     this.policy = policy;
+    this.config = resolvePolicyConfig(policy, json);
+    this.json = json ?? {};
   }
 
   getLoadBalancerName(): string {
@@ -307,7 +342,7 @@ export class LeaseholdLoadBalancingConfig implements experimental.TypedLoadBalan
   }
 
   toJsonObject(): object {
-    return { [this.getLoadBalancerName()]: {} };
+    return { [this.getLoadBalancerName()]: this.json };
   }
 }
 
@@ -342,6 +377,10 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
   /** Children in membership order (sorted by instance id), the policy picker's input. */
   #ordered: Child[] = [];
   #policy: PolicyName = "round_robin";
+  #config: ResolvedPolicyConfig = resolvePolicyConfig("round_robin", {});
+  /** False until the first membership is applied (its instances skip slow start). */
+  #hasMembership = false;
+  #slowStartTimer: NodeJS.Timeout | undefined;
   #context: BalancerContext | undefined;
   #policyPicker: Picker<Child> | undefined;
   #service = "";
@@ -408,6 +447,7 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
   ): boolean {
     if (!(lbConfig instanceof LeaseholdLoadBalancingConfig) || this.#isDestroyed) return false;
     this.#policy = lbConfig.policy;
+    this.#config = lbConfig.config;
     this.#resolutionNote = resolutionNote;
     const context = contextOf(options[CONTEXT_OPTION]);
     if (context !== this.#context) {
@@ -454,6 +494,7 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
     if (this.#isDestroyed) return;
     this.#isDestroyed = true;
     clearTimeout(this.#panicTimer);
+    clearTimeout(this.#slowStartTimer);
     this.#removeLoadSource?.();
     const removed = [...this.#children.values()].map((child) => this.#retire(child));
     this.#children.clear();
@@ -478,9 +519,18 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
     return ids;
   }
 
+  /** The request's `ring_hash` hash: xxHash64 of its hash header's values (joined by ","); else undefined. */
+  requestHash(metadata: Metadata): bigint | undefined {
+    if (this.#policy !== "ring_hash") return undefined;
+    const values = metadata.get(this.#config.ringHash.hashHeader);
+    return values.length === 0 ? undefined : hashKey(values.map(String).join(","));
+  }
+
   /** The UNAVAILABLE status of a pick that found nothing, saying why each instance was skipped. */
   noInstanceStatus(exclude: ReadonlySet<string> | undefined): StatusObject {
+    const filter = this.#config.metadataFilter;
     const counts = {
+      "not matching the metadata filter": 0,
       draining: 0,
       "weight 0": 0,
       "breaker open": 0,
@@ -488,7 +538,9 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
       "already tried or half-open with a trial in flight": 0,
     };
     for (const child of this.#ordered) {
-      if (!child.isServing) counts.draining++;
+      if (filter !== undefined && !matchesMetadata(child, filter))
+        counts["not matching the metadata filter"]++;
+      else if (!child.isServing) counts.draining++;
       else if (child.weight <= 0) counts["weight 0"]++;
       else if (!child.isBreakerAdmitting) counts["breaker open"]++;
       else if (!child.isReady) counts["not connected"]++;
@@ -536,6 +588,7 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
         if (child === undefined) {
           child = this.#open(instance, childOptions);
           if (child === undefined) continue;
+          if (!this.#hasMembership) child.slowStartFromMs = Number.NEGATIVE_INFINITY;
           this.#children.set(instance.instanceId, child);
         } else {
           child.instance = instance; // weight, status, zone, metadata: no reconnect
@@ -559,6 +612,7 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
     } finally {
       this.#isUpdating = false;
     }
+    this.#hasMembership = true;
     this.#update({ removed });
   }
 
@@ -668,14 +722,42 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
     return stats;
   }
 
+  /**
+   * Slow start (Envoy's `slow_start_config`): an instance that joins after the first membership
+   * ramps from `minWeightPercent` of its weight to all of it over `windowMs`, counted from when its
+   * subchannel first became READY. While any ramps, the picker is rebuilt every window / 50.
+   */
+  #applySlowStart(): void {
+    const slowStart = this.#config.slowStart;
+    clearTimeout(this.#slowStartTimer);
+    this.#slowStartTimer = undefined;
+    if (slowStart === undefined) return;
+    const nowMs = Date.now();
+    let isRamping = false;
+    for (const child of this.#ordered) {
+      if (child.slowStartFromMs === undefined && child.isReady) child.slowStartFromMs = nowMs;
+      child.weightFactor =
+        child.slowStartFromMs === undefined ? 1 : slowStartFactor(nowMs - child.slowStartFromMs, slowStart);
+      if (child.weightFactor < 1 && child.slowStartFromMs !== undefined) isRamping = true;
+    }
+    if (!isRamping) return;
+    this.#slowStartTimer = setTimeout(
+      () => this.#update({ removed: [] }),
+      slowStart.windowMs / SLOW_START_STEPS,
+    );
+    this.#slowStartTimer.unref(); // bookkeeping: the channel's calls keep the process alive
+  }
+
   /** Rebuilds the picker and reports the aggregate state, as grpc-js `round_robin` does. */
   #update(change: { removed: InstanceStats[] }): void {
     if (this.#isDestroyed) return;
     const context = this.context;
     capEjections(this.#ordered, context.maxEjectionPercent);
+    this.#applySlowStart();
     this.#policyPicker = createPicker(this.#policy, this.#ordered, {
       random: context.random,
       previous: this.#policyPicker,
+      config: this.#config,
     });
     let isConnecting = false;
     for (const child of this.#ordered) {
@@ -700,6 +782,8 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
   }
 }
 
+/** Slow start rebuilds the picker this many times per window while an instance ramps up. */
+const SLOW_START_STEPS = 50;
 /**
  * Max-ejection cap (Envoy's `max_ejection_percent`): of the instances that could take traffic, at
  * most `maxEjectionPercent` (never all) are ejected by their open breakers, the worst first (the
@@ -732,13 +816,11 @@ export function registerLoadBalancers(): void {
   for (const policy of POLICY_NAMES) {
     const name = loadBalancerName(policy);
     class Config extends LeaseholdLoadBalancingConfig {
-      constructor() {
-        super(policy);
+      constructor(json?: PolicyConfig) {
+        super(policy, json);
       }
       static createFromJson(json: unknown): Config {
-        if (typeof json !== "object" || json === null || Object.keys(json).length > 0)
-          throw new Error(`${name} takes no settings: {}`);
-        return new Config();
+        return new Config(json as PolicyConfig);
       }
     }
     class Balancer extends LeaseholdLoadBalancer {

@@ -26,6 +26,7 @@ import {
 } from "../balancing/leasehold-load-balancer.js";
 import type { PolicyName } from "../balancing/policies.js";
 import { isPolicyName } from "../balancing/policies.js";
+import { resolvePolicyConfig } from "../balancing/policy-config.js";
 import type { ClientMetrics } from "../metrics/client-metrics.js";
 import { connectRegistry } from "../registry-connection.js";
 import type { ClientSecurity } from "../tls/tls-files.js";
@@ -44,6 +45,12 @@ export const LEASEHOLD_SCHEME = "leasehold";
 
 /** Channel option: the policy of this channel (a {@link PolicyName}), instead of the default one. */
 export const POLICY_OPTION = "leasehold.policy";
+
+/**
+ * Channel option: the policy's settings, a `PolicyConfig` object (slow start, zone, metadata
+ * filter, ring), put into the `leasehold_<policy>` entry of the resolver's service config.
+ */
+export const POLICY_CONFIG_OPTION = "leasehold.policy_config";
 
 /** Channel option set by the typed balanced client, which retries and counts calls itself. */
 export const TYPED_CLIENT_OPTION = "leasehold.typed_client";
@@ -274,6 +281,7 @@ export class LeaseholdResolver implements experimental.Resolver {
     const securityId: unknown = options[REGISTRY_SECURITY_OPTION];
     this.#securityId = typeof securityId === "string" ? securityId : undefined;
     const policy: unknown = options[POLICY_OPTION] ?? defaults.policy;
+    let configError: string | undefined;
     if (!SERVICE_NAME.test(this.#service)) {
       this.#targetError = unavailable(
         `leasehold: "${this.#service}" in target leasehold:///${this.#service} is not a service name (a DNS-1123 label)`,
@@ -282,6 +290,8 @@ export class LeaseholdResolver implements experimental.Resolver {
       this.#targetError = unavailable(
         `leasehold: unknown policy "${String(policy)}" in channel option ${POLICY_OPTION}`,
       );
+    } else if ((configError = policyConfigError(policy, options[POLICY_CONFIG_OPTION])) !== undefined) {
+      this.#targetError = unavailable(`leasehold: channel option ${POLICY_CONFIG_OPTION}: ${configError}`);
     } else if (this.#sourceId === undefined && this.#registry === undefined) {
       this.#targetError = unavailable(
         `leasehold: no registry for ${this.#service}: call registerLeasehold({ registry }) or use leasehold://HOST:PORT/${this.#service}`,
@@ -295,7 +305,12 @@ export class LeaseholdResolver implements experimental.Resolver {
       const retryPolicy = defaults.retryPolicy;
       const methodConfig: MethodConfig[] = retryPolicy === undefined ? [] : [{ name: [{}], retryPolicy }];
       this.#serviceConfig = {
-        loadBalancingConfig: [{ [loadBalancerName(policy as PolicyName)]: {} }],
+        loadBalancingConfig: [
+          {
+            [loadBalancerName(policy as PolicyName)]:
+              (options[POLICY_CONFIG_OPTION] as object | undefined) ?? {},
+          },
+        ],
         methodConfig,
         ...(retryPolicy === undefined ? {} : { retryThrottling: RETRY_THROTTLING }),
       };
@@ -419,4 +434,14 @@ export function registerResolver(): void {
   if (isRegistered) return;
   isRegistered = true;
   experimental.registerResolver(LEASEHOLD_SCHEME, LeaseholdResolver);
+}
+
+/** Why a policy config is refused, or undefined when it is valid. */
+function policyConfigError(policy: string, config: unknown): string | undefined {
+  try {
+    resolvePolicyConfig(policy, config);
+    return undefined;
+  } catch (error) {
+    return messageOf(error);
+  }
 }
