@@ -48,21 +48,68 @@ function timeSpawn(command, args, options) {
 /**
  * Runs every variant once per round for `rounds` rounds, rotating the order each round so no
  * variant always goes first (interleaved A/B: drift in machine load hits all variants alike).
- * `warmupRounds` run first and are not recorded (they fill the file cache).
- * @param variants `[{ name, run: () => sample }]` (a sample is whatever `run` measures)
+ * `warmupRounds` run first and are not recorded (they fill the file cache, warm up the JIT).
+ * @param variants `[{ name, run: () => sample | Promise<sample> }]`, run one at a time.
  * @returns `{ [name]: sample[] }`, one sample per round, in round order.
  */
-export function interleave(variants, { rounds, warmupRounds = 0 }) {
+export async function interleave(variants, { rounds, warmupRounds = 0 }) {
   const samples = Object.fromEntries(variants.map((variant) => [variant.name, []]));
   for (let round = -warmupRounds; round < rounds; round += 1) {
     const offset = ((round % variants.length) + variants.length) % variants.length;
     for (let i = 0; i < variants.length; i += 1) {
       const variant = variants[(i + offset) % variants.length];
-      const sample = variant.run();
+      const sample = await variant.run();
       if (round >= 0) samples[variant.name].push(sample);
     }
   }
   return samples;
+}
+
+/** The `q` quantile (0–1) of ascending `sorted` values, nearest rank; NaN when empty. */
+export function percentile(sorted, q) {
+  if (sorted.length === 0) return Number.NaN;
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))];
+}
+
+/**
+ * One result row per variant: `{ name, [metric]: { median, min, max, samples } }` for every
+ * `metric` (a key of each sample) of `samples` (as `interleave` returns them).
+ */
+export function summarizeVariants(samples, metrics) {
+  return Object.entries(samples).map(([name, list]) => ({
+    name,
+    ...Object.fromEntries(
+      metrics.map((metric) => {
+        const values = list.map((sample) => sample[metric]);
+        return [metric, { ...summary(values), samples: values }];
+      }),
+    ),
+  }));
+}
+
+/**
+ * A ratio row: per round, `metric` of `numerator` ÷ the same of `denominator` (or − with
+ * `difference: true`, in `unit`), with its median, min and max. `goal` is "≤" or "≥" `target`
+ * (null: none), printed beside it, never enforced.
+ */
+export function ratioRow(
+  samples,
+  { metric, numerator, denominator, of, target = null, goal = "≤", difference = false, unit },
+) {
+  const a = samples[numerator].map((sample) => sample[metric]);
+  const b = samples[denominator].map((sample) => sample[metric]);
+  const perRound = difference ? a.map((value, i) => value - b[i]) : roundRatios(a, b);
+  return {
+    name: `${numerator} ${difference ? "−" : "/"} ${denominator}`,
+    metric,
+    of: of ?? metric,
+    difference,
+    unit,
+    target,
+    goal,
+    ...summary(perRound),
+    perRound,
+  };
 }
 
 export function median(values) {

@@ -1,9 +1,10 @@
 #!/usr/bin/env node
-// `npm run bench [-- NAME... --quick --rounds N --out DIR]`: runs the benchmarks of bench/
+// `npm run bench [-- NAME... --quick --large --rounds N --out DIR]`: runs the benchmarks of bench/
 // (every bench/NAME.bench.mjs; all of them when no NAME is given), prints a table of medians and
 // per-round ratios with min–max, and writes a JSON record (with the commit measured) to
-// bench/results/NAME-DATE.json. `--quick` runs each variant once, without warm-up, and saves
-// nothing unless --out is given: a smoke run, not a measurement.
+// bench/results/NAME-DATE.json. `--quick` runs 5 rounds at small sizes without warm-up, and saves
+// nothing unless --out is given: a smoke run, not a measurement. `--large` adds the large sizes
+// (registration at 5,000; memory at 10,000 instances with 1,000 Watch streams).
 import { readdirSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -21,6 +22,7 @@ try {
     allowPositionals: true,
     options: {
       quick: { type: "boolean", default: false },
+      large: { type: "boolean", default: false },
       rounds: { type: "string" },
       out: { type: "string" },
     },
@@ -30,8 +32,8 @@ try {
   process.exit(2);
 }
 const { values, positionals } = parsed;
-const rounds = values.quick ? 1 : Number(values.rounds ?? DEFAULT_ROUNDS);
-if (!values.quick && !(Number.isInteger(rounds) && rounds >= MIN_ROUNDS)) {
+const roundsGiven = values.rounds === undefined ? undefined : Number(values.rounds);
+if (roundsGiven !== undefined && !(Number.isInteger(roundsGiven) && roundsGiven >= MIN_ROUNDS)) {
   console.error(`bench: --rounds must be an integer ≥ ${MIN_ROUNDS} (or use --quick)`);
   process.exit(2);
 }
@@ -48,10 +50,11 @@ if (unknown.length > 0) {
 
 const git = gitState(root);
 const env = environment();
-const ms = (value) => value.toFixed(1);
 const times = (value) => `${value.toFixed(2)}×`;
 for (const name of selected) {
   const benchmark = await import(join(here, `${name}.bench.mjs`));
+  // A benchmark whose round takes seconds names fewer default rounds (never under MIN_ROUNDS).
+  const rounds = values.quick ? MIN_ROUNDS : (roundsGiven ?? benchmark.defaultRounds ?? DEFAULT_ROUNDS);
   const warmupRounds = values.quick ? 0 : 1;
   console.log(
     `${name}: ${benchmark.description}\n` +
@@ -60,39 +63,46 @@ for (const name of selected) {
       `${git.dirty ? " (with uncommitted changes)" : ""}\n`,
   );
   let result;
+  const began = Date.now();
   try {
-    result = benchmark.run({ root, rounds, warmupRounds });
+    result = await benchmark.run({ root, rounds, warmupRounds, quick: values.quick, large: values.large });
   } catch (error) {
-    console.error(`bench: ${name} failed: ${error.message}`);
+    console.error(`bench: ${name} failed: ${error.stack ?? error.message}`);
     process.exit(1);
   }
+  const number = (value, digits = 1) => (Number.isFinite(value) ? value.toFixed(digits) : String(value));
   console.log(
     formatTable([
-      ["variant", "wall median ms", "min", "max", "CPU median ms", "min", "max"],
+      [
+        "variant",
+        ...result.columns.flatMap((column) => [`${column.label} median ${column.unit}`, "min", "max"]),
+      ],
       ...result.variants.map((variant) => [
         variant.name,
-        ...[variant.wallMs, variant.cpuMs].flatMap((metric) => [
-          ms(metric.median),
-          ms(metric.min),
-          ms(metric.max),
-        ]),
+        ...result.columns.flatMap((column) =>
+          ["median", "min", "max"].map((at) => number(variant[column.key][at], column.digits)),
+        ),
       ]),
     ]),
   );
   console.log();
+  const shown = (ratio, value) =>
+    ratio.difference ? `${value >= 0 ? "+" : ""}${number(value)} ${ratio.unit}` : times(value);
   console.log(
     formatTable([
-      ["ratio (per round)", "of", "median", "min", "max", "target"],
+      ["ratio (per round)", "of", "median", "min", "max", "goal"],
       ...result.ratios.map((ratio) => [
         ratio.name,
-        ratio.metric === "cpuMs" ? "CPU" : "wall",
-        times(ratio.median),
-        times(ratio.min),
-        times(ratio.max),
-        ratio.target === null ? "" : `≤ ${times(ratio.target)}`,
+        ratio.of,
+        shown(ratio, ratio.median),
+        shown(ratio, ratio.min),
+        shown(ratio, ratio.max),
+        ratio.target === null ? "" : `${ratio.goal} ${shown(ratio, ratio.target)}`,
       ]),
     ]),
   );
+  for (const note of result.notes ?? []) console.log(note);
+  console.log(`(${((Date.now() - began) / 1000).toFixed(0)} s)`);
   const record = {
     benchmark: name,
     description: benchmark.description,
@@ -103,6 +113,7 @@ for (const name of selected) {
     rounds,
     warmupRounds,
     quick: values.quick,
+    large: values.large,
     ...result,
   };
   if (values.quick && values.out === undefined) {

@@ -44,6 +44,9 @@ try {
 
 /** gRPC INVALID_ARGUMENT (3) / ALREADY_EXISTS (6) from the registry: about what the user asked for. */
 function isRefusedInput(error: unknown): boolean {
+  // An unreadable --tls-*/--token-file, or a bad --auth-policy file (RegistryError invalid_argument).
+  if (error instanceof Error && error.name === "TlsConfigError") return true;
+  if ((error as { code?: unknown } | null)?.code === "invalid_argument") return true;
   const code = (error as { code?: unknown } | null)?.code;
   return code === 3 || code === 6;
 }

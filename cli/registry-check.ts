@@ -99,7 +99,7 @@ async function describeUnavailable(details: string, address: string): Promise<st
   const known = causeOf(details);
   if (known !== undefined) return known;
   if (/Failed to connect|Connection dropped|ECONNRESET/.test(details) && (await speaksTls(address))) {
-    return "TLS mismatch: the port expects TLS but this client connects in plaintext";
+    return "TLS mismatch: the port expects TLS but this client connects in plaintext (give --tls-ca, and --tls-cert/--tls-key for mTLS)";
   }
   return `UNAVAILABLE: ${firstLine(details.replace(/^No connection established\. Last error: /, ""))}`;
 }

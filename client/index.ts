@@ -21,12 +21,18 @@ export type { RetryBudgetOptions } from "./balancing/retry-budget.js";
 export { EXCLUDE_METADATA, loadBalancerName } from "./balancing/leasehold-load-balancer.js";
 export { POLICY_NAMES, isPolicyName, type PolicyName } from "./balancing/policies.js";
 export {
+  DEFAULT_HASH_HEADER,
+  type PolicyConfig,
+  type RingHashConfig,
+  type SlowStartConfig,
+} from "./balancing/policy-config.js";
+export {
   DEFAULT_BREAKER_OPTIONS,
   type BreakerOptions,
   type BreakerState,
   type ResolvedBreakerOptions,
 } from "./breaker/instance-breaker.js";
-export { LEASEHOLD_SCHEME, POLICY_OPTION } from "./discovery/leasehold-resolver.js";
+export { LEASEHOLD_SCHEME, POLICY_CONFIG_OPTION, POLICY_OPTION } from "./discovery/leasehold-resolver.js";
 export {
   registerLeasehold,
   DEFAULT_RETRY_POLICY,
@@ -63,6 +69,17 @@ export {
   type RegistrarState,
 } from "./registration/registrar.js";
 export { connectRegistry, REGISTRY_CHANNEL_OPTIONS } from "./registry-connection.js";
+export {
+  bearerTokenInterceptor,
+  channelCredentials,
+  clientSecurityFromEnv,
+  readTokenFile,
+  serverCredentials,
+  tlsFilesFromEnv,
+  TlsConfigError,
+  type ClientSecurity,
+  type TlsFiles,
+} from "./tls/tls-files.js";
 export {
   Instance,
   InstanceStatus,

@@ -24,6 +24,7 @@ import {
 import { LeaseholdError } from "./errors.js";
 import type { ClientMetrics } from "./metrics/client-metrics.js";
 import { parseRegistryAddresses } from "./registry-connection.js";
+import type { ClientSecurity } from "./tls/tls-files.js";
 
 /** Options of {@link registerLeasehold}; all optional. */
 export interface LeaseholdOptions {
@@ -59,6 +60,11 @@ export interface LeaseholdOptions {
   readonly logger?: Logger;
   /** grpc-js options of the channels to the registry (keepalive is already set). */
   readonly registryChannelOptions?: ChannelOptions;
+  /**
+   * TLS files and bearer token of the registry Watch of every `leasehold:///` channel (the
+   * channel's own credentials reach the instances). Default plaintext, anonymous.
+   */
+  readonly registrySecurity?: ClientSecurity;
 }
 
 export { DEFAULT_RETRY_POLICY, type RetryPolicy };
@@ -95,6 +101,7 @@ export function registerLeasehold(options: LeaseholdOptions = {}): void {
     policy,
     retryPolicy: options.retryPolicy === false ? undefined : (options.retryPolicy ?? DEFAULT_RETRY_POLICY),
     registryChannelOptions: options.registryChannelOptions ?? {},
+    registrySecurity: options.registrySecurity,
   });
   registerResolver();
   registerLoadBalancers();

@@ -1,7 +1,8 @@
 import { lookup } from "node:dns/promises";
 import { isIP } from "node:net";
-import { credentials, experimental, status, type ChannelOptions } from "@grpc/grpc-js";
+import { experimental, status, type ChannelOptions } from "@grpc/grpc-js";
 import { RegistryServiceClient } from "../proto/gen/leasehold/registry/v1/registry.js";
+import { bearerTokenInterceptor, channelCredentials, type ClientSecurity } from "./tls/tls-files.js";
 
 /**
  * Channel options of every registry channel:
@@ -30,13 +31,21 @@ export const REGISTRY_LIST_SCHEME = "leasehold-registries";
  * that keeps a connection to each and spreads calls over the ready ones (grpc-js `round_robin`),
  * so a stream broken by a replica going away is reopened on another at once; see
  * {@link parseRegistryAddresses}. Channel options: {@link REGISTRY_CHANNEL_OPTIONS}, then `options`.
+ * `security` gives TLS files (a CA verifies the registry; cert and key answer its mTLS) and a
+ * bearer token sent with every call; default plaintext and anonymous.
  *
- * @throws RangeError for an empty list, or a list with an entry that is not `host:port`.
+ * @throws RangeError for an empty list, or a list with an entry that is not `host:port`;
+ *   TlsConfigError for unreadable TLS files.
  */
-export function connectRegistry(addresses: string, options: ChannelOptions = {}): RegistryServiceClient {
-  return new RegistryServiceClient(parseRegistryAddresses(addresses), credentials.createInsecure(), {
+export function connectRegistry(
+  addresses: string,
+  options: ChannelOptions = {},
+  security: ClientSecurity = {},
+): RegistryServiceClient {
+  return new RegistryServiceClient(parseRegistryAddresses(addresses), channelCredentials(security.tls), {
     ...REGISTRY_CHANNEL_OPTIONS,
     ...options,
+    ...(security.token === undefined ? {} : { interceptors: [bearerTokenInterceptor(security.token)] }),
   });
 }
 

@@ -1,4 +1,7 @@
-import { Server, ServerCredentials } from "@grpc/grpc-js";
+import { Server } from "@grpc/grpc-js";
+import { isIP } from "node:net";
+import { isTlsOn, serverCredentials } from "../client/tls/tls-files.js";
+import { RegistryAuth } from "./auth/registry-auth.js";
 import { loadSync } from "@grpc/proto-loader";
 import { ReflectionService } from "@grpc/reflection";
 import { HealthImplementation, protoPath as healthProtoPath } from "grpc-health-check";
@@ -11,6 +14,8 @@ import { startAdminServer } from "./admin/admin-server.js";
 import { guardUndecodable, registryServiceDefinition } from "./api/request-decoding.js";
 import { createRegistryService } from "./api/registry-service.js";
 import { ConsoleFeed } from "./console/console-feed.js";
+import { createHttpApi } from "./http-api/http-api.js";
+import { fetchMetricsOverHttps } from "./console/metrics-fetch.js";
 import { consoleRoutes } from "./console/console-routes.js";
 import { EtcdReadiness } from "./readiness.js";
 import { RegistryLimiter } from "./registry-limits.js";
@@ -21,7 +26,12 @@ import type { ServicesWatch } from "./store/services-watch.js";
 import { WatchHub } from "./watch/watch-hub.js";
 
 export type { RegistryOptions } from "./registry-options.js";
-export { DEFAULT_REGISTRY_LIMITS, type RegistryLimitOptions } from "./registry-limits.js";
+export type { TlsFiles } from "../client/tls/tls-files.js";
+export {
+  DEFAULT_REGISTRY_LIMITS,
+  type RegistryLimitOptions,
+  type RegistryLimits,
+} from "./registry-limits.js";
 export { RegistryError, type RegistryErrorCode } from "./registry-error.js";
 
 /** A running registry; see {@link startRegistry}. */
@@ -46,7 +56,8 @@ const serverOptions = {
 /**
  * Starts the registry facade (DESIGN §3): `leasehold.registry.v1.RegistryService`,
  * `grpc.health.v1.Health` (SERVING only while etcd answers; probed every second) and server
- * reflection on `listen`, plus the admin HTTP server on `adminListen`. It first lists every
+ * reflection on `listen`, plus the admin HTTP server on `adminListen` (with the HTTP/JSON API
+ * unless `httpApi` is false). It first lists every
  * instance from etcd and starts the one etcd watch that feeds GetService, ListServices and Watch.
  *
  * @throws RegistryError `invalid_argument` for bad options; the etcd error when etcd cannot be
@@ -55,9 +66,17 @@ const serverOptions = {
 export async function startRegistry(options: RegistryOptions): Promise<RunningRegistry> {
   const resolved = resolveRegistryOptions(options);
   const { logger, metricsRegistry } = resolved;
+  // Files are read first: a bad policy, token or certificate file fails the start before anything runs.
+  const auth =
+    resolved.authPolicyFile === undefined
+      ? undefined
+      : RegistryAuth.fromFiles(resolved.authPolicyFile, resolved.authTokensFile);
+  const credentials = serverCredentials(resolved.tls);
   const metrics = new RegistryMetrics(metricsRegistry, resolved.limits.maxServiceLabels);
   const store = new EtcdStore({
     endpoints: resolved.etcdEndpoints,
+    tls: resolved.etcdTls,
+    auth: resolved.etcdAuth,
     prefix: resolved.prefix,
     requestTimeoutMs: resolved.etcdRequestTimeoutMs,
     watchCheckIntervalMs: resolved.watchCheckIntervalMs,
@@ -100,12 +119,14 @@ export async function startRegistry(options: RegistryOptions): Promise<RunningRe
     metrics,
     logger,
     validation: { allowForeignMetricsAddress: resolved.allowForeignMetricsAddress },
+    auth,
   });
   const server = new Server({ ...serverOptions, ...limiter.serverOptions() });
   const consoleFeed = new ConsoleFeed({
     hub,
     isReady: () => readiness.isReady,
     leaseTimeToLive: (key) => store.leaseTimeToLive(key),
+    fetchMetrics: isTlsOn(resolved.tls) ? fetchMetricsOverHttps(resolved.tls) : undefined,
     logger,
   });
   let admin: HttpEndpoints | undefined;
@@ -139,10 +160,8 @@ export async function startRegistry(options: RegistryOptions): Promise<RunningRe
     health.addToServer(server);
     new ReflectionService(loadReflectedProtos()).addToServer(server);
     const port = await new Promise<number>((resolve, reject) =>
-      server.bindAsync(
-        `${resolved.listen.host}:${resolved.listen.port}`,
-        ServerCredentials.createInsecure(),
-        (error, bound) => (error === null ? resolve(bound) : reject(error)),
+      server.bindAsync(`${resolved.listen.host}:${resolved.listen.port}`, credentials, (error, bound) =>
+        error === null ? resolve(bound) : reject(error),
       ),
     );
     isStarted = true;
@@ -153,12 +172,27 @@ export async function startRegistry(options: RegistryOptions): Promise<RunningRe
         isReady: () => readiness.isReady,
         instances: () => hub.instances(),
         routes: consoleRoutes(consoleFeed),
+        ...(resolved.httpApi && { handler: createHttpApi(api.operations, logger) }),
+        tls: resolved.tls,
       });
     }
     logger.info(
-      { address, adminAddress: admin?.address, revision: String(hub.revision) },
+      {
+        address,
+        adminAddress: admin?.address,
+        revision: String(hub.revision),
+        tls: isTlsOn(resolved.tls) ? (resolved.tls.caFile === undefined ? "tls" : "mtls") : "off",
+        auth: auth === undefined ? "off" : "on",
+      },
       "registry started",
     );
+    if (!isLoopback(resolved.listen.host) && (!isTlsOn(resolved.tls) || auth === undefined)) {
+      logger.warn(
+        { address, tls: isTlsOn(resolved.tls), auth: auth !== undefined },
+        "registry listens beyond loopback without TLS and auth: anyone who reaches it can read and " +
+          "change membership (set --tls-cert/--tls-key/--tls-ca and --auth-policy)",
+      );
+    }
     return { address, adminAddress: admin?.address, close };
   } catch (error) {
     await close();
@@ -166,7 +200,12 @@ export async function startRegistry(options: RegistryOptions): Promise<RunningRe
   }
 }
 
-/** Lets calls finish for `graceMs`, then cuts the rest (e.g. health Watch streams). */
+/** True for `localhost`, 127.0.0.0/8 and ::1 (brackets allowed). */
+function isLoopback(host: string): boolean {
+  const bare = host.replace(/^\[(.*)\]$/, "$1");
+  if (bare === "localhost" || bare === "::1") return true;
+  return isIP(bare) === 4 && bare.startsWith("127.");
+}
 
 /** The protos served by reflection (registry and health), resolved next to this module (works from any cwd). */
 function loadReflectedProtos(): ReturnType<typeof loadSync> {

@@ -7,6 +7,7 @@ export type RegistryErrorCode =
   | "not_found"
   | "already_exists"
   | "permission_denied"
+  | "unauthenticated"
   | "resource_exhausted"
   | "aborted"
   | "out_of_range"

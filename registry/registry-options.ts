@@ -2,6 +2,7 @@ import { pino, type Logger } from "pino";
 import { Registry } from "prom-client";
 import { RegistryError } from "./registry-error.js";
 import { splitHostPort, type HostPort } from "../client/server/http-endpoints.js";
+import type { TlsFiles } from "../client/tls/tls-files.js";
 import { resolveRegistryLimits, type RegistryLimitOptions, type RegistryLimits } from "./registry-limits.js";
 
 /** Options of {@link startRegistry}. */
@@ -10,6 +11,11 @@ export interface RegistryOptions {
   listen: string;
   /** Admin HTTP host:port (/metrics, /healthz, /readyz, /sd/prometheus, /ui); undefined = no admin server. */
   adminListen?: string | undefined;
+  /**
+   * Serve the HTTP/JSON API (`/leasehold.registry.v1.RegistryService/...`, see README "HTTP API")
+   * on the admin server; default true. It has the gRPC API's powers: keep the admin port private.
+   */
+  httpApi?: boolean | undefined;
   /** etcd client URLs, e.g. ["http://127.0.0.1:2379"]. */
   etcdEndpoints: readonly string[];
   /** Key prefix; default "/leasehold/". Keys are `${prefix}v1/services/{service}/{instance_id}`. */
@@ -33,6 +39,22 @@ export interface RegistryOptions {
    * false (INVALID_ARGUMENT), since Prometheus scrapes every `metrics_address` on `/sd/prometheus`.
    */
   allowForeignMetricsAddress?: boolean | undefined;
+  /**
+   * TLS of the gRPC server and the admin HTTP server (HTTPS): cert and key; a CA too turns on mTLS
+   * (client certificates required). Default plaintext. Files are re-read every 60 s.
+   */
+  tls?: TlsFiles | undefined;
+  /** TLS toward etcd: `caFile` verifies etcd (default system roots), cert and key are the client certificate. */
+  etcdTls?: TlsFiles | undefined;
+  /** etcd user and password (etcd auth); the CLI reads them only from env or a file, never a flag. */
+  etcdAuth?: { readonly username: string; readonly password: string } | undefined;
+  /**
+   * Policy file that turns on authenticated, authorised writes (issue 7): see
+   * `registry/auth/registry-auth.ts` for its shape. Default: auth off.
+   */
+  authPolicyFile?: string | undefined;
+  /** Token file: `NAME SHA256HEX` per line (tokens stored hashed). Only with `authPolicyFile`. */
+  authTokensFile?: string | undefined;
   /** Logger; default silent. */
   logger?: Logger | undefined;
   /** prom-client registry to register metrics in; default a new one (never the global). */
@@ -43,8 +65,14 @@ export interface RegistryOptions {
 export interface ResolvedRegistryOptions {
   readonly listen: HostPort;
   readonly adminListen: HostPort | undefined;
+  readonly httpApi: boolean;
   readonly etcdEndpoints: readonly string[];
   readonly prefix: string;
+  readonly tls: TlsFiles | undefined;
+  readonly etcdTls: TlsFiles | undefined;
+  readonly etcdAuth: { readonly username: string; readonly password: string } | undefined;
+  readonly authPolicyFile: string | undefined;
+  readonly authTokensFile: string | undefined;
   readonly progressIntervalMs: number;
   readonly limits: RegistryLimits;
   /** See {@link RegistryOptions.allowForeignMetricsAddress}: default false. */
@@ -101,10 +129,19 @@ export function resolveRegistryOptions(options: RegistryOptions): ResolvedRegist
   if (!Number.isInteger(maxWatchBehindMs) || maxWatchBehindMs < 30) {
     throw invalid(`maxWatchBehindMs must be an integer >= 30, got ${maxWatchBehindMs}`);
   }
+  if (options.authTokensFile !== undefined && options.authPolicyFile === undefined) {
+    throw invalid("authTokensFile needs authPolicyFile (the policy says what each token may do)");
+  }
   return Object.freeze({
+    tls: options.tls,
+    etcdTls: options.etcdTls,
+    etcdAuth: options.etcdAuth,
+    authPolicyFile: options.authPolicyFile,
+    authTokensFile: options.authTokensFile,
     listen: parseListen(options.listen, "listen"),
     adminListen:
       options.adminListen === undefined ? undefined : parseListen(options.adminListen, "adminListen"),
+    httpApi: options.httpApi ?? true,
     etcdEndpoints: Object.freeze([...options.etcdEndpoints]),
     prefix,
     progressIntervalMs,

@@ -1,12 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { fileURLToPath } from "node:url";
-import {
-  Server,
-  ServerCredentials,
-  status,
-  type handleUnaryCall,
-  type UntypedServiceImplementation,
-} from "@grpc/grpc-js";
+import { Server, status, type handleUnaryCall, type UntypedServiceImplementation } from "@grpc/grpc-js";
 import { loadSync, type PackageDefinition } from "@grpc/proto-loader";
 import { ReflectionService } from "@grpc/reflection";
 import { HealthImplementation } from "grpc-health-check";
@@ -15,6 +9,7 @@ import { Registry } from "prom-client";
 import { collectProcessMetrics } from "../client/metrics/process-metrics.js";
 import { sleep } from "../client/backoff.js";
 import { connectRegistry } from "../client/registry-connection.js";
+import { serverCredentials, type ClientSecurity, type TlsFiles } from "../client/tls/tls-files.js";
 import { Registrar } from "../client/registration/registrar.js";
 import { instrumentService } from "../client/server/grpc-server-metrics.js";
 import {
@@ -37,6 +32,8 @@ export interface ServiceInstanceOptions {
   /** 0..10000; default 1. */
   readonly weight?: number | undefined;
   readonly zone?: string | undefined;
+  /** Instance metadata (DESIGN §2: ≤ 32 keys, ≤ 4 KiB), e.g. `{ version: "v2" }` for subset routing. */
+  readonly metadata?: Readonly<Record<string, string>> | undefined;
   /** Lease TTL in seconds; default 10. */
   readonly ttlSeconds?: number | undefined;
   /** gRPC bind address; default `0.0.0.0:0` (any free port). */
@@ -55,6 +52,13 @@ export interface ServiceInstanceOptions {
   readonly latencyMs?: number | undefined;
   /** Time between DRAINING and Deregister on shutdown, for in-flight calls and watchers; default 300 ms. */
   readonly drainMs?: number | undefined;
+  /**
+   * TLS of the instance's gRPC server and /metrics (HTTPS): cert and key; a CA requires client
+   * certificates (mTLS). Default plaintext.
+   */
+  readonly tls?: TlsFiles | undefined;
+  /** TLS files and bearer token toward the registry; default plaintext, anonymous. */
+  readonly registrySecurity?: ClientSecurity | undefined;
   readonly logger?: Logger | undefined;
 }
 
@@ -73,6 +77,12 @@ export interface ServiceInstance {
   register(): Promise<void>;
   /** Deregisters but keeps serving (the `u` key). */
   unregister(): Promise<void>;
+  /** Changes weight, zone or metadata live (`Registrar.update`; the `w N` line sets the weight). */
+  update(change: {
+    weight?: number;
+    zone?: string;
+    metadata?: Readonly<Record<string, string>>;
+  }): Promise<void>;
   /**
    * Graceful shutdown (SIGTERM, the `q` key): health NOT_SERVING, mark DRAINING, wait `drainMs`,
    * Deregister, then stop the gRPC server once in-flight calls finish. Idempotent.
@@ -114,13 +124,17 @@ export async function startServiceInstance(
   // Server reflection, so `leasehold call` (and grpcurl) learn the methods from the instance itself.
   new ReflectionService(demoProtos(), { services: [grpcServiceName(service)] }).addToServer(server);
   // Metrics first: a failed gRPC bind then only has an HTTP server to close, never a bound port.
-  const metricsServer = await startHttpEndpoints(options.metricsListen ?? "127.0.0.1:0", {
-    "/metrics": metricsRoute(metrics),
-  });
+  const metricsServer = await startHttpEndpoints(
+    options.metricsListen ?? "127.0.0.1:0",
+    {
+      "/metrics": metricsRoute(metrics),
+    },
+    options.tls,
+  );
   let port: number;
   try {
     port = await new Promise<number>((resolve, reject) =>
-      server.bindAsync(`${listen.host}:${listen.port}`, ServerCredentials.createInsecure(), (error, bound) =>
+      server.bindAsync(`${listen.host}:${listen.port}`, serverCredentials(options.tls), (error, bound) =>
         error === null ? resolve(bound) : reject(error),
       ),
     );
@@ -136,7 +150,7 @@ export async function startServiceInstance(
   // Prometheus that scrapes /sd/prometheus); a loopback /metrics of a routable instance stays unlisted.
   const isMetricsListed = isSameHost(metricsAddress, address);
 
-  const registryClient = connectRegistry(options.registry);
+  const registryClient = connectRegistry(options.registry, {}, options.registrySecurity);
   const registrar = new Registrar({
     registry: registryClient,
     instance: {
@@ -145,6 +159,7 @@ export async function startServiceInstance(
       address,
       weight: options.weight,
       zone: options.zone,
+      metadata: options.metadata,
       metricsAddress: isMetricsListed ? metricsAddress : "",
     },
     ttlSeconds: options.ttlSeconds,
@@ -184,6 +199,7 @@ export async function startServiceInstance(
     },
     register: async () => await registrar.start(),
     unregister: async () => await registrar.stop(),
+    update: async (change) => await registrar.update(change),
     shutdown: async () => await (shutdown ??= stopEverything()),
   };
 }

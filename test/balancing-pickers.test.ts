@@ -234,7 +234,7 @@ for (const policy of POLICY_NAMES) {
 test("isPolicyName knows exactly the standard names", (t) => {
   t.deepEqual(
     [...POLICY_NAMES],
-    ["random", "round_robin", "weighted_random", "weighted_round_robin", "least_request"],
+    ["random", "round_robin", "weighted_random", "weighted_round_robin", "least_request", "ring_hash"],
   );
   t.true(isPolicyName("least_request"));
   t.false(isPolicyName("pick_first"));

@@ -214,3 +214,12 @@ test("each failed half-open trial doubles the reopen delay up to the cap; closin
   t.is(breaker.resetTimeoutMs, 20);
   breaker.shutdown();
 });
+
+test("failureRatio counts endpoint faults among the calls of the window; caller faults count as successes", async (t) => {
+  const { breaker } = breakerWithLog({ volumeThreshold: 100, consecutiveFailures: 0 });
+  t.is(breaker.failureRatio, 0, "no calls yet");
+  for (const attempt of [ok, ok, fail("UNAVAILABLE"), fail("INVALID_ARGUMENT")])
+    await breaker.fire(attempt).catch(() => undefined);
+  t.is(breaker.failureRatio, 0.25);
+  breaker.shutdown();
+});

@@ -97,6 +97,7 @@ function stats(instanceId: string, calls: number, errors = 0): InstanceStats {
     instanceId,
     address: "127.0.0.1:1",
     weight: 1,
+    effectiveWeight: 1,
     status: "SERVING",
     zone: "",
     calls,

@@ -93,3 +93,46 @@ test("stop() before the first successful Register settles start() instead of lea
   await t.throwsAsync(starting, { message: /stopped before it registered/ });
   t.is(registrar.state, "idle");
 });
+
+test("update() changes weight, status, zone and metadata live; a watcher sees one instance change in place, same lease", async (t) => {
+  const { client } = await startFixtureFor(t);
+  const watcher = new MembershipWatcher({ registry: client, service: "calculator" });
+  t.teardown(async () => await watcher.close());
+  watcher.start();
+  await watcher.ready();
+  const registrar = new Registrar({
+    registry: client,
+    instance: {
+      service: "calculator",
+      instanceId: "calc-u",
+      address: "127.0.0.1:1",
+      weight: 1,
+      zone: "zone-a",
+      metadata: { version: "v1" },
+    },
+    ttlSeconds: 5,
+  });
+  t.teardown(async () => await registrar.close());
+  await registrar.start();
+  await eventually(() => watcher.current().instances.length === 1, { what: "the instance listed" });
+  const before = watcher.current().instances[0];
+  await registrar.update({
+    weight: 7,
+    zone: "zone-b",
+    metadata: { version: "v2", track: "canary" },
+    status: InstanceStatus.INSTANCE_STATUS_DRAINING,
+  });
+  const after = await eventually(
+    () => {
+      const instance = watcher.current().instances[0];
+      return instance?.weight === 7 ? instance : undefined;
+    },
+    { what: "the update seen by a watcher" },
+  );
+  t.is(after.zone, "zone-b");
+  t.deepEqual(after.metadata, { version: "v2", track: "canary" });
+  t.is(after.status, InstanceStatus.INSTANCE_STATUS_DRAINING);
+  t.is(after.registeredAt, before?.registeredAt ?? "");
+  t.is(after.address, before?.address ?? "");
+  t.is(watcher.current().instances.length, 1);
+});

@@ -5,7 +5,7 @@
  * started with --expose-gc), then prints `rss <bytes> heap <bytes> heapTotal ... external ... arrayBuffers ...`, so RSS is compared after garbage is gone.
  */
 import { pino } from "pino";
-import { startRegistry } from "../../registry/index.js";
+import { startRegistry, type RegistryOptions } from "../../registry/index.js";
 import { exitWithParent } from "../lib/child.js";
 
 exitWithParent();
@@ -16,6 +16,8 @@ interface RegistryChildOptions {
   readonly etcd: string;
   readonly progressIntervalMs?: number;
   readonly maxWatchBehindMs?: number;
+  /** Quotas (registry/registry-limits.ts); defaults when absent. */
+  readonly limits?: RegistryOptions["limits"];
 }
 
 const options = JSON.parse(process.argv[2] ?? "{}") as RegistryChildOptions;
@@ -25,6 +27,7 @@ const registry = await startRegistry({
   etcdEndpoints: [options.etcd],
   progressIntervalMs: options.progressIntervalMs,
   maxWatchBehindMs: options.maxWatchBehindMs,
+  limits: options.limits,
   logger: pino({ level: process.env["CHAOS_LOG_LEVEL"] ?? "info" }, pino.destination(2)),
 });
 process.stdout.write(`ready ${registry.address} ${registry.adminAddress ?? "-"}\n`);

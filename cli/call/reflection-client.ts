@@ -42,6 +42,11 @@ export interface ReflectionClientOptions {
   /** Sent with the reflection stream (servers may authorise it like any call). */
   readonly metadata?: grpc.Metadata;
   readonly credentials?: grpc.ChannelCredentials;
+  /**
+   * With TLS, the name the server's certificate must carry instead of the address's host: the
+   * service name, as `leasehold:///SERVICE` channels check it.
+   */
+  readonly serverName?: string;
 }
 
 /** One reflection session with one server; {@link close} when done. */
@@ -55,7 +60,11 @@ export class ReflectionClient {
     readonly address: string,
     options: ReflectionClientOptions = {},
   ) {
-    this.#client = new grpc.Client(address, options.credentials ?? grpc.credentials.createInsecure());
+    this.#client = new grpc.Client(
+      address,
+      options.credentials ?? grpc.credentials.createInsecure(),
+      options.serverName === undefined ? {} : { "grpc.ssl_target_name_override": options.serverName },
+    );
     this.#deadline = Date.now() + (options.timeoutMs ?? 10_000);
     this.#metadata = options.metadata ?? new grpc.Metadata();
   }

@@ -29,6 +29,8 @@ import { MembershipWatcher } from "../../client/discovery/membership-watcher.js"
 import { listServiceInstances } from "../../client/discovery/list-service-instances.js";
 import { LeaseholdError } from "../../client/errors.js";
 import { ClientMetrics } from "../../client/metrics/client-metrics.js";
+import { clientSecurityOf, tlsFilesOf, type SecurityFlags } from "../security-options.js";
+import { channelCredentials, type TlsFiles } from "../../client/tls/tls-files.js";
 import { connectRegistry } from "../../client/registry-connection.js";
 import { metricsRoute, splitHostPort, startHttpEndpoints } from "../../client/server/http-endpoints.js";
 import { routableHost } from "../../client/server/routable-host.js";
@@ -52,11 +54,15 @@ import { decodeRequest, parseRequest } from "./request-json.js";
 import { renderSummary, summarize } from "./summary.js";
 
 /** Flags of `leasehold call`, as commander parsed them. */
-export interface CallFlags {
+export interface CallFlags extends SecurityFlags {
   readonly registry: string;
   readonly count?: number;
   readonly concurrency: number;
   readonly policy: PolicyName;
+  /** The caller's zone, for zone-aware routing. */
+  readonly zone?: string;
+  /** Metadata filter: `key=value` pairs every picked instance has. */
+  readonly filter: Readonly<Record<string, string>>;
   readonly duration?: number;
   /** Absent: {@link UNARY_DEADLINE_MS} for unary calls, {@link STREAM_DEADLINE_MS} for streams. */
   readonly deadlineMs?: number;
@@ -113,11 +119,14 @@ export async function runCall(
   // With --proto, the method and the request are checked before the network is touched.
   const offline =
     flags.proto.length > 0 ? prepare(await describeFromProtoFiles(flags.proto, flags.importPath)) : undefined;
-  const registry = connectRegistry(flags.registry);
+  const registry = connectRegistry(flags.registry, {}, await clientSecurityOf(flags));
   try {
     await checkRegistry(registry, flags.registry);
     const { method, types, request } =
-      offline ?? prepare(await describeByReflection(registry, flags.registry, serviceName, spec, metadata));
+      offline ??
+      prepare(
+        await describeByReflection(registry, flags.registry, serviceName, spec, metadata, tlsFilesOf(flags)),
+      );
     await callThroughBalancer(registry, serviceName, method, types, request, metadata, flags);
   } finally {
     registry.close();
@@ -201,6 +210,7 @@ async function describeByReflection(
   serviceName: string,
   spec: MethodSpec,
   metadata: grpc.Metadata,
+  tlsFiles: TlsFiles,
 ): Promise<Described> {
   const instances = await listInstances(registry, serviceName);
   if (instances.length === 0) {
@@ -208,7 +218,12 @@ async function describeByReflection(
   }
   let lastFailure: Error | undefined;
   for (const instance of instances.slice(0, REFLECTION_ATTEMPTS)) {
-    const reflection = new ReflectionClient(instance.address, { metadata, timeoutMs: REFLECTION_TIMEOUT_MS });
+    const reflection = new ReflectionClient(instance.address, {
+      metadata,
+      timeoutMs: REFLECTION_TIMEOUT_MS,
+      credentials: channelCredentials(tlsFiles),
+      serverName: serviceName,
+    });
     try {
       return await reflectOn(reflection, instance, spec);
     } catch (error) {
@@ -300,14 +315,21 @@ async function callThroughBalancer(
     service: serviceName,
     membership: watcher,
     policy: flags.policy,
+    zone: flags.zone,
+    metadataFilter: Object.keys(flags.filter).length === 0 ? undefined : flags.filter,
     metrics,
     deadlineMs: flags.deadlineMs ?? UNARY_DEADLINE_MS,
+    credentials: channelCredentials(tlsFilesOf(flags)),
     logger,
   });
   const metricsServer =
     flags.metricsListen === undefined
       ? undefined
-      : await startHttpEndpoints(flags.metricsListen, { "/metrics": metricsRoute(metricsRegistry) });
+      : await startHttpEndpoints(
+          flags.metricsListen,
+          { "/metrics": metricsRoute(metricsRegistry) },
+          tlsFilesOf(flags),
+        );
   const callerEntry =
     metricsServer && (await listCaller(registry, metricsServer.address, serviceName, logger));
   const stopping = new AbortController();

@@ -1,15 +1,15 @@
+import { addSecurityOptions } from "../security-options.js";
 import { type Command, InvalidArgumentError } from "commander";
 import { isPolicyName, POLICY_NAMES, type PolicyName } from "../../client/balancing/policies.js";
 import type { CallFlags } from "../call/run-call.js";
-import { hostPort, hostPortList, integerIn, numberIn, REGISTRY_DEFAULT } from "../options.js";
+import { hostPort, hostPortList, integerIn, keyValue, numberIn, REGISTRY_DEFAULT } from "../options.js";
 
 /**
  * `leasehold call`. Only the commander definition is here; the action (protobuf, reflection, the
  * balanced client, prom-client) is imported when the command runs, so `--help` stays fast.
  */
 export function callCommand(program: Command): void {
-  program
-    .command("call")
+  addSecurityOptions(program.command("call"), { token: true })
     .description(
       "call a method of any registered service, balanced over its instances; the method is learnt by " +
         "server reflection (or from --proto files). Unary and server-streaming responses print as " +
@@ -49,6 +49,13 @@ export function callCommand(program: Command): void {
       integerIn(1, 86_400_000),
     )
     .option("--policy <policy>", `balancing policy: ${POLICY_NAMES.join(" | ")}`, policyName, "round_robin")
+    .option("--zone <zone>", "the caller's zone: prefer instances there while it has the capacity")
+    .option(
+      "--filter <key=value>",
+      "only instances with this metadata (repeatable), e.g. version=v2",
+      keyValue,
+      {},
+    )
     .option("--count <n>", "load run: make this many calls (unary methods)", integerIn(1, 100_000_000))
     .option("--duration <seconds>", "load run: keep calling for this long", numberIn(0.001, 86_400))
     .option("--concurrency <c>", "load run: calls in flight at once", integerIn(1, 10_000), 1)

@@ -17,6 +17,11 @@ export function demoCommand(program: Command): void {
       "serve the demo client's /metrics here, listed in the registry's /sd/prometheus for Prometheus (its instances bind /metrics on the same host)",
       hostPort,
     )
+    .option(
+      "--tls",
+      "mTLS on every hop (etcd, registry, instances, calls) with a throwaway CA, and token-authenticated writes",
+      false,
+    )
     .action(async (flags: DemoFlags) => {
       const { runDemo } = await import("../demo/run-demo.js");
       await runDemo(flags);

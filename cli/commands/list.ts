@@ -1,11 +1,11 @@
 import type { Command } from "commander";
+import { addSecurityOptions } from "../security-options.js";
 import type { ListFlags } from "../list/run-list.js";
 import { hostPortList, REGISTRY_DEFAULT } from "../options.js";
 
 /** `leasehold list`; the implementation is loaded when the command runs. */
 export function listCommand(program: Command): void {
-  program
-    .command("list")
+  addSecurityOptions(program.command("list"), { token: true })
     .description(
       "list every service with its instance counts, or the instances of one service (id, address, weight, " +
         "zone, status, metadata), once; an unknown service is an empty list",

@@ -1,12 +1,12 @@
 import type { Command } from "commander";
+import { addSecurityOptions } from "../security-options.js";
 import { DEFAULT_REGISTRY_LIMITS, type RegistryLimitOptions } from "../../registry/registry-limits.js";
 import { hostPort, integerIn, urlList } from "../options.js";
 import type { RegistryFlags } from "../registry/run-registry.js";
 
 /** `leasehold registry`; the implementation (etcd3, the facade) is loaded when the command runs. */
 export function registryCommand(program: Command): void {
-  const command = program
-    .command("registry")
+  const command = addSecurityOptions(program.command("registry"), { token: false })
     .description("run the registry facade in front of etcd (gRPC, plus an admin HTTP port)")
     .option(
       "--listen <host:port>",
@@ -22,14 +22,44 @@ export function registryCommand(program: Command): void {
     )
     .option(
       "--admin-listen <host:port>",
-      "admin HTTP address: /metrics, /healthz, /readyz, /sd/prometheus, /ui (web console)",
+      "admin HTTP address: /metrics, /healthz, /readyz, /sd/prometheus, /ui (web console), the HTTP API",
       hostPort,
       process.env["LEASEHOLD_ADMIN_LISTEN"] ?? "127.0.0.1:7101",
+    )
+    .option(
+      "--no-http-api",
+      "do not serve the HTTP/JSON API (/leasehold.registry.v1.RegistryService/...) on the admin port",
     )
     .option("--prefix <prefix>", "etcd key prefix", process.env["LEASEHOLD_PREFIX"] ?? "/leasehold/")
     .option(
       "--allow-foreign-metrics-address",
       "accept a metrics_address on another host than the instance's address (listed for Prometheus)",
+    )
+    .option(
+      "--etcd-ca <file>",
+      "PEM CA that verifies etcd (env LEASEHOLD_ETCD_CA)",
+      process.env["LEASEHOLD_ETCD_CA"],
+    )
+    .option(
+      "--etcd-cert <file>",
+      "PEM client certificate for etcd (env LEASEHOLD_ETCD_CERT); etcd user/password come only from env " +
+        "LEASEHOLD_ETCD_USER and LEASEHOLD_ETCD_PASSWORD or LEASEHOLD_ETCD_PASSWORD_FILE",
+      process.env["LEASEHOLD_ETCD_CERT"],
+    )
+    .option(
+      "--etcd-key <file>",
+      "PEM key of --etcd-cert (env LEASEHOLD_ETCD_KEY)",
+      process.env["LEASEHOLD_ETCD_KEY"],
+    )
+    .option(
+      "--auth-policy <file>",
+      "JSON policy that turns on authenticated writes: principals -> services, read (env LEASEHOLD_AUTH_POLICY)",
+      process.env["LEASEHOLD_AUTH_POLICY"],
+    )
+    .option(
+      "--auth-tokens <file>",
+      "bearer tokens, one 'NAME SHA256HEX' per line (env LEASEHOLD_AUTH_TOKENS)",
+      process.env["LEASEHOLD_AUTH_TOKENS"],
     );
   // Quotas: each refusal is RESOURCE_EXHAUSTED, counted in leasehold_registry_limited_total{limit}.
   for (const [flag, option, description] of limitFlags) {

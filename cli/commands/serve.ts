@@ -1,3 +1,4 @@
+import { addSecurityOptions } from "../security-options.js";
 import { Argument, type Command } from "commander";
 import {
   advertiseAddress,
@@ -5,12 +6,14 @@ import {
   hostPortList,
   instanceIdTemplate,
   integerIn,
+  keyValue,
   numberIn,
   REGISTRY_DEFAULT,
 } from "../options.js";
 import type { ServeFlags } from "../serve/run-serve.js";
 
-const KEYS_HELP = "keys: u unregister, r register again, f toggle failure, q quit gracefully";
+const KEYS_HELP =
+  "keys: u unregister, r register again, f toggle failure, w N Enter set weight N, q quit gracefully";
 
 /**
  * The demo services, named here so `--help` need not load them; `runServe` refuses a name that
@@ -20,8 +23,7 @@ const DEMO_SERVICE_NAMES = ["calculator", "echo"] as const;
 
 /** `leasehold serve`; the implementation is loaded when the command runs. */
 export function serveCommand(program: Command): void {
-  program
-    .command("serve")
+  addSecurityOptions(program.command("serve"), { token: true })
     .description(`run a demo service instance that registers itself (${KEYS_HELP})`)
     .addArgument(new Argument("<service>", "demo service").choices(DEMO_SERVICE_NAMES))
     .option(
@@ -37,6 +39,7 @@ export function serveCommand(program: Command): void {
     )
     .option("--weight <n>", "weight 0..10000 (0 = listed, no traffic)", integerIn(0, 10_000), 1)
     .option("--zone <zone>", "zone label", "")
+    .option("--metadata <key=value>", "instance metadata (repeatable), e.g. version=v2", keyValue, {})
     .option("--ttl <seconds>", "lease TTL in seconds (etcd raises < 2 to 2)", integerIn(1, 300), 10)
     .option("--listen <host:port>", "gRPC bind address", hostPort, "0.0.0.0:0")
     .option(

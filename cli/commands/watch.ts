@@ -1,11 +1,11 @@
 import type { Command } from "commander";
+import { addSecurityOptions } from "../security-options.js";
 import { hostPortList, REGISTRY_DEFAULT } from "../options.js";
 import type { WatchFlags } from "../watch/run-watch.js";
 
 /** `leasehold watch`; the implementation is loaded when the command runs. */
 export function watchCommand(program: Command): void {
-  program
-    .command("watch")
+  addSecurityOptions(program.command("watch"), { token: true })
     .description(
       "show live membership: a redrawn table on a terminal, one line per change otherwise, NDJSON with --json",
     )

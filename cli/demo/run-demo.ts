@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { once } from "node:events";
-import { mkdtemp, open, rm } from "node:fs/promises";
+import { randomBytes } from "node:crypto";
+import { mkdir, mkdtemp, open, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
@@ -28,6 +29,9 @@ import {
 } from "../../client/server/http-endpoints.js";
 import { routableHost } from "../../client/server/routable-host.js";
 import { connectRegistry } from "../../client/registry-connection.js";
+import { channelCredentials, type ClientSecurity, type TlsFiles } from "../../client/tls/tls-files.js";
+import { hashToken } from "../../registry/auth/registry-auth.js";
+import { generateCa, writeCertificate } from "./throwaway-pki.js";
 import type { RegistryServiceClient } from "../../proto/gen/leasehold/registry/v1/registry.js";
 import { DEMO_SERVICES } from "../../services/index.js";
 import { freePort, startLocalEtcd, type LocalEtcd } from "../local-etcd.js";
@@ -81,11 +85,27 @@ export interface DemoFlags {
   etcd?: string[];
   /** Serve the demo client's /metrics here and list it in the registry (a leasehold-caller entry). */
   metricsListen?: string;
+  /** Every hop over mTLS with a throwaway CA, etcd too (when the demo starts it), and token auth. */
+  tls?: boolean;
+}
+
+/** What `demo --tls` generated: certificate files, the token file, and the registry's auth files. */
+interface DemoSecurity {
+  readonly files: Required<TlsFiles>;
+  readonly tokenFile: string;
+  readonly policyFile: string;
+  readonly tokensFile: string;
+  readonly client: ClientSecurity;
 }
 
 /** `leasehold demo`: runs the whole system for `--duration` seconds, then stops everything it started. */
 export async function runDemo(flags: DemoFlags): Promise<void> {
-  const demo = new Demo(flags.duration * 1000, flags.etcd ?? envEtcd(), flags.metricsListen);
+  const demo = new Demo(
+    flags.duration * 1000,
+    flags.etcd ?? envEtcd(),
+    flags.metricsListen,
+    flags.tls ?? false,
+  );
   let hasFailed = true;
   try {
     await demo.run();
@@ -138,11 +158,19 @@ class Demo {
   readonly #stale = new Set<string>();
 
   readonly #metricsListen: string | undefined;
+  readonly #isTls: boolean;
+  #security: DemoSecurity | undefined;
   #metrics: ClientMetrics | undefined;
   #metricsServer: HttpEndpoints | undefined;
   #callerEntry: Registrar | undefined;
 
-  constructor(durationMs: number, etcdUrls: string[] | undefined, metricsListen: string | undefined) {
+  constructor(
+    durationMs: number,
+    etcdUrls: string[] | undefined,
+    metricsListen: string | undefined,
+    isTls: boolean,
+  ) {
+    this.#isTls = isTls;
     this.#durationMs = durationMs;
     this.#etcdUrls = etcdUrls;
     this.#metricsListen = metricsListen;
@@ -155,13 +183,19 @@ class Demo {
       for (const child of this.#children.values()) child.process.kill("SIGKILL");
     });
     this.#logDir = await mkdtemp(join(tmpdir(), "leasehold-demo-"));
+    const security = this.#isTls ? await this.#generateSecurity() : undefined;
+    this.#security = security;
     let endpoints = this.#etcdUrls;
     if (endpoints === undefined) {
-      this.#etcd = await startLocalEtcd();
+      this.#etcd = await startLocalEtcd({ tls: security?.files });
       endpoints = [this.#etcd.endpoint];
     }
+    const etcdctlTls =
+      security === undefined || this.#etcd === undefined
+        ? ""
+        : ` --cacert=${security.files.caFile} --cert=${security.files.certFile} --key=${security.files.keyFile}`;
     this.#say(
-      `etcd ${endpoints.join(",")} — try: ETCDCTL_API=3 etcdctl --endpoints=${endpoints[0]} get --prefix /leasehold/`,
+      `etcd ${endpoints.join(",")} — try: ETCDCTL_API=3 etcdctl --endpoints=${endpoints[0]}${etcdctlTls} get --prefix /leasehold/`,
     );
 
     const [port, adminPort] = [await freePort(), await freePort()];
@@ -171,15 +205,30 @@ class Demo {
       `--listen=${this.#registryAddress}`,
       `--admin-listen=127.0.0.1:${adminPort}`,
       `--etcd=${endpoints.join(",")}`,
+      ...(security === undefined
+        ? []
+        : [
+            ...this.#tlsArgs().filter((arg) => !arg.startsWith("--token-file=")),
+            `--auth-policy=${security.policyFile}`,
+            `--auth-tokens=${security.tokensFile}`,
+            ...(this.#etcd === undefined
+              ? []
+              : [
+                  `--etcd-ca=${security.files.caFile}`,
+                  `--etcd-cert=${security.files.certFile}`,
+                  `--etcd-key=${security.files.keyFile}`,
+                ]),
+          ]),
     ]);
     await this.#waitForLine(registry, /registry listening/);
+    const scheme = security === undefined ? "http" : "https";
     this.#say(
-      `registry ${this.#registryAddress}, admin http://127.0.0.1:${adminPort}/metrics, /sd/prometheus and /ui (web console)`,
+      `registry ${this.#registryAddress}, admin ${scheme}://127.0.0.1:${adminPort}/metrics, /sd/prometheus and /ui (web console)`,
     );
     this.#say(`process logs in ${this.#logDir} (removed at the end unless the demo fails)`);
     this.#header = `etcd ${endpoints.join(",")} · registry ${this.#registryAddress} · logs ${this.#logDir}`;
 
-    this.#registry = connectRegistry(this.#registryAddress);
+    this.#registry = connectRegistry(this.#registryAddress, {}, security?.client);
     const logger = createLogger("leasehold-demo", "error"); // the view reports breaker changes; warn lines would tear it;
     this.#allWatcher = new MembershipWatcher({ registry: this.#registry, service: "", logger });
     this.#allWatcher.subscribe((_, changes) => {
@@ -213,6 +262,7 @@ class Demo {
         policy,
         logger,
         metrics,
+        credentials: channelCredentials(security?.files),
       });
       client.start();
       this.#clients.push({ service, policy, client, watcher });
@@ -256,8 +306,48 @@ class Demo {
       // The client's --metrics-listen host, so a Prometheus that reaches one reaches all (0.0.0.0
       // for one in a container: README, "Run it with Prometheus and Grafana").
       `--metrics-listen=${this.#metricsListen === undefined ? "127.0.0.1" : splitHostPort(this.#metricsListen).host}:0`,
+      ...this.#tlsArgs(),
     ]);
     await this.#waitForLine(child, /serving/);
+  }
+
+  /** `--tls-*` and `--token-file` of a child with `--tls`, else none. */
+  #tlsArgs(): string[] {
+    const security = this.#security;
+    if (security === undefined) return [];
+    return [
+      `--tls-cert=${security.files.certFile}`,
+      `--tls-key=${security.files.keyFile}`,
+      `--tls-ca=${security.files.caFile}`,
+      `--token-file=${security.tokenFile}`,
+    ];
+  }
+
+  /**
+   * `--tls`: a throwaway CA and one certificate (server and client use) for localhost, 127.0.0.1
+   * and the demo's service names (a `leasehold:///` channel checks an instance against its service
+   * name), a random 256-bit token and the registry's policy letting it write anything. All in the
+   * demo's temp folder, removed at the end.
+   */
+  async #generateSecurity(): Promise<DemoSecurity> {
+    const dir = join(this.#logDir, "tls");
+    await mkdir(dir, { mode: 0o700 });
+    const ca = await generateCa("leasehold demo CA");
+    const files = await writeCertificate(dir, "demo", ca, {
+      dns: ["localhost", ...Object.keys(DEMO_SERVICES), CALLER_SERVICE],
+      ips: ["127.0.0.1"],
+    });
+    const token = randomBytes(32).toString("base64url");
+    const tokenFile = join(dir, "token");
+    const tokensFile = join(dir, "tokens");
+    const policyFile = join(dir, "policy.json");
+    await writeFile(tokenFile, `${token}\n`, { mode: 0o600 });
+    await writeFile(tokensFile, `demo ${hashToken(token)}\n`);
+    await writeFile(policyFile, JSON.stringify({ principals: { demo: { services: ["*"], read: true } } }));
+    this.#say(
+      `TLS: throwaway CA and certificates in ${dir}; every hop uses mTLS, writes need the demo token`,
+    );
+    return { files, tokenFile, policyFile, tokensFile, client: { tls: files, token } };
   }
 
   toggleFailure(id: string): void {
@@ -273,7 +363,11 @@ class Demo {
     const metricsRegistry = new Registry();
     collectProcessMetrics(metricsRegistry, "caller");
     this.#metrics = new ClientMetrics(metricsRegistry);
-    this.#metricsServer = await startHttpEndpoints(listen, { "/metrics": metricsRoute(metricsRegistry) });
+    this.#metricsServer = await startHttpEndpoints(
+      listen,
+      { "/metrics": metricsRoute(metricsRegistry) },
+      this.#security?.files,
+    );
     const { host, port } = splitHostPort(this.#metricsServer.address);
     const metricsAddress = `${routableHost(host)}:${port}`;
     this.#callerEntry = await startCallerEntry({ registry, metricsAddress, calls: "calculator,echo" });

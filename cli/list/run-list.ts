@@ -1,4 +1,5 @@
 import Table from "cli-table3";
+import { clientSecurityOf, type SecurityFlags } from "../security-options.js";
 import { connectRegistry } from "../../client/registry-connection.js";
 import type {
   GetServiceResponse,
@@ -9,7 +10,7 @@ import { getService, listServices } from "../registry-calls.js";
 import { checkRegistry } from "../registry-check.js";
 
 /** Flags of `leasehold list`. */
-export interface ListFlags {
+export interface ListFlags extends SecurityFlags {
   registry: string;
   json: boolean;
 }
@@ -21,7 +22,7 @@ export interface ListFlags {
  * catalog answer an empty query (an invalid service name is refused: exit 2).
  */
 export async function runList(service: string, flags: ListFlags): Promise<void> {
-  const registry = connectRegistry(flags.registry);
+  const registry = connectRegistry(flags.registry, {}, await clientSecurityOf(flags));
   try {
     await checkRegistry(registry, flags.registry);
     process.stdout.write(

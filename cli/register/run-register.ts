@@ -1,8 +1,10 @@
 import { randomBytes } from "node:crypto";
+import { readFile, unwatchFile, watchFile } from "node:fs";
 import { status, type ServiceError } from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import { Backoff, sleep } from "../../client/backoff.js";
 import { Registrar } from "../../client/registration/registrar.js";
+import { clientSecurityOf, type SecurityFlags } from "../security-options.js";
 import { connectRegistry } from "../../client/registry-connection.js";
 import {
   InstanceStatus,
@@ -17,12 +19,13 @@ import { UsageError } from "../usage-error.js";
 import { TargetHealthWatcher, type TargetHealth } from "./target-health.js";
 
 /** Flags of `leasehold register`. */
-export interface RegisterFlags {
+export interface RegisterFlags extends SecurityFlags {
   registry: string;
   service: string;
   address: string;
   id?: string;
   weight: number;
+  weightFile?: string;
   zone: string;
   metadata: Record<string, string>;
   ttl: number;
@@ -43,7 +46,7 @@ export interface RegisterFlags {
  * SERVING; NOT_SERVING or an unreachable target drains it again.
  */
 export async function runRegister(flags: RegisterFlags): Promise<void> {
-  const registry = connectRegistry(flags.registry);
+  const registry = connectRegistry(flags.registry, {}, await clientSecurityOf(flags));
   try {
     await checkRegistry(registry, flags.registry);
   } catch (error) {
@@ -107,7 +110,10 @@ export async function runRegister(flags: RegisterFlags): Promise<void> {
       `leased ${flags.address} in (weight ${flags.weight}, TTL ${flags.ttl} s${flags.healthCheck ? ", DRAINING until the target says SERVING" : ""})`,
     );
     health?.start();
+    const stopWeightFile =
+      flags.weightFile === undefined ? undefined : followWeightFile(flags.weightFile, registrar, say);
     await shutdown;
+    stopWeightFile?.();
     say("draining, then deregistering");
     health?.close();
     statusSync.close();
@@ -121,6 +127,39 @@ export async function runRegister(flags: RegisterFlags): Promise<void> {
     release();
     registry.close();
   }
+}
+
+/**
+ * `--weight-file`: polls the file (every 500 ms, `fs.watchFile`) and applies a changed weight with
+ * `Registrar.update` (callers see it through their Watch; no reconnect). Bad content is one line on
+ * stderr and the weight stays. Returns the function that stops following.
+ */
+function followWeightFile(path: string, registrar: Registrar, say: (line: string) => void): () => void {
+  let applied: number | undefined;
+  const apply = (): void =>
+    readFile(path, "utf8", (error, text) => {
+      if (error !== null) return; // not there (yet): nothing to apply
+      const trimmed = text.trim();
+      const weight = /^\d{1,5}$/.test(trimmed) ? Number(trimmed) : Number.NaN;
+      if (!(weight <= 10_000)) {
+        process.stderr.write(
+          `--weight-file ${path}: want an integer 0..10000, got "${trimmed.slice(0, 40)}"\n`,
+        );
+        return;
+      }
+      if (weight === applied) return;
+      applied = weight;
+      registrar.update({ weight }).then(
+        () => say(`weight ${weight}`),
+        (updateError: unknown) =>
+          process.stderr.write(
+            `--weight-file: update failed: ${updateError instanceof Error ? updateError.message : String(updateError)}\n`,
+          ),
+      );
+    });
+  watchFile(path, { interval: 500 }, apply);
+  apply();
+  return () => unwatchFile(path, apply);
 }
 
 /**

@@ -1,13 +1,22 @@
+import { readFileSync } from "node:fs";
 import { startRegistry, type RegistryLimitOptions } from "../../registry/index.js";
+import { tlsFilesOf, type SecurityFlags } from "../security-options.js";
+import { UsageError } from "../usage-error.js";
 import { createLogger } from "../logger.js";
 import { describeConnectFailure } from "../registry-check.js";
 import { onShutdownSignal } from "../signals.js";
 
 /** Flags of `leasehold registry`; the `--max-...` flags are named after {@link RegistryLimitOptions}. */
-export interface RegistryFlags {
+export interface RegistryFlags extends SecurityFlags {
   listen: string;
+  etcdCa?: string;
+  etcdCert?: string;
+  etcdKey?: string;
+  authPolicy?: string;
+  authTokens?: string;
   etcd: string[];
   adminListen: string;
+  httpApi: boolean;
   prefix: string;
   allowForeignMetricsAddress?: boolean;
   maxInstancesPerService?: number;
@@ -52,10 +61,16 @@ export async function runRegistry(flags: RegistryFlags): Promise<void> {
     registry = await startRegistry({
       listen: flags.listen,
       adminListen: flags.adminListen,
+      httpApi: flags.httpApi,
       etcdEndpoints: flags.etcd,
       prefix: flags.prefix,
       allowForeignMetricsAddress: flags.allowForeignMetricsAddress === true,
       limits: limitsOf(flags),
+      tls: tlsFilesOf(flags),
+      etcdTls: { caFile: flags.etcdCa, certFile: flags.etcdCert, keyFile: flags.etcdKey },
+      etcdAuth: etcdAuthFromEnv(),
+      authPolicyFile: flags.authPolicy,
+      authTokensFile: flags.authTokens,
       logger,
     });
   } catch (error) {
@@ -74,10 +89,39 @@ export async function runRegistry(flags: RegistryFlags): Promise<void> {
     throw error;
   }
   process.stdout.write(
-    `registry listening on ${registry.address} (admin http://${registry.adminAddress ?? "-"}), etcd ${flags.etcd.join(",")}\n`,
+    `registry listening on ${registry.address} (admin ${flags.tlsCert === undefined ? "http" : "https"}://${registry.adminAddress ?? "-"}), etcd ${flags.etcd.join(",")}\n`,
   );
   await onShutdownSignal();
   await registry.close();
+}
+
+/**
+ * etcd user and password from env, never from a flag (flags show in `ps`): `LEASEHOLD_ETCD_USER`
+ * with `LEASEHOLD_ETCD_PASSWORD`, or with `LEASEHOLD_ETCD_PASSWORD_FILE` (first line).
+ * @throws UsageError for a user without a password (or the reverse), or an unreadable file.
+ */
+export function etcdAuthFromEnv(
+  env: NodeJS.ProcessEnv = process.env,
+): { username: string; password: string } | undefined {
+  const username = env["LEASEHOLD_ETCD_USER"] || undefined;
+  const passwordFile = env["LEASEHOLD_ETCD_PASSWORD_FILE"] || undefined;
+  let password = env["LEASEHOLD_ETCD_PASSWORD"] || undefined;
+  if (password === undefined && passwordFile !== undefined) {
+    try {
+      password = readFileSync(passwordFile, "utf8").split("\n")[0]?.trim();
+    } catch (error) {
+      throw new UsageError(
+        `LEASEHOLD_ETCD_PASSWORD_FILE ${passwordFile}: ${(error as NodeJS.ErrnoException).code ?? String(error)}`,
+      );
+    }
+  }
+  if (username === undefined && password === undefined) return undefined;
+  if (username === undefined || password === undefined || password === "") {
+    throw new UsageError(
+      "etcd auth needs both LEASEHOLD_ETCD_USER and LEASEHOLD_ETCD_PASSWORD (or LEASEHOLD_ETCD_PASSWORD_FILE)",
+    );
+  }
+  return { username, password };
 }
 
 /**

@@ -1,3 +1,4 @@
+import { clientSecurityOf, tlsFilesOf, type SecurityFlags } from "../security-options.js";
 import { connectRegistry } from "../../client/registry-connection.js";
 import { DEMO_SERVICES } from "../../services/index.js";
 import { startServiceInstance } from "../../services/service-host.js";
@@ -8,11 +9,12 @@ import { onShutdownSignal } from "../signals.js";
 import { UsageError } from "../usage-error.js";
 
 /** Flags of `leasehold serve`. */
-export interface ServeFlags {
+export interface ServeFlags extends SecurityFlags {
   registry: string;
   id?: string;
   weight: number;
   zone: string;
+  metadata: Record<string, string>;
   ttl: number;
   listen: string;
   advertise?: string;
@@ -34,7 +36,8 @@ export async function runServe(name: string, flags: ServeFlags): Promise<void> {
       `unknown demo service "${name}": must be one of ${Object.keys(DEMO_SERVICES).join(", ")}`,
     );
   }
-  const registry = connectRegistry(flags.registry);
+  const registrySecurity = await clientSecurityOf(flags);
+  const registry = connectRegistry(flags.registry, {}, registrySecurity);
   try {
     await checkRegistry(registry, flags.registry);
   } finally {
@@ -46,6 +49,7 @@ export async function runServe(name: string, flags: ServeFlags): Promise<void> {
     instanceId: flags.id,
     weight: flags.weight,
     zone: flags.zone,
+    metadata: flags.metadata,
     ttlSeconds: flags.ttl,
     listen: flags.listen,
     advertise: advertisedAddress(flags.advertise),
@@ -53,6 +57,8 @@ export async function runServe(name: string, flags: ServeFlags): Promise<void> {
     failRate: flags.failRate,
     latencyMs: flags.latencyMs,
     drainMs: flags.drainMs,
+    tls: tlsFilesOf(flags),
+    registrySecurity,
     logger,
   });
   const say = (line: string): void => void process.stdout.write(`${instance.instanceId}: ${line}\n`);
@@ -73,6 +79,14 @@ export async function runServe(name: string, flags: ServeFlags): Promise<void> {
         say(instance.isFailing ? "failing every call with UNAVAILABLE" : "answering normally");
       } else if (key === "q") {
         resolve();
+      } else if (key.startsWith("w")) {
+        const weight = parseWeight(key.slice(1));
+        if (weight === undefined) {
+          process.stderr.write(`w: weight must be an integer 0..10000, got "${key.slice(1).trim()}"\n`);
+          return;
+        }
+        await instance.update({ weight });
+        say(`weight ${weight}`);
       }
     });
   });
@@ -83,19 +97,42 @@ export async function runServe(name: string, flags: ServeFlags): Promise<void> {
   say("stopped");
 }
 
+/** `" 5"` → 5; undefined unless an integer 0..10000. */
+function parseWeight(text: string): number | undefined {
+  const trimmed = text.trim();
+  if (!/^\d{1,5}$/.test(trimmed)) return undefined;
+  const weight = Number(trimmed);
+  return weight <= 10_000 ? weight : undefined;
+}
+
 /**
  * Calls `onKey` for each of u/r/f/q typed on a terminal (raw mode; Ctrl-C is q) or written to a
- * piped stdin (how `leasehold demo` injects faults). One key is handled at a time.
+ * piped stdin (how `leasehold demo` injects faults), and with `"w <digits>"` for a `w` followed by
+ * a weight and Enter (the digits are echoed on a terminal). One key is handled at a time.
  */
 function listenForKeys(onKey: (key: string) => Promise<void>): void {
   const stdin = process.stdin;
   if (stdin.isTTY) stdin.setRawMode(true);
   stdin.setEncoding("utf8");
   let queue = Promise.resolve();
+  let line: string | undefined; // after a "w", until Enter
   stdin.on("data", (chunk: string) => {
     for (const char of chunk) {
-      const key = char === "\u0003" ? "q" : char.toLowerCase();
-      if (!"urfq".includes(key)) continue;
+      let key = char === "\u0003" ? "q" : char.toLowerCase();
+      if (line !== undefined && key !== "q") {
+        if (key !== "\r" && key !== "\n") {
+          line += key;
+          if (stdin.isTTY) process.stdout.write(key);
+          continue;
+        }
+        if (stdin.isTTY) process.stdout.write("\n");
+        key = `w${line}`;
+        line = undefined;
+      } else if (key === "w") {
+        line = "";
+        if (stdin.isTTY) process.stdout.write("weight: ");
+        continue;
+      } else if (!"urfq".includes(key)) continue;
       queue = queue
         .then(() => onKey(key))
         .catch((error: unknown) => {

@@ -2,6 +2,7 @@ import Table from "cli-table3";
 import logUpdate from "log-update";
 import { MembershipWatcher, type MembershipChange } from "../../client/discovery/membership-watcher.js";
 import type { MembershipSnapshot } from "../../client/discovery/membership.js";
+import { clientSecurityOf, type SecurityFlags } from "../security-options.js";
 import { connectRegistry } from "../../client/registry-connection.js";
 import { MassRemovalDetector } from "../../client/balancing/mass-removal-detector.js";
 import { InstanceStatus, type Instance } from "../../proto/gen/leasehold/registry/v1/registry.js";
@@ -38,7 +39,7 @@ export function* flattenChanges(changes: readonly MembershipChange[]): Generator
 }
 
 /** Flags of `leasehold watch`. */
-export interface WatchFlags {
+export interface WatchFlags extends SecurityFlags {
   registry: string;
   json: boolean;
 }
@@ -49,7 +50,7 @@ export interface WatchFlags {
  * (the watcher resumes; the table says STALE meanwhile).
  */
 export async function runWatch(service: string, flags: WatchFlags): Promise<void> {
-  const registry = connectRegistry(flags.registry);
+  const registry = connectRegistry(flags.registry, {}, await clientSecurityOf(flags));
   try {
     await checkRegistry(registry, flags.registry);
     // A name the registry refuses (INVALID_ARGUMENT) is one line and exit 2, not a Watch retried forever.

@@ -13,13 +13,17 @@ import type { MembershipSource } from "../discovery/membership.js";
 import {
   LEASEHOLD_SCHEME,
   MEMBERSHIP_SOURCE_OPTION,
+  POLICY_CONFIG_OPTION,
   POLICY_OPTION,
+  REGISTRY_SECURITY_OPTION,
+  registrySecurityId,
   TYPED_CLIENT_OPTION,
   registerResolver,
   resolverDefaults,
   shareMembership,
 } from "../discovery/leasehold-resolver.js";
 import { LeaseholdError } from "../errors.js";
+import type { ClientSecurity } from "../tls/tls-files.js";
 import type { ClientMetrics } from "../metrics/client-metrics.js";
 import {
   AttemptTag,
@@ -32,6 +36,12 @@ import {
 } from "./balancer-context.js";
 import { EXCLUDE_METADATA, registerLoadBalancers } from "./leasehold-load-balancer.js";
 import { isPolicyName, type PolicyName } from "./policies.js";
+import {
+  resolvePolicyConfig,
+  type PolicyConfig,
+  type RingHashConfig,
+  type SlowStartConfig,
+} from "./policy-config.js";
 import { RetryBudget, type RetryBudgetOptions } from "./retry-budget.js";
 
 export { LATENCY_SAMPLES, type BalancerChange, type InstanceStats } from "./balancer-context.js";
@@ -49,6 +59,29 @@ export interface BalancedClientOptions {
   readonly membership?: MembershipSource;
   /** Load-balancing policy. Default `round_robin`. */
   readonly policy?: PolicyName;
+  /**
+   * Slow start (Envoy's): an instance that joins ramps from `minWeightPercent` (10) of its weight
+   * to all of it over `windowMs`, as weight × max(min, (t / window)^(1 / aggression)) with
+   * `aggression` default 1. Weighted policies only. Default off.
+   */
+  readonly slowStart?: SlowStartConfig;
+  /**
+   * The caller's zone: zone-aware routing keeps calls in it while it has enough healthy capacity
+   * and spills over in proportion when it has not (see `ZonePicker`). Default: no zone preference.
+   */
+  readonly zone?: string;
+  /** The share of callers expected in {@link zone}, percent. Default 100 / the instances' zone count. */
+  readonly zoneCallerPercent?: number;
+  /** Subset routing: only instances whose metadata has all these pairs (e.g. `{ version: "v2" }`). */
+  readonly metadataFilter?: Readonly<Record<string, string>>;
+  /** `ring_hash` only: ring sizes and the metadata key hashed. */
+  readonly ringHash?: RingHashConfig;
+  /**
+   * `ring_hash` only: the hash key of a unary or server-streaming call's request (e.g.
+   * `(request) => request.userId`), sent as the `ringHash.hashHeader` metadata unless the call
+   * sets that header itself. Without it (or for client streams) a call hashes by that header.
+   */
+  readonly hashKey?: (request: never) => string;
   /** Caller-side metrics (DESIGN §7); none recorded when absent. */
   readonly metrics?: ClientMetrics;
   /** Deadline of a whole call, all attempts included (streams: the whole stream). Default 5000. */
@@ -89,7 +122,12 @@ export interface BalancedClientOptions {
    * connection of an instance that left closes at once (the global pool keeps it up to 10 s).
    */
   readonly channelOptions?: grpc.ChannelOptions;
-  /** Channel credentials. Default insecure. */
+  /**
+   * TLS files and bearer token of this client's registry Watch; default the `registrySecurity` of
+   * `registerLeasehold()`. `credentials` are those toward the instances.
+   */
+  readonly registrySecurity?: ClientSecurity;
+  /** Channel credentials toward the instances (e.g. `channelCredentials(tlsFiles)`). Default insecure. */
   readonly credentials?: grpc.ChannelCredentials;
   /** grpc-js client interceptors, run on every call (each attempt of a retried call). */
   readonly interceptors?: readonly grpc.Interceptor[];
@@ -175,6 +213,8 @@ interface ParkedAttempt {
 interface ResolvedOptions {
   readonly service: string;
   readonly policy: PolicyName;
+  /** With `hashKey`: the metadata key to set and the function. */
+  readonly hashKey: { readonly header: string; readonly of: (request: unknown) => string } | undefined;
   readonly deadlineMs: number;
   readonly maxAttempts: number;
   readonly target: string;
@@ -209,6 +249,23 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
     if (typeof service !== "string" || service === "") invalid("service must be a non-empty string");
     const policy = options.policy ?? "round_robin";
     if (!isPolicyName(policy)) invalid(`unknown policy "${String(policy)}"`);
+    const policyConfig: PolicyConfig = JSON.parse(
+      JSON.stringify({
+        slowStart: options.slowStart,
+        zone: options.zone,
+        zoneCallerPercent: options.zoneCallerPercent,
+        metadataFilter: options.metadataFilter,
+        ringHash: options.ringHash,
+      }),
+    ) as PolicyConfig;
+    let hashHeader: string;
+    try {
+      hashHeader = resolvePolicyConfig(policy, policyConfig).ringHash.hashHeader;
+    } catch (error) {
+      invalid(error instanceof Error ? error.message : String(error));
+    }
+    if (options.hashKey !== undefined && (policy !== "ring_hash" || typeof options.hashKey !== "function"))
+      invalid("hashKey must be a function, and is for the ring_hash policy");
     const deadlineMs = checkDeadline(options.deadlineMs ?? 5000);
     const maxAttempts = options.maxAttempts ?? 3;
     if (!(Number.isInteger(maxAttempts) && maxAttempts >= 1)) invalid("maxAttempts must be an integer ≥ 1");
@@ -242,6 +299,10 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
     this.#options = Object.freeze({
       service,
       policy,
+      hashKey:
+        options.hashKey === undefined
+          ? undefined
+          : { header: hashHeader, of: options.hashKey as (request: unknown) => string },
       deadlineMs,
       maxAttempts,
       target:
@@ -255,7 +316,11 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
         "grpc.enable_retries": 0,
         [CONTEXT_OPTION]: this.#context.id,
         [POLICY_OPTION]: policy,
+        [POLICY_CONFIG_OPTION]: policyConfig,
         [TYPED_CLIENT_OPTION]: 1,
+        ...(options.registrySecurity === undefined
+          ? {}
+          : { [REGISTRY_SECURITY_OPTION]: registrySecurityId(options.registrySecurity) }),
         ...(shared === undefined ? {} : { [MEMBERSHIP_SOURCE_OPTION]: shared.id }),
       }),
       credentials: options.credentials ?? grpc.credentials.createInsecure(),
@@ -444,7 +509,7 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
         if (signal?.aborted === true) throw abortedError(signal);
       }
       attempts++;
-      const metadata = callOptions?.metadata?.clone() ?? new grpc.Metadata();
+      const metadata = this.#metadataOf(request, callOptions);
       if (tried.length > 0) metadata.set(EXCLUDE_METADATA, tried.join(","));
       // Only with somewhere else to go: a lone instance gets the whole deadline.
       const attemptTimeoutMs =
@@ -575,6 +640,15 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
     });
   }
 
+  /** A copy of the call's metadata, with the request's `ring_hash` key when `hashKey` is set. */
+  #metadataOf(request: unknown, callOptions: BalancedCallOptions | undefined): grpc.Metadata {
+    const metadata = callOptions?.metadata?.clone() ?? new grpc.Metadata();
+    const hashKey = this.#options.hashKey;
+    if (hashKey !== undefined && metadata.get(hashKey.header).length === 0)
+      metadata.set(hashKey.header, hashKey.of(request));
+    return metadata;
+  }
+
   #serverStream(
     method: AnyMethod,
     request: unknown,
@@ -588,7 +662,7 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
           method.requestSerialize,
           method.responseDeserialize,
           request,
-          callOptions?.metadata ?? new grpc.Metadata(),
+          this.#metadataOf(request, callOptions),
           { deadline },
         ),
       callOptions?.signal,

@@ -32,7 +32,10 @@ export interface InstanceStats {
   readonly service: string;
   readonly instanceId: string;
   readonly address: string;
+  /** The registered weight. */
   readonly weight: number;
+  /** The weight picks use now: the registered one, lowered while slow start ramps the instance up. */
+  readonly effectiveWeight: number;
   readonly status: "SERVING" | "DRAINING";
   readonly zone: string;
   /** Attempts made on this instance (retries included; breaker rejections excluded). */

@@ -22,7 +22,7 @@ import {
   type StatusObject,
 } from "@grpc/grpc-js";
 import { Instance, InstanceStatus } from "../../proto/gen/leasehold/registry/v1/registry.js";
-import { BREAKER_STATE_VALUE, InstanceBreaker } from "../breaker/instance-breaker.js";
+import { BREAKER_STATE_VALUE, InstanceBreaker, isEndpointFault } from "../breaker/instance-breaker.js";
 import type { MembershipSnapshot } from "../discovery/membership.js";
 import { LeaseholdError, statusCodeName } from "../errors.js";
 import type { InstanceLoad } from "../metrics/client-metrics.js";
@@ -37,7 +37,21 @@ import {
 } from "./balancer-context.js";
 import { MassRemovalDetector } from "./mass-removal-detector.js";
 import { InstanceProgress, stallThresholdMs } from "./stall-detector.js";
-import { createPicker, POLICY_NAMES, type Pickable, type Picker, type PolicyName } from "./policies.js";
+import {
+  createPicker,
+  matchesMetadata,
+  POLICY_NAMES,
+  type Pickable,
+  type Picker,
+  type PolicyName,
+} from "./policies.js";
+import {
+  resolvePolicyConfig,
+  slowStartFactor,
+  type PolicyConfig,
+  type ResolvedPolicyConfig,
+} from "./policy-config.js";
+import { hashKey } from "./ring-hash-picker.js";
 
 type LoadBalancer = experimental.LoadBalancer;
 type ChannelControlHelper = experimental.ChannelControlHelper;
@@ -98,6 +112,13 @@ class Child implements Pickable {
   readonly progress = new InstanceProgress();
   /** p99 latency, ms, refreshed every {@link P99_REFRESH_SAMPLES} samples (the stall threshold uses it). */
   #p99Ms = 0;
+  /**
+   * Slow start: when this instance first became READY after joining (ms); -Infinity for the
+   * instances of the first membership a balancer applies (a restarting caller ramps up no one).
+   */
+  slowStartFromMs: number | undefined;
+  /** Slow start's share of the registered weight now, 0..1 (1 without slow start). */
+  weightFactor = 1;
 
   constructor(instance: Instance, leaf: experimental.LeafLoadBalancer, breaker: InstanceBreaker) {
     this.instance = instance;
@@ -108,8 +129,15 @@ class Child implements Pickable {
   get instanceId(): string {
     return this.instance.instanceId;
   }
+  /** The effective weight: registered weight × slow start's factor. */
   get weight(): number {
-    return this.instance.weight;
+    return this.instance.weight * this.weightFactor;
+  }
+  get zone(): string {
+    return this.instance.zone;
+  }
+  get metadata(): Readonly<Record<string, string>> {
+    return this.instance.metadata;
   }
   get isServing(): boolean {
     return this.instance.status !== InstanceStatus.INSTANCE_STATUS_DRAINING;
@@ -151,7 +179,8 @@ class Child implements Pickable {
       service: this.instance.service,
       instanceId: this.instanceId,
       address: this.instance.address,
-      weight: this.weight,
+      weight: this.instance.weight,
+      effectiveWeight: this.weight,
       status: this.isServing ? "SERVING" : "DRAINING",
       zone: this.instance.zone,
       calls: this.calls,
@@ -186,15 +215,22 @@ class LeaseholdPicker implements GrpcPicker {
     }
     const nowMs = Date.now();
     const balancer = this.#balancer;
-    let firstStalled: Child | undefined;
-    for (let tries = 0; tries <= this.#picker.instances.length; tries++) {
-      let child = this.#picker.pick(exclude);
+    const hash = balancer.requestHash(args.metadata);
+    const isRetry = exclude !== undefined;
+    // Instances skipped so far, in pick order, that the fallback takes one by one: stalled ones,
+    // and on a retry half-open ones (a retry is no trial: it must not fail on a suspect instance
+    // while a closed one is left; first attempts serve as the trials).
+    const deferred: Child[] = [];
+    let fallbacks = 0;
+    for (let tries = 0; tries <= 2 * this.#picker.instances.length; tries++) {
+      let child = this.#picker.pick(exclude, hash);
       if (child === undefined) {
-        // Only stalled instances left: better one of them than none (they may answer yet).
-        if (firstStalled === undefined) break;
-        child = firstStalled;
-      } else if (child !== firstStalled && balancer.isStalled(child, nowMs)) {
-        firstStalled ??= child;
+        // Only deferred instances left: better one of them than none (they may answer yet), and
+        // the next one when a breaker refuses it (a half-open trial in flight).
+        child = deferred[fallbacks++];
+        if (child === undefined) break;
+      } else if (balancer.isStalled(child, nowMs) || (isRetry && child.breaker.state === "half-open")) {
+        deferred.push(child);
         (exclude ??= new Set()).add(child.instanceId);
         continue;
       }
@@ -265,9 +301,12 @@ class TrackedCall {
     const child = this.#child;
     child.outstanding--;
     const name = statusCodeName(code);
-    if (code !== Status.CANCELLED && code !== Status.DEADLINE_EXCEEDED)
-      child.progress.answered(Date.now(), ++this.#balancer.answers); // the instance itself answered
-    else child.progress.unanswered(child.outstanding, Date.now());
+    if (code !== Status.CANCELLED && code !== Status.DEADLINE_EXCEEDED) {
+      // The instance itself answered. Only answers that are no endpoint fault count as others'
+      // progress: three instances failing fast must not make the one healthy, busy one "stalled".
+      if (name === "OK" || !isEndpointFault(name)) this.#balancer.answers++;
+      child.progress.answered(Date.now(), this.#balancer.answers);
+    } else child.progress.unanswered(child.outstanding, Date.now());
     this.#settle?.(name === "OK" ? undefined : new LeaseholdError(name, details));
     child.breaker.noteOutcome(name);
     if (child.isRemoved) return; // left meanwhile: its series are gone and must stay gone
@@ -285,12 +324,17 @@ class TrackedCall {
   }
 }
 
-/** The parsed `loadBalancingConfig` entry of one policy (it takes no settings: `{}`). */
+/** The parsed `loadBalancingConfig` entry of one policy: its {@link PolicyConfig}. */
 export class LeaseholdLoadBalancingConfig implements experimental.TypedLoadBalancingConfig {
   readonly policy: PolicyName;
+  readonly json: PolicyConfig;
+  readonly config: ResolvedPolicyConfig;
 
-  constructor(policy: PolicyName) {
+  /** @throws LeaseholdError `INVALID_ARGUMENT` for a bad config (grpc-js reports it as a bad service config). */
+  constructor(policy: PolicyName, json: PolicyConfig = {}) {
     this.policy = policy;
+    this.config = resolvePolicyConfig(policy, json);
+    this.json = json ?? {};
   }
 
   getLoadBalancerName(): string {
@@ -298,7 +342,7 @@ export class LeaseholdLoadBalancingConfig implements experimental.TypedLoadBalan
   }
 
   toJsonObject(): object {
-    return { [this.getLoadBalancerName()]: {} };
+    return { [this.getLoadBalancerName()]: this.json };
   }
 }
 
@@ -333,6 +377,10 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
   /** Children in membership order (sorted by instance id), the policy picker's input. */
   #ordered: Child[] = [];
   #policy: PolicyName = "round_robin";
+  #config: ResolvedPolicyConfig = resolvePolicyConfig("round_robin", {});
+  /** False until the first membership is applied (its instances skip slow start). */
+  #hasMembership = false;
+  #slowStartTimer: NodeJS.Timeout | undefined;
   #context: BalancerContext | undefined;
   #policyPicker: Picker<Child> | undefined;
   #service = "";
@@ -348,7 +396,7 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
   #panicTimer: NodeJS.Timeout | undefined;
   /** Set once this balancer reports its outstanding counts to the metrics. */
   #removeLoadSource: (() => void) | undefined;
-  /** Attempts any instance answered (a status it sent, not a cancellation or a deadline), for stall detection. */
+  /** Attempts answered with no endpoint fault (OK or a caller fault), all instances, for stall detection. */
   answers = 0;
 
   constructor(helper: ChannelControlHelper) {
@@ -399,6 +447,7 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
   ): boolean {
     if (!(lbConfig instanceof LeaseholdLoadBalancingConfig) || this.#isDestroyed) return false;
     this.#policy = lbConfig.policy;
+    this.#config = lbConfig.config;
     this.#resolutionNote = resolutionNote;
     const context = contextOf(options[CONTEXT_OPTION]);
     if (context !== this.#context) {
@@ -445,6 +494,7 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
     if (this.#isDestroyed) return;
     this.#isDestroyed = true;
     clearTimeout(this.#panicTimer);
+    clearTimeout(this.#slowStartTimer);
     this.#removeLoadSource?.();
     const removed = [...this.#children.values()].map((child) => this.#retire(child));
     this.#children.clear();
@@ -469,9 +519,18 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
     return ids;
   }
 
+  /** The request's `ring_hash` hash: xxHash64 of its hash header's values (joined by ","); else undefined. */
+  requestHash(metadata: Metadata): bigint | undefined {
+    if (this.#policy !== "ring_hash") return undefined;
+    const values = metadata.get(this.#config.ringHash.hashHeader);
+    return values.length === 0 ? undefined : hashKey(values.map(String).join(","));
+  }
+
   /** The UNAVAILABLE status of a pick that found nothing, saying why each instance was skipped. */
   noInstanceStatus(exclude: ReadonlySet<string> | undefined): StatusObject {
+    const filter = this.#config.metadataFilter;
     const counts = {
+      "not matching the metadata filter": 0,
       draining: 0,
       "weight 0": 0,
       "breaker open": 0,
@@ -479,7 +538,9 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
       "already tried or half-open with a trial in flight": 0,
     };
     for (const child of this.#ordered) {
-      if (!child.isServing) counts.draining++;
+      if (filter !== undefined && !matchesMetadata(child, filter))
+        counts["not matching the metadata filter"]++;
+      else if (!child.isServing) counts.draining++;
       else if (child.weight <= 0) counts["weight 0"]++;
       else if (!child.isBreakerAdmitting) counts["breaker open"]++;
       else if (!child.isReady) counts["not connected"]++;
@@ -527,6 +588,7 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
         if (child === undefined) {
           child = this.#open(instance, childOptions);
           if (child === undefined) continue;
+          if (!this.#hasMembership) child.slowStartFromMs = Number.NEGATIVE_INFINITY;
           this.#children.set(instance.instanceId, child);
         } else {
           child.instance = instance; // weight, status, zone, metadata: no reconnect
@@ -550,6 +612,7 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
     } finally {
       this.#isUpdating = false;
     }
+    this.#hasMembership = true;
     this.#update({ removed });
   }
 
@@ -659,14 +722,42 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
     return stats;
   }
 
+  /**
+   * Slow start (Envoy's `slow_start_config`): an instance that joins after the first membership
+   * ramps from `minWeightPercent` of its weight to all of it over `windowMs`, counted from when its
+   * subchannel first became READY. While any ramps, the picker is rebuilt every window / 50.
+   */
+  #applySlowStart(): void {
+    const slowStart = this.#config.slowStart;
+    clearTimeout(this.#slowStartTimer);
+    this.#slowStartTimer = undefined;
+    if (slowStart === undefined) return;
+    const nowMs = Date.now();
+    let isRamping = false;
+    for (const child of this.#ordered) {
+      if (child.slowStartFromMs === undefined && child.isReady) child.slowStartFromMs = nowMs;
+      child.weightFactor =
+        child.slowStartFromMs === undefined ? 1 : slowStartFactor(nowMs - child.slowStartFromMs, slowStart);
+      if (child.weightFactor < 1 && child.slowStartFromMs !== undefined) isRamping = true;
+    }
+    if (!isRamping) return;
+    this.#slowStartTimer = setTimeout(
+      () => this.#update({ removed: [] }),
+      slowStart.windowMs / SLOW_START_STEPS,
+    );
+    this.#slowStartTimer.unref(); // bookkeeping: the channel's calls keep the process alive
+  }
+
   /** Rebuilds the picker and reports the aggregate state, as grpc-js `round_robin` does. */
   #update(change: { removed: InstanceStats[] }): void {
     if (this.#isDestroyed) return;
     const context = this.context;
     capEjections(this.#ordered, context.maxEjectionPercent);
+    this.#applySlowStart();
     this.#policyPicker = createPicker(this.#policy, this.#ordered, {
       random: context.random,
       previous: this.#policyPicker,
+      config: this.#config,
     });
     let isConnecting = false;
     for (const child of this.#ordered) {
@@ -691,10 +782,14 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
   }
 }
 
+/** Slow start rebuilds the picker this many times per window while an instance ramps up. */
+const SLOW_START_STEPS = 50;
 /**
  * Max-ejection cap (Envoy's `max_ejection_percent`): of the instances that could take traffic, at
- * most `maxEjectionPercent` (never all) are ejected by their open breakers, the earliest opened
- * first; the others stay in the pick set even while their breaker is open (panic for breakers).
+ * most `maxEjectionPercent` (never all) are ejected by their open breakers, the worst first (the
+ * highest failure ratio in the breaker's window, then the earliest opened): an instance that
+ * tripped on a few slow answers under load stays ahead of ones that fail everything. The others
+ * stay in the pick set even while their breaker is open (panic for breakers).
  */
 function capEjections(children: readonly Child[], maxEjectionPercent: number): void {
   const candidates = children.filter((child) => child.isServing && child.weight > 0);
@@ -704,7 +799,7 @@ function capEjections(children: readonly Child[], maxEjectionPercent: number): v
   );
   const open = candidates
     .filter((child) => child.breaker.state === "open")
-    .sort((a, b) => a.openedAtMs - b.openedAtMs);
+    .sort((a, b) => b.breaker.failureRatio - a.breaker.failureRatio || a.openedAtMs - b.openedAtMs);
   const ejected = new Set(open.slice(0, allowed));
   for (const child of children) child.isEjected = ejected.has(child);
 }
@@ -721,13 +816,11 @@ export function registerLoadBalancers(): void {
   for (const policy of POLICY_NAMES) {
     const name = loadBalancerName(policy);
     class Config extends LeaseholdLoadBalancingConfig {
-      constructor() {
-        super(policy);
+      constructor(json?: PolicyConfig) {
+        super(policy, json);
       }
       static createFromJson(json: unknown): Config {
-        if (typeof json !== "object" || json === null || Object.keys(json).length > 0)
-          throw new Error(`${name} takes no settings: {}`);
-        return new Config();
+        return new Config(json as PolicyConfig);
       }
     }
     class Balancer extends LeaseholdLoadBalancer {

@@ -2,11 +2,15 @@
  * The picker contract (DESIGN §5), after grpc-js `picker.ts`: a picker is a snapshot of the
  * eligible instances, rebuilt on every membership or breaker change, and `pick()` is synchronous.
  */
+import type { ResolvedPolicyConfig } from "./policy-config.js";
 
 /** What a picker needs to know about one instance. The Leasehold load balancer's children implement it. */
 export interface Pickable {
   readonly instanceId: string;
-  /** 0..10000 (DESIGN §2); 0 is listed but never picked. */
+  /**
+   * The effective weight: the registered 0..10000 (DESIGN §2), times slow start's factor while an
+   * instance ramps up (so possibly fractional). 0 is listed but never picked.
+   */
   readonly weight: number;
   /** True only for `SERVING`; a `DRAINING` instance is never picked. */
   readonly isServing: boolean;
@@ -19,6 +23,10 @@ export interface Pickable {
   readonly isReady: boolean;
   /** Calls in flight on this instance, read live by `least_request`. */
   readonly outstanding: number;
+  /** Its zone ("" when none), for zone-aware routing. */
+  readonly zone?: string;
+  /** Its registered metadata, for the metadata filter (subset routing). */
+  readonly metadata?: Readonly<Record<string, string>>;
 }
 
 /**
@@ -40,14 +48,15 @@ export interface Picker<T extends Pickable = Pickable> {
   readonly instances: readonly T[];
   /**
    * Picks an instance, skipping the ids in `exclude` (instances already tried by this call);
-   * `undefined` when no eligible instance is left.
+   * `undefined` when no eligible instance is left. `hash` is the request's hash (xxHash64 of its
+   * hash key), read only by `ring_hash`.
    */
-  pick(exclude?: ReadonlySet<string>): T | undefined;
+  pick(exclude?: ReadonlySet<string>, hash?: bigint): T | undefined;
 }
 
 /** The standard policy names (DESIGN §5). */
 export type PolicyName =
-  "random" | "round_robin" | "weighted_random" | "weighted_round_robin" | "least_request";
+  "random" | "round_robin" | "weighted_random" | "weighted_round_robin" | "least_request" | "ring_hash";
 
 export const POLICY_NAMES: readonly PolicyName[] = Object.freeze([
   "random",
@@ -55,6 +64,7 @@ export const POLICY_NAMES: readonly PolicyName[] = Object.freeze([
   "weighted_random",
   "weighted_round_robin",
   "least_request",
+  "ring_hash",
 ]);
 
 export function isPolicyName(name: string): name is PolicyName {
@@ -67,6 +77,14 @@ export interface PickerDeps<T extends Pickable = Pickable> {
   readonly random: () => number;
   /** The picker this one replaces, so stateful policies can carry state over (smooth WRR). */
   readonly previous?: Picker<T> | undefined;
+  /**
+   * The listed SERVING instances with weight > 0, eligible or not: `ring_hash` builds its ring
+   * over them, so a key keeps its place while its instance reconnects or its breaker is open
+   * (a pick walks on past such instances). Default: the eligible ones.
+   */
+  readonly members?: readonly T[] | undefined;
+  /** The policy's settings (zone, metadata filter, ring); defaults when absent. */
+  readonly config?: ResolvedPolicyConfig | undefined;
 }
 
 /** The picker of an empty eligible set. */

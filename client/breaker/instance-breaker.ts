@@ -212,6 +212,15 @@ export class InstanceBreaker {
     return this.#breaker.fire(attempt) as Promise<T>;
   }
 
+  /**
+   * Endpoint faults among the calls that ran in the rolling window (opossum's stats), 0–1; 0 when
+   * none ran. Rejections by the open breaker are not calls and do not count.
+   */
+  get failureRatio(): number {
+    const { failures, successes } = this.#breaker.stats;
+    return failures + successes === 0 ? 0 : failures / (failures + successes);
+  }
+
   /** The delay before the next half-open trial if the breaker opens now, ms. */
   get resetTimeoutMs(): number {
     return (this.#breaker as unknown as { options: { resetTimeout: number } }).options.resetTimeout;

@@ -26,8 +26,10 @@ import {
 } from "../balancing/leasehold-load-balancer.js";
 import type { PolicyName } from "../balancing/policies.js";
 import { isPolicyName } from "../balancing/policies.js";
+import { resolvePolicyConfig } from "../balancing/policy-config.js";
 import type { ClientMetrics } from "../metrics/client-metrics.js";
 import { connectRegistry } from "../registry-connection.js";
+import type { ClientSecurity } from "../tls/tls-files.js";
 import type { MembershipSnapshot, MembershipSource } from "./membership.js";
 import { MembershipWatcher } from "./membership-watcher.js";
 
@@ -44,8 +46,20 @@ export const LEASEHOLD_SCHEME = "leasehold";
 /** Channel option: the policy of this channel (a {@link PolicyName}), instead of the default one. */
 export const POLICY_OPTION = "leasehold.policy";
 
+/**
+ * Channel option: the policy's settings, a `PolicyConfig` object (slow start, zone, metadata
+ * filter, ring), put into the `leasehold_<policy>` entry of the resolver's service config.
+ */
+export const POLICY_CONFIG_OPTION = "leasehold.policy_config";
+
 /** Channel option set by the typed balanced client, which retries and counts calls itself. */
 export const TYPED_CLIENT_OPTION = "leasehold.typed_client";
+
+/**
+ * Channel option: the id of the TLS files and token this channel's registry Watch uses (see
+ * {@link registrySecurityId}); default the `registrySecurity` of `registerLeasehold()`.
+ */
+export const REGISTRY_SECURITY_OPTION = "leasehold.registry_security";
 
 /** Channel option: the id of an in-process membership source (see {@link shareMembership}). */
 export const MEMBERSHIP_SOURCE_OPTION = "leasehold.membership";
@@ -79,6 +93,8 @@ export interface ResolverDefaults {
   readonly retryPolicy: RetryPolicy | undefined;
   /** grpc-js options of the channels to the registry. */
   readonly registryChannelOptions: ChannelOptions;
+  /** TLS and bearer token toward the registry; undefined = plaintext, anonymous. */
+  readonly registrySecurity?: ClientSecurity | undefined;
 }
 
 let defaults: ResolverDefaults = Object.freeze({
@@ -107,6 +123,19 @@ interface SharedWatcher {
 }
 
 const watchers = new Map<string, SharedWatcher>();
+const securities = new Map<string, ClientSecurity>();
+const securityIds = new WeakMap<ClientSecurity, string>();
+
+/** The {@link REGISTRY_SECURITY_OPTION} value of `security` (one id per object, kept for the process). */
+export function registrySecurityId(security: ClientSecurity): string {
+  let id = securityIds.get(security);
+  if (id === undefined) {
+    id = `security-${securities.size + 1}`;
+    securityIds.set(security, id);
+    securities.set(id, security);
+  }
+  return id;
+}
 const sources = new Map<string, MembershipSource>();
 let nextSourceId = 1;
 
@@ -131,6 +160,7 @@ function acquireWatcher(
   registry: string,
   service: string,
   context: BalancerContext,
+  securityId: string | undefined,
 ): { watcher: MembershipWatcher; release: () => void } {
   const metrics = context.metrics;
   let metricsId = 0;
@@ -138,10 +168,12 @@ function acquireWatcher(
     metricsId = metricsIds.get(metrics) ?? nextMetricsId++;
     metricsIds.set(metrics, metricsId);
   }
-  const key = `${registry}\n${service}\n${metricsId}`;
+  const key = `${registry}\n${service}\n${metricsId}\n${securityId ?? ""}`;
   let shared = watchers.get(key);
   if (shared === undefined) {
-    const client = connectRegistry(registry, defaults.registryChannelOptions);
+    const security =
+      securityId === undefined ? defaults.registrySecurity : (securities.get(securityId) ?? undefined);
+    const client = connectRegistry(registry, defaults.registryChannelOptions, security);
     const watcher = new MembershipWatcher({ registry: client, service, metrics, logger: context.logger });
     watcher.start();
     shared = { watcher, close: () => watcher.close().finally(() => client.close()), refs: 0 };
@@ -224,6 +256,7 @@ export class LeaseholdResolver implements experimental.Resolver {
   readonly #service: string;
   readonly #registry: string | undefined;
   readonly #sourceId: string | undefined;
+  readonly #securityId: string | undefined;
   readonly #serviceConfig: ServiceConfig | null;
   readonly #configSelector: experimental.ConfigSelector | undefined;
   readonly #targetError: StatusObject | undefined;
@@ -245,7 +278,10 @@ export class LeaseholdResolver implements experimental.Resolver {
     this.#context = contextOf(options[CONTEXT_OPTION]);
     const sourceId: unknown = options[MEMBERSHIP_SOURCE_OPTION];
     this.#sourceId = typeof sourceId === "string" ? sourceId : undefined;
+    const securityId: unknown = options[REGISTRY_SECURITY_OPTION];
+    this.#securityId = typeof securityId === "string" ? securityId : undefined;
     const policy: unknown = options[POLICY_OPTION] ?? defaults.policy;
+    let configError: string | undefined;
     if (!SERVICE_NAME.test(this.#service)) {
       this.#targetError = unavailable(
         `leasehold: "${this.#service}" in target leasehold:///${this.#service} is not a service name (a DNS-1123 label)`,
@@ -254,6 +290,8 @@ export class LeaseholdResolver implements experimental.Resolver {
       this.#targetError = unavailable(
         `leasehold: unknown policy "${String(policy)}" in channel option ${POLICY_OPTION}`,
       );
+    } else if ((configError = policyConfigError(policy, options[POLICY_CONFIG_OPTION])) !== undefined) {
+      this.#targetError = unavailable(`leasehold: channel option ${POLICY_CONFIG_OPTION}: ${configError}`);
     } else if (this.#sourceId === undefined && this.#registry === undefined) {
       this.#targetError = unavailable(
         `leasehold: no registry for ${this.#service}: call registerLeasehold({ registry }) or use leasehold://HOST:PORT/${this.#service}`,
@@ -267,7 +305,12 @@ export class LeaseholdResolver implements experimental.Resolver {
       const retryPolicy = defaults.retryPolicy;
       const methodConfig: MethodConfig[] = retryPolicy === undefined ? [] : [{ name: [{}], retryPolicy }];
       this.#serviceConfig = {
-        loadBalancingConfig: [{ [loadBalancerName(policy as PolicyName)]: {} }],
+        loadBalancingConfig: [
+          {
+            [loadBalancerName(policy as PolicyName)]:
+              (options[POLICY_CONFIG_OPTION] as object | undefined) ?? {},
+          },
+        ],
         methodConfig,
         ...(retryPolicy === undefined ? {} : { retryThrottling: RETRY_THROTTLING }),
       };
@@ -313,7 +356,7 @@ export class LeaseholdResolver implements experimental.Resolver {
       this.#hasSnapshot = () => source.hasSnapshot ?? true;
     } else {
       const registry = this.#registry as string;
-      const { watcher, release } = acquireWatcher(registry, this.#service, this.#context);
+      const { watcher, release } = acquireWatcher(registry, this.#service, this.#context, this.#securityId);
       this.#source = watcher;
       this.#release = release;
       this.#hasSnapshot = () => watcher.hasSnapshot;
@@ -391,4 +434,14 @@ export function registerResolver(): void {
   if (isRegistered) return;
   isRegistered = true;
   experimental.registerResolver(LEASEHOLD_SCHEME, LeaseholdResolver);
+}
+
+/** Why a policy config is refused, or undefined when it is valid. */
+function policyConfigError(policy: string, config: unknown): string | undefined {
+  try {
+    resolvePolicyConfig(policy, config);
+    return undefined;
+  } catch (error) {
+    return messageOf(error);
+  }
 }

@@ -167,22 +167,32 @@ export class Registrar {
   }
 
   /**
-   * Changes weight, status or zone; remembered for later re-registrations too.
-   * @throws ServiceError NOT_FOUND/PERMISSION_DENIED when the lease no longer holds the instance.
+   * Changes weight (0–10000), status, zone and/or metadata (the whole map, replaced) live: callers
+   * see the change through their Watch stream and keep their connections. Remembered for later
+   * re-registrations too. Before the first registration it only changes what will be registered.
+   * @throws ServiceError INVALID_ARGUMENT for a bad value (DESIGN §2 limits);
+   *   NOT_FOUND/PERMISSION_DENIED when the lease or token no longer holds the instance.
    */
-  async update(change: { weight?: number; status?: InstanceStatus; zone?: string }): Promise<void> {
+  async update(change: {
+    weight?: number;
+    status?: InstanceStatus;
+    zone?: string;
+    metadata?: Readonly<Record<string, string>>;
+  }): Promise<void> {
     this.#instance = { ...this.#instance, ...change };
     const lease = this.#lease;
     if (lease === undefined) return;
-    await this.#unary<UpdateInstanceRequest, UpdateInstanceResponse>((request, metadata, options, callback) =>
-      this.#registry.updateInstance(request, metadata, options, callback),
+    const { metadata, ...rest } = change;
+    await this.#unary<UpdateInstanceRequest, UpdateInstanceResponse>(
+      (request, callMetadata, options, callback) =>
+        this.#registry.updateInstance(request, callMetadata, options, callback),
     )({
       service: this.#instance.service,
       instanceId: this.#instance.instanceId,
       leaseId: lease.leaseId,
       registrationToken: lease.registrationToken,
-      ...change,
-      metadata: undefined,
+      ...rest,
+      metadata: metadata === undefined ? undefined : { entries: { ...metadata } },
     });
   }
 

@@ -1,6 +1,8 @@
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
+import { createServer as createHttpsServer } from "node:https";
 import type { AddressInfo, Socket } from "node:net";
 import type { Registry } from "prom-client";
+import { isTlsOn, tlsServerOptions, watchTlsFiles, type TlsFiles } from "../tls/tls-files.js";
 
 /** A host and port, e.g. from `127.0.0.1:0` or `[::]:7100`. */
 export interface HostPort {
@@ -65,6 +67,12 @@ export type HttpRoutes = Readonly<
   Record<string, () => HttpAnswer | HttpStream | Promise<HttpAnswer | HttpStream>>
 >;
 
+/**
+ * Takes a request before the GET routes, e.g. an API under a path prefix (any method); returns
+ * `true` when it answers the request itself. Only requests with a well-formed target reach it.
+ */
+export type HttpHandler = (request: IncomingMessage, response: ServerResponse) => boolean;
+
 /** A running HTTP server of {@link startHttpEndpoints}. */
 export interface HttpEndpoints {
   /** host:port it is bound to (real port). */
@@ -94,7 +102,7 @@ export function metricsRoute(registry: Registry): () => Promise<HttpAnswer> {
 export const httpLimits = Object.freeze({
   /** Time to receive the whole request head, ms (Node's default 60 s). */
   headersTimeoutMs: 10_000,
-  /** Time to receive the whole request, ms (Node's default 300 s); these endpoints take no bodies. */
+  /** Time to receive the whole request, ms (Node's default 300 s); only the registry's HTTP API takes bodies, ≤ 64 KiB. */
   requestTimeoutMs: 15_000,
   /** Idle time of a kept-alive connection between requests, ms (Node's default 5 s). */
   keepAliveTimeoutMs: 5_000,
@@ -139,32 +147,43 @@ function refuseClient(error: Error & { code?: string }, socket: Socket): void {
 /**
  * Serves `routes` over plain HTTP on `listen` (GET and HEAD; 400 for a malformed request target or
  * request, 404 for other paths, 405 for other methods, 500 with no details when a route throws),
- * within {@link httpLimits}. No request, however malformed, throws out of the server. Streamed
- * answers ({@link HttpStream}) stay open until their client goes; `close()` ends them.
- * @throws the listen error (EADDRINUSE ...).
+ * within {@link httpLimits}, after `handler` (if any) declined the request. No request, however
+ * malformed, throws out of the server. Streamed answers ({@link HttpStream}) stay open until their
+ * client goes; `close()` ends them. With `tls` (cert and key, see {@link TlsFiles}) it serves HTTPS
+ * instead, requiring a client certificate when a CA is given; the files are re-read every 60 s and
+ * a changed certificate serves new connections.
+ * @throws the listen error (EADDRINUSE ...); TlsConfigError for unreadable TLS files.
  */
 export async function startHttpEndpoints(
   listen: HostPort | string,
   routes: HttpRoutes,
+  tls?: TlsFiles,
+  handler?: HttpHandler,
 ): Promise<HttpEndpoints> {
   const { host, port } = typeof listen === "string" ? splitHostPort(listen) : listen;
-  const server = createServer(
-    {
-      headersTimeout: httpLimits.headersTimeoutMs,
-      requestTimeout: httpLimits.requestTimeoutMs,
-      keepAliveTimeout: httpLimits.keepAliveTimeoutMs,
-      connectionsCheckingInterval: httpLimits.connectionsCheckingIntervalMs,
-      maxHeaderSize: httpLimits.maxHeaderSizeBytes,
-    },
-    (request, response) => {
-      try {
-        answer(routes, request, response);
-      } catch {
-        if (!response.headersSent) response.writeHead(500);
-        response.end();
-      }
-    },
-  );
+  const limits = {
+    headersTimeout: httpLimits.headersTimeoutMs,
+    requestTimeout: httpLimits.requestTimeoutMs,
+    keepAliveTimeout: httpLimits.keepAliveTimeoutMs,
+    connectionsCheckingInterval: httpLimits.connectionsCheckingIntervalMs,
+    maxHeaderSize: httpLimits.maxHeaderSizeBytes,
+  };
+  const handle = (request: IncomingMessage, response: ServerResponse) => {
+    try {
+      if (requestPath(request.url) !== undefined && handler?.(request, response) === true) return;
+      answer(routes, request, response);
+    } catch {
+      if (!response.headersSent) response.writeHead(500);
+      response.end();
+    }
+  };
+  let stopTlsReload = () => {};
+  const server = isTlsOn(tls)
+    ? createHttpsServer({ ...limits, ...tlsServerOptions(tls) }, handle)
+    : createServer(limits, handle);
+  if (isTlsOn(tls) && "setSecureContext" in server) {
+    stopTlsReload = watchTlsFiles(tls, (options) => server.setSecureContext(options));
+  }
   server.maxRequestsPerSocket = httpLimits.maxRequestsPerSocket;
   server.maxConnections = httpLimits.maxConnections;
   server.on("clientError", refuseClient);
@@ -182,6 +201,7 @@ export async function startHttpEndpoints(
     address: `${host}:${(server.address() as AddressInfo).port}`,
     close: async () =>
       await (closing ??= new Promise<void>((resolve) => {
+        stopTlsReload();
         server.close(() => resolve());
         server.closeAllConnections();
       })),

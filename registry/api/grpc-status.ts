@@ -6,6 +6,7 @@ const statusByCode: Readonly<Record<RegistryErrorCode, status>> = {
   not_found: status.NOT_FOUND,
   already_exists: status.ALREADY_EXISTS,
   permission_denied: status.PERMISSION_DENIED,
+  unauthenticated: status.UNAUTHENTICATED,
   resource_exhausted: status.RESOURCE_EXHAUSTED,
   aborted: status.ABORTED,
   out_of_range: status.OUT_OF_RANGE,
@@ -16,15 +17,18 @@ const statusByCode: Readonly<Record<RegistryErrorCode, status>> = {
 };
 
 /**
- * The one mapping of registry errors to gRPC status (DESIGN §3). Anything that is not a
- * {@link RegistryError} becomes `INTERNAL` with a fixed message: internals never leak.
+ * The one mapping of registry errors to gRPC status (DESIGN §3): the status code and the message
+ * a caller may see. Anything that is not a {@link RegistryError} becomes `INTERNAL` with a fixed
+ * message: internals never leak. The HTTP API answers the same code (Connect's codes are gRPC's).
  */
-export function toServiceError(error: unknown): ServiceError {
+export function statusOf(error: unknown): { readonly code: status; readonly details: string } {
   const normalised = RegistryError.from(error);
   const details = normalised.code === "internal" ? "internal error" : normalised.message;
-  return Object.assign(new Error(details), {
-    code: statusByCode[normalised.code],
-    details,
-    metadata: new Metadata(),
-  });
+  return { code: statusByCode[normalised.code], details };
+}
+
+/** {@link statusOf} as the `ServiceError` a grpc-js handler fails with. */
+export function toServiceError(error: unknown): ServiceError {
+  const { code, details } = statusOf(error);
+  return Object.assign(new Error(details), { code, details, metadata: new Metadata() });
 }

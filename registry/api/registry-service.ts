@@ -1,15 +1,28 @@
 import type { ServerDuplexStream, ServerUnaryCall, handleUnaryCall, sendUnaryData } from "@grpc/grpc-js";
 import type { Logger } from "pino";
+import type { CallIdentity, RegistryAuth } from "../auth/registry-auth.js";
 import type {
+  DeregisterRequest,
+  DeregisterResponse,
+  GetServiceRequest,
+  GetServiceResponse,
   KeepAliveRequest,
   KeepAliveResponse,
+  ListServicesRequest,
+  ListServicesResponse,
+  RegisterRequest,
+  RegisterResponse,
   RegistryServiceServer,
+  UpdateInstanceRequest,
+  UpdateInstanceResponse,
+  WatchRequest,
 } from "../../proto/gen/leasehold/registry/v1/registry.js";
 import { RegistryError } from "../registry-error.js";
 import type { RegistryMetrics } from "../registry-metrics.js";
 import { ANONYMOUS_PRINCIPAL, type RegistryLimiter } from "../registry-limits.js";
 import { issueRegistrationToken } from "../registration-token.js";
 import { hashRegistrationId, type EtcdStore, type RequestScope } from "../store/etcd-store.js";
+import type { LeaseKeepAlive } from "../store/lease-keep-alive.js";
 import type { WatchHub } from "../watch/watch-hub.js";
 import type { WatchSink } from "../watch/watch-subscription.js";
 import { toServiceError } from "./grpc-status.js";
@@ -35,13 +48,61 @@ export interface RegistryServiceDeps {
   readonly logger: Logger;
   /** Operator choices that loosen validation; default none. */
   readonly validation?: ValidationOptions;
+  /** [auth] Authentication and authorisation (issue 7); undefined = auth off, anyone may write. */
+  readonly auth?: RegistryAuth | undefined;
   /** Clock for `registered_at`; default `() => new Date()`. */
   readonly now?: () => Date;
 }
 
-/** The RegistryService handlers plus a way to end their long streams. */
+/** One unary operation: the request, when its caller stops waiting, and who the caller is. */
+export type UnaryOperation<Request, Response> = (
+  request: Request,
+  scope: RequestScope,
+  caller: CallIdentity,
+) => Promise<Response>;
+
+/**
+ * The RegistryService's behaviour without a transport: ts-proto messages in and out, failures
+ * thrown as {@link RegistryError} (`internal` for anything unexpected, already logged). The gRPC
+ * handlers and the HTTP API (`registry/http-api/`) both call these, so validation, limits,
+ * authentication and authorisation live in one place. `caller` is what the call presents
+ * (a gRPC call, or the HTTP API's view of its request: `Authorization` header and verified client
+ * certificate); with auth on, a write without a principal is `unauthenticated`, a write into a
+ * service outside its grant or to another principal's instance `permission_denied`.
+ */
+export interface RegistryOperations {
+  readonly register: UnaryOperation<RegisterRequest, RegisterResponse>;
+  /**
+   * Renews a lease once, over a keepalive stream of its own: what one message of the KeepAlive
+   * stream does (the HTTP API's unary KeepAlive), token and owner checks included. `not_found`
+   * when the lease no longer exists, `permission_denied` for another instance's token or another
+   * principal's lease.
+   */
+  readonly keepAliveOnce: UnaryOperation<KeepAliveRequest, KeepAliveResponse>;
+  readonly updateInstance: UnaryOperation<UpdateInstanceRequest, UpdateInstanceResponse>;
+  readonly deregister: UnaryOperation<DeregisterRequest, DeregisterResponse>;
+  readonly getService: UnaryOperation<GetServiceRequest, GetServiceResponse>;
+  readonly listServices: UnaryOperation<ListServicesRequest, ListServicesResponse>;
+  /**
+   * Takes a Watch stream slot of `connection` (the caller's connection, e.g. `ip:port`; limited
+   * per connection and per principal), checks that `caller` may read, validates `request` and
+   * subscribes `sink` to the watch hub until `signal` aborts or the sink is ended; resolves once
+   * the snapshot (or the resumed deltas) are written. Rejects (`resource_exhausted`,
+   * `unauthenticated`, `permission_denied`, `invalid_argument`, ...) before anything is written.
+   */
+  readonly watch: (
+    request: WatchRequest,
+    sink: WatchSink,
+    signal: AbortSignal,
+    connection: string,
+    caller: CallIdentity,
+  ) => Promise<void>;
+}
+
+/** The RegistryService handlers, the operations behind them, and a way to end their long streams. */
 export interface RegistryServiceHandlers {
   readonly implementation: RegistryServiceServer;
+  readonly operations: RegistryOperations;
   /** Ends every open KeepAlive stream with `UNAVAILABLE` (Watch streams end via the hub). */
   endStreams(): void;
 }
@@ -52,10 +113,14 @@ export interface RegistryServiceHandlers {
  * leaves through `toServiceError`.
  */
 export function createRegistryService(deps: RegistryServiceDeps): RegistryServiceHandlers {
-  const { store, hub, limiter, metrics, logger } = deps;
-  // Until authentication names callers (issue 7, item 3), everyone is one principal; quotas that
-  // will be per principal take it already.
-  const principal = ANONYMOUS_PRINCIPAL;
+  const { store, hub, limiter, metrics, logger, auth } = deps;
+  // [auth] A write's scope carries the caller's principal as the instance owner; anonymous →
+  // UNAUTHENTICATED before anything else, a service outside its grant → PERMISSION_DENIED.
+  const requireWriter = (caller: CallIdentity) => auth?.requirePrincipal(caller);
+  const owned = (scope: RequestScope, caller: CallIdentity, service: string): RequestScope =>
+    auth === undefined ? scope : { ...scope, owner: auth.authorizeWrite(caller, service) };
+  // [auth] Quotas per principal key on the authenticated principal; without auth every caller is one.
+  const quotaPrincipal = (scope: RequestScope) => scope.owner ?? ANONYMOUS_PRINCIPAL;
   const now = deps.now ?? (() => new Date());
   const keepAliveStreams = new Set<(error: RegistryError) => void>();
   const pageSources: ServicePageSources = {
@@ -64,33 +129,72 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
     readPage: (...args) => store.readServicePage(...args),
   };
 
-  const fail = (method: string, error: unknown) => {
+  /** Normalises and logs a failure once (internal ones with their cause). */
+  const failed = (method: string, error: unknown): RegistryError => {
     const normalised = RegistryError.from(error);
     if (normalised.code === "internal") logger.error({ err: error, method }, "internal error");
     else logger.debug({ method, code: normalised.code, reason: normalised.message }, "request failed");
-    return toServiceError(normalised);
+    return normalised;
   };
 
-  const unary =
+  /** One unary operation: a handler that throws before its first await (validation) rejects too. */
+  const operation =
     <Request, Response>(
       method: string,
-      run: (request: Request, scope: RequestScope) => Promise<Response>,
-    ): handleUnaryCall<Request, Response> =>
-    (call, callback: sendUnaryData<Response>) => {
-      const scope = callerScope(call);
-      // A handler that throws before its first await (validation) fails the call like a rejection.
-      new Promise<Response>((resolve) => resolve(run(call.request, scope))).then(
-        (response) => callback(null, response),
-        (error: unknown) => callback(fail(method, error)),
-      );
-    };
+      run: UnaryOperation<Request, Response>,
+    ): UnaryOperation<Request, Response> =>
+    (request, scope, caller) =>
+      new Promise<Response>((resolve) => resolve(run(request, scope, caller))).catch((error: unknown) => {
+        throw failed(method, error);
+      });
 
-  const implementation: RegistryServiceServer = {
-    register: unary("Register", async (request, scope) => {
+  /**
+   * Renews `request`'s lease on `keepAlive` once its token is proven and, with auth on, once the
+   * instance it holds is `principal`'s: `provenLeases` (lease id → token hash) remembers leases
+   * etcd confirmed, so a stream of one principal asks only once per lease (a deregistered lease is
+   * revoked, so its renewal answers NOT_FOUND anyway).
+   */
+  const renew = async (
+    keepAlive: LeaseKeepAlive,
+    provenLeases: Map<string, string>,
+    request: KeepAliveRequest,
+    principal: string | undefined,
+  ): Promise<KeepAliveResponse> => {
+    const fence = valueOf(validateKeepAlive(request));
+    const { leaseId } = fence;
+    if (provenLeases.get(leaseId) !== fence.tokenHash) {
+      const owner = await store.checkLeaseOwner(fence);
+      if (owner === "not_found") {
+        throw new RegistryError(
+          "not_found",
+          `lease ${leaseId} holds no Leasehold instance (expired, revoked or not one of ours); register again`,
+        );
+      }
+      if (owner === "permission_denied") {
+        throw new RegistryError(
+          "permission_denied",
+          `registration_token does not match the instance lease ${leaseId} holds`,
+        );
+      }
+      if (principal !== undefined) await checkLeaseOwner(leaseId, principal); // [auth]
+      if (provenLeases.size >= MAX_PROVEN_LEASES_PER_STREAM) provenLeases.clear();
+      provenLeases.set(leaseId, fence.tokenHash);
+    }
+    const ttlSeconds = await keepAlive.renew(leaseId);
+    if (ttlSeconds <= 0) {
+      throw new RegistryError("not_found", `lease ${leaseId} not found (expired or revoked); register again`);
+    }
+    return { leaseId, ttlSeconds: String(ttlSeconds) };
+  };
+
+  const operations: RegistryOperations = {
+    register: operation("Register", async (request: RegisterRequest, callerScope, caller) => {
       try {
+        requireWriter(caller);
         const { instance, ttlSeconds, registrationId } = valueOf(
           validateRegister(request, now().toISOString(), deps.validation),
         );
+        const scope = owned(callerScope, caller, instance.service);
         const registrationHash =
           registrationId === undefined ? undefined : hashRegistrationId(registrationId);
         // Issued here, returned once, stored only as its hash, never logged.
@@ -98,7 +202,7 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
         const registration = await limiter.admitInstance(
           instance,
           () => store.register(instance, ttlSeconds, { registrationHash, tokenHash: token.hash }, scope),
-          principal,
+          quotaPrincipal(scope),
         );
         metrics.registrations.inc({ result: registration.isAdopted ? "adopted" : "ok" });
         // Debug, not info: one line per Register cost measurable registry CPU at thousands per
@@ -127,10 +231,95 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
       }
     }),
 
+    keepAliveOnce: operation("KeepAlive", async (request: KeepAliveRequest, _scope, caller) => {
+      const principal = auth?.requirePrincipal(caller);
+      const keepAlive = store.openKeepAlive();
+      try {
+        return await renew(keepAlive, new Map(), request, principal);
+      } finally {
+        keepAlive.close();
+      }
+    }),
+
+    updateInstance: operation(
+      "UpdateInstance",
+      async (request: UpdateInstanceRequest, callerScope, caller) => {
+        requireWriter(caller);
+        const { key, change, ...fence } = valueOf(validateUpdate(request));
+        const scope = owned(callerScope, caller, key.service);
+        const updated = await store.update(key, fence, (current) => applyChange(current, change), scope);
+        return { instance: updated.instance, revision: updated.revision };
+      },
+    ),
+
+    deregister: operation("Deregister", async (request: DeregisterRequest, callerScope, caller) => {
+      requireWriter(caller);
+      const { key, ...fence } = valueOf(validateDeregister(request));
+      const scope = owned(callerScope, caller, key.service);
+      const revision = await store.deregister(key, fence, scope);
+      logger.info({ service: key.service, instanceId: key.instanceId }, "deregistered");
+      return { revision };
+    }),
+
+    getService: operation("GetService", async (request: GetServiceRequest, scope, caller) => {
+      auth?.authorizeRead(caller);
+      const service = valueOf(validateServiceName(request.service));
+      return await getServicePage(service, request, pageSources, scope);
+    }),
+
+    listServices: operation("ListServices", (_request, _scope, caller) => {
+      auth?.authorizeRead(caller);
+      return Promise.resolve({ services: hub.summaries(), revision: String(hub.revision) });
+    }),
+
+    watch: async (request, sink, signal, connection, caller) => {
+      const principal = auth?.principalOf(caller) ?? ANONYMOUS_PRINCIPAL; // [auth]
+      const release = once(limiter.acquireWatchStream(connection, principal));
+      signal.addEventListener("abort", release, { once: true });
+      const released: WatchSink = {
+        write: (message) => sink.write(message),
+        once: (event, listener) => sink.once(event, listener),
+        end: (error) => {
+          release();
+          sink.end(error);
+        },
+      };
+      try {
+        auth?.authorizeRead(caller); // [auth]
+        const valid = valueOf(validateWatch(request));
+        await hub.subscribe(released, { ...valid, splitSnapshots: request.splitSnapshots === true }, signal);
+      } catch (error) {
+        release();
+        throw error;
+      }
+    },
+  };
+
+  /** [auth] A KeepAlive may renew only a lease holding an instance its principal registered. */
+  const checkLeaseOwner = async (leaseId: string, principal: string) => {
+    const held = await store.leaseOwner(leaseId);
+    if (held === undefined) {
+      throw new RegistryError("not_found", `lease ${leaseId} holds no instance; register again`);
+    }
+    if (held.owner !== principal) {
+      throw new RegistryError("permission_denied", `lease ${leaseId} holds an instance of another principal`);
+    }
+  };
+
+  const unary =
+    <Request, Response>(run: UnaryOperation<Request, Response>): handleUnaryCall<Request, Response> =>
+    (call, callback: sendUnaryData<Response>) => {
+      run(call.request, callerScope(call), call).then(
+        (response) => callback(null, response),
+        (error: unknown) => callback(toServiceError(error)),
+      );
+    };
+
+  const implementation: RegistryServiceServer = {
+    register: unary(operations.register),
+
     keepAlive: (call: ServerDuplexStream<KeepAliveRequest, KeepAliveResponse>) => {
-      // Leases this stream proved it owns (lease id → token hash); a lease is renewed only once
-      // etcd confirmed the pair, then without asking again (a deregistered lease is revoked, so
-      // its renewal answers NOT_FOUND anyway).
+      const keepAlive = store.openKeepAlive();
       const provenLeases = new Map<string, string>();
       const checkRate = limiter.keepAliveRate();
       let isEnded = false;
@@ -139,10 +328,18 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
         if (isEnded) return;
         isEnded = true;
         keepAliveStreams.delete(end);
+        keepAlive.close();
         if (error === undefined) call.end();
-        else call.emit("error", fail("KeepAlive", error));
+        else call.emit("error", toServiceError(failed("KeepAlive", error)));
       };
       keepAliveStreams.add(end);
+      // [auth] The stream's principal, fixed for its life: each lease's owner is checked once.
+      let principal: string | undefined;
+      try {
+        principal = auth?.requirePrincipal(call);
+      } catch (error) {
+        end(RegistryError.from(error));
+      }
       // Requests are answered one at a time, in order; a failure ends the stream with its status.
       call.on("data", (request: KeepAliveRequest) => {
         // Counted on arrival, not when answered: a flood is cut however fast etcd answers.
@@ -155,38 +352,8 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
         replies = replies
           .then(async () => {
             if (isEnded) return;
-            const fence = valueOf(validateKeepAlive(request));
-            const { leaseId } = fence;
-            if (provenLeases.get(leaseId) !== fence.tokenHash) {
-              const owner = await store.checkLeaseOwner(fence);
-              if (owner === "not_found") {
-                throw new RegistryError(
-                  "not_found",
-                  `lease ${leaseId} holds no Leasehold instance (expired, revoked or not one of ours); register again`,
-                );
-              }
-              if (owner === "permission_denied") {
-                throw new RegistryError(
-                  "permission_denied",
-                  `registration_token does not match the instance lease ${leaseId} holds`,
-                );
-              }
-              if (provenLeases.size >= MAX_PROVEN_LEASES_PER_STREAM) provenLeases.clear();
-              provenLeases.set(leaseId, fence.tokenHash);
-            }
-            if (isEnded) return;
-            const ttlSeconds = await store.renewLease(leaseId);
-            if (isEnded) return;
-            if (ttlSeconds <= 0) {
-              end(
-                new RegistryError(
-                  "not_found",
-                  `lease ${leaseId} not found (expired or revoked); register again`,
-                ),
-              );
-            } else {
-              call.write({ leaseId, ttlSeconds: String(ttlSeconds) });
-            }
+            const response = await renew(keepAlive, provenLeases, request, principal);
+            if (!isEnded) call.write(response);
           })
           .catch((error: unknown) => end(RegistryError.from(error)));
       });
@@ -196,76 +363,41 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
       call.on("cancelled", () => {
         isEnded = true;
         keepAliveStreams.delete(end);
+        keepAlive.close();
       });
       call.on("error", (error) => logger.debug({ err: error }, "keepalive stream error"));
     },
 
-    updateInstance: unary("UpdateInstance", async (request, scope) => {
-      const { key, change, ...fence } = valueOf(validateUpdate(request));
-      const updated = await store.update(key, fence, (current) => applyChange(current, change), scope);
-      return { instance: updated.instance, revision: updated.revision };
-    }),
-
-    deregister: unary("Deregister", async (request, scope) => {
-      const { key, ...fence } = valueOf(validateDeregister(request));
-      const revision = await store.deregister(key, fence, scope);
-      logger.info({ service: key.service, instanceId: key.instanceId }, "deregistered");
-      return { revision };
-    }),
-
-    getService: unary("GetService", async (request, scope) => {
-      const service = valueOf(validateServiceName(request.service));
-      return await getServicePage(service, request, pageSources, scope);
-    }),
-
-    listServices: unary("ListServices", () =>
-      Promise.resolve({ services: hub.summaries(), revision: String(hub.revision) }),
-    ),
+    updateInstance: unary(operations.updateInstance),
+    deregister: unary(operations.deregister),
+    getService: unary(operations.getService),
+    listServices: unary(operations.listServices),
 
     watch: (call) => {
       let isEnded = false;
       const abort = new AbortController();
-      let release = () => {};
       const sink: WatchSink = {
         write: (message) => call.write(message),
         once: (event, listener) => call.once(event, listener),
         end: (error) => {
           if (isEnded) return;
           isEnded = true;
-          release();
           if (error === undefined) call.end();
-          else call.emit("error", fail("Watch", error));
+          else call.emit("error", toServiceError(failed("Watch", error)));
         },
       };
-      call.on("cancelled", () => {
-        release();
-        abort.abort();
-      });
-      try {
-        // One HTTP/2 session per peer address and port: the connection.
-        release = limiter.acquireWatchStream(call.getPeer(), principal);
-      } catch (error) {
-        sink.end(RegistryError.from(error));
-        return;
-      }
+      call.on("cancelled", () => abort.abort());
       call.on("error", (error) => logger.debug({ err: error }, "watch stream error"));
-      const request = validateWatch(call.request);
-      if (!request.ok) {
-        sink.end(request.error);
-        return;
-      }
-      hub
-        .subscribe(
-          sink,
-          { ...request.value, splitSnapshots: call.request.splitSnapshots === true },
-          abort.signal,
-        )
+      // One HTTP/2 session per peer address and port: the connection.
+      operations
+        .watch(call.request, sink, abort.signal, call.getPeer(), call)
         .catch((error: unknown) => sink.end(RegistryError.from(error)));
     },
   };
 
   return {
     implementation,
+    operations,
     endStreams: () => {
       for (const end of [...keepAliveStreams]) {
         end(new RegistryError("unavailable", "registry is shutting down; reconnect"));
@@ -274,21 +406,32 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
   };
 }
 
+/** `release` callable any number of times, running once. */
+function once(release: () => void): () => void {
+  let isReleased = false;
+  return () => {
+    if (isReleased) return;
+    isReleased = true;
+    release();
+  };
+}
+
 /** Leases one KeepAlive stream remembers as proven; a registrar's stream renews one. */
 const MAX_PROVEN_LEASES_PER_STREAM = 64;
 
 /**
- * When the caller of a unary call stops waiting: `call.cancelled` (grpc-js sets it for a client
- * cancel, a broken connection and a passed deadline), and the deadline, passed on to etcd requests.
+ * When the caller of a unary call stops waiting: its signal aborts on cancel (grpc-js emits
+ * `cancelled` for a client cancel, a broken connection and a passed deadline), and the deadline
+ * is passed on to etcd requests.
  */
 function callerScope(call: ServerUnaryCall<unknown, unknown>): RequestScope {
-  // Read when asked, not an AbortController per call: grpc-js notifies `cancelled` when every
-  // call's stream closes, finished ones too, so a listener aborted (and built a DOMException) per call.
-  const isCancelled = () => call.cancelled;
+  const abort = new AbortController();
+  call.once("cancelled", () => abort.abort());
+  if (call.cancelled) abort.abort();
   const deadline = call.getDeadline();
   const deadlineMs =
     deadline instanceof Date ? deadline.getTime() : Number.isFinite(deadline) ? deadline : undefined;
-  return { isCancelled, deadlineMs };
+  return { signal: abort.signal, deadlineMs };
 }
 
 function valueOf<T>(result: Validated<T>): T {

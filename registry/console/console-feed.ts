@@ -11,6 +11,7 @@ import {
 import type { WatchHub } from "../watch/watch-hub.js";
 import type { WatchSink } from "../watch/watch-subscription.js";
 import { counterRate, readScrapedCounters } from "./instance-scrape.js";
+import { fetchMetricsOverHttp, type MetricsFetch } from "./metrics-fetch.js";
 
 /** What the console reads from the registry. */
 export interface ConsoleSources {
@@ -23,6 +24,8 @@ export interface ConsoleSources {
     key: InstanceKey,
   ): Promise<{ grantedTtlSeconds: number; remainingTtlSeconds: number } | undefined>;
   readonly logger: Logger;
+  /** How `/metrics` is read; default plain HTTP ({@link fetchMetricsOverHttp}). */
+  readonly fetchMetrics?: MetricsFetch | undefined;
 }
 
 /** Options of {@link ConsoleFeed}; every field has a default. */
@@ -220,11 +223,12 @@ export class ConsoleFeed {
     const scrape = async (): Promise<void> => {
       if (instance.metricsAddress === "") return;
       try {
-        const answer = await fetch(`http://${instance.metricsAddress}/metrics`, {
-          signal: AbortSignal.any([AbortSignal.timeout(this.#scrapeTimeoutMs), this.#stop.signal]),
-        });
-        if (!answer.ok) throw new Error(`HTTP ${answer.status}`);
-        const counters = readScrapedCounters(await answer.text());
+        const text = await (this.#sources.fetchMetrics ?? fetchMetricsOverHttp)(
+          instance.metricsAddress,
+          instance.service,
+          AbortSignal.any([AbortSignal.timeout(this.#scrapeTimeoutMs), this.#stop.signal]),
+        );
+        const counters = readScrapedCounters(text);
         panicServices = counters.panicServices;
         if (counters.handledTotal !== undefined) {
           const atMs = this.#now();

@@ -2,6 +2,8 @@ import { createHash } from "node:crypto";
 import { Etcd3, Range, type IKeyValue, type IRangeRequest, type IRangeResponse } from "etcd3";
 import { noop } from "cockatiel";
 import type { Logger } from "pino";
+import { rootCertificates } from "node:tls";
+import { isTlsOn, readTlsMaterial, type TlsFiles } from "../../client/tls/tls-files.js";
 import type { Instance, InstanceKey } from "../../proto/gen/leasehold/registry/v1/registry.js";
 import { RegistryError } from "../registry-error.js";
 import type { RegistryMetrics } from "../registry-metrics.js";
@@ -16,7 +18,7 @@ import {
   type InstanceOwner,
 } from "./instance-codec.js";
 import { KeyCreates } from "./key-creates.js";
-import { LeaseKeepAlive, RENEWAL_TIMEOUT_MS } from "./lease-keep-alive.js";
+import { RENEWAL_TIMEOUT_MS, SharedLeaseKeepAlive, type LeaseKeepAlive } from "./lease-keep-alive.js";
 import { rangeInPages } from "./paged-range.js";
 import {
   ServicesWatch,
@@ -29,6 +31,10 @@ import { UnavailableEpisodes } from "./unavailable-episodes.js";
 /** Resolved options of {@link EtcdStore}. */
 export interface EtcdStoreOptions {
   readonly endpoints: readonly string[];
+  /** TLS toward etcd (CA; client cert and key); undefined = as the endpoint URLs say. */
+  readonly tls?: TlsFiles | undefined;
+  /** etcd user and password (etcd auth). */
+  readonly auth?: { readonly username: string; readonly password: string } | undefined;
   /** Key prefix, e.g. `/leasehold/`. */
   readonly prefix: string;
   /** Deadline of every unary etcd request, in milliseconds (a caller's earlier deadline wins). */
@@ -67,10 +73,18 @@ export interface InstanceFence {
 
 /** The caller of one request: when it stops waiting. */
 export interface RequestScope {
-  /** True once the caller has gone (cancelled, or its connection broke). */
+  /** Aborts when the caller has gone (cancelled, or its deadline passed). */
+  readonly signal?: AbortSignal | undefined;
+  /** True once the caller has gone: a cheaper alternative to `signal` (no AbortController per call). */
   readonly isCancelled?: (() => boolean) | undefined;
   /** The caller's deadline, Unix ms; etcd requests never outlive it. */
   readonly deadlineMs?: number | undefined;
+  /**
+   * [auth] The caller's principal when auth is on (issue 7): stored as the instance's `owner` on
+   * Register; Update, Deregister and adoption need the stored owner to equal it, read under the
+   * same mod-revision fence as the write (a different owner → `permission_denied`).
+   */
+  readonly owner?: string | undefined;
 }
 
 /** Fenced updates and deletes retry this many times when the key changes between read and write. */
@@ -124,7 +138,7 @@ export class EtcdStore {
   readonly #client: Etcd3;
   readonly #options: EtcdStoreOptions;
   readonly #unavailable: UnavailableEpisodes;
-  readonly #keepAlive: LeaseKeepAlive;
+  readonly #keepAlive: SharedLeaseKeepAlive;
   readonly #creates: KeyCreates;
 
   /** Creates the client; etcd3 connects lazily on the first request. */
@@ -132,8 +146,17 @@ export class EtcdStore {
     this.#options = options;
     this.keys = new InstanceKeys(options.prefix);
     this.#unavailable = new UnavailableEpisodes(options.logger);
+    const tls = isTlsOn(options.tls) ? readTlsMaterial(options.tls) : undefined;
     this.#client = new Etcd3({
       hosts: [...options.endpoints],
+      ...(tls && {
+        credentials: {
+          rootCertificate: tls.ca ?? Buffer.from(rootCertificates.join("\n")),
+          privateKey: tls.key,
+          certChain: tls.cert,
+        },
+      }),
+      ...(options.auth && { auth: { ...options.auth } }),
       // Without pings a stalled etcd is invisible to watchers and keepalive streams. etcd refuses
       // pings more often than every 5 s (--grpc-keepalive-min-time), so 6 s leaves a margin; a
       // connection that misses a ping answer for 3 s is dropped and redialled.
@@ -158,7 +181,7 @@ export class EtcdStore {
       this.#client,
       (scope) => this.#callOptions(scope),
     );
-    this.#keepAlive = new LeaseKeepAlive(this.#client.leaseClient, options.metrics, this.#unavailable);
+    this.#keepAlive = new SharedLeaseKeepAlive(this.#client.leaseClient, options.metrics, this.#unavailable);
   }
 
   /**
@@ -183,10 +206,11 @@ export class EtcdStore {
   async register(
     instance: Instance,
     ttlSeconds: number,
-    owner: InstanceOwner,
+    holder: InstanceOwner,
     scope: RequestScope = {},
   ): Promise<Registration> {
     const key = this.keys.key(instance.service, instance.instanceId);
+    const owner: InstanceOwner = { ...holder, principal: scope.owner }; // [auth] stored as "owner"
     try {
       // Create first (lease grant + one transaction, as without a registration id); only when
       // the key is already held does the transaction's else-branch read decide: adopt or refuse.
@@ -222,7 +246,8 @@ export class EtcdStore {
     if (
       owner.registrationHash === undefined ||
       ownerOf(value).registrationHash !== owner.registrationHash ||
-      kv.lease === "0"
+      kv.lease === "0" ||
+      (scope.owner !== undefined && ownerOf(value).principal !== scope.owner) // [auth] only the same principal adopts
     ) {
       throw alreadyExists(instance);
     }
@@ -324,6 +349,7 @@ export class EtcdStore {
           this.#client.get(etcdKey).options(this.#callOptions(scope)).exec(),
         );
         const kv = checkHolder(key, range.kvs[0], fence);
+        checkOwner(key, kv, scope); // [auth] fenced by the Mod compare below
         const current = decodeInstance(key, kv.value.toString(), kv.mod_revision);
         if (current === undefined) throw new RegistryError("internal", `malformed value under ${etcdKey}`);
         const next = change(current);
@@ -367,6 +393,7 @@ export class EtcdStore {
           this.#client.get(etcdKey).options(callOptions()).exec(),
         );
         const kv = checkHolder(key, range.kvs[0], fence);
+        checkOwner(key, kv, scope); // [auth] fenced by the Mod compare below
         const txn = await this.#time("txn", () =>
           this.#client
             .if(etcdKey, "Mod", "==", kv.mod_revision)
@@ -456,13 +483,49 @@ export class EtcdStore {
   }
 
   /**
-   * Renews `leaseId` (decimal) once, over the registry's one shared etcd keepalive stream
-   * ({@link LeaseKeepAlive}).
-   * @returns the remaining TTL in seconds; `0` when the lease no longer exists.
-   * @throws RegistryError `unavailable` when etcd does not answer within {@link RENEWAL_TIMEOUT_MS}.
+   * [auth] The owner of the Leasehold instance a lease holds, for KeepAlive (issue 7): etcd's
+   * LeaseTimeToLive with its keys, then the instance key under this prefix.
+   * @returns `{ owner }` (owner undefined for a value without one), or `undefined` when the lease
+   * is gone or holds no instance key of this registry.
+   * @throws RegistryError `unavailable` when etcd does not answer.
    */
-  renewLease(leaseId: string): Promise<number> {
-    return this.#keepAlive.renew(leaseId);
+  async leaseOwner(leaseId: string): Promise<{ owner: string | undefined } | undefined> {
+    try {
+      const lease = await this.#time("lease_time_to_live", () =>
+        this.#client.leaseClient.leaseTimeToLive({ ID: leaseId, keys: true }, this.#callOptions({})),
+      );
+      if (Number(lease.TTL) < 0) return undefined;
+      for (const raw of lease.keys) {
+        const key = this.keys.parse(raw.toString());
+        if (key === undefined) continue;
+        const range = await this.#time("range", () =>
+          this.#client.get(raw.toString()).options(this.#callOptions({})).exec(),
+        );
+        const kv = range.kvs[0];
+        if (kv !== undefined && kv.lease === leaseId)
+          return { owner: ownerOf(kv.value.toString()).principal };
+      }
+      return undefined;
+    } catch (error) {
+      throw fromEtcdError(error);
+    }
+  }
+
+  /**
+   * A keepalive channel for one caller stream: its renewals go over the registry's shared etcd
+   * keepalive streams ({@link SharedLeaseKeepAlive}); `close()` only stops this caller's use.
+   */
+  openKeepAlive(): LeaseKeepAlive {
+    let isClosed = false;
+    return {
+      renew: (leaseId) =>
+        isClosed
+          ? Promise.reject(new RegistryError("unavailable", "keepalive stream closed"))
+          : this.#keepAlive.renew(leaseId),
+      close: () => {
+        isClosed = true;
+      },
+    };
   }
 
   /**
@@ -706,13 +769,26 @@ function cappedBackoff(initialMs: number, maxMs: number, attempt = 0) {
 
 /** Throws when the caller of a request has gone: nothing more is done on its behalf. */
 function checkCaller(scope: RequestScope): void {
-  if (scope.isCancelled?.() === true || (scope.deadlineMs !== undefined && Date.now() >= scope.deadlineMs)) {
+  if (
+    scope.signal?.aborted === true ||
+    scope.isCancelled?.() === true ||
+    (scope.deadlineMs !== undefined && Date.now() >= scope.deadlineMs)
+  ) {
     const isDeadline = scope.deadlineMs !== undefined && Date.now() >= scope.deadlineMs;
     throw new RegistryError(
       isDeadline ? "deadline_exceeded" : "cancelled",
       isDeadline ? "the caller's deadline passed" : "the caller cancelled",
     );
   }
+}
+
+/** [auth] Throws `permission_denied` when auth is on and `kv` is not the caller's. */
+function checkOwner(key: InstanceKey, kv: IKeyValue, scope: RequestScope): void {
+  if (scope.owner === undefined || ownerOf(kv.value.toString()).principal === scope.owner) return;
+  throw new RegistryError(
+    "permission_denied",
+    `instance ${key.service}/${key.instanceId} was registered by another principal`,
+  );
 }
 
 /**

@@ -51,6 +51,8 @@ interface StoredInstance {
    * never stored.
    */
   registration_hash?: string;
+  /** [auth] The principal that registered the instance (issue 7), absent when auth is off. */
+  owner?: string;
   /**
    * Hex SHA-256 of the registration token Register returned (registry/registration-token.ts): the
    * proof UpdateInstance, Deregister and KeepAlive must bring. Absent in values written before
@@ -65,6 +67,8 @@ export interface InstanceOwner {
   readonly registrationHash?: string | undefined;
   /** Hex SHA-256 of the registration token, or `undefined` in values written before tokens. */
   readonly tokenHash?: string | undefined;
+  /** [auth] The principal that registered the instance (issue 7), or `undefined` with auth off. */
+  readonly principal?: string | undefined;
 }
 
 /**
@@ -72,7 +76,7 @@ export interface InstanceOwner {
  * @param owner the hashes that prove ownership, stored beside the instance.
  */
 export function encodeInstance(instance: Instance, owner: InstanceOwner = {}): string {
-  const { registrationHash, tokenHash } = owner;
+  const { registrationHash, tokenHash, principal } = owner;
   const stored: StoredInstance = {
     service: instance.service,
     instance_id: instance.instanceId,
@@ -87,6 +91,7 @@ export function encodeInstance(instance: Instance, owner: InstanceOwner = {}): s
   };
   if (registrationHash !== undefined) stored.registration_hash = registrationHash;
   if (tokenHash !== undefined) stored.token_hash = tokenHash;
+  if (principal !== undefined) stored.owner = principal;
   return JSON.stringify(stored);
 }
 
@@ -133,10 +138,15 @@ export function ownerOf(value: string): InstanceOwner {
   try {
     const parsed: unknown = JSON.parse(value);
     if (typeof parsed !== "object" || parsed === null) return {};
-    const { registration_hash: registrationHash, token_hash: tokenHash } = parsed as Record<string, unknown>;
+    const {
+      registration_hash: registrationHash,
+      token_hash: tokenHash,
+      owner: principal,
+    } = parsed as Record<string, unknown>;
     return {
       registrationHash: typeof registrationHash === "string" ? registrationHash : undefined,
       tokenHash: typeof tokenHash === "string" ? tokenHash : undefined,
+      principal: typeof principal === "string" ? principal : undefined,
     };
   } catch {
     return {};

@@ -221,8 +221,16 @@ function firstSince(renewals: ReadonlyMap<string, Renewals>): number {
   return Number.POSITIVE_INFINITY;
 }
 
+/** One caller's use of the shared keepalive streams (`EtcdStore.openKeepAlive`). */
+export interface LeaseKeepAlive {
+  /** Renews `leaseId` once; see {@link SharedLeaseKeepAlive.renew}. */
+  renew(leaseId: string): Promise<number>;
+  /** Stops this caller's renewals (the shared streams stay). Idempotent. */
+  close(): void;
+}
+
 /** The registry's keepalive streams, each lease on one of them; see {@link LeaseKeepAliveStream}. */
-export class LeaseKeepAlive {
+export class SharedLeaseKeepAlive {
   readonly #streams: readonly LeaseKeepAliveStream[];
 
   /** No I/O: each etcd stream opens on its first renewal. */
