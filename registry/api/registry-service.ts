@@ -420,18 +420,18 @@ function once(release: () => void): () => void {
 const MAX_PROVEN_LEASES_PER_STREAM = 64;
 
 /**
- * When the caller of a unary call stops waiting: its signal aborts on cancel (grpc-js emits
- * `cancelled` for a client cancel, a broken connection and a passed deadline), and the deadline
- * is passed on to etcd requests.
+ * When the caller of a unary call stops waiting: `call.cancelled` (grpc-js sets it for a client
+ * cancel, a broken connection and a passed deadline), and the deadline, passed on to etcd requests.
  */
 function callerScope(call: ServerUnaryCall<unknown, unknown>): RequestScope {
-  const abort = new AbortController();
-  call.once("cancelled", () => abort.abort());
-  if (call.cancelled) abort.abort();
+  // Read when asked, not an AbortController per call: grpc-js notifies `cancelled` when every
+  // call's stream closes, finished ones too, so a listener aborted (and built a DOMException) per
+  // call (issue 10, Register profile).
+  const isCancelled = () => call.cancelled;
   const deadline = call.getDeadline();
   const deadlineMs =
     deadline instanceof Date ? deadline.getTime() : Number.isFinite(deadline) ? deadline : undefined;
-  return { signal: abort.signal, deadlineMs };
+  return { isCancelled, deadlineMs };
 }
 
 function valueOf<T>(result: Validated<T>): T {
