@@ -18,13 +18,32 @@ export interface IssuedRegistrationToken {
  * Issues a registration token: the proof of ownership of one registration (DESIGN §10). A plain
  * SHA-256 is enough to store it: the token has 256 bits of entropy, so the hash cannot be reversed
  * by guessing.
- * @param random source of random bytes; default `crypto.randomBytes` (tests inject their own).
+ * @param random source of random bytes; default {@link pooledRandomBytes} (tests inject their own).
  */
 export function issueRegistrationToken(
-  random: (size: number) => Buffer = randomBytes,
+  random: (size: number) => Buffer = pooledRandomBytes,
 ): IssuedRegistrationToken {
   const token = random(TOKEN_BYTES).toString("base64url");
   return { token, hash: hashRegistrationToken(token) };
+}
+
+/** Tokens' worth of random bytes drawn from `crypto.randomBytes` at once. */
+const POOL_TOKENS = 128;
+let randomPool = Buffer.alloc(0);
+let randomPoolOffset = 0;
+
+/**
+ * `size` bytes from `crypto.randomBytes`, drawn 128 tokens' worth at a time (as nanoid does):
+ * one call into the CSPRNG per 128 Registers instead of one per Register. No byte is handed out twice.
+ */
+export function pooledRandomBytes(size: number): Buffer {
+  if (randomPoolOffset + size > randomPool.length) {
+    randomPool = randomBytes(Math.max(size, TOKEN_BYTES * POOL_TOKENS));
+    randomPoolOffset = 0;
+  }
+  const bytes = randomPool.subarray(randomPoolOffset, randomPoolOffset + size);
+  randomPoolOffset += size;
+  return bytes;
 }
 
 /** Hex SHA-256 of a registration token, as stored in `token_hash`. */

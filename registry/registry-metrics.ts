@@ -28,6 +28,7 @@ export class RegistryMetrics {
   /** Refusals by quota (registry/registry-limits.ts), by `limit`. */
   readonly limited: Counter<"limit">;
   readonly #maxServiceLabels: number;
+  readonly #beforeCollect: (() => void)[] = [];
   /** Services with their own `service` label value. */
   readonly #labelledServices = new Set<string>();
   /** Instance counts of the services summed under `service="other"`. */
@@ -48,6 +49,10 @@ export class RegistryMetrics {
       help: 'Instances registered per service, as seen by this replica\'s watch-fed cache; services beyond the label cap (--max-service-labels, default 1000) are summed under service="other".',
       labelNames: ["service"],
       registers,
+      // Counts set lazily (once per event-loop turn) are brought up to date before every scrape.
+      collect: () => {
+        for (const flush of this.#beforeCollect) flush();
+      },
     });
     this.watchStreams = new Gauge({
       name: "leasehold_registry_watch_streams",
@@ -89,6 +94,14 @@ export class RegistryMetrics {
    * Sets a service's instance count; a service with none left loses its series (and its label
    * slot). Past the label cap, and for a service named `other`, the count goes into `other`.
    */
+  /**
+   * Runs `flush` before every scrape of `leasehold_registry_instances`, so a caller that sets
+   * counts lazily ({@link setInstances} at the end of an event-loop turn) is never seen behind.
+   */
+  beforeInstancesCollect(flush: () => void): void {
+    this.#beforeCollect.push(flush);
+  }
+
   setInstances(service: string, count: number): void {
     const hasLabel =
       this.#labelledServices.has(service) ||

@@ -205,10 +205,19 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
           quotaPrincipal(scope),
         );
         metrics.registrations.inc({ result: registration.isAdopted ? "adopted" : "ok" });
-        const fields = { service: instance.service, instanceId: instance.instanceId };
-        logger.info({ ...fields, adopted: registration.isAdopted }, "registered");
-        // A lease id is not a credential any more, but it is still not for info-level logs.
-        logger.debug({ ...fields, leaseId: registration.leaseId }, "registered lease");
+        // Debug, not info: one line per Register cost measurable registry CPU at thousands per
+        // second (issue 10); the registrations counter counts them.
+        if (logger.isLevelEnabled("debug")) {
+          logger.debug(
+            {
+              service: instance.service,
+              instanceId: instance.instanceId,
+              adopted: registration.isAdopted,
+              leaseId: registration.leaseId,
+            },
+            "registered",
+          );
+        }
         return {
           leaseId: registration.leaseId,
           ttlSeconds: String(registration.ttlSeconds),
@@ -411,18 +420,18 @@ function once(release: () => void): () => void {
 const MAX_PROVEN_LEASES_PER_STREAM = 64;
 
 /**
- * When the caller of a unary call stops waiting: its signal aborts on cancel (grpc-js emits
- * `cancelled` for a client cancel, a broken connection and a passed deadline), and the deadline
- * is passed on to etcd requests.
+ * When the caller of a unary call stops waiting: `call.cancelled` (grpc-js sets it for a client
+ * cancel, a broken connection and a passed deadline), and the deadline, passed on to etcd requests.
  */
 function callerScope(call: ServerUnaryCall<unknown, unknown>): RequestScope {
-  const abort = new AbortController();
-  call.once("cancelled", () => abort.abort());
-  if (call.cancelled) abort.abort();
+  // Read when asked, not an AbortController per call: grpc-js notifies `cancelled` when every
+  // call's stream closes, finished ones too, so a listener aborted (and built a DOMException) per
+  // call (issue 10, Register profile).
+  const isCancelled = () => call.cancelled;
   const deadline = call.getDeadline();
   const deadlineMs =
     deadline instanceof Date ? deadline.getTime() : Number.isFinite(deadline) ? deadline : undefined;
-  return { signal: abort.signal, deadlineMs };
+  return { isCancelled, deadlineMs };
 }
 
 function valueOf<T>(result: Validated<T>): T {

@@ -1,15 +1,7 @@
 import type { IDuplexStream, ILeaseKeepAliveRequest, ILeaseKeepAliveResponse, LeaseClient } from "etcd3";
 import { RegistryError } from "../registry-error.js";
 import type { RegistryMetrics } from "../registry-metrics.js";
-import { fromEtcdError } from "./etcd-errors.js";
 import type { UnavailableEpisodes } from "./unavailable-episodes.js";
-
-interface PendingRenewal {
-  resolve(ttlSeconds: number): void;
-  reject(error: RegistryError): void;
-  /** Stops the duration metric and the renewal's timeout. */
-  stopTimer(): void;
-}
 
 /**
  * How long one renewal may wait for etcd's answer, in milliseconds. etcd answers in milliseconds;
@@ -20,21 +12,64 @@ interface PendingRenewal {
 export const RENEWAL_TIMEOUT_MS = 2000;
 
 /**
- * One etcd `LeaseKeepAlive` stream that renews arbitrary lease ids, for one caller's KeepAlive
- * stream. etcd answers a stream's requests in order, so answers are matched first in, first out.
- * Once the etcd stream fails every pending and later renewal rejects with `unavailable` (a
- * broken stream is always etcd being away or the connection dropping, never an internal fault);
- * the caller opens a new one. A renewal unanswered for {@link RENEWAL_TIMEOUT_MS} fails the stream
- * the same way. Failures are logged once per episode through `episodes`.
+ * After the shared etcd stream failed, renewals answer UNAVAILABLE at once for this long (in
+ * milliseconds) before a new stream is opened: thousands of holders retrying do not turn into
+ * thousands of stream opens against an etcd that is away.
  */
-export class LeaseKeepAlive {
+const REOPEN_DELAY_MS = 250;
+
+type EtcdKeepAliveStream = IDuplexStream<ILeaseKeepAliveRequest, ILeaseKeepAliveResponse>;
+
+interface Waiter {
+  resolve(ttlSeconds: number): void;
+  reject(error: RegistryError): void;
+}
+
+/** The renewals of one lease waiting together: queued (not written yet) or in flight. */
+interface Renewals {
+  readonly waiters: Waiter[];
+  /** When the first waiter queued, or when the renewal was written; Unix ms. */
+  sinceMs: number;
+}
+
+/**
+ * Shared etcd `LeaseKeepAlive` streams of the registry. etcd answers one stream's renewals one
+ * after another, so a few streams (not one) keep renewals flowing when etcd is slow to apply, and
+ * a stream that fails takes only its share of the leases with it.
+ */
+export const KEEPALIVE_STREAMS = 8;
+
+/**
+ * Renews every lease of the registry over {@link KEEPALIVE_STREAMS} shared etcd `LeaseKeepAlive`
+ * streams, a lease always on the same one (by its id), not one stream per caller (about 50 KB each
+ * at 10,000 holders). Renewals asked for in the same event-loop turn
+ * are written together, once per lease id (a lease already in flight waits for its answer, then
+ * is written again), and etcd's answers are matched by lease id, so each renewal costs O(1). Each
+ * holder's message is one renewal: the registry never renews on its own schedule, or a holder that
+ * stopped (SIGSTOP) with its connection open would keep its lease.
+ *
+ * When the stream fails (etcd away, the connection dropped, a renewal unanswered for
+ * {@link RENEWAL_TIMEOUT_MS}), every queued and in-flight renewal rejects with `unavailable`,
+ * later ones for {@link REOPEN_DELAY_MS}, then the next renewal opens a new stream. Failures are
+ * logged once per episode through `episodes`, never per lease.
+ */
+class LeaseKeepAliveStream {
   readonly #leaseClient: LeaseClient;
   readonly #metrics: RegistryMetrics;
-  readonly #pending: PendingRenewal[] = [];
   readonly #episodes: UnavailableEpisodes;
-  #stream: Promise<IDuplexStream<ILeaseKeepAliveRequest, ILeaseKeepAliveResponse>> | undefined;
+  /** Not written yet, by lease id, in order of the first waiter. */
+  readonly #queued = new Map<string, Renewals>();
+  /** Written and unanswered, by lease id, in order of writing. */
+  readonly #inFlight = new Map<string, Renewals>();
+  #stream: EtcdKeepAliveStream | undefined;
+  #isOpening = false;
+  #isFlushScheduled = false;
+  #timeoutSweep: NodeJS.Timeout | undefined;
   #failure: RegistryError | undefined;
+  #failedAtMs = 0;
+  #isClosed = false;
 
+  /** No I/O: the etcd stream opens on the first renewal. */
   constructor(leaseClient: LeaseClient, metrics: RegistryMetrics, episodes: UnavailableEpisodes) {
     this.#leaseClient = leaseClient;
     this.#metrics = metrics;
@@ -44,83 +79,182 @@ export class LeaseKeepAlive {
   /**
    * Renews `leaseId` (decimal) once.
    * @returns the remaining TTL in seconds as etcd reports it; `0` when the lease no longer exists.
-   * @throws RegistryError `unavailable` when the etcd stream failed or was closed.
+   * @throws RegistryError `unavailable` when the etcd stream failed, did not answer within
+   * {@link RENEWAL_TIMEOUT_MS}, or was closed.
    */
   renew(leaseId: string): Promise<number> {
-    if (this.#failure !== undefined) return Promise.reject(this.#failure);
-    const stream = (this.#stream ??= this.#open());
+    if (this.#failure !== undefined && (this.#isClosed || Date.now() - this.#failedAtMs < REOPEN_DELAY_MS)) {
+      return Promise.reject(this.#failure);
+    }
     return new Promise<number>((resolve, reject) => {
-      const stopDuration = this.#metrics.etcdRequestDuration.startTimer({ op: "keepalive" });
-      const timeout = setTimeout(() => {
+      const queued = this.#queued.get(leaseId);
+      if (queued === undefined)
+        this.#queued.set(leaseId, { waiters: [{ resolve, reject }], sinceMs: Date.now() });
+      else queued.waiters.push({ resolve, reject });
+      this.#scheduleFlush();
+    });
+  }
+
+  /** Ends the etcd stream; queued and in-flight renewals reject with `unavailable`. Idempotent. */
+  close(): void {
+    if (this.#isClosed) return;
+    this.#isClosed = true;
+    this.#fail(new RegistryError("unavailable", "keepalive stream closed"));
+  }
+
+  #scheduleFlush(): void {
+    if (this.#isFlushScheduled) return;
+    this.#isFlushScheduled = true;
+    setImmediate(() => {
+      this.#isFlushScheduled = false;
+      this.#flush();
+    });
+  }
+
+  /** Writes every queued lease that is not in flight; opens the stream first if needed. */
+  #flush(): void {
+    if (this.#queued.size === 0 || this.#isClosed) return;
+    this.#startTimeoutSweep();
+    const stream = this.#stream;
+    if (stream === undefined) {
+      this.#open();
+      return;
+    }
+    const nowMs = Date.now();
+    for (const [leaseId, renewals] of this.#queued) {
+      if (this.#inFlight.has(leaseId)) continue; // written again once its answer arrives
+      this.#queued.delete(leaseId);
+      renewals.sinceMs = nowMs;
+      this.#inFlight.set(leaseId, renewals);
+      stream.write({ ID: leaseId });
+    }
+  }
+
+  #open(): void {
+    if (this.#isOpening) return;
+    this.#isOpening = true;
+    this.#failure = undefined;
+    this.#leaseClient.leaseKeepAlive().then(
+      (stream) => {
+        this.#isOpening = false;
+        if (this.#isClosed) {
+          stream.end();
+          return;
+        }
+        this.#stream = stream;
+        stream
+          .on("data", (response) => {
+            if (stream === this.#stream) this.#answer(response); // not a replaced stream's late answer
+          })
+          .on("error", (error) => this.#streamFailed(stream, error))
+          .on("end", () => this.#streamFailed(stream, new Error("etcd ended the keepalive stream")));
+        this.#flush();
+      },
+      (error: unknown) => {
+        this.#isOpening = false;
+        this.#streamFailed(undefined, error);
+      },
+    );
+  }
+
+  #answer(response: ILeaseKeepAliveResponse): void {
+    const renewals = this.#inFlight.get(response.ID);
+    if (renewals === undefined) return; // answered already (a failure rejected it)
+    this.#inFlight.delete(response.ID);
+    this.#episodes.recovered();
+    this.#metrics.etcdRequestDuration.observe({ op: "keepalive" }, (Date.now() - renewals.sinceMs) / 1000);
+    const ttlSeconds = Math.max(0, Number(response.TTL));
+    for (const waiter of renewals.waiters) waiter.resolve(ttlSeconds);
+    if (this.#queued.has(response.ID)) this.#scheduleFlush();
+  }
+
+  /** Whatever broke the etcd stream, its renewals answer UNAVAILABLE: the holders retry. */
+  #streamFailed(stream: EtcdKeepAliveStream | undefined, error: unknown): void {
+    if (stream !== this.#stream) return; // an earlier stream, already replaced
+    this.#episodes.failed("keepalive", error);
+    this.#fail(
+      new RegistryError("unavailable", "etcd is unavailable; keep alive again shortly", { cause: error }),
+    );
+  }
+
+  #fail(error: RegistryError): void {
+    this.#failure = error;
+    this.#failedAtMs = Date.now();
+    const stream = this.#stream;
+    this.#stream = undefined;
+    stream?.end();
+    clearInterval(this.#timeoutSweep);
+    this.#timeoutSweep = undefined;
+    const failed = [...this.#inFlight.values(), ...this.#queued.values()];
+    this.#inFlight.clear();
+    this.#queued.clear();
+    for (const renewals of failed) for (const waiter of renewals.waiters) waiter.reject(error);
+  }
+
+  /** One timer checks the oldest queued and in-flight renewal, whatever the number of leases. */
+  #startTimeoutSweep(): void {
+    if (this.#timeoutSweep !== undefined) return;
+    const isOverdue = () =>
+      Date.now() - Math.min(firstSince(this.#inFlight), firstSince(this.#queued)) >= RENEWAL_TIMEOUT_MS;
+    this.#timeoutSweep = setInterval(() => {
+      if (!isOverdue()) return;
+      // After our own event loop stalled, timers run before the I/O that waited: etcd's answer
+      // may be read already. setImmediate runs after that I/O, so only a real silence fails.
+      setImmediate(() => {
+        if (!isOverdue() || this.#timeoutSweep === undefined) return;
         const error = new RegistryError(
           "unavailable",
           `etcd did not answer a keepalive within ${RENEWAL_TIMEOUT_MS} ms`,
         );
         this.#episodes.failed("keepalive", error);
         this.#fail(error);
-        this.#endStream();
-      }, RENEWAL_TIMEOUT_MS);
-      timeout.unref();
-      const stopTimer = () => {
-        clearTimeout(timeout);
-        stopDuration();
-      };
-      this.#pending.push({ resolve, reject, stopTimer });
-      stream.then(
-        (opened) => opened.write({ ID: leaseId }),
-        () => undefined, // #open already failed every pending renewal
-      );
-    });
+      });
+    }, RENEWAL_TIMEOUT_MS / 4);
+    // Only bounds waits that something else (a caller's stream) keeps the process alive for.
+    this.#timeoutSweep.unref();
   }
+}
 
-  /** Ends the etcd stream; pending renewals reject with `unavailable`. Idempotent. */
-  close(): void {
-    if (this.#failure !== undefined) return;
-    this.#fail(new RegistryError("unavailable", "keepalive stream closed"));
-    this.#endStream();
-  }
+/** `sinceMs` of a map's first (oldest) entry; Infinity when empty. */
+function firstSince(renewals: ReadonlyMap<string, Renewals>): number {
+  for (const first of renewals.values()) return first.sinceMs;
+  return Number.POSITIVE_INFINITY;
+}
 
-  #endStream(): void {
-    void this.#stream?.then(
-      (opened) => opened.end(),
-      () => undefined, // never opened: nothing to end
+/** One caller's use of the shared keepalive streams (`EtcdStore.openKeepAlive`). */
+export interface LeaseKeepAlive {
+  /** Renews `leaseId` once; see {@link SharedLeaseKeepAlive.renew}. */
+  renew(leaseId: string): Promise<number>;
+  /** Stops this caller's renewals (the shared streams stay). Idempotent. */
+  close(): void;
+}
+
+/** The registry's keepalive streams, each lease on one of them; see {@link LeaseKeepAliveStream}. */
+export class SharedLeaseKeepAlive {
+  readonly #streams: readonly LeaseKeepAliveStream[];
+
+  /** No I/O: each etcd stream opens on its first renewal. */
+  constructor(leaseClient: LeaseClient, metrics: RegistryMetrics, episodes: UnavailableEpisodes) {
+    this.#streams = Array.from(
+      { length: KEEPALIVE_STREAMS },
+      () => new LeaseKeepAliveStream(leaseClient, metrics, episodes),
     );
   }
 
-  async #open(): Promise<IDuplexStream<ILeaseKeepAliveRequest, ILeaseKeepAliveResponse>> {
-    try {
-      const stream = await this.#leaseClient.leaseKeepAlive();
-      stream
-        .on("data", (response) => {
-          const renewal = this.#pending.shift();
-          this.#episodes.recovered();
-          renewal?.stopTimer();
-          renewal?.resolve(Math.max(0, Number(response.TTL)));
-        })
-        .on("error", (error) => this.#fail(this.#streamFailure(error)))
-        .on("end", () => this.#fail(new RegistryError("unavailable", "etcd ended the keepalive stream")));
-      return stream;
-    } catch (error) {
-      this.#fail(this.#streamFailure(error));
-      throw error;
-    }
+  /**
+   * Renews `leaseId` (decimal) once, on the stream its id picks.
+   * @returns the remaining TTL in seconds as etcd reports it; `0` when the lease no longer exists.
+   * @throws RegistryError `unavailable` when that etcd stream failed, did not answer within
+   * {@link RENEWAL_TIMEOUT_MS}, or was closed.
+   */
+  renew(leaseId: string): Promise<number> {
+    // The last two decimal digits of the id: etcd's ids differ there from one grant to the next.
+    const digits = Number(leaseId.slice(-2));
+    return this.#streams[(Number.isFinite(digits) ? digits : 0) % KEEPALIVE_STREAMS]!.renew(leaseId);
   }
 
-  /** Whatever broke the etcd stream, its renewals answer UNAVAILABLE: the holder retries. */
-  #streamFailure(error: unknown): RegistryError {
-    const normalised = fromEtcdError(error);
-    if (normalised.code === "not_found") return normalised;
-    if (this.#pending.length > 0 || this.#failure === undefined) this.#episodes.failed("keepalive", error);
-    return new RegistryError("unavailable", "etcd is unavailable; keep alive again shortly", {
-      cause: error,
-    });
-  }
-
-  #fail(error: RegistryError): void {
-    this.#failure ??= error;
-    for (const renewal of this.#pending.splice(0)) {
-      renewal.stopTimer();
-      renewal.reject(this.#failure);
-    }
+  /** Ends every etcd stream; pending renewals reject with `unavailable`. Idempotent. */
+  close(): void {
+    for (const stream of this.#streams) stream.close();
   }
 }

@@ -59,6 +59,8 @@ export class WatchHub implements ServicesWatchListener {
   readonly #services = new Map<string, Map<string, Instance>>();
   /** service → its instances sorted by id, built on demand, dropped when the service changes. */
   readonly #sorted = new Map<string, readonly Instance[]>();
+  /** Services whose instance gauge is set at the end of this event-loop turn. */
+  readonly #uncountedServices = new Set<string>();
   readonly #subscriptions = new Set<WatchSubscription>();
   /** Every delta after `#historyFloor` up to `#revision`, oldest first. */
   readonly #history: Delta[] = [];
@@ -74,6 +76,7 @@ export class WatchHub implements ServicesWatchListener {
   constructor(options: WatchHubOptions) {
     this.#options = options;
     this.#now = options.now ?? Date.now;
+    options.metrics.beforeInstancesCollect(() => this.#setInstanceGauges());
   }
 
   /** Revision the cache is at (decimal-safe bigint); 0 before the first sync. */
@@ -294,9 +297,18 @@ export class WatchHub implements ServicesWatchListener {
 
   #countInstances(service: string): void {
     this.#sorted.delete(service);
-    const count = this.#services.get(service)?.size ?? 0;
-    if (count === 0) this.#services.delete(service);
-    this.#options.metrics.setInstances(service, count);
+    if (this.#services.get(service)?.size === 0) this.#services.delete(service);
+    // The gauge is set once per service per event-loop turn, not per change: a labelled
+    // prom-client set showed in Register profiles (issue 10) at thousands of changes a second.
+    if (this.#uncountedServices.size === 0) setImmediate(() => this.#setInstanceGauges());
+    this.#uncountedServices.add(service);
+  }
+
+  #setInstanceGauges(): void {
+    for (const service of this.#uncountedServices) {
+      this.#options.metrics.setInstances(service, this.#services.get(service)?.size ?? 0);
+    }
+    this.#uncountedServices.clear();
   }
 
   /** One delta at the current revision taking `past` (a membership read from etcd) to the cache's. */

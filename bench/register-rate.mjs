@@ -1,0 +1,183 @@
+#!/usr/bin/env node
+// Registration rate (issue 10, item 3; DESIGN §8: ≥ 80 % of raw etcd3 lease grant + put).
+// Starts its own etcd and a registry child process (the compiled CLI: `npm run build`), then per
+// round runs, in rotating order, N Leasehold Registers (gRPC, `--concurrency` in flight), N raw
+// etcd3 lease grant + put pairs (the same value size, the same concurrency) and, for context, N
+// etcd3 lease grant + the registry's txn (create if absent) from this process; prints the rate of
+// each and the Leasehold / grant + put ratio per round: median [min–max] over the rounds.
+//
+//   node bench/register-rate.mjs [--count 1000 --concurrency 64 --rounds 5 --ttl 10
+//     --registry-root DIR --registry-node-args "--cpu-prof --cpu-prof-dir=/tmp/p" --out DIR]
+//
+// --registry-root runs another checkout's registry (e.g. /work/main) for a before/after figure.
+import { spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { credentials, Metadata } from "@grpc/grpc-js";
+import { Etcd3 } from "etcd3";
+import { freePort, startLocalEtcd } from "../dist/cli/local-etcd.js";
+import { RegistryServiceClient } from "../dist/proto/gen/leasehold/registry/v1/registry.js";
+import { environment, gitState, median, writeRecord } from "./harness.mjs";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..");
+const { values } = parseArgs({
+  options: {
+    count: { type: "string", default: "1000" },
+    concurrency: { type: "string", default: "64" },
+    rounds: { type: "string", default: "5" },
+    ttl: { type: "string", default: "10" },
+    "registry-root": { type: "string", default: root },
+    "registry-node-args": { type: "string", default: "" },
+    out: { type: "string" },
+  },
+});
+const count = Number(values.count);
+const concurrency = Number(values.concurrency);
+const rounds = Number(values.rounds);
+const ttlSeconds = Number(values.ttl);
+const registryRoot = values["registry-root"];
+/** CPU seconds (user + system) process `pid` has used, from /proc (clock ticks of 1/100 s). */
+function cpuSeconds(pid) {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Runs `task(index)` for index 0..count-1 with `concurrency` in flight; returns per second. */
+async function rate(task) {
+  const startedNs = process.hrtime.bigint();
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (next < count) await task(next++);
+    }),
+  );
+  return count / (Number(process.hrtime.bigint() - startedNs) / 1e9);
+}
+
+function instance(round, index) {
+  return {
+    service: `rate-${round}`,
+    instanceId: `i-${index}`,
+    address: `10.0.${(index >> 8) & 255}.${index & 255}:9000`,
+    weight: 1,
+    zone: "z1",
+    metadata: { version: "1.2.3" },
+    metricsAddress: "",
+    ttlSeconds: String(ttlSeconds),
+    status: 1,
+  };
+}
+
+const etcd = await startLocalEtcd();
+const [port, adminPort] = [await freePort(), await freePort()];
+const registry = spawn(
+  process.execPath,
+  [
+    ...values["registry-node-args"].split(" ").filter(Boolean),
+    join(registryRoot, "leasehold.mjs"),
+    "registry",
+    `--listen=127.0.0.1:${port}`,
+    `--admin-listen=127.0.0.1:${adminPort}`,
+    `--etcd=${etcd.endpoint}`,
+  ],
+  {
+    stdio: ["ignore", "ignore", "ignore"],
+  },
+);
+const etcd3 = new Etcd3({ hosts: etcd.endpoint });
+const client = new RegistryServiceClient(`127.0.0.1:${port}`, credentials.createInsecure());
+try {
+  while (
+    !(await fetch(`http://127.0.0.1:${adminPort}/readyz`).then(
+      (r) => r.ok,
+      () => false,
+    ))
+  ) {
+    if (registry.exitCode !== null) throw new Error(`registry exited ${registry.exitCode}`);
+    await sleep(100);
+  }
+  const variants = {
+    leasehold: (round) =>
+      rate(
+        (index) =>
+          new Promise((resolve, reject) =>
+            client.register(
+              instance(round, index),
+              new Metadata(),
+              { deadline: Date.now() + 30_000 },
+              (error) => (error === null ? resolve() : reject(error)),
+            ),
+          ),
+      ),
+    "etcd3 grant + put": (round) =>
+      rate(async (index) => {
+        const lease = await etcd3.leaseClient.leaseGrant({ TTL: ttlSeconds });
+        await etcd3
+          .put(`/raw/v1/services/rate-${round}/i-${index}`)
+          .value(JSON.stringify({ ...instance(round, index), registered_at: new Date().toISOString() }))
+          .lease(lease.ID);
+      }),
+    // The registry's own etcd requests, without the registry: what the extra hop costs.
+    "etcd3 grant + txn": (round) =>
+      rate(async (index) => {
+        const key = `/txn/v1/services/rate-${round}/i-${index}`;
+        const lease = await etcd3.leaseClient.leaseGrant({ TTL: ttlSeconds });
+        await etcd3
+          .if(key, "Create", "==", 0)
+          .then(
+            etcd3
+              .put(key)
+              .value(JSON.stringify({ ...instance(round, index), registered_at: new Date().toISOString() }))
+              .lease(lease.ID),
+          )
+          .else(etcd3.get(key))
+          .commit();
+      }),
+  };
+  const names = Object.keys(variants);
+  const samples = Object.fromEntries(names.map((name) => [name, []]));
+  const registryCpuUsPerRegister = [];
+  // One warm-up round (JIT, connections), not recorded.
+  for (const name of names) await variants[name](-1);
+  for (let round = 0; round < rounds; round += 1) {
+    const order = names.map((_, at) => names[(at + round) % names.length]);
+    for (const name of order) {
+      const cpuBefore = cpuSeconds(registry.pid);
+      samples[name].push(await variants[name](round));
+      if (name === "leasehold")
+        registryCpuUsPerRegister.push(((cpuSeconds(registry.pid) - cpuBefore) * 1e6) / count);
+    }
+  }
+  const ratios = samples.leasehold.map((value, round) => value / samples["etcd3 grant + put"][round]);
+  const fmt = (values) =>
+    `${Math.round(median(values))}/s [${Math.round(Math.min(...values))}–${Math.round(Math.max(...values))}]`;
+  console.log(
+    `register rate, N=${count}, concurrency ${concurrency}, ${rounds} rounds: ` +
+      `leasehold ${fmt(samples.leasehold)}, etcd3 grant + put ${fmt(samples["etcd3 grant + put"])}, ` +
+      `etcd3 grant + txn ${fmt(samples["etcd3 grant + txn"])}, ` +
+      `ratio ${median(ratios).toFixed(2)} [${Math.min(...ratios).toFixed(2)}–${Math.max(...ratios).toFixed(2)}] (goal ≥ 0.80); ` +
+      `registry CPU per Register ${Math.round(median(registryCpuUsPerRegister))} µs`,
+  );
+  const record = {
+    benchmark: "register-rate",
+    registryRoot,
+    ...gitState(registryRoot),
+    environment: environment(),
+    count,
+    concurrency,
+    samples,
+    ratios,
+    registryCpuUsPerRegister,
+  };
+  if (values.out !== undefined) console.log(`wrote ${writeRecord(values.out, "register-rate", record)}`);
+} finally {
+  client.close();
+  etcd3.close();
+  registry.kill("SIGTERM");
+  await new Promise((resolve) => (registry.exitCode !== null ? resolve() : registry.once("exit", resolve)));
+  await etcd.stop();
+}

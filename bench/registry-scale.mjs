@@ -1,0 +1,191 @@
+#!/usr/bin/env node
+// Capacity of one registry process (issue 10, item 2; DESIGN §8: 10,000 instances and 1,000 Watch
+// streams in < 500 MB RSS, holding every lease). Starts its own etcd and a registry child process
+// (the compiled CLI, `npm run build`), then a light in-process load through the registry's gRPC API
+// (test/helpers/scale-load.ts): every instance Registers and renews over its own KeepAlive stream
+// every TTL/3, and Watch streams stay open. Holds for --hold-seconds (default 2 TTLs + 5 s), then
+// checks every key in etcd is still held by the lease it was registered with. Prints and records:
+// lost leases, KeepAlive errors, registry peak/final RSS and CPU.
+//
+//   node --import tsx bench/registry-scale.mjs [--instances 10000 --watchers 1000 --ttl 10
+//     --hold-seconds 25 --runs 1 --registry-root DIR --out bench/results]
+//
+// --registry-root runs another checkout's registry (e.g. /work/main) for a before/after figure;
+// --registry-node-args gives the registry node flags (e.g. "--cpu-prof --cpu-prof-dir=/tmp/p"
+// or "--heapsnapshot-signal=SIGUSR2" with LEASEHOLD_BENCH_SIGNAL_AT_END=SIGUSR2).
+// Not part of `npm run bench` (minutes long, and ~1.5 GB of memory between the processes).
+import { spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { Etcd3 } from "etcd3";
+import { freePort, startLocalEtcd } from "../cli/local-etcd.ts";
+import { startScaleLoad } from "../test/helpers/scale-load.ts";
+import { environment, gitState, writeRecord } from "./harness.mjs";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..");
+const { values } = parseArgs({
+  options: {
+    instances: { type: "string", default: "10000" },
+    watchers: { type: "string", default: "1000" },
+    ttl: { type: "string", default: "10" },
+    "hold-seconds": { type: "string" },
+    runs: { type: "string", default: "1" },
+    "registry-root": { type: "string", default: root },
+    out: { type: "string" },
+    "registry-node-args": { type: "string", default: "" },
+  },
+});
+const instances = Number(values.instances);
+const watchers = Number(values.watchers);
+const ttlSeconds = Number(values.ttl);
+const holdSeconds = Number(values["hold-seconds"] ?? 2 * ttlSeconds + 5);
+const runs = Number(values.runs);
+const registryRoot = values["registry-root"];
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** RSS in bytes and CPU seconds (user + system) of process `pid`, from /proc. */
+function processUsage(pid) {
+  const status = readFileSync(`/proc/${pid}/status`, "utf8");
+  const rssKb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  const ticks = Number(fields[11]) + Number(fields[12]); // utime + stime, in clock ticks (100/s)
+  return { rssBytes: rssKb * 1024, cpuSeconds: ticks / 100 };
+}
+
+async function runOnce() {
+  const etcd = await startLocalEtcd();
+  const [port, adminPort] = [await freePort(), await freePort()];
+  const registry = spawn(
+    process.execPath,
+    [
+      ...values["registry-node-args"].split(" ").filter(Boolean),
+      join(registryRoot, "leasehold.mjs"),
+      "registry",
+      `--listen=127.0.0.1:${port}`,
+      `--admin-listen=127.0.0.1:${adminPort}`,
+      `--etcd=${etcd.endpoint}`,
+    ],
+    {
+      stdio: ["ignore", "ignore", "pipe"],
+    },
+  );
+  const logLevels = {};
+  const warnings = [];
+  let isStopping = false;
+  let logTail = "";
+  registry.stderr.setEncoding("utf8").on("data", (chunk) => {
+    const lines = (logTail + chunk).split("\n");
+    logTail = lines.pop() ?? "";
+    for (const line of lines) {
+      const level = /"level":(\d+)/.exec(line)?.[1] ?? "other";
+      logLevels[level] = (logLevels[level] ?? 0) + 1;
+      if ((Number(level) >= 40 || level === "other") && warnings.length < 10)
+        warnings.push(line.slice(0, 600));
+    }
+  });
+  let load;
+  const etcd3 = new Etcd3({ hosts: etcd.endpoint });
+  try {
+    for (;;) {
+      const ready = await fetch(`http://127.0.0.1:${adminPort}/readyz`).then(
+        (response) => response.ok,
+        () => false,
+      );
+      if (ready) break;
+      if (registry.exitCode !== null) throw new Error(`registry exited ${registry.exitCode}`);
+      await sleep(100);
+    }
+    const idle = processUsage(registry.pid);
+    let peakRssBytes = idle.rssBytes;
+    const sampler = setInterval(() => {
+      if (registry.exitCode !== null || registry.signalCode !== null) return;
+      peakRssBytes = Math.max(peakRssBytes, processUsage(registry.pid).rssBytes);
+    }, 250);
+    registry.once("exit", (code, signal) => {
+      if (!isStopping)
+        console.error(`registry exited early: ${code ?? signal}; last lines: ${warnings.join("\n")}`);
+    });
+    const registerStartedMs = Date.now();
+    load = await startScaleLoad({ address: `127.0.0.1:${port}`, instances, watchers, ttlSeconds });
+    const registerSeconds = (Date.now() - registerStartedMs) / 1000;
+    const afterRegister = processUsage(registry.pid);
+    await sleep(holdSeconds * 1000);
+    const end = processUsage(registry.pid);
+    // Where the registry's memory is, from its own process metrics (prom-client defaults).
+    const metrics = await fetch(`http://127.0.0.1:${adminPort}/metrics`).then((response) => response.text());
+    const gauge = (name) =>
+      Math.round(Number(new RegExp(`^${name} (\\S+)$`, "m").exec(metrics)?.[1] ?? NaN) / 2 ** 20);
+    const registryMemoryMb = {
+      heapUsed: gauge("nodejs_heap_size_used_bytes"),
+      heapTotal: gauge("nodejs_heap_size_total_bytes"),
+      external: gauge("nodejs_external_memory_bytes"),
+    };
+    if (process.env.LEASEHOLD_BENCH_SIGNAL_AT_END) {
+      registry.kill(process.env.LEASEHOLD_BENCH_SIGNAL_AT_END);
+      await sleep(Number(process.env.LEASEHOLD_BENCH_SIGNAL_WAIT_MS ?? 20_000));
+    }
+    clearInterval(sampler);
+    peakRssBytes = Math.max(peakRssBytes, end.rssBytes);
+    const counts = load.counts();
+    const keys = await etcd3.getAll().prefix("/leasehold/v1/services/scale-").exec();
+    const held = new Map(
+      keys.kvs.map((kv) => [kv.key.toString().slice("/leasehold/v1/services/".length), kv.lease]),
+    );
+    const keysMoved = [...load.leases].filter(([key, leaseId]) => held.get(key) !== leaseId).length;
+    const mb = (bytes) => Math.round(bytes / 2 ** 20);
+    return {
+      instances,
+      watchers,
+      ttlSeconds,
+      holdSeconds,
+      registerSeconds,
+      registerPerSecond: Math.round(instances / registerSeconds),
+      ...counts,
+      keysNotHeldByTheirLease: keysMoved,
+      registryRssMb: {
+        idle: mb(idle.rssBytes),
+        afterRegister: mb(afterRegister.rssBytes),
+        end: mb(end.rssBytes),
+        peak: mb(peakRssBytes),
+      },
+      registryMemoryMb,
+      registryCpuPercentWhileHolding:
+        Math.round(((end.cpuSeconds - afterRegister.cpuSeconds) / holdSeconds) * 1000) / 10,
+      registryLogLinesByLevel: logLevels,
+      registryWarnings: warnings,
+    };
+  } finally {
+    load?.close();
+    etcd3.close();
+    isStopping = true;
+    registry.kill("SIGTERM");
+    await new Promise((resolve) => (registry.exitCode !== null ? resolve() : registry.once("exit", resolve)));
+    await etcd.stop();
+  }
+}
+
+const results = [];
+for (let run = 0; run < runs; run += 1) {
+  const result = await runOnce();
+  results.push(result);
+  console.log(
+    `run ${run + 1}/${runs}: ${instances} instances + ${watchers} Watch streams, TTL ${ttlSeconds} s, held ${holdSeconds} s: ` +
+      `lost leases ${result.lostLeases}, keys not held by their lease ${result.keysNotHeldByTheirLease}, ` +
+      `KeepAlive errors ${JSON.stringify(result.keepAliveErrors)}, registry RSS peak ${result.registryRssMb.peak} MB ` +
+      `(idle ${result.registryRssMb.idle}, end ${result.registryRssMb.end}; JS heap used ${result.registryMemoryMb.heapUsed} of ${result.registryMemoryMb.heapTotal}, external ${result.registryMemoryMb.external}), registry CPU ${result.registryCpuPercentWhileHolding} %, ` +
+      `Register ${result.registerPerSecond}/s`,
+  );
+}
+const record = {
+  benchmark: "registry-scale",
+  registryRoot,
+  ...gitState(registryRoot),
+  environment: environment(),
+  results,
+};
+if (values.out !== undefined) console.log(`wrote ${writeRecord(values.out, "registry-scale", record)}`);
+else console.log(JSON.stringify(record));
