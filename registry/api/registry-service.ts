@@ -1,5 +1,4 @@
 import type { ServerDuplexStream, ServerUnaryCall, handleUnaryCall, sendUnaryData } from "@grpc/grpc-js";
-import pLimit from "p-limit";
 import type { Logger } from "pino";
 import type { CallIdentity, RegistryAuth } from "../auth/registry-auth.js";
 import type {
@@ -22,12 +21,7 @@ import { RegistryError } from "../registry-error.js";
 import type { RegistryMetrics } from "../registry-metrics.js";
 import { ANONYMOUS_PRINCIPAL, type RegistryLimiter } from "../registry-limits.js";
 import { issueRegistrationToken } from "../registration-token.js";
-import {
-  hashRegistrationId,
-  type EtcdStore,
-  type InstanceFence,
-  type RequestScope,
-} from "../store/etcd-store.js";
+import { hashRegistrationId, type EtcdStore, type RequestScope } from "../store/etcd-store.js";
 import type { LeaseKeepAlive } from "../store/lease-keep-alive.js";
 import type { WatchHub } from "../watch/watch-hub.js";
 import type { WatchSink } from "../watch/watch-subscription.js";
@@ -154,13 +148,11 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
         throw failed(method, error);
       });
 
-  const proveLease = pLimit(MAX_CONCURRENT_LEASE_PROOFS);
-
   /**
    * Renews `request`'s lease on `keepAlive` once its token is proven and, with auth on, once the
    * instance it holds is `principal`'s: `provenLeases` (lease id → token hash) remembers leases
    * etcd confirmed, so a stream of one principal asks only once per lease (a deregistered lease is
-   * revoked, so its renewal answers NOT_FOUND anyway). Proofs wait for a slot of `proveLease`.
+   * revoked, so its renewal answers NOT_FOUND anyway).
    */
   const renew = async (
     keepAlive: LeaseKeepAlive,
@@ -171,7 +163,20 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
     const fence = valueOf(validateKeepAlive(request));
     const { leaseId } = fence;
     if (provenLeases.get(leaseId) !== fence.tokenHash) {
-      await proveLease(() => proveOwnership(fence, principal));
+      const owner = await store.checkLeaseOwner(fence);
+      if (owner === "not_found") {
+        throw new RegistryError(
+          "not_found",
+          `lease ${leaseId} holds no Leasehold instance (expired, revoked or not one of ours); register again`,
+        );
+      }
+      if (owner === "permission_denied") {
+        throw new RegistryError(
+          "permission_denied",
+          `registration_token does not match the instance lease ${leaseId} holds`,
+        );
+      }
+      if (principal !== undefined) await checkLeaseOwner(leaseId, principal); // [auth]
       if (provenLeases.size >= MAX_PROVEN_LEASES_PER_STREAM) provenLeases.clear();
       provenLeases.set(leaseId, fence.tokenHash);
     }
@@ -180,25 +185,6 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
       throw new RegistryError("not_found", `lease ${leaseId} not found (expired or revoked); register again`);
     }
     return { leaseId, ttlSeconds: String(ttlSeconds) };
-  };
-
-  /** Throws unless `fence`'s lease holds a Leasehold instance of that token (and, with auth on, `principal`'s). */
-  const proveOwnership = async (fence: InstanceFence, principal: string | undefined): Promise<void> => {
-    const { leaseId } = fence;
-    const owner = await store.checkLeaseOwner(fence);
-    if (owner === "not_found") {
-      throw new RegistryError(
-        "not_found",
-        `lease ${leaseId} holds no Leasehold instance (expired, revoked or not one of ours); register again`,
-      );
-    }
-    if (owner === "permission_denied") {
-      throw new RegistryError(
-        "permission_denied",
-        `registration_token does not match the instance lease ${leaseId} holds`,
-      );
-    }
-    if (principal !== undefined) await checkLeaseOwner(leaseId, principal); // [auth]
   };
 
   const operations: RegistryOperations = {
@@ -432,14 +418,6 @@ function once(release: () => void): () => void {
 
 /** Leases one KeepAlive stream remembers as proven; a registrar's stream renews one. */
 const MAX_PROVEN_LEASES_PER_STREAM = 64;
-
-/**
- * Ownership proofs (a lease's key read from etcd, then its owner) in flight at once, registry-wide.
- * After an etcd stall every KeepAlive stream reopens and proves its lease again: 10,000 streams
- * asked 20,000 etcd reads at once, which kept etcd overloaded and lost every lease
- * (bench/registry-scale.mjs). Queued proofs wait their turn; renewals of proven leases do not.
- */
-const MAX_CONCURRENT_LEASE_PROOFS = 64;
 
 /**
  * When the caller of a unary call stops waiting: `call.cancelled` (grpc-js sets it for a client
