@@ -11,7 +11,6 @@
 //
 // --registry-root runs another checkout's registry (e.g. /work/main) for a before/after figure.
 import { spawn } from "node:child_process";
-import { readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
@@ -19,6 +18,7 @@ import { credentials, Metadata } from "@grpc/grpc-js";
 import { Etcd3 } from "etcd3";
 import { freePort, startLocalEtcd } from "../dist/cli/local-etcd.js";
 import { RegistryServiceClient } from "../dist/proto/gen/leasehold/registry/v1/registry.js";
+import { processCpuMs, sleep } from "./cluster.mjs";
 import { environment, gitState, median, writeRecord } from "./harness.mjs";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
@@ -38,13 +38,6 @@ const concurrency = Number(values.concurrency);
 const rounds = Number(values.rounds);
 const ttlSeconds = Number(values.ttl);
 const registryRoot = values["registry-root"];
-/** CPU seconds (user + system) process `pid` has used, from /proc (clock ticks of 1/100 s). */
-function cpuSeconds(pid) {
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(fields[11]) + Number(fields[12])) / 100;
-}
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Runs `task(index)` for index 0..count-1 with `concurrency` in flight; returns per second. */
 async function rate(task) {
@@ -146,10 +139,10 @@ try {
   for (let round = 0; round < rounds; round += 1) {
     const order = names.map((_, at) => names[(at + round) % names.length]);
     for (const name of order) {
-      const cpuBefore = cpuSeconds(registry.pid);
+      const cpuBeforeMs = processCpuMs(registry.pid);
       samples[name].push(await variants[name](round));
       if (name === "leasehold")
-        registryCpuUsPerRegister.push(((cpuSeconds(registry.pid) - cpuBefore) * 1e6) / count);
+        registryCpuUsPerRegister.push(((processCpuMs(registry.pid) - cpuBeforeMs) * 1e3) / count);
     }
   }
   const ratios = samples.leasehold.map((value, round) => value / samples["etcd3 grant + put"][round]);

@@ -15,13 +15,13 @@
 // or "--heapsnapshot-signal=SIGUSR2" with LEASEHOLD_BENCH_SIGNAL_AT_END=SIGUSR2).
 // Not part of `npm run bench` (minutes long, and ~1.5 GB of memory between the processes).
 import { spawn } from "node:child_process";
-import { readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { Etcd3 } from "etcd3";
 import { freePort, startLocalEtcd } from "../cli/local-etcd.ts";
 import { startScaleLoad } from "../test/helpers/scale-load.ts";
+import { processCpuMs, processRssBytes, sleep } from "./cluster.mjs";
 import { environment, gitState, writeRecord } from "./harness.mjs";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
@@ -44,16 +44,9 @@ const holdSeconds = Number(values["hold-seconds"] ?? 2 * ttlSeconds + 5);
 const runs = Number(values.runs);
 const registryRoot = values["registry-root"];
 
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
 /** RSS in bytes and CPU seconds (user + system) of process `pid`, from /proc. */
 function processUsage(pid) {
-  const status = readFileSync(`/proc/${pid}/status`, "utf8");
-  const rssKb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  const ticks = Number(fields[11]) + Number(fields[12]); // utime + stime, in clock ticks (100/s)
-  return { rssBytes: rssKb * 1024, cpuSeconds: ticks / 100 };
+  return { rssBytes: processRssBytes(pid), cpuSeconds: processCpuMs(pid) / 1000 };
 }
 
 async function runOnce() {
