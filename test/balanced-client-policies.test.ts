@@ -25,18 +25,7 @@ import {
 } from "./helpers/echo-servers.js";
 import { eventually } from "./helpers/eventually.js";
 import { startFixtureFor } from "./helpers/registry-fixture.js";
-
-/** mulberry32: a tiny seeded PRNG, uniform in [0, 1). */
-function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { seeded } from "./helpers/seeded-random.js";
 
 const SERVING = InstanceStatus.INSTANCE_STATUS_SERVING;
 

@@ -7,6 +7,7 @@ import {
   type PolicyName,
 } from "../client/balancing/policies.js";
 import { WeightedRoundRobinPicker } from "../client/balancing/weighted-round-robin-picker.js";
+import { seeded } from "./helpers/seeded-random.js";
 
 interface FakeInstance extends Pickable {
   outstanding: number;
@@ -21,18 +22,6 @@ function instance(instanceId: string, weight = 1, overrides: Partial<FakeInstanc
     isReady: true,
     outstanding: 0,
     ...overrides,
-  };
-}
-
-/** mulberry32: a tiny seeded PRNG, uniform in [0, 1). */
-function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
 }
 

@@ -4,18 +4,7 @@ import { resolvePolicyConfig, slowStartFactor } from "../client/balancing/policy
 import { hashKey, RingHashPicker } from "../client/balancing/ring-hash-picker.js";
 import { ZonePicker } from "../client/balancing/zone-picker.js";
 import { LeaseholdError } from "../client/errors.js";
-
-/** mulberry32: a tiny seeded PRNG, uniform in [0, 1). */
-function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { seeded } from "./helpers/seeded-random.js";
 
 function instance(instanceId: string, weight = 1, overrides: Partial<Pickable> = {}): Pickable {
   return {
