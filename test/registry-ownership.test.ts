@@ -6,7 +6,14 @@ import { pino } from "pino";
 import { InstanceStatus, type RegistryServiceClient } from "../proto/gen/leasehold/registry/v1/registry.js";
 import { eventually } from "./helpers/eventually.js";
 import { KeepAliveSession } from "./helpers/keep-alive-session.js";
-import { failure, registration, rpc, testWithSharedFixture } from "./helpers/registry-fixture.js";
+import { Registry } from "prom-client";
+import {
+  failure,
+  registration,
+  rpc,
+  startRegistryFixture,
+  testWithSharedFixture,
+} from "./helpers/registry-fixture.js";
 
 const test = testWithSharedFixture();
 
@@ -249,3 +256,35 @@ test.serial(
     t.is(token, null, "no registrationToken field in the registrar's logs");
   },
 );
+
+test("a lease proven once renews on a new KeepAlive stream without re-reading its owner from etcd; a wrong token is still refused", async (t) => {
+  const metricsRegistry = new Registry();
+  const fixture = await startRegistryFixture({ metricsRegistry });
+  t.teardown(async () => await fixture.close());
+  const ownerReads = async (): Promise<number> => {
+    const metric = metricsRegistry.getSingleMetric("leasehold_registry_etcd_request_duration_seconds");
+    const values = (await metric?.get())?.values ?? [];
+    const count = values.find(
+      (v) =>
+        v.labels.op === "lease_time_to_live" &&
+        (v as { metricName?: string }).metricName?.endsWith("_count") === true,
+    );
+    return count?.value ?? 0;
+  };
+  const held = await rpc(fixture.client).register(
+    registration({ service: "proven", instanceId: "p-1", ttlSeconds: "30" }),
+  );
+  const first = new KeepAliveSession(fixture.client);
+  await first.renew(held);
+  first.cancel();
+  const readsAfterProof = await ownerReads();
+  t.is(readsAfterProof, 1, "the first renewal proved ownership once");
+  // A registrar reconnecting (after a registry or etcd outage): a new stream, the same lease.
+  const second = new KeepAliveSession(fixture.client);
+  t.is((await second.renew(held)).leaseId, held.leaseId);
+  second.cancel();
+  t.is(await ownerReads(), readsAfterProof, "no owner read for a proven lease");
+  const stranger = new KeepAliveSession(fixture.client);
+  const refused = await failure(stranger.renew({ leaseId: held.leaseId, registrationToken: "A".repeat(43) }));
+  t.is(refused.code, status.PERMISSION_DENIED);
+});
