@@ -8,8 +8,11 @@
 // lost leases, KeepAlive errors, registry peak/final RSS and CPU.
 //
 //   node --import tsx bench/registry-scale.mjs [--instances 10000 --watchers 1000 --ttl 10
-//     --hold-seconds 25 --runs 1 --registry-root DIR --out bench/results]
+//     --hold-seconds 25 --runs 1 --etcd-stall-seconds 0 --registry-root DIR --out bench/results]
 //
+// --etcd-stall-seconds S freezes etcd (SIGSTOP, then SIGCONT) for S seconds, 2 s into the hold:
+// every KeepAlive answers UNAVAILABLE and every registrar's stream reconnects at once. With S
+// below TTL × 2/3 no lease may expire, so a lost lease is the registry's doing.
 // --registry-root runs another checkout's registry (e.g. /work/main) for a before/after figure;
 // --registry-node-args gives the registry node flags (e.g. "--cpu-prof --cpu-prof-dir=/tmp/p"
 // or "--heapsnapshot-signal=SIGUSR2" with LEASEHOLD_BENCH_SIGNAL_AT_END=SIGUSR2).
@@ -35,6 +38,7 @@ const { values } = parseArgs({
     "registry-root": { type: "string", default: root },
     out: { type: "string" },
     "registry-node-args": { type: "string", default: "" },
+    "etcd-stall-seconds": { type: "string", default: "0" },
   },
 });
 const instances = Number(values.instances);
@@ -43,6 +47,7 @@ const ttlSeconds = Number(values.ttl);
 const holdSeconds = Number(values["hold-seconds"] ?? 2 * ttlSeconds + 5);
 const runs = Number(values.runs);
 const registryRoot = values["registry-root"];
+const etcdStallSeconds = Number(values["etcd-stall-seconds"]);
 
 /** RSS in bytes and CPU seconds (user + system) of process `pid`, from /proc. */
 function processUsage(pid) {
@@ -106,7 +111,13 @@ async function runOnce() {
     load = await startScaleLoad({ address: `127.0.0.1:${port}`, instances, watchers, ttlSeconds });
     const registerSeconds = (Date.now() - registerStartedMs) / 1000;
     const afterRegister = processUsage(registry.pid);
-    await sleep(holdSeconds * 1000);
+    if (etcdStallSeconds > 0) {
+      await sleep(2000);
+      etcd.process.kill("SIGSTOP");
+      await sleep(etcdStallSeconds * 1000);
+      etcd.process.kill("SIGCONT");
+      await sleep(Math.max(0, holdSeconds - 2 - etcdStallSeconds) * 1000);
+    } else await sleep(holdSeconds * 1000);
     const end = processUsage(registry.pid);
     // Where the registry's memory is, from its own process metrics (prom-client defaults).
     const metrics = await fetch(`http://127.0.0.1:${adminPort}/metrics`).then((response) => response.text());
@@ -135,6 +146,7 @@ async function runOnce() {
       watchers,
       ttlSeconds,
       holdSeconds,
+      etcdStallSeconds,
       registerSeconds,
       registerPerSecond: Math.round(instances / registerSeconds),
       ...counts,
@@ -166,7 +178,7 @@ for (let run = 0; run < runs; run += 1) {
   const result = await runOnce();
   results.push(result);
   console.log(
-    `run ${run + 1}/${runs}: ${instances} instances + ${watchers} Watch streams, TTL ${ttlSeconds} s, held ${holdSeconds} s: ` +
+    `run ${run + 1}/${runs}: ${instances} instances + ${watchers} Watch streams, TTL ${ttlSeconds} s, held ${holdSeconds} s${etcdStallSeconds > 0 ? ` (etcd frozen ${etcdStallSeconds} s)` : ""}: ` +
       `lost leases ${result.lostLeases}, keys not held by their lease ${result.keysNotHeldByTheirLease}, ` +
       `KeepAlive errors ${JSON.stringify(result.keepAliveErrors)}, registry RSS peak ${result.registryRssMb.peak} MB ` +
       `(idle ${result.registryRssMb.idle}, end ${result.registryRssMb.end}; JS heap used ${result.registryMemoryMb.heapUsed} of ${result.registryMemoryMb.heapTotal}, external ${result.registryMemoryMb.external}), registry CPU ${result.registryCpuPercentWhileHolding} %, ` +
