@@ -386,6 +386,37 @@ test("a frozen instance costs one attempt (its own timeout), not the whole deadl
   t.true(((await metrics.retries.get()).values[0]?.value ?? 0) >= 1, "the retry is counted");
 });
 
+test("every instance frozen at once (a shared stall): attempts time out, yet no breaker opens", async (t) => {
+  const servers = await Promise.all(["a", "b", "c"].map((id) => startEchoServer(t, id)));
+  const { client } = newClient(t, {
+    membership: staticMembership(
+      "echo",
+      servers.map((server) => instanceOf(server)),
+    ),
+    attemptTimeoutFloorMs: 100,
+    deadlineMs: 800,
+    breaker: { volumeThreshold: 3 },
+  });
+  await connected(client, 3);
+  for (let i = 0; i < 20; i++) await client.methods.echo({ message: "warm" }); // latency samples
+  for (const server of servers) server.isFrozen = true;
+  const outcomes = await Promise.allSettled(
+    Array.from({ length: 12 }, () => client.methods.echo({ message: "x" })),
+  );
+  t.true(
+    outcomes.every((outcome) => outcome.status === "rejected"),
+    "nobody answered",
+  );
+  t.true(
+    servers.every((server) => server.cancelled >= 2),
+    "every instance had attempts cut by their timeout",
+  );
+  t.deepEqual(
+    client.stats().map((instance) => instance.breaker),
+    ["closed", "closed", "closed"],
+  );
+});
+
 test("panic mode: instances that leave at once stay pickable for the grace period, then go", async (t) => {
   const servers = await Promise.all(["a", "b", "c", "d"].map((id) => startEchoServer(t, id)));
   const all = servers.map((server) => instanceOf(server));

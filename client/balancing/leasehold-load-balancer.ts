@@ -36,7 +36,7 @@ import {
   type InstanceStats,
 } from "./balancer-context.js";
 import { MassRemovalDetector } from "./mass-removal-detector.js";
-import { InstanceProgress, stallThresholdMs } from "./stall-detector.js";
+import { InstanceProgress, STALL_MIN_ANSWERS, stallThresholdMs } from "./stall-detector.js";
 import {
   createPicker,
   matchesMetadata,
@@ -273,6 +273,10 @@ class TrackedCall {
   readonly #child: Child;
   readonly #method: string;
   #startedAt = 0;
+  /** The balancer's answer count when the call started (see {@link ended}). */
+  #answersAtStart = 0;
+  /** Whether other instances had attempts in flight at the start (or at the end). */
+  #othersInFlight = false;
   #settle: ((error: LeaseholdError | undefined) => void) | undefined;
 
   constructor(balancer: LeaseholdLoadBalancer, child: Child, method: string) {
@@ -283,8 +287,11 @@ class TrackedCall {
 
   started(): void {
     this.#child.progress.started(this.#child.outstanding, Date.now(), this.#balancer.answers);
+    this.#othersInFlight = this.#balancer.inFlight > this.#child.outstanding;
     this.#child.outstanding++;
+    this.#balancer.inFlight++;
     this.#startedAt = performance.now();
+    this.#answersAtStart = this.#balancer.answers;
     // opossum counts outcomes of the promises it runs; this one settles when the call ends.
     // A rejection is its outcome, already counted: nothing else awaits it.
     this.#child.breaker
@@ -300,6 +307,7 @@ class TrackedCall {
   ended(code: Status, details: string): void {
     const child = this.#child;
     child.outstanding--;
+    this.#balancer.inFlight--;
     const name = statusCodeName(code);
     if (code !== Status.CANCELLED && code !== Status.DEADLINE_EXCEEDED) {
       // The instance itself answered. Only answers that are no endpoint fault count as others'
@@ -307,8 +315,18 @@ class TrackedCall {
       if (name === "OK" || !isEndpointFault(name)) this.#balancer.answers++;
       child.progress.answered(Date.now(), this.#balancer.answers);
     } else child.progress.unanswered(child.outstanding, Date.now());
-    this.#settle?.(name === "OK" ? undefined : new LeaseholdError(name, details));
-    child.breaker.noteOutcome(name);
+    // A deadline passed while other instances had attempts in flight and fewer than
+    // STALL_MIN_ANSWERS answers came (the stall detector's rule): every instance, or this caller,
+    // stalled (a GC pause, a starved CPU), so it is no evidence against this one and its breaker
+    // counts it as a cancelled call. A shared stall must not open every breaker; a lone attempt's
+    // timeout (nothing else in flight) still counts.
+    const isSharedStall =
+      code === Status.DEADLINE_EXCEEDED &&
+      (this.#othersInFlight || this.#balancer.inFlight > child.outstanding) &&
+      this.#balancer.answers - this.#answersAtStart < STALL_MIN_ANSWERS;
+    const outcome = isSharedStall ? "CANCELLED" : name;
+    this.#settle?.(outcome === "OK" ? undefined : new LeaseholdError(outcome, details));
+    child.breaker.noteOutcome(outcome);
     if (child.isRemoved) return; // left meanwhile: its series are gone and must stay gone
     const ms = performance.now() - this.#startedAt;
     child.calls++;
@@ -398,6 +416,8 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
   #removeLoadSource: (() => void) | undefined;
   /** Attempts answered with no endpoint fault (OK or a caller fault), all instances, for stall detection. */
   answers = 0;
+  /** Attempts in flight on all instances (the sum of their `outstanding`). */
+  inFlight = 0;
 
   constructor(helper: ChannelControlHelper) {
     this.#helper = helper;
