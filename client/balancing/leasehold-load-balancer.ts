@@ -51,6 +51,7 @@ import {
   type PolicyConfig,
   type ResolvedPolicyConfig,
 } from "./policy-config.js";
+import { decodeLoadReport, InstanceLoadState, LOAD_REPORT_TRAILER, PeakEwma } from "./load-report.js";
 import { hashKey } from "./ring-hash-picker.js";
 
 type LoadBalancer = experimental.LoadBalancer;
@@ -119,6 +120,10 @@ class Child implements Pickable {
   slowStartFromMs: number | undefined;
   /** Slow start's share of the registered weight now, 0..1 (1 without slow start). */
   weightFactor = 1;
+  /** Its last ORCA load report (from call trailers) and A58 weight state. */
+  readonly load = new InstanceLoadState();
+  /** Peak EWMA of its latency, for `peak_ewma`. */
+  readonly rtt = new PeakEwma();
 
   constructor(instance: Instance, leaf: experimental.LeafLoadBalancer, breaker: InstanceBreaker) {
     this.instance = instance;
@@ -254,7 +259,8 @@ class LeaseholdPicker implements GrpcPicker {
       return {
         ...result,
         onCallStarted: () => call.started(),
-        onCallEnded: (code: Status, details: string) => call.ended(code, details),
+        onCallEnded: (code: Status, details: string, trailers: Metadata) =>
+          call.ended(code, details, trailers),
       };
     }
     return {
@@ -297,10 +303,19 @@ class TrackedCall {
       .catch(() => undefined);
   }
 
-  ended(code: Status, details: string): void {
+  ended(code: Status, details: string, trailers: Metadata | undefined): void {
     const child = this.#child;
     child.outstanding--;
     const name = statusCodeName(code);
+    const nowMs = Date.now();
+    // ORCA (gRFC A51): the instance's load report, on every call it answers.
+    const report = trailers?.get(LOAD_REPORT_TRAILER)[0];
+    if (report instanceof Buffer) {
+      const parsed = decodeLoadReport(report);
+      if (parsed !== undefined) child.load.record(parsed, nowMs);
+    }
+    const ms = performance.now() - this.#startedAt;
+    if (code !== Status.CANCELLED) child.rtt.observe(ms, nowMs, this.#balancer.policyConfig.peakEwma.decayMs);
     if (code !== Status.CANCELLED && code !== Status.DEADLINE_EXCEEDED) {
       // The instance itself answered. Only answers that are no endpoint fault count as others'
       // progress: three instances failing fast must not make the one healthy, busy one "stalled".
@@ -310,7 +325,6 @@ class TrackedCall {
     this.#settle?.(name === "OK" ? undefined : new LeaseholdError(name, details));
     child.breaker.noteOutcome(name);
     if (child.isRemoved) return; // left meanwhile: its series are gone and must stay gone
-    const ms = performance.now() - this.#startedAt;
     child.calls++;
     if (name !== "OK") child.errors++;
     child.recordLatency(ms);
@@ -381,6 +395,8 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
   /** False until the first membership is applied (its instances skip slow start). */
   #hasMembership = false;
   #slowStartTimer: NodeJS.Timeout | undefined;
+  /** Rebuilds the picker from fresh load reports (`least_loaded`, `weighted_round_robin` with `orca`). */
+  #loadTimer: NodeJS.Timeout | undefined;
   #context: BalancerContext | undefined;
   #policyPicker: Picker<Child> | undefined;
   #service = "";
@@ -405,6 +421,11 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
 
   get context(): BalancerContext {
     return (this.#context ??= contextOf(undefined));
+  }
+
+  /** The policy's resolved settings. */
+  get policyConfig(): ResolvedPolicyConfig {
+    return this.#config;
   }
 
   get membershipRevision(): string {
@@ -480,10 +501,19 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
     }
   }
 
-  /** Outstanding attempts per listed instance, for `leasehold_client_outstanding_requests`. */
+  /** Outstanding attempts, reported utilization and effective weight per listed instance, for the metrics. */
   *#loads(): Iterable<InstanceLoad> {
+    const nowMs = Date.now();
+    const weights = this.#policyPicker?.effectiveWeights;
+    const eligible = new Set(this.#policyPicker?.instances);
     for (const child of this.#children.values())
-      yield { service: child.instance.service, instanceId: child.instanceId, outstanding: child.outstanding };
+      yield {
+        service: child.instance.service,
+        instanceId: child.instanceId,
+        outstanding: child.outstanding,
+        utilization: child.load.freshUtilization(nowMs, this.#config.leastLoaded.maxReportAgeMs),
+        effectiveWeight: eligible.has(child) ? (weights?.get(child.instanceId) ?? child.weight) : 0,
+      };
   }
 
   resetBackoff(): void {
@@ -495,6 +525,7 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
     this.#isDestroyed = true;
     clearTimeout(this.#panicTimer);
     clearTimeout(this.#slowStartTimer);
+    clearTimeout(this.#loadTimer);
     this.#removeLoadSource?.();
     const removed = [...this.#children.values()].map((child) => this.#retire(child));
     this.#children.clear();
@@ -698,8 +729,9 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
       this.#update({ removed: [] });
     });
     const helper = experimental.createChildChannelControlHelper(this.#helper, {
-      updateState: (_state, _picker, errorMessage) => {
+      updateState: (state, _picker, errorMessage) => {
         if (errorMessage !== null) child.lastError = errorMessage;
+        if (state === ConnectivityState.READY) child.load.resetBlackout(); // A58: (re)connected
         if (!this.#isUpdating) this.#update({ removed: [] });
       },
     });
@@ -748,6 +780,25 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
     this.#slowStartTimer.unref(); // bookkeeping: the channel's calls keep the process alive
   }
 
+  /**
+   * Policies whose picker holds weights made from load reports are rebuilt every update period
+   * (A58's `weight_update_period`), as grpc-js `weighted_round_robin` does.
+   */
+  #armLoadTimer(): void {
+    const periodMs =
+      this.#policy === "least_loaded"
+        ? this.#config.leastLoaded.updatePeriodMs
+        : this.#policy === "weighted_round_robin"
+          ? this.#config.orca?.weightUpdatePeriodMs
+          : undefined;
+    if (periodMs === undefined || this.#loadTimer !== undefined) return;
+    this.#loadTimer = setTimeout(() => {
+      this.#loadTimer = undefined;
+      this.#update({ removed: [] });
+    }, periodMs);
+    this.#loadTimer.unref(); // bookkeeping: the channel's calls keep the process alive
+  }
+
   /** Rebuilds the picker and reports the aggregate state, as grpc-js `round_robin` does. */
   #update(change: { removed: InstanceStats[] }): void {
     if (this.#isDestroyed) return;
@@ -759,6 +810,7 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
       previous: this.#policyPicker,
       config: this.#config,
     });
+    this.#armLoadTimer();
     let isConnecting = false;
     for (const child of this.#ordered) {
       const state = child.leaf.getConnectivityState();
