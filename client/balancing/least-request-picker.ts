@@ -9,7 +9,7 @@ import type { Pickable, Picker, PickerDeps } from "./picker.js";
  * caller to the heaviest instance.) O(log n) per pick; a retry (non-empty `exclude`) O(n).
  */
 export class LeastRequestPicker<T extends Pickable> implements Picker<T> {
-  readonly policy: "least_request" | "least_loaded" = "least_request";
+  readonly policy: "least_request" | "least_loaded" | "peak_ewma" = "least_request";
   readonly instances: readonly T[];
   readonly #random: () => number;
   readonly #cumulative: Float64Array;
@@ -52,7 +52,12 @@ export class LeastRequestPicker<T extends Pickable> implements Picker<T> {
     if (j === i) j = (i + 1) % n; // rounding at a span's edge
     const a = instances[i] as T;
     const b = instances[j] as T;
-    return b.outstanding / (weights[j] as number) < a.outstanding / (weights[i] as number) ? b : a;
+    return this.isBetter(b, weights[j] as number, a, weights[i] as number) ? b : a;
+  }
+
+  /** True when `b` (the second drawn) should win over `a`: fewer outstanding calls per unit of weight. */
+  protected isBetter(b: T, weightB: number, a: T, weightA: number): boolean {
+    return b.outstanding / weightB < a.outstanding / weightA;
   }
 }
 
