@@ -92,13 +92,17 @@ test("least_loaded: with no report at all it is least_request by registered weig
   t.true(near(got.b, 0.75), `b ${got.b}`);
 });
 
-test("least_loaded: of two drawn instances, the one with fewer outstanding calls per capacity wins", (t) => {
+test("least_loaded: the first drawn keeps the call unless the second, given it too, carries fewer outstanding calls per capacity", (t) => {
   const [a, b] = ["a", "b"].map((id) => instance(id)) as [FakeInstance, FakeInstance];
   a.load.record(report({ cpuUtilization: 0.2 }), 0);
   b.load.record(report({ cpuUtilization: 0.8 }), 0);
   a.outstanding = 10; // 10 / 5 = 2 per unit of capacity, against b's 1 / 1.25 = 0.8
   b.outstanding = 1;
   t.deepEqual(shares("least_loaded", [a, b], 1_000), { b: 1 });
+  a.outstanding = 2; // 0.4 per unit; b would carry (0 + 1) / 1.25 = 0.8 with the call: no switch
+  b.outstanding = 0;
+  const got = shares("least_loaded", [a, b], 20_000);
+  t.true(near(got.a, 0.8), `a ${got.a}`);
 });
 
 test("PeakEwma: a slower answer replaces the estimate at once; faster ones pull it down by 1 - e^(-Δt/τ); idle, it decays", (t) => {

@@ -13,12 +13,14 @@ export const MIN_UTILIZATION = 0.01;
  * utilization of the known ones (gRFC A58 treats weightless endpoints the same way); with none
  * known, capacity is the registered weight, i.e. plain `least_request`.
  *
- * Two distinct instances are drawn in proportion to capacity and the one with fewer outstanding
- * calls per unit of capacity wins, first drawn on a tie: so idle instances share calls in inverse
- * proportion to their utilization (20 %, 50 %, 90 % get 5 : 2 : 1.1), and one that queues up is
- * avoided. (Comparing raw utilizations instead would starve the busiest instance entirely — 2/3,
- * 1/3, 0 for three — and herd every caller onto the least busy while reports lag, which is what
- * P2C exists to prevent.) Capacities are fixed per picker; the load balancer rebuilds it every
+ * Two distinct instances are drawn in proportion to capacity; the first drawn takes the call
+ * unless the second, given this call too, would still carry fewer outstanding calls per unit of
+ * capacity than the first carries now (`(o₂ + 1) / c₂ < o₁ / c₁`). So instances share calls in
+ * inverse proportion to their utilization (20 %, 50 %, 90 % get 5 : 2 : 1.1), and one that queues
+ * up is avoided. The plain `o₂ / c₂ < o₁ / c₁` of `least_request` skews those shares under
+ * concurrency (at 4 callers in flight: 63 / 22 / 15 %; a count of one or two flips comparisons);
+ * comparing raw utilizations would starve the busiest instance entirely (2/3, 1/3, 0 for three)
+ * and herd every caller onto the least busy while reports lag, which is what P2C exists to prevent. Capacities are fixed per picker; the load balancer rebuilds it every
  * `leastLoaded.updatePeriodMs` (default 1 s) from the latest reports. O(n) to build, O(log n) per pick.
  */
 export class LeastLoadedPicker<T extends Pickable> extends LeastRequestPicker<T> {
@@ -43,5 +45,9 @@ export class LeastLoadedPicker<T extends Pickable> extends LeastRequestPicker<T>
     this.effectiveWeights = new Map(
       eligible.map((instance, i) => [instance.instanceId, capacities[i] as number]),
     );
+  }
+
+  protected override isBetter(b: T, capacityB: number, a: T, capacityA: number): boolean {
+    return (b.outstanding + 1) / capacityB < a.outstanding / capacityA;
   }
 }
