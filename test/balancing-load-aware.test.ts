@@ -76,6 +76,11 @@ async function tally(
   return result;
 }
 
+/** A longer timeout for LEASEHOLD_LOAD_TEST_SECONDS runs (each test runs up to 3 measurements). */
+function allowLongRun(t: ExecutionContext): void {
+  if (SECONDS > 0) t.timeout(4 * SECONDS * 1000 + 60_000);
+}
+
 function sharesOf(counts: Record<string, number>): Record<string, number> {
   const total = Object.values(counts).reduce((a, b) => a + b, 0);
   return Object.fromEntries(Object.entries(counts).map(([id, n]) => [id, n / total]));
@@ -95,6 +100,7 @@ async function gaugeValues(registry: Registry, name: string): Promise<Record<str
 test.serial(
   "least_loaded, typed client, one call at a time: instances reporting CPU 20 %, 50 %, 90 % get calls in inverse proportion, each share within 10 % of it",
   async (t) => {
+    allowLongRun(t);
     await startInstances(t, {
       cpu20: { simulateCpu: CPU.cpu20 },
       cpu50: { simulateCpu: CPU.cpu50 },
@@ -131,6 +137,7 @@ test.serial(
 test.serial(
   "stock grpc-js clients on leasehold:///echo: least_loaded (one call at a time) shares in inverse proportion; under weighted_round_robin+orca (A58) the 90 % instance gets the smallest share",
   async (t) => {
+    allowLongRun(t);
     await startInstances(t, {
       cpu20: { simulateCpu: CPU.cpu20 },
       cpu50: { simulateCpu: CPU.cpu50 },
@@ -191,6 +198,7 @@ test.serial(
 test.serial(
   "peak_ewma: an instance with 50 ms added latency among three fast ones gets < 5 % of calls, typed and stock clients alike",
   async (t) => {
+    allowLongRun(t);
     await startInstances(t, { fast1: {}, fast2: {}, fast3: {}, slow: { latencyMs: 50 } });
     const { client } = newClient(t, {
       registry: t.context.registry.address,
