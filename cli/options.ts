@@ -33,7 +33,9 @@ export function simulatedCpu(value: string): number | [number, number] {
     const match = /^\s*(\d+(?:\.\d+)?)\s*(%?)\s*$/.exec(part);
     const fraction = match === null ? Number.NaN : Number(match[1]) / (match[2] === "%" ? 100 : 1);
     if (!(fraction >= 0 && fraction <= 1))
-      throw new InvalidArgumentError("must be a fraction 0..1 (0.5), a percentage (50%) or a range (0.2-0.9).");
+      throw new InvalidArgumentError(
+        "must be a fraction 0..1 (0.5), a percentage (50%) or a range (0.2-0.9).",
+      );
     return fraction;
   };
   const parts = value.split("-");

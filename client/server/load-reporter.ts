@@ -67,9 +67,12 @@ export class LoadReporter {
     if (!(this.#sampleIntervalMs > 0) || !Number.isInteger(this.#windowSamples) || this.#windowSamples < 1)
       throw new RangeError("sampleIntervalMs must be > 0 and windowSamples an integer ≥ 1");
     const simulated = options.simulateCpu;
-    const values = simulated === undefined ? [] : typeof simulated === "number" ? [simulated] : [...simulated];
+    const values =
+      simulated === undefined ? [] : typeof simulated === "number" ? [simulated] : [...simulated];
     if (values.some((v) => !(v >= 0 && v <= 1)) || (values.length === 2 && values[0]! > values[1]!))
-      throw new RangeError(`simulated CPU must be 0..1 or a range MIN-MAX within it, got ${String(simulated)}`);
+      throw new RangeError(
+        `simulated CPU must be 0..1 or a range MIN-MAX within it, got ${String(simulated)}`,
+      );
     this.#simulateCpu = simulated;
     this.#random = options.random ?? Math.random;
     this.#cpuUtilization = this.#simulatedCpu() ?? 0;
@@ -170,4 +173,3 @@ export class LoadReporter {
     return simulated[0] + this.#random() * (simulated[1] - simulated[0]);
   }
 }
-
