@@ -59,6 +59,8 @@ export class LoadReporter {
   #applicationUtilization = 0;
   readonly #utilization: Record<string, number> = {};
   readonly #namedMetrics: Record<string, number> = {};
+  /** Encoded reports by in-flight count, until the next sample or setting (encoding costs ~4.6 µs). */
+  readonly #encoded = new Map<number, Buffer>();
 
   /** @throws RangeError for a simulated CPU outside 0..1 or an interval that is not positive. */
   constructor(options: LoadReporterOptions = {}) {
@@ -94,12 +96,14 @@ export class LoadReporter {
   /** `application_utilization` (≥ 0; may exceed 1), or undefined to report none (callers then use CPU). */
   setApplicationUtilization(value: number | undefined): void {
     this.#applicationUtilization = value ?? 0;
+    this.#encoded.clear();
   }
 
   /** A named utilization (0..1), or undefined to drop it. */
   setUtilization(name: string, value: number | undefined): void {
     if (value === undefined) delete this.#utilization[name];
     else this.#utilization[name] = value;
+    this.#encoded.clear();
   }
 
   /** Calls in progress now. */
@@ -129,6 +133,7 @@ export class LoadReporter {
     }
     this.#qps = (answers * 1000) / ms;
     this.#eps = (errors * 1000) / ms;
+    this.#encoded.clear();
   }
 
   /** The report a call ending now carries. */
@@ -161,7 +166,10 @@ export class LoadReporter {
       sendStatus: (status, next) => {
         done(status.code);
         const trailers = status.metadata?.clone() ?? new Metadata();
-        trailers.set(LOAD_REPORT_TRAILER, encodeLoadReport(this.report()));
+        let encoded = this.#encoded.get(this.#inFlight);
+        if (encoded === undefined)
+          this.#encoded.set(this.#inFlight, (encoded = encodeLoadReport(this.report())));
+        trailers.set(LOAD_REPORT_TRAILER, encoded);
         next({ ...status, metadata: trailers });
       },
     });
