@@ -223,3 +223,24 @@ test("policy settings: orca, leastLoaded and peakEwma belong to their policies a
     weightUpdatePeriodMs: 1_000,
   });
 });
+
+test("least_loaded with zone-aware routing: each zone's side weighs by load, and the picker reports every instance's capacity", (t) => {
+  const local = { ...instance("a1"), zone: "a" };
+  const remote = { ...instance("b1"), zone: "b" };
+  local.load.record(report({ cpuUtilization: 0.5 }), 0);
+  remote.load.record(report({ cpuUtilization: 0.25 }), 0);
+  const picker = createPicker("least_loaded", [local, remote], {
+    random: seeded(1),
+    now: () => 0,
+    config: resolvePolicyConfig("least_loaded", { zone: "a" }),
+  });
+  t.deepEqual(
+    picker.effectiveWeights,
+    new Map([
+      ["a1", 2],
+      ["b1", 4],
+    ]),
+  );
+  // Zone capacity is by registered weight (1 : 1): zone a holds its callers' half, so calls stay there.
+  t.is(picker.pick()?.instanceId, "a1");
+});
