@@ -244,3 +244,11 @@ test("least_loaded with zone-aware routing: each zone's side weighs by load, and
   // Zone capacity is by registered weight (1 : 1): zone a holds its callers' half, so calls stay there.
   t.is(picker.pick()?.instanceId, "a1");
 });
+
+test("least_loaded: a report stating utilization 0 (neither field set) is unknown, not an idle instance that takes everything", (t) => {
+  const [a, b] = ["a", "b"].map((id) => instance(id)) as [FakeInstance, FakeInstance];
+  a.load.record(report({ rpsFractional: 10 }), 0);
+  b.load.record(report({ cpuUtilization: 0.5 }), 0);
+  const got = shares("least_loaded", [a, b], 20_000);
+  t.true(near(got.a, 0.5), `a ${got.a}`);
+});

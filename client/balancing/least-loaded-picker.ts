@@ -9,7 +9,7 @@ export const MIN_UTILIZATION = 0.01;
  * `least_loaded`: power of two choices by server-reported load (ORCA, gRFC A51). Each instance's
  * capacity is `weight / utilization`, its utilization being `application_utilization` if set, else
  * `cpu_utilization`, from its last report (at least {@link MIN_UTILIZATION}). A report older than
- * `leastLoaded.maxReportAgeMs` (default 10 s) is unknown, and the instance counts at the mean
+ * `leastLoaded.maxReportAgeMs` (default 10 s), or one stating 0, is unknown, and the instance counts at the mean
  * utilization of the known ones (gRFC A58 treats weightless endpoints the same way); with none
  * known, capacity is the registered weight, i.e. plain `least_request`.
  *
@@ -30,9 +30,11 @@ export class LeastLoadedPicker<T extends Pickable> extends LeastRequestPicker<T>
   constructor(eligible: readonly T[], deps: PickerDeps<T>) {
     const config = (deps.config ?? resolvePolicyConfig("least_loaded", {})).leastLoaded;
     const nowMs = (deps.now ?? Date.now)();
-    const utilizations = eligible.map((instance) =>
-      instance.load?.freshUtilization(nowMs, config.maxReportAgeMs),
-    );
+    // A utilization of 0 is no signal (a report that sets neither field), as a 0 weight is in A58.
+    const utilizations = eligible.map((instance) => {
+      const utilization = instance.load?.freshUtilization(nowMs, config.maxReportAgeMs);
+      return utilization !== undefined && utilization > 0 ? utilization : undefined;
+    });
     const known = utilizations
       .filter((u): u is number => u !== undefined)
       .map((u) => Math.max(u, MIN_UTILIZATION));
