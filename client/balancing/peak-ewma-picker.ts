@@ -3,8 +3,9 @@ import type { Pickable, PickerDeps } from "./picker.js";
 import { resolvePolicyConfig, type ResolvedPolicyConfig } from "./policy-config.js";
 
 /**
- * `peak_ewma`: power of two choices by latency × load, as Finagle's `Balancers.p2cPeakEwma` and
- * Linkerd's balancer (tower's `load::PeakEwma`). An instance's cost is `rtt × (outstanding + 1)`,
+ * `peak_ewma`: power of two choices by latency × load, as Finagle's `Balancers.p2cPeakEwma`
+ * (finagle-core `loadbalancer/PeakEwma.scala`, `decayTime` 10 s) and Linkerd's balancer (tower
+ * `src/load/peak_ewma.rs`; linkerd2-proxy sets `EWMA_DECAY` 10 s, `EWMA_DEFAULT_RTT` 30 ms). An instance's cost is `rtt × (outstanding + 1)`,
  * `rtt` being the peak-sensitive EWMA of its latency (see `PeakEwma`: decay time τ =
  * `peakEwma.decayMs`, default 10 s as in both; an instance with no answer yet counts
  * `peakEwma.defaultRttMs`, default 30 ms, Linkerd's `DEFAULT_EWMA_DEFAULT_RTT`). Two distinct
