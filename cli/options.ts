@@ -24,6 +24,27 @@ export function numberIn(min: number, max: number) {
   };
 }
 
+/**
+ * Commander parser for `--simulate-cpu`: a fraction `0.5`, a percentage `50%`, or a range
+ * `0.2-0.9` / `20%-90%` (a new value is drawn from it every second).
+ */
+export function simulatedCpu(value: string): number | [number, number] {
+  const one = (part: string): number => {
+    const match = /^\s*(\d+(?:\.\d+)?)\s*(%?)\s*$/.exec(part);
+    const fraction = match === null ? Number.NaN : Number(match[1]) / (match[2] === "%" ? 100 : 1);
+    if (!(fraction >= 0 && fraction <= 1))
+      throw new InvalidArgumentError(
+        "must be a fraction 0..1 (0.5), a percentage (50%) or a range (0.2-0.9).",
+      );
+    return fraction;
+  };
+  const parts = value.split("-");
+  if (parts.length === 1) return one(value);
+  const [min, max] = parts.length === 2 ? [one(parts[0] ?? ""), one(parts[1] ?? "")] : [1, 0];
+  if (min > max) throw new InvalidArgumentError("must be a range MIN-MAX with MIN ≤ MAX, e.g. 0.2-0.9.");
+  return [min, max];
+}
+
 /** Commander parser for `host:port`. */
 export function hostPort(value: string): string {
   try {

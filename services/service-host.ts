@@ -12,6 +12,7 @@ import { connectRegistry } from "../client/registry-connection.js";
 import { serverCredentials, type ClientSecurity, type TlsFiles } from "../client/tls/tls-files.js";
 import { Registrar } from "../client/registration/registrar.js";
 import { instrumentService } from "../client/server/grpc-server-metrics.js";
+import { LoadReporter, type SimulatedCpu } from "../client/server/load-reporter.js";
 import {
   isSameHost,
   isWildcardHost,
@@ -50,6 +51,11 @@ export interface ServiceInstanceOptions {
   readonly failRate?: number | undefined;
   /** Added latency per call in ms; default 0. */
   readonly latencyMs?: number | undefined;
+  /**
+   * Report this CPU utilization (0..1, or a range a new value is drawn from every second) in the
+   * ORCA load reports instead of the process's measured CPU use; default measured.
+   */
+  readonly simulateCpu?: SimulatedCpu | undefined;
   /** Time between DRAINING and Deregister on shutdown, for in-flight calls and watchers; default 300 ms. */
   readonly drainMs?: number | undefined;
   /**
@@ -71,6 +77,11 @@ export interface ServiceInstance {
   readonly metricsAddress: string;
   /** True when {@link metricsAddress} is registered (listed on `/sd/prometheus`). */
   readonly isMetricsListed: boolean;
+  /**
+   * Its ORCA load reports (the `endpoint-load-metrics-bin` trailer of every call): set an
+   * application utilization or named utilizations here.
+   */
+  readonly load: LoadReporter;
   /** While true every call answers UNAVAILABLE (fault injection; the `f` key). */
   isFailing: boolean;
   /** Registers again after {@link unregister} (the `r` key). */
@@ -109,7 +120,8 @@ export async function startServiceInstance(
   const metrics = new Registry();
   collectProcessMetrics(metrics, "service");
   const health = new HealthImplementation({ "": "SERVING", [grpcServiceName(service)]: "SERVING" });
-  const server = new Server();
+  const load = new LoadReporter({ simulateCpu: options.simulateCpu });
+  const server = new Server({ interceptors: [load.interceptor] });
   health.addToServer(server);
   const state = { isFailing: false };
   const faulty = withFaults(
@@ -142,6 +154,7 @@ export async function startServiceInstance(
     await metricsServer.close();
     throw error;
   }
+  load.start();
   const address = options.advertise ?? `${routableHost(listen.host)}:${port}`;
   const advertisedHost = splitHostPort(address).host;
   const metricsBound = splitHostPort(metricsServer.address);
@@ -177,6 +190,7 @@ export async function startServiceInstance(
     await registrar.close();
     registryClient.close();
     await shutdownGrpcServer(server, 5000);
+    load.close();
     await metricsServer.close();
     logger?.info("stopped");
   };
@@ -191,6 +205,7 @@ export async function startServiceInstance(
     address,
     metricsAddress,
     isMetricsListed,
+    load,
     get isFailing() {
       return state.isFailing;
     },

@@ -223,7 +223,16 @@ for (const policy of POLICY_NAMES) {
 test("isPolicyName knows exactly the standard names", (t) => {
   t.deepEqual(
     [...POLICY_NAMES],
-    ["random", "round_robin", "weighted_random", "weighted_round_robin", "least_request", "ring_hash"],
+    [
+      "random",
+      "round_robin",
+      "weighted_random",
+      "weighted_round_robin",
+      "least_request",
+      "ring_hash",
+      "least_loaded",
+      "peak_ewma",
+    ],
   );
   t.true(isPolicyName("least_request"));
   t.false(isPolicyName("pick_first"));

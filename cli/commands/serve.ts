@@ -9,6 +9,7 @@ import {
   keyValue,
   numberIn,
   REGISTRY_DEFAULT,
+  simulatedCpu,
 } from "../options.js";
 import type { ServeFlags } from "../serve/run-serve.js";
 
@@ -60,6 +61,11 @@ export function serveCommand(program: Command): void {
     )
     .option("--fail-rate <f>", "share of calls answered UNAVAILABLE, 0..1", numberIn(0, 1), 0)
     .option("--latency-ms <ms>", "added latency per call", integerIn(0, 60_000), 0)
+    .option(
+      "--simulate-cpu <f|min-max>",
+      "CPU utilization to report in ORCA load reports instead of the measured one: 0.5, 50% or a range 0.2-0.9 redrawn every second",
+      simulatedCpu,
+    )
     .action(async (name: string, flags: ServeFlags) => {
       const { runServe } = await import("../serve/run-serve.js");
       await runServe(name, flags);

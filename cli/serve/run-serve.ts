@@ -21,6 +21,7 @@ export interface ServeFlags extends SecurityFlags {
   metricsListen?: string;
   failRate: number;
   latencyMs: number;
+  simulateCpu?: number | [number, number];
   drainMs: number;
 }
 
@@ -56,6 +57,7 @@ export async function runServe(name: string, flags: ServeFlags): Promise<void> {
     metricsListen: flags.metricsListen,
     failRate: flags.failRate,
     latencyMs: flags.latencyMs,
+    simulateCpu: flags.simulateCpu,
     drainMs: flags.drainMs,
     tls: tlsFilesOf(flags),
     registrySecurity,

@@ -77,6 +77,15 @@ export interface BalancedClientOptions {
   /** `ring_hash` only: ring sizes and the metadata key hashed. */
   readonly ringHash?: RingHashConfig;
   /**
+   * `weighted_round_robin` only: weigh instances by their ORCA load reports (gRFC A58) instead of
+   * their registered weights; `{}` takes A58's defaults (blackout 10 s, expiry 3 min, penalty 1).
+   */
+  readonly orca?: PolicyConfig["orca"];
+  /** `least_loaded` only: report age limit (10 s) and picker refresh (1 s). */
+  readonly leastLoaded?: PolicyConfig["leastLoaded"];
+  /** `peak_ewma` only: EWMA decay (10 s) and the latency assumed before an answer (30 ms). */
+  readonly peakEwma?: PolicyConfig["peakEwma"];
+  /**
    * `ring_hash` only: the hash key of a unary or server-streaming call's request (e.g.
    * `(request) => request.userId`), sent as the `ringHash.hashHeader` metadata unless the call
    * sets that header itself. Without it (or for client streams) a call hashes by that header.
@@ -256,6 +265,9 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
         zoneCallerPercent: options.zoneCallerPercent,
         metadataFilter: options.metadataFilter,
         ringHash: options.ringHash,
+        orca: options.orca,
+        leastLoaded: options.leastLoaded,
+        peakEwma: options.peakEwma,
       }),
     ) as PolicyConfig;
     let hashHeader: string;

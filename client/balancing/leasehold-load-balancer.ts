@@ -51,6 +51,7 @@ import {
   type PolicyConfig,
   type ResolvedPolicyConfig,
 } from "./policy-config.js";
+import { decodeLoadReport, InstanceLoadState, LOAD_REPORT_TRAILER, PeakEwma } from "./load-report.js";
 import { hashKey } from "./ring-hash-picker.js";
 
 type LoadBalancer = experimental.LoadBalancer;
@@ -86,6 +87,9 @@ export function loadBalancerName(policy: PolicyName): string {
 /** Latency samples between two refreshes of an instance's p99 (sorting the window costs). */
 const P99_REFRESH_SAMPLES = 256;
 
+/** An instance's load report trailer is parsed at most this often, ms. */
+const REPORT_PARSE_INTERVAL_MS = 100;
+
 /** How long a half-open breaker's trial stays reserved between the pick and the call's start. */
 const TRIAL_RESERVATION_MS = 1000;
 
@@ -119,6 +123,10 @@ class Child implements Pickable {
   slowStartFromMs: number | undefined;
   /** Slow start's share of the registered weight now, 0..1 (1 without slow start). */
   weightFactor = 1;
+  /** Its last ORCA load report (from call trailers) and A58 weight state. */
+  readonly load = new InstanceLoadState();
+  /** Peak EWMA of its latency, for `peak_ewma`. */
+  readonly rtt = new PeakEwma();
 
   constructor(instance: Instance, leaf: experimental.LeafLoadBalancer, breaker: InstanceBreaker) {
     this.instance = instance;
@@ -254,7 +262,8 @@ class LeaseholdPicker implements GrpcPicker {
       return {
         ...result,
         onCallStarted: () => call.started(),
-        onCallEnded: (code: Status, details: string) => call.ended(code, details),
+        onCallEnded: (code: Status, details: string, trailers: Metadata) =>
+          call.ended(code, details, trailers),
       };
     }
     return {
@@ -304,11 +313,25 @@ class TrackedCall {
       .catch(() => undefined);
   }
 
-  ended(code: Status, details: string): void {
+  ended(code: Status, details: string, trailers: Metadata | undefined): void {
     const child = this.#child;
     child.outstanding--;
     this.#balancer.inFlight--;
     const name = statusCodeName(code);
+    const nowMs = Date.now();
+    // ORCA (gRFC A51): the instance's load report, on every call it answers. Parsed at most every
+    // REPORT_PARSE_INTERVAL_MS per instance (~0.8 µs each); in between, a report only confirms
+    // that the last one is current (instances sample their load once a second).
+    const report = trailers?.get(LOAD_REPORT_TRAILER)[0];
+    if (report instanceof Buffer) {
+      if (nowMs - child.load.receivedAtMs < REPORT_PARSE_INTERVAL_MS) child.load.receivedAtMs = nowMs;
+      else {
+        const parsed = decodeLoadReport(report);
+        if (parsed !== undefined) child.load.record(parsed, nowMs);
+      }
+    }
+    const ms = performance.now() - this.#startedAt;
+    if (code !== Status.CANCELLED) child.rtt.observe(ms, nowMs, this.#balancer.policyConfig.peakEwma.decayMs);
     if (code !== Status.CANCELLED && code !== Status.DEADLINE_EXCEEDED) {
       // The instance itself answered. Only answers that are no endpoint fault count as others'
       // progress: three instances failing fast must not make the one healthy, busy one "stalled".
@@ -328,7 +351,6 @@ class TrackedCall {
     this.#settle?.(outcome === "OK" ? undefined : new LeaseholdError(outcome, details));
     child.breaker.noteOutcome(outcome);
     if (child.isRemoved) return; // left meanwhile: its series are gone and must stay gone
-    const ms = performance.now() - this.#startedAt;
     child.calls++;
     if (name !== "OK") child.errors++;
     child.recordLatency(ms);
@@ -399,6 +421,8 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
   /** False until the first membership is applied (its instances skip slow start). */
   #hasMembership = false;
   #slowStartTimer: NodeJS.Timeout | undefined;
+  /** Rebuilds the picker from fresh load reports (`least_loaded`, `weighted_round_robin` with `orca`). */
+  #loadTimer: NodeJS.Timeout | undefined;
   #context: BalancerContext | undefined;
   #policyPicker: Picker<Child> | undefined;
   #service = "";
@@ -425,6 +449,11 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
 
   get context(): BalancerContext {
     return (this.#context ??= contextOf(undefined));
+  }
+
+  /** The policy's resolved settings. */
+  get policyConfig(): ResolvedPolicyConfig {
+    return this.#config;
   }
 
   get membershipRevision(): string {
@@ -500,10 +529,19 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
     }
   }
 
-  /** Outstanding attempts per listed instance, for `leasehold_client_outstanding_requests`. */
+  /** Outstanding attempts, reported utilization and effective weight per listed instance, for the metrics. */
   *#loads(): Iterable<InstanceLoad> {
+    const nowMs = Date.now();
+    const weights = this.#policyPicker?.effectiveWeights;
+    const eligible = new Set(this.#policyPicker?.instances);
     for (const child of this.#children.values())
-      yield { service: child.instance.service, instanceId: child.instanceId, outstanding: child.outstanding };
+      yield {
+        service: child.instance.service,
+        instanceId: child.instanceId,
+        outstanding: child.outstanding,
+        utilization: child.load.freshUtilization(nowMs, this.#config.leastLoaded.maxReportAgeMs),
+        effectiveWeight: eligible.has(child) ? (weights?.get(child.instanceId) ?? child.weight) : 0,
+      };
   }
 
   resetBackoff(): void {
@@ -515,6 +553,7 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
     this.#isDestroyed = true;
     clearTimeout(this.#panicTimer);
     clearTimeout(this.#slowStartTimer);
+    clearTimeout(this.#loadTimer);
     this.#removeLoadSource?.();
     const removed = [...this.#children.values()].map((child) => this.#retire(child));
     this.#children.clear();
@@ -718,8 +757,9 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
       this.#update({ removed: [] });
     });
     const helper = experimental.createChildChannelControlHelper(this.#helper, {
-      updateState: (_state, _picker, errorMessage) => {
+      updateState: (state, _picker, errorMessage) => {
         if (errorMessage !== null) child.lastError = errorMessage;
+        if (state === ConnectivityState.READY) child.load.resetBlackout(); // A58: (re)connected
         if (!this.#isUpdating) this.#update({ removed: [] });
       },
     });
@@ -768,6 +808,25 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
     this.#slowStartTimer.unref(); // bookkeeping: the channel's calls keep the process alive
   }
 
+  /**
+   * Policies whose picker holds weights made from load reports are rebuilt every update period
+   * (A58's `weight_update_period`), as grpc-js `weighted_round_robin` does.
+   */
+  #armLoadTimer(): void {
+    const periodMs =
+      this.#policy === "least_loaded"
+        ? this.#config.leastLoaded.updatePeriodMs
+        : this.#policy === "weighted_round_robin"
+          ? this.#config.orca?.weightUpdatePeriodMs
+          : undefined;
+    if (periodMs === undefined || this.#loadTimer !== undefined) return;
+    this.#loadTimer = setTimeout(() => {
+      this.#loadTimer = undefined;
+      this.#update({ removed: [] });
+    }, periodMs);
+    this.#loadTimer.unref(); // bookkeeping: the channel's calls keep the process alive
+  }
+
   /** Rebuilds the picker and reports the aggregate state, as grpc-js `round_robin` does. */
   #update(change: { removed: InstanceStats[] }): void {
     if (this.#isDestroyed) return;
@@ -779,6 +838,7 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
       previous: this.#policyPicker,
       config: this.#config,
     });
+    this.#armLoadTimer();
     let isConnecting = false;
     for (const child of this.#ordered) {
       const state = child.leaf.getConnectivityState();

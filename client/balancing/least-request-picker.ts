@@ -9,30 +9,42 @@ import type { Pickable, Picker, PickerDeps } from "./picker.js";
  * caller to the heaviest instance.) O(log n) per pick; a retry (non-empty `exclude`) O(n).
  */
 export class LeastRequestPicker<T extends Pickable> implements Picker<T> {
-  readonly policy = "least_request";
+  readonly policy: "least_request" | "least_loaded" | "peak_ewma" = "least_request";
   readonly instances: readonly T[];
   readonly #random: () => number;
   readonly #cumulative: Float64Array;
+  /** The weight of each instance (in `instances` order) that draws and comparisons use. */
+  protected readonly weights: Float64Array;
 
-  constructor(eligible: readonly T[], deps: PickerDeps<T>) {
+  /** @param weights per instance in `eligible` order; default their `weight` (`least_loaded` passes capacities). */
+  constructor(eligible: readonly T[], deps: PickerDeps<T>, weights?: Float64Array) {
     this.instances = eligible;
     this.#random = deps.random;
-    this.#cumulative = cumulativeWeights(eligible);
+    this.weights = weights ?? Float64Array.from(eligible, (instance) => instance.weight);
+    this.#cumulative = cumulativeWeights(this.weights);
   }
 
   pick(exclude?: ReadonlySet<string>): T | undefined {
-    if (exclude === undefined || exclude.size === 0) return this.#pickAmong(this.instances, this.#cumulative);
-    const left = this.instances.filter((instance) => !exclude.has(instance.instanceId));
-    return this.#pickAmong(left, cumulativeWeights(left));
+    if (exclude === undefined || exclude.size === 0)
+      return this.#pickAmong(this.instances, this.weights, this.#cumulative);
+    const left: T[] = [];
+    const weights: number[] = [];
+    this.instances.forEach((instance, i) => {
+      if (exclude.has(instance.instanceId)) return;
+      left.push(instance);
+      weights.push(this.weights[i] as number);
+    });
+    const leftWeights = Float64Array.from(weights);
+    return this.#pickAmong(left, leftWeights, cumulativeWeights(leftWeights));
   }
 
-  #pickAmong(instances: readonly T[], cumulative: Float64Array): T | undefined {
+  #pickAmong(instances: readonly T[], weights: Float64Array, cumulative: Float64Array): T | undefined {
     const n = instances.length;
     if (n <= 1) return instances[0];
     const total = cumulative[n - 1] as number;
     const i = search(cumulative, this.#random() * total);
     // Second draw without replacement: weighted over the others, by skipping i's span.
-    const weightI = instances[i]?.weight ?? 0;
+    const weightI = weights[i] ?? 0;
     const before = i === 0 ? 0 : (cumulative[i - 1] as number);
     let target = this.#random() * (total - weightI);
     if (target >= before) target += weightI;
@@ -40,15 +52,20 @@ export class LeastRequestPicker<T extends Pickable> implements Picker<T> {
     if (j === i) j = (i + 1) % n; // rounding at a span's edge
     const a = instances[i] as T;
     const b = instances[j] as T;
-    return b.outstanding / b.weight < a.outstanding / a.weight ? b : a;
+    return this.isBetter(b, weights[j] as number, a, weights[i] as number) ? b : a;
+  }
+
+  /** True when `b` (the second drawn) should win over `a`: fewer outstanding calls per unit of weight. */
+  protected isBetter(b: T, weightB: number, a: T, weightA: number): boolean {
+    return b.outstanding / weightB < a.outstanding / weightA;
   }
 }
 
-function cumulativeWeights(instances: readonly Pickable[]): Float64Array {
-  const cumulative = new Float64Array(instances.length);
+function cumulativeWeights(weights: Float64Array): Float64Array {
+  const cumulative = new Float64Array(weights.length);
   let total = 0;
-  instances.forEach((instance, i) => {
-    total += instance.weight;
+  weights.forEach((weight, i) => {
+    total += weight;
     cumulative[i] = total;
   });
   return cumulative;

@@ -2,6 +2,7 @@
  * The picker contract (DESIGN §5), after grpc-js `picker.ts`: a picker is a snapshot of the
  * eligible instances, rebuilt on every membership or breaker change, and `pick()` is synchronous.
  */
+import type { InstanceLoadState, PeakEwma } from "./load-report.js";
 import type { ResolvedPolicyConfig } from "./policy-config.js";
 
 /** What a picker needs to know about one instance. The Leasehold load balancer's children implement it. */
@@ -27,6 +28,10 @@ export interface Pickable {
   readonly zone?: string;
   /** Its registered metadata, for the metadata filter (subset routing). */
   readonly metadata?: Readonly<Record<string, string>>;
+  /** Its last ORCA load report (updated on every call's trailers), read by the load-aware policies. */
+  readonly load?: InstanceLoadState;
+  /** The peak EWMA of its latency (updated on every answer), read by `peak_ewma`. */
+  readonly rtt?: PeakEwma;
 }
 
 /**
@@ -52,11 +57,20 @@ export interface Picker<T extends Pickable = Pickable> {
    * hash key), read only by `ring_hash`.
    */
   pick(exclude?: ReadonlySet<string>, hash?: bigint): T | undefined;
+  /** The weight each instance gets from a load-aware policy, by instance id (for metrics); absent otherwise. */
+  readonly effectiveWeights?: ReadonlyMap<string, number>;
 }
 
 /** The standard policy names (DESIGN §5). */
 export type PolicyName =
-  "random" | "round_robin" | "weighted_random" | "weighted_round_robin" | "least_request" | "ring_hash";
+  | "random"
+  | "round_robin"
+  | "weighted_random"
+  | "weighted_round_robin"
+  | "least_request"
+  | "ring_hash"
+  | "least_loaded"
+  | "peak_ewma";
 
 export const POLICY_NAMES: readonly PolicyName[] = Object.freeze([
   "random",
@@ -65,6 +79,8 @@ export const POLICY_NAMES: readonly PolicyName[] = Object.freeze([
   "weighted_round_robin",
   "least_request",
   "ring_hash",
+  "least_loaded",
+  "peak_ewma",
 ]);
 
 export function isPolicyName(name: string): name is PolicyName {
@@ -83,6 +99,8 @@ export interface PickerDeps<T extends Pickable = Pickable> {
    * (a pick walks on past such instances). Default: the eligible ones.
    */
   readonly members?: readonly T[] | undefined;
+  /** The clock, ms (default `Date.now`): report ages, A58 blackout and expiry, EWMA decay. */
+  readonly now?: (() => number) | undefined;
   /** The policy's settings (zone, metadata filter, ring); defaults when absent. */
   readonly config?: ResolvedPolicyConfig | undefined;
 }

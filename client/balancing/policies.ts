@@ -2,7 +2,9 @@
  * The registry of load-balancing policies by name (like grpc-js `load-balancer.ts`): one picker
  * class per policy, chosen by its standard name.
  */
+import { LeastLoadedPicker } from "./least-loaded-picker.js";
 import { LeastRequestPicker } from "./least-request-picker.js";
+import { PeakEwmaPicker } from "./peak-ewma-picker.js";
 import {
   emptyPicker,
   isEligible,
@@ -37,6 +39,8 @@ const POLICIES: Readonly<Record<PolicyName, PickerConstructor>> = Object.freeze(
   weighted_round_robin: WeightedRoundRobinPicker,
   least_request: LeastRequestPicker,
   ring_hash: RingHashPicker,
+  least_loaded: LeastLoadedPicker,
+  peak_ewma: PeakEwmaPicker,
 });
 
 /**

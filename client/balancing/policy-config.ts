@@ -5,6 +5,7 @@
  * `grpc.service_config`. Every setting is optional and off by default.
  */
 import { LeaseholdError } from "../errors.js";
+import type { OrcaWeightConfig, PeakEwmaConfig } from "./load-report.js";
 
 /** Slow start, as Envoy's `slow_start_config`. */
 export interface SlowStartConfig {
@@ -29,6 +30,14 @@ export interface RingHashConfig {
   readonly hashHeader?: string;
 }
 
+/** `least_loaded`'s settings. */
+export interface LeastLoadedConfig {
+  /** A load report older than this is unknown (the instance counts as the mean of the known), ms. Default 10,000. */
+  readonly maxReportAgeMs?: number;
+  /** How often the picker is rebuilt from the latest reports, ms. Default 1,000. */
+  readonly updatePeriodMs?: number;
+}
+
 /** The `loadBalancingConfig` object of every `leasehold_<policy>` balancer. */
 export interface PolicyConfig {
   /** Ramp up the weight of instances that join (weighted policies only). */
@@ -49,6 +58,15 @@ export interface PolicyConfig {
   readonly metadataFilter?: Readonly<Record<string, string>>;
   /** The ring of `ring_hash` (that policy only). */
   readonly ringHash?: RingHashConfig;
+  /**
+   * `weighted_round_robin` only: weights from the instances' ORCA load reports instead of the
+   * registered ones, as gRFC A58 (`{}` takes its defaults; see {@link OrcaWeightConfig}).
+   */
+  readonly orca?: Partial<OrcaWeightConfig>;
+  /** `least_loaded` only. */
+  readonly leastLoaded?: LeastLoadedConfig;
+  /** `peak_ewma` only. */
+  readonly peakEwma?: Partial<PeakEwmaConfig>;
 }
 
 /** A validated {@link PolicyConfig} with its defaults filled in; frozen. */
@@ -58,6 +76,10 @@ export interface ResolvedPolicyConfig {
   readonly zoneCallerPercent: number | undefined;
   readonly metadataFilter: Readonly<Record<string, string>> | undefined;
   readonly ringHash: Required<RingHashConfig>;
+  /** Set: `weighted_round_robin` weighs by load reports. */
+  readonly orca: OrcaWeightConfig | undefined;
+  readonly leastLoaded: Required<LeastLoadedConfig>;
+  readonly peakEwma: PeakEwmaConfig;
 }
 
 /** The request metadata key `ring_hash` hashes by default. */
@@ -68,7 +90,16 @@ const RING_SIZE_CAP = 8_388_608;
 /** Policies whose picks follow weights, so slow start means something to them. */
 const WEIGHTED: ReadonlySet<string> = new Set(["weighted_random", "weighted_round_robin", "least_request"]);
 
-const KEYS = new Set(["slowStart", "zone", "zoneCallerPercent", "metadataFilter", "ringHash"]);
+const KEYS = new Set([
+  "slowStart",
+  "zone",
+  "zoneCallerPercent",
+  "metadataFilter",
+  "ringHash",
+  "orca",
+  "leastLoaded",
+  "peakEwma",
+]);
 
 /**
  * Validates `json` (a {@link PolicyConfig}) for `policy`.
@@ -138,7 +169,56 @@ export function resolvePolicyConfig(policy: string, json: unknown): ResolvedPoli
   if (typeof hashHeader !== "string" || !/^[0-9a-z_.-]+$/.test(hashHeader) || hashHeader.endsWith("-bin"))
     bad("ringHash.hashHeader must be a lower-case ASCII metadata key (not -bin)");
 
+  const section = (key: "orca" | "leastLoaded" | "peakEwma", owner: string): Record<string, unknown> => {
+    const value = config[key];
+    if (value === undefined) return {};
+    if (policy !== owner) bad(`${key} is for the ${owner} policy`);
+    if (typeof value !== "object" || value === null || Array.isArray(value)) bad(`${key} must be an object`);
+    return value as Record<string, unknown>;
+  };
+  const isDurationMs = (n: number): boolean => n >= 0 && Number.isFinite(n);
+  const isPositiveMs = (n: number): boolean => n > 0 && Number.isFinite(n);
+  let orca: OrcaWeightConfig | undefined;
+  if (config.orca !== undefined) {
+    const o = section("orca", "weighted_round_robin");
+    if (slowStart !== undefined) bad("slowStart does not combine with orca (weights come from load reports)");
+    orca = Object.freeze({
+      blackoutPeriodMs: number(o.blackoutPeriodMs, "orca.blackoutPeriodMs", 10_000, isDurationMs),
+      weightExpirationPeriodMs: number(
+        o.weightExpirationPeriodMs,
+        "orca.weightExpirationPeriodMs",
+        180_000,
+        isPositiveMs,
+      ),
+      errorUtilizationPenalty: number(
+        o.errorUtilizationPenalty,
+        "orca.errorUtilizationPenalty",
+        1,
+        isDurationMs,
+      ),
+      weightUpdatePeriodMs: number(
+        o.weightUpdatePeriodMs,
+        "orca.weightUpdatePeriodMs",
+        1_000,
+        (n) => n >= 100,
+      ),
+    });
+  }
+  const ll = section("leastLoaded", "least_loaded");
+  const leastLoaded = Object.freeze({
+    maxReportAgeMs: number(ll.maxReportAgeMs, "leastLoaded.maxReportAgeMs", 10_000, isPositiveMs),
+    updatePeriodMs: number(ll.updatePeriodMs, "leastLoaded.updatePeriodMs", 1_000, (n) => n >= 100),
+  });
+  const pe = section("peakEwma", "peak_ewma");
+  const peakEwma = Object.freeze({
+    decayMs: number(pe.decayMs, "peakEwma.decayMs", 10_000, isPositiveMs),
+    defaultRttMs: number(pe.defaultRttMs, "peakEwma.defaultRttMs", 30, isDurationMs),
+  });
+
   return Object.freeze({
+    orca,
+    leastLoaded,
+    peakEwma,
     slowStart,
     zone: zone as string | undefined,
     zoneCallerPercent,

@@ -1,3 +1,4 @@
+import { fillUnknownWeights } from "./load-report.js";
 import type { Pickable, Picker, PickerDeps } from "./picker.js";
 
 /**
@@ -11,16 +12,34 @@ import type { Pickable, Picker, PickerDeps } from "./picker.js";
  * rebuild caused by an unrelated change (another instance's status, a breaker elsewhere) does not
  * restart the cycle; instances new to the set start at 0. Instances excluded by a retry take no
  * part in that pick (neither gain nor pay), as in nginx's `tried` bitmap.
+ *
+ * With `config.orca` set (load-based mode, gRFC A58), the weights come from the instances' ORCA
+ * load reports instead (`InstanceLoadState.orcaWeight`: qps / (utilization + eps / qps × penalty),
+ * with blackout and expiry), instances without one taking the mean of the others; the load
+ * balancer rebuilds the picker every `orca.weightUpdatePeriodMs`. A58 schedules by earliest
+ * deadline first; smooth WRR gives the same shares, deterministically.
  */
 export class WeightedRoundRobinPicker<T extends Pickable> implements Picker<T> {
   readonly policy = "weighted_round_robin";
   readonly instances: readonly T[];
   readonly #weights: Float64Array;
   readonly #current: Float64Array;
+  /** In load-based mode: the A58 weight of each instance, by id. */
+  readonly effectiveWeights?: ReadonlyMap<string, number>;
 
   constructor(eligible: readonly T[], deps: PickerDeps<T>) {
     this.instances = eligible;
-    this.#weights = Float64Array.from(eligible, (instance) => instance.weight);
+    const orca = deps.config?.orca;
+    if (orca === undefined) this.#weights = Float64Array.from(eligible, (instance) => instance.weight);
+    else {
+      const nowMs = (deps.now ?? Date.now)();
+      this.#weights = fillUnknownWeights(
+        Float64Array.from(eligible, (instance) => instance.load?.orcaWeight(nowMs, orca) ?? 0),
+      );
+      this.effectiveWeights = new Map(
+        eligible.map((instance, i) => [instance.instanceId, this.#weights[i] ?? 0]),
+      );
+    }
     this.#current = new Float64Array(eligible.length);
     const previous = deps.previous;
     if (previous instanceof WeightedRoundRobinPicker) {

@@ -51,6 +51,15 @@ export class ZonePicker<T extends Pickable> implements Picker<T> {
     this.localFraction = remote.length === 0 ? 1 : Math.min(1, localShare / callerShare);
   }
 
+  /** The load-aware weights of both sides (`least_loaded`, `weighted_round_robin` with `orca`). */
+  get effectiveWeights(): ReadonlyMap<string, number> | undefined {
+    const local = this.local.effectiveWeights;
+    const remote = this.remote.effectiveWeights;
+    return local === undefined && remote === undefined
+      ? undefined
+      : new Map([...(local ?? []), ...(remote ?? [])]);
+  }
+
   pick(exclude?: ReadonlySet<string>, hash?: bigint): T | undefined {
     const isLocal =
       this.localFraction >= 1 || (this.localFraction > 0 && this.#random() < this.localFraction);

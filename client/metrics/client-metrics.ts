@@ -6,6 +6,10 @@ export interface InstanceLoad {
   readonly service: string;
   readonly instanceId: string;
   readonly outstanding: number;
+  /** Its last ORCA-reported utilization (fraction) while fresh; undefined when none or stale. */
+  readonly utilization?: number | undefined;
+  /** The weight its picker uses now (a load-aware policy's, else the registered one × slow start; 0 when not pickable). */
+  readonly effectiveWeight?: number | undefined;
 }
 
 /**
@@ -18,6 +22,8 @@ export class ClientMetrics {
   readonly breakerState: Gauge<"service" | "instance_id">;
   readonly breakerRejections: Counter<"service" | "instance_id">;
   readonly outstanding: Gauge<"service" | "instance_id">;
+  readonly reportedUtilization: Gauge<"service" | "instance_id">;
+  readonly effectiveWeight: Gauge<"service" | "instance_id">;
   readonly instances: Gauge<"service" | "status">;
   readonly instanceWeight: Gauge<"service" | "instance_id">;
   readonly membershipEvents: Counter<"service" | "type">;
@@ -68,6 +74,36 @@ export class ClientMetrics {
         for (const source of loadSources)
           for (const { service, instanceId, outstanding } of source())
             this.inc({ service, instance_id: instanceId }, outstanding);
+      },
+    });
+    // Both read when scraped, like the outstanding counts (several channels of one process: the last wins).
+    this.reportedUtilization = new Gauge({
+      name: "leasehold_client_instance_utilization",
+      help:
+        "The utilization an instance last reported in its ORCA load report (application_utilization if set, " +
+        "else cpu_utilization; a fraction, may exceed 1), while fresh (leastLoaded.maxReportAgeMs, default 10 s).",
+      labelNames: ["service", "instance_id"],
+      registers,
+      collect() {
+        this.reset();
+        for (const source of loadSources)
+          for (const { service, instanceId, utilization } of source())
+            if (utilization !== undefined) this.set({ service, instance_id: instanceId }, utilization);
+      },
+    });
+    this.effectiveWeight = new Gauge({
+      name: "leasehold_client_instance_effective_weight",
+      help:
+        "The weight the caller's picker uses per instance now: least_loaded's capacity (weight / utilization), " +
+        "weighted_round_robin+orca's gRFC A58 weight, else the registered weight × slow start; 0 when not pickable.",
+      labelNames: ["service", "instance_id"],
+      registers,
+      collect() {
+        this.reset();
+        for (const source of loadSources)
+          for (const { service, instanceId, effectiveWeight } of source())
+            if (effectiveWeight !== undefined)
+              this.set({ service, instance_id: instanceId }, effectiveWeight);
       },
     });
     this.instances = new Gauge({
