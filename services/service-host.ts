@@ -112,8 +112,9 @@ export async function startServiceInstance(
   const server = new Server();
   health.addToServer(server);
   const state = { isFailing: false };
+  const stateful = service.stateful?.(instanceId, logger);
   const faulty = withFaults(
-    service.implement(instanceId),
+    stateful?.implementation ?? service.implement(instanceId),
     () => state.isFailing || Math.random() < failRate,
     {
       latencyMs,
@@ -169,6 +170,7 @@ export async function startServiceInstance(
   const stopEverything = async (): Promise<void> => {
     health.setStatus("", "NOT_SERVING");
     health.setStatus(grpcServiceName(service), "NOT_SERVING");
+    await stateful?.close();
     // A stale registrar still holds its lease (the registry or etcd is away): drain it too.
     if (registrar.state === "registered" || registrar.state === "stale") {
       await registrar.drain().catch((error: unknown) => logger?.warn({ err: error }, "drain failed"));
@@ -181,7 +183,7 @@ export async function startServiceInstance(
     logger?.info("stopped");
   };
   try {
-    await registrar.start();
+    await (stateful?.start({ registry: registryClient, registrar }) ?? registrar.start());
   } catch (error) {
     await stopEverything();
     throw error;
@@ -209,7 +211,7 @@ let loadedDemoProtos: PackageDefinition | undefined;
 /** The demo services' .proto sources, resolved next to this module (works from any cwd); loaded once. */
 function demoProtos(): PackageDefinition {
   return (loadedDemoProtos ??= loadSync(
-    ["leasehold/demo/v1/calculator.proto", "leasehold/demo/v1/echo.proto"],
+    ["leasehold/demo/v1/calculator.proto", "leasehold/demo/v1/echo.proto", "leasehold/demo/v1/kv.proto"],
     {
       includeDirs: [fileURLToPath(new URL("../proto/", import.meta.url))],
     },

@@ -148,7 +148,10 @@ export interface SnapshotRequest {
 export interface SnapshotResponse {
   /** State at this sequence number (the same in every chunk of one stream). */
   sequence: string;
+  /** One entry per key (its sequence is the snapshot's). */
   entries: Entry[];
+  /** Recent idempotent writes (request_id set), so a retry reaching a new primary is applied once. */
+  requests: Entry[];
 }
 
 export interface JoinRequest {
@@ -1344,7 +1347,7 @@ export const SnapshotRequest: MessageFns<SnapshotRequest> = {
 };
 
 function createBaseSnapshotResponse(): SnapshotResponse {
-  return { sequence: "0", entries: [] };
+  return { sequence: "0", entries: [], requests: [] };
 }
 
 export const SnapshotResponse: MessageFns<SnapshotResponse> = {
@@ -1354,6 +1357,9 @@ export const SnapshotResponse: MessageFns<SnapshotResponse> = {
     }
     for (const v of message.entries) {
       Entry.encode(v!, writer.uint32(18).fork()).join();
+    }
+    for (const v of message.requests) {
+      Entry.encode(v!, writer.uint32(26).fork()).join();
     }
     return writer;
   },
@@ -1387,6 +1393,14 @@ export const SnapshotResponse: MessageFns<SnapshotResponse> = {
             message.entries.push(Entry.decode(reader, reader.uint32()));
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.requests.push(Entry.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1405,6 +1419,9 @@ export const SnapshotResponse: MessageFns<SnapshotResponse> = {
       entries: globalThis.Array.isArray(object?.entries)
         ? object.entries.map((e: any) => Entry.fromJSON(e))
         : [],
+      requests: globalThis.Array.isArray(object?.requests)
+        ? object.requests.map((e: any) => Entry.fromJSON(e))
+        : [],
     };
   },
 
@@ -1416,6 +1433,9 @@ export const SnapshotResponse: MessageFns<SnapshotResponse> = {
     if (message.entries?.length) {
       obj.entries = message.entries.map((e) => Entry.toJSON(e));
     }
+    if (message.requests?.length) {
+      obj.requests = message.requests.map((e) => Entry.toJSON(e));
+    }
     return obj;
   },
 
@@ -1426,6 +1446,7 @@ export const SnapshotResponse: MessageFns<SnapshotResponse> = {
     const message = createBaseSnapshotResponse();
     message.sequence = object.sequence ?? "0";
     message.entries = object.entries?.map((e) => Entry.fromPartial(e)) || [];
+    message.requests = object.requests?.map((e) => Entry.fromPartial(e)) || [];
     return message;
   },
 };
