@@ -35,12 +35,10 @@ import {
 } from "../../proto/gen/leasehold/registry/v1/registry.js";
 import { Backoff, sleep } from "../../client/backoff.js";
 import { MembershipWatcher } from "../../client/discovery/membership-watcher.js";
+import { REDIRECT_METADATA_KEY } from "../../client/redirect/follow-redirect.js";
 import type { Registrar } from "../../client/registration/registrar.js";
 import { KvState, type KvEntry, type KvWrite, type KvWriteResult } from "./kv-state.js";
 import { isOlder, mayStartFresh, selectPrimary } from "./primary.js";
-
-/** Trailer of a redirect: `host:port` of the primary (with status FAILED_PRECONDITION). */
-export const REDIRECT_METADATA_KEY = "leasehold-redirect";
 
 /** Longest key, in UTF-16 code units. */
 const MAX_KEY_LENGTH = 1024;
