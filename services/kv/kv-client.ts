@@ -14,6 +14,11 @@ import {
 export interface KvClientOptions {
   /** Registry address(es), `host:port[,host:port]`. */
   readonly registry: string;
+  /**
+   * `host:port` of one instance to send every call to (e.g. a backup, to see a redirect), instead
+   * of balancing over the service's SERVING instances. Default none.
+   */
+  readonly instance?: string | undefined;
   /** Registry name of the kv service; default "kv". */
   readonly service?: string | undefined;
   /** Deadline of each call, ms; default 5000. */
@@ -47,10 +52,10 @@ export interface KvClient {
  * @throws ServiceError of the call (UNAVAILABLE while no primary is known, INVALID_ARGUMENT, ...).
  */
 export function connectKv(options: KvClientOptions): KvClient {
-  registerLeasehold({ registry: options.registry });
+  if (options.instance === undefined) registerLeasehold({ registry: options.registry });
   const redirects = followRedirect({ credentials: options.credentials, onRedirect: options.onRedirect });
   const client = new KvServiceClient(
-    `leasehold:///${options.service ?? "kv"}`,
+    options.instance ?? `leasehold:///${options.service ?? "kv"}`,
     options.credentials ?? credentials.createInsecure(),
     { interceptors: [redirects] },
   );
