@@ -1,6 +1,6 @@
 import type { ServiceDefinition, UntypedServiceImplementation } from "@grpc/grpc-js";
 import type { Logger } from "pino";
-import type { Registrar } from "../client/registration/registrar.js";
+import type { Registrar, RegistrarState } from "../client/registration/registrar.js";
 import type { RegistryServiceClient } from "../proto/gen/leasehold/registry/v1/registry.js";
 
 /** A demo service: its registry name, its ts-proto grpc-js definition and its handlers. */
@@ -25,6 +25,8 @@ export interface StatefulInstance {
   readonly implementation: UntypedServiceImplementation;
   /** Starts `registrar` itself (e.g. registered DRAINING until caught up). */
   start(host: { readonly registry: RegistryServiceClient; readonly registrar: Registrar }): Promise<void>;
+  /** Told every change of the registrar's state (`RegistrarOptions.onStateChanged`); must not throw. */
+  registrarStateChanged?(state: RegistrarState, previous: RegistrarState): void;
   /** Idempotent. */
   close(): Promise<void>;
 }

@@ -24,6 +24,7 @@ export const kv: DemoService = {
     return {
       implementation: node.implementation(),
       start: async (host) => await node.start(host),
+      registrarStateChanged: (state, previous) => node.registrarStateChanged(state, previous),
       close: async () => await node.close(),
     };
   },

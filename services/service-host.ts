@@ -165,6 +165,7 @@ export async function startServiceInstance(
     },
     ttlSeconds: options.ttlSeconds,
     logger,
+    onStateChanged: (state, previous) => stateful?.registrarStateChanged?.(state, previous),
   });
   let shutdown: Promise<void> | undefined;
   const stopEverything = async (): Promise<void> => {

@@ -36,7 +36,7 @@ import {
 import { Backoff, sleep } from "../../client/backoff.js";
 import { MembershipWatcher } from "../../client/discovery/membership-watcher.js";
 import { REDIRECT_METADATA_KEY } from "../../client/redirect/follow-redirect.js";
-import type { Registrar } from "../../client/registration/registrar.js";
+import type { Registrar, RegistrarState } from "../../client/registration/registrar.js";
 import { KvState, type KvEntry, type KvWrite, type KvWriteResult } from "./kv-state.js";
 import { isOlder, mayStartFresh, selectPrimary } from "./primary.js";
 
@@ -171,6 +171,21 @@ export class KvNode {
     await watcher.ready();
     this.#timer = setInterval(() => this.#tick(), this.#options.heartbeatMs);
     this.#startBootstrap();
+  }
+
+  /**
+   * The registrar's state changes (`RegistrarOptions.onStateChanged`). A registration again after
+   * a lost lease (the key was gone, so the primary may have acknowledged writes without this
+   * instance) registers DRAINING and catches up: set synchronously, before the Register goes out.
+   */
+  registrarStateChanged(state: RegistrarState, previous: RegistrarState): void {
+    if (state !== "registering" || previous === "idle" || this.#role === "closed" || this.#host === undefined)
+      return;
+    this.#isServing = false;
+    void this.#host.registrar
+      .update({ status: InstanceStatus.INSTANCE_STATUS_DRAINING })
+      .catch(() => undefined); // no lease now: only remembered for the Register
+    if (this.#role === "primary" || this.#role === "backup") this.#rebootstrap("lease lost");
   }
 
   /** Stops serving writes (queued ones fail UNAVAILABLE) and replication. Idempotent. */
