@@ -1,4 +1,4 @@
-import type { ServiceDefinition, UntypedServiceImplementation } from "@grpc/grpc-js";
+import type { ChannelCredentials, ServiceDefinition, UntypedServiceImplementation } from "@grpc/grpc-js";
 import type { Logger } from "pino";
 import type { Registrar, RegistrarState } from "../client/registration/registrar.js";
 import type { RegistryServiceClient } from "../proto/gen/leasehold/registry/v1/registry.js";
@@ -13,11 +13,18 @@ export interface DemoService {
   /** Handlers for an instance; each answer carries `instanceId`. */
   implement(instanceId: string): UntypedServiceImplementation;
   /**
-   * A stateful service (kv): builds the instance's state before the server binds. The host serves
+   * A stateful service (kv): builds the instance's state before the server binds; `peerCredentials`
+   * dial the other instances (the instance's own TLS files, else insecure). The host serves
    * its handlers instead of {@link implement}, lets it start the registrar ({@link StatefulInstance.start}),
    * and closes it first on shutdown.
    */
-  readonly stateful?: ((instanceId: string, logger: Logger | undefined) => StatefulInstance) | undefined;
+  readonly stateful?:
+    | ((
+        instanceId: string,
+        logger: Logger | undefined,
+        peerCredentials: ChannelCredentials,
+      ) => StatefulInstance)
+    | undefined;
 }
 
 /** One instance of a stateful demo service. */

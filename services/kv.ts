@@ -19,8 +19,8 @@ export const kv: DemoService = {
   implement: () => {
     throw new Error("kv is stateful: start it with startServiceInstance");
   },
-  stateful: (instanceId, logger) => {
-    const node = new KvNode({ instanceId, logger });
+  stateful: (instanceId, logger, peerCredentials) => {
+    const node = new KvNode({ instanceId, logger, peerCredentials });
     return {
       implementation: node.implementation(),
       start: async (host) => await node.start(host),

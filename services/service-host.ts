@@ -9,7 +9,12 @@ import { Registry } from "prom-client";
 import { collectProcessMetrics } from "../client/metrics/process-metrics.js";
 import { sleep } from "../client/backoff.js";
 import { connectRegistry } from "../client/registry-connection.js";
-import { serverCredentials, type ClientSecurity, type TlsFiles } from "../client/tls/tls-files.js";
+import {
+  channelCredentials,
+  serverCredentials,
+  type ClientSecurity,
+  type TlsFiles,
+} from "../client/tls/tls-files.js";
 import { Registrar } from "../client/registration/registrar.js";
 import { instrumentService } from "../client/server/grpc-server-metrics.js";
 import {
@@ -112,7 +117,7 @@ export async function startServiceInstance(
   const server = new Server();
   health.addToServer(server);
   const state = { isFailing: false };
-  const stateful = service.stateful?.(instanceId, logger);
+  const stateful = service.stateful?.(instanceId, logger, channelCredentials(options.tls));
   const faulty = withFaults(
     stateful?.implementation ?? service.implement(instanceId),
     () => state.isFailing || Math.random() < failRate,

@@ -65,7 +65,7 @@ const SCHEDULE: readonly Step[] = [
   {
     at: 0.2,
     say: "kv: put on kv-2, a backup (kv-1 is the primary: the oldest registration)",
-    run: (demo) => kvPutOnBackup(demo.kvHost()),
+    run: (demo) => demo.kvStep((host) => kvPutOnBackup(host)),
   },
   {
     at: 0.3,
@@ -259,9 +259,12 @@ class Demo {
     await Promise.all(
       INITIAL_INSTANCES.map((spec) => this.startInstance(spec.service, spec.id, spec.weight)),
     );
-    // One after another: kv-1 holds the oldest registration, so it is the primary.
-    for (const id of KV_INSTANCES) await this.startInstance("kv", id, 1);
-    await this.#kvServing(KV_INSTANCES.length);
+    // One after another: kv-1 holds the oldest registration, so it is the primary. Not with --tls:
+    // the demo's kv client has no TLS plumbing (instances themselves dial their peers over TLS).
+    if (!this.#isTls) {
+      for (const id of KV_INSTANCES) await this.startInstance("kv", id, 1);
+      await this.#kvServing(KV_INSTANCES.length);
+    }
     for (const [service, policy] of [
       ["calculator", "weighted_round_robin"],
       ["echo", "round_robin"],
@@ -378,13 +381,19 @@ class Demo {
     };
   }
 
+  /** Runs a kv step, unless the demo runs without kv (`--tls`). */
+  async kvStep(step: (host: KvDemoHost) => Promise<void>): Promise<void> {
+    if (this.#isTls) return this.#say("kv: skipped with --tls");
+    await step(this.kvHost());
+  }
+
   killKvPrimary(): void {
     this.#kvKilledAtMs = Date.now();
     this.signal("kv-1", "SIGKILL");
   }
 
   async kvReadBack(): Promise<void> {
-    await kvReadBack(this.kvHost(), this.#kvKilledAtMs);
+    await this.kvStep((host) => kvReadBack(host, this.#kvKilledAtMs));
   }
 
   /** Waits until `count` kv instances are SERVING (each caught up with the primary). */

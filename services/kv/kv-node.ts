@@ -3,6 +3,7 @@ import {
   credentials,
   Metadata,
   status,
+  type ChannelCredentials,
   type sendUnaryData,
   type ServerUnaryCall,
   type ServerWritableStream,
@@ -59,6 +60,8 @@ export interface KvHost {
 /** Options of {@link KvNode}. */
 export interface KvNodeOptions {
   readonly instanceId: string;
+  /** Credentials of the channels to the other instances; default insecure. */
+  readonly peerCredentials?: ChannelCredentials | undefined;
   /** Registry name of the kv service; default "kv". */
   readonly service?: string | undefined;
   readonly logger?: Logger | undefined;
@@ -109,7 +112,8 @@ type Queued =
  * and deregisters).
  */
 export class KvNode {
-  readonly #options: Required<Omit<KvNodeOptions, "logger">>;
+  readonly #options: Required<Omit<KvNodeOptions, "logger" | "peerCredentials">>;
+  readonly #peerCredentials: ChannelCredentials;
   readonly #logger: Logger | undefined;
   #host: KvHost | undefined;
   #watcher: MembershipWatcher | undefined;
@@ -139,6 +143,7 @@ export class KvNode {
       writeTimeoutMs: options.writeTimeoutMs ?? 10_000,
     };
     this.#logger = options.logger;
+    this.#peerCredentials = options.peerCredentials ?? credentials.createInsecure();
   }
 
   get role(): KvRole {
@@ -674,7 +679,7 @@ export class KvNode {
   #peer(address: string): KvServiceClient {
     let peer = this.#peers.get(address);
     if (peer === undefined) {
-      peer = new KvServiceClient(address, credentials.createInsecure());
+      peer = new KvServiceClient(address, this.#peerCredentials);
       this.#peers.set(address, peer);
     }
     return peer;
