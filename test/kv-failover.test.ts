@@ -1,6 +1,7 @@
 import { credentials, Metadata, status, type ServiceError } from "@grpc/grpc-js";
 import test from "ava";
 import { Consistency, KvServiceClient, type GetResponse } from "../proto/gen/leasehold/demo/v1/kv.js";
+import { MembershipWatcher } from "../client/discovery/membership-watcher.js";
 import { InstanceStatus, type Instance } from "../proto/gen/leasehold/registry/v1/registry.js";
 import { connectKv, type KvClient } from "../services/kv/kv-client.js";
 import { selectPrimary } from "../services/kv/primary.js";
@@ -51,7 +52,7 @@ async function staleGet(address: string, key: string): Promise<GetResponse> {
   }
 }
 
-test("kv: SIGKILL of the primary under 8 writers loses no acknowledged Put or Increment; a 4th instance bootstraps from a snapshot", async (t) => {
+test("kv: SIGKILL of the primary under 8 writers loses no acknowledged Put or Increment; a 4th instance bootstraps from a snapshot; the old primary rejoins as a backup", async (t) => {
   const fixture = await startFixtureFor(t);
   const registry = fixture.registry.address;
   const registryRpc = rpc(fixture.client);
@@ -72,6 +73,17 @@ test("kv: SIGKILL of the primary under 8 writers loses no acknowledged Put or In
     await eventually(() => serving(processes.size), { timeoutMs: 20_000, what: `${id} SERVING` });
   }
   t.is(selectPrimary(await members())?.instanceId, "kv-a");
+
+  // When the test's own watcher sees kv-a's key go (lease expiry), to split the failover time.
+  let removedAtMs: number | undefined;
+  const watcher = new MembershipWatcher({ registry: fixture.client, service: "kv" });
+  watcher.subscribe((_, changes) => {
+    for (const change of changes)
+      if (change.type === "removed" && change.instance.instanceId === "kv-a") removedAtMs ??= Date.now();
+  });
+  watcher.start();
+  t.teardown(() => watcher.close());
+  await watcher.ready();
 
   let redirects = 0;
   const kv: KvClient = connectKv({ registry, deadlineMs: 3000, onRedirect: () => (redirects += 1) });
@@ -141,7 +153,8 @@ test("kv: SIGKILL of the primary under 8 writers loses no acknowledged Put or In
   const failoverMs = failover.atMs - killedAtMs;
   t.log(
     `failover: first write acknowledged by ${failover.instanceId} ${failoverMs} ms after SIGKILL of kv-a ` +
-      `(TTL ${TTL_SECONDS} s + 1 s = ${TTL_SECONDS * 1000 + 1000} ms); ${beforeKill} writes before, ` +
+      `(TTL ${TTL_SECONDS} s + 1 s = ${TTL_SECONDS * 1000 + 1000} ms; its key was seen gone after ` +
+      `${removedAtMs === undefined ? "?" : removedAtMs - killedAtMs} ms); ${beforeKill} writes before, ` +
       `${acks.length} in all; ${redirects} redirects followed`,
   );
   t.is(failover.instanceId, "kv-b", "the next-oldest registration took over");
@@ -184,4 +197,16 @@ test("kv: SIGKILL of the primary under 8 writers loses no acknowledged Put or In
     if (!read.found || read.value !== value) differing += 1;
   }
   t.is(differing, 0, "kv-d's stale reads equal the primary's state");
+
+  // The old primary comes back: a new registration, the youngest, so it joins as a backup.
+  const back = await spawnInstance(t, {
+    service: "kv",
+    registry,
+    instanceId: "kv-a",
+    ttlSeconds: TTL_SECONDS,
+  });
+  await eventually(async () => await serving(4), { timeoutMs: 30_000, what: "kv-a SERVING again" });
+  t.is(selectPrimary(await members())?.instanceId, "kv-b", "kv-b stays primary");
+  const fromA = await staleGet(back.address, "counter");
+  t.deepEqual([fromA.value, fromA.sequence], [primaryCounter.value, primaryCounter.sequence]);
 });

@@ -627,7 +627,9 @@ export class KvNode {
       const remainingMs = deadline - Date.now();
       if (remainingMs <= 0)
         return `SERVING backups not in sync: ${uncovered.map((instance) => instance.instanceId).join(", ")}`;
-      await this.#nextMembership(Math.min(remainingMs, 500));
+      await this.#nextMembership(Math.min(remainingMs, this.#options.heartbeatMs));
+      // The loop is held here: keep the backups that are in sync from fencing themselves.
+      await this.#replicateAll([]);
     }
   }
 
