@@ -132,6 +132,8 @@ export class KvNode {
   #loop: Promise<void> | undefined;
   #bootstrap: Promise<void> | undefined;
   #timer: NodeJS.Timeout | undefined;
+  /** The Snapshot stream being read, cancelled by {@link close}. */
+  #snapshotCall: { cancel(): void } | undefined;
 
   constructor(options: KvNodeOptions) {
     this.#options = {
@@ -201,6 +203,7 @@ export class KvNode {
     this.#failQueued("instance is shutting down");
     this.#wakeLoop?.();
     for (const wake of this.#membershipWaiters) wake();
+    this.#snapshotCall?.cancel();
     await Promise.allSettled([this.#loop, this.#bootstrap]);
     await this.#watcher?.close();
     for (const peer of this.#peers.values()) peer.close();
@@ -453,10 +456,15 @@ export class KvNode {
     let sequence: number | undefined;
     const values: KvEntry[] = [];
     const requests: KvEntry[] = [];
-    for await (const chunk of call as AsyncIterable<SnapshotResponse>) {
-      sequence = Number(chunk.sequence);
-      values.push(...chunk.entries.map(fromWire));
-      requests.push(...chunk.requests.map(fromWire));
+    this.#snapshotCall = call;
+    try {
+      for await (const chunk of call as AsyncIterable<SnapshotResponse>) {
+        sequence = Number(chunk.sequence);
+        values.push(...chunk.entries.map(fromWire));
+        requests.push(...chunk.requests.map(fromWire));
+      }
+    } finally {
+      this.#snapshotCall = undefined;
     }
     if (sequence === undefined) throw new Error("empty snapshot stream");
     this.#state.restore(sequence, values, requests);
