@@ -1,7 +1,7 @@
 import test from "ava";
 import { InstanceStatus, type Instance } from "../proto/gen/leasehold/registry/v1/registry.js";
 import { KvState, type KvWrite } from "../services/kv/kv-state.js";
-import { mayStartFresh, selectPrimary } from "../services/kv/primary.js";
+import { mayStartFresh, selectPrimary, uncoveredBackups } from "../services/kv/primary.js";
 
 const SERVING = InstanceStatus.INSTANCE_STATUS_SERVING;
 const DRAINING = InstanceStatus.INSTANCE_STATUS_DRAINING;
@@ -142,4 +142,17 @@ test("since answers undefined once the log no longer reaches back (a new snapsho
     state.since(9)?.map((e) => e.sequence),
     [10],
   );
+});
+
+test("a write is acknowledged only when every other SERVING instance is in the sync set", (t) => {
+  const ids = (instances: readonly Instance[]) => instances.map((i) => i.instanceId);
+  const view = [member("p", 10), member("b1", 11), member("b2", 12), member("new", 13, DRAINING)];
+  t.deepEqual(ids(uncoveredBackups(view, "p", new Set(["b1", "b2"]))), [], "both backups in sync");
+  t.deepEqual(ids(uncoveredBackups(view, "p", new Set(["b1"]))), ["b2"], "b2 dropped: wait for it");
+  const drained = view.map((i) => (i.instanceId === "b2" ? { ...i, status: DRAINING } : i));
+  t.deepEqual(ids(uncoveredBackups(drained, "p", new Set(["b1"]))), [], "b2 DRAINING: no longer blocks");
+  // Right after a takeover the new primary's sync set is empty: the old primary's other backups
+  // block until they turn DRAINING to catch up from it.
+  const takeover = view.filter((i) => i.instanceId !== "p");
+  t.deepEqual(ids(uncoveredBackups(takeover, "b1", new Set())), ["b2"]);
 });

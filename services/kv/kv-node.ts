@@ -39,7 +39,7 @@ import { MembershipWatcher } from "../../client/discovery/membership-watcher.js"
 import { REDIRECT_METADATA_KEY } from "../../client/redirect/follow-redirect.js";
 import type { Registrar, RegistrarState } from "../../client/registration/registrar.js";
 import { KvState, type KvEntry, type KvWrite, type KvWriteResult } from "./kv-state.js";
-import { isOlder, mayStartFresh, selectPrimary } from "./primary.js";
+import { isOlder, mayStartFresh, selectPrimary, uncoveredBackups } from "./primary.js";
 
 /** Longest key, in UTF-16 code units. */
 const MAX_KEY_LENGTH = 1024;
@@ -625,12 +625,7 @@ export class KvNode {
     const deadline = Date.now() + this.#options.writeTimeoutMs;
     for (;;) {
       if (this.#role !== "primary") return "lost the primary role";
-      const uncovered = this.#view().filter(
-        (instance) =>
-          instance.instanceId !== this.#options.instanceId &&
-          instance.status === InstanceStatus.INSTANCE_STATUS_SERVING &&
-          !this.#syncSet.has(instance.instanceId),
-      );
+      const uncovered = uncoveredBackups(this.#view(), this.#options.instanceId, this.#syncSet);
       if (uncovered.length === 0) return undefined;
       const remainingMs = deadline - Date.now();
       if (remainingMs <= 0)

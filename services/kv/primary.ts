@@ -38,3 +38,23 @@ export function mayStartFresh(instances: readonly Instance[], selfId: string): b
       (other.status !== InstanceStatus.INSTANCE_STATUS_SERVING && isOlder(self, other)),
   );
 }
+
+/**
+ * The instances other than the primary `selfId` that are SERVING in `instances` but not in the
+ * primary's sync set: a write is acknowledged only when there are none, so every SERVING instance
+ * (each a possible next primary) holds every acknowledged write. One dropped from the sync set
+ * blocks acknowledgements until it shows DRAINING or leaves; after a takeover, the old primary's
+ * other backups block them until they turn DRAINING to catch up from the new one.
+ */
+export function uncoveredBackups(
+  instances: readonly Instance[],
+  selfId: string,
+  syncSet: { has(instanceId: string): boolean },
+): Instance[] {
+  return instances.filter(
+    (instance) =>
+      instance.instanceId !== selfId &&
+      instance.status === InstanceStatus.INSTANCE_STATUS_SERVING &&
+      !syncSet.has(instance.instanceId),
+  );
+}
