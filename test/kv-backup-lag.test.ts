@@ -98,3 +98,36 @@ test("kv: a SIGSTOPped backup leaves the sync set; writes go on once it is no lo
   const fromC = await staleGet(lagging.address, "counter");
   t.deepEqual([fromC.value, fromC.sequence], [primary.value, primary.sequence], "kv-c caught up");
 });
+
+test("kv: SIGTERM of the primary hands over to the next-oldest instance with every acknowledged write", async (t) => {
+  const fixture = await startFixtureFor(t);
+  const registry = fixture.registry.address;
+  const serving = async (count: number): Promise<boolean> =>
+    (await rpc(fixture.client).getService({ service: "kv" })).instances.filter(
+      (i) => i.status === InstanceStatus.INSTANCE_STATUS_SERVING,
+    ).length === count;
+  const processes = [];
+  for (const id of ["kv-a", "kv-b"]) {
+    processes.push(await spawnInstance(t, { service: "kv", registry, instanceId: id, ttlSeconds: 10 }));
+    await eventually(() => serving(processes.length), { timeoutMs: 20_000, what: `${id} SERVING` });
+  }
+  const kv = connectKv({ registry, deadlineMs: 3000 });
+  t.teardown(() => kv.close());
+  for (let n = 1; n <= 20; n += 1) await kv.increment("counter", 1n, { requestId: `term-${n}` });
+  const primary = processes[0];
+  if (primary === undefined) return t.fail();
+  primary.child.kill("SIGTERM");
+  // kv-a marks itself DRAINING, then deregisters: kv-b need not wait for the 10 s lease to expire.
+  const read = await eventually(
+    async () => {
+      try {
+        return await kv.get("counter");
+      } catch {
+        return undefined;
+      }
+    },
+    { timeoutMs: 20_000, what: "a read from the new primary" },
+  );
+  t.is(read.instanceId, "kv-b");
+  t.is(read.value, "20");
+});
