@@ -310,6 +310,9 @@ export class KvNode {
       for (const id of this.#syncSet.keys())
         if (!view.some((instance) => instance.instanceId === id)) this.#syncSet.delete(id);
     } else if (this.#role === "backup") {
+      // Deregistered (the `u` key) or the lease expired: the primary no longer counts on this one.
+      if (!view.some((instance) => instance.instanceId === me))
+        return this.#rebootstrap("no longer registered");
       if (primary?.instanceId === me) this.#promote();
       else if (primary?.instanceId !== this.#following)
         this.#rebootstrap(
