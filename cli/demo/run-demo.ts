@@ -80,7 +80,7 @@ const SCHEDULE: readonly Step[] = [
   {
     at: 0.5,
     say: `SIGKILL kv-1, the kv primary: kv-2 (the next-oldest) takes over when kv-1's lease expires (TTL ${TTL_SECONDS} s)`,
-    run: (demo) => demo.killKvPrimary(),
+    run: (demo) => demo.kvStep(() => Promise.resolve(demo.killKvPrimary())),
   },
   { at: 0.6, say: "add echo-3", run: (demo) => demo.startInstance("echo", "echo-3", 1) },
   {
