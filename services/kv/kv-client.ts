@@ -1,3 +1,4 @@
+import { randomUUID } from "node:crypto";
 import { credentials, Metadata, type ChannelCredentials, type ServiceError } from "@grpc/grpc-js";
 import { registerLeasehold } from "../../client/leasehold.js";
 import { followRedirect } from "../../client/redirect/follow-redirect.js";
@@ -30,7 +31,11 @@ export interface KvClientOptions {
 
 /** Per-call options of {@link KvClient}'s writes. */
 export interface KvWriteOptions {
-  /** Idempotency key: a retry with the same id is applied once. Default none. */
+  /**
+   * Idempotency key: a write retried with the same id is applied once. Default a random UUID per
+   * call, so the channel's own retries (UNAVAILABLE) never apply a write twice; give your own to
+   * retry across calls.
+   */
   readonly requestId?: string | undefined;
 }
 
@@ -75,7 +80,12 @@ export function connectKv(options: KvClientOptions): KvClient {
   return {
     put: (key, value, write = {}) =>
       call((metadata, callOptions, callback) =>
-        client.put({ key, value, requestId: write.requestId ?? "" }, metadata, callOptions, callback),
+        client.put(
+          { key, value, requestId: write.requestId ?? randomUUID() },
+          metadata,
+          callOptions,
+          callback,
+        ),
       ),
     get: (key, consistency = "linearizable") =>
       call((metadata, callOptions, callback) =>
@@ -92,12 +102,12 @@ export function connectKv(options: KvClientOptions): KvClient {
       ),
     delete: (key, write = {}) =>
       call((metadata, callOptions, callback) =>
-        client.delete({ key, requestId: write.requestId ?? "" }, metadata, callOptions, callback),
+        client.delete({ key, requestId: write.requestId ?? randomUUID() }, metadata, callOptions, callback),
       ),
     increment: (key, delta = 1n, write = {}) =>
       call((metadata, callOptions, callback) =>
         client.increment(
-          { key, delta: String(delta), requestId: write.requestId ?? "" },
+          { key, delta: String(delta), requestId: write.requestId ?? randomUUID() },
           metadata,
           callOptions,
           callback,
