@@ -1,4 +1,3 @@
-import { randomUUID } from "node:crypto";
 import { connectKv } from "../../services/kv/kv-client.js";
 
 /** Flags of `leasehold kv`. */
@@ -18,7 +17,7 @@ export type KvCommand =
 
 /**
  * Runs one kv call and prints its answer on stdout (a redirect followed is told on stderr). Every
- * write carries a fresh request id, so the server applies it once.
+ * write carries a fresh request id ({@link connectKv}), so the server applies it once.
  * @throws the call's ServiceError (the CLI prints its details on one line).
  */
 export async function runKv(command: KvCommand, flags: KvFlags): Promise<void> {
@@ -32,20 +31,19 @@ export async function runKv(command: KvCommand, flags: KvFlags): Promise<void> {
     process.stdout.write(`${flags.json ? JSON.stringify(response) : line}\n`);
   };
   try {
-    const requestId = randomUUID();
     switch (command.kind) {
       case "put": {
-        const response = await kv.put(command.key, command.value, { requestId });
+        const response = await kv.put(command.key, command.value);
         print(response, `OK sequence ${response.sequence} (primary ${response.instanceId})`);
         break;
       }
       case "delete": {
-        const response = await kv.delete(command.key, { requestId });
+        const response = await kv.delete(command.key);
         print(response, `OK sequence ${response.sequence} (primary ${response.instanceId})`);
         break;
       }
       case "incr": {
-        const response = await kv.increment(command.key, command.delta, { requestId });
+        const response = await kv.increment(command.key, command.delta);
         print(response, `${response.value} (sequence ${response.sequence}, primary ${response.instanceId})`);
         break;
       }
