@@ -117,6 +117,13 @@ test("kv: SIGTERM of the primary hands over to the next-oldest instance with eve
   const primary = processes[0];
   if (primary === undefined) return t.fail();
   primary.child.kill("SIGTERM");
+  await eventually(
+    async () =>
+      !(await rpc(fixture.client).getService({ service: "kv" })).instances.some(
+        (i) => i.instanceId === "kv-a" && i.status === InstanceStatus.INSTANCE_STATUS_SERVING,
+      ),
+    { timeoutMs: 20_000, what: "kv-a no longer SERVING" },
+  );
   // kv-a marks itself DRAINING, then deregisters: kv-b need not wait for the 10 s lease to expire.
   const read = await eventually(
     async () => {
