@@ -2,6 +2,7 @@ import { packageVersion } from "../client/package-version.js";
 import { Command, CommanderError } from "commander";
 import { callCommand } from "./commands/call.js";
 import { demoCommand } from "./commands/demo.js";
+import { kvCommand } from "./commands/kv.js";
 import { listCommand } from "./commands/list.js";
 import { registerCommand } from "./commands/register.js";
 import { registryCommand } from "./commands/registry.js";
@@ -25,6 +26,7 @@ registerCommand(program);
 listCommand(program);
 watchCommand(program);
 callCommand(program);
+kvCommand(program);
 demoCommand(program);
 
 try {

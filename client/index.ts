@@ -68,6 +68,12 @@ export {
   type RegistrarOptions,
   type RegistrarState,
 } from "./registration/registrar.js";
+export {
+  followRedirect,
+  REDIRECT_METADATA_KEY,
+  type FollowRedirectOptions,
+  type RedirectInterceptor,
+} from "./redirect/follow-redirect.js";
 export { connectRegistry, REGISTRY_CHANNEL_OPTIONS } from "./registry-connection.js";
 export {
   bearerTokenInterceptor,

@@ -9,7 +9,12 @@ import { Registry } from "prom-client";
 import { collectProcessMetrics } from "../client/metrics/process-metrics.js";
 import { sleep } from "../client/backoff.js";
 import { connectRegistry } from "../client/registry-connection.js";
-import { serverCredentials, type ClientSecurity, type TlsFiles } from "../client/tls/tls-files.js";
+import {
+  channelCredentials,
+  serverCredentials,
+  type ClientSecurity,
+  type TlsFiles,
+} from "../client/tls/tls-files.js";
 import { Registrar } from "../client/registration/registrar.js";
 import { instrumentService } from "../client/server/grpc-server-metrics.js";
 import { LoadReporter, type SimulatedCpu } from "../client/server/load-reporter.js";
@@ -124,8 +129,9 @@ export async function startServiceInstance(
   const server = new Server({ interceptors: [load.interceptor] });
   health.addToServer(server);
   const state = { isFailing: false };
+  const stateful = service.stateful?.(instanceId, logger, channelCredentials(options.tls));
   const faulty = withFaults(
-    service.implement(instanceId),
+    stateful?.implementation ?? service.implement(instanceId),
     () => state.isFailing || Math.random() < failRate,
     {
       latencyMs,
@@ -177,11 +183,13 @@ export async function startServiceInstance(
     },
     ttlSeconds: options.ttlSeconds,
     logger,
+    onStateChanged: (state, previous) => stateful?.registrarStateChanged?.(state, previous),
   });
   let shutdown: Promise<void> | undefined;
   const stopEverything = async (): Promise<void> => {
     health.setStatus("", "NOT_SERVING");
     health.setStatus(grpcServiceName(service), "NOT_SERVING");
+    await stateful?.close();
     // A stale registrar still holds its lease (the registry or etcd is away): drain it too.
     if (registrar.state === "registered" || registrar.state === "stale") {
       await registrar.drain().catch((error: unknown) => logger?.warn({ err: error }, "drain failed"));
@@ -195,7 +203,7 @@ export async function startServiceInstance(
     logger?.info("stopped");
   };
   try {
-    await registrar.start();
+    await (stateful?.start({ registry: registryClient, registrar }) ?? registrar.start());
   } catch (error) {
     await stopEverything();
     throw error;
@@ -224,7 +232,7 @@ let loadedDemoProtos: PackageDefinition | undefined;
 /** The demo services' .proto sources, resolved next to this module (works from any cwd); loaded once. */
 function demoProtos(): PackageDefinition {
   return (loadedDemoProtos ??= loadSync(
-    ["leasehold/demo/v1/calculator.proto", "leasehold/demo/v1/echo.proto"],
+    ["leasehold/demo/v1/calculator.proto", "leasehold/demo/v1/echo.proto", "leasehold/demo/v1/kv.proto"],
     {
       includeDirs: [fileURLToPath(new URL("../proto/", import.meta.url))],
     },

@@ -19,6 +19,9 @@ test.serial(
     t.regex(out, /~ updated calculator\/calc-4 .*DRAINING/);
     t.regex(out, /- removed calculator\/calc-4 /);
     t.regex(out, /calls made, 0 failed after retries/);
+    // kv: a put on a backup is redirected; after SIGKILL of the primary the next-oldest serves it.
+    t.regex(out, /kv: kv-2 is a backup: redirected to the primary/);
+    t.regex(out, /kv: greeting=hello read from the new primary kv-2/);
     const split = /^split calc-1:calc-2:calc-3 = ([\d.]+) : ([\d.]+) : ([\d.]+)/m.exec(out);
     t.truthy(split, "the final split is printed");
     t.is(Number(split?.[1]), 1);

@@ -248,7 +248,19 @@ test("each profile starts a closed set: host is exactly etcd, Prometheus and Gra
   t.deepEqual(activeServices(services, "host"), ["etcd", "grafana", "prometheus"]);
   t.deepEqual(activeServices(services, ""), ["etcd"]);
   const all = activeServices(services, "all");
-  for (const name of ["etcd", "registry-1", "registry-2", "calc-1", "calc-2", "calc-3", "calc", "echo"])
+  for (const name of [
+    "etcd",
+    "registry-1",
+    "registry-2",
+    "calc-1",
+    "calc-2",
+    "calc-3",
+    "calc",
+    "echo",
+    "kv-1",
+    "kv-2",
+    "kv-3",
+  ])
     t.true(all.includes(name), `profile all lacks ${name}: ${all.join(", ")}`);
   for (const name of ["prometheus-compose", "grafana", "client-calculator", "client-echo"])
     t.true(all.includes(name));

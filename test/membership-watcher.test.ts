@@ -22,6 +22,7 @@ const instance = (instanceId: string, weight = 1) => ({
   metadata: {},
   metricsAddress: "",
   ttlSeconds: "10",
+  createRevision: "0",
   status: 0,
 });
 

@@ -147,6 +147,7 @@ test.serial(
       metricsAddress: "",
       revision: "0",
       ttlSeconds: "30",
+      createRevision: "0",
     };
     const before = new Set((await etcd3.leaseClient.leaseLeases()).leases.map((lease) => String(lease.ID)));
     const error = await t.throwsAsync(

@@ -24,6 +24,7 @@ function instance(service: string, instanceId: string, revision: number, weight 
     metricsAddress: "",
     revision: String(revision),
     ttlSeconds: "3",
+    createRevision: "0",
   };
 }
 

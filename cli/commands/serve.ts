@@ -20,7 +20,7 @@ const KEYS_HELP =
  * The demo services, named here so `--help` need not load them; `runServe` refuses a name that
  * `services/index.ts` does not define.
  */
-const DEMO_SERVICE_NAMES = ["calculator", "echo"] as const;
+const DEMO_SERVICE_NAMES = ["calculator", "echo", "kv"] as const;
 
 /** `leasehold serve`; the implementation is loaded when the command runs. */
 export function serveCommand(program: Command): void {

@@ -32,6 +32,7 @@ import { connectRegistry } from "../../client/registry-connection.js";
 import { channelCredentials, type ClientSecurity, type TlsFiles } from "../../client/tls/tls-files.js";
 import { hashToken } from "../../registry/auth/registry-auth.js";
 import { generateCa, writeCertificate } from "./throwaway-pki.js";
+import { KV_INSTANCES, kvPutOnBackup, kvReadBack, type KvDemoHost } from "./kv-demo.js";
 import type { RegistryServiceClient } from "../../proto/gen/leasehold/registry/v1/registry.js";
 import { DEMO_SERVICES } from "../../services/index.js";
 import { freePort, startLocalEtcd, type LocalEtcd } from "../local-etcd.js";
@@ -62,6 +63,11 @@ interface Step {
 const SCHEDULE: readonly Step[] = [
   { at: 0.15, say: "add calc-4 (weight 2)", run: (demo) => demo.startInstance("calculator", "calc-4", 2) },
   {
+    at: 0.2,
+    say: "kv: put on kv-2, a backup (kv-1 is the primary: the oldest registration)",
+    run: (demo) => demo.kvStep((host) => kvPutOnBackup(host)),
+  },
+  {
     at: 0.3,
     say: "calc-4 fails every call with UNAVAILABLE: its breaker opens, retries land elsewhere",
     run: (demo) => demo.toggleFailure("calc-4"),
@@ -71,12 +77,18 @@ const SCHEDULE: readonly Step[] = [
     say: `SIGKILL echo-2: it leaves when its lease expires (TTL ${TTL_SECONDS} s)`,
     run: (demo) => demo.signal("echo-2", "SIGKILL"),
   },
+  {
+    at: 0.5,
+    say: `SIGKILL kv-1, the kv primary: kv-2 (the next-oldest) takes over when kv-1's lease expires (TTL ${TTL_SECONDS} s)`,
+    run: (demo) => demo.kvStep(() => Promise.resolve(demo.killKvPrimary())),
+  },
   { at: 0.6, say: "add echo-3", run: (demo) => demo.startInstance("echo", "echo-3", 1) },
   {
     at: 0.7,
     say: "SIGTERM calc-4: graceful drain, then deregister (gone at once)",
     run: (demo) => demo.signal("calc-4", "SIGTERM"),
   },
+  { at: 0.75, say: "kv: read greeting back from the primary", run: (demo) => demo.kvReadBack() },
 ];
 
 /** Flags of `leasehold demo`. */
@@ -163,6 +175,7 @@ class Demo {
   #metrics: ClientMetrics | undefined;
   #metricsServer: HttpEndpoints | undefined;
   #callerEntry: Registrar | undefined;
+  #kvKilledAtMs = 0;
 
   constructor(
     durationMs: number,
@@ -246,6 +259,12 @@ class Demo {
     await Promise.all(
       INITIAL_INSTANCES.map((spec) => this.startInstance(spec.service, spec.id, spec.weight)),
     );
+    // One after another: kv-1 holds the oldest registration, so it is the primary. Not with --tls:
+    // the demo's kv client has no TLS plumbing (instances themselves dial their peers over TLS).
+    if (!this.#isTls) {
+      for (const id of KV_INSTANCES) await this.startInstance("kv", id, 1);
+      await this.#kvServing(KV_INSTANCES.length);
+    }
     for (const [service, policy] of [
       ["calculator", "weighted_round_robin"],
       ["echo", "round_robin"],
@@ -348,6 +367,47 @@ class Demo {
       `TLS: throwaway CA and certificates in ${dir}; every hop uses mTLS, writes need the demo token`,
     );
     return { files, tokenFile, policyFile, tokensFile, client: { tls: files, token } };
+  }
+
+  /** The kv part's view of the demo (cli/demo/kv-demo.ts). */
+  kvHost(): KvDemoHost {
+    return {
+      registryAddress: this.#registryAddress,
+      addressOf: (service, id) =>
+        this.#allWatcher?.current().instances.find((i) => i.service === service && i.instanceId === id)
+          ?.address,
+      say: (line) => this.#say(line),
+      signal: this.#stopping.signal,
+    };
+  }
+
+  /** Runs a kv step, unless the demo runs without kv (`--tls`). */
+  async kvStep(step: (host: KvDemoHost) => Promise<void>): Promise<void> {
+    if (this.#isTls) return this.#say("kv: skipped with --tls");
+    await step(this.kvHost());
+  }
+
+  killKvPrimary(): void {
+    this.#kvKilledAtMs = Date.now();
+    this.signal("kv-1", "SIGKILL");
+  }
+
+  async kvReadBack(): Promise<void> {
+    await this.kvStep((host) => kvReadBack(host, this.#kvKilledAtMs));
+  }
+
+  /** Waits until `count` kv instances are SERVING (each caught up with the primary). */
+  async #kvServing(count: number): Promise<void> {
+    const deadline = Date.now() + 30_000;
+    const serving = (): number =>
+      this.#allWatcher
+        ?.current()
+        .instances.filter((i) => i.service === "kv" && statusName(i.status) === "SERVING").length ?? 0;
+    while (serving() < count) {
+      if (Date.now() > deadline) throw new Error(`kv instances did not turn SERVING (see ${this.#logDir})`);
+      await sleep(100, this.#stopping.signal);
+      if (this.#stopping.signal.aborted) return;
+    }
   }
 
   toggleFailure(id: string): void {

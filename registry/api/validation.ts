@@ -299,6 +299,7 @@ export function validateRegister(
         metricsAddress: request.metricsAddress,
         revision: "0",
         ttlSeconds: String(ttl === 0n ? limits.defaultTtlSeconds : ttl),
+        createRevision: "0",
       },
       ttlSeconds: ttl === 0n ? limits.defaultTtlSeconds : Number(ttl),
       registrationId: registrationId === "" ? undefined : registrationId,

@@ -251,7 +251,7 @@ export class EtcdStore {
     ) {
       throw alreadyExists(instance);
     }
-    const current = decodeInstance(instance, value, kv.mod_revision);
+    const current = decodeInstance(instance, value, kv);
     let ttlSeconds = Number(current?.ttlSeconds ?? "0");
     if (!(ttlSeconds > 0)) {
       // A value written before ttl_seconds was stored: ask etcd what it granted.
@@ -278,7 +278,13 @@ export class EtcdStore {
     );
     if (!txn.succeeded) return "changed";
     const revision = txn.header.revision;
-    return { leaseId: kv.lease, ttlSeconds, revision, instance: { ...next, revision }, isAdopted: true };
+    return {
+      leaseId: kv.lease,
+      ttlSeconds,
+      revision,
+      instance: { ...next, revision, createRevision: kv.create_revision },
+      isAdopted: true,
+    };
   }
 
   /**
@@ -314,7 +320,7 @@ export class EtcdStore {
         leaseId: lease.ID,
         ttlSeconds: grantedTtlSeconds,
         revision,
-        instance: { ...stored, revision },
+        instance: { ...stored, revision, createRevision: revision },
         isAdopted: false,
       };
     } catch (error) {
@@ -350,7 +356,7 @@ export class EtcdStore {
         );
         const kv = checkHolder(key, range.kvs[0], fence);
         checkOwner(key, kv, scope); // [auth] fenced by the Mod compare below
-        const current = decodeInstance(key, kv.value.toString(), kv.mod_revision);
+        const current = decodeInstance(key, kv.value.toString(), kv);
         if (current === undefined) throw new RegistryError("internal", `malformed value under ${etcdKey}`);
         const next = change(current);
         // The owner's hashes stay: the token keeps working, a later Register of the holder adopts.
@@ -577,7 +583,7 @@ export class EtcdStore {
       for await (const page of pages) {
         for (const kv of page.kvs) {
           const key = this.keys.parse(kv.key.toString());
-          const instance = key && decodeInstance(key, kv.value.toString(), kv.mod_revision);
+          const instance = key && decodeInstance(key, kv.value.toString(), kv);
           if (instance !== undefined) {
             const size = instanceBytes(instance);
             if (instances.length >= maxInstances || (instances.length > 0 && bytes + size > maxBytes)) {
@@ -719,7 +725,7 @@ export class EtcdStore {
     const instances: Instance[] = [];
     for (const kv of kvs) {
       const key = this.keys.parse(kv.key.toString());
-      const instance = key && decodeInstance(key, kv.value.toString(), kv.mod_revision);
+      const instance = key && decodeInstance(key, kv.value.toString(), kv);
       if (instance) instances.push(instance);
     }
     return instances;

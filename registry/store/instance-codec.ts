@@ -99,7 +99,11 @@ export function encodeInstance(instance: Instance, owner: InstanceOwner = {}): s
  * Decodes an etcd value written by {@link encodeInstance}. Returns `undefined` for a value that is
  * not a well-formed instance of the key it is stored under (someone else wrote it).
  */
-export function decodeInstance(key: InstanceKey, value: string, modRevision: string): Instance | undefined {
+export function decodeInstance(
+  key: InstanceKey,
+  value: string,
+  revisions: { readonly mod_revision: string; readonly create_revision: string },
+): Instance | undefined {
   let parsed: unknown;
   try {
     parsed = JSON.parse(value);
@@ -125,11 +129,12 @@ export function decodeInstance(key: InstanceKey, value: string, modRevision: str
         : InstanceStatus.INSTANCE_STATUS_SERVING,
     registeredAt: typeof stored.registered_at === "string" ? stored.registered_at : "",
     metricsAddress: typeof stored.metrics_address === "string" ? stored.metrics_address : "",
-    revision: modRevision,
+    revision: revisions.mod_revision,
     ttlSeconds:
       Number.isSafeInteger(stored.ttl_seconds) && (stored.ttl_seconds as number) > 0
         ? String(stored.ttl_seconds)
         : "0",
+    createRevision: revisions.create_revision,
   };
 }
 

@@ -278,9 +278,7 @@ export class ServicesWatch {
         deltas.set(revision, delta);
       }
       const instance =
-        event.type === "Put"
-          ? decodeInstance(key, event.kv.value.toString(), event.kv.mod_revision)
-          : undefined;
+        event.type === "Put" ? decodeInstance(key, event.kv.value.toString(), event.kv) : undefined;
       if (instance !== undefined) {
         delta.upserted.push(instance);
       } else {

@@ -36,6 +36,7 @@ export function bulkInstance(service: string, index: number, metadataBytes: numb
     metricsAddress: "",
     revision: "0",
     ttlSeconds: "10",
+    createRevision: "0",
   };
 }
 

@@ -13,7 +13,7 @@ const SELF = fileURLToPath(import.meta.url);
 
 /** Options passed to the child (a subset of `ServiceInstanceOptions`). */
 export interface InstanceProcessOptions {
-  readonly service: "echo" | "calculator";
+  readonly service: "echo" | "calculator" | "kv";
   readonly registry: string;
   readonly instanceId: string;
   readonly weight?: number;

@@ -91,6 +91,12 @@ export interface Instance {
    * size panic-mode grace from it (2 × the largest TTL seen).
    */
   ttlSeconds: string;
+  /**
+   * etcd create revision of the instance key: the revision of the Register that created it (kept
+   * across updates and adoptions). The lowest one among a service's SERVING instances is the oldest
+   * registration, etcd's leader-election order (the kv demo's primary). 0 from older registries.
+   */
+  createRevision: string;
 }
 
 export interface Instance_MetadataEntry {
@@ -327,6 +333,7 @@ function createBaseInstance(): Instance {
     metricsAddress: "",
     revision: "0",
     ttlSeconds: "0",
+    createRevision: "0",
   };
 }
 
@@ -364,6 +371,9 @@ export const Instance: MessageFns<Instance> = {
     }
     if (message.ttlSeconds !== "0") {
       writer.uint32(88).int64(message.ttlSeconds);
+    }
+    if (message.createRevision !== "0") {
+      writer.uint32(96).int64(message.createRevision);
     }
     return writer;
   },
@@ -472,6 +482,14 @@ export const Instance: MessageFns<Instance> = {
             message.ttlSeconds = reader.int64().toString();
             continue;
           }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.createRevision = reader.int64().toString();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -526,6 +544,11 @@ export const Instance: MessageFns<Instance> = {
         : isSet(object.ttl_seconds)
           ? globalThis.String(object.ttl_seconds)
           : "0",
+      createRevision: isSet(object.createRevision)
+        ? globalThis.String(object.createRevision)
+        : isSet(object.create_revision)
+          ? globalThis.String(object.create_revision)
+          : "0",
     };
   },
 
@@ -570,6 +593,9 @@ export const Instance: MessageFns<Instance> = {
     if (message.ttlSeconds !== "0") {
       obj.ttlSeconds = message.ttlSeconds;
     }
+    if (message.createRevision !== "0") {
+      obj.createRevision = message.createRevision;
+    }
     return obj;
   },
 
@@ -597,6 +623,7 @@ export const Instance: MessageFns<Instance> = {
     message.metricsAddress = object.metricsAddress ?? "";
     message.revision = object.revision ?? "0";
     message.ttlSeconds = object.ttlSeconds ?? "0";
+    message.createRevision = object.createRevision ?? "0";
     return message;
   },
 };
