@@ -22,10 +22,12 @@ export { EXCLUDE_METADATA, loadBalancerName } from "./balancing/leasehold-load-b
 export { POLICY_NAMES, isPolicyName, type PolicyName } from "./balancing/policies.js";
 export {
   DEFAULT_HASH_HEADER,
+  type LeastLoadedConfig,
   type PolicyConfig,
   type RingHashConfig,
   type SlowStartConfig,
 } from "./balancing/policy-config.js";
+export type { OrcaWeightConfig, PeakEwmaConfig } from "./balancing/load-report.js";
 export {
   DEFAULT_BREAKER_OPTIONS,
   type BreakerOptions,
