@@ -43,10 +43,14 @@ export const MIN_BEHIND_CHECKS = 3;
  */
 export const WATCH_MESSAGE_BYTES = 1 << 20;
 
-/** One service's part of a delta, and its approximate size in bytes (by `instanceBytes`). */
+/**
+ * One service's part of a delta, its approximate size in bytes (by `instanceBytes`), and the
+ * Watch response that carries it, shared by every stream that sends it.
+ */
 interface DeltaPart {
   readonly delta: Delta;
   readonly bytes: number;
+  readonly message: WatchResponse;
 }
 
 /**
@@ -79,7 +83,7 @@ export class DeltaParts {
 }
 
 function partOf(delta: Delta): DeltaPart {
-  return { delta, bytes: deltaBytes(delta) };
+  return { delta, bytes: deltaBytes(delta), message: { event: { $case: "delta", value: delta } } };
 }
 
 interface PendingChange {
@@ -174,7 +178,7 @@ export class WatchSubscription {
         return;
       }
       this.#sentRevision = parts.revision;
-      this.#write({ event: { $case: "delta", value: own } });
+      this.#write(part.message);
       return;
     }
     this.#coalesce(own);
