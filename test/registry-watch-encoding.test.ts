@@ -1,9 +1,10 @@
 import test from "ava";
-import { InstanceStatus, WatchResponse, type Instance } from "../proto/gen/leasehold/registry/v1/registry.js";
+import { Instance, InstanceStatus, WatchResponse } from "../proto/gen/leasehold/registry/v1/registry.js";
 import { encodeWatchResponse } from "../registry/watch/watch-encoding.js";
 
 function instance(instanceId: string, revision: number): Instance {
-  return {
+  // fromPartial: every other field at its default, whatever fields Instance gains.
+  return Instance.fromPartial({
     service: "svc",
     instanceId,
     address: "10.0.0.1:80",
@@ -15,7 +16,7 @@ function instance(instanceId: string, revision: number): Instance {
     metricsAddress: "10.0.0.1:9100",
     revision: String(revision),
     ttlSeconds: "10",
-  };
+  });
 }
 
 const generated = (message: WatchResponse) => Buffer.from(WatchResponse.encode(message).finish());
