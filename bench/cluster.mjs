@@ -150,6 +150,8 @@ export async function startRegistryProcess(etcdEndpoint, options = {}) {
     process.execPath,
     [
       "--expose-gc",
+      // e.g. "--cpu-prof --cpu-prof-dir=DIR" to profile the registry (written on SIGTERM, not on kill()).
+      ...(process.env["BENCH_REGISTRY_NODE_ARGS"] ?? "").split(" ").filter(Boolean),
       "--import",
       "tsx",
       "chaos/children/registry.ts",

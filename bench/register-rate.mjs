@@ -11,6 +11,7 @@
 //
 // --registry-root runs another checkout's registry (e.g. /work/main) for a before/after figure.
 import { spawn } from "node:child_process";
+import { loadavg } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
@@ -134,17 +135,35 @@ try {
   const names = Object.keys(variants);
   const samples = Object.fromEntries(names.map((name) => [name, []]));
   const registryCpuUsPerRegister = [];
+  // CPU µs per registration of each process (registry, etcd, this benchmark's client), per variant.
+  const cpuUsPerOp = Object.fromEntries(names.map((name) => [name, { registry: [], etcd: [], client: [] }]));
+  const cpuNowMs = () => ({
+    registry: processCpuMs(registry.pid),
+    etcd: processCpuMs(etcd.process.pid),
+    client: (process.cpuUsage().user + process.cpuUsage().system) / 1e3,
+  });
   // One warm-up round (JIT, connections), not recorded.
   for (const name of names) await variants[name](-1);
   for (let round = 0; round < rounds; round += 1) {
     const order = names.map((_, at) => names[(at + round) % names.length]);
     for (const name of order) {
-      const cpuBeforeMs = processCpuMs(registry.pid);
+      const before = cpuNowMs();
       samples[name].push(await variants[name](round));
-      if (name === "leasehold")
-        registryCpuUsPerRegister.push(((processCpuMs(registry.pid) - cpuBeforeMs) * 1e3) / count);
+      const after = cpuNowMs();
+      for (const part of ["registry", "etcd", "client"])
+        cpuUsPerOp[name][part].push(((after[part] - before[part]) * 1e3) / count);
+      if (name === "leasehold") registryCpuUsPerRegister.push(cpuUsPerOp[name].registry.at(-1));
     }
   }
+  const cpuSummary = names
+    .map((name) => {
+      const parts = cpuUsPerOp[name];
+      const total = median(
+        parts.registry.map((_, at) => parts.registry[at] + parts.etcd[at] + parts.client[at]),
+      );
+      return `${name} ${Math.round(total)} µs (registry ${Math.round(median(parts.registry))}, etcd ${Math.round(median(parts.etcd))}, client ${Math.round(median(parts.client))})`;
+    })
+    .join("; ");
   const ratios = samples.leasehold.map((value, round) => value / samples["etcd3 grant + put"][round]);
   const fmt = (values) =>
     `${Math.round(median(values))}/s [${Math.round(Math.min(...values))}–${Math.round(Math.max(...values))}]`;
@@ -153,8 +172,21 @@ try {
       `leasehold ${fmt(samples.leasehold)}, etcd3 grant + put ${fmt(samples["etcd3 grant + put"])}, ` +
       `etcd3 grant + txn ${fmt(samples["etcd3 grant + txn"])}, ` +
       `ratio ${median(ratios).toFixed(2)} [${Math.min(...ratios).toFixed(2)}–${Math.max(...ratios).toFixed(2)}] (goal ≥ 0.80); ` +
-      `registry CPU per Register ${Math.round(median(registryCpuUsPerRegister))} µs`,
+      `registry CPU per Register ${Math.round(median(registryCpuUsPerRegister))} µs; ` +
+      `CPU per registration, all processes (median): ${cpuSummary}; load average ${loadavg()
+        .map((l) => l.toFixed(1))
+        .join(" ")}`,
   );
+  // How many etcd requests the registry made, by operation: batching shows as fewer txns than grants.
+  const metricsText = await fetch(`http://127.0.0.1:${adminPort}/metrics`).then((r) => r.text());
+  const etcdRequests = Object.fromEntries(
+    [
+      ...metricsText.matchAll(
+        /^leasehold_registry_etcd_request_duration_seconds_count\{op="([^"]+)"\} (\d+)/gm,
+      ),
+    ].map(([, op, n]) => [op, Number(n)]),
+  );
+  console.log(`registry etcd requests over the whole run: ${JSON.stringify(etcdRequests)}`);
   const record = {
     benchmark: "register-rate",
     registryRoot,
@@ -165,6 +197,8 @@ try {
     samples,
     ratios,
     registryCpuUsPerRegister,
+    cpuUsPerOp,
+    etcdRequests,
   };
   if (values.out !== undefined) console.log(`wrote ${writeRecord(values.out, "register-rate", record)}`);
 } finally {

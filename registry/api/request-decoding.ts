@@ -17,6 +17,7 @@ import {
   type WatchRequest,
   type WatchResponse,
 } from "../../proto/gen/leasehold/registry/v1/registry.js";
+import { encodeWatchResponse } from "../watch/watch-encoding.js";
 
 /** Length-delimited wire type. */
 const LENGTH_DELIMITED = 2;
@@ -141,6 +142,7 @@ export function guardUndecodable(implementation: RegistryServiceServer): Registr
  * that no metadata key is lost before validation, and with every unary and server-streaming
  * decoder made tolerant (serve the handlers through {@link guardUndecodable}). KeepAlive keeps the
  * generated decoder: a message that does not decode ends its stream INTERNAL, as grpc-js does.
+ * Watch responses are encoded by {@link encodeWatchResponse} (once per delta, not per stream).
  * Serve this definition, not the generated one.
  */
 export const registryServiceDefinition: typeof RegistryServiceService = {
@@ -165,5 +167,7 @@ export const registryServiceDefinition: typeof RegistryServiceService = {
   watch: {
     ...RegistryServiceService.watch,
     requestDeserialize: tolerant(RegistryServiceService.watch.requestDeserialize),
+    // Each delta and progress encoded once for every stream that sends it.
+    responseSerialize: encodeWatchResponse,
   },
 };

@@ -91,8 +91,9 @@ function quoted(value: string, maxLength = 80): string {
   );
 }
 
-function check(condition: boolean, message: string): asserts condition {
-  if (!condition) throw new Invalid(message);
+/** Throws `Invalid` with `message()` unless `condition`: the message is built only on failure. */
+function check(condition: boolean, message: () => string): asserts condition {
+  if (!condition) throw new Invalid(message());
 }
 
 function validated<T>(build: () => T): Validated<T> {
@@ -120,27 +121,29 @@ const controlCharacter = /[\u0000-\u001f\u007f-\u009f]/;
 const valueControlCharacter = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/;
 
 function checkService(service: string, field = "service"): void {
-  check(service !== "", `${field}: required`);
+  check(service !== "", () => `${field}: required`);
   check(
     service.length <= limits.serviceMaxLength && dnsLabel.test(service),
-    `${field}: must be a DNS-1123 label (lowercase letters, digits and '-', starting and ending with ` +
+    () =>
+      `${field}: must be a DNS-1123 label (lowercase letters, digits and '-', starting and ending with ` +
       `a letter or digit, at most ${limits.serviceMaxLength} characters), got ${quoted(service)}`,
   );
 }
 
 function checkInstanceId(instanceId: string): void {
-  check(instanceId !== "", "instance_id: required");
+  check(instanceId !== "", () => "instance_id: required");
   check(
     instanceId.length <= limits.instanceIdMaxLength && instanceIdPattern.test(instanceId),
-    `instance_id: must be 1 to ${limits.instanceIdMaxLength} characters of [A-Za-z0-9._-], ` +
+    () =>
+      `instance_id: must be 1 to ${limits.instanceIdMaxLength} characters of [A-Za-z0-9._-], ` +
       `got ${quoted(instanceId, 140)}`,
   );
   // A path segment or a command-line option in disguise (etcdctl, shells, file names).
   check(
     instanceId !== "." && instanceId !== "..",
-    `instance_id: must not be "." or "..", got ${quoted(instanceId)}`,
+    () => `instance_id: must not be "." or "..", got ${quoted(instanceId)}`,
   );
-  check(!instanceId.startsWith("-"), `instance_id: must not start with '-', got ${quoted(instanceId)}`);
+  check(!instanceId.startsWith("-"), () => `instance_id: must not start with '-', got ${quoted(instanceId)}`);
 }
 
 /**
@@ -175,7 +178,8 @@ export function isHostPort(address: string): boolean {
 function checkAddress(address: string, field: string): void {
   check(
     isHostPort(address),
-    `${field}: must be host:port (DNS name with non-empty labels, dotted-quad IPv4 or [IPv6], ` +
+    () =>
+      `${field}: must be host:port (DNS name with non-empty labels, dotted-quad IPv4 or [IPv6], ` +
       `port 1-65535), got ${quoted(address, 300)}`,
   );
 }
@@ -183,14 +187,15 @@ function checkAddress(address: string, field: string): void {
 function checkWeight(weight: number): void {
   check(
     Number.isInteger(weight) && weight >= 0 && weight <= limits.weightMax,
-    `weight: must be an integer from 0 to ${limits.weightMax}, got ${weight}`,
+    () => `weight: must be an integer from 0 to ${limits.weightMax}, got ${weight}`,
   );
 }
 
 function checkZone(zone: string): void {
   check(
     zone.length <= limits.zoneMaxLength && zonePattern.test(zone),
-    `zone: must be at most ${limits.zoneMaxLength} characters of [A-Za-z0-9._-], got ${quoted(zone, 80)}`,
+    () =>
+      `zone: must be at most ${limits.zoneMaxLength} characters of [A-Za-z0-9._-], got ${quoted(zone, 80)}`,
   );
 }
 
@@ -198,45 +203,49 @@ function checkMetadata(metadata: Readonly<Record<string, string>>, field: string
   const entries = Object.entries(metadata);
   check(
     entries.length <= limits.metadataMaxKeys,
-    `${field}: at most ${limits.metadataMaxKeys} keys, got ${entries.length}`,
+    () => `${field}: at most ${limits.metadataMaxKeys} keys, got ${entries.length}`,
   );
   let bytes = 0;
   for (const [key, value] of entries) {
-    check(key !== "", `${field}: keys must not be empty`);
+    check(key !== "", () => `${field}: keys must not be empty`);
     check(
       !reservedMetadataKeys.has(key),
-      `${field}: key ${quoted(key)} is reserved (__proto__, constructor and prototype are refused)`,
+      () => `${field}: key ${quoted(key)} is reserved (__proto__, constructor and prototype are refused)`,
     );
-    check(!controlCharacter.test(key), `${field}: key ${quoted(key)} must not contain control characters`);
+    check(
+      !controlCharacter.test(key),
+      () => `${field}: key ${quoted(key)} must not contain control characters`,
+    );
     check(
       !valueControlCharacter.test(value),
-      `${field}: value of key ${quoted(key)} must not contain control characters ` +
+      () =>
+        `${field}: value of key ${quoted(key)} must not contain control characters ` +
         `(tab and line feed are allowed)`,
     );
     bytes += Buffer.byteLength(key) + Buffer.byteLength(value);
   }
   check(
     bytes <= limits.metadataMaxBytes,
-    `${field}: keys and values must total at most ${limits.metadataMaxBytes} bytes, got ${bytes}`,
+    () => `${field}: keys and values must total at most ${limits.metadataMaxBytes} bytes, got ${bytes}`,
   );
 }
 
 function checkStatus(value: InstanceStatus, field: string): void {
   check(
     value === InstanceStatus.INSTANCE_STATUS_SERVING || value === InstanceStatus.INSTANCE_STATUS_DRAINING,
-    `${field}: must be INSTANCE_STATUS_SERVING or INSTANCE_STATUS_DRAINING, got ${value}`,
+    () => `${field}: must be INSTANCE_STATUS_SERVING or INSTANCE_STATUS_DRAINING, got ${value}`,
   );
 }
 
 /** A decimal int64 as ts-proto decodes it (`forceLong=string`). */
 function parseInt64(value: string, field: string): bigint {
-  check(/^-?\d+$/.test(value), `${field}: must be a decimal integer, got ${quoted(value)}`);
+  check(/^-?\d+$/.test(value), () => `${field}: must be a decimal integer, got ${quoted(value)}`);
   return BigInt(value);
 }
 
 function checkLeaseId(leaseId: string): string {
   const id = parseInt64(leaseId, "lease_id");
-  check(id > 0n, `lease_id: required (the lease id returned by Register), got ${leaseId}`);
+  check(id > 0n, () => `lease_id: required (the lease id returned by Register), got ${leaseId}`);
   return id.toString();
 }
 
@@ -253,13 +262,14 @@ export function validateRegister(
   return validated(() => {
     checkService(request.service);
     checkInstanceId(request.instanceId);
-    check(request.address !== "", "address: required");
+    check(request.address !== "", () => "address: required");
     checkAddress(request.address, "address");
     if (request.metricsAddress !== "") {
       checkAddress(request.metricsAddress, "metrics_address");
       check(
         options.allowForeignMetricsAddress || isSameHost(request.metricsAddress, request.address),
-        `metrics_address: must be on the host of address (${quoted(request.address)}), ` +
+        () =>
+          `metrics_address: must be on the host of address (${quoted(request.address)}), ` +
           `got ${quoted(request.metricsAddress)}`,
       );
     }
@@ -278,13 +288,15 @@ export function validateRegister(
       registrationId === "" ||
         (registrationId.length <= limits.registrationIdMaxLength &&
           registrationIdPattern.test(registrationId)),
-      `registration_id: must be 1 to ${limits.registrationIdMaxLength} characters of [A-Za-z0-9_-] ` +
+      () =>
+        `registration_id: must be 1 to ${limits.registrationIdMaxLength} characters of [A-Za-z0-9_-] ` +
         `(got ${registrationId.length} characters)`,
     );
     const ttl = parseInt64(request.ttlSeconds, "ttl_seconds");
     check(
       ttl >= 0n && ttl <= BigInt(limits.maxTtlSeconds),
-      `ttl_seconds: must be from 0 (default ${limits.defaultTtlSeconds}) to ${limits.maxTtlSeconds}, got ${ttl}`,
+      () =>
+        `ttl_seconds: must be from 0 (default ${limits.defaultTtlSeconds}) to ${limits.maxTtlSeconds}, got ${ttl}`,
     );
     return {
       instance: {
@@ -360,7 +372,7 @@ export function validateWatch(
   return validated(() => {
     if (request.service !== "") checkService(request.service);
     const startRevision = parseInt64(request.startRevision, "start_revision");
-    check(startRevision >= 0n, `start_revision: must not be negative, got ${startRevision}`);
+    check(startRevision >= 0n, () => `start_revision: must not be negative, got ${startRevision}`);
     return { service: request.service === "" ? undefined : request.service, startRevision };
   });
 }
@@ -393,10 +405,11 @@ function fencedKey(request: {
 
 /** The hash of a present, plausible token; the token is a secret, so messages never echo it. */
 function checkRegistrationToken(token: string): string {
-  check(token !== "", "registration_token: required (the registration_token returned by Register)");
+  check(token !== "", () => "registration_token: required (the registration_token returned by Register)");
   check(
     token.length <= MAX_REGISTRATION_TOKEN_LENGTH,
-    `registration_token: must be at most ${MAX_REGISTRATION_TOKEN_LENGTH} characters (got ${token.length})`,
+    () =>
+      `registration_token: must be at most ${MAX_REGISTRATION_TOKEN_LENGTH} characters (got ${token.length})`,
   );
   return hashRegistrationToken(token);
 }

@@ -166,6 +166,8 @@ export class EtcdStore {
         "grpc.keepalive_time_ms": 6_000,
         "grpc.keepalive_timeout_ms": 3_000,
         "grpc.max_receive_message_length": ETCD_MAX_RECEIVE_BYTES,
+        // Per-call channelz bookkeeping, for nobody (issue 10, Register profile).
+        "grpc.enable_channelz": 0,
       },
       defaultCallOptions: (context) =>
         context.isStream ? {} : { deadline: Date.now() + options.requestTimeoutMs },

@@ -269,7 +269,8 @@ export class WatchHub implements ServicesWatchListener {
       if (dropped !== undefined) this.#historyFloor = BigInt(dropped.revision);
     }
     const parts = new DeltaParts(delta);
-    for (const subscription of [...this.#subscriptions]) subscription.deliver(parts);
+    // No copy of the set: a subscription that closes meanwhile is deleted, which iteration allows.
+    for (const subscription of this.#subscriptions) subscription.deliver(parts);
   }
 
   /** @internal ServicesWatchListener: nothing changed up to `revision`. */

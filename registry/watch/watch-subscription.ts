@@ -43,11 +43,26 @@ export const MIN_BEHIND_CHECKS = 3;
  */
 export const WATCH_MESSAGE_BYTES = 1 << 20;
 
-/** A delta split by service, computed once per delta for every subscription that needs a part. */
+/**
+ * One service's part of a delta, its approximate size in bytes (by `instanceBytes`), and the
+ * Watch response that carries it, shared by every stream that sends it.
+ */
+interface DeltaPart {
+  readonly delta: Delta;
+  readonly bytes: number;
+  readonly message: WatchResponse;
+}
+
+/**
+ * A delta split by service, computed once per delta for every subscription that needs a part:
+ * every stream of a service gets the same `Delta` object, so it is encoded once
+ * (`encodeWatchResponse`), and its size is counted once.
+ */
 export class DeltaParts {
   readonly delta: Delta;
   readonly revision: bigint;
-  readonly #byService = new Map<string, Delta | undefined>();
+  #all: DeltaPart | undefined;
+  readonly #byService = new Map<string, DeltaPart | undefined>();
 
   constructor(delta: Delta) {
     this.delta = delta;
@@ -55,11 +70,20 @@ export class DeltaParts {
   }
 
   /** The part about `service` (`undefined` = every service), or `undefined` when it has none. */
-  of(service: string | undefined): Delta | undefined {
-    if (service === undefined) return this.delta;
-    if (!this.#byService.has(service)) this.#byService.set(service, deltaOfService(this.delta, service));
-    return this.#byService.get(service);
+  of(service: string | undefined): DeltaPart | undefined {
+    if (service === undefined) return (this.#all ??= partOf(this.delta));
+    let part = this.#byService.get(service);
+    if (part === undefined && !this.#byService.has(service)) {
+      const delta = deltaOfService(this.delta, service);
+      part = delta === undefined ? undefined : partOf(delta);
+      this.#byService.set(service, part);
+    }
+    return part;
   }
+}
+
+function partOf(delta: Delta): DeltaPart {
+  return { delta, bytes: deltaBytes(delta), message: { event: { $case: "delta", value: delta } } };
 }
 
 interface PendingChange {
@@ -144,16 +168,17 @@ export class WatchSubscription {
   deliver(parts: DeltaParts): void {
     if (this.#isClosed || parts.revision <= this.#revision) return;
     this.#revision = parts.revision;
-    const own = parts.of(this.service);
-    if (own === undefined) return; // a later progress or delta carries the revision
+    const part = parts.of(this.service);
+    if (part === undefined) return; // a later progress or delta carries the revision
+    const own = part.delta;
     if (!this.isBehind) {
-      if (deltaBytes(own) > WATCH_MESSAGE_BYTES) {
+      if (part.bytes > WATCH_MESSAGE_BYTES) {
         // e.g. a resume's catch-up or a re-list: split like a flush, so each message stays small.
         this.#writeChanges(changesOf(own), own.observedAtUnixMs);
         return;
       }
       this.#sentRevision = parts.revision;
-      this.#write({ event: { $case: "delta", value: own } });
+      this.#write(part.message);
       return;
     }
     this.#coalesce(own);
