@@ -495,7 +495,8 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
   }
 
   exitIdle(): void {
-    for (const child of this.#children.values()) {
+    // grpc-js calls this on every call (`InternalChannel.getConfig`): the array, not a Map iterator.
+    for (const child of this.#ordered) {
       if (child.leaf.getConnectivityState() === ConnectivityState.IDLE) child.leaf.exitIdle();
     }
   }

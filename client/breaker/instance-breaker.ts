@@ -259,6 +259,9 @@ export class InstanceBreaker {
    * does nothing.
    */
   track(outcome: CallOutcome): void {
+    // opossum would reject it with an Error (a stack trace each) that nobody reads: an open
+    // breaker kept in the pick set by the max-ejection cap sees every call of its share.
+    if (!this.isCallPermitted) return;
     this.#breaker.fire(outcome).catch(ignore);
   }
 
