@@ -504,7 +504,8 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
           if (signal?.aborted === true) throw abortedError(signal);
         }
         attempts++;
-        const metadata = this.#attemptMetadata(request, callOptions, tried?.join(","));
+        const exclude = tried?.join(",");
+        const metadata = this.#attemptMetadata(request, callOptions, exclude);
         // Only with somewhere else to go: a lone instance gets the whole deadline.
         const attemptTimeoutMs =
           this.#pickableCount() > 1 ? this.#latency.attemptTimeoutMs() : Number.POSITIVE_INFINITY;
@@ -515,6 +516,7 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
           name,
           request,
           metadata,
+          exclude,
           attemptDeadline,
           callOptions,
         );
@@ -557,14 +559,16 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
   }
 
   /**
-   * One attempt: a grpc-js call with `metadata` (whose options object is its {@link AttemptCall}),
-   * and with `hedgeAfterMs` a second one on a different instance if the first is slow.
+   * One attempt: a grpc-js call with `metadata` (whose options object is its {@link AttemptCall};
+   * `exclude` the addresses it avoids), and with `hedgeAfterMs` a second one on a different
+   * instance if the first is slow.
    */
   #unaryAttempt(
     method: AnyMethod,
     name: string,
     request: unknown,
     metadata: grpc.Metadata,
+    exclude: string | undefined,
     deadline: number,
     callOptions: BalancedCallOptions | undefined,
   ): Promise<Outcome> {
@@ -626,13 +630,12 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
       const hedgeTimer = setTimeout(() => {
         if (isSettled || (this.#budget !== undefined && !this.#budget.tryWithdraw())) return;
         this.#context.metrics?.retries.inc({ service: this.service, method: name });
-        const attempt = this.#newAttemptCall(callOptions);
-        hedge = attempt;
-        const hedged = new grpc.Metadata(attempt);
-        hedged.merge(metadata);
-        const tried = metadata.get(EXCLUDE_METADATA).map(String);
+        // Made afresh, not from `metadata`: client interceptors may have changed that one.
+        const tried = exclude === undefined ? [] : [exclude];
         if (first.address !== undefined) tried.push(first.address); // undefined while its pick waits
-        hedged.set(EXCLUDE_METADATA, tried.join(","));
+        const hedged = this.#attemptMetadata(request, callOptions, tried.join(","));
+        const attempt = hedged.getOptions() as AttemptCall;
+        hedge = attempt;
         start(attempt, hedged);
       }, hedgeAfterMs);
     });
