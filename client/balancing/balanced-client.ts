@@ -42,6 +42,7 @@ import {
   type RingHashConfig,
   type SlowStartConfig,
 } from "./policy-config.js";
+import { quantileOf } from "../metrics/quantile.js";
 import { RetryBudget, type RetryBudgetOptions } from "./retry-budget.js";
 
 export { LATENCY_SAMPLES, type BalancerChange, type InstanceStats } from "./balancer-context.js";
@@ -209,15 +210,20 @@ export interface BalancedClient<D> extends AsyncDisposable {
 
 type AnyMethod = grpc.MethodDefinition<unknown, unknown>;
 
-/** A unary attempt in flight, watched for a stalled instance. */
-interface ParkedAttempt {
-  readonly call: grpc.ClientUnaryCall;
-  /** Where the picker sent it (grpc-js's getPeer() says "unknown" until the server answers). */
-  readonly tag: AttemptTag;
-  readonly startedMs: number;
+/**
+ * One grpc-js call of a unary attempt (two with a hedge). It is the options object of the call's
+ * metadata, so the picker writes the picked address into it (see {@link AttemptTag}), and the
+ * record the stall watch parks while the call is in flight: one object per call.
+ */
+class AttemptCall extends AttemptTag {
+  call: grpc.ClientUnaryCall | undefined = undefined;
+  readonly startedMs = Date.now();
   /** Set when it was moved off a stalled instance: how long it had waited, ms. */
-  stalledAfterMs: number | undefined;
+  stalledAfterMs: number | undefined = undefined;
 }
+
+/** How an attempt ended; `peer` is the instance address it reached, undefined when nothing was picked. */
+type Outcome = { ok: true; value: unknown } | { ok: false; error: LeaseholdError; peer: string | undefined };
 
 interface ResolvedOptions {
   readonly service: string;
@@ -354,10 +360,15 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
             : method.responseStream
               ? (request: unknown, callOptions?: BalancedCallOptions) =>
                   this.#serverStream(method, request, callOptions)
-              : (request: unknown, callOptions?: BalancedCallOptions) =>
-                  this.#unary(method, request, callOptions);
+              : this.#unaryMethod(method);
     }
     this.methods = Object.freeze(methods) as BalancedMethods<D>;
+  }
+
+  /** The function of a unary method; its metric label is computed once, not per call. */
+  #unaryMethod(method: AnyMethod): (request: unknown, callOptions?: BalancedCallOptions) => Promise<unknown> {
+    const name = methodName(method);
+    return (request, callOptions) => this.#unary(method, name, request, callOptions);
   }
 
   get membershipRevision(): string {
@@ -366,10 +377,10 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
   }
 
   /** Unary attempts in flight, watched for a stalled instance while any is. */
-  readonly #parked = new Set<ParkedAttempt>();
+  readonly #parked = new Set<AttemptCall>();
   #stallTimer: NodeJS.Timeout | undefined;
 
-  #park(attempt: ParkedAttempt): void {
+  #park(attempt: AttemptCall): void {
     this.#parked.add(attempt);
     const floorMs = this.#context.stallFloorMs;
     if (this.#stallTimer !== undefined || !Number.isFinite(floorMs)) return;
@@ -391,18 +402,18 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
     const nowMs = Date.now();
     for (const attempt of this.#parked) {
       if (nowMs - attempt.startedMs <= floorMs) continue;
-      const peer = attempt.tag.address;
+      const peer = attempt.address;
       if (peer === undefined || !this.#isStalledAt(peer)) continue;
       this.#parked.delete(attempt);
       attempt.stalledAfterMs = nowMs - attempt.startedMs;
       // grpc-js's public cancel() ends an attempt as CANCELLED, which no breaker counts; its
       // InterceptingCall takes a status (an internal of grpc-js 1.x, hence the fallback).
       const inner = (
-        attempt.call as { call?: { cancelWithStatus?: (code: number, details: string) => void } }
-      ).call;
+        attempt.call as { call?: { cancelWithStatus?: (code: number, details: string) => void } } | undefined
+      )?.call;
       if (inner?.cancelWithStatus !== undefined)
         inner.cancelWithStatus(grpc.status.DEADLINE_EXCEEDED, `instance at ${peer} stalled`);
-      else attempt.call.cancel();
+      else attempt.call?.cancel();
     }
   }
 
@@ -456,28 +467,102 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
 
   // ---- calls ----
 
-  #begin(callOptions: BalancedCallOptions | undefined): { deadline: number; deadlineMs: number } {
+  /** Checks the client and the call; returns the call's deadline (epoch ms). */
+  #begin(callOptions: BalancedCallOptions | undefined): number {
     if (this.#isClosed)
       throw new LeaseholdError("FAILED_PRECONDITION", `balanced client of service ${this.service} is closed`);
     const signal = callOptions?.signal;
     if (signal?.aborted === true) throw abortedError(signal);
-    const deadlineMs = checkDeadline(callOptions?.deadlineMs ?? this.#options.deadlineMs);
-    return { deadline: Date.now() + deadlineMs, deadlineMs };
+    return Date.now() + checkDeadline(callOptions?.deadlineMs ?? this.#options.deadlineMs);
   }
 
+  /** A unary call: attempts on different instances within one deadline (see the class comment). */
   async #unary(
     method: AnyMethod,
+    name: string,
     request: unknown,
     callOptions: BalancedCallOptions | undefined,
   ): Promise<unknown> {
-    const { deadline, deadlineMs } = this.#begin(callOptions);
-    const name = methodName(method);
+    const deadline = this.#begin(callOptions);
     const metrics = this.#context.metrics;
     this.#budget?.deposit();
     try {
-      const value = await this.#unaryAttempts(method, request, callOptions, deadline, deadlineMs);
-      metrics?.countCall(this.service, name, "OK");
-      return value;
+      const signal = callOptions?.signal;
+      let tried: string[] | undefined; // addresses of failed attempts, allocated on the first retry
+      let lastError: LeaseholdError | undefined;
+      let attempts = 0;
+      while (attempts < this.#options.maxAttempts) {
+        if (attempts > 0) {
+          if (Date.now() >= deadline) break;
+          // A retry away from an instance whose breaker is open (kept only by the ejection cap) is
+          // the cap's cost, not a sign of overload: the budget is not charged for it.
+          const lastPeer = tried?.at(-1);
+          const isKnownBad = lastPeer !== undefined && this.#isBreakerOpenAt(lastPeer);
+          if (!isKnownBad && this.#budget !== undefined && !this.#budget.tryWithdraw()) {
+            throw new LeaseholdError(
+              lastError?.code ?? "UNAVAILABLE",
+              `${lastError?.message} (retry budget spent)`,
+              {
+                cause: lastError,
+              },
+            );
+          }
+          metrics?.retries.inc({ service: this.service, method: name });
+          // "Equal jitter" backoff: a burst of failures does not retry in lock step, and never at
+          // once, so connections that died together (instances killed at once) are seen as dead first.
+          const cap = Math.min(MAX_RETRY_BACKOFF_MS, BASE_RETRY_BACKOFF_MS * 2 ** (attempts - 1));
+          const delayMs = cap / 2 + (this.#context.random() * cap) / 2;
+          await sleepUntil(Math.min(deadline, Date.now() + delayMs), signal);
+          if (signal?.aborted === true) throw abortedError(signal);
+        }
+        attempts++;
+        const exclude = tried?.join(",");
+        const metadata = this.#attemptMetadata(request, callOptions, exclude);
+        // Only with somewhere else to go: a lone instance gets the whole deadline.
+        const attemptTimeoutMs =
+          this.#pickableCount() > 1 ? this.#latency.attemptTimeoutMs() : Number.POSITIVE_INFINITY;
+        const attemptDeadline = Math.min(deadline, Date.now() + attemptTimeoutMs);
+        const started = performance.now();
+        const outcome = await this.#unaryAttempt(
+          method,
+          name,
+          request,
+          metadata,
+          exclude,
+          attemptDeadline,
+          callOptions,
+        );
+        if (outcome.ok) {
+          this.#latency.record(performance.now() - started);
+          metrics?.countCall(this.service, name, "OK");
+          return outcome.value;
+        }
+        if (signal?.aborted === true) throw abortedError(signal);
+        let error = outcome.error;
+        if (error.code === "DEADLINE_EXCEEDED" && attemptDeadline < deadline && Date.now() < deadline) {
+          // The attempt's own timeout: the instance is frozen or slow; another may answer in time.
+          error = new LeaseholdError("UNAVAILABLE", `attempt timed out after ${attemptTimeoutMs} ms`, {
+            cause: error,
+          });
+        }
+        // A pick that found no instance left: the last instance's own error says more.
+        if (outcome.peer === undefined && lastError !== undefined) throw lastError;
+        // Not retried: caller faults, a spent deadline, and a pick that found no instance at all.
+        if (!error.retryable || outcome.peer === undefined) throw error;
+        lastError = error;
+        (tried ??= []).push(outcome.peer);
+      }
+      if (lastError === undefined)
+        throw new LeaseholdError("UNAVAILABLE", `no attempt made on ${this.service}`);
+      if (attempts < this.#options.maxAttempts && Date.now() >= deadline) {
+        const deadlineMs = callOptions?.deadlineMs ?? this.#options.deadlineMs;
+        throw new LeaseholdError(
+          "DEADLINE_EXCEEDED",
+          `deadline of ${deadlineMs} ms exceeded after ${attempts} attempt(s): ${lastError.message}`,
+          { cause: lastError },
+        );
+      }
+      throw lastError;
     } catch (error) {
       const failure = LeaseholdError.from(error);
       metrics?.countCall(this.service, name, failure.code);
@@ -485,179 +570,126 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
     }
   }
 
-  async #unaryAttempts(
-    method: AnyMethod,
-    request: unknown,
-    callOptions: BalancedCallOptions | undefined,
-    deadline: number,
-    deadlineMs: number,
-  ): Promise<unknown> {
-    const signal = callOptions?.signal;
-    const tried: string[] = [];
-    let lastError: LeaseholdError | undefined;
-    let attempts = 0;
-    while (attempts < this.#options.maxAttempts) {
-      if (attempts > 0) {
-        if (Date.now() >= deadline) break;
-        // A retry away from an instance whose breaker is open (kept only by the ejection cap) is
-        // the cap's cost, not a sign of overload: the budget is not charged for it.
-        const lastPeer = tried.at(-1);
-        const isKnownBad = lastPeer !== undefined && this.#isBreakerOpenAt(lastPeer);
-        if (!isKnownBad && this.#budget !== undefined && !this.#budget.tryWithdraw()) {
-          throw new LeaseholdError(
-            lastError?.code ?? "UNAVAILABLE",
-            `${lastError?.message} (retry budget spent)`,
-            {
-              cause: lastError,
-            },
-          );
-        }
-        this.#context.metrics?.retries.inc({ service: this.service, method: methodName(method) });
-        // "Equal jitter" backoff: a burst of failures does not retry in lock step, and never at
-        // once, so connections that died together (instances killed at once) are seen as dead first.
-        const cap = Math.min(MAX_RETRY_BACKOFF_MS, BASE_RETRY_BACKOFF_MS * 2 ** (attempts - 1));
-        const delayMs = cap / 2 + (this.#context.random() * cap) / 2;
-        await sleepUntil(Math.min(deadline, Date.now() + delayMs), signal);
-        if (signal?.aborted === true) throw abortedError(signal);
-      }
-      attempts++;
-      const metadata = this.#metadataOf(request, callOptions);
-      if (tried.length > 0) metadata.set(EXCLUDE_METADATA, tried.join(","));
-      // Only with somewhere else to go: a lone instance gets the whole deadline.
-      const attemptTimeoutMs =
-        this.#pickableCount() > 1 ? this.#latency.attemptTimeoutMs() : Number.POSITIVE_INFINITY;
-      const attemptDeadline = Math.min(deadline, Date.now() + attemptTimeoutMs);
-      const started = performance.now();
-      const outcome = await this.#unaryAttempt(
-        method,
-        request,
-        metadata,
-        attemptDeadline,
-        signal,
-        callOptions?.hedgeAfterMs,
-      );
-      if (outcome.ok) {
-        this.#latency.record(performance.now() - started);
-        return outcome.value;
-      }
-      if (signal?.aborted === true) throw abortedError(signal);
-      let error = outcome.error;
-      if (error.code === "DEADLINE_EXCEEDED" && attemptDeadline < deadline && Date.now() < deadline) {
-        // The attempt's own timeout: the instance is frozen or slow; another may answer in time.
-        error = new LeaseholdError("UNAVAILABLE", `attempt timed out after ${attemptTimeoutMs} ms`, {
-          cause: error,
-        });
-      }
-      // A pick that found no instance left: the last instance's own error says more.
-      if (outcome.peer === undefined && lastError !== undefined) throw lastError;
-      // Not retried: caller faults, a spent deadline, and a pick that found no instance at all.
-      if (!error.retryable || outcome.peer === undefined) throw error;
-      lastError = error;
-      tried.push(outcome.peer);
-    }
-    if (lastError === undefined)
-      throw new LeaseholdError("UNAVAILABLE", `no attempt made on ${this.service}`);
-    if (attempts < this.#options.maxAttempts && Date.now() >= deadline) {
-      throw new LeaseholdError(
-        "DEADLINE_EXCEEDED",
-        `deadline of ${deadlineMs} ms exceeded after ${attempts} attempt(s): ${lastError.message}`,
-        { cause: lastError },
-      );
-    }
-    throw lastError;
-  }
-
-  /** One attempt; `peer` is the instance address it reached, undefined when nothing was picked. */
+  /**
+   * One attempt: a grpc-js call with `metadata` (whose options object is its {@link AttemptCall};
+   * `exclude` the addresses it avoids), and with `hedgeAfterMs` a second one on a different
+   * instance if the first is slow.
+   */
   #unaryAttempt(
     method: AnyMethod,
+    name: string,
     request: unknown,
     metadata: grpc.Metadata,
+    exclude: string | undefined,
     deadline: number,
-    signal: AbortSignal | undefined,
-    hedgeAfterMs: number | undefined,
-  ): Promise<{ ok: true; value: unknown } | { ok: false; error: LeaseholdError; peer: string | undefined }> {
-    type Outcome =
-      { ok: true; value: unknown } | { ok: false; error: LeaseholdError; peer: string | undefined };
+    callOptions: BalancedCallOptions | undefined,
+  ): Promise<Outcome> {
+    const signal = callOptions?.signal;
+    const hedgeAfterMs = callOptions?.hedgeAfterMs;
     return new Promise((resolve) => {
-      const calls: grpc.ClientUnaryCall[] = [];
-      const tags: AttemptTag[] = [];
+      const first = metadata.getOptions() as AttemptCall;
+      let hedge: AttemptCall | undefined;
       let running = 0;
-      const hedge: { timer?: NodeJS.Timeout } = {};
       let isSettled = false;
-      let lastFailure: Outcome | undefined;
-      const onAbort = (): void => calls.forEach((call) => call.cancel());
+      const cancel = (): void => {
+        first.call?.cancel();
+        hedge?.call?.cancel();
+      };
       const settle = (outcome: Outcome): void => {
         isSettled = true;
-        clearTimeout(hedge.timer);
-        signal?.removeEventListener("abort", onAbort);
-        for (const call of calls) call.cancel(); // the loser of a hedge; a no-op on ended calls
+        if (hedgeAfterMs !== undefined) clearTimeout(hedgeTimer); // set before any settle
+        signal?.removeEventListener("abort", cancel);
+        if (hedge !== undefined) cancel(); // the loser of the hedge; a no-op on the ended call
         resolve(outcome);
       };
-      const start = (attemptMetadata: grpc.Metadata): void => {
-        let parked: ParkedAttempt | undefined = undefined;
-        const tag = Object.assign(new AttemptTag(), attemptMetadata.getOptions());
-        const tagged = new grpc.Metadata(tag);
-        tagged.merge(attemptMetadata);
-        tags.push(tag);
+      const start = (attempt: AttemptCall, attemptMetadata: grpc.Metadata): void => {
         const call = this.grpcClient.makeUnaryRequest(
           method.path,
           method.requestSerialize,
           method.responseDeserialize,
           request,
-          tagged,
+          attemptMetadata,
           { deadline },
           (error: grpc.ServiceError | null, response?: unknown) => {
             running--;
-            if (parked !== undefined) this.#parked.delete(parked);
+            this.#parked.delete(attempt);
             if (isSettled) return;
             if (error === null) return settle({ ok: true, value: response });
-            const peer = tag.address ?? call.getPeer();
-            lastFailure = {
+            const peer = attempt.address ?? call.getPeer();
+            const failure: Outcome = {
               ok: false,
               error:
-                parked?.stalledAfterMs === undefined
+                attempt.stalledAfterMs === undefined
                   ? LeaseholdError.from(error)
                   : new LeaseholdError(
                       "UNAVAILABLE",
-                      `instance at ${peer} stalled: no answer for ${parked.stalledAfterMs} ms while others answered`,
+                      `instance at ${peer} stalled: no answer for ${attempt.stalledAfterMs} ms while others answered`,
                     ),
               peer: peer === this.#options.target || peer === "unknown" ? undefined : peer,
             };
             // A failure before the hedge started ends the attempt (the caller retries elsewhere);
             // with a hedge in flight, its answer is awaited.
-            if (running === 0) settle(lastFailure);
+            if (running === 0) settle(failure);
           },
         );
+        attempt.call = call;
         running++;
-        calls.push(call);
-        parked = { call, tag, startedMs: Date.now(), stalledAfterMs: undefined };
-        this.#park(parked);
+        this.#park(attempt);
       };
-      start(metadata);
-      signal?.addEventListener("abort", onAbort, { once: true });
+      start(first, metadata);
+      signal?.addEventListener("abort", cancel, { once: true });
       if (hedgeAfterMs === undefined) return;
-      hedge.timer = setTimeout(() => {
-        if (isSettled || calls.length === 0 || (this.#budget !== undefined && !this.#budget.tryWithdraw()))
-          return;
-        this.#context.metrics?.retries.inc({ service: this.service, method: methodName(method) });
-        const hedged = metadata.clone();
-        const first = tags[0]?.address; // undefined while its pick waits for a connection
-        const tried = [
-          ...metadata.get(EXCLUDE_METADATA).map(String),
-          ...(first === undefined ? [] : [first]),
-        ];
-        hedged.set(EXCLUDE_METADATA, tried.join(","));
-        start(hedged);
+      const hedgeTimer = setTimeout(() => {
+        if (isSettled || (this.#budget !== undefined && !this.#budget.tryWithdraw())) return;
+        this.#context.metrics?.retries.inc({ service: this.service, method: name });
+        // Made afresh, not from `metadata`: client interceptors may have changed that one.
+        const tried = exclude === undefined ? [] : [exclude];
+        if (first.address !== undefined) tried.push(first.address); // undefined while its pick waits
+        const hedged = this.#attemptMetadata(request, callOptions, tried.join(","));
+        const attempt = hedged.getOptions() as AttemptCall;
+        hedge = attempt;
+        start(attempt, hedged);
       }, hedgeAfterMs);
     });
+  }
+
+  /** The options object of an attempt's metadata: the call's own metadata options, plus the tag. */
+  #newAttemptCall(callOptions: BalancedCallOptions | undefined): AttemptCall & grpc.MetadataOptions {
+    const attempt: AttemptCall & grpc.MetadataOptions = new AttemptCall();
+    const given = callOptions?.metadata;
+    if (given !== undefined) Object.assign(attempt, given.getOptions());
+    return attempt;
+  }
+
+  /**
+   * The metadata of one unary attempt, made once: the call's metadata, the request's `ring_hash`
+   * key when `hashKey` is set, and the addresses to avoid (`exclude`, comma-separated); its
+   * options object is a new {@link AttemptCall}.
+   */
+  #attemptMetadata(
+    request: unknown,
+    callOptions: BalancedCallOptions | undefined,
+    exclude: string | undefined,
+  ): grpc.Metadata {
+    const metadata = new grpc.Metadata(this.#newAttemptCall(callOptions));
+    const given = callOptions?.metadata;
+    if (given !== undefined) metadata.merge(given);
+    this.#addHashKey(metadata, request);
+    if (exclude !== undefined) metadata.set(EXCLUDE_METADATA, exclude);
+    return metadata;
+  }
+
+  /** Sets the request's `ring_hash` key when `hashKey` is set and the call did not set the header. */
+  #addHashKey(metadata: grpc.Metadata, request: unknown): void {
+    const hashKey = this.#options.hashKey;
+    if (hashKey !== undefined && metadata.get(hashKey.header).length === 0)
+      metadata.set(hashKey.header, hashKey.of(request));
   }
 
   /** A copy of the call's metadata, with the request's `ring_hash` key when `hashKey` is set. */
   #metadataOf(request: unknown, callOptions: BalancedCallOptions | undefined): grpc.Metadata {
     const metadata = callOptions?.metadata?.clone() ?? new grpc.Metadata();
-    const hashKey = this.#options.hashKey;
-    if (hashKey !== undefined && metadata.get(hashKey.header).length === 0)
-      metadata.set(hashKey.header, hashKey.of(request));
+    this.#addHashKey(metadata, request);
     return metadata;
   }
 
@@ -666,7 +698,7 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
     request: unknown,
     callOptions: BalancedCallOptions | undefined,
   ): AsyncIterable<unknown> {
-    const { deadline } = this.#begin(callOptions);
+    const deadline = this.#begin(callOptions);
     return this.#responses(
       () =>
         this.grpcClient.makeServerStreamRequest(
@@ -686,7 +718,7 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
     requests: Requests<AnyMethod>,
     callOptions: BalancedCallOptions | undefined,
   ): AsyncIterable<unknown> {
-    const { deadline } = this.#begin(callOptions);
+    const deadline = this.#begin(callOptions);
     return this.#responses(() => {
       const call = this.grpcClient.makeBidiStreamRequest(
         method.path,
@@ -707,7 +739,7 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
   ): Promise<unknown> {
     let deadline: number;
     try {
-      ({ deadline } = this.#begin(callOptions));
+      deadline = this.#begin(callOptions);
     } catch (error) {
       return Promise.reject(LeaseholdError.from(error));
     }
@@ -767,7 +799,7 @@ const MIN_LATENCY_SAMPLES = 16;
 
 /**
  * The per-attempt timeout: max(floor, 4 × p99 of the last {@link LATENCY_WINDOW} successful
- * attempts), the p99 recomputed at most once a second (a sort of 256 numbers).
+ * attempts), the p99 recomputed at most once a second.
  */
 class LatencyTracker {
   readonly #floorMs: number;
@@ -792,8 +824,7 @@ class LatencyTracker {
     const now = Date.now();
     if (now - this.#computedAtMs >= 1000) {
       this.#computedAtMs = now;
-      const sorted = this.#samples.slice(0, Math.min(this.#count, LATENCY_WINDOW)).sort();
-      const p99 = sorted[Math.min(sorted.length - 1, Math.ceil(0.99 * sorted.length) - 1)] ?? 0;
+      const p99 = quantileOf(this.#samples, this.#count, 0.99);
       this.#timeoutMs = Math.max(this.#floorMs, Math.ceil(4 * p99));
     }
     return this.#timeoutMs;

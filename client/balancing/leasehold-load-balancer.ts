@@ -22,10 +22,16 @@ import {
   type StatusObject,
 } from "@grpc/grpc-js";
 import { Instance, InstanceStatus } from "../../proto/gen/leasehold/registry/v1/registry.js";
-import { BREAKER_STATE_VALUE, InstanceBreaker, isEndpointFault } from "../breaker/instance-breaker.js";
+import {
+  BREAKER_STATE_VALUE,
+  CallOutcome,
+  InstanceBreaker,
+  isEndpointFault,
+} from "../breaker/instance-breaker.js";
 import type { MembershipSnapshot } from "../discovery/membership.js";
 import { LeaseholdError, statusCodeName } from "../errors.js";
 import type { InstanceLoad } from "../metrics/client-metrics.js";
+import { quantileOf } from "../metrics/quantile.js";
 import {
   AttemptTag,
   CONTEXT_OPTION,
@@ -84,7 +90,7 @@ export function loadBalancerName(policy: PolicyName): string {
   return `leasehold_${policy}`;
 }
 
-/** Latency samples between two refreshes of an instance's p99 (sorting the window costs). */
+/** Latency samples between two refreshes of an instance's p99 (a selection over the window). */
 const P99_REFRESH_SAMPLES = 256;
 
 /** An instance's load report trailer is parsed at most this often, ms. */
@@ -171,7 +177,8 @@ class Child implements Pickable {
   recordLatency(ms: number): void {
     this.#latenciesMs[this.#latencyCount % LATENCY_SAMPLES] = ms;
     this.#latencyCount++;
-    if (this.#latencyCount % P99_REFRESH_SAMPLES === 0) this.#p99Ms = this.stats().p99Ms;
+    if (this.#latencyCount % P99_REFRESH_SAMPLES === 0)
+      this.#p99Ms = quantileOf(this.#latenciesMs, this.#latencyCount, 0.99);
   }
 
   /** True while this instance is stalled (see stall-detector.ts). */
@@ -228,17 +235,17 @@ class LeaseholdPicker implements GrpcPicker {
     // Instances skipped so far, in pick order, that the fallback takes one by one: stalled ones,
     // and on a retry half-open ones (a retry is no trial: it must not fail on a suspect instance
     // while a closed one is left; first attempts serve as the trials).
-    const deferred: Child[] = [];
+    let deferred: Child[] | undefined;
     let fallbacks = 0;
     for (let tries = 0; tries <= 2 * this.#picker.instances.length; tries++) {
       let child = this.#picker.pick(exclude, hash);
       if (child === undefined) {
         // Only deferred instances left: better one of them than none (they may answer yet), and
         // the next one when a breaker refuses it (a half-open trial in flight).
-        child = deferred[fallbacks++];
+        child = deferred?.[fallbacks++];
         if (child === undefined) break;
       } else if (balancer.isStalled(child, nowMs) || (isRetry && child.breaker.state === "half-open")) {
-        deferred.push(child);
+        (deferred ??= []).push(child);
         (exclude ??= new Set()).add(child.instanceId);
         continue;
       }
@@ -254,8 +261,9 @@ class LeaseholdPicker implements GrpcPicker {
       if (result.pickResultType !== experimental.PickResultType.COMPLETE) return result;
       const method = args.extraPickInfo[METHOD_PICK_INFO] ?? "";
       // grpc-js marks its retry attempts (gRFC A6); the typed client counts its own.
-      if (args.metadata.get("grpc-previous-rpc-attempts").length > 0)
-        this.#balancer.context.metrics?.retries.inc({ service: child.instance.service, method });
+      const metrics = this.#balancer.context.metrics;
+      if (metrics !== undefined && args.metadata.get("grpc-previous-rpc-attempts").length > 0)
+        metrics.retries.inc({ service: child.instance.service, method });
       const tag = args.metadata.getOptions();
       if (tag instanceof AttemptTag) tag.address = child.instance.address;
       const call = new TrackedCall(this.#balancer, child, method);
@@ -286,7 +294,8 @@ class TrackedCall {
   #answersAtStart = 0;
   /** Whether other instances had attempts in flight at the start (or at the end). */
   #othersInFlight = false;
-  #settle: ((error: LeaseholdError | undefined) => void) | undefined;
+  /** Its outcome, as the child's breaker counts it. */
+  readonly #outcome = new CallOutcome();
 
   constructor(balancer: LeaseholdLoadBalancer, child: Child, method: string) {
     this.#balancer = balancer;
@@ -301,16 +310,7 @@ class TrackedCall {
     this.#balancer.inFlight++;
     this.#startedAt = performance.now();
     this.#answersAtStart = this.#balancer.answers;
-    // opossum counts outcomes of the promises it runs; this one settles when the call ends.
-    // A rejection is its outcome, already counted: nothing else awaits it.
-    this.#child.breaker
-      .fire(
-        () =>
-          new Promise<void>((resolve, reject) => {
-            this.#settle = (error) => (error === undefined ? resolve() : reject(error));
-          }),
-      )
-      .catch(() => undefined);
+    this.#child.breaker.track(this.#outcome); // settled when the call ends
   }
 
   ended(code: Status, details: string, trailers: Metadata | undefined): void {
@@ -348,7 +348,7 @@ class TrackedCall {
       (this.#othersInFlight || this.#balancer.inFlight > child.outstanding) &&
       this.#balancer.answers - this.#answersAtStart < STALL_MIN_ANSWERS;
     const outcome = isSharedStall ? "CANCELLED" : name;
-    this.#settle?.(outcome === "OK" ? undefined : new LeaseholdError(outcome, details));
+    this.#outcome.settle(outcome === "OK" ? undefined : new LeaseholdError(outcome, details));
     child.breaker.noteOutcome(outcome);
     if (child.isRemoved) return; // left meanwhile: its series are gone and must stay gone
     child.calls++;
@@ -524,7 +524,8 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
   }
 
   exitIdle(): void {
-    for (const child of this.#children.values()) {
+    // grpc-js calls this on every call (`InternalChannel.getConfig`): the array, not a Map iterator.
+    for (const child of this.#ordered) {
       if (child.leaf.getConnectivityState() === ConnectivityState.IDLE) child.leaf.exitIdle();
     }
   }

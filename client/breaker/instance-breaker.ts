@@ -114,8 +114,43 @@ export function isEndpointFault(code: LeaseholdErrorCode): boolean {
 
 type Attempt = () => Promise<unknown>;
 
+/**
+ * The outcome of a call that ends by callback (a gRPC call), as the thenable opossum's action
+ * returns: opossum attaches its handlers with `then(onSuccess).catch(onFailure)` (any thenable
+ * will do, circuit.js) and {@link settle} calls them synchronously, so counting a call under the
+ * breaker makes no promise, no closure and no microtask of its own.
+ */
+export class CallOutcome {
+  #onSuccess: ((value: unknown) => unknown) | undefined = undefined;
+  #onFailure: ((error: unknown) => unknown) | undefined = undefined;
+
+  then(onSuccess?: (value: unknown) => unknown, onFailure?: (error: unknown) => unknown): this {
+    this.#onSuccess = onSuccess;
+    if (onFailure !== undefined) this.#onFailure = onFailure;
+    return this;
+  }
+
+  catch(onFailure: (error: unknown) => unknown): this {
+    this.#onFailure = onFailure;
+    return this;
+  }
+
+  /**
+   * Reports the call's end to its breaker: `error` undefined for a success. Once; a no-op when
+   * the breaker did not run the call (open, shut down).
+   */
+  settle(error: LeaseholdError | undefined): void {
+    const handler = error === undefined ? this.#onSuccess : this.#onFailure;
+    this.#onSuccess = this.#onFailure = undefined;
+    handler?.(error);
+  }
+}
+
 /** opossum's options plus one its types lack (`enableSnapshots`, opossum ≥ 6). */
-type OpossumOptions = CircuitBreaker.Options<[Attempt]> & { enableSnapshots: boolean };
+type OpossumOptions = CircuitBreaker.Options<[Attempt | CallOutcome]> & { enableSnapshots: boolean };
+
+/** Absorbs opossum's promise of a tracked call: its outcome is counted, nobody else awaits it. */
+const ignore = (): undefined => undefined;
 
 /**
  * One breaker for one instance. Created when the instance appears, {@link shutdown} when it leaves.
@@ -130,7 +165,7 @@ type OpossumOptions = CircuitBreaker.Options<[Attempt]> & { enableSnapshots: boo
  * `timeout` is off: the gRPC deadline ends the call, opossum's timeout would not cancel it.
  */
 export class InstanceBreaker {
-  readonly #breaker: CircuitBreaker<[Attempt], unknown>;
+  readonly #breaker: CircuitBreaker<[Attempt | CallOutcome], unknown>;
   #state: BreakerState = "closed";
   #isShutdown = false;
   #consecutiveFaults = 0;
@@ -161,7 +196,12 @@ export class InstanceBreaker {
       errorFilter: (error: unknown) => !isEndpointFault(LeaseholdError.from(error).code),
     };
     this.#options = options;
-    this.#breaker = new CircuitBreaker((attempt: Attempt) => attempt(), opossumOptions);
+    this.#breaker = new CircuitBreaker(
+      // opossum's types say Promise; its code takes any thenable.
+      (work: Attempt | CallOutcome) =>
+        work instanceof CallOutcome ? (work as unknown as Promise<unknown>) : work(),
+      opossumOptions,
+    );
     // opossum reads options.resetTimeout each time it opens: set the next delay ahead of time.
     const live = (this.#breaker as unknown as { options: { resetTimeout: number } }).options;
     const move = (to: BreakerState) => () => {
@@ -210,6 +250,19 @@ export class InstanceBreaker {
    */
   fire<T>(attempt: () => Promise<T>): Promise<T> {
     return this.#breaker.fire(attempt) as Promise<T>;
+  }
+
+  /**
+   * Counts a call that ends by callback under the breaker, as `fire` does for a promise: settle
+   * `outcome` once when the call ends. The picker only starts calls the breaker admits; a call it
+   * refuses all the same (`EOPENBREAKER`, `ESHUTDOWN`) is not counted, and its outcome's `settle`
+   * does nothing.
+   */
+  track(outcome: CallOutcome): void {
+    // opossum would reject it with an Error (a stack trace each) that nobody reads: an open
+    // breaker kept in the pick set by the max-ejection cap sees every call of its share.
+    if (!this.isCallPermitted) return;
+    this.#breaker.fire(outcome).catch(ignore);
   }
 
   /**

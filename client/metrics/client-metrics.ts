@@ -12,6 +12,21 @@ export interface InstanceLoad {
   readonly effectiveWeight?: number | undefined;
 }
 
+/** The label objects of one attempt series (per service, instance, method and code). */
+interface AttemptLabels {
+  readonly requests: Readonly<Record<"service" | "instance_id" | "method" | "code", string>>;
+  readonly duration: Readonly<Record<"service" | "instance_id" | "method", string>>;
+}
+
+type CallLabels = Readonly<Record<"service" | "method" | "code", string>>;
+
+/** The map under `key` in `map`, made empty on first use. */
+function entry<V>(map: Map<string, Map<string, V>>, key: string): Map<string, V> {
+  let value = map.get(key);
+  if (value === undefined) map.set(key, (value = new Map<string, V>()));
+  return value;
+}
+
 /**
  * The caller-side metrics of DESIGN §7, registered in an injected registry (never the global one).
  * Labels are never named `instance` or `job`: Prometheus would rename them.
@@ -173,8 +188,12 @@ export class ClientMetrics {
     return () => this.#loadSources.delete(source);
   }
 
-  /** Label sets written per instance (prom-client removes series only by their exact labels). */
-  readonly #callLabels = new Map<string, Map<string, { method: string; code: string }>>();
+  /**
+   * The label objects of each attempt series, made once and reused on every call (prom-client
+   * removes series only by their exact labels, so these also list what to remove): service →
+   * instance id → method → code label.
+   */
+  readonly #attemptLabels = new Map<string, Map<string, Map<string, Map<string, AttemptLabels>>>>();
 
   /**
    * Counts one finished attempt on an instance and observes its duration in seconds. `code` is a
@@ -188,36 +207,48 @@ export class ClientMetrics {
     seconds: number,
   ): void {
     const code = metricCodeLabel(status);
-    this.requests.inc({ service, instance_id: instanceId, method, code });
-    this.requestDuration.observe({ service, instance_id: instanceId, method }, seconds);
-    const key = `${service}/${instanceId}`;
-    let seen = this.#callLabels.get(key);
-    if (seen === undefined)
-      this.#callLabels.set(key, (seen = new Map<string, { method: string; code: string }>()));
-    seen.set(`${method} ${code}`, { method, code });
+    const labels = entry(entry(entry(this.#attemptLabels, service), instanceId), method);
+    let series = labels.get(code);
+    if (series === undefined) {
+      series = {
+        requests: { service, instance_id: instanceId, method, code },
+        duration: { service, instance_id: instanceId, method },
+      };
+      labels.set(code, series);
+    }
+    this.requests.inc(series.requests);
+    this.requestDuration.observe(series.duration, seconds);
   }
+
+  /** The label objects of `leasehold_client_calls_total`: service → method → code label. */
+  readonly #callLabels = new Map<string, Map<string, Map<string, CallLabels>>>();
 
   /** Counts one call by the outcome the application saw (after retries), in `leasehold_client_calls_total`. */
   countCall(service: string, method: string, status: number | StatusCodeName): void {
-    this.calls.inc({ service, method, code: metricCodeLabel(status) });
-    const key = `${service} ${method}`;
-    if (this.#methodsSeen.has(key)) return;
-    // A method's retries series exists from its first call (at 0), so "retries per second" and
-    // ratios over it are 0, not absent, until a retry happens.
-    this.#methodsSeen.add(key);
-    this.retries.inc({ service, method }, 0);
+    const code = metricCodeLabel(status);
+    const ofService = entry(this.#callLabels, service);
+    let ofMethod = ofService.get(method);
+    if (ofMethod === undefined) {
+      ofService.set(method, (ofMethod = new Map<string, CallLabels>()));
+      // A method's retries series exists from its first call (at 0), so "retries per second" and
+      // ratios over it are 0, not absent, until a retry happens.
+      this.retries.inc({ service, method }, 0);
+    }
+    let labels = ofMethod.get(code);
+    if (labels === undefined) ofMethod.set(code, (labels = { service, method, code }));
+    this.calls.inc(labels);
   }
-
-  readonly #methodsSeen = new Set<string>();
 
   /** Removes every series of an instance that left, so dashboards do not show ghosts. */
   forgetInstance(service: string, instanceId: string): void {
-    const key = `${service}/${instanceId}`;
-    for (const { method, code } of this.#callLabels.get(key)?.values() ?? []) {
-      this.requests.remove({ service, instance_id: instanceId, method, code });
-      this.requestDuration.remove({ service, instance_id: instanceId, method });
+    const ofService = this.#attemptLabels.get(service);
+    for (const ofMethod of ofService?.get(instanceId)?.values() ?? []) {
+      for (const series of ofMethod.values()) {
+        this.requests.remove(series.requests);
+        this.requestDuration.remove(series.duration);
+      }
     }
-    this.#callLabels.delete(key);
+    ofService?.delete(instanceId);
     this.breakerState.remove({ service, instance_id: instanceId });
     this.breakerRejections.remove({ service, instance_id: instanceId });
   }
