@@ -1,3 +1,4 @@
+import { pino } from "pino";
 import test from "ava";
 import { EventEmitter } from "node:events";
 import {
@@ -35,17 +36,19 @@ async function register(
   );
 }
 
-test("a watcher keeps its membership through a registry outage, flags it stale, and resumes without a gap", async (t) => {
+test("a watcher keeps its membership through a registry outage, flags it stale, warns once, and resumes without a gap", async (t) => {
   const { etcd, registry, client } = await startFixtureFor(t);
   const metricsRegistry = new Registry();
   const metrics = new ClientMetrics(metricsRegistry);
   const watcherClient = connectRegistry(registry.address);
   t.teardown(() => watcherClient.close());
+  const logLines: string[] = [];
   const watcher = new MembershipWatcher({
     registry: watcherClient,
     service: "calculator",
     metrics,
     backoff: { initialDelayMs: 50, maxDelayMs: 200 },
+    logger: pino({ level: "debug" }, { write: (line: string) => logLines.push(line) }),
   });
   t.teardown(async () => await watcher.close());
   const changes: MembershipChange[] = [];
@@ -89,6 +92,16 @@ test("a watcher keeps its membership through a registry outage, flags it stale, 
     ),
     ["snapshot", "added calc-1", "added calc-2", "added calc-3"],
     "every change exactly once, in order",
+  );
+  const logged = logLines.map((line) => JSON.parse(line) as { level: number; msg: string });
+  const stillDown = logged.filter((line) => line.msg === "membership stream still down").length;
+  t.true(stillDown >= 1, "the outage spanned several reconnect attempts");
+  t.deepEqual(
+    logged
+      .filter((line) => line.level >= 30 && line.msg.startsWith("membership stream"))
+      .map((line) => line.msg),
+    ["membership stream broke; resuming", "membership stream resumed"],
+    "one warning for the outage, one line when it is over",
   );
 });
 

@@ -80,6 +80,8 @@ export class MembershipWatcher implements MembershipSource {
   /** Where a new stream resumes: the last revision applied, advanced by progress messages too. */
   #resumeRevision = "0";
   #isConnected = false;
+  /** Broken streams since the last message: the first is a warning, the rest debug lines. */
+  #failedAttempts = 0;
   /** The registry's last word on its own view of etcd (`Progress.stale`). */
   #isRegistryStale = false;
   /** The value of `isStale` listeners were last told (starts stale: nothing heard yet). */
@@ -199,10 +201,14 @@ export class MembershipWatcher implements MembershipSource {
       } catch (error) {
         if (this.#closing.signal.aborted) break;
         for (const listener of this.#errorListeners) listener(error);
-        this.#options.logger?.warn(
-          { err: error, service: this.#options.service },
-          "membership stream broke; resuming",
-        );
+        // One warning per outage, not per reconnect attempt; the rest at debug.
+        this.#failedAttempts++;
+        const log = this.#options.logger;
+        if (this.#failedAttempts === 1) {
+          log?.warn({ err: error, service: this.#options.service }, "membership stream broke; resuming");
+        } else {
+          log?.debug({ err: error, service: this.#options.service }, "membership stream still down");
+        }
       }
       this.#isConnected = false;
       this.#noticeStaleness();
@@ -234,6 +240,13 @@ export class MembershipWatcher implements MembershipSource {
           armIdleTimer();
           this.#isConnected = true;
           this.#backoff.reset();
+          if (this.#failedAttempts > 0) {
+            this.#options.logger?.info(
+              { service: this.#options.service, failedAttempts: this.#failedAttempts },
+              "membership stream resumed",
+            );
+            this.#failedAttempts = 0;
+          }
           try {
             this.#apply(message);
             this.#noticeStaleness();
