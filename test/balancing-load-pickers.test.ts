@@ -3,7 +3,12 @@
  * (gRFC A58), over fake instances with a seeded PRNG and an injected clock.
  */
 import test from "ava";
-import { InstanceLoadState, OrcaLoadReport, PeakEwma } from "../client/balancing/load-report.js";
+import {
+  InstanceLoadState,
+  OrcaLoadReport,
+  PeakEwma,
+  REPORT_PARSE_INTERVAL_MS,
+} from "../client/balancing/load-report.js";
 import { createPicker, type Pickable, type PolicyName } from "../client/balancing/policies.js";
 import { resolvePolicyConfig, type PolicyConfig } from "../client/balancing/policy-config.js";
 import { seeded } from "./helpers/seeded-random.js";
@@ -251,4 +256,23 @@ test("least_loaded: a report stating utilization 0 (neither field set) is unknow
   b.load.record(report({ cpuUtilization: 0.5 }), 0);
   const got = shares("least_loaded", [a, b], 20_000);
   t.true(near(got.a, 0.5), `a ${got.a}`);
+});
+
+test("reports arriving every 10 ms are parsed every REPORT_PARSE_INTERVAL_MS, so a changed load is seen (not only the first report)", (t) => {
+  const state = new InstanceLoadState();
+  const encoded = (cpu: number): Uint8Array =>
+    OrcaLoadReport.encode(report({ cpuUtilization: cpu, rpsFractional: 10 })).finish();
+  let changesSeen = 0;
+  let last: number | undefined;
+  for (let nowMs = 0; nowMs <= 1000; nowMs += 10) {
+    state.receive(encoded(nowMs < 500 ? 0.2 : 0.8), nowMs);
+    const seen = state.freshUtilization(nowMs, 10_000);
+    if (seen !== last) changesSeen++;
+    last = seen;
+    t.is(state.receivedAtMs, nowMs, "every report confirms freshness");
+  }
+  t.is(state.freshUtilization(1000, 10_000), 0.8, "the load after the change was parsed");
+  t.is(state.parsedAtMs, 1000 - (1000 % REPORT_PARSE_INTERVAL_MS), "parsed once per interval");
+  t.is(state.weightUpdatedAtMs, state.parsedAtMs, "A58 weights are refreshed by each parse");
+  t.is(changesSeen, 2, "unknown → 0.2, then 0.2 → 0.8");
 });

@@ -57,7 +57,7 @@ import {
   type PolicyConfig,
   type ResolvedPolicyConfig,
 } from "./policy-config.js";
-import { decodeLoadReport, InstanceLoadState, LOAD_REPORT_TRAILER, PeakEwma } from "./load-report.js";
+import { InstanceLoadState, LOAD_REPORT_TRAILER, PeakEwma } from "./load-report.js";
 import { hashKey } from "./ring-hash-picker.js";
 
 type LoadBalancer = experimental.LoadBalancer;
@@ -92,9 +92,6 @@ export function loadBalancerName(policy: PolicyName): string {
 
 /** Latency samples between two refreshes of an instance's p99 (a selection over the window). */
 const P99_REFRESH_SAMPLES = 256;
-
-/** An instance's load report trailer is parsed at most this often, ms. */
-const REPORT_PARSE_INTERVAL_MS = 100;
 
 /** How long a half-open breaker's trial stays reserved between the pick and the call's start. */
 const TRIAL_RESERVATION_MS = 1000;
@@ -319,17 +316,9 @@ class TrackedCall {
     this.#balancer.inFlight--;
     const name = statusCodeName(code);
     const nowMs = Date.now();
-    // ORCA (gRFC A51): the instance's load report, on every call it answers. Parsed at most every
-    // REPORT_PARSE_INTERVAL_MS per instance (~0.8 µs each); in between, a report only confirms
-    // that the last one is current (instances sample their load once a second).
+    // ORCA (gRFC A51): the instance's load report, on every call it answers.
     const report = trailers?.get(LOAD_REPORT_TRAILER)[0];
-    if (report instanceof Buffer) {
-      if (nowMs - child.load.receivedAtMs < REPORT_PARSE_INTERVAL_MS) child.load.receivedAtMs = nowMs;
-      else {
-        const parsed = decodeLoadReport(report);
-        if (parsed !== undefined) child.load.record(parsed, nowMs);
-      }
-    }
+    if (report instanceof Buffer) child.load.receive(report, nowMs);
     const ms = performance.now() - this.#startedAt;
     if (code !== Status.CANCELLED) child.rtt.observe(ms, nowMs, this.#balancer.policyConfig.peakEwma.decayMs);
     if (code !== Status.CANCELLED && code !== Status.DEADLINE_EXCEEDED) {
