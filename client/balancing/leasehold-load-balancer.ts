@@ -332,8 +332,11 @@ class TrackedCall {
     // stalled (a GC pause, a starved CPU), so it is no evidence against this one and its breaker
     // counts it as a cancelled call. A shared stall must not open every breaker; a lone attempt's
     // timeout (nothing else in flight) still counts.
+    // Never for a half-open trial: a cancelled call counts as a success for opossum, which would
+    // close the breaker of an instance that did not answer.
     const isSharedStall =
       code === Status.DEADLINE_EXCEEDED &&
+      child.breaker.state !== "half-open" &&
       (this.#othersInFlight || this.#balancer.inFlight > child.outstanding) &&
       this.#balancer.answers - this.#answersAtStart < STALL_MIN_ANSWERS;
     const outcome = isSharedStall ? "CANCELLED" : name;
