@@ -155,9 +155,11 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
    * registry or etcd outage, every stream at once) renews at once instead of re-proving with two
    * etcd reads each: at 10,000 instances those 20,000 reads after an etcd stall delayed renewals
    * past the TTL and lost every lease (README, Benchmarks). A deregistered or expired lease needs
-   * no eviction: its renewal answers NOT_FOUND, which evicts it.
+   * no eviction: its renewal answers NOT_FOUND, which evicts it. A proof lasts PROOF_TTL_MS, with
+   * jitter so proofs made together (a mass reconnect) are not all renewed together: another
+   * replica's adoption of a lease (a new token) reaches this one's cache within that time.
    */
-  const provenLeases = new LRUCache<string, string>({ max: MAX_PROVEN_LEASES });
+  const provenLeases = new LRUCache<string, string>({ max: MAX_PROVEN_LEASES, ttl: PROOF_TTL_MS.max });
 
   /**
    * Renews `request`'s lease on `keepAlive` once its token is proven and, with auth on, once the
@@ -186,7 +188,9 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
         );
       }
       if (principal !== undefined) await checkLeaseOwner(leaseId, principal); // [auth]
-      provenLeases.set(leaseId, proof);
+      provenLeases.set(leaseId, proof, {
+        ttl: PROOF_TTL_MS.min + Math.random() * (PROOF_TTL_MS.max - PROOF_TTL_MS.min),
+      });
     }
     const ttlSeconds = await keepAlive.renew(leaseId);
     if (ttlSeconds <= 0) {
@@ -213,6 +217,8 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
           () => store.register(instance, ttlSeconds, { registrationHash, tokenHash: token.hash }, scope),
           quotaPrincipal(scope),
         );
+        // An adopted lease now carries the new token: this replica forgets the old one's proof.
+        if (registration.isAdopted) provenLeases.delete(registration.leaseId);
         metrics.registrations.inc({ result: registration.isAdopted ? "adopted" : "ok" });
         // Debug, not info: one line per Register cost measurable registry CPU at thousands per
         // second (issue 10); the registrations counter counts them.
@@ -429,6 +435,12 @@ function once(release: () => void): () => void {
  * 200 bytes each, 20 MB at most, covers the 50,000 instances of the capacity benchmark.
  */
 const MAX_PROVEN_LEASES = 100_000;
+
+/**
+ * How long a proven lease stays proven, ms: 5–10 min, drawn per proof. At 10,000 instances that is
+ * about 20 re-proofs (40 etcd reads) a second, spread out.
+ */
+const PROOF_TTL_MS = Object.freeze({ min: 300_000, max: 600_000 });
 
 /**
  * When the caller of a unary call stops waiting: `call.cancelled` (grpc-js sets it for a client
