@@ -131,6 +131,8 @@ export class KvNode {
   readonly #membershipWaiters = new Set<() => void>();
   #loop: Promise<void> | undefined;
   #bootstrap: Promise<void> | undefined;
+  /** True until the running bootstrap leaves its loop (set synchronously, unlike {@link #bootstrap}). */
+  #isBootstrapLooping = false;
   #timer: NodeJS.Timeout | undefined;
   /** The Snapshot stream being read, cancelled by {@link close}. */
   #snapshotCall: { cancel(): void } | undefined;
@@ -366,78 +368,94 @@ export class KvNode {
   #startBootstrap(): void {
     if (this.#role === "closed") return;
     this.#role = "bootstrapping";
-    this.#bootstrap ??= this.#runBootstrap().finally(() => (this.#bootstrap = undefined));
+    // A run that has left its loop (it is only settling) would not see this role: start another.
+    if (this.#isBootstrapLooping) return;
+    this.#isBootstrapLooping = true;
+    const run: Promise<void> = this.#runBootstrap().finally(() => {
+      if (this.#bootstrap === run) this.#bootstrap = undefined;
+    });
+    this.#bootstrap = run;
   }
 
   async #runBootstrap(): Promise<void> {
-    const me = this.#options.instanceId;
-    const registrar = this.#registrar();
-    const backoff = new Backoff({ initialDelayMs: 100, maxDelayMs: 1000 });
-    while (this.#role === "bootstrapping") {
-      try {
-        if (this.#isServing) {
-          this.#isServing = false;
-          await registrar.update({ status: InstanceStatus.INSTANCE_STATUS_DRAINING });
-        }
-        const view = this.#view();
-        const self = view.find((instance) => instance.instanceId === me);
-        const primary = selectPrimary(view);
-        if (self === undefined || self.createRevision === "0") {
-          await this.#nextMembership(1000);
-          continue;
-        }
-        if (primary === undefined) {
-          if (!mayStartFresh(view, me)) {
+    // The finally clears the flag as the loop is left, before the returned promise settles.
+    try {
+      const me = this.#options.instanceId;
+      const registrar = this.#registrar();
+      const backoff = new Backoff({ initialDelayMs: 100, maxDelayMs: 1000 });
+      while (this.#role === "bootstrapping") {
+        try {
+          if (this.#isServing) {
+            this.#isServing = false;
+            await registrar.update({ status: InstanceStatus.INSTANCE_STATUS_DRAINING });
+          }
+          const view = this.#view();
+          const self = view.find((instance) => instance.instanceId === me);
+          const primary = selectPrimary(view);
+          if (self === undefined || self.createRevision === "0") {
             await this.#nextMembership(1000);
             continue;
           }
-          this.#logger?.info({ sequence: this.#state.sequence }, "kv: nobody serving; starting as primary");
-          await this.#turnServing();
-          if (this.#role === "bootstrapping") this.#promote();
-          return;
-        }
-        if (isOlder(self, primary)) {
-          // Turning SERVING would make this instance the primary without the primary's writes:
-          // take a fresh (youngest) registration first.
-          this.#logger?.info(
-            { primary: primary.instanceId },
-            "kv: older than the primary; registering again",
+          if (primary === undefined) {
+            if (!mayStartFresh(view, me)) {
+              await this.#nextMembership(1000);
+              continue;
+            }
+            this.#logger?.info({ sequence: this.#state.sequence }, "kv: nobody serving; starting as primary");
+            await this.#turnServing();
+            if (this.#role === "bootstrapping") this.#promote();
+            return;
+          }
+          if (isOlder(self, primary)) {
+            // Turning SERVING would make this instance the primary without the primary's writes:
+            // take a fresh (youngest) registration first.
+            this.#logger?.info(
+              { primary: primary.instanceId },
+              "kv: older than the primary; registering again",
+            );
+            await registrar.stop();
+            await registrar.start();
+            while (
+              this.#role === "bootstrapping" &&
+              this.#view().find((i) => i.instanceId === me)?.createRevision === self.createRevision
+            )
+              await this.#nextMembership(1000);
+            continue;
+          }
+          const peer = this.#peer(primary.address);
+          await this.#fetchSnapshot(peer);
+          this.#following = primary.instanceId;
+          this.#lastHeardAtMs = Date.now();
+          await unary<JoinRequest, JoinResponse>(
+            (request, metadata, options, callback) => peer.join(request, metadata, options, callback),
+            { instanceId: me, address: self.address, sequence: String(this.#state.sequence) },
+            this.#options.replicateTimeoutMs * 3,
           );
-          await registrar.stop();
-          await registrar.start();
-          while (
-            this.#role === "bootstrapping" &&
-            this.#view().find((i) => i.instanceId === me)?.createRevision === self.createRevision
+          if (
+            this.#role !== "bootstrapping" ||
+            selectPrimary(this.#view())?.instanceId !== primary.instanceId
           )
-            await this.#nextMembership(1000);
-          continue;
+            continue;
+          this.#role = "backup";
+          this.#lastHeardAtMs = Date.now();
+          await this.#turnServing();
+          // Sent back to bootstrapping (or promoted) while the registry answered: loop again.
+          if (this.#role !== "backup") continue;
+          this.#logger?.info(
+            { primary: primary.instanceId, sequence: this.#state.sequence },
+            "kv: serving as backup",
+          );
+          return;
+        } catch (error) {
+          if ((this.#role as KvRole) === "closed") return;
+          this.#following = undefined;
+          if (this.#role === "backup") this.#role = "bootstrapping";
+          this.#logger?.warn({ err: error }, "kv: bootstrap attempt failed; retrying");
+          await sleep(backoff.next());
         }
-        const peer = this.#peer(primary.address);
-        await this.#fetchSnapshot(peer);
-        this.#following = primary.instanceId;
-        this.#lastHeardAtMs = Date.now();
-        await unary<JoinRequest, JoinResponse>(
-          (request, metadata, options, callback) => peer.join(request, metadata, options, callback),
-          { instanceId: me, address: self.address, sequence: String(this.#state.sequence) },
-          this.#options.replicateTimeoutMs * 3,
-        );
-        if (this.#role !== "bootstrapping" || selectPrimary(this.#view())?.instanceId !== primary.instanceId)
-          continue;
-        this.#role = "backup";
-        this.#lastHeardAtMs = Date.now();
-        await this.#turnServing();
-        this.#logger?.info(
-          { primary: primary.instanceId, sequence: this.#state.sequence },
-          "kv: serving as backup",
-        );
-        return;
-      } catch (error) {
-        if ((this.#role as KvRole) === "closed") return;
-        this.#following = undefined;
-        if (this.#role === "backup") this.#role = "bootstrapping";
-        this.#logger?.warn({ err: error }, "kv: bootstrap attempt failed; retrying");
-        await sleep(backoff.next());
       }
+    } finally {
+      this.#isBootstrapLooping = false;
     }
   }
 
