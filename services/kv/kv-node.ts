@@ -592,8 +592,13 @@ export class KvNode {
     let failure: string | undefined;
     if (entries.length > 0) {
       await this.#replicateAll(entries);
-      this.#state.apply(entries);
-      failure = await this.#awaitSyncSetCoversServing();
+      // A new primary's snapshot may have been restored meanwhile: this batch no longer follows it.
+      if (this.#role !== "primary" || this.#state.sequence !== (entries[0]?.sequence ?? 0) - 1)
+        failure = "lost the primary role while replicating";
+      else {
+        this.#state.apply(entries);
+        failure = await this.#awaitSyncSetCoversServing();
+      }
     }
     writes.forEach((item, index) => {
       const result = results[index];
