@@ -498,20 +498,27 @@ export class KvNode {
       return;
     }
     call.on("error", () => undefined);
+    // A cancelled stream never drains: stop waiting (and drop the copy) when the reader leaves.
+    const cancelled = new AbortController();
+    call.once("cancelled", () => cancelled.abort());
     const { sequence, values, requests } = this.#state.snapshot();
     for (
       let index = 0;
       index === 0 || index < Math.max(values.length, requests.length);
       index += SNAPSHOT_CHUNK_ENTRIES
     ) {
+      if (call.cancelled) return;
       const chunk: SnapshotResponse = {
         sequence: String(sequence),
         entries: values.slice(index, index + SNAPSHOT_CHUNK_ENTRIES).map(toWire),
         requests: requests.slice(index, index + SNAPSHOT_CHUNK_ENTRIES).map(toWire),
       };
-      if (!call.write(chunk)) await once(call, "drain");
+      if (!call.write(chunk))
+        await once(call, "drain", { signal: cancelled.signal }).catch((error: unknown) => {
+          if (!call.cancelled) throw error;
+        });
     }
-    call.end();
+    if (!call.cancelled) call.end();
   }
 
   #onReplicate(request: ReplicateRequest): [ServiceError | null, ReplicateResponse?] {
