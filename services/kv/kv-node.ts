@@ -575,10 +575,12 @@ export class KvNode {
   async #commitLoop(): Promise<void> {
     while (this.#role === "primary") {
       if (this.#queue.length === 0) {
+        let heartbeat: NodeJS.Timeout | undefined;
         await new Promise<void>((resolve) => {
           this.#wakeLoop = resolve;
-          setTimeout(resolve, this.#options.heartbeatMs);
+          heartbeat = setTimeout(resolve, this.#options.heartbeatMs);
         });
+        clearTimeout(heartbeat);
         this.#wakeLoop = undefined;
         if (this.#role !== "primary") break;
         if (this.#queue.length === 0) {
