@@ -38,7 +38,7 @@ import { Backoff, sleep } from "../../client/backoff.js";
 import { MembershipWatcher } from "../../client/discovery/membership-watcher.js";
 import { REDIRECT_METADATA_KEY } from "../../client/redirect/follow-redirect.js";
 import type { Registrar, RegistrarState } from "../../client/registration/registrar.js";
-import { KvState, type KvEntry, type KvWrite, type KvWriteResult } from "./kv-state.js";
+import { checkRequestId, KvState, type KvEntry, type KvWrite, type KvWriteResult } from "./kv-state.js";
 import { isOlder, mayStartFresh, selectPrimary, uncoveredBackups } from "./primary.js";
 
 /** Longest key, in UTF-16 code units. */
@@ -220,6 +220,7 @@ export class KvNode {
         const { key, value, requestId } = call.request;
         const invalid =
           checkKey(key) ??
+          checkRequestId(requestId) ??
           (value.length > MAX_VALUE_LENGTH ? `value: longer than ${MAX_VALUE_LENGTH}` : undefined);
         if (invalid !== undefined) return callback(invalidArgument(invalid));
         this.#write(
@@ -230,7 +231,7 @@ export class KvNode {
       },
       delete: (call: ServerUnaryCall<DeleteRequest, PutResponse>, callback: sendUnaryData<PutResponse>) => {
         const { key, requestId } = call.request;
-        const invalid = checkKey(key);
+        const invalid = checkKey(key) ?? checkRequestId(requestId);
         if (invalid !== undefined) return callback(invalidArgument(invalid));
         this.#write(
           { kind: "delete", key, requestId },
@@ -243,7 +244,7 @@ export class KvNode {
         callback: sendUnaryData<IncrementResponse>,
       ) => {
         const { key, requestId } = call.request;
-        const invalid = checkKey(key);
+        const invalid = checkKey(key) ?? checkRequestId(requestId);
         if (invalid !== undefined) return callback(invalidArgument(invalid));
         const delta = BigInt(call.request.delta === "0" ? "1" : call.request.delta);
         this.#write(

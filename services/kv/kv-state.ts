@@ -33,6 +33,16 @@ export interface KvStateOptions {
   readonly maxRequestIds?: number;
 }
 
+/** Longest request id, in UTF-16 code units (up to {@link KvStateOptions.maxRequestIds} are remembered). */
+export const MAX_REQUEST_ID_LENGTH = 128;
+
+/** Why `requestId` is refused (INVALID_ARGUMENT), or undefined; "" (none) is accepted. */
+export function checkRequestId(requestId: string): string | undefined {
+  return requestId.length > MAX_REQUEST_ID_LENGTH
+    ? `request_id: longer than ${MAX_REQUEST_ID_LENGTH}`
+    : undefined;
+}
+
 const INTEGER = /^-?\d{1,19}$/;
 const INT64_MAX = 2n ** 63n - 1n;
 const INT64_MIN = -(2n ** 63n);
