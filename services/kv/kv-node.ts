@@ -306,6 +306,11 @@ export class KvNode {
     for (const wake of this.#membershipWaiters) wake();
     const me = this.#options.instanceId;
     const view = this.#view();
+    for (const [address, peer] of this.#peers)
+      if (!view.some((instance) => instance.address === address)) {
+        peer.close();
+        this.#peers.delete(address);
+      }
     const primary = selectPrimary(view);
     if (this.#role === "primary") {
       if (primary?.instanceId !== me)
