@@ -72,22 +72,20 @@ export function followRedirect(options: FollowRedirectOptions = {}): RedirectInt
             if (typeof target !== "string" || target === "" || sentMetadata === undefined)
               return nextStatus(received);
             options.onRedirect?.(target, method.path);
-            clientFor(target).makeUnaryRequest(
-              method.path,
-              method.requestSerialize,
-              method.responseDeserialize,
-              request,
-              sentMetadata,
-              { deadline: callOptions.deadline },
-              (error: ServiceError | null, response: unknown) => {
-                if (error !== null) {
-                  nextStatus({ code: error.code, details: error.details, metadata: error.metadata });
-                  return;
-                }
-                listener.onReceiveMessage(response);
-                nextStatus({ code: status.OK, details: "OK", metadata: received.metadata });
-              },
-            );
+            clientFor(target)
+              .makeUnaryRequest(
+                method.path,
+                method.requestSerialize,
+                method.responseDeserialize,
+                request,
+                sentMetadata,
+                { deadline: callOptions.deadline },
+                (error: ServiceError | null, response: unknown) => {
+                  if (error === null) listener.onReceiveMessage(response);
+                },
+              )
+              // Emitted after the callback, with the second call's own trailers, success or not.
+              .on("status", nextStatus);
           },
         });
       },
