@@ -38,11 +38,16 @@ import { Backoff, sleep } from "../../client/backoff.js";
 import { MembershipWatcher } from "../../client/discovery/membership-watcher.js";
 import { REDIRECT_METADATA_KEY } from "../../client/redirect/follow-redirect.js";
 import type { Registrar, RegistrarState } from "../../client/registration/registrar.js";
-import { checkRequestId, KvState, type KvEntry, type KvWrite, type KvWriteResult } from "./kv-state.js";
+import {
+  checkKey,
+  checkRequestId,
+  KvState,
+  type KvEntry,
+  type KvWrite,
+  type KvWriteResult,
+} from "./kv-state.js";
 import { isOlder, mayStartFresh, selectPrimary, uncoveredBackups } from "./primary.js";
 
-/** Longest key, in UTF-16 code units. */
-const MAX_KEY_LENGTH = 1024;
 /** Longest value, in UTF-16 code units. */
 const MAX_VALUE_LENGTH = 64 * 1024;
 /** Keys (and remembered requests) per Snapshot message. */
@@ -730,12 +735,6 @@ export class KvNode {
     }
     return peer;
   }
-}
-
-function checkKey(key: string): string | undefined {
-  if (key === "") return "key: required";
-  if (key.length > MAX_KEY_LENGTH) return `key: longer than ${MAX_KEY_LENGTH}`;
-  return undefined;
 }
 
 function invalidArgument(details: string): ServiceError {

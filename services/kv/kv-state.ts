@@ -43,9 +43,20 @@ export function checkRequestId(requestId: string): string | undefined {
     : undefined;
 }
 
-const INTEGER = /^-?\d{1,19}$/;
-const INT64_MAX = 2n ** 63n - 1n;
-const INT64_MIN = -(2n ** 63n);
+/** Longest key, in UTF-16 code units. */
+export const MAX_KEY_LENGTH = 1024;
+
+/** Why `key` is refused (INVALID_ARGUMENT), or undefined. */
+export function checkKey(key: string): string | undefined {
+  if (key === "") return "key: required";
+  if (key.length > MAX_KEY_LENGTH) return `key: longer than ${MAX_KEY_LENGTH}`;
+  return undefined;
+}
+
+/** A decimal integer short enough to be an int64 candidate (then compare with the bounds). */
+export const INTEGER = /^-?\d{1,19}$/;
+export const INT64_MAX = 2n ** 63n - 1n;
+export const INT64_MIN = -(2n ** 63n);
 
 export class KvState {
   readonly #values = new Map<string, string>();
