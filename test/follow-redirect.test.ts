@@ -1,4 +1,12 @@
-import { credentials, Metadata, Server, ServerCredentials, status, type ServiceError } from "@grpc/grpc-js";
+import {
+  credentials,
+  Metadata,
+  Server,
+  ServerCredentials,
+  status,
+  type ServiceError,
+  type StatusObject,
+} from "@grpc/grpc-js";
 import test, { type ExecutionContext } from "ava";
 import { followRedirect, REDIRECT_METADATA_KEY } from "../client/redirect/follow-redirect.js";
 import {
@@ -112,4 +120,27 @@ test("followRedirect leaves other failures alone: FAILED_PRECONDITION without th
   const error = await t.throwsAsync(callEcho(client, "x"));
   t.is((error as ServiceError).code, status.FAILED_PRECONDITION);
   t.is(server.calls, 1);
+});
+
+test("followRedirect ends a redirected call that succeeds with the second answer's trailers, not the refusal's redirect", async (t) => {
+  const target = await echoServer(t, "primary", () => undefined);
+  const backup = await echoServer(t, "backup", () => target.address);
+  const interceptor = followRedirect();
+  const client = new EchoServiceClient(backup.address, credentials.createInsecure(), {
+    interceptors: [interceptor],
+  });
+  t.teardown(() => {
+    client.close();
+    interceptor.close();
+  });
+  const ended = await new Promise<StatusObject>((resolve, reject) =>
+    client
+      .echo({ message: "hi" }, new Metadata(), { deadline: Date.now() + 5000 }, (error) => {
+        if (error !== null) reject(error);
+      })
+      .on("status", resolve),
+  );
+  t.is(ended.code, status.OK);
+  t.deepEqual(ended.metadata.get(REDIRECT_METADATA_KEY), []);
+  t.deepEqual([backup.calls, target.calls], [1, 1]);
 });

@@ -1,6 +1,7 @@
 import { credentials, Metadata } from "@grpc/grpc-js";
 import test from "ava";
 import { MembershipWatcher } from "../client/discovery/membership-watcher.js";
+import { resolverDefaults } from "../client/discovery/leasehold-resolver.js";
 import { Consistency, KvServiceClient, type GetResponse } from "../proto/gen/leasehold/demo/v1/kv.js";
 import { InstanceStatus } from "../proto/gen/leasehold/registry/v1/registry.js";
 import { connectKv } from "../services/kv/kv-client.js";
@@ -60,6 +61,7 @@ test("kv: a SIGSTOPped backup leaves the sync set; writes go on once it is no lo
 
   const kv = connectKv({ registry, deadlineMs: 3000 });
   t.teardown(() => kv.close());
+  t.is(resolverDefaults().registry, undefined, "connectKv leaves the process-wide Leasehold defaults alone");
   let acked = 0;
   let stopped = false;
   const writer = (async () => {

@@ -1,6 +1,6 @@
 import test from "ava";
 import { InstanceStatus, type Instance } from "../proto/gen/leasehold/registry/v1/registry.js";
-import { KvState, type KvWrite } from "../services/kv/kv-state.js";
+import { checkRequestId, KvState, MAX_REQUEST_ID_LENGTH, type KvWrite } from "../services/kv/kv-state.js";
 import { mayStartFresh, selectPrimary, uncoveredBackups } from "../services/kv/primary.js";
 
 const SERVING = InstanceStatus.INSTANCE_STATUS_SERVING;
@@ -155,4 +155,13 @@ test("a write is acknowledged only when every other SERVING instance is in the s
   // block until they turn DRAINING to catch up from it.
   const takeover = view.filter((i) => i.instanceId !== "p");
   t.deepEqual(ids(uncoveredBackups(takeover, "b1", new Set())), ["b2"]);
+});
+
+test("checkRequestId accepts none and up to MAX_REQUEST_ID_LENGTH characters, and names the field beyond", (t) => {
+  t.is(checkRequestId(""), undefined);
+  t.is(checkRequestId("r".repeat(MAX_REQUEST_ID_LENGTH)), undefined);
+  t.is(
+    checkRequestId("r".repeat(MAX_REQUEST_ID_LENGTH + 1)),
+    `request_id: longer than ${MAX_REQUEST_ID_LENGTH}`,
+  );
 });

@@ -1,6 +1,7 @@
 import { type Command, InvalidArgumentError } from "commander";
 import type { KvCommand, KvFlags } from "../kv/run-kv.js";
 import { hostPort, hostPortList, integerIn, REGISTRY_DEFAULT } from "../options.js";
+import { checkKey, INT64_MAX, INT64_MIN, INTEGER, MAX_KEY_LENGTH } from "../../services/kv/kv-state.js";
 
 /** `leasehold kv put|get|delete|incr`; the client is loaded when a command runs. */
 export function kvCommand(program: Command): void {
@@ -25,7 +26,7 @@ export function kvCommand(program: Command): void {
   };
   kv.command("put")
     .description("set KEY to VALUE; prints the write's sequence number")
-    .argument("<key>", "key (1..1024 characters)", kvKey)
+    .argument("<key>", `key (1..${MAX_KEY_LENGTH} characters)`, kvKey)
     .argument("<value>", "value")
     .action(async (key: string, value: string) => await run({ kind: "put", key, value }));
   kv.command("get")
@@ -47,13 +48,14 @@ export function kvCommand(program: Command): void {
 }
 
 function kvKey(value: string): string {
-  if (value === "" || value.length > 1024) throw new InvalidArgumentError("a key is 1..1024 characters");
+  const invalid = checkKey(value);
+  if (invalid !== undefined) throw new InvalidArgumentError(invalid);
   return value;
 }
 
 function int64(value: string): bigint {
-  if (!/^-?\d{1,19}$/.test(value)) throw new InvalidArgumentError("must be an integer");
+  if (!INTEGER.test(value)) throw new InvalidArgumentError("must be an integer");
   const parsed = BigInt(value);
-  if (parsed > 2n ** 63n - 1n || parsed < -(2n ** 63n)) throw new InvalidArgumentError("must fit in int64");
+  if (parsed > INT64_MAX || parsed < INT64_MIN) throw new InvalidArgumentError("must fit in int64");
   return parsed;
 }

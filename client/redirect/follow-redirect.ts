@@ -10,9 +10,13 @@ import {
   type ServiceError,
   type StatusObject,
 } from "@grpc/grpc-js";
+import { LRUCache } from "lru-cache";
 
 /** Trailer naming where to send a call that an instance refused with FAILED_PRECONDITION (`host:port`). */
 export const REDIRECT_METADATA_KEY = "leasehold-redirect";
+
+/** Channels to redirect targets kept open; the least recently used beyond this is closed. */
+const MAX_REDIRECT_CLIENTS = 16;
 
 /** Options of {@link followRedirect}. */
 export interface FollowRedirectOptions {
@@ -28,10 +32,10 @@ export type RedirectInterceptor = Interceptor & { close(): void };
 /**
  * A grpc-js client interceptor that follows a redirect once, transparently: a unary call answered
  * `FAILED_PRECONDITION` with a {@link REDIRECT_METADATA_KEY} trailer is sent again, with the same
- * message, metadata and deadline, straight to that address (one channel per address, kept until
- * {@link RedirectInterceptor.close}), and the caller sees that second answer, whatever it is (a
- * second redirect is not followed: stale membership on both sides would otherwise loop). Streaming
- * calls pass through untouched. Used by the kv demo's client: writes sent to a backup reach the primary.
+ * message, metadata and deadline, straight to that address (one channel per address; the 16 most
+ * recently used stay open until {@link RedirectInterceptor.close}), and the caller sees that second
+ * answer, whatever it is (a second redirect is not followed: stale membership on both sides would
+ * otherwise loop). Streaming calls pass through untouched. Used by the kv demo's client: writes sent to a backup reach the primary.
  *
  * ```ts
  * const redirects = followRedirect();
@@ -39,7 +43,10 @@ export type RedirectInterceptor = Interceptor & { close(): void };
  * ```
  */
 export function followRedirect(options: FollowRedirectOptions = {}): RedirectInterceptor {
-  const clients = new Map<string, Client>();
+  const clients = new LRUCache<string, Client>({
+    max: MAX_REDIRECT_CLIENTS,
+    dispose: (client) => client.close(),
+  });
   const clientFor = (target: string): Client => {
     let client = clients.get(target);
     if (client === undefined) {
@@ -65,22 +72,20 @@ export function followRedirect(options: FollowRedirectOptions = {}): RedirectInt
             if (typeof target !== "string" || target === "" || sentMetadata === undefined)
               return nextStatus(received);
             options.onRedirect?.(target, method.path);
-            clientFor(target).makeUnaryRequest(
-              method.path,
-              method.requestSerialize,
-              method.responseDeserialize,
-              request,
-              sentMetadata,
-              { deadline: callOptions.deadline },
-              (error: ServiceError | null, response: unknown) => {
-                if (error !== null) {
-                  nextStatus({ code: error.code, details: error.details, metadata: error.metadata });
-                  return;
-                }
-                listener.onReceiveMessage(response);
-                nextStatus({ code: status.OK, details: "OK", metadata: received.metadata });
-              },
-            );
+            clientFor(target)
+              .makeUnaryRequest(
+                method.path,
+                method.requestSerialize,
+                method.responseDeserialize,
+                request,
+                sentMetadata,
+                { deadline: callOptions.deadline },
+                (error: ServiceError | null, response: unknown) => {
+                  if (error === null) listener.onReceiveMessage(response);
+                },
+              )
+              // Emitted after the callback, with the second call's own trailers, success or not.
+              .on("status", nextStatus);
           },
         });
       },
@@ -92,8 +97,7 @@ export function followRedirect(options: FollowRedirectOptions = {}): RedirectInt
   };
   return Object.assign(interceptor, {
     close: () => {
-      for (const client of clients.values()) client.close();
-      clients.clear();
+      clients.clear(); // closes each (dispose)
     },
   });
 }

@@ -1,6 +1,7 @@
 import { randomUUID } from "node:crypto";
 import { credentials, Metadata, type ChannelCredentials, type ServiceError } from "@grpc/grpc-js";
-import { registerLeasehold } from "../../client/leasehold.js";
+import { registerLoadBalancers } from "../../client/balancing/leasehold-load-balancer.js";
+import { registerResolver } from "../../client/discovery/leasehold-resolver.js";
 import { followRedirect } from "../../client/redirect/follow-redirect.js";
 import {
   Consistency,
@@ -51,16 +52,19 @@ export interface KvClient {
 }
 
 /**
- * A kv client on a `leasehold:///kv` channel (registers Leasehold's resolver with `registry`)
+ * A kv client on a `leasehold://REGISTRY/kv` channel (registers Leasehold's resolver and
+ * balancers if needed; the process-wide defaults of `registerLeasehold()` are left unchanged)
  * with the {@link followRedirect} interceptor: a write or linearizable read that reaches a backup
  * is sent once more, to the primary the backup names.
  * @throws ServiceError of the call (UNAVAILABLE while no primary is known, INVALID_ARGUMENT, ...).
  */
 export function connectKv(options: KvClientOptions): KvClient {
-  if (options.instance === undefined) registerLeasehold({ registry: options.registry });
+  // The registry goes in the target, so the application's registerLeasehold() defaults stay as they are.
+  registerResolver();
+  registerLoadBalancers();
   const redirects = followRedirect({ credentials: options.credentials, onRedirect: options.onRedirect });
   const client = new KvServiceClient(
-    options.instance ?? `leasehold:///${options.service ?? "kv"}`,
+    options.instance ?? `leasehold://${options.registry}/${options.service ?? "kv"}`,
     options.credentials ?? credentials.createInsecure(),
     { interceptors: [redirects] },
   );

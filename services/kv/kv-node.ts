@@ -38,11 +38,16 @@ import { Backoff, sleep } from "../../client/backoff.js";
 import { MembershipWatcher } from "../../client/discovery/membership-watcher.js";
 import { REDIRECT_METADATA_KEY } from "../../client/redirect/follow-redirect.js";
 import type { Registrar, RegistrarState } from "../../client/registration/registrar.js";
-import { KvState, type KvEntry, type KvWrite, type KvWriteResult } from "./kv-state.js";
+import {
+  checkKey,
+  checkRequestId,
+  KvState,
+  type KvEntry,
+  type KvWrite,
+  type KvWriteResult,
+} from "./kv-state.js";
 import { isOlder, mayStartFresh, selectPrimary, uncoveredBackups } from "./primary.js";
 
-/** Longest key, in UTF-16 code units. */
-const MAX_KEY_LENGTH = 1024;
 /** Longest value, in UTF-16 code units. */
 const MAX_VALUE_LENGTH = 64 * 1024;
 /** Keys (and remembered requests) per Snapshot message. */
@@ -131,6 +136,8 @@ export class KvNode {
   readonly #membershipWaiters = new Set<() => void>();
   #loop: Promise<void> | undefined;
   #bootstrap: Promise<void> | undefined;
+  /** True until the running bootstrap leaves its loop (set synchronously, unlike {@link #bootstrap}). */
+  #isBootstrapLooping = false;
   #timer: NodeJS.Timeout | undefined;
   /** The Snapshot stream being read, cancelled by {@link close}. */
   #snapshotCall: { cancel(): void } | undefined;
@@ -218,6 +225,7 @@ export class KvNode {
         const { key, value, requestId } = call.request;
         const invalid =
           checkKey(key) ??
+          checkRequestId(requestId) ??
           (value.length > MAX_VALUE_LENGTH ? `value: longer than ${MAX_VALUE_LENGTH}` : undefined);
         if (invalid !== undefined) return callback(invalidArgument(invalid));
         this.#write(
@@ -228,7 +236,7 @@ export class KvNode {
       },
       delete: (call: ServerUnaryCall<DeleteRequest, PutResponse>, callback: sendUnaryData<PutResponse>) => {
         const { key, requestId } = call.request;
-        const invalid = checkKey(key);
+        const invalid = checkKey(key) ?? checkRequestId(requestId);
         if (invalid !== undefined) return callback(invalidArgument(invalid));
         this.#write(
           { kind: "delete", key, requestId },
@@ -241,7 +249,7 @@ export class KvNode {
         callback: sendUnaryData<IncrementResponse>,
       ) => {
         const { key, requestId } = call.request;
-        const invalid = checkKey(key);
+        const invalid = checkKey(key) ?? checkRequestId(requestId);
         if (invalid !== undefined) return callback(invalidArgument(invalid));
         const delta = BigInt(call.request.delta === "0" ? "1" : call.request.delta);
         this.#write(
@@ -303,6 +311,11 @@ export class KvNode {
     for (const wake of this.#membershipWaiters) wake();
     const me = this.#options.instanceId;
     const view = this.#view();
+    for (const [address, peer] of this.#peers)
+      if (!view.some((instance) => instance.address === address)) {
+        peer.close();
+        this.#peers.delete(address);
+      }
     const primary = selectPrimary(view);
     if (this.#role === "primary") {
       if (primary?.instanceId !== me)
@@ -366,78 +379,94 @@ export class KvNode {
   #startBootstrap(): void {
     if (this.#role === "closed") return;
     this.#role = "bootstrapping";
-    this.#bootstrap ??= this.#runBootstrap().finally(() => (this.#bootstrap = undefined));
+    // A run that has left its loop (it is only settling) would not see this role: start another.
+    if (this.#isBootstrapLooping) return;
+    this.#isBootstrapLooping = true;
+    const run: Promise<void> = this.#runBootstrap().finally(() => {
+      if (this.#bootstrap === run) this.#bootstrap = undefined;
+    });
+    this.#bootstrap = run;
   }
 
   async #runBootstrap(): Promise<void> {
-    const me = this.#options.instanceId;
-    const registrar = this.#registrar();
-    const backoff = new Backoff({ initialDelayMs: 100, maxDelayMs: 1000 });
-    while (this.#role === "bootstrapping") {
-      try {
-        if (this.#isServing) {
-          this.#isServing = false;
-          await registrar.update({ status: InstanceStatus.INSTANCE_STATUS_DRAINING });
-        }
-        const view = this.#view();
-        const self = view.find((instance) => instance.instanceId === me);
-        const primary = selectPrimary(view);
-        if (self === undefined || self.createRevision === "0") {
-          await this.#nextMembership(1000);
-          continue;
-        }
-        if (primary === undefined) {
-          if (!mayStartFresh(view, me)) {
+    // The finally clears the flag as the loop is left, before the returned promise settles.
+    try {
+      const me = this.#options.instanceId;
+      const registrar = this.#registrar();
+      const backoff = new Backoff({ initialDelayMs: 100, maxDelayMs: 1000 });
+      while (this.#role === "bootstrapping") {
+        try {
+          if (this.#isServing) {
+            this.#isServing = false;
+            await registrar.update({ status: InstanceStatus.INSTANCE_STATUS_DRAINING });
+          }
+          const view = this.#view();
+          const self = view.find((instance) => instance.instanceId === me);
+          const primary = selectPrimary(view);
+          if (self === undefined || self.createRevision === "0") {
             await this.#nextMembership(1000);
             continue;
           }
-          this.#logger?.info({ sequence: this.#state.sequence }, "kv: nobody serving; starting as primary");
-          await this.#turnServing();
-          if (this.#role === "bootstrapping") this.#promote();
-          return;
-        }
-        if (isOlder(self, primary)) {
-          // Turning SERVING would make this instance the primary without the primary's writes:
-          // take a fresh (youngest) registration first.
-          this.#logger?.info(
-            { primary: primary.instanceId },
-            "kv: older than the primary; registering again",
+          if (primary === undefined) {
+            if (!mayStartFresh(view, me)) {
+              await this.#nextMembership(1000);
+              continue;
+            }
+            this.#logger?.info({ sequence: this.#state.sequence }, "kv: nobody serving; starting as primary");
+            await this.#turnServing();
+            if (this.#role === "bootstrapping") this.#promote();
+            return;
+          }
+          if (isOlder(self, primary)) {
+            // Turning SERVING would make this instance the primary without the primary's writes:
+            // take a fresh (youngest) registration first.
+            this.#logger?.info(
+              { primary: primary.instanceId },
+              "kv: older than the primary; registering again",
+            );
+            await registrar.stop();
+            await registrar.start();
+            while (
+              this.#role === "bootstrapping" &&
+              this.#view().find((i) => i.instanceId === me)?.createRevision === self.createRevision
+            )
+              await this.#nextMembership(1000);
+            continue;
+          }
+          const peer = this.#peer(primary.address);
+          await this.#fetchSnapshot(peer);
+          this.#following = primary.instanceId;
+          this.#lastHeardAtMs = Date.now();
+          await unary<JoinRequest, JoinResponse>(
+            (request, metadata, options, callback) => peer.join(request, metadata, options, callback),
+            { instanceId: me, address: self.address, sequence: String(this.#state.sequence) },
+            this.#options.replicateTimeoutMs * 3,
           );
-          await registrar.stop();
-          await registrar.start();
-          while (
-            this.#role === "bootstrapping" &&
-            this.#view().find((i) => i.instanceId === me)?.createRevision === self.createRevision
+          if (
+            this.#role !== "bootstrapping" ||
+            selectPrimary(this.#view())?.instanceId !== primary.instanceId
           )
-            await this.#nextMembership(1000);
-          continue;
+            continue;
+          this.#role = "backup";
+          this.#lastHeardAtMs = Date.now();
+          await this.#turnServing();
+          // Sent back to bootstrapping (or promoted) while the registry answered: loop again.
+          if (this.#role !== "backup") continue;
+          this.#logger?.info(
+            { primary: primary.instanceId, sequence: this.#state.sequence },
+            "kv: serving as backup",
+          );
+          return;
+        } catch (error) {
+          if ((this.#role as KvRole) === "closed") return;
+          this.#following = undefined;
+          if (this.#role === "backup") this.#role = "bootstrapping";
+          this.#logger?.warn({ err: error }, "kv: bootstrap attempt failed; retrying");
+          await sleep(backoff.next());
         }
-        const peer = this.#peer(primary.address);
-        await this.#fetchSnapshot(peer);
-        this.#following = primary.instanceId;
-        this.#lastHeardAtMs = Date.now();
-        await unary<JoinRequest, JoinResponse>(
-          (request, metadata, options, callback) => peer.join(request, metadata, options, callback),
-          { instanceId: me, address: self.address, sequence: String(this.#state.sequence) },
-          this.#options.replicateTimeoutMs * 3,
-        );
-        if (this.#role !== "bootstrapping" || selectPrimary(this.#view())?.instanceId !== primary.instanceId)
-          continue;
-        this.#role = "backup";
-        this.#lastHeardAtMs = Date.now();
-        await this.#turnServing();
-        this.#logger?.info(
-          { primary: primary.instanceId, sequence: this.#state.sequence },
-          "kv: serving as backup",
-        );
-        return;
-      } catch (error) {
-        if ((this.#role as KvRole) === "closed") return;
-        this.#following = undefined;
-        if (this.#role === "backup") this.#role = "bootstrapping";
-        this.#logger?.warn({ err: error }, "kv: bootstrap attempt failed; retrying");
-        await sleep(backoff.next());
       }
+    } finally {
+      this.#isBootstrapLooping = false;
     }
   }
 
@@ -480,20 +509,27 @@ export class KvNode {
       return;
     }
     call.on("error", () => undefined);
+    // A cancelled stream never drains: stop waiting (and drop the copy) when the reader leaves.
+    const cancelled = new AbortController();
+    call.once("cancelled", () => cancelled.abort());
     const { sequence, values, requests } = this.#state.snapshot();
     for (
       let index = 0;
       index === 0 || index < Math.max(values.length, requests.length);
       index += SNAPSHOT_CHUNK_ENTRIES
     ) {
+      if (call.cancelled) return;
       const chunk: SnapshotResponse = {
         sequence: String(sequence),
         entries: values.slice(index, index + SNAPSHOT_CHUNK_ENTRIES).map(toWire),
         requests: requests.slice(index, index + SNAPSHOT_CHUNK_ENTRIES).map(toWire),
       };
-      if (!call.write(chunk)) await once(call, "drain");
+      if (!call.write(chunk))
+        await once(call, "drain", { signal: cancelled.signal }).catch((error: unknown) => {
+          if (!call.cancelled) throw error;
+        });
     }
-    call.end();
+    if (!call.cancelled) call.end();
   }
 
   #onReplicate(request: ReplicateRequest): [ServiceError | null, ReplicateResponse?] {
@@ -550,10 +586,12 @@ export class KvNode {
   async #commitLoop(): Promise<void> {
     while (this.#role === "primary") {
       if (this.#queue.length === 0) {
+        let heartbeat: NodeJS.Timeout | undefined;
         await new Promise<void>((resolve) => {
           this.#wakeLoop = resolve;
-          setTimeout(resolve, this.#options.heartbeatMs);
+          heartbeat = setTimeout(resolve, this.#options.heartbeatMs);
         });
+        clearTimeout(heartbeat);
         this.#wakeLoop = undefined;
         if (this.#role !== "primary") break;
         if (this.#queue.length === 0) {
@@ -574,8 +612,13 @@ export class KvNode {
     let failure: string | undefined;
     if (entries.length > 0) {
       await this.#replicateAll(entries);
-      this.#state.apply(entries);
-      failure = await this.#awaitSyncSetCoversServing();
+      // A new primary's snapshot may have been restored meanwhile: this batch no longer follows it.
+      if (this.#role !== "primary" || this.#state.sequence !== (entries[0]?.sequence ?? 0) - 1)
+        failure = "lost the primary role while replicating";
+      else {
+        this.#state.apply(entries);
+        failure = await this.#awaitSyncSetCoversServing();
+      }
     }
     writes.forEach((item, index) => {
       const result = results[index];
@@ -692,12 +735,6 @@ export class KvNode {
     }
     return peer;
   }
-}
-
-function checkKey(key: string): string | undefined {
-  if (key === "") return "key: required";
-  if (key.length > MAX_KEY_LENGTH) return `key: longer than ${MAX_KEY_LENGTH}`;
-  return undefined;
 }
 
 function invalidArgument(details: string): ServiceError {

@@ -33,9 +33,30 @@ export interface KvStateOptions {
   readonly maxRequestIds?: number;
 }
 
-const INTEGER = /^-?\d{1,19}$/;
-const INT64_MAX = 2n ** 63n - 1n;
-const INT64_MIN = -(2n ** 63n);
+/** Longest request id, in UTF-16 code units (up to {@link KvStateOptions.maxRequestIds} are remembered). */
+export const MAX_REQUEST_ID_LENGTH = 128;
+
+/** Why `requestId` is refused (INVALID_ARGUMENT), or undefined; "" (none) is accepted. */
+export function checkRequestId(requestId: string): string | undefined {
+  return requestId.length > MAX_REQUEST_ID_LENGTH
+    ? `request_id: longer than ${MAX_REQUEST_ID_LENGTH}`
+    : undefined;
+}
+
+/** Longest key, in UTF-16 code units. */
+export const MAX_KEY_LENGTH = 1024;
+
+/** Why `key` is refused (INVALID_ARGUMENT), or undefined. */
+export function checkKey(key: string): string | undefined {
+  if (key === "") return "key: required";
+  if (key.length > MAX_KEY_LENGTH) return `key: longer than ${MAX_KEY_LENGTH}`;
+  return undefined;
+}
+
+/** A decimal integer short enough to be an int64 candidate (then compare with the bounds). */
+export const INTEGER = /^-?\d{1,19}$/;
+export const INT64_MAX = 2n ** 63n - 1n;
+export const INT64_MIN = -(2n ** 63n);
 
 export class KvState {
   readonly #values = new Map<string, string>();
