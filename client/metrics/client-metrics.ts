@@ -1,5 +1,6 @@
 import { Counter, Gauge, Histogram, type Registry } from "prom-client";
 import { metricCodeLabel, type StatusCodeName } from "../errors.js";
+import { type CounterTally, HistogramTally, writeCounter, writeHistogram } from "./tally.js";
 
 /** One instance's attempts in flight, as a balancer reports them. */
 export interface InstanceLoad {
@@ -12,13 +13,17 @@ export interface InstanceLoad {
   readonly effectiveWeight?: number | undefined;
 }
 
-/** The label objects of one attempt series (per service, instance, method and code). */
-interface AttemptLabels {
-  readonly requests: Readonly<Record<"service" | "instance_id" | "method" | "code", string>>;
-  readonly duration: Readonly<Record<"service" | "instance_id" | "method", string>>;
+type AttemptLabel = "service" | "instance_id" | "method";
+
+/** The attempt series of one instance's method: its duration, and its count per code label. */
+interface AttemptSeries {
+  readonly duration: HistogramTally<AttemptLabel>;
+  readonly requests: Map<string, CounterTally<AttemptLabel | "code">>;
 }
 
-type CallLabels = Readonly<Record<"service" | "method" | "code", string>>;
+type CallTally = CounterTally<"service" | "method" | "code">;
+
+const REQUEST_DURATION_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
 
 /** The map under `key` in `map`, made empty on first use. */
 function entry<V>(map: Map<string, Map<string, V>>, key: string): Map<string, V> {
@@ -50,18 +55,36 @@ export class ClientMetrics {
 
   constructor(registry: Registry) {
     const registers = [registry];
+    // Per-call series are plain-number tallies (./tally.ts), written into prom-client when scraped.
+    const attempts = this.#attempts;
+    const allAttempts = function* (): Generator<AttemptSeries> {
+      for (const ofService of attempts.values())
+        for (const ofInstance of ofService.values()) yield* ofInstance.values();
+    };
     this.requests = new Counter({
       name: "leasehold_client_requests_total",
       help: "Attempts made by balanced clients (retries included), by instance, method and gRPC status code name.",
       labelNames: ["service", "instance_id", "method", "code"],
       registers,
+      collect() {
+        writeCounter(
+          this,
+          Array.from(allAttempts()).flatMap((series) => [...series.requests.values()]),
+        );
+      },
     });
     this.requestDuration = new Histogram({
       name: "leasehold_client_request_duration_seconds",
       help: "Duration of calls made by balanced clients, in seconds.",
       labelNames: ["service", "instance_id", "method"],
-      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      buckets: REQUEST_DURATION_BUCKETS,
       registers,
+      collect() {
+        writeHistogram(
+          this,
+          Array.from(allAttempts(), (series) => series.duration),
+        );
+      },
     });
     this.breakerState = new Gauge({
       name: "leasehold_client_breaker_state",
@@ -157,11 +180,20 @@ export class ClientMetrics {
       ],
       registers,
     });
+    const calls = this.#calls;
     this.calls = new Counter({
       name: "leasehold_client_calls_total",
       help: "Calls made by balanced clients, by the outcome the application saw (after retries).",
       labelNames: ["service", "method", "code"],
       registers,
+      collect() {
+        writeCounter(
+          this,
+          Array.from(calls.values()).flatMap((ofService) =>
+            Array.from(ofService.values()).flatMap((ofMethod) => [...ofMethod.values()]),
+          ),
+        );
+      },
     });
     this.retries = new Counter({
       name: "leasehold_client_retries_total",
@@ -188,16 +220,13 @@ export class ClientMetrics {
     return () => this.#loadSources.delete(source);
   }
 
-  /**
-   * The label objects of each attempt series, made once and reused on every call (prom-client
-   * removes series only by their exact labels, so these also list what to remove): service →
-   * instance id → method → code label.
-   */
-  readonly #attemptLabels = new Map<string, Map<string, Map<string, Map<string, AttemptLabels>>>>();
+  /** The attempt series: service → instance id → method. */
+  readonly #attempts = new Map<string, Map<string, Map<string, AttemptSeries>>>();
 
   /**
    * Counts one finished attempt on an instance and observes its duration in seconds. `code` is a
    * status number or name; the label is written in Go's spelling ({@link metricCodeLabel}).
+   * Costs map lookups and additions: prom-client sees the totals only when scraped.
    */
   recordCall(
     service: string,
@@ -207,48 +236,45 @@ export class ClientMetrics {
     seconds: number,
   ): void {
     const code = metricCodeLabel(status);
-    const labels = entry(entry(entry(this.#attemptLabels, service), instanceId), method);
-    let series = labels.get(code);
+    const ofInstance = entry(entry(this.#attempts, service), instanceId);
+    let series = ofInstance.get(method);
     if (series === undefined) {
-      series = {
-        requests: { service, instance_id: instanceId, method, code },
-        duration: { service, instance_id: instanceId, method },
-      };
-      labels.set(code, series);
+      const labels = { service, instance_id: instanceId, method };
+      series = { duration: new HistogramTally(labels, REQUEST_DURATION_BUCKETS), requests: new Map() };
+      ofInstance.set(method, series);
     }
-    this.requests.inc(series.requests);
-    this.requestDuration.observe(series.duration, seconds);
+    let requests = series.requests.get(code);
+    if (requests === undefined) {
+      requests = { labels: { service, instance_id: instanceId, method, code }, value: 0 };
+      series.requests.set(code, requests);
+    }
+    requests.value++;
+    series.duration.observe(seconds);
   }
 
-  /** The label objects of `leasehold_client_calls_total`: service → method → code label. */
-  readonly #callLabels = new Map<string, Map<string, Map<string, CallLabels>>>();
+  /** The series of `leasehold_client_calls_total`: service → method → code label. */
+  readonly #calls = new Map<string, Map<string, Map<string, CallTally>>>();
 
   /** Counts one call by the outcome the application saw (after retries), in `leasehold_client_calls_total`. */
   countCall(service: string, method: string, status: number | StatusCodeName): void {
     const code = metricCodeLabel(status);
-    const ofService = entry(this.#callLabels, service);
+    const ofService = entry(this.#calls, service);
     let ofMethod = ofService.get(method);
     if (ofMethod === undefined) {
-      ofService.set(method, (ofMethod = new Map<string, CallLabels>()));
+      ofService.set(method, (ofMethod = new Map<string, CallTally>()));
       // A method's retries series exists from its first call (at 0), so "retries per second" and
       // ratios over it are 0, not absent, until a retry happens.
       this.retries.inc({ service, method }, 0);
     }
-    let labels = ofMethod.get(code);
-    if (labels === undefined) ofMethod.set(code, (labels = { service, method, code }));
-    this.calls.inc(labels);
+    let calls = ofMethod.get(code);
+    if (calls === undefined) ofMethod.set(code, (calls = { labels: { service, method, code }, value: 0 }));
+    calls.value++;
   }
 
   /** Removes every series of an instance that left, so dashboards do not show ghosts. */
   forgetInstance(service: string, instanceId: string): void {
-    const ofService = this.#attemptLabels.get(service);
-    for (const ofMethod of ofService?.get(instanceId)?.values() ?? []) {
-      for (const series of ofMethod.values()) {
-        this.requests.remove(series.requests);
-        this.requestDuration.remove(series.duration);
-      }
-    }
-    ofService?.delete(instanceId);
+    // Its attempt series go with its tallies (the next scrape rewrites both metrics from them).
+    this.#attempts.get(service)?.delete(instanceId);
     this.breakerState.remove({ service, instance_id: instanceId });
     this.breakerRejections.remove({ service, instance_id: instanceId });
   }

@@ -7,17 +7,56 @@ import {
 } from "@grpc/grpc-js";
 import { Counter, Histogram, type Registry } from "prom-client";
 import { metricCodeLabel } from "../errors.js";
+import { type CounterTally, HistogramTally, writeCounter, writeHistogram } from "../metrics/tally.js";
 
 /** go-grpc-prometheus's `grpc_type` of a method. */
 type GrpcType = "unary" | "client_stream" | "server_stream" | "bidi_stream";
 type MethodLabel = "grpc_type" | "grpc_service" | "grpc_method";
+type HandledLabel = MethodLabel | "grpc_code";
 
+/** Prometheus' default buckets plus sub-millisecond ones: a local handler answers in 50-500 µs, and with 1 ms as the lowest bucket every p99 read 0.99 ms. */
+const HANDLING_BUCKETS = [
+  0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+];
+
+/** gRPC status codes run 0 (OK) to 16 (UNAUTHENTICATED); any other number counts as UNKNOWN (2), as {@link metricCodeLabel} labels it. */
+const STATUS_CODES = 17;
+
+/** One method's series, resolved when its handler is wrapped; a call only bumps numbers here. */
+class MethodTally {
+  readonly started: CounterTally<MethodLabel>;
+  readonly received: CounterTally<MethodLabel>;
+  readonly sent: CounterTally<MethodLabel>;
+  /** By status code number; made on first use of a code. */
+  readonly handled: (CounterTally<HandledLabel> | undefined)[] = new Array<
+    CounterTally<HandledLabel> | undefined
+  >(STATUS_CODES).fill(undefined);
+  readonly handling: HistogramTally<MethodLabel>;
+
+  constructor(readonly labels: Readonly<Record<MethodLabel, string>>) {
+    this.started = { labels, value: 0 };
+    this.received = { labels, value: 0 };
+    this.sent = { labels, value: 0 };
+    this.handling = new HistogramTally(labels, HANDLING_BUCKETS);
+  }
+
+  /** Counts one finished call with status `code` (a number) that took `seconds`. */
+  finish(code: number, seconds: number): void {
+    const index = Number.isInteger(code) && code >= 0 && code < STATUS_CODES ? code : status.UNKNOWN;
+    let handled = this.handled[index];
+    if (handled === undefined) {
+      handled = { labels: { ...this.labels, grpc_code: metricCodeLabel(index) }, value: 0 };
+      this.handled[index] = handled;
+    }
+    handled.value++;
+    this.handling.observe(seconds);
+  }
+}
+
+/** The go-grpc-prometheus metrics of one registry, read from the method tallies at each scrape. */
 interface ServerMetrics {
-  readonly started: Counter<MethodLabel>;
-  readonly handled: Counter<MethodLabel | "grpc_code">;
-  readonly received: Counter<MethodLabel>;
-  readonly sent: Counter<MethodLabel>;
-  readonly handling: Histogram<MethodLabel>;
+  /** By `grpc_type/grpc_service/grpc_method`: services wrapped twice into one registry share them. */
+  readonly methods: Map<string, MethodTally>;
 }
 
 /** One set of metrics per prom-client registry, shared by every service instrumented into it. */
@@ -26,45 +65,58 @@ const metricsByRegistry = new WeakMap<Registry, ServerMetrics>();
 function serverMetrics(registry: Registry): ServerMetrics {
   let metrics = metricsByRegistry.get(registry);
   if (metrics === undefined) {
+    const methods = new Map<string, MethodTally>();
     const registers = [registry];
     const labelNames: MethodLabel[] = ["grpc_type", "grpc_service", "grpc_method"];
-    metrics = {
-      started: new Counter({
-        name: "grpc_server_started_total",
-        help: "RPCs started on the server.",
+    const counter = (name: string, help: string, series: (tally: MethodTally) => CounterTally<MethodLabel>) =>
+      new Counter({
+        name,
+        help,
         labelNames,
         registers,
-      }),
-      handled: new Counter({
-        name: "grpc_server_handled_total",
-        help: "RPCs completed on the server, regardless of success or failure.",
-        labelNames: [...labelNames, "grpc_code"],
-        registers,
-      }),
-      received: new Counter({
-        name: "grpc_server_msg_received_total",
-        help: "Stream messages received on the server (1 per unary or server-stream RPC).",
-        labelNames,
-        registers,
-      }),
-      sent: new Counter({
-        name: "grpc_server_msg_sent_total",
-        help: "Stream messages sent by the server (1 per successful unary or client-stream RPC).",
-        labelNames,
-        registers,
-      }),
-      handling: new Histogram({
-        name: "grpc_server_handling_seconds",
-        help: "Time from the start of an RPC to its status on the server, in seconds (streams: the stream's life).",
-        labelNames,
-        // Prometheus' default buckets plus sub-millisecond ones: a local handler answers in 50-500 µs,
-        // and with 1 ms as the lowest bucket every p99 read 0.99 ms.
-        buckets: [
-          0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
-        ],
-        registers,
-      }),
-    };
+        collect() {
+          writeCounter(this, Array.from(methods.values(), series));
+        },
+      });
+    counter("grpc_server_started_total", "RPCs started on the server.", (tally) => tally.started);
+    new Counter({
+      name: "grpc_server_handled_total",
+      help: "RPCs completed on the server, regardless of success or failure.",
+      labelNames: [...labelNames, "grpc_code"],
+      registers,
+      collect() {
+        writeCounter(
+          this,
+          Array.from(methods.values()).flatMap((tally) =>
+            tally.handled.filter((series) => series !== undefined),
+          ),
+        );
+      },
+    });
+    counter(
+      "grpc_server_msg_received_total",
+      "Stream messages received on the server (1 per unary or server-stream RPC).",
+      (tally) => tally.received,
+    );
+    counter(
+      "grpc_server_msg_sent_total",
+      "Stream messages sent by the server (1 per successful unary or client-stream RPC).",
+      (tally) => tally.sent,
+    );
+    new Histogram({
+      name: "grpc_server_handling_seconds",
+      help: "Time from the start of an RPC to its status on the server, in seconds (streams: the stream's life).",
+      labelNames,
+      buckets: HANDLING_BUCKETS,
+      registers,
+      collect() {
+        writeHistogram(
+          this,
+          Array.from(methods.values(), (tally) => tally.handling),
+        );
+      },
+    });
+    metrics = { methods };
     metricsByRegistry.set(registry, metrics);
   }
   return metrics;
@@ -116,15 +168,18 @@ export function instrumentService<T extends UntypedServiceImplementation>(
         ? "server_stream"
         : "unary";
     const labels = { grpc_type: grpcType, grpc_service: grpcService, grpc_method: grpcMethod };
+    const key = `${grpcType}/${grpcService}/${grpcMethod}`;
+    let tally = metrics.methods.get(key);
+    if (tally === undefined) metrics.methods.set(key, (tally = new MethodTally(labels)));
+    const series = tally;
     const start = (): ((code: number) => void) => {
-      metrics.started.inc(labels);
-      const stopTimer = metrics.handling.startTimer(labels);
+      series.started.value++;
+      const startedMs = performance.now();
       let isDone = false;
       return (code) => {
         if (isDone) return;
         isDone = true;
-        stopTimer();
-        metrics.handled.inc({ ...labels, grpc_code: metricCodeLabel(code) });
+        series.finish(code, (performance.now() - startedMs) / 1000);
       };
     };
     // grpc-js types handlers per call kind; one wrapper serves all, so it is typed loosely here.
@@ -132,19 +187,19 @@ export function instrumentService<T extends UntypedServiceImplementation>(
       const finish = start();
       call.on("cancelled", () => finish(status.CANCELLED));
       call.on("error", (error) => finish(error.code ?? status.UNKNOWN));
-      if (method.requestStream) call.on("data", () => metrics.received.inc(labels));
-      else metrics.received.inc(labels);
+      if (method.requestStream) call.on("data", () => series.received.value++);
+      else series.received.value++;
       if (method.responseStream && call.write !== undefined) {
         const write = call.write.bind(call);
         call.write = (...args: unknown[]) => {
-          metrics.sent.inc(labels);
+          series.sent.value++;
           return write(...args);
         };
       }
       if (!method.responseStream && callback !== undefined) {
         (handler as (call: ObservableCall, callback: UnaryCallback) => void)(call, (error, ...rest) => {
           const isOk = error === null || error === undefined;
-          if (isOk) metrics.sent.inc(labels);
+          if (isOk) series.sent.value++;
           finish(isOk ? status.OK : (error.code ?? status.UNKNOWN));
           callback(error, ...rest);
         });
