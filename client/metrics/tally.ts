@@ -70,7 +70,7 @@ export class HistogramTally<T extends string> {
 /**
  * Replaces `histogram`'s series with `tallies` (those observed at least once). Call it from the
  * histogram's `collect()`. prom-client has no public way to set a histogram's buckets, so this
- * writes its `hashMap` in the shape its `observe` does (checked against prom-client 15.1; the
+ * writes its `hashMap` in the shape its `observe` does (prom-client is pinned to 15.1.3 for this; the
  * exposition tests of grpc-server-metrics and client-metrics fail if that shape changes). Keys need
  * only be unique: every series is rewritten at each scrape, and nothing else writes these histograms.
  */
