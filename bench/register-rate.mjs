@@ -7,7 +7,7 @@
 // each and the Leasehold / grant + put ratio per round: median [min–max] over the rounds.
 //
 //   node bench/register-rate.mjs [--count 1000 --concurrency 64 --rounds 5 --ttl 10
-//     --registry-root DIR --registry-node-args "--cpu-prof --cpu-prof-dir=/tmp/p" --out DIR]
+//     --registry-root DIR --registry-node-args="--cpu-prof --cpu-prof-dir=/tmp/p" --out DIR]
 //
 // --registry-root runs another checkout's registry (e.g. /work/main) for a before/after figure.
 import { spawn } from "node:child_process";

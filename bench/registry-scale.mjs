@@ -14,8 +14,10 @@
 // every KeepAlive answers UNAVAILABLE and every registrar's stream reconnects at once. With S
 // below TTL × 2/3 no lease may expire, so a lost lease is the registry's doing.
 // --registry-root runs another checkout's registry (e.g. /work/main) for a before/after figure;
-// --registry-node-args gives the registry node flags (e.g. "--cpu-prof --cpu-prof-dir=/tmp/p"
-// or "--heapsnapshot-signal=SIGUSR2" with LEASEHOLD_BENCH_SIGNAL_AT_END=SIGUSR2).
+// --registry-node-args="FLAGS" gives the registry node flags, with `=` (parseArgs refuses a separate
+// value starting with `-`), e.g. "--cpu-prof --cpu-prof-dir=/tmp/p", "--max-old-space-size=1024",
+// or "--heapsnapshot-signal=SIGUSR2" with LEASEHOLD_BENCH_SIGNAL_AT_END=SIGUSR2 (the snapshot lands
+// in this script's working directory; bench/heap-summary.mjs reads it). Recorded as registryNodeArgs.
 // Not part of `npm run bench` (minutes long, and ~1.5 GB of memory between the processes).
 import { spawn } from "node:child_process";
 import { dirname, join } from "node:path";
@@ -188,6 +190,7 @@ for (let run = 0; run < runs; run += 1) {
 const record = {
   benchmark: "registry-scale",
   registryRoot,
+  registryNodeArgs: values["registry-node-args"],
   ...gitState(registryRoot),
   environment: environment(),
   results,
