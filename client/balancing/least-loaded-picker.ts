@@ -25,6 +25,7 @@ export const MIN_UTILIZATION = 0.01;
  */
 export class LeastLoadedPicker<T extends Pickable> extends LeastRequestPicker<T> {
   override readonly policy = "least_loaded";
+  /** instance id → the capacity it is picked by (weight / utilization), for the effective-weight gauge. */
   readonly effectiveWeights: ReadonlyMap<string, number>;
 
   constructor(eligible: readonly T[], deps: PickerDeps<T>) {

@@ -167,6 +167,7 @@ export class PeakEwma {
   #rttMs: number | undefined;
   #updatedAtMs = 0;
 
+  /** Takes an answer's round trip `rttMs` (ms) seen at `nowMs` (ms), with decay constant τ = `decayMs` (ms). */
   observe(rttMs: number, nowMs: number, decayMs: number): void {
     const current = this.#rttMs;
     if (current === undefined || rttMs > current) this.#rttMs = rttMs;

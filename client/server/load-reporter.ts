@@ -89,6 +89,7 @@ export class LoadReporter {
     this.#timer.unref(); // bookkeeping: the server keeps the process alive
   }
 
+  /** Stops sampling the CPU; idempotent. Reports keep the last sample. */
   close(): void {
     clearInterval(this.#timer);
   }
@@ -99,7 +100,7 @@ export class LoadReporter {
     this.#encoded.clear();
   }
 
-  /** A named utilization (0..1), or undefined to drop it. */
+  /** A named utilization (0..1, not checked: it is reported as given), or undefined to drop it. */
   setUtilization(name: string, value: number | undefined): void {
     if (value === undefined) delete this.#utilization[name];
     else this.#utilization[name] = value;

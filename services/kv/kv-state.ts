@@ -58,6 +58,11 @@ export const INTEGER = /^-?\d{1,19}$/;
 export const INT64_MAX = 2n ** 63n - 1n;
 export const INT64_MIN = -(2n ** 63n);
 
+/**
+ * One kv instance's store: the values, the numbered log of applied writes (the last
+ * `maxLogEntries`, default 100,000, for backups that catch up) and the request ids already applied
+ * (the last `maxRequestIds`, default 100,000, so a retried write applies once). Pure: no I/O.
+ */
 export class KvState {
   readonly #values = new Map<string, string>();
   /** request id → the entry (or result) it produced; insertion order = age. */
@@ -77,10 +82,12 @@ export class KvState {
     return this.#sequence;
   }
 
+  /** Keys held. */
   get size(): number {
     return this.#values.size;
   }
 
+  /** The value of `key`, or undefined when absent. */
   get(key: string): string | undefined {
     return this.#values.get(key);
   }
