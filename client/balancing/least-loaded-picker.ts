@@ -3,7 +3,7 @@ import type { Pickable, PickerDeps } from "./picker.js";
 import { resolvePolicyConfig } from "./policy-config.js";
 
 /** Utilizations below this count as this much (an idle instance must not get unbounded capacity). */
-export const MIN_UTILIZATION = 0.01;
+const MIN_UTILIZATION = 0.01;
 
 /**
  * `least_loaded`: power of two choices by server-reported load (ORCA, gRFC A51). Each instance's

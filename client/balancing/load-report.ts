@@ -37,7 +37,7 @@ export function encodeLoadReport(report: Partial<OrcaLoadReport>): Buffer {
  * The utilization a report states: `application_utilization` when set (> 0), else
  * `cpu_utilization` (gRFC A58's choice). A fraction; may exceed 1 past the server's soft limit.
  */
-export function utilizationOf(report: OrcaLoadReport): number {
+function utilizationOf(report: OrcaLoadReport): number {
   return report.applicationUtilization > 0 ? report.applicationUtilization : report.cpuUtilization;
 }
 
