@@ -74,7 +74,11 @@ export interface KvNodeOptions {
   readonly replicateTimeoutMs?: number | undefined;
   /** An idle primary sends each backup an empty Replicate this often, ms. Default 500. */
   readonly heartbeatMs?: number | undefined;
-  /** A backup that hears nothing from its primary this long marks itself DRAINING and catches up, ms. Default 2000. */
+  /**
+   * A backup that hears nothing from its primary this long marks itself DRAINING and catches up,
+   * ms; never sooner than the primary's lease TTL + 1.5 s (so a dead primary's key expires first).
+   * Default 2000.
+   */
   readonly fenceAfterMs?: number | undefined;
   /**
    * How long a write waits for every SERVING backup to be in the sync set (one that left it must
@@ -96,6 +100,9 @@ type Queued =
       readonly request: JoinRequest;
       settle(result: JoinResponse | ServiceError): void;
     };
+
+/** Time past a silent primary's TTL before a backup fences itself: etcd's expiry lag (~0.5 s), the Watch, a tick. */
+const FENCE_MARGIN_MS = 1500;
 
 /**
  * One instance of the replicated kv store (issue 8 item 5). Every instance watches the service's
@@ -346,10 +353,18 @@ export class KvNode {
   }
 
   #tick(): void {
-    if (this.#role === "backup" && Date.now() - this.#lastHeardAtMs > this.#options.fenceAfterMs)
-      this.#rebootstrap(
-        `no word from primary ${this.#following ?? "?"} for ${this.#options.fenceAfterMs} ms`,
-      );
+    if (this.#role !== "backup") return;
+    // Not before the silent primary's own lease could have expired (its TTL + FENCE_MARGIN_MS): a
+    // dead primary's key must go first, so the next-oldest backup, still SERVING, takes over. A
+    // backup fenced sooner (DRAINING) is passed over for a younger one (seen in a demo run: kv-3,
+    // not kv-2, took over, with fenceAfterMs 2 s under a 3 s TTL).
+    const primary = this.#watcher?.current().instances.find((i) => i.instanceId === this.#following);
+    const fenceMs = Math.max(
+      this.#options.fenceAfterMs,
+      Number(primary?.ttlSeconds ?? 0) * 1000 + FENCE_MARGIN_MS,
+    );
+    if (Date.now() - this.#lastHeardAtMs > fenceMs)
+      this.#rebootstrap(`no word from primary ${this.#following ?? "?"} for ${fenceMs} ms`);
   }
 
   // ---- roles ------------------------------------------------------------------------------
