@@ -1,37 +1,18 @@
-import { credentials, Metadata } from "@grpc/grpc-js";
 import test from "ava";
 import { MembershipWatcher } from "../client/discovery/membership-watcher.js";
 import { resolverDefaults } from "../client/discovery/leasehold-resolver.js";
-import { Consistency, KvServiceClient, type GetResponse } from "../proto/gen/leasehold/demo/v1/kv.js";
 import { InstanceStatus } from "../proto/gen/leasehold/registry/v1/registry.js";
 import { connectKv } from "../services/kv/kv-client.js";
 import { eventually } from "./helpers/eventually.js";
 import { spawnInstance } from "./helpers/instance-process.js";
+import { servingKv, staleGet } from "./helpers/kv.js";
 import { rpc, startFixtureFor } from "./helpers/registry-fixture.js";
-
-async function staleGet(address: string, key: string): Promise<GetResponse> {
-  const client = new KvServiceClient(address, credentials.createInsecure());
-  try {
-    return await new Promise<GetResponse>((resolve, reject) =>
-      client.get(
-        { key, consistency: Consistency.CONSISTENCY_STALE },
-        new Metadata(),
-        { deadline: Date.now() + 5000 },
-        (error, response) => (error === null ? resolve(response) : reject(error)),
-      ),
-    );
-  } finally {
-    client.close();
-  }
-}
 
 test("kv: a SIGSTOPped backup leaves the sync set; writes go on once it is no longer SERVING; after SIGCONT it is DRAINING until caught up, then SERVING with the primary's state", async (t) => {
   const fixture = await startFixtureFor(t);
   const registry = fixture.registry.address;
   const serving = async (count: number): Promise<boolean> =>
-    (await rpc(fixture.client).getService({ service: "kv" })).instances.filter(
-      (i) => i.status === InstanceStatus.INSTANCE_STATUS_SERVING,
-    ).length === count;
+    (await servingKv(fixture.client, count)) !== undefined;
   const processes = [];
   for (const id of ["kv-a", "kv-b", "kv-c"]) {
     processes.push(await spawnInstance(t, { service: "kv", registry, instanceId: id, ttlSeconds: 3 }));
@@ -105,9 +86,7 @@ test("kv: SIGTERM of the primary hands over to the next-oldest instance with eve
   const fixture = await startFixtureFor(t);
   const registry = fixture.registry.address;
   const serving = async (count: number): Promise<boolean> =>
-    (await rpc(fixture.client).getService({ service: "kv" })).instances.filter(
-      (i) => i.status === InstanceStatus.INSTANCE_STATUS_SERVING,
-    ).length === count;
+    (await servingKv(fixture.client, count)) !== undefined;
   const processes = [];
   for (const id of ["kv-a", "kv-b"]) {
     processes.push(await spawnInstance(t, { service: "kv", registry, instanceId: id, ttlSeconds: 10 }));

@@ -1,16 +1,14 @@
 import test from "ava";
-import { InstanceStatus } from "../proto/gen/leasehold/registry/v1/registry.js";
 import { spawnCli } from "./helpers/cli.js";
 import { eventually } from "./helpers/eventually.js";
-import { rpc, startFixtureFor } from "./helpers/registry-fixture.js";
+import { servingKv } from "./helpers/kv.js";
+import { startFixtureFor } from "./helpers/registry-fixture.js";
 
 test("leasehold kv: a put sent to a backup is redirected to the primary; after SIGKILL of the primary the value reads back from the new one", async (t) => {
   const fixture = await startFixtureFor(t);
   const registry = fixture.registry.address;
   const serving = async (count: number): Promise<boolean> =>
-    (await rpc(fixture.client).getService({ service: "kv" })).instances.filter(
-      (i) => i.status === InstanceStatus.INSTANCE_STATUS_SERVING,
-    ).length === count;
+    (await servingKv(fixture.client, count)) !== undefined;
   const serve = async (id: string) => {
     const cli = spawnCli(t, [
       "serve",

@@ -1,12 +1,12 @@
-import { credentials, Metadata, status, type ServiceError } from "@grpc/grpc-js";
+import { status, type ServiceError } from "@grpc/grpc-js";
 import test from "ava";
-import { Consistency, KvServiceClient, type GetResponse } from "../proto/gen/leasehold/demo/v1/kv.js";
 import { MembershipWatcher } from "../client/discovery/membership-watcher.js";
 import { InstanceStatus, type Instance } from "../proto/gen/leasehold/registry/v1/registry.js";
 import { connectKv, type KvClient } from "../services/kv/kv-client.js";
 import { selectPrimary } from "../services/kv/primary.js";
 import { eventually } from "./helpers/eventually.js";
 import { spawnInstance } from "./helpers/instance-process.js";
+import { servingKv, staleGet } from "./helpers/kv.js";
 import { rpc, startFixtureFor } from "./helpers/registry-fixture.js";
 
 const TTL_SECONDS = 3;
@@ -36,32 +36,13 @@ async function untilAcknowledged<T>(
   return undefined;
 }
 
-async function staleGet(address: string, key: string): Promise<GetResponse> {
-  const client = new KvServiceClient(address, credentials.createInsecure());
-  try {
-    return await new Promise<GetResponse>((resolve, reject) =>
-      client.get(
-        { key, consistency: Consistency.CONSISTENCY_STALE },
-        new Metadata(),
-        { deadline: Date.now() + 5000 },
-        (error, response) => (error === null ? resolve(response) : reject(error)),
-      ),
-    );
-  } finally {
-    client.close();
-  }
-}
-
 test("kv: SIGKILL of the primary under 8 writers loses no acknowledged Put or Increment; a 4th instance bootstraps from a snapshot; the old primary rejoins as a backup", async (t) => {
   const fixture = await startFixtureFor(t);
   const registry = fixture.registry.address;
   const registryRpc = rpc(fixture.client);
   const members = async (): Promise<Instance[]> =>
     (await registryRpc.getService({ service: "kv" })).instances;
-  const serving = async (count: number): Promise<Instance[] | undefined> => {
-    const instances = (await members()).filter((i) => i.status === InstanceStatus.INSTANCE_STATUS_SERVING);
-    return instances.length === count ? instances : undefined;
-  };
+  const serving = (count: number): Promise<Instance[] | undefined> => servingKv(fixture.client, count);
 
   // Started one after another: kv-a is the oldest registration, so the primary; kv-b next.
   const processes = new Map<string, Awaited<ReturnType<typeof spawnInstance>>>();
