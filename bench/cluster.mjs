@@ -6,6 +6,7 @@ import { spawn } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
+import { percentile } from "./harness.mjs";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const CHILDREN = fileURLToPath(new URL("./children/", import.meta.url));
@@ -240,19 +241,38 @@ export function unary(client, method, request, timeoutMs = 30_000) {
 }
 
 /**
- * For a bench/children/watchers.mjs child: waits until `expected` deliveries arrived (or none for
- * 3 s), then takes its report; adds `lost` (expected − distinct deliveries).
+ * For one bench/children/watchers.mjs child, or several watching the same keys: waits until
+ * `expected` deliveries arrived in all (or none for 3 s), then takes the report; adds `lost`
+ * (expected − distinct deliveries). Several children's latencies are merged before the percentiles.
  */
 export async function collectDeliveries(watchers, expected) {
+  const children = [watchers].flat();
+  const receivedNow = async () =>
+    (await Promise.all(children.map((child) => child.ask("received", "received")))).reduce(
+      (sum, count) => sum + Number(count),
+      0,
+    );
   let received = 0;
   for (let quietSince = Date.now(); received < expected && Date.now() - quietSince < 3000;) {
-    const now = Number(await watchers.ask("received", "received"));
+    const now = await receivedNow();
     if (now > received) quietSince = Date.now();
     received = now;
     if (received < expected) await sleep(100);
   }
-  const report = await watchers.ask("report", "report");
-  return { ...report, lost: expected - (report.received - report.duplicates) };
+  if (children.length === 1) {
+    const report = await children[0].ask("report", "report");
+    return { ...report, lost: expected - (report.received - report.duplicates) };
+  }
+  const reports = await Promise.all(children.map((child) => child.ask("report all", "report")));
+  const sum = (key) => reports.reduce((total, report) => total + report[key], 0);
+  const all = reports.flatMap((report) => report.all).sort((a, b) => a - b);
+  return {
+    received: sum("received"),
+    duplicates: sum("duplicates"),
+    ended: sum("ended"),
+    latenciesMs: [percentile(all, 0.5), percentile(all, 0.99), all.at(-1) ?? Number.NaN],
+    lost: expected - (sum("received") - sum("duplicates")),
+  };
 }
 
 /**

@@ -5,7 +5,8 @@
 // Prints `ready` once every watcher is open (snapshot received / watch created). Commands on stdin:
 // `received` → `received N` (events received since the last report, duplicates included);
 // `report` → `report {"received","duplicates","ended","latenciesMs":[p50,p99,max]}` since the last
-// report (`ended`: watchers that ended so far, never reopened).
+// report (`ended`: watchers that ended so far, never reopened); `report all` adds `"all"`, every
+// latency in ms, ascending, so the percentiles of several children can be taken together.
 import { createInterface } from "node:readline";
 import { percentile } from "../harness.mjs";
 import { nowMs } from "../cluster.mjs";
@@ -76,13 +77,14 @@ if (options.kind === "leasehold") {
 process.stdout.write("ready\n");
 createInterface({ input: process.stdin }).on("line", (line) => {
   if (line === "received") process.stdout.write(`received ${latencies.length}\n`);
-  if (line !== "report") return;
+  if (line !== "report" && line !== "report all") return;
   const sorted = latencies.sort((a, b) => a - b);
   const report = {
     received: sorted.length,
     duplicates,
     ended,
     latenciesMs: [percentile(sorted, 0.5), percentile(sorted, 0.99), sorted.at(-1) ?? Number.NaN],
+    ...(line === "report all" && { all: sorted.map((ms) => Math.round(ms * 1000) / 1000) }),
   };
   latencies = [];
   duplicates = 0;
