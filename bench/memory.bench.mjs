@@ -1,9 +1,18 @@
 // Registry memory at steady state: a fresh registry process holding N instances with live
 // keepalives (bench/children/holders.mjs: one Registrar and KeepAlive stream each) and W Watch
 // streams of their service, against a fresh idle registry, interleaved. RSS after a full GC
-// (the registry child's SIGUSR2), plus lost leases (re-registrations). `--large`: 10,000 instances
-// and 1,000 Watch streams. DESIGN §8: 10,000 instances and 1,000 streams in < 500 MB RSS.
-import { registryAllocator, sleep, startChild, startEtcd, startRegistryProcess } from "./cluster.mjs";
+// (the registry child's SIGUSR2), lost leases (each makes its Registrar register again), instances
+// not held at the end, and registry and
+// etcd CPU over the steady window (% of one CPU, from /proc). `--large`: 10,000 instances and 1,000
+// Watch streams; default 1,000 and 1,000 (50,000: bench/registry-scale.mjs, a lighter load than one Registrar each). DESIGN §8: 10,000 instances and 1,000 streams in < 500 MB RSS.
+import {
+  processCpuMs,
+  registryAllocator,
+  sleep,
+  startChild,
+  startEtcd,
+  startRegistryProcess,
+} from "./cluster.mjs";
 import { interleave, ratioRow, summarizeVariants } from "./harness.mjs";
 
 export const description =
@@ -20,8 +29,7 @@ export async function run({ rounds, warmupRounds, quick, large }) {
     ? { instances: 200, streams: 20, ttlSeconds: 3 }
     : large
       ? { instances: 10_000, streams: 1000, ttlSeconds: 10 }
-      : { instances: 1000, streams: 100, ttlSeconds: 5 };
-  const steadyMs = size.ttlSeconds * 1000; // keepalives every TTL/3: every lease renewed about 3 times
+      : { instances: 1000, streams: 1000, ttlSeconds: 5 };
   const loaded = `leasehold N=${size.instances} W=${size.streams}`;
   const { Etcd3 } = await import("etcd3");
   const etcd = await startEtcd();
@@ -32,6 +40,9 @@ export async function run({ rounds, warmupRounds, quick, large }) {
       const children = [];
       try {
         let state = { held: 0, reRegistrations: 0 };
+        let steadyMs = 1000;
+        const cpuOf = [registry.pid, etcd.process.pid];
+        let cpuBefore;
         if (withLoad) {
           const holders = await startChild(
             "holders.mjs",
@@ -52,13 +63,22 @@ export async function run({ rounds, warmupRounds, quick, large }) {
             count: size.streams,
           });
           children.push(watchers);
-          await sleep(steadyMs);
-          state = await holders.ask("state", "state");
-        } else {
-          await sleep(1000);
+          steadyMs = size.ttlSeconds * 1000; // keepalives every TTL/3: every lease renewed about 3 times
         }
+        cpuBefore = cpuOf.map(processCpuMs);
+        await sleep(steadyMs);
+        const [registryCpu, etcdCpu] = cpuOf.map(
+          (pid, i) => ((processCpuMs(pid) - cpuBefore[i]) * 100) / steadyMs,
+        );
+        if (withLoad) state = await children[0].ask("state", "state");
         const rssMiB = (await registry.rssAfterGc()) / MIB;
-        return { rssMiB, lostLeases: withLoad ? size.instances - state.held + state.reRegistrations : 0 };
+        return {
+          rssMiB,
+          lostLeases: state.reRegistrations,
+          notHeld: withLoad ? size.instances - state.held : 0,
+          registryCpu,
+          etcdCpu,
+        };
       } finally {
         for (const child of children) await child.kill();
         await registry.kill();
@@ -76,11 +96,20 @@ export async function run({ rounds, warmupRounds, quick, large }) {
       columns: [
         { key: "rssMiB", label: "RSS", unit: "MiB" },
         { key: "lostLeases", label: "lost", unit: "leases", digits: 0 },
+        { key: "notHeld", label: "not held", unit: "at end", digits: 0 },
+        { key: "registryCpu", label: "registry CPU", unit: "%", digits: 0 },
+        { key: "etcdCpu", label: "etcd CPU", unit: "%", digits: 0 },
       ],
-      variants: summarizeVariants(samples, ["rssMiB", "lostLeases"]),
+      variants: summarizeVariants(samples, [
+        "rssMiB",
+        "lostLeases",
+        "notHeld",
+        "registryCpu",
+        "etcdCpu",
+      ]),
       ratios: [ratioRow(samples, { metric: "rssMiB", of: "RSS", numerator: loaded, denominator: IDLE })],
       notes: [
-        `TTL ${size.ttlSeconds} s, RSS taken ${steadyMs / 1000} s after the last Register, after a full GC, registry under ${registryAllocator}; ` +
+        `TTL ${size.ttlSeconds} s, CPU over the ${size.ttlSeconds} s after the last Register (1 s idle), RSS after it and a full GC, registry under ${registryAllocator}; ` +
           `goal at 10,000 instances + 1,000 streams: < 500 MB, 0 lost leases`,
       ],
     };
