@@ -1,10 +1,11 @@
 // Registry memory at steady state: a fresh registry process holding N instances with live
 // keepalives (bench/children/holders.mjs: one Registrar and KeepAlive stream each) and W Watch
-// streams of their service, against a fresh idle registry, interleaved. RSS after a full GC
-// (the registry child's SIGUSR2), lost leases (each makes its Registrar register again), instances
-// not held at the end, and registry and
-// etcd CPU over the steady window (% of one CPU, from /proc). `--large`: 10,000 instances and 1,000
-// Watch streams; default 1,000 and 1,000 (50,000: bench/registry-scale.mjs, a lighter load than one Registrar each). DESIGN §8: 10,000 instances and 1,000 streams in < 500 MB RSS.
+// streams of their service, against a fresh idle registry, interleaved. RSS after a full GC (the
+// registry child's SIGUSR2), lost leases (each makes its Registrar register again), instances not
+// held at the end, and registry and etcd CPU over the steady window (% of one CPU, from /proc).
+// Default 1,000 instances and 1,000 streams; `--large` 10,000 and 1,000 (50,000: see
+// bench/registry-scale.mjs, a lighter load than a Registrar each). DESIGN §8: 10,000 instances and
+// 1,000 streams in < 500 MB RSS.
 import {
   processCpuMs,
   registryAllocator,
@@ -100,13 +101,7 @@ export async function run({ rounds, warmupRounds, quick, large }) {
         { key: "registryCpu", label: "registry CPU", unit: "%", digits: 0 },
         { key: "etcdCpu", label: "etcd CPU", unit: "%", digits: 0 },
       ],
-      variants: summarizeVariants(samples, [
-        "rssMiB",
-        "lostLeases",
-        "notHeld",
-        "registryCpu",
-        "etcdCpu",
-      ]),
+      variants: summarizeVariants(samples, ["rssMiB", "lostLeases", "notHeld", "registryCpu", "etcdCpu"]),
       ratios: [ratioRow(samples, { metric: "rssMiB", of: "RSS", numerator: loaded, denominator: IDLE })],
       notes: [
         `TTL ${size.ttlSeconds} s, CPU over the ${size.ttlSeconds} s after the last Register (1 s idle), RSS after it and a full GC, registry under ${registryAllocator}; ` +
