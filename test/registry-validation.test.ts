@@ -2,7 +2,7 @@ import { Client, credentials, status, type ServiceError } from "@grpc/grpc-js";
 import test from "ava";
 import {
   InstanceStatus,
-  type RegisterRequest,
+  RegisterRequest,
   type WatchRequest,
 } from "../proto/gen/leasehold/registry/v1/registry.js";
 import {
@@ -14,6 +14,7 @@ import {
   validateWatch,
   type Validated,
 } from "../registry/api/validation.js";
+import { decodeRegisterRequest } from "../registry/api/request-decoding.js";
 import {
   failure,
   registration,
@@ -115,6 +116,20 @@ for (const [title, overrides, message] of invalidRegistrations) {
     }
   });
 }
+
+test("decodeRegisterRequest equals ts-proto's decode for ordinary metadata keys and keeps a __proto__ key as an own property", (t) => {
+  const ordinary = { ...base, metadata: { version: "1.2.3", constructor: "c", "": "empty" } };
+  const bytes = RegisterRequest.encode(RegisterRequest.fromPartial(ordinary)).finish();
+  t.deepEqual(decodeRegisterRequest(bytes), RegisterRequest.decode(bytes));
+  // encode, unlike fromPartial, keeps an own __proto__ key (as a hostile client's encoder would).
+  const hostile = RegisterRequest.encode({
+    ...RegisterRequest.fromPartial(base),
+    metadata: Object.defineProperty({ a: "1" }, "__proto__", { value: "x", enumerable: true }),
+  }).finish();
+  const decoded = decodeRegisterRequest(hostile);
+  t.deepEqual(Object.keys(decoded.metadata), ["a", "__proto__"]);
+  t.is(Object.getPrototypeOf(decoded.metadata), Object.prototype);
+});
 
 test("validateRegister applies the defaults: weight 1, TTL 10 s, SERVING", (t) => {
   const result = validateRegister(

@@ -219,7 +219,7 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
         );
         // An adopted lease now carries the new token: this replica forgets the old one's proof.
         if (registration.isAdopted) provenLeases.delete(registration.leaseId);
-        metrics.registrations.inc({ result: registration.isAdopted ? "adopted" : "ok" });
+        metrics.countRegistration(registration.isAdopted ? "adopted" : "ok");
         // Debug, not info: one line per Register cost measurable registry CPU at thousands per
         // second (issue 10); the registrations counter counts them.
         if (logger.isLevelEnabled("debug")) {
@@ -241,7 +241,7 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
           registrationToken: token.token,
         };
       } catch (error) {
-        metrics.registrations.inc({ result: RegistryError.from(error).code });
+        metrics.countRegistration(RegistryError.from(error).code);
         throw error;
       }
     }),

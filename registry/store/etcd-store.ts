@@ -168,6 +168,10 @@ export class EtcdStore {
         "grpc.max_receive_message_length": ETCD_MAX_RECEIVE_BYTES,
         // Per-call channelz bookkeeping, for nobody (issue 10, Register profile).
         "grpc.enable_channelz": 0,
+        // grpc-js's retrying-call layer on every call, for transparent retries only (no retry
+        // policy is configured): etcd3 already retries UNAVAILABLE itself, on a fresh connection
+        // (its global policy, 3 attempts). Issue 10, Register profile.
+        "grpc.enable_retries": 0,
       },
       defaultCallOptions: (context) =>
         context.isStream ? {} : { deadline: Date.now() + options.requestTimeoutMs },

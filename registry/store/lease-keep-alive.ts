@@ -162,7 +162,7 @@ class LeaseKeepAliveStream {
     if (renewals === undefined) return; // answered already (a failure rejected it)
     this.#inFlight.delete(response.ID);
     this.#episodes.recovered();
-    this.#metrics.etcdRequestDuration.observe({ op: "keepalive" }, (Date.now() - renewals.sinceMs) / 1000);
+    this.#metrics.observeEtcd("keepalive", (Date.now() - renewals.sinceMs) / 1000);
     const ttlSeconds = Math.max(0, Number(response.TTL));
     for (const waiter of renewals.waiters) waiter.resolve(ttlSeconds);
     if (this.#queued.has(response.ID)) this.#scheduleFlush();
