@@ -8,6 +8,10 @@ import { interleave, ratioRow, summarizeVariants } from "./harness.mjs";
 export const description =
   "Register through the registry (64 in flight), as a ratio to raw etcd3 lease grant + put of the same N";
 export const defaultRounds = 5;
+// A fresh registry process spends 620–790 µs of CPU per Register in its first 1,000 and 240–450 µs
+// by its fifth (register-rate rounds, 2026-12-08, the same for --ttl 60): the measure is a running
+// registry, so 3 rounds (3,000 Registers per size, and as many raw) warm both sides first.
+export const defaultWarmupRounds = 3;
 
 const CONCURRENCY = 64;
 const TTL_SECONDS = 10;

@@ -55,7 +55,8 @@ for (const name of selected) {
   const benchmark = await import(join(here, `${name}.bench.mjs`));
   // A benchmark whose round takes seconds names fewer default rounds (never under MIN_ROUNDS).
   const rounds = values.quick ? MIN_ROUNDS : (roundsGiven ?? benchmark.defaultRounds ?? DEFAULT_ROUNDS);
-  const warmupRounds = values.quick ? 0 : 1;
+  // One warm-up round, or more where a benchmark measures a server that needs its JIT warm.
+  const warmupRounds = values.quick ? 0 : (benchmark.defaultWarmupRounds ?? 1);
   console.log(
     `${name}: ${benchmark.description}\n` +
       `${rounds} interleaved round(s)${warmupRounds > 0 ? ` after ${warmupRounds} warm-up` : ""}, ` +
