@@ -150,7 +150,7 @@ export async function startRegistryProcess(etcdEndpoint, options = {}) {
     process.execPath,
     [
       "--expose-gc",
-      // e.g. "--cpu-prof --cpu-prof-dir=DIR" to profile the registry (written on SIGTERM, not on kill()).
+      // e.g. "--cpu-prof --cpu-prof-dir=DIR" to profile the registry (then kill() sends SIGTERM first).
       ...(process.env["BENCH_REGISTRY_NODE_ARGS"] ?? "").split(" ").filter(Boolean),
       "--import",
       "tsx",
@@ -169,6 +169,15 @@ export async function startRegistryProcess(etcdEndpoint, options = {}) {
   } catch (error) {
     await child.kill();
     throw error;
+  }
+  if (process.env["BENCH_REGISTRY_NODE_ARGS"]?.includes("--cpu-prof")) {
+    // A profile is written only on a graceful exit: SIGTERM first, SIGKILL after 10 s.
+    const kill = child.kill.bind(child);
+    child.kill = async () => {
+      child.process.kill("SIGTERM");
+      await Promise.race([child.exited, sleep(10_000)]);
+      await kill();
+    };
   }
   child.rssAfterGc = async () => {
     child.process.kill("SIGUSR2");

@@ -54,32 +54,55 @@ interface DeltaPart {
 }
 
 /**
- * A delta split by service, computed once per delta for every subscription that needs a part:
- * every stream of a service gets the same `Delta` object, so it is encoded once
- * (`encodeWatchResponse`), and its size is counted once.
+ * The deltas of one event-loop turn (one or more revisions, in order, no instance in two of them)
+ * split by service, computed once for every subscription that needs a part: every stream of a
+ * service gets the same `Delta` object, so it is encoded once (`encodeWatchResponse`), and its
+ * size is counted once. A service's part is its changes of every delta, at the revision of the
+ * last delta that touched it (so one change alone goes out at its own revision, as unbatched).
  */
 export class DeltaParts {
-  readonly delta: Delta;
+  readonly deltas: readonly Delta[];
+  /** The revision of the last delta: a stream that has it already gets nothing. */
   readonly revision: bigint;
   #all: DeltaPart | undefined;
   readonly #byService = new Map<string, DeltaPart | undefined>();
 
-  constructor(delta: Delta) {
-    this.delta = delta;
-    this.revision = BigInt(delta.revision);
+  constructor(deltas: readonly Delta[]) {
+    this.deltas = deltas;
+    this.revision = BigInt(deltas.at(-1)?.revision ?? "0");
   }
 
   /** The part about `service` (`undefined` = every service), or `undefined` when it has none. */
   of(service: string | undefined): DeltaPart | undefined {
-    if (service === undefined) return (this.#all ??= partOf(this.delta));
+    if (service === undefined) {
+      if (this.#all === undefined) {
+        const delta = mergeDeltas(this.deltas);
+        if (delta !== undefined) this.#all = partOf(delta);
+      }
+      return this.#all;
+    }
     let part = this.#byService.get(service);
     if (part === undefined && !this.#byService.has(service)) {
-      const delta = deltaOfService(this.delta, service);
+      const delta = mergeDeltas(this.deltas.flatMap((each) => deltaOfService(each, service) ?? []));
       part = delta === undefined ? undefined : partOf(delta);
       this.#byService.set(service, part);
     }
     return part;
   }
+}
+
+/** `deltas` as one delta at the last one's revision (the first one's `observed_at_unix_ms`). */
+function mergeDeltas(deltas: readonly Delta[]): Delta | undefined {
+  const [first, ...rest] = deltas;
+  const last = rest.at(-1);
+  if (last === undefined) return first;
+  // No instance is in two of them, so the order of changes within one delta does not matter.
+  return {
+    upserted: deltas.flatMap((each) => each.upserted),
+    removed: deltas.flatMap((each) => each.removed),
+    revision: last.revision,
+    observedAtUnixMs: first?.observedAtUnixMs ?? last.observedAtUnixMs,
+  };
 }
 
 function partOf(delta: Delta): DeltaPart {
