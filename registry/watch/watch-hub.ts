@@ -62,6 +62,8 @@ export class WatchHub implements ServicesWatchListener {
   /** Services whose instance gauge is set at the end of this event-loop turn. */
   readonly #uncountedServices = new Set<string>();
   readonly #subscriptions = new Set<WatchSubscription>();
+  /** The same subscriptions by the service they watch (`undefined`: every service). */
+  readonly #byService = new Map<string | undefined, Set<WatchSubscription>>();
   /** Every delta after `#historyFloor` up to `#revision`, oldest first. */
   readonly #history: Delta[] = [];
   #historyFloor = 0n;
@@ -205,6 +207,9 @@ export class WatchHub implements ServicesWatchListener {
     });
     // Counted before the first write: however it ends from here on (even during replay), it leaves.
     this.#subscriptions.add(subscription);
+    let group = this.#byService.get(service);
+    if (group === undefined) this.#byService.set(service, (group = new Set()));
+    group.add(subscription);
     this.#options.metrics.watchStreams.set(this.#subscriptions.size);
     signal.addEventListener("abort", () => subscription.close(), { once: true });
     if (startRevision === 0n || past === undefined) {
@@ -288,12 +293,13 @@ export class WatchHub implements ServicesWatchListener {
    * Versions are never merged: a change to an instance already waiting sends the waiting ones first.
    */
   #addUnsent(delta: Delta): void {
-    const keys = [...delta.removed.map(keyOf), ...delta.upserted.map(keyOf)];
+    const changed = [...delta.removed, ...delta.upserted];
+    const keys = changed.map(keyOf);
     if (this.#unsent !== undefined && keys.some((key) => this.#unsent?.keys.has(key) === true)) {
       this.#sendUnsent();
     }
     if (this.#unsent === undefined) {
-      this.#unsent = { deltas: [], keys: new Set() };
+      this.#unsent = { deltas: [], keys: new Set(), services: new Set() };
       if (!this.#isSendScheduled) {
         this.#isSendScheduled = true;
         setImmediate(() => {
@@ -304,6 +310,7 @@ export class WatchHub implements ServicesWatchListener {
     }
     this.#unsent.deltas.push(delta);
     for (const key of keys) this.#unsent.keys.add(key);
+    for (const { service } of changed) this.#unsent.services.add(service);
   }
 
   /** Sends the changes waiting in `#unsent` to every stream (each its service's part, see {@link DeltaParts}). */
@@ -312,8 +319,13 @@ export class WatchHub implements ServicesWatchListener {
     if (unsent === undefined) return;
     this.#unsent = undefined;
     const parts = new DeltaParts(unsent.deltas);
-    // No copy of the set: a subscription that closes meanwhile is deleted, which iteration allows.
-    for (const subscription of this.#subscriptions) subscription.deliver(parts);
+    // Only the streams of the services changed, and those of every service: a stream of another
+    // service learns the revision from the next progress. No copy of a set: a subscription that
+    // closes meanwhile is deleted, which iteration allows.
+    for (const service of [...unsent.services, undefined]) {
+      const group = this.#byService.get(service);
+      if (group !== undefined) for (const subscription of group) subscription.deliver(parts);
+    }
   }
 
   /** @internal ServicesWatchListener: nothing changed up to `revision`. */
@@ -374,6 +386,9 @@ export class WatchHub implements ServicesWatchListener {
 
   #unsubscribe(subscription: WatchSubscription): void {
     this.#subscriptions.delete(subscription);
+    const group = this.#byService.get(subscription.service);
+    group?.delete(subscription);
+    if (group?.size === 0) this.#byService.delete(subscription.service);
     this.#options.metrics.watchStreams.set(this.#subscriptions.size);
   }
 }
@@ -383,6 +398,8 @@ interface UnsentChanges {
   readonly deltas: Delta[];
   /** `service/instance_id` of every instance the deltas touch. */
   readonly keys: Set<string>;
+  /** Every service the deltas touch. */
+  readonly services: Set<string>;
 }
 
 /** Consecutive runs of `instances` of about {@link WATCH_MESSAGE_BYTES} each; at least one (maybe empty). */
