@@ -151,7 +151,7 @@ export async function startRegistryProcess(etcdEndpoint, options = {}) {
     process.execPath,
     [
       "--expose-gc",
-      // e.g. "--cpu-prof --cpu-prof-dir=DIR" to profile the registry (written on SIGTERM, not on kill()).
+      // e.g. "--cpu-prof --cpu-prof-dir=DIR" to profile the registry (then kill() sends SIGTERM first).
       ...(process.env["BENCH_REGISTRY_NODE_ARGS"] ?? "").split(" ").filter(Boolean),
       "--import",
       "tsx",
@@ -170,6 +170,15 @@ export async function startRegistryProcess(etcdEndpoint, options = {}) {
   } catch (error) {
     await child.kill();
     throw error;
+  }
+  if (process.env["BENCH_REGISTRY_NODE_ARGS"]?.includes("--cpu-prof")) {
+    // A profile is written only on a graceful exit: SIGTERM first, SIGKILL after 10 s.
+    const kill = child.kill.bind(child);
+    child.kill = async () => {
+      child.process.kill("SIGTERM");
+      await Promise.race([child.exited, sleep(10_000)]);
+      await kill();
+    };
   }
   child.rssAfterGc = async () => {
     child.process.kill("SIGUSR2");
@@ -269,6 +278,7 @@ export async function collectDeliveries(watchers, expected) {
   return {
     received: sum("received"),
     duplicates: sum("duplicates"),
+    messages: sum("messages"),
     ended: sum("ended"),
     latenciesMs: [percentile(all, 0.5), percentile(all, 0.99), all.at(-1) ?? Number.NaN],
     lost: expected - (sum("received") - sum("duplicates")),

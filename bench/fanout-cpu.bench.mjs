@@ -73,6 +73,7 @@ export async function run({ rounds, warmupRounds, quick }) {
         cpuPercent: (cpuMs / wallMs) * 100,
         p99Ms: report.latenciesMs[1],
         lost: report.lost,
+        messages: report.messages,
         endedStreams: report.ended,
       };
     };
@@ -92,9 +93,17 @@ export async function run({ rounds, warmupRounds, quick }) {
         { key: "cpuPercent", label: "CPU", unit: "%" },
         { key: "p99Ms", label: "p99", unit: "ms" },
         { key: "lost", label: "lost", unit: "events", digits: 0 },
+        { key: "messages", label: "messages", unit: "", digits: 0 },
         { key: "endedStreams", label: "ended", unit: "streams", digits: 0 },
       ],
-      variants: summarizeVariants(samples, ["cpuMs", "cpuPercent", "p99Ms", "lost", "endedStreams"]),
+      variants: summarizeVariants(samples, [
+        "cpuMs",
+        "cpuPercent",
+        "p99Ms",
+        "lost",
+        "messages",
+        "endedStreams",
+      ]),
       ratios: [
         ratioRow(samples, {
           metric: "cpuMs",
@@ -108,7 +117,8 @@ export async function run({ rounds, warmupRounds, quick }) {
         `${streams} watchers × ${perSecond} changes/s for ${seconds} s over ${KEYS} keys; ` +
           `CPU: registry + etcd (leasehold), etcd (etcd3), from /proc; lost: versions a watcher never saw ` +
           `(a backed-up Registry stream gets only the latest version of each instance, by design: ` +
-          `registry/watch/watch-subscription.ts), ended: watchers cut so far, not reopened`,
+          `registry/watch/watch-subscription.ts), messages: delta messages (leasehold) or etcd watch responses ` +
+          `(etcd3) that carried them, all watchers together (changes of one event-loop turn share one), ended: watchers cut so far, not reopened`,
       ],
     };
   } finally {

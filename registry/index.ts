@@ -12,6 +12,7 @@ import type { HttpEndpoints } from "../client/server/http-endpoints.js";
 import { shutdownGrpcServer } from "../client/server/shutdown-grpc-server.js";
 import { startAdminServer } from "./admin/admin-server.js";
 import { guardUndecodable, registryServiceDefinition } from "./api/request-decoding.js";
+import { watchWriteInterceptor } from "./api/watch-writer.js";
 import { createRegistryService } from "./api/registry-service.js";
 import { ConsoleFeed } from "./console/console-feed.js";
 import { createHttpApi } from "./http-api/http-api.js";
@@ -126,7 +127,11 @@ export async function startRegistry(options: RegistryOptions): Promise<RunningRe
     validation: { allowForeignMetricsAddress: resolved.allowForeignMetricsAddress },
     auth,
   });
-  const server = new Server({ ...serverOptions, ...limiter.serverOptions() });
+  const server = new Server({
+    ...serverOptions,
+    ...limiter.serverOptions(),
+    interceptors: [watchWriteInterceptor(registryServiceDefinition.watch.path)],
+  });
   const consoleFeed = new ConsoleFeed({
     hub,
     isReady: () => readiness.isReady,

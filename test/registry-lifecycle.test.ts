@@ -45,7 +45,16 @@ test("health, readiness, metrics and Prometheus SD follow etcd; reflection lists
     { targets: [registry.adminAddress], labels: { service: "leasehold-registry" } },
   ]);
 
+  // Watch responses are written below call.write (registry/api/watch-writer.ts) and still counted.
+  const watch = new WatchRecorder(client, { service: "sd" });
+  await watch.until((w) => w.snapshots()[0], "snapshot");
+  watch.cancel();
+  await eventually(() => watch.ended !== undefined, { what: "watch ended" });
   const metrics = await (await fetch(`${admin}/metrics`)).text();
+  t.regex(
+    metrics,
+    /^grpc_server_msg_sent_total\{grpc_type="server_stream",grpc_service="leasehold.registry.v1.RegistryService",grpc_method="Watch"\} [1-9]/m,
+  );
   for (const name of [
     'leasehold_registry_instances{service="sd"} 2',
     "leasehold_registry_watch_streams 0",

@@ -94,6 +94,9 @@ function remove(hub: WatchHub, revision: number, service: string, instanceId: st
   });
 }
 
+/** Lets the hub send the changes of this event-loop turn (it sends them from a `setImmediate`). */
+const turn = () => new Promise<void>((resolve) => setImmediate(resolve));
+
 function deltaOf(message: WatchResponse | undefined) {
   return message?.event?.$case === "delta" ? message.event.value : undefined;
 }
@@ -110,9 +113,34 @@ test("a subscriber gets a snapshot, then only the deltas of its service", async 
     revision: "12",
     observedAtUnixMs: "0",
   });
+  t.deepEqual(sink.kinds(), ["snapshot@10"], "changes go out at the end of the turn");
+  await turn();
   t.deepEqual(sink.kinds(), ["snapshot@10", "delta@12"]);
   const delta = sink.written[1]?.event;
   t.deepEqual(delta?.$case === "delta" ? delta.value.removed : undefined, [], "b's removal is filtered out");
+});
+
+test("changes of one event-loop turn go out as one delta at the latest revision; a second version of an instance goes out in the next", async (t) => {
+  const { hub } = hubWith();
+  hub.synced([instance("a", "1", 5)], 10n);
+  const sink = new FakeSink();
+  await hub.subscribe(sink, { service: "a", startRevision: 0n }, new AbortController().signal);
+  put(hub, 11, instance("a", "2", 11));
+  remove(hub, 12, "a", "1");
+  put(hub, 13, instance("a", "3", 13));
+  put(hub, 14, instance("a", "2", 14, 5));
+  hub.staleChanged(true);
+  await turn();
+  t.deepEqual(sink.kinds(), ["snapshot@10", "delta@13", "delta@14", "progress@14"]);
+  t.deepEqual(
+    [deltaOf(sink.written[1])?.upserted.map((i) => i.instanceId), deltaOf(sink.written[1])?.removed],
+    [["2", "3"], [{ service: "a", instanceId: "1" }]],
+  );
+  t.deepEqual(
+    deltaOf(sink.written[2])?.upserted.map((i) => [i.instanceId, i.weight]),
+    [["2", 5]],
+    "2's second version is not merged into its first",
+  );
 });
 
 test("a re-list after a watch failure is applied as one delta of the differences", async (t) => {
@@ -122,6 +150,7 @@ test("a re-list after a watch failure is applied as one delta of the differences
   await hub.subscribe(sink, { service: undefined, startRevision: 0n }, new AbortController().signal);
   hub.synced([instance("a", "1", 5), instance("a", "3", 15, 4)], 20n);
   hub.synced([instance("a", "1", 5), instance("a", "3", 15, 4)], 25n);
+  await turn();
   t.deepEqual(sink.kinds(), ["snapshot@10", "delta@20"]);
   const delta = sink.written[1]?.event;
   t.like(delta?.$case === "delta" ? delta.value : undefined, {
@@ -143,6 +172,7 @@ test("a stream that is behind gets one coalesced delta per drain: last write win
   put(hub, 4, instance("a", "y", 4));
   remove(hub, 5, "a", "y");
   remove(hub, 6, "a", "old");
+  await turn();
   t.deepEqual(slow.kinds(), ["snapshot@1"], "nothing written while the sink is not draining");
   slow.drain(Infinity);
   t.deepEqual(slow.kinds(), ["snapshot@1", "delta@6"], "five revisions, one message");
@@ -158,6 +188,7 @@ test("a stream that is behind gets one coalesced delta per drain: last write win
     "y collapsed to its removal",
   );
   put(hub, 7, instance("a", "z", 7));
+  await turn();
   t.is(slow.kinds().at(-1), "delta@7", "a drained stream gets deltas as they come");
 });
 
@@ -173,12 +204,18 @@ test("a stream is ended by the bytes it has waiting, not by how many changes cam
   for (let revision = 2; revision < 1002; revision += 1) {
     put(hub, revision, instance("a", String(revision % 10), revision));
   }
+  await turn();
   t.is(behind.ended, undefined, "1000 changes of 10 instances do not end it");
-  t.is(reading.written.length, 1001, "a stream that keeps reading gets every delta");
+  t.is(
+    reading.written.flatMap((message) => deltaOf(message)?.upserted ?? []).length,
+    1000,
+    "a stream that keeps reading gets every version",
+  );
   // 1000 distinct instances do pass 4 KiB.
   for (let revision = 1002; revision < 2002; revision += 1) {
     put(hub, revision, instance("a", `n${revision}`, revision));
   }
+  await turn();
   t.is(behind.ended?.code, "resource_exhausted");
   t.regex(behind.ended?.message ?? "", /4096 bytes behind/);
   t.is(reading.ended, undefined);
@@ -202,12 +239,14 @@ test("a stream that does not drain for maxBehindMs over several checks is ended 
   );
   const check = () => hub.checkStreamsBehind();
   put(hub, 2, instance("a", "1", 2));
+  await turn();
   nowMs = 5000;
   check();
   check();
   t.is(paused.ended, undefined, "two checks are not enough, however long");
   slowButReading.drain(slowButReading.written.length + 1);
   put(hub, 3, instance("a", "2", 3));
+  await turn();
   check();
   t.is(paused.ended?.code, "resource_exhausted");
   t.regex(paused.ended?.message ?? "", /did not read for 5000 ms/);
@@ -227,6 +266,7 @@ test("a subscription that overflows during replay leaves the hub and the gauge",
   t.is(hub.streamCount, 0);
   t.regex(await metricsRegistry.metrics(), /^leasehold_registry_watch_streams 0$/m);
   put(hub, 200, instance("a", "late", 200));
+  await turn();
   t.is(replaying.written.length, 1, "nothing more is written to it");
 });
 
@@ -296,6 +336,7 @@ test("resumes replay history, reset when compacted, and catch up from etcd when 
   t.like(snapshot?.$case === "snapshot" ? snapshot.value : undefined, { reset: true, revision: "13" });
 
   hub.changed({ upserted: [instance("a", "z", 14)], removed: [], revision: "14", observedAtUnixMs: "0" });
+  await turn();
   for (const sink of [replay, catchUp, reset]) t.is(sink.kinds().at(-1), "delta@14");
 });
 
@@ -353,6 +394,7 @@ test("a split snapshot is written part by part as the sink drains; a delta meanw
   );
   t.deepEqual(sink.kinds(), ["snapshot@10"], "one part, then it waits for drain");
   put(hub, 11, heavy("big", 0, 11, 10));
+  await turn();
   t.is(sink.written.length, 1, "the delta waits behind the snapshot");
   sink.drain(2);
   t.deepEqual(sink.kinds(), ["snapshot@10", "snapshot@10"]);
@@ -390,6 +432,7 @@ test("a delta over ~1 MiB goes out in parts, all but the last at the revision th
   await hub.subscribe(sink, { service: "big", startRevision: 0n }, new AbortController().signal);
   const upserted = Array.from({ length: 3000 }, (_, index) => heavy("big", index, 11));
   put(hub, 11, ...upserted);
+  await turn();
   const deltas = sink.written.flatMap((message) => deltaOf(message) ?? []);
   t.true(deltas.length >= 3, `parts: ${deltas.length}`);
   t.deepEqual(

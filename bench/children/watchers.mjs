@@ -4,9 +4,10 @@
 // an event id (`metadata.event`, else the instance id); each watcher records now − sent per event.
 // Prints `ready` once every watcher is open (snapshot received / watch created). Commands on stdin:
 // `received` → `received N` (events received since the last report, duplicates included);
-// `report` → `report {"received","duplicates","ended","latenciesMs":[p50,p99,max]}` since the last
-// report (`ended`: watchers that ended so far, never reopened); `report all` adds `"all"`, every
-// latency in ms, ascending, so the percentiles of several children can be taken together.
+// `report` → `report {"received","duplicates","messages","ended","latenciesMs":[p50,p99,max]}` since
+// the last report (`messages`: delta messages, or etcd watch responses, that carried them; `ended`:
+// watchers that ended so far, never reopened); `report all` adds `"all"`, every latency in ms,
+// ascending, so the percentiles of several children can be taken together.
 import { createInterface } from "node:readline";
 import { percentile } from "../harness.mjs";
 import { nowMs } from "../cluster.mjs";
@@ -15,6 +16,7 @@ const options = JSON.parse(process.argv[2]);
 const watchers = [];
 let latencies = [];
 let duplicates = 0;
+let messages = 0; // delta messages (leasehold) or etcd watch responses (etcd3) received
 let ended = 0; // streams (or etcd3 watchers) that ended or failed, over the whole run
 
 function record(seen, id, sentMs) {
@@ -41,6 +43,7 @@ if (options.kind === "leasehold") {
         stream.on("data", (message) => {
           if (message.event?.$case === "snapshot") resolve();
           if (message.event?.$case !== "delta") return;
+          messages += 1;
           for (const instance of message.event.value.upserted)
             record(
               seen,
@@ -63,6 +66,7 @@ if (options.kind === "leasehold") {
     const seen = new Set();
     watchers.push(seen);
     const watcher = await client.watch().prefix(options.prefix).create();
+    watcher.on("data", () => (messages += 1));
     watcher.on("put", (kv) => {
       const value = JSON.parse(kv.value.toString());
       record(seen, value.metadata?.event ?? value.instance_id, Number(value.metadata?.sent_ms));
@@ -82,12 +86,14 @@ createInterface({ input: process.stdin }).on("line", (line) => {
   const report = {
     received: sorted.length,
     duplicates,
+    messages,
     ended,
     latenciesMs: [percentile(sorted, 0.5), percentile(sorted, 0.99), sorted.at(-1) ?? Number.NaN],
     ...(line === "report all" && { all: sorted.map((ms) => Math.round(ms * 1000) / 1000) }),
   };
   latencies = [];
   duplicates = 0;
+  messages = 0;
   for (const seen of watchers) seen.clear();
   process.stdout.write(`report ${JSON.stringify(report)}\n`);
 });

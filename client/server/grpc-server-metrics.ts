@@ -131,6 +131,18 @@ interface ObservableCall {
   write?: (...args: unknown[]) => boolean;
 }
 
+/** The `grpc_server_msg_sent_total` tally of each server-streaming call, for writes that bypass `call.write`. */
+const sentTallies = new WeakMap<object, CounterTally<MethodLabel>>();
+
+/**
+ * The tally that counts the messages `call` sends (`grpc_server_msg_sent_total`), for a handler
+ * that writes below `call.write` (registry/api/watch-writer.ts); `undefined` when `call` is not
+ * a server-streaming call of an {@link instrumentService} implementation.
+ */
+export function sentMessageTally(call: object): { value: number } | undefined {
+  return sentTallies.get(call);
+}
+
 type UnaryCallback = (error: Partial<ServiceError> | null, ...rest: unknown[]) => void;
 
 /**
@@ -190,6 +202,7 @@ export function instrumentService<T extends UntypedServiceImplementation>(
       if (method.requestStream) call.on("data", () => series.received.value++);
       else series.received.value++;
       if (method.responseStream && call.write !== undefined) {
+        sentTallies.set(call, series.sent);
         const write = call.write.bind(call);
         call.write = (...args: unknown[]) => {
           series.sent.value++;

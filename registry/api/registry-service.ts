@@ -28,6 +28,7 @@ import type { WatchHub } from "../watch/watch-hub.js";
 import type { WatchSink } from "../watch/watch-subscription.js";
 import { toServiceError } from "./grpc-status.js";
 import { getServicePage, type ServicePageSources } from "./service-pages.js";
+import { watchSink } from "./watch-writer.js";
 import {
   applyChange,
   validateDeregister,
@@ -390,16 +391,12 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
     watch: (call) => {
       let isEnded = false;
       const abort = new AbortController();
-      const sink: WatchSink = {
-        write: (message) => call.write(message),
-        once: (event, listener) => call.once(event, listener),
-        end: (error) => {
-          if (isEnded) return;
-          isEnded = true;
-          if (error === undefined) call.end();
-          else call.emit("error", toServiceError(failed("Watch", error)));
-        },
-      };
+      const sink = watchSink(call, (error) => {
+        if (isEnded) return;
+        isEnded = true;
+        if (error === undefined) call.end();
+        else call.emit("error", toServiceError(failed("Watch", error)));
+      });
       call.on("cancelled", () => abort.abort());
       call.on("error", (error) => logger.debug({ err: error }, "watch stream error"));
       // One HTTP/2 session per peer address and port: the connection.

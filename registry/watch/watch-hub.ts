@@ -62,6 +62,8 @@ export class WatchHub implements ServicesWatchListener {
   /** Services whose instance gauge is set at the end of this event-loop turn. */
   readonly #uncountedServices = new Set<string>();
   readonly #subscriptions = new Set<WatchSubscription>();
+  /** The same subscriptions by the service they watch (`undefined`: every service). */
+  readonly #byService = new Map<string | undefined, Set<WatchSubscription>>();
   /** Every delta after `#historyFloor` up to `#revision`, oldest first. */
   readonly #history: Delta[] = [];
   #historyFloor = 0n;
@@ -69,6 +71,14 @@ export class WatchHub implements ServicesWatchListener {
   #isSynced = false;
   #isStale = false;
   #isClosed = false;
+  /**
+   * Changes applied to the cache in this event-loop turn but not yet sent to the streams: sent
+   * as ONE delta at the latest revision by a `setImmediate` (so a burst read from etcd in one turn
+   * costs each stream one write, not one per revision), or earlier when a change touches an
+   * instance already in it (no version is merged away) or a progress is about to be sent.
+   */
+  #unsent: UnsentChanges | undefined;
+  #isSendScheduled = false;
   #progressTimer: NodeJS.Timeout | undefined;
   #behindTimer: NodeJS.Timeout | undefined;
   readonly #now: () => number;
@@ -118,6 +128,7 @@ export class WatchHub implements ServicesWatchListener {
 
   /** Ends every Watch stream with `UNAVAILABLE` and stops the timers. Idempotent. */
   close(): void {
+    this.#sendUnsent();
     this.#isClosed = true;
     clearInterval(this.#progressTimer);
     clearInterval(this.#behindTimer);
@@ -183,6 +194,9 @@ export class WatchHub implements ServicesWatchListener {
     if (signal.aborted) return;
     if (this.#isClosed || !this.#isSynced)
       throw new RegistryError("unavailable", "registry is not serving watches");
+    // The waiting changes go out first: the new stream starts at the current revision, so a delta
+    // sent later would hold changes it already has.
+    this.#sendUnsent();
     const subscription = new WatchSubscription({
       sink,
       service,
@@ -193,6 +207,9 @@ export class WatchHub implements ServicesWatchListener {
     });
     // Counted before the first write: however it ends from here on (even during replay), it leaves.
     this.#subscriptions.add(subscription);
+    let group = this.#byService.get(service);
+    if (group === undefined) this.#byService.set(service, (group = new Set()));
+    group.add(subscription);
     this.#options.metrics.watchStreams.set(this.#subscriptions.size);
     signal.addEventListener("abort", () => subscription.close(), { once: true });
     if (startRevision === 0n || past === undefined) {
@@ -212,10 +229,10 @@ export class WatchHub implements ServicesWatchListener {
         })),
       );
     } else if (startRevision >= this.#historyFloor) {
-      for (const delta of this.#history) subscription.deliver(new DeltaParts(delta));
+      for (const delta of this.#history) subscription.deliver(new DeltaParts([delta]));
     } else {
       const catchUp = this.#diff(past, service);
-      if (catchUp !== undefined) subscription.deliver(new DeltaParts(catchUp));
+      if (catchUp !== undefined) subscription.deliver(new DeltaParts([catchUp]));
     }
     if (this.#isStale) subscription.progress(this.#revision, true);
     if (signal.aborted) subscription.close();
@@ -268,9 +285,47 @@ export class WatchHub implements ServicesWatchListener {
       const dropped = this.#history.shift();
       if (dropped !== undefined) this.#historyFloor = BigInt(dropped.revision);
     }
-    const parts = new DeltaParts(delta);
-    // No copy of the set: a subscription that closes meanwhile is deleted, which iteration allows.
-    for (const subscription of this.#subscriptions) subscription.deliver(parts);
+    this.#addUnsent(delta);
+  }
+
+  /**
+   * Sends `delta` to the streams with the other changes of this event-loop turn (see `#unsent`).
+   * Versions are never merged: a change to an instance already waiting sends the waiting ones first.
+   */
+  #addUnsent(delta: Delta): void {
+    const changed = [...delta.removed, ...delta.upserted];
+    const keys = changed.map(keyOf);
+    if (this.#unsent !== undefined && keys.some((key) => this.#unsent?.keys.has(key) === true)) {
+      this.#sendUnsent();
+    }
+    if (this.#unsent === undefined) {
+      this.#unsent = { deltas: [], keys: new Set(), services: new Set() };
+      if (!this.#isSendScheduled) {
+        this.#isSendScheduled = true;
+        setImmediate(() => {
+          this.#isSendScheduled = false;
+          this.#sendUnsent();
+        });
+      }
+    }
+    this.#unsent.deltas.push(delta);
+    for (const key of keys) this.#unsent.keys.add(key);
+    for (const { service } of changed) this.#unsent.services.add(service);
+  }
+
+  /** Sends the changes waiting in `#unsent` to every stream (each its service's part, see {@link DeltaParts}). */
+  #sendUnsent(): void {
+    const unsent = this.#unsent;
+    if (unsent === undefined) return;
+    this.#unsent = undefined;
+    const parts = new DeltaParts(unsent.deltas);
+    // Only the streams of the services changed, and those of every service: a stream of another
+    // service learns the revision from the next progress. No copy of a set: a subscription that
+    // closes meanwhile is deleted, which iteration allows.
+    for (const service of [...unsent.services, undefined]) {
+      const group = this.#byService.get(service);
+      if (group !== undefined) for (const subscription of group) subscription.deliver(parts);
+    }
   }
 
   /** @internal ServicesWatchListener: nothing changed up to `revision`. */
@@ -286,6 +341,7 @@ export class WatchHub implements ServicesWatchListener {
   }
 
   #broadcastProgress(): void {
+    this.#sendUnsent(); // a progress at the current revision must not overtake its deltas
     for (const subscription of [...this.#subscriptions]) subscription.progress(this.#revision, this.#isStale);
   }
 
@@ -330,8 +386,20 @@ export class WatchHub implements ServicesWatchListener {
 
   #unsubscribe(subscription: WatchSubscription): void {
     this.#subscriptions.delete(subscription);
+    const group = this.#byService.get(subscription.service);
+    group?.delete(subscription);
+    if (group?.size === 0) this.#byService.delete(subscription.service);
     this.#options.metrics.watchStreams.set(this.#subscriptions.size);
   }
+}
+
+/** Changes of one event-loop turn not sent to the streams yet (see `WatchHub.#unsent`). */
+interface UnsentChanges {
+  readonly deltas: Delta[];
+  /** `service/instance_id` of every instance the deltas touch. */
+  readonly keys: Set<string>;
+  /** Every service the deltas touch. */
+  readonly services: Set<string>;
 }
 
 /** Consecutive runs of `instances` of about {@link WATCH_MESSAGE_BYTES} each; at least one (maybe empty). */

@@ -44,37 +44,48 @@ export const MIN_BEHIND_CHECKS = 3;
 export const WATCH_MESSAGE_BYTES = 1 << 20;
 
 /**
- * One service's part of a delta, its approximate size in bytes (by `instanceBytes`), and the
- * Watch response that carries it, shared by every stream that sends it.
+ * One service's part of a delta, its approximate size in bytes (by `instanceBytes`), the Watch
+ * response that carries it, and its changes as a stream that is behind keeps them: all shared by
+ * every stream that sends it.
  */
 interface DeltaPart {
   readonly delta: Delta;
   readonly bytes: number;
   readonly message: WatchResponse;
+  readonly changes: readonly PendingChange[];
 }
 
 /**
- * A delta split by service, computed once per delta for every subscription that needs a part:
- * every stream of a service gets the same `Delta` object, so it is encoded once
- * (`encodeWatchResponse`), and its size is counted once.
+ * The deltas of one event-loop turn (one or more revisions, in order, no instance in two of them)
+ * split by service, computed once for every subscription that needs a part: every stream of a
+ * service gets the same `Delta` object, so it is encoded once (`encodeWatchResponse`), and its
+ * size is counted once. A service's part is its changes of every delta, at the revision of the
+ * last delta that touched it (so one change alone goes out at its own revision, as unbatched).
  */
 export class DeltaParts {
-  readonly delta: Delta;
+  readonly deltas: readonly Delta[];
+  /** The revision of the last delta: a stream that has it already gets nothing. */
   readonly revision: bigint;
   #all: DeltaPart | undefined;
   readonly #byService = new Map<string, DeltaPart | undefined>();
 
-  constructor(delta: Delta) {
-    this.delta = delta;
-    this.revision = BigInt(delta.revision);
+  constructor(deltas: readonly Delta[]) {
+    this.deltas = deltas;
+    this.revision = BigInt(deltas.at(-1)?.revision ?? "0");
   }
 
   /** The part about `service` (`undefined` = every service), or `undefined` when it has none. */
   of(service: string | undefined): DeltaPart | undefined {
-    if (service === undefined) return (this.#all ??= partOf(this.delta));
+    if (service === undefined) {
+      if (this.#all === undefined) {
+        const delta = mergeDeltas(this.deltas);
+        if (delta !== undefined) this.#all = partOf(delta);
+      }
+      return this.#all;
+    }
     let part = this.#byService.get(service);
     if (part === undefined && !this.#byService.has(service)) {
-      const delta = deltaOfService(this.delta, service);
+      const delta = mergeDeltas(this.deltas.flatMap((each) => deltaOfService(each, service) ?? []));
       part = delta === undefined ? undefined : partOf(delta);
       this.#byService.set(service, part);
     }
@@ -82,11 +93,31 @@ export class DeltaParts {
   }
 }
 
-function partOf(delta: Delta): DeltaPart {
-  return { delta, bytes: deltaBytes(delta), message: { event: { $case: "delta", value: delta } } };
+/** `deltas` as one delta at the last one's revision (the first one's `observed_at_unix_ms`). */
+function mergeDeltas(deltas: readonly Delta[]): Delta | undefined {
+  const [first, ...rest] = deltas;
+  const last = rest.at(-1);
+  if (last === undefined) return first;
+  // No instance is in two of them, so the order of changes within one delta does not matter.
+  return {
+    upserted: deltas.flatMap((each) => each.upserted),
+    removed: deltas.flatMap((each) => each.removed),
+    revision: last.revision,
+    observedAtUnixMs: first?.observedAtUnixMs ?? last.observedAtUnixMs,
+  };
 }
 
+function partOf(delta: Delta): DeltaPart {
+  const changes = changesOf(delta);
+  let bytes = 0;
+  for (const change of changes) bytes += change.bytes;
+  return { delta, bytes, message: { event: { $case: "delta", value: delta } }, changes };
+}
+
+/** One instance's change, shared by the streams that keep it while they are behind. */
 interface PendingChange {
+  /** `service/instance_id`. */
+  readonly id: string;
   readonly key: InstanceKey;
   /** The latest version, or `undefined` for a removal. */
   readonly instance: Instance | undefined;
@@ -170,18 +201,17 @@ export class WatchSubscription {
     this.#revision = parts.revision;
     const part = parts.of(this.service);
     if (part === undefined) return; // a later progress or delta carries the revision
-    const own = part.delta;
     if (!this.isBehind) {
       if (part.bytes > WATCH_MESSAGE_BYTES) {
         // e.g. a resume's catch-up or a re-list: split like a flush, so each message stays small.
-        this.#writeChanges(changesOf(own), own.observedAtUnixMs);
+        this.#writeChanges(part.changes, part.delta.observedAtUnixMs);
         return;
       }
       this.#sentRevision = parts.revision;
       this.#write(part.message);
       return;
     }
-    this.#coalesce(own);
+    this.#coalesce(part);
   }
 
   /**
@@ -250,10 +280,13 @@ export class WatchSubscription {
     this.#sink.end(error);
   }
 
-  #coalesce(delta: Delta): void {
-    this.#pendingObservedAtUnixMs ??= delta.observedAtUnixMs;
-    for (const key of delta.removed) this.#setPending(key, undefined, removalBytes(key));
-    for (const instance of delta.upserted) this.#setPending(instance, instance, instanceBytes(instance));
+  #coalesce(part: DeltaPart): void {
+    this.#pendingObservedAtUnixMs ??= part.delta.observedAtUnixMs;
+    for (const change of part.changes) {
+      this.#pendingBytes += change.bytes - (this.#pending.get(change.id)?.bytes ?? 0);
+      this.#pending.delete(change.id); // re-insert: flush order follows the latest change
+      this.#pending.set(change.id, change);
+    }
     if (this.#pendingBytes > this.#limits.maxQueuedBytes) {
       this.close(
         new RegistryError(
@@ -262,13 +295,6 @@ export class WatchSubscription {
         ),
       );
     }
-  }
-
-  #setPending(key: InstanceKey, instance: Instance | undefined, bytes: number): void {
-    const id = `${key.service}/${key.instanceId}`;
-    this.#pendingBytes += bytes - (this.#pending.get(id)?.bytes ?? 0);
-    this.#pending.delete(id); // re-insert: flush order follows the latest change
-    this.#pending.set(id, { key: { service: key.service, instanceId: key.instanceId }, instance, bytes });
   }
 
   #write(message: WatchResponse): void {
@@ -334,16 +360,18 @@ export class WatchSubscription {
 /** A delta as changes (removals first, as a delta applies them). */
 function changesOf(delta: Delta): PendingChange[] {
   return [
-    ...delta.removed.map((key) => ({ key, instance: undefined, bytes: removalBytes(key) })),
-    ...delta.upserted.map((instance) => ({ key: instance, instance, bytes: instanceBytes(instance) })),
+    ...delta.removed.map((key) => ({ id: idOf(key), key, instance: undefined, bytes: removalBytes(key) })),
+    ...delta.upserted.map((instance) => ({
+      id: idOf(instance),
+      key: instance,
+      instance,
+      bytes: instanceBytes(instance),
+    })),
   ];
 }
 
-function deltaBytes(delta: Delta): number {
-  let bytes = 0;
-  for (const key of delta.removed) bytes += removalBytes(key);
-  for (const instance of delta.upserted) bytes += instanceBytes(instance);
-  return bytes;
+function idOf(key: InstanceKey): string {
+  return `${key.service}/${key.instanceId}`;
 }
 
 /** The part of `delta` about `service`, or `undefined` when it has none. */
