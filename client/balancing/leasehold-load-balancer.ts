@@ -335,8 +335,8 @@ class TrackedCall implements PickResult {
       // The instance itself answered. Only answers that are no endpoint fault count as others'
       // progress: three instances failing fast must not make the one healthy, busy one "stalled".
       if (name === "OK" || !isEndpointFault(name)) this.#balancer.answers++;
-      child.progress.answered(Date.now(), this.#balancer.answers);
-    } else child.progress.unanswered(child.outstanding, Date.now());
+      child.progress.answered(nowMs, this.#balancer.answers);
+    } else child.progress.unanswered(child.outstanding, nowMs);
     // A deadline passed while other instances had attempts in flight and fewer than
     // STALL_MIN_ANSWERS answers came (the stall detector's rule): every instance, or this caller,
     // stalled (a GC pause, a starved CPU), so it is no evidence against this one and its breaker
