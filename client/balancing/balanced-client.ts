@@ -222,8 +222,45 @@ class AttemptCall extends AttemptTag {
   stalledAfterMs: number | undefined = undefined;
 }
 
-/** How an attempt ended; `peer` is the instance address it reached, undefined when nothing was picked. */
-type Outcome = { ok: true; value: unknown } | { ok: false; error: LeaseholdError; peer: string | undefined };
+/**
+ * One unary call from start to end: its attempts (each one grpc-js call, two with a hedge) are
+ * started and ended by callbacks that update this record, and the last one settles the call's
+ * promise through `resolve` / `reject`.
+ */
+class UnaryCall {
+  attempts = 0;
+  /** Addresses of the failed attempts, allocated on the first retry. */
+  tried: string[] | undefined = undefined;
+  lastError: LeaseholdError | undefined = undefined;
+  isSettled = false;
+  /** The backoff before the next attempt, or the attempt's hedge timer. */
+  timer: NodeJS.Timeout | undefined = undefined;
+  onAbort: (() => void) | undefined = undefined;
+  // The attempt in flight:
+  first: AttemptCall | undefined = undefined;
+  hedge: AttemptCall | undefined = undefined;
+  /** Its grpc-js calls still running. */
+  running = 0;
+  isAttemptSettled = false;
+  /** The addresses it avoids, comma-separated. */
+  exclude: string | undefined = undefined;
+  attemptTimeoutMs = Number.POSITIVE_INFINITY;
+  attemptDeadline = 0;
+  /** performance.now() at its start. */
+  startedAt = 0;
+
+  constructor(
+    readonly method: AnyMethod,
+    /** The method's metric label. */
+    readonly name: string,
+    readonly request: unknown,
+    readonly callOptions: BalancedCallOptions | undefined,
+    /** The whole call's deadline, epoch ms. */
+    readonly deadline: number,
+    readonly resolve: (value: unknown) => void,
+    readonly reject: (error: LeaseholdError) => void,
+  ) {}
+}
 
 interface ResolvedOptions {
   readonly service: string;
@@ -476,183 +513,238 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
     return Date.now() + checkDeadline(callOptions?.deadlineMs ?? this.#options.deadlineMs);
   }
 
-  /** A unary call: attempts on different instances within one deadline (see the class comment). */
-  async #unary(
+  /**
+   * A unary call: attempts on different instances within one deadline (see the class comment).
+   * Driven by grpc-js callbacks through one {@link UnaryCall} record: no promise but the one
+   * returned, and no closure per call but the promise executor and each attempt's callback.
+   */
+  #unary(
     method: AnyMethod,
     name: string,
     request: unknown,
     callOptions: BalancedCallOptions | undefined,
   ): Promise<unknown> {
-    const deadline = this.#begin(callOptions);
-    const metrics = this.#context.metrics;
-    this.#budget?.deposit();
+    let deadline: number;
     try {
-      const signal = callOptions?.signal;
-      let tried: string[] | undefined; // addresses of failed attempts, allocated on the first retry
-      let lastError: LeaseholdError | undefined;
-      let attempts = 0;
-      while (attempts < this.#options.maxAttempts) {
-        if (attempts > 0) {
-          if (Date.now() >= deadline) break;
-          // A retry away from an instance whose breaker is open (kept only by the ejection cap) is
-          // the cap's cost, not a sign of overload: the budget is not charged for it.
-          const lastPeer = tried?.at(-1);
-          const isKnownBad = lastPeer !== undefined && this.#isBreakerOpenAt(lastPeer);
-          if (!isKnownBad && this.#budget !== undefined && !this.#budget.tryWithdraw()) {
-            throw new LeaseholdError(
-              lastError?.code ?? "UNAVAILABLE",
-              `${lastError?.message} (retry budget spent)`,
-              {
-                cause: lastError,
-              },
-            );
-          }
-          metrics?.retries.inc({ service: this.service, method: name });
-          // "Equal jitter" backoff: a burst of failures does not retry in lock step, and never at
-          // once, so connections that died together (instances killed at once) are seen as dead first.
-          const cap = Math.min(MAX_RETRY_BACKOFF_MS, BASE_RETRY_BACKOFF_MS * 2 ** (attempts - 1));
-          const delayMs = cap / 2 + (this.#context.random() * cap) / 2;
-          await sleepUntil(Math.min(deadline, Date.now() + delayMs), signal);
-          if (signal?.aborted === true) throw abortedError(signal);
-        }
-        attempts++;
-        const exclude = tried?.join(",");
-        const metadata = this.#attemptMetadata(request, callOptions, exclude);
-        // Only with somewhere else to go: a lone instance gets the whole deadline.
-        const attemptTimeoutMs =
-          this.#pickableCount() > 1 ? this.#latency.attemptTimeoutMs() : Number.POSITIVE_INFINITY;
-        const attemptDeadline = Math.min(deadline, Date.now() + attemptTimeoutMs);
-        const started = performance.now();
-        const outcome = await this.#unaryAttempt(
-          method,
-          name,
-          request,
-          metadata,
-          exclude,
-          attemptDeadline,
-          callOptions,
-        );
-        if (outcome.ok) {
-          this.#latency.record(performance.now() - started);
-          metrics?.countCall(this.service, name, "OK");
-          return outcome.value;
-        }
-        if (signal?.aborted === true) throw abortedError(signal);
-        let error = outcome.error;
-        if (error.code === "DEADLINE_EXCEEDED" && attemptDeadline < deadline && Date.now() < deadline) {
-          // The attempt's own timeout: the instance is frozen or slow; another may answer in time.
-          error = new LeaseholdError("UNAVAILABLE", `attempt timed out after ${attemptTimeoutMs} ms`, {
-            cause: error,
-          });
-        }
-        // A pick that found no instance left: the last instance's own error says more.
-        if (outcome.peer === undefined && lastError !== undefined) throw lastError;
-        // Not retried: caller faults, a spent deadline, and a pick that found no instance at all.
-        if (!error.retryable || outcome.peer === undefined) throw error;
-        lastError = error;
-        (tried ??= []).push(outcome.peer);
-      }
-      if (lastError === undefined)
-        throw new LeaseholdError("UNAVAILABLE", `no attempt made on ${this.service}`);
-      if (attempts < this.#options.maxAttempts && Date.now() >= deadline) {
-        const deadlineMs = callOptions?.deadlineMs ?? this.#options.deadlineMs;
-        throw new LeaseholdError(
-          "DEADLINE_EXCEEDED",
-          `deadline of ${deadlineMs} ms exceeded after ${attempts} attempt(s): ${lastError.message}`,
-          { cause: lastError },
-        );
-      }
-      throw lastError;
+      deadline = this.#begin(callOptions);
     } catch (error) {
-      const failure = LeaseholdError.from(error);
-      metrics?.countCall(this.service, name, failure.code);
-      throw failure;
+      return Promise.reject(LeaseholdError.from(error));
     }
-  }
-
-  /**
-   * One attempt: a grpc-js call with `metadata` (whose options object is its {@link AttemptCall};
-   * `exclude` the addresses it avoids), and with `hedgeAfterMs` a second one on a different
-   * instance if the first is slow.
-   */
-  #unaryAttempt(
-    method: AnyMethod,
-    name: string,
-    request: unknown,
-    metadata: grpc.Metadata,
-    exclude: string | undefined,
-    deadline: number,
-    callOptions: BalancedCallOptions | undefined,
-  ): Promise<Outcome> {
-    const signal = callOptions?.signal;
-    const hedgeAfterMs = callOptions?.hedgeAfterMs;
-    return new Promise((resolve) => {
-      const first = metadata.getOptions() as AttemptCall;
-      let hedge: AttemptCall | undefined;
-      let running = 0;
-      let isSettled = false;
-      const cancel = (): void => {
-        first.call?.cancel();
-        hedge?.call?.cancel();
-      };
-      const settle = (outcome: Outcome): void => {
-        isSettled = true;
-        if (hedgeAfterMs !== undefined) clearTimeout(hedgeTimer); // set before any settle
-        signal?.removeEventListener("abort", cancel);
-        if (hedge !== undefined) cancel(); // the loser of the hedge; a no-op on the ended call
-        resolve(outcome);
-      };
-      const start = (attempt: AttemptCall, attemptMetadata: grpc.Metadata): void => {
-        const call = this.grpcClient.makeUnaryRequest(
-          method.path,
-          method.requestSerialize,
-          method.responseDeserialize,
-          request,
-          attemptMetadata,
-          { deadline },
-          (error: grpc.ServiceError | null, response?: unknown) => {
-            running--;
-            this.#parked.delete(attempt);
-            if (isSettled) return;
-            if (error === null) return settle({ ok: true, value: response });
-            const peer = attempt.address ?? call.getPeer();
-            const failure: Outcome = {
-              ok: false,
-              error:
-                attempt.stalledAfterMs === undefined
-                  ? LeaseholdError.from(error)
-                  : new LeaseholdError(
-                      "UNAVAILABLE",
-                      `instance at ${peer} stalled: no answer for ${attempt.stalledAfterMs} ms while others answered`,
-                    ),
-              peer: peer === this.#options.target || peer === "unknown" ? undefined : peer,
-            };
-            // A failure before the hedge started ends the attempt (the caller retries elsewhere);
-            // with a hedge in flight, its answer is awaited.
-            if (running === 0) settle(failure);
-          },
-        );
-        attempt.call = call;
-        running++;
-        this.#park(attempt);
-      };
-      start(first, metadata);
-      signal?.addEventListener("abort", cancel, { once: true });
-      if (hedgeAfterMs === undefined) return;
-      const hedgeTimer = setTimeout(() => {
-        if (isSettled || (this.#budget !== undefined && !this.#budget.tryWithdraw())) return;
-        this.#context.metrics?.retries.inc({ service: this.service, method: name });
-        // Made afresh, not from `metadata`: client interceptors may have changed that one.
-        const tried = exclude === undefined ? [] : [exclude];
-        if (first.address !== undefined) tried.push(first.address); // undefined while its pick waits
-        const hedged = this.#attemptMetadata(request, callOptions, tried.join(","));
-        const attempt = hedged.getOptions() as AttemptCall;
-        hedge = attempt;
-        start(attempt, hedged);
-      }, hedgeAfterMs);
+    this.#budget?.deposit();
+    return new Promise((resolve, reject) => {
+      const call = new UnaryCall(method, name, request, callOptions, deadline, resolve, reject);
+      const signal = callOptions?.signal;
+      if (signal !== undefined) {
+        call.onAbort = () => this.#abort(call, signal);
+        signal.addEventListener("abort", call.onAbort, { once: true });
+      }
+      this.#startAttempt(call);
     });
   }
 
+  /** Ends `call` with its answer. */
+  #succeed(call: UnaryCall, value: unknown): void {
+    if (!this.#end(call)) return;
+    this.#context.metrics?.countCall(this.service, call.name, "OK");
+    call.resolve(value);
+  }
+
+  /** Ends `call` with `error`, normalised (and counted by the call metrics by its code). */
+  #fail(call: UnaryCall, error: unknown): void {
+    if (!this.#end(call)) return;
+    const failure = LeaseholdError.from(error);
+    this.#context.metrics?.countCall(this.service, call.name, failure.code);
+    call.reject(failure);
+  }
+
+  /** Marks `call` ended and drops its timer and abort listener; false when it had ended already. */
+  #end(call: UnaryCall): boolean {
+    if (call.isSettled) return false;
+    call.isSettled = true;
+    if (call.timer !== undefined) clearTimeout(call.timer);
+    if (call.onAbort !== undefined) call.callOptions?.signal?.removeEventListener("abort", call.onAbort);
+    return true;
+  }
+
+  /** The call's AbortSignal fired: cancel what is in flight (its callback ends the call), or end it now. */
+  #abort(call: UnaryCall, signal: AbortSignal): void {
+    if (call.running > 0) {
+      call.first?.call?.cancel();
+      call.hedge?.call?.cancel();
+    } else this.#fail(call, abortedError(signal));
+  }
+
+  /**
+   * After a failed attempt: the next one, on an instance none of the call's failed attempts
+   * reached, after a backoff and if the retry budget allows; or the end of the call when no
+   * attempt or time is left.
+   */
+  #retry(call: UnaryCall): void {
+    if (call.attempts >= this.#options.maxAttempts || Date.now() >= call.deadline)
+      return this.#fail(call, this.#finalError(call));
+    // A retry away from an instance whose breaker is open (kept only by the ejection cap) is the
+    // cap's cost, not a sign of overload: the budget is not charged for it.
+    const lastError = call.lastError;
+    const lastPeer = call.tried?.at(-1);
+    const isKnownBad = lastPeer !== undefined && this.#isBreakerOpenAt(lastPeer);
+    if (!isKnownBad && this.#budget !== undefined && !this.#budget.tryWithdraw()) {
+      const message = `${lastError?.message} (retry budget spent)`;
+      return this.#fail(
+        call,
+        new LeaseholdError(lastError?.code ?? "UNAVAILABLE", message, { cause: lastError }),
+      );
+    }
+    this.#context.metrics?.retries.inc({ service: this.service, method: call.name });
+    // "Equal jitter" backoff: a burst of failures does not retry in lock step, and never at once,
+    // so connections that died together (instances killed at once) are seen as dead first.
+    const cap = Math.min(MAX_RETRY_BACKOFF_MS, BASE_RETRY_BACKOFF_MS * 2 ** (call.attempts - 1));
+    const delayMs = cap / 2 + (this.#context.random() * cap) / 2;
+    const waitMs = Math.min(call.deadline, Date.now() + delayMs) - Date.now();
+    if (waitMs <= 0) return this.#startAttempt(call);
+    call.timer = setTimeout(() => {
+      call.timer = undefined;
+      this.#startAttempt(call);
+    }, waitMs);
+  }
+
+  /** Starts an attempt: a grpc-js call, and with `hedgeAfterMs` the timer of its hedge. */
+  #startAttempt(call: UnaryCall): void {
+    try {
+      call.attempts++;
+      const exclude = call.tried?.join(",");
+      const metadata = this.#attemptMetadata(call.request, call.callOptions, exclude);
+      // Only with somewhere else to go: a lone instance gets the whole deadline.
+      call.attemptTimeoutMs =
+        this.#pickableCount() > 1 ? this.#latency.attemptTimeoutMs() : Number.POSITIVE_INFINITY;
+      call.attemptDeadline = Math.min(call.deadline, Date.now() + call.attemptTimeoutMs);
+      call.startedAt = performance.now();
+      call.exclude = exclude;
+      call.isAttemptSettled = false;
+      call.hedge = undefined;
+      const first = metadata.getOptions() as AttemptCall;
+      call.first = first;
+      this.#startGrpcCall(call, first, metadata);
+      const hedgeAfterMs = call.callOptions?.hedgeAfterMs;
+      if (hedgeAfterMs !== undefined) call.timer = setTimeout(() => this.#startHedge(call), hedgeAfterMs);
+    } catch (error) {
+      this.#fail(call, error);
+    }
+  }
+
+  /** The attempt is slow: a second grpc-js call on a different instance; the first answer wins. */
+  #startHedge(call: UnaryCall): void {
+    call.timer = undefined;
+    if (call.isAttemptSettled || (this.#budget !== undefined && !this.#budget.tryWithdraw())) return;
+    this.#context.metrics?.retries.inc({ service: this.service, method: call.name });
+    // Made afresh, not from the first call's metadata: client interceptors may have changed that one.
+    const tried = call.exclude === undefined ? [] : [call.exclude];
+    const firstAddress = call.first?.address;
+    if (firstAddress !== undefined) tried.push(firstAddress); // undefined while its pick waits
+    const hedged = this.#attemptMetadata(call.request, call.callOptions, tried.join(","));
+    const attempt = hedged.getOptions() as AttemptCall;
+    call.hedge = attempt;
+    try {
+      this.#startGrpcCall(call, attempt, hedged);
+    } catch (error) {
+      call.isAttemptSettled = true;
+      call.first?.call?.cancel();
+      this.#fail(call, error);
+    }
+  }
+
+  /** One grpc-js call of an attempt; `metadata`'s options object is its {@link AttemptCall}. */
+  #startGrpcCall(call: UnaryCall, attempt: AttemptCall, metadata: grpc.Metadata): void {
+    const method = call.method;
+    attempt.call = this.grpcClient.makeUnaryRequest(
+      method.path,
+      method.requestSerialize,
+      method.responseDeserialize,
+      call.request,
+      metadata,
+      { deadline: call.attemptDeadline },
+      (error: grpc.ServiceError | null, response?: unknown) =>
+        this.#grpcCallEnded(call, attempt, error, response),
+    );
+    call.running++;
+    this.#park(attempt);
+  }
+
+  /**
+   * A grpc-js call ended. A success ends the call; a failure ends the attempt (the call retries
+   * elsewhere), or, with a hedge still in flight, waits for that one's answer.
+   */
+  #grpcCallEnded(
+    call: UnaryCall,
+    attempt: AttemptCall,
+    error: grpc.ServiceError | null,
+    response: unknown,
+  ): void {
+    call.running--;
+    this.#parked.delete(attempt);
+    if (call.isAttemptSettled) return;
+    if (error === null) {
+      call.isAttemptSettled = true;
+      if (call.hedge !== undefined) this.#cancelLoser(call);
+      this.#latency.record(performance.now() - call.startedAt);
+      this.#succeed(call, response);
+      return;
+    }
+    if (call.running > 0) return;
+    call.isAttemptSettled = true;
+    clearTimeout(call.timer); // the hedge's
+    call.timer = undefined;
+    if (call.hedge !== undefined) this.#cancelLoser(call);
+    const signal = call.callOptions?.signal;
+    if (signal?.aborted === true) return this.#fail(call, abortedError(signal));
+    const peerSeen = attempt.address ?? attempt.call?.getPeer();
+    const peer = peerSeen === this.#options.target || peerSeen === "unknown" ? undefined : peerSeen;
+    let failure =
+      attempt.stalledAfterMs === undefined
+        ? LeaseholdError.from(error)
+        : new LeaseholdError(
+            "UNAVAILABLE",
+            `instance at ${peerSeen} stalled: no answer for ${attempt.stalledAfterMs} ms while others answered`,
+          );
+    if (
+      failure.code === "DEADLINE_EXCEEDED" &&
+      call.attemptDeadline < call.deadline &&
+      Date.now() < call.deadline
+    ) {
+      // The attempt's own timeout: the instance is frozen or slow; another may answer in time.
+      failure = new LeaseholdError("UNAVAILABLE", `attempt timed out after ${call.attemptTimeoutMs} ms`, {
+        cause: failure,
+      });
+    }
+    // A pick that found no instance left: the last instance's own error says more.
+    if (peer === undefined && call.lastError !== undefined) return this.#fail(call, call.lastError);
+    // Not retried: caller faults, a spent deadline, and a pick that found no instance at all.
+    if (!failure.retryable || peer === undefined) return this.#fail(call, failure);
+    call.lastError = failure;
+    (call.tried ??= []).push(peer);
+    this.#retry(call);
+  }
+
+  /** Cancels the attempt's calls that lost the hedge (a no-op on the ended one). */
+  #cancelLoser(call: UnaryCall): void {
+    call.first?.call?.cancel();
+    call.hedge?.call?.cancel();
+  }
+
+  /** The error of a call whose attempts or deadline ran out. */
+  #finalError(call: UnaryCall): LeaseholdError {
+    const lastError = call.lastError;
+    if (lastError === undefined)
+      return new LeaseholdError("UNAVAILABLE", `no attempt made on ${this.service}`);
+    if (call.attempts < this.#options.maxAttempts && Date.now() >= call.deadline) {
+      const deadlineMs = call.callOptions?.deadlineMs ?? this.#options.deadlineMs;
+      return new LeaseholdError(
+        "DEADLINE_EXCEEDED",
+        `deadline of ${deadlineMs} ms exceeded after ${call.attempts} attempt(s): ${lastError.message}`,
+        { cause: lastError },
+      );
+    }
+    return lastError;
+  }
   /** The options object of an attempt's metadata: the call's own metadata options, plus the tag. */
   #newAttemptCall(callOptions: BalancedCallOptions | undefined): AttemptCall & grpc.MetadataOptions {
     const attempt: AttemptCall & grpc.MetadataOptions = new AttemptCall();
@@ -829,21 +921,6 @@ class LatencyTracker {
     }
     return this.#timeoutMs;
   }
-}
-
-/** Waits until `untilMs` (a wall-clock time) or the abort, on a timer: never a busy loop. */
-function sleepUntil(untilMs: number, signal: AbortSignal | undefined): Promise<void> {
-  const delay = untilMs - Date.now();
-  if (delay <= 0 || signal?.aborted === true) return Promise.resolve();
-  return new Promise((resolve) => {
-    const done = (): void => {
-      clearTimeout(timer);
-      signal?.removeEventListener("abort", done);
-      resolve();
-    };
-    const timer = setTimeout(done, delay);
-    signal?.addEventListener("abort", done, { once: true });
-  });
 }
 
 /** The proto method name (`Echo`) of a definition entry: the metric label. */

@@ -263,13 +263,7 @@ class LeaseholdPicker implements GrpcPicker {
         metrics.retries.inc({ service: child.instance.service, method });
       const tag = args.metadata.getOptions();
       if (tag instanceof AttemptTag) tag.address = child.instance.address;
-      const call = new TrackedCall(this.#balancer, child, method);
-      return {
-        ...result,
-        onCallStarted: () => call.started(),
-        onCallEnded: (code: Status, details: string, trailers: Metadata) =>
-          call.ended(code, details, trailers),
-      };
+      return new TrackedCall(this.#balancer, child, method, result.subchannel);
     }
     return {
       pickResultType: experimental.PickResultType.TRANSIENT_FAILURE,
@@ -281,8 +275,18 @@ class LeaseholdPicker implements GrpcPicker {
   }
 }
 
-/** One call on one child, from start to end: load, breaker outcome, stats and metrics. */
-class TrackedCall {
+/**
+ * One call on one child, from start to end: load, breaker outcome, stats and metrics. It is the
+ * pick result handed to grpc-js. grpc-js calls `onCallEnded` with its own `this`, and a parent
+ * balancer may copy the result's fields, so both hooks are own arrow properties, not methods.
+ */
+class TrackedCall implements PickResult {
+  readonly pickResultType = experimental.PickResultType.COMPLETE;
+  readonly subchannel: experimental.SubchannelInterface | null;
+  readonly status = null;
+  readonly onCallStarted = (): void => this.started();
+  readonly onCallEnded = (code: Status, details: string, trailers: Metadata): void =>
+    this.ended(code, details, trailers);
   readonly #balancer: LeaseholdLoadBalancer;
   readonly #child: Child;
   readonly #method: string;
@@ -291,13 +295,19 @@ class TrackedCall {
   #answersAtStart = 0;
   /** Whether other instances had attempts in flight at the start (or at the end). */
   #othersInFlight = false;
-  /** Its outcome, as the child's breaker counts it. */
+  /** Its outcome, as the child's breaker counts it (a thenable: never the pick result itself). */
   readonly #outcome = new CallOutcome();
 
-  constructor(balancer: LeaseholdLoadBalancer, child: Child, method: string) {
+  constructor(
+    balancer: LeaseholdLoadBalancer,
+    child: Child,
+    method: string,
+    subchannel: experimental.SubchannelInterface | null,
+  ) {
     this.#balancer = balancer;
     this.#child = child;
     this.#method = method;
+    this.subchannel = subchannel;
   }
 
   started(): void {
@@ -325,8 +335,8 @@ class TrackedCall {
       // The instance itself answered. Only answers that are no endpoint fault count as others'
       // progress: three instances failing fast must not make the one healthy, busy one "stalled".
       if (name === "OK" || !isEndpointFault(name)) this.#balancer.answers++;
-      child.progress.answered(Date.now(), this.#balancer.answers);
-    } else child.progress.unanswered(child.outstanding, Date.now());
+      child.progress.answered(nowMs, this.#balancer.answers);
+    } else child.progress.unanswered(child.outstanding, nowMs);
     // A deadline passed while other instances had attempts in flight and fewer than
     // STALL_MIN_ANSWERS answers came (the stall detector's rule): every instance, or this caller,
     // stalled (a GC pause, a starved CPU), so it is no evidence against this one and its breaker
