@@ -1,6 +1,6 @@
 // Client overhead per unary call at concurrency 64 (and 1): the balanced client (round_robin, with
-// and without metrics) against a stock grpc-js client with built-in round_robin over a static
-// ipv4: target, to the same 3 echo servers. The caller runs alone in a child process
+// and without metrics; every other policy but ring_hash at c=64 in full runs) against a stock
+// grpc-js client with built-in round_robin over a static ipv4: target, to the same 3 echo servers. The caller runs alone in a child process
 // (bench/children/caller.mjs) and reports its own process.cpuUsage(); the servers run in another.
 // DESIGN §8: ≤ 3 µs of client CPU per call above grpc-js, throughput ≥ 95 % of it.
 import { startChild } from "./cluster.mjs";
@@ -12,6 +12,15 @@ export const defaultRounds = 5;
 
 const BASELINE = "grpc-js";
 const CANDIDATES = ["leasehold", "leasehold+metrics"];
+// The other policies, at c=64 only (bench/children/caller.mjs builds one client per policy).
+const POLICIES = [
+  "random",
+  "weighted_random",
+  "weighted_round_robin",
+  "least_request",
+  "least_loaded",
+  "peak_ewma",
+];
 
 /** @param {{ rounds: number, warmupRounds: number, quick: boolean }} options */
 export async function run({ rounds, warmupRounds, quick }) {
@@ -29,6 +38,8 @@ export async function run({ rounds, warmupRounds, quick }) {
       return {
         cpuUsPerCall: result.cpuUs / count,
         callsPerSecond: (count * 1000) / result.wallMs,
+        p50Ms: result.p50Ms,
+        p99Ms: result.p99Ms,
         errors: result.errors,
       };
     };
@@ -36,8 +47,11 @@ export async function run({ rounds, warmupRounds, quick }) {
     for (const variant of [BASELINE, ...CANDIDATES])
       await caller.ask(`run ${variant} ${calls / 4} 64`, "result", 300_000);
     const name = (variant, concurrency) => `${variant} c=${concurrency}`;
+    const policyVariants = quick ? [] : POLICIES.map((policy) => `leasehold:${policy}`);
+    for (const variant of policyVariants)
+      await caller.ask(`run ${variant} ${calls / 4} 64`, "result", 300_000);
     const variants = concurrencies.flatMap((concurrency) =>
-      [BASELINE, ...CANDIDATES].map((variant) => ({
+      [BASELINE, ...CANDIDATES, ...(concurrency === 64 ? policyVariants : [])].map((variant) => ({
         name: name(variant, concurrency),
         run: () => sample(variant, concurrency),
       })),
@@ -60,13 +74,28 @@ export async function run({ rounds, warmupRounds, quick }) {
         ];
       }),
     );
+    ratios.push(
+      ...policyVariants.map((variant) =>
+        ratioRow(samples, {
+          numerator: name(variant, 64),
+          denominator: name(BASELINE, 64),
+          metric: "cpuUsPerCall",
+          of: "CPU/call",
+          difference: true,
+          unit: "µs",
+          target: 3,
+        }),
+      ),
+    );
     return {
       columns: [
         { key: "cpuUsPerCall", label: "CPU/call", unit: "µs" },
         { key: "callsPerSecond", label: "throughput", unit: "calls/s", digits: 0 },
+        { key: "p50Ms", label: "p50", unit: "ms", digits: 2 },
+        { key: "p99Ms", label: "p99", unit: "ms", digits: 2 },
         { key: "errors", label: "failed", unit: "calls", digits: 0 },
       ],
-      variants: summarizeVariants(samples, ["cpuUsPerCall", "callsPerSecond", "errors"]),
+      variants: summarizeVariants(samples, ["cpuUsPerCall", "callsPerSecond", "p50Ms", "p99Ms", "errors"]),
       ratios,
       notes: [
         `${calls} calls per sample at c=64 (${calls / 8} at c=1), 3 echo servers in another process`,

@@ -2,23 +2,32 @@
 // its own: unary Echo calls to the same instances through
 //   "leasehold"          the balanced client (round_robin, no metrics; client/balancing/),
 //   "leasehold+metrics"  the same with ClientMetrics (prom-client),
-//   "grpc-js"            a stock grpc-js client, built-in round_robin over a static ipv4: target.
-// Command `run VARIANT CALLS CONCURRENCY` → `result {"calls","wallMs","cpuUs","errors","firstError"}`.
+//   "grpc-js"            a stock grpc-js client, built-in round_robin over a static ipv4: target,
+//   "leasehold:POLICY"   the balanced client with another policy (every one but ring_hash, which
+//                        needs a hash key per call), no metrics.
+// Command `run VARIANT CALLS CONCURRENCY` →
+// `result {"calls","wallMs","cpuUs","errors","firstError","p50Ms","p99Ms"}` (per-call latency).
 import { credentials } from "@grpc/grpc-js";
 import { createInterface } from "node:readline";
 import { Registry } from "prom-client";
-import { ClientMetrics, createBalancedClient, Instance, staticMembership } from "../../dist/client/index.js";
+import {
+  ClientMetrics,
+  createBalancedClient,
+  Instance,
+  POLICY_NAMES,
+  staticMembership,
+} from "../../dist/client/index.js";
 import { EchoServiceClient, EchoServiceService } from "../../dist/proto/gen/leasehold/demo/v1/echo.js";
 
 const { addresses } = JSON.parse(process.argv[2]);
 const instances = addresses.map((address, i) =>
   Instance.fromPartial({ service: "echo", instanceId: `echo-${i}`, address, weight: 1 }),
 );
-const balanced = (metrics) =>
+const balanced = (metrics, policy = "round_robin") =>
   createBalancedClient(EchoServiceService, {
     service: "echo",
     membership: staticMembership("echo", instances),
-    policy: "round_robin",
+    policy,
     metrics,
   });
 const leasehold = balanced(undefined);
@@ -37,20 +46,27 @@ const variants = {
       ),
     ),
 };
+for (const policy of POLICY_NAMES.filter((name) => name !== "round_robin" && name !== "ring_hash")) {
+  const client = balanced(undefined, policy);
+  variants[`leasehold:${policy}`] = () => client.methods.echo(request);
+}
 
 async function run(call, calls, concurrency) {
   let started = 0;
   let errors = 0;
   let firstError;
+  const latencies = new Float64Array(calls);
   const worker = async () => {
     while (started < calls) {
-      started += 1;
+      const i = started++;
+      const began = performance.now();
       try {
         await call();
       } catch (error) {
         errors += 1;
         firstError ??= error.message;
       }
+      latencies[i] = performance.now() - began;
     }
   };
   const cpu = process.cpuUsage();
@@ -58,7 +74,9 @@ async function run(call, calls, concurrency) {
   await Promise.all(Array.from({ length: concurrency }, worker));
   const wallMs = performance.now() - began;
   const { user, system } = process.cpuUsage(cpu);
-  return { calls, wallMs, cpuUs: user + system, errors, firstError };
+  latencies.sort();
+  const at = (q) => latencies[Math.min(calls - 1, Math.ceil(q * calls) - 1)];
+  return { calls, wallMs, cpuUs: user + system, errors, firstError, p50Ms: at(0.5), p99Ms: at(0.99) };
 }
 
 process.stdout.write("ready\n");
