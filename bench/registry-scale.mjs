@@ -19,7 +19,7 @@
 // or "--heapsnapshot-signal=SIGUSR2" with LEASEHOLD_BENCH_SIGNAL_AT_END=SIGUSR2 (the snapshot lands
 // in this script's working directory; bench/heap-summary.mjs reads it). Recorded as registryNodeArgs.
 // Not part of `npm run bench` (minutes long, and ~1.5 GB of memory between the processes).
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
@@ -57,6 +57,8 @@ function processUsage(pid) {
 }
 
 async function runOnce() {
+  // Others measure on this box too: the load average goes with every figure.
+  const uptimeBefore = execFileSync("uptime", { encoding: "utf8" }).trim();
   const etcd = await startLocalEtcd();
   const [port, adminPort] = [await freePort(), await freePort()];
   const registry = spawn(
@@ -113,6 +115,7 @@ async function runOnce() {
     load = await startScaleLoad({ address: `127.0.0.1:${port}`, instances, watchers, ttlSeconds });
     const registerSeconds = (Date.now() - registerStartedMs) / 1000;
     const afterRegister = processUsage(registry.pid);
+    const uptimeAfterRegister = execFileSync("uptime", { encoding: "utf8" }).trim();
     if (etcdStallSeconds > 0) {
       await sleep(2000);
       etcd.process.kill("SIGSTOP");
@@ -153,6 +156,9 @@ async function runOnce() {
       registerPerSecond: Math.round(instances / registerSeconds),
       ...counts,
       keysNotHeldByTheirLease: keysMoved,
+      uptimeBefore,
+      uptimeAfterRegister,
+      uptimeEnd: execFileSync("uptime", { encoding: "utf8" }).trim(),
       registryRssMb: {
         idle: mb(idle.rssBytes),
         afterRegister: mb(afterRegister.rssBytes),
@@ -160,6 +166,8 @@ async function runOnce() {
         peak: mb(peakRssBytes),
       },
       registryMemoryMb,
+      registryCpuPercentWhileRegistering:
+        Math.round(((afterRegister.cpuSeconds - idle.cpuSeconds) / registerSeconds) * 1000) / 10,
       registryCpuPercentWhileHolding:
         Math.round(((end.cpuSeconds - afterRegister.cpuSeconds) / holdSeconds) * 1000) / 10,
       registryLogLinesByLevel: logLevels,
@@ -182,9 +190,10 @@ for (let run = 0; run < runs; run += 1) {
   console.log(
     `run ${run + 1}/${runs}: ${instances} instances + ${watchers} Watch streams, TTL ${ttlSeconds} s, held ${holdSeconds} s${etcdStallSeconds > 0 ? ` (etcd frozen ${etcdStallSeconds} s)` : ""}: ` +
       `lost leases ${result.lostLeases}, keys not held by their lease ${result.keysNotHeldByTheirLease}, ` +
+      `register retries ${JSON.stringify(result.registerRetries)} (max pushback ${result.maxPushbackMs} ms), ` +
       `KeepAlive errors ${JSON.stringify(result.keepAliveErrors)}, registry RSS peak ${result.registryRssMb.peak} MB ` +
-      `(idle ${result.registryRssMb.idle}, end ${result.registryRssMb.end}; JS heap used ${result.registryMemoryMb.heapUsed} of ${result.registryMemoryMb.heapTotal}, external ${result.registryMemoryMb.external}), registry CPU ${result.registryCpuPercentWhileHolding} %, ` +
-      `Register ${result.registerPerSecond}/s`,
+      `(idle ${result.registryRssMb.idle}, end ${result.registryRssMb.end}; JS heap used ${result.registryMemoryMb.heapUsed} of ${result.registryMemoryMb.heapTotal}, external ${result.registryMemoryMb.external}), registry CPU ${result.registryCpuPercentWhileHolding} % holding, ${result.registryCpuPercentWhileRegistering} % registering, ` +
+      `Register ${result.registerPerSecond}/s; uptime at end: ${result.uptimeEnd}`,
   );
 }
 const record = {

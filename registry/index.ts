@@ -13,6 +13,7 @@ import { shutdownGrpcServer } from "../client/server/shutdown-grpc-server.js";
 import { startAdminServer } from "./admin/admin-server.js";
 import { guardUndecodable, registryServiceDefinition } from "./api/request-decoding.js";
 import { createRegistryService } from "./api/registry-service.js";
+import { EventLoopDelay } from "./api/overload-guard.js";
 import { ConsoleFeed } from "./console/console-feed.js";
 import { createHttpApi } from "./http-api/http-api.js";
 import { fetchMetricsOverHttps } from "./console/metrics-fetch.js";
@@ -33,6 +34,7 @@ export {
   type RegistryLimits,
 } from "./registry-limits.js";
 export { RegistryError, type RegistryErrorCode } from "./registry-error.js";
+export { DEFAULT_OVERLOAD_OPTIONS, type OverloadOptions } from "./api/overload-guard.js";
 
 /** A running registry; see {@link startRegistry}. */
 export interface RunningRegistry {
@@ -117,7 +119,10 @@ export async function startRegistry(options: RegistryOptions): Promise<RunningRe
       logger.info({ etcd: status }, "etcd readiness changed");
     },
   });
+  const eventLoopDelay = new EventLoopDelay();
   const api = createRegistryService({
+    overload: resolved.overload,
+    eventLoopDelayMs: () => eventLoopDelay.readMs(),
     store,
     hub,
     limiter,
@@ -142,6 +147,7 @@ export async function startRegistry(options: RegistryOptions): Promise<RunningRe
   const close = (): Promise<void> =>
     (closing ??= (async () => {
       readiness.close();
+      eventLoopDelay.close();
       consoleFeed.close();
       hub.close();
       api.endStreams();

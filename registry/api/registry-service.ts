@@ -27,6 +27,7 @@ import type { LeaseKeepAlive } from "../store/lease-keep-alive.js";
 import type { WatchHub } from "../watch/watch-hub.js";
 import type { WatchSink } from "../watch/watch-subscription.js";
 import { toServiceError } from "./grpc-status.js";
+import { DEFAULT_OVERLOAD_OPTIONS, OverloadGuard, type ResolvedOverloadOptions } from "./overload-guard.js";
 import { getServicePage, type ServicePageSources } from "./service-pages.js";
 import {
   applyChange,
@@ -53,6 +54,10 @@ export interface RegistryServiceDeps {
   readonly auth?: RegistryAuth | undefined;
   /** Clock for `registered_at`; default `() => new Date()`. */
   readonly now?: () => Date;
+  /** Register load shedding thresholds; default {@link DEFAULT_OVERLOAD_OPTIONS}. */
+  readonly overload?: ResolvedOverloadOptions | undefined;
+  /** The process's event-loop delay in ms ({@link EventLoopDelay.readMs}); default none (0). */
+  readonly eventLoopDelayMs?: (() => number) | undefined;
 }
 
 /** One unary operation: the request, when its caller stops waiting, and who the caller is. */
@@ -200,13 +205,52 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
     return { leaseId, ttlSeconds: String(ttlSeconds) };
   };
 
+  let registersInFlight = 0;
+  const overloadGuard = new OverloadGuard({
+    overload: deps.overload ?? DEFAULT_OVERLOAD_OPTIONS,
+    signals: {
+      eventLoopDelayMs: deps.eventLoopDelayMs ?? (() => 0),
+      keepAliveLagMs: () => store.keepAliveLagMs(),
+      registersInFlight: () => registersInFlight,
+    },
+  });
+  /** Registers shed in the current overload episode; undefined while admitting. */
+  let shedInEpisode: number | undefined;
+  /**
+   * Sheds a new Register while the registry is overloaded (KeepAlives are never shed: they are
+   * the leases being protected): RESOURCE_EXHAUSTED with a `grpc-retry-pushback-ms` trailer,
+   * counted in `leasehold_registry_limited_total{limit="overload_..."}`, logged once per episode.
+   */
+  const admitRegister = () => {
+    const decision = overloadGuard.admitRegister();
+    if (!decision.isShed) {
+      if (shedInEpisode !== undefined)
+        logger.info({ shed: shedInEpisode }, "overload over; admitting Registers");
+      shedInEpisode = undefined;
+      return;
+    }
+    if (shedInEpisode === undefined) {
+      logger.warn(
+        { signal: decision.signal, reason: decision.message },
+        "registry overloaded; shedding new Registers (logged once per episode)",
+      );
+    }
+    shedInEpisode = (shedInEpisode ?? 0) + 1;
+    metrics.limited.inc({ limit: decision.signal });
+    throw new RegistryError("resource_exhausted", decision.message, { retryPushbackMs: decision.pushbackMs });
+  };
+
   const operations: RegistryOperations = {
     register: operation("Register", async (request: RegisterRequest, callerScope, caller) => {
+      let isCounted = false;
       try {
         requireWriter(caller);
         const { instance, ttlSeconds, registrationId } = valueOf(
           validateRegister(request, now().toISOString(), deps.validation),
         );
+        admitRegister();
+        registersInFlight += 1;
+        isCounted = true;
         const scope = owned(callerScope, caller, instance.service);
         const registrationHash =
           registrationId === undefined ? undefined : hashRegistrationId(registrationId);
@@ -243,6 +287,8 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
       } catch (error) {
         metrics.registrations.inc({ result: RegistryError.from(error).code });
         throw error;
+      } finally {
+        if (isCounted) registersInFlight -= 1;
       }
     }),
 

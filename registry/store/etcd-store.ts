@@ -519,6 +519,11 @@ export class EtcdStore {
     }
   }
 
+  /** Age of the oldest keepalive renewal waiting for etcd, in ms; see {@link SharedLeaseKeepAlive.lagMs}. */
+  keepAliveLagMs(): number {
+    return this.#keepAlive.lagMs();
+  }
+
   /**
    * A keepalive channel for one caller stream: its renewals go over the registry's shared etcd
    * keepalive streams ({@link SharedLeaseKeepAlive}); `close()` only stops this caller's use.

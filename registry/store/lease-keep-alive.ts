@@ -95,6 +95,11 @@ class LeaseKeepAliveStream {
     });
   }
 
+  /** How long the oldest queued or in-flight renewal has waited, in ms; 0 when none waits. */
+  lagMs(nowMs: number): number {
+    return Math.max(0, nowMs - Math.min(firstSince(this.#inFlight), firstSince(this.#queued)));
+  }
+
   /** Ends the etcd stream; queued and in-flight renewals reject with `unavailable`. Idempotent. */
   close(): void {
     if (this.#isClosed) return;
@@ -251,6 +256,16 @@ export class SharedLeaseKeepAlive {
     // The last two decimal digits of the id: etcd's ids differ there from one grant to the next.
     const digits = Number(leaseId.slice(-2));
     return this.#streams[(Number.isFinite(digits) ? digits : 0) % KEEPALIVE_STREAMS]!.renew(leaseId);
+  }
+
+  /**
+   * How long the oldest renewal waiting for etcd (queued or in flight, on any stream) has waited,
+   * in ms; 0 when none waits. O({@link KEEPALIVE_STREAMS}).
+   */
+  lagMs(nowMs = Date.now()): number {
+    let lagMs = 0;
+    for (const stream of this.#streams) lagMs = Math.max(lagMs, stream.lagMs(nowMs));
+    return lagMs;
   }
 
   /** Ends every etcd stream; pending renewals reject with `unavailable`. Idempotent. */

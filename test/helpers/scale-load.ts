@@ -14,6 +14,8 @@ import {
   type RegisterResponse,
   type WatchResponse,
 } from "../../proto/gen/leasehold/registry/v1/registry.js";
+import { Backoff, sleep } from "../../client/backoff.js";
+import { retryPushbackMs } from "../../client/registration/registrar.js";
 
 /** What {@link startScaleLoad} puts on a registry. */
 export interface ScaleLoadOptions {
@@ -34,6 +36,14 @@ export interface ScaleLoadOptions {
 /** Counts of a running {@link ScaleLoad}; `lostLeases` must stay 0. */
 export interface ScaleLoadCounts {
   readonly registered: number;
+  /**
+   * Registers tried again, as a registrar does: after RESOURCE_EXHAUSTED (an overloaded registry
+   * shedding), UNAVAILABLE or DEADLINE_EXCEEDED, waiting the registry's pushback or a jittered
+   * backoff, whichever is longer. By the code that refused them.
+   */
+  readonly registerRetries: Readonly<Record<string, number>>;
+  /** The longest `grpc-retry-pushback-ms` a refused Register carried, ms; 0 if none. */
+  readonly maxPushbackMs: number;
   readonly renewals: number;
   /**
    * Instances whose lease a registrar would give up or re-register: a KeepAlive answered
@@ -97,7 +107,29 @@ export async function startScaleLoad(options: ScaleLoadOptions): Promise<ScaleLo
   const lost = new Set<number>();
   const lastRenewedMs: number[] = [];
 
-  const register = (index: number) =>
+  const registerRetries: Record<string, number> = {};
+  let maxPushbackMs = 0;
+  const RETRIED: ReadonlySet<number> = new Set([
+    status.RESOURCE_EXHAUSTED,
+    status.UNAVAILABLE,
+    status.DEADLINE_EXCEEDED,
+  ]);
+  const register = async (index: number): Promise<RegisterResponse> => {
+    const backoff = new Backoff({ initialDelayMs: 100, multiplier: 1.6, maxDelayMs: 1000 });
+    for (;;) {
+      try {
+        return await registerOnce(index);
+      } catch (error) {
+        const code = (error as Partial<ServiceError>).code;
+        if (isClosed || code === undefined || !RETRIED.has(code)) throw error;
+        registerRetries[String(code)] = (registerRetries[String(code)] ?? 0) + 1;
+        const pushbackMs = retryPushbackMs(error);
+        maxPushbackMs = Math.max(maxPushbackMs, pushbackMs ?? 0);
+        await sleep(Math.max(pushbackMs ?? 0, backoff.next()));
+      }
+    }
+  };
+  const registerOnce = (index: number) =>
     new Promise<RegisterResponse>((resolve, reject) => {
       registerClient.register(
         {
@@ -210,6 +242,8 @@ export async function startScaleLoad(options: ScaleLoadOptions): Promise<ScaleLo
     leases,
     counts: () => ({
       registered,
+      registerRetries: { ...registerRetries },
+      maxPushbackMs,
       renewals,
       lostLeases: lost.size,
       keepAliveErrors: { ...keepAliveErrors },
