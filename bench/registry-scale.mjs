@@ -41,6 +41,8 @@ const { values } = parseArgs({
     out: { type: "string" },
     "registry-node-args": { type: "string", default: "" },
     "etcd-stall-seconds": { type: "string", default: "0" },
+    "register-seconds": { type: "string" },
+    "registry-args": { type: "string", default: "" },
   },
 });
 const instances = Number(values.instances);
@@ -70,6 +72,7 @@ async function runOnce() {
       `--listen=127.0.0.1:${port}`,
       `--admin-listen=127.0.0.1:${adminPort}`,
       `--etcd=${etcd.endpoint}`,
+      ...values["registry-args"].split(" ").filter(Boolean),
     ],
     {
       stdio: ["ignore", "ignore", "pipe"],
@@ -112,7 +115,13 @@ async function runOnce() {
         console.error(`registry exited early: ${code ?? signal}; last lines: ${warnings.join("\n")}`);
     });
     const registerStartedMs = Date.now();
-    load = await startScaleLoad({ address: `127.0.0.1:${port}`, instances, watchers, ttlSeconds });
+    load = await startScaleLoad({
+      address: `127.0.0.1:${port}`,
+      instances,
+      watchers,
+      ttlSeconds,
+      registerForMs: values["register-seconds"] === undefined ? undefined : Number(values["register-seconds"]) * 1000,
+    });
     const registerSeconds = (Date.now() - registerStartedMs) / 1000;
     const afterRegister = processUsage(registry.pid);
     const uptimeAfterRegister = execFileSync("uptime", { encoding: "utf8" }).trim();
@@ -140,6 +149,12 @@ async function runOnce() {
     clearInterval(sampler);
     peakRssBytes = Math.max(peakRssBytes, end.rssBytes);
     const counts = load.counts();
+    // Shed Registers and the registry's own view of them (leasehold_registry_limited_total).
+    const shedByRegistry = Object.fromEntries(
+      [...metrics.matchAll(/^leasehold_registry_limited_total\{limit="(overload_\w+)"\} (\S+)$/gm)].map(
+        ([, limit, value]) => [limit, Number(value)],
+      ),
+    );
     const keys = await etcd3.getAll().prefix("/leasehold/v1/services/scale-").exec();
     const held = new Map(
       keys.kvs.map((kv) => [kv.key.toString().slice("/leasehold/v1/services/".length), kv.lease]),
@@ -153,9 +168,10 @@ async function runOnce() {
       holdSeconds,
       etcdStallSeconds,
       registerSeconds,
-      registerPerSecond: Math.round(instances / registerSeconds),
       ...counts,
+      registerPerSecond: Math.round(counts.registered / registerSeconds),
       keysNotHeldByTheirLease: keysMoved,
+      shedByRegistry,
       uptimeBefore,
       uptimeAfterRegister,
       uptimeEnd: execFileSync("uptime", { encoding: "utf8" }).trim(),
@@ -188,7 +204,7 @@ for (let run = 0; run < runs; run += 1) {
   const result = await runOnce();
   results.push(result);
   console.log(
-    `run ${run + 1}/${runs}: ${instances} instances + ${watchers} Watch streams, TTL ${ttlSeconds} s, held ${holdSeconds} s${etcdStallSeconds > 0 ? ` (etcd frozen ${etcdStallSeconds} s)` : ""}: ` +
+    `run ${run + 1}/${runs}: ${result.registered} of ${instances} instances registered + ${watchers} Watch streams, TTL ${ttlSeconds} s, held ${holdSeconds} s${etcdStallSeconds > 0 ? ` (etcd frozen ${etcdStallSeconds} s)` : ""}: ` +
       `lost leases ${result.lostLeases}, keys not held by their lease ${result.keysNotHeldByTheirLease}, ` +
       `register retries ${JSON.stringify(result.registerRetries)} (max pushback ${result.maxPushbackMs} ms), ` +
       `KeepAlive errors ${JSON.stringify(result.keepAliveErrors)}, registry RSS peak ${result.registryRssMb.peak} MB ` +
@@ -200,6 +216,7 @@ const record = {
   benchmark: "registry-scale",
   registryRoot,
   registryNodeArgs: values["registry-node-args"],
+  registryArgs: values["registry-args"],
   ...gitState(registryRoot),
   environment: environment(),
   results,

@@ -31,6 +31,11 @@ export interface ScaleLoadOptions {
   readonly instancesPerService?: number;
   /** Registers in flight at once; default 64. */
   readonly registerConcurrency?: number;
+  /**
+   * Stop starting Registers after this many ms (a registry that sheds for good would keep the
+   * load retrying forever); the instances not registered by then are left out. Default: no limit.
+   */
+  readonly registerForMs?: number;
 }
 
 /** Counts of a running {@link ScaleLoad}; `lostLeases` must stay 0. */
@@ -114,9 +119,11 @@ export async function startScaleLoad(options: ScaleLoadOptions): Promise<ScaleLo
     status.UNAVAILABLE,
     status.DEADLINE_EXCEEDED,
   ]);
-  const register = async (index: number): Promise<RegisterResponse> => {
+  /** Registers instance `index`, retrying as a registrar does; undefined once `untilMs` passed. */
+  const register = async (index: number, untilMs: number): Promise<RegisterResponse | undefined> => {
     const backoff = new Backoff({ initialDelayMs: 100, multiplier: 1.6, maxDelayMs: 1000 });
     for (;;) {
+      if (Date.now() >= untilMs) return undefined;
       try {
         return await registerOnce(index);
       } catch (error) {
@@ -205,11 +212,14 @@ export async function startScaleLoad(options: ScaleLoadOptions): Promise<ScaleLo
 
   let registered = 0;
   let next = 0;
+  const registerUntilMs = Date.now() + (options.registerForMs ?? Number.POSITIVE_INFINITY);
   await Promise.all(
     Array.from({ length: concurrency }, async () => {
-      while (next < options.instances) {
+      while (next < options.instances && Date.now() < registerUntilMs) {
         const index = next++;
-        holdAlive(index, await register(index));
+        const registration = await register(index, registerUntilMs);
+        if (registration === undefined) return;
+        holdAlive(index, registration);
         registered += 1;
       }
     }),
