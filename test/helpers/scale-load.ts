@@ -149,6 +149,9 @@ export async function startScaleLoad(options: ScaleLoadOptions): Promise<ScaleLo
           metricsAddress: "",
           ttlSeconds: String(options.ttlSeconds),
           status: InstanceStatus.INSTANCE_STATUS_SERVING,
+          // As a registrar: a retried Register adopts what an earlier attempt (cut at its
+          // deadline, completed later) granted, instead of ALREADY_EXISTS.
+          registrationId: `scale-load-${index}`,
         },
         new Metadata(),
         { deadline: Date.now() + 30_000 },
