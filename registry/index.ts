@@ -89,6 +89,7 @@ export async function startRegistry(options: RegistryOptions): Promise<RunningRe
     watchCheckIntervalMs: resolved.watchCheckIntervalMs,
     watchCheckTimeoutMs: resolved.watchCheckTimeoutMs,
     watchStaleAfterMs: resolved.watchStaleAfterMs,
+    keepAliveStreams: resolved.etcdKeepAliveStreams,
     metrics,
     logger,
   });
