@@ -5,18 +5,11 @@
 // (test/helpers/scale-load.ts): every instance Registers and renews over its own KeepAlive stream
 // every TTL/3, and Watch streams stay open. Holds for --hold-seconds (default 2 TTLs + 5 s), then
 // checks every key in etcd is still held by the lease it was registered with. Prints and records:
-// lost leases, KeepAlive errors, Register retries (a shed Register is retried after its
-// grpc-retry-pushback-ms, as a registrar does) and the registry's count of shed Registers,
-// registry peak/final RSS and CPU, and `uptime` before, after registering and at the end (this box
-// is shared: a load average far above its 2 CPUs makes the figures the box's, not the registry's).
+// lost leases, KeepAlive errors, registry peak/final RSS and CPU.
 //
 //   node --import tsx bench/registry-scale.mjs [--instances 10000 --watchers 1000 --ttl 10
-//     --hold-seconds 25 --runs 1 --etcd-stall-seconds 0 --registry-root DIR --out bench/results
-//     --register-seconds S --registry-args="--overload-keepalive-lag-ms=500"]
+//     --hold-seconds 25 --runs 1 --etcd-stall-seconds 0 --registry-root DIR --out bench/results]
 //
-// --register-seconds S stops starting Registers after S s (a registry that sheds for good would
-// keep the load retrying forever); the hold follows with the instances registered by then.
-// --registry-args passes `leasehold registry` flags (with `=`, as --registry-node-args).
 // --etcd-stall-seconds S freezes etcd (SIGSTOP, then SIGCONT) for S seconds, 2 s into the hold:
 // every KeepAlive answers UNAVAILABLE and every registrar's stream reconnects at once. With S
 // below TTL × 2/3 no lease may expire, so a lost lease is the registry's doing.
@@ -127,8 +120,7 @@ async function runOnce() {
       instances,
       watchers,
       ttlSeconds,
-      registerForMs:
-        values["register-seconds"] === undefined ? undefined : Number(values["register-seconds"]) * 1000,
+      registerForMs: values["register-seconds"] === undefined ? undefined : Number(values["register-seconds"]) * 1000,
     });
     const registerSeconds = (Date.now() - registerStartedMs) / 1000;
     const afterRegister = processUsage(registry.pid);

@@ -89,7 +89,6 @@ export async function startRegistry(options: RegistryOptions): Promise<RunningRe
     watchCheckIntervalMs: resolved.watchCheckIntervalMs,
     watchCheckTimeoutMs: resolved.watchCheckTimeoutMs,
     watchStaleAfterMs: resolved.watchStaleAfterMs,
-    keepAliveStreams: resolved.etcdKeepAliveStreams,
     metrics,
     logger,
   });

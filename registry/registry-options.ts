@@ -3,7 +3,6 @@ import { Registry } from "prom-client";
 import { RegistryError } from "./registry-error.js";
 import { splitHostPort, type HostPort } from "../client/server/http-endpoints.js";
 import type { TlsFiles } from "../client/tls/tls-files.js";
-import { KEEPALIVE_STREAMS } from "./store/lease-keep-alive.js";
 import { resolveRegistryLimits, type RegistryLimitOptions, type RegistryLimits } from "./registry-limits.js";
 import {
   resolveOverloadOptions,
@@ -38,12 +37,6 @@ export interface RegistryOptions {
    * RESOURCE_EXHAUSTED, in milliseconds; default 30000.
    */
   maxWatchBehindMs?: number | undefined;
-  /**
-   * Shared etcd `LeaseKeepAlive` streams every lease's renewals go over (by lease id); default 8.
-   * etcd answers each stream's renewals one at a time, so more streams renew more leases a second
-   * while etcd is busy applying writes; each costs under 1 MB. 1–256.
-   */
-  etcdKeepAliveStreams?: number | undefined;
   /** Quotas (instances per service, Watch streams per connection, rates, message sizes); see {@link RegistryLimitOptions} for each default. */
   limits?: RegistryLimitOptions | undefined;
   /**
@@ -94,8 +87,6 @@ export interface ResolvedRegistryOptions {
   readonly progressIntervalMs: number;
   readonly limits: RegistryLimits;
   readonly overload: ResolvedOverloadOptions;
-  /** See {@link RegistryOptions.etcdKeepAliveStreams}: default 8. */
-  readonly etcdKeepAliveStreams: number;
   /** See {@link RegistryOptions.allowForeignMetricsAddress}: default false. */
   readonly allowForeignMetricsAddress: boolean;
   readonly logger: Logger;
@@ -150,10 +141,6 @@ export function resolveRegistryOptions(options: RegistryOptions): ResolvedRegist
   if (!Number.isInteger(maxWatchBehindMs) || maxWatchBehindMs < 30) {
     throw invalid(`maxWatchBehindMs must be an integer >= 30, got ${maxWatchBehindMs}`);
   }
-  const etcdKeepAliveStreams = options.etcdKeepAliveStreams ?? KEEPALIVE_STREAMS;
-  if (!Number.isInteger(etcdKeepAliveStreams) || etcdKeepAliveStreams < 1 || etcdKeepAliveStreams > 256) {
-    throw invalid(`etcdKeepAliveStreams must be an integer from 1 to 256, got ${etcdKeepAliveStreams}`);
-  }
   if (options.authTokensFile !== undefined && options.authPolicyFile === undefined) {
     throw invalid("authTokensFile needs authPolicyFile (the policy says what each token may do)");
   }
@@ -172,7 +159,6 @@ export function resolveRegistryOptions(options: RegistryOptions): ResolvedRegist
     progressIntervalMs,
     limits: resolveRegistryLimits(options.limits),
     overload: resolveOverloadOptions(options.overload),
-    etcdKeepAliveStreams,
     allowForeignMetricsAddress: options.allowForeignMetricsAddress ?? false,
     logger: options.logger ?? pino({ level: "silent" }),
     metricsRegistry: options.metricsRegistry ?? new Registry(),

@@ -53,11 +53,6 @@ export function registryCommand(program: Command): void {
       process.env["LEASEHOLD_ETCD_KEY"],
     )
     .option(
-      "--etcd-keepalive-streams <n>",
-      "shared etcd keepalive streams every lease is renewed over; etcd answers each stream's renewals one at a time (default 8)",
-      integerIn(1, 256),
-    )
-    .option(
       "--auth-policy <file>",
       "JSON policy that turns on authenticated writes: principals -> services, read (env LEASEHOLD_AUTH_POLICY)",
       process.env["LEASEHOLD_AUTH_POLICY"],

@@ -31,7 +31,6 @@ export interface RegistryFlags extends SecurityFlags {
   overloadKeepaliveLagMs?: number;
   overloadRegistersInFlight?: number;
   overloadPushbackMs?: number;
-  etcdKeepaliveStreams?: number;
 }
 
 /** The overload thresholds the flags set (unset ones keep their defaults). */
@@ -82,7 +81,6 @@ export async function runRegistry(flags: RegistryFlags): Promise<void> {
       allowForeignMetricsAddress: flags.allowForeignMetricsAddress === true,
       limits: limitsOf(flags),
       overload: overloadOf(flags),
-      etcdKeepAliveStreams: flags.etcdKeepaliveStreams,
       tls: tlsFilesOf(flags),
       etcdTls: { caFile: flags.etcdCa, certFile: flags.etcdCert, keyFile: flags.etcdKey },
       etcdAuth: etcdAuthFromEnv(),

@@ -45,8 +45,6 @@ export interface EtcdStoreOptions {
   readonly watchCheckTimeoutMs: number;
   /** The watch is stale once no currency read confirmed it for this long, in milliseconds. */
   readonly watchStaleAfterMs: number;
-  /** Shared etcd keepalive streams the renewals of every lease go over; default 8 (`KEEPALIVE_STREAMS`). */
-  readonly keepAliveStreams?: number | undefined;
   readonly metrics: RegistryMetrics;
   readonly logger: Logger;
 }
@@ -185,12 +183,7 @@ export class EtcdStore {
       this.#client,
       (scope) => this.#callOptions(scope),
     );
-    this.#keepAlive = new SharedLeaseKeepAlive(
-      this.#client.leaseClient,
-      options.metrics,
-      this.#unavailable,
-      options.keepAliveStreams,
-    );
+    this.#keepAlive = new SharedLeaseKeepAlive(this.#client.leaseClient, options.metrics, this.#unavailable);
   }
 
   /**

@@ -33,11 +33,9 @@ interface Renewals {
 }
 
 /**
- * Default number of shared etcd `LeaseKeepAlive` streams of the registry
- * (`RegistryOptions.etcdKeepAliveStreams`). etcd answers one stream's renewals one after another
- * (each waits for etcd's apply to catch up with its commits), so several streams (not one) keep
- * renewals flowing when etcd is slow to apply, and a stream that fails takes only its share of
- * the leases with it.
+ * Shared etcd `LeaseKeepAlive` streams of the registry. etcd answers one stream's renewals one
+ * after another, so a few streams (not one) keep renewals flowing when etcd is slow to apply, and
+ * a stream that fails takes only its share of the leases with it.
  */
 export const KEEPALIVE_STREAMS = 8;
 
@@ -240,15 +238,10 @@ export interface LeaseKeepAlive {
 export class SharedLeaseKeepAlive {
   readonly #streams: readonly LeaseKeepAliveStream[];
 
-  /** No I/O: each etcd stream opens on its first renewal. `streams` default {@link KEEPALIVE_STREAMS}. */
-  constructor(
-    leaseClient: LeaseClient,
-    metrics: RegistryMetrics,
-    episodes: UnavailableEpisodes,
-    streams = KEEPALIVE_STREAMS,
-  ) {
+  /** No I/O: each etcd stream opens on its first renewal. */
+  constructor(leaseClient: LeaseClient, metrics: RegistryMetrics, episodes: UnavailableEpisodes) {
     this.#streams = Array.from(
-      { length: streams },
+      { length: KEEPALIVE_STREAMS },
       () => new LeaseKeepAliveStream(leaseClient, metrics, episodes),
     );
   }
@@ -262,12 +255,12 @@ export class SharedLeaseKeepAlive {
   renew(leaseId: string): Promise<number> {
     // The last two decimal digits of the id: etcd's ids differ there from one grant to the next.
     const digits = Number(leaseId.slice(-2));
-    return this.#streams[(Number.isFinite(digits) ? digits : 0) % this.#streams.length]!.renew(leaseId);
+    return this.#streams[(Number.isFinite(digits) ? digits : 0) % KEEPALIVE_STREAMS]!.renew(leaseId);
   }
 
   /**
    * How long the oldest renewal waiting for etcd (queued or in flight, on any stream) has waited,
-   * in ms; 0 when none waits. O(streams).
+   * in ms; 0 when none waits. O({@link KEEPALIVE_STREAMS}).
    */
   lagMs(nowMs = Date.now()): number {
     let lagMs = 0;
