@@ -13,8 +13,9 @@ export interface OverloadOptions {
    */
   maxEventLoopDelayMs?: number | undefined;
   /**
-   * Age of the oldest keepalive renewal waiting for etcd on the shared keepalive streams, in ms,
-   * above which new Registers are shed; default 1000 (half the 2 s after which a renewal fails
+   * Keepalive lag on the shared etcd keepalive streams, in ms, above which new Registers are shed:
+   * the age of the oldest renewal waiting for etcd, or the slowest renewal etcd answered in the last
+   * 5–10 s, whichever is longer. Default 1000 (half the 2 s after which a renewal fails
    * UNAVAILABLE; a lease is lost once its holder has no renewal for a whole TTL).
    */
   maxKeepAliveLagMs?: number | undefined;
@@ -62,7 +63,7 @@ export function resolveOverloadOptions(options: OverloadOptions = {}): ResolvedO
 export interface OverloadSignals {
   /** Event-loop delay, ms (see {@link EventLoopDelay}). */
   eventLoopDelayMs(): number;
-  /** Age of the oldest keepalive renewal waiting for etcd, ms; 0 when none waits. */
+  /** Keepalive lag, ms (see {@link OverloadOptions.maxKeepAliveLagMs}); 0 when none waits and none was slow. */
   keepAliveLagMs(): number;
   /** Registers waiting for etcd now. */
   registersInFlight(): number;

@@ -519,7 +519,7 @@ export class EtcdStore {
     }
   }
 
-  /** Age of the oldest keepalive renewal waiting for etcd, in ms; see {@link SharedLeaseKeepAlive.lagMs}. */
+  /** How far behind etcd's keepalive renewals are, in ms; see {@link SharedLeaseKeepAlive.lagMs}. */
   keepAliveLagMs(): number {
     return this.#keepAlive.lagMs();
   }
