@@ -93,7 +93,11 @@ async function runOnce() {
     }
   });
   let load;
-  const etcd3 = new Etcd3({ hosts: etcd.endpoint });
+  // 10,000 keys with their hashes are over grpc-js's default 4 MiB per message.
+  const etcd3 = new Etcd3({
+    hosts: etcd.endpoint,
+    grpcOptions: { "grpc.max_receive_message_length": 64 << 20 },
+  });
   try {
     for (;;) {
       const ready = await fetch(`http://127.0.0.1:${adminPort}/readyz`).then(
@@ -120,7 +124,8 @@ async function runOnce() {
       instances,
       watchers,
       ttlSeconds,
-      registerForMs: values["register-seconds"] === undefined ? undefined : Number(values["register-seconds"]) * 1000,
+      registerForMs:
+        values["register-seconds"] === undefined ? undefined : Number(values["register-seconds"]) * 1000,
     });
     const registerSeconds = (Date.now() - registerStartedMs) / 1000;
     const afterRegister = processUsage(registry.pid);
