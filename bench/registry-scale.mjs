@@ -19,7 +19,7 @@
 // or "--heapsnapshot-signal=SIGUSR2" with LEASEHOLD_BENCH_SIGNAL_AT_END=SIGUSR2 (the snapshot lands
 // in this script's working directory; bench/heap-summary.mjs reads it). Recorded as registryNodeArgs.
 // Not part of `npm run bench` (minutes long, and ~1.5 GB of memory between the processes).
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
@@ -41,6 +41,8 @@ const { values } = parseArgs({
     out: { type: "string" },
     "registry-node-args": { type: "string", default: "" },
     "etcd-stall-seconds": { type: "string", default: "0" },
+    "register-seconds": { type: "string" },
+    "registry-args": { type: "string", default: "" },
   },
 });
 const instances = Number(values.instances);
@@ -57,6 +59,8 @@ function processUsage(pid) {
 }
 
 async function runOnce() {
+  // Others measure on this box too: the load average goes with every figure.
+  const uptimeBefore = execFileSync("uptime", { encoding: "utf8" }).trim();
   const etcd = await startLocalEtcd();
   const [port, adminPort] = [await freePort(), await freePort()];
   const registry = spawn(
@@ -68,6 +72,7 @@ async function runOnce() {
       `--listen=127.0.0.1:${port}`,
       `--admin-listen=127.0.0.1:${adminPort}`,
       `--etcd=${etcd.endpoint}`,
+      ...values["registry-args"].split(" ").filter(Boolean),
     ],
     {
       stdio: ["ignore", "ignore", "pipe"],
@@ -88,7 +93,11 @@ async function runOnce() {
     }
   });
   let load;
-  const etcd3 = new Etcd3({ hosts: etcd.endpoint });
+  // 10,000 keys with their hashes are over grpc-js's default 4 MiB per message.
+  const etcd3 = new Etcd3({
+    hosts: etcd.endpoint,
+    grpcOptions: { "grpc.max_receive_message_length": 64 << 20 },
+  });
   try {
     for (;;) {
       const ready = await fetch(`http://127.0.0.1:${adminPort}/readyz`).then(
@@ -110,9 +119,17 @@ async function runOnce() {
         console.error(`registry exited early: ${code ?? signal}; last lines: ${warnings.join("\n")}`);
     });
     const registerStartedMs = Date.now();
-    load = await startScaleLoad({ address: `127.0.0.1:${port}`, instances, watchers, ttlSeconds });
+    load = await startScaleLoad({
+      address: `127.0.0.1:${port}`,
+      instances,
+      watchers,
+      ttlSeconds,
+      registerForMs:
+        values["register-seconds"] === undefined ? undefined : Number(values["register-seconds"]) * 1000,
+    });
     const registerSeconds = (Date.now() - registerStartedMs) / 1000;
     const afterRegister = processUsage(registry.pid);
+    const uptimeAfterRegister = execFileSync("uptime", { encoding: "utf8" }).trim();
     if (etcdStallSeconds > 0) {
       await sleep(2000);
       etcd.process.kill("SIGSTOP");
@@ -137,6 +154,12 @@ async function runOnce() {
     clearInterval(sampler);
     peakRssBytes = Math.max(peakRssBytes, end.rssBytes);
     const counts = load.counts();
+    // Shed Registers and the registry's own view of them (leasehold_registry_limited_total).
+    const shedByRegistry = Object.fromEntries(
+      [...metrics.matchAll(/^leasehold_registry_limited_total\{limit="(overload_\w+)"\} (\S+)$/gm)].map(
+        ([, limit, value]) => [limit, Number(value)],
+      ),
+    );
     const keys = await etcd3.getAll().prefix("/leasehold/v1/services/scale-").exec();
     const held = new Map(
       keys.kvs.map((kv) => [kv.key.toString().slice("/leasehold/v1/services/".length), kv.lease]),
@@ -150,9 +173,13 @@ async function runOnce() {
       holdSeconds,
       etcdStallSeconds,
       registerSeconds,
-      registerPerSecond: Math.round(instances / registerSeconds),
       ...counts,
+      registerPerSecond: Math.round(counts.registered / registerSeconds),
       keysNotHeldByTheirLease: keysMoved,
+      shedByRegistry,
+      uptimeBefore,
+      uptimeAfterRegister,
+      uptimeEnd: execFileSync("uptime", { encoding: "utf8" }).trim(),
       registryRssMb: {
         idle: mb(idle.rssBytes),
         afterRegister: mb(afterRegister.rssBytes),
@@ -160,6 +187,8 @@ async function runOnce() {
         peak: mb(peakRssBytes),
       },
       registryMemoryMb,
+      registryCpuPercentWhileRegistering:
+        Math.round(((afterRegister.cpuSeconds - idle.cpuSeconds) / registerSeconds) * 1000) / 10,
       registryCpuPercentWhileHolding:
         Math.round(((end.cpuSeconds - afterRegister.cpuSeconds) / holdSeconds) * 1000) / 10,
       registryLogLinesByLevel: logLevels,
@@ -180,17 +209,19 @@ for (let run = 0; run < runs; run += 1) {
   const result = await runOnce();
   results.push(result);
   console.log(
-    `run ${run + 1}/${runs}: ${instances} instances + ${watchers} Watch streams, TTL ${ttlSeconds} s, held ${holdSeconds} s${etcdStallSeconds > 0 ? ` (etcd frozen ${etcdStallSeconds} s)` : ""}: ` +
+    `run ${run + 1}/${runs}: ${result.registered} of ${instances} instances registered + ${watchers} Watch streams, TTL ${ttlSeconds} s, held ${holdSeconds} s${etcdStallSeconds > 0 ? ` (etcd frozen ${etcdStallSeconds} s)` : ""}: ` +
       `lost leases ${result.lostLeases}, keys not held by their lease ${result.keysNotHeldByTheirLease}, ` +
+      `register retries ${JSON.stringify(result.registerRetries)} (max pushback ${result.maxPushbackMs} ms), ` +
       `KeepAlive errors ${JSON.stringify(result.keepAliveErrors)}, registry RSS peak ${result.registryRssMb.peak} MB ` +
-      `(idle ${result.registryRssMb.idle}, end ${result.registryRssMb.end}; JS heap used ${result.registryMemoryMb.heapUsed} of ${result.registryMemoryMb.heapTotal}, external ${result.registryMemoryMb.external}), registry CPU ${result.registryCpuPercentWhileHolding} %, ` +
-      `Register ${result.registerPerSecond}/s`,
+      `(idle ${result.registryRssMb.idle}, end ${result.registryRssMb.end}; JS heap used ${result.registryMemoryMb.heapUsed} of ${result.registryMemoryMb.heapTotal}, external ${result.registryMemoryMb.external}), registry CPU ${result.registryCpuPercentWhileHolding} % holding, ${result.registryCpuPercentWhileRegistering} % registering, ` +
+      `Register ${result.registerPerSecond}/s; uptime at end: ${result.uptimeEnd}`,
   );
 }
 const record = {
   benchmark: "registry-scale",
   registryRoot,
   registryNodeArgs: values["registry-node-args"],
+  registryArgs: values["registry-args"],
   ...gitState(registryRoot),
   environment: environment(),
   results,

@@ -14,6 +14,7 @@ import { startAdminServer } from "./admin/admin-server.js";
 import { guardUndecodable, registryServiceDefinition } from "./api/request-decoding.js";
 import { watchWriteInterceptor } from "./api/watch-writer.js";
 import { createRegistryService } from "./api/registry-service.js";
+import { EventLoopDelay } from "./api/overload-guard.js";
 import { ConsoleFeed } from "./console/console-feed.js";
 import { createHttpApi } from "./http-api/http-api.js";
 import { fetchMetricsOverHttps } from "./console/metrics-fetch.js";
@@ -34,6 +35,7 @@ export {
   type RegistryLimits,
 } from "./registry-limits.js";
 export { RegistryError, type RegistryErrorCode } from "./registry-error.js";
+export { DEFAULT_OVERLOAD_OPTIONS, type OverloadOptions } from "./api/overload-guard.js";
 
 /** A running registry; see {@link startRegistry}. */
 export interface RunningRegistry {
@@ -118,7 +120,10 @@ export async function startRegistry(options: RegistryOptions): Promise<RunningRe
       logger.info({ etcd: status }, "etcd readiness changed");
     },
   });
+  const eventLoopDelay = new EventLoopDelay();
   const api = createRegistryService({
+    overload: resolved.overload,
+    eventLoopDelayMs: () => eventLoopDelay.readMs(),
     store,
     hub,
     limiter,
@@ -147,6 +152,7 @@ export async function startRegistry(options: RegistryOptions): Promise<RunningRe
   const close = (): Promise<void> =>
     (closing ??= (async () => {
       readiness.close();
+      eventLoopDelay.close();
       consoleFeed.close();
       hub.close();
       api.endStreams();

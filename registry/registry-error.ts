@@ -29,10 +29,20 @@ const retryableCodes: ReadonlySet<RegistryErrorCode> = new Set([
 export class RegistryError extends Error {
   override readonly name = "RegistryError";
   readonly code: RegistryErrorCode;
+  /**
+   * How long the caller should wait before trying again, in ms: sent as the
+   * `grpc-retry-pushback-ms` trailer (gRFC A6 server pushback); undefined = no advice.
+   */
+  readonly retryPushbackMs: number | undefined;
 
-  constructor(code: RegistryErrorCode, message: string, options?: { cause?: unknown }) {
+  constructor(
+    code: RegistryErrorCode,
+    message: string,
+    options?: { cause?: unknown; retryPushbackMs?: number | undefined },
+  ) {
     super(message, options);
     this.code = code;
+    this.retryPushbackMs = options?.retryPushbackMs;
   }
 
   /** True when the same call may succeed if tried again later. */

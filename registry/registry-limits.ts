@@ -2,6 +2,7 @@ import { TokenBucket } from "limiter";
 import type { Instance, InstanceKey } from "../proto/gen/leasehold/registry/v1/registry.js";
 import { RegistryError } from "./registry-error.js";
 import type { RegistryMetrics } from "./registry-metrics.js";
+import type { OverloadSignal } from "./api/overload-guard.js";
 
 /**
  * Quotas of one registry replica (issue 7). Every refusal is `RESOURCE_EXHAUSTED` with a message
@@ -53,7 +54,11 @@ export const DEFAULT_REGISTRY_LIMITS: RegistryLimits = Object.freeze({
 
 /** Values of the `limit` label of `leasehold_registry_limited_total`. */
 export type LimitName =
-  "instances_per_service" | "watch_streams_per_connection" | "keepalive_rate" | "resume_rate";
+  | "instances_per_service"
+  | "watch_streams_per_connection"
+  | "keepalive_rate"
+  | "resume_rate"
+  | OverloadSignal;
 
 /** The principal of a caller until authentication names one (issue 7, item 3). */
 export const ANONYMOUS_PRINCIPAL = "anonymous";

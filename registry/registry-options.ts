@@ -4,6 +4,11 @@ import { RegistryError } from "./registry-error.js";
 import { splitHostPort, type HostPort } from "../client/server/http-endpoints.js";
 import type { TlsFiles } from "../client/tls/tls-files.js";
 import { resolveRegistryLimits, type RegistryLimitOptions, type RegistryLimits } from "./registry-limits.js";
+import {
+  resolveOverloadOptions,
+  type OverloadOptions,
+  type ResolvedOverloadOptions,
+} from "./api/overload-guard.js";
 
 /** Options of {@link startRegistry}. */
 export interface RegistryOptions {
@@ -34,6 +39,12 @@ export interface RegistryOptions {
   maxWatchBehindMs?: number | undefined;
   /** Quotas (instances per service, Watch streams per connection, rates, message sizes); see {@link RegistryLimitOptions} for each default. */
   limits?: RegistryLimitOptions | undefined;
+  /**
+   * Overload protection: while the event loop lags, keepalive renewals wait on etcd, or too many
+   * Registers are in flight, new Registers answer RESOURCE_EXHAUSTED with a `grpc-retry-pushback-ms`
+   * trailer and KeepAlives go on; see {@link OverloadOptions} for each threshold and default.
+   */
+  overload?: OverloadOptions | undefined;
   /**
    * Accept a Register whose `metrics_address` is on another host than its `address`; default
    * false (INVALID_ARGUMENT), since Prometheus scrapes every `metrics_address` on `/sd/prometheus`.
@@ -75,6 +86,7 @@ export interface ResolvedRegistryOptions {
   readonly authTokensFile: string | undefined;
   readonly progressIntervalMs: number;
   readonly limits: RegistryLimits;
+  readonly overload: ResolvedOverloadOptions;
   /** See {@link RegistryOptions.allowForeignMetricsAddress}: default false. */
   readonly allowForeignMetricsAddress: boolean;
   readonly logger: Logger;
@@ -146,6 +158,7 @@ export function resolveRegistryOptions(options: RegistryOptions): ResolvedRegist
     prefix,
     progressIntervalMs,
     limits: resolveRegistryLimits(options.limits),
+    overload: resolveOverloadOptions(options.overload),
     allowForeignMetricsAddress: options.allowForeignMetricsAddress ?? false,
     logger: options.logger ?? pino({ level: "silent" }),
     metricsRegistry: options.metricsRegistry ?? new Registry(),

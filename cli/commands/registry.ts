@@ -1,6 +1,7 @@
 import type { Command } from "commander";
 import { addSecurityOptions } from "../security-options.js";
 import { DEFAULT_REGISTRY_LIMITS, type RegistryLimitOptions } from "../../registry/registry-limits.js";
+import { DEFAULT_OVERLOAD_OPTIONS, type OverloadOptions } from "../../registry/api/overload-guard.js";
 import { hostPort, integerIn, urlList } from "../options.js";
 import type { RegistryFlags } from "../registry/run-registry.js";
 
@@ -69,6 +70,15 @@ export function registryCommand(program: Command): void {
       integerIn(1, Number.MAX_SAFE_INTEGER),
     );
   }
+  // Overload protection: new Registers are shed (RESOURCE_EXHAUSTED + grpc-retry-pushback-ms),
+  // KeepAlives never; counted in leasehold_registry_limited_total{limit="overload_..."}.
+  for (const [flag, option, description] of overloadFlags) {
+    command.option(
+      `${flag} <n>`,
+      `${description} (default ${DEFAULT_OVERLOAD_OPTIONS[option]})`,
+      integerIn(1, Number.MAX_SAFE_INTEGER),
+    );
+  }
   command.action(async (flags: RegistryFlags) => {
     const { runRegistry } = await import("../registry/run-registry.js");
     await runRegistry(flags);
@@ -100,5 +110,29 @@ const limitFlags: readonly (readonly [string, keyof RegistryLimitOptions, string
     "--max-service-labels",
     "maxServiceLabels",
     'distinct service labels of leasehold_registry_instances; later services count as service="other"',
+  ],
+];
+
+/** `--overload-...` flags of `leasehold registry`: flag, OverloadOptions key, help. */
+const overloadFlags: readonly (readonly [string, keyof OverloadOptions, string])[] = [
+  [
+    "--overload-event-loop-delay-ms",
+    "maxEventLoopDelayMs",
+    "shed new Registers while the event loop's p99 delay is above this, in ms",
+  ],
+  [
+    "--overload-keepalive-lag-ms",
+    "maxKeepAliveLagMs",
+    "shed new Registers while a keepalive renewal has waited for etcd longer than this, in ms",
+  ],
+  [
+    "--overload-registers-in-flight",
+    "maxRegistersInFlight",
+    "shed new Registers while this many wait for etcd",
+  ],
+  [
+    "--overload-pushback-ms",
+    "pushbackMs",
+    "grpc-retry-pushback-ms of a shed Register (drawn from [n, 2n)), in ms",
   ],
 ];

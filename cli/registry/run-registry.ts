@@ -1,5 +1,5 @@
 import { readFileSync } from "node:fs";
-import { startRegistry, type RegistryLimitOptions } from "../../registry/index.js";
+import { startRegistry, type OverloadOptions, type RegistryLimitOptions } from "../../registry/index.js";
 import { tlsFilesOf, type SecurityFlags } from "../security-options.js";
 import { UsageError } from "../usage-error.js";
 import { createLogger } from "../logger.js";
@@ -27,6 +27,20 @@ export interface RegistryFlags extends SecurityFlags {
   maxReceiveMessageBytes?: number;
   maxSendMessageBytes?: number;
   maxServiceLabels?: number;
+  overloadEventLoopDelayMs?: number;
+  overloadKeepaliveLagMs?: number;
+  overloadRegistersInFlight?: number;
+  overloadPushbackMs?: number;
+}
+
+/** The overload thresholds the flags set (unset ones keep their defaults). */
+function overloadOf(flags: RegistryFlags): OverloadOptions {
+  return {
+    maxEventLoopDelayMs: flags.overloadEventLoopDelayMs,
+    maxKeepAliveLagMs: flags.overloadKeepaliveLagMs,
+    maxRegistersInFlight: flags.overloadRegistersInFlight,
+    pushbackMs: flags.overloadPushbackMs,
+  };
 }
 
 /** The quotas the flags set (unset ones keep their defaults). */
@@ -66,6 +80,7 @@ export async function runRegistry(flags: RegistryFlags): Promise<void> {
       prefix: flags.prefix,
       allowForeignMetricsAddress: flags.allowForeignMetricsAddress === true,
       limits: limitsOf(flags),
+      overload: overloadOf(flags),
       tls: tlsFilesOf(flags),
       etcdTls: { caFile: flags.etcdCa, certFile: flags.etcdCert, keyFile: flags.etcdKey },
       etcdAuth: etcdAuthFromEnv(),

@@ -73,8 +73,20 @@ const PERMANENT_CODES: ReadonlySet<number> = new Set([
 ]);
 
 /**
+ * The server's retry pushback of a failed call, in ms: its `grpc-retry-pushback-ms` trailer
+ * (gRFC A6), a non-negative integer; undefined when absent or malformed.
+ */
+export function retryPushbackMs(error: unknown): number | undefined {
+  const metadata = (error as Partial<ServiceError> | undefined)?.metadata;
+  const value = metadata instanceof Metadata ? metadata.get("grpc-retry-pushback-ms")[0] : undefined;
+  return typeof value === "string" && /^\d{1,9}$/.test(value) ? Number(value) : undefined;
+}
+
+/**
  * Holds one instance's registration: Register → KeepAlive every TTL/3 (as etcd3 does) → on
- * `NOT_FOUND` only, register again (at once, then with backoff). A lease is never abandoned because
+ * `NOT_FOUND` only, register again (at once, then with backoff). A failed Register is retried after
+ * a jittered backoff, or after the registry's `grpc-retry-pushback-ms` if that is longer (an
+ * overloaded registry sheds Registers with RESOURCE_EXHAUSTED and a pushback). A lease is never abandoned because
  * keepalives went unanswered: while etcd or the registry is away the registrar turns `stale`, keeps
  * its lease and keeps sending keepalives; an etcd that comes back restores the lease, and a lease
  * that expired meanwhile answers `NOT_FOUND` on the first keepalive the registry can answer.
@@ -262,8 +274,13 @@ export class Registrar {
           this.#setState("idle");
           return;
         }
-        const delayMs = this.#backoff.next();
-        this.#logger?.warn({ err: error, retryInMs: Math.round(delayMs) }, "register failed; retrying");
+        // An overloaded registry says when to come back (gRFC A6 pushback): never sooner.
+        const pushbackMs = retryPushbackMs(error);
+        const delayMs = Math.max(pushbackMs ?? 0, this.#backoff.next());
+        this.#logger?.warn(
+          { err: error, code, pushbackMs, retryInMs: Math.round(delayMs) },
+          "register failed; retrying",
+        );
         await sleep(delayMs, signal);
         continue;
       }

@@ -27,8 +27,17 @@ export function statusOf(error: unknown): { readonly code: status; readonly deta
   return { code: statusByCode[normalised.code], details };
 }
 
-/** {@link statusOf} as the `ServiceError` a grpc-js handler fails with. */
+/** Trailer of a retry delay the server asks for, in ms (gRFC A6 server pushback). */
+export const RETRY_PUSHBACK_TRAILER = "grpc-retry-pushback-ms";
+
+/**
+ * {@link statusOf} as the `ServiceError` a grpc-js handler fails with; a
+ * {@link RegistryError.retryPushbackMs} goes out as the {@link RETRY_PUSHBACK_TRAILER} trailer.
+ */
 export function toServiceError(error: unknown): ServiceError {
   const { code, details } = statusOf(error);
-  return Object.assign(new Error(details), { code, details, metadata: new Metadata() });
+  const metadata = new Metadata();
+  const pushbackMs = error instanceof RegistryError ? error.retryPushbackMs : undefined;
+  if (pushbackMs !== undefined) metadata.set(RETRY_PUSHBACK_TRAILER, String(Math.round(pushbackMs)));
+  return Object.assign(new Error(details), { code, details, metadata });
 }

@@ -523,6 +523,11 @@ export class EtcdStore {
     }
   }
 
+  /** How far behind etcd's keepalive renewals are, in ms; see {@link SharedLeaseKeepAlive.lagMs}. */
+  keepAliveLagMs(): number {
+    return this.#keepAlive.lagMs();
+  }
+
   /**
    * A keepalive channel for one caller stream: its renewals go over the registry's shared etcd
    * keepalive streams ({@link SharedLeaseKeepAlive}); `close()` only stops this caller's use.

@@ -69,11 +69,19 @@ class LeaseKeepAliveStream {
   #failedAtMs = 0;
   #isClosed = false;
 
-  /** No I/O: the etcd stream opens on the first renewal. */
-  constructor(leaseClient: LeaseClient, metrics: RegistryMetrics, episodes: UnavailableEpisodes) {
+  readonly #answered: (latencyMs: number) => void;
+
+  /** No I/O: the etcd stream opens on the first renewal. `answered` hears each answer's latency in ms. */
+  constructor(
+    leaseClient: LeaseClient,
+    metrics: RegistryMetrics,
+    episodes: UnavailableEpisodes,
+    answered: (latencyMs: number) => void,
+  ) {
     this.#leaseClient = leaseClient;
     this.#metrics = metrics;
     this.#episodes = episodes;
+    this.#answered = answered;
   }
 
   /**
@@ -93,6 +101,11 @@ class LeaseKeepAliveStream {
       else queued.waiters.push({ resolve, reject });
       this.#scheduleFlush();
     });
+  }
+
+  /** How long the oldest queued or in-flight renewal has waited, in ms; 0 when none waits. */
+  lagMs(nowMs: number): number {
+    return Math.max(0, nowMs - Math.min(firstSince(this.#inFlight), firstSince(this.#queued)));
   }
 
   /** Ends the etcd stream; queued and in-flight renewals reject with `unavailable`. Idempotent. */
@@ -162,7 +175,9 @@ class LeaseKeepAliveStream {
     if (renewals === undefined) return; // answered already (a failure rejected it)
     this.#inFlight.delete(response.ID);
     this.#episodes.recovered();
-    this.#metrics.observeEtcd("keepalive", (Date.now() - renewals.sinceMs) / 1000);
+    const latencyMs = Date.now() - renewals.sinceMs;
+    this.#metrics.observeEtcd("keepalive", latencyMs / 1000);
+    this.#answered(latencyMs);
     const ttlSeconds = Math.max(0, Number(response.TTL));
     for (const waiter of renewals.waiters) waiter.resolve(ttlSeconds);
     if (this.#queued.has(response.ID)) this.#scheduleFlush();
@@ -215,6 +230,9 @@ class LeaseKeepAliveStream {
   }
 }
 
+/** Window of the slowest renewal answer {@link SharedLeaseKeepAlive.lagMs} remembers, ms (half the default TTL). */
+const SLOW_ANSWER_WINDOW_MS = 5000;
+
 /** `sinceMs` of a map's first (oldest) entry; Infinity when empty. */
 function firstSince(renewals: ReadonlyMap<string, Renewals>): number {
   for (const first of renewals.values()) return first.sinceMs;
@@ -232,13 +250,27 @@ export interface LeaseKeepAlive {
 /** The registry's keepalive streams, each lease on one of them; see {@link LeaseKeepAliveStream}. */
 export class SharedLeaseKeepAlive {
   readonly #streams: readonly LeaseKeepAliveStream[];
+  /** The slowest answer of the current and the previous {@link SLOW_ANSWER_WINDOW_MS}, ms. */
+  #slowest = { currentMs: 0, previousMs: 0, windowStartMs: Date.now() };
 
   /** No I/O: each etcd stream opens on its first renewal. */
   constructor(leaseClient: LeaseClient, metrics: RegistryMetrics, episodes: UnavailableEpisodes) {
+    const answered = (latencyMs: number) => {
+      this.#turnWindow(Date.now());
+      this.#slowest.currentMs = Math.max(this.#slowest.currentMs, latencyMs);
+    };
     this.#streams = Array.from(
       { length: KEEPALIVE_STREAMS },
-      () => new LeaseKeepAliveStream(leaseClient, metrics, episodes),
+      () => new LeaseKeepAliveStream(leaseClient, metrics, episodes, answered),
     );
+  }
+
+  #turnWindow(nowMs: number): void {
+    const slowest = this.#slowest;
+    if (nowMs - slowest.windowStartMs < SLOW_ANSWER_WINDOW_MS) return;
+    // A window with no answer at all passed: the previous one is forgotten too.
+    const isAdjacent = nowMs - slowest.windowStartMs < 2 * SLOW_ANSWER_WINDOW_MS;
+    this.#slowest = { currentMs: 0, previousMs: isAdjacent ? slowest.currentMs : 0, windowStartMs: nowMs };
   }
 
   /**
@@ -251,6 +283,20 @@ export class SharedLeaseKeepAlive {
     // The last two decimal digits of the id: etcd's ids differ there from one grant to the next.
     const digits = Number(leaseId.slice(-2));
     return this.#streams[(Number.isFinite(digits) ? digits : 0) % KEEPALIVE_STREAMS]!.renew(leaseId);
+  }
+
+  /**
+   * How far behind etcd's renewals are, in ms: how long the oldest renewal waiting for etcd
+   * (queued or in flight, on any stream) has waited, or the slowest answer of the last 5–10 s
+   * ({@link SLOW_ANSWER_WINDOW_MS}), whichever is longer; 0 when none waits and none was slow.
+   * The answered part keeps an overload visible between batches, when nothing happens to wait.
+   * O({@link KEEPALIVE_STREAMS}).
+   */
+  lagMs(nowMs = Date.now()): number {
+    this.#turnWindow(nowMs);
+    let lagMs = Math.max(this.#slowest.currentMs, this.#slowest.previousMs);
+    for (const stream of this.#streams) lagMs = Math.max(lagMs, stream.lagMs(nowMs));
+    return lagMs;
   }
 
   /** Ends every etcd stream; pending renewals reject with `unavailable`. Idempotent. */

@@ -14,6 +14,8 @@ import {
   type RegisterResponse,
   type WatchResponse,
 } from "../../proto/gen/leasehold/registry/v1/registry.js";
+import { Backoff, sleep } from "../../client/backoff.js";
+import { retryPushbackMs } from "../../client/registration/registrar.js";
 
 /** What {@link startScaleLoad} puts on a registry. */
 export interface ScaleLoadOptions {
@@ -29,11 +31,24 @@ export interface ScaleLoadOptions {
   readonly instancesPerService?: number;
   /** Registers in flight at once; default 64. */
   readonly registerConcurrency?: number;
+  /**
+   * Stop starting Registers after this many ms (a registry that sheds for good would keep the
+   * load retrying forever); the instances not registered by then are left out. Default: no limit.
+   */
+  readonly registerForMs?: number;
 }
 
 /** Counts of a running {@link ScaleLoad}; `lostLeases` must stay 0. */
 export interface ScaleLoadCounts {
   readonly registered: number;
+  /**
+   * Registers tried again, as a registrar does: after RESOURCE_EXHAUSTED (an overloaded registry
+   * shedding), UNAVAILABLE or DEADLINE_EXCEEDED, waiting the registry's pushback or a jittered
+   * backoff, whichever is longer. By the code that refused them.
+   */
+  readonly registerRetries: Readonly<Record<string, number>>;
+  /** The longest `grpc-retry-pushback-ms` a refused Register carried, ms; 0 if none. */
+  readonly maxPushbackMs: number;
   readonly renewals: number;
   /**
    * Instances whose lease a registrar would give up or re-register: a KeepAlive answered
@@ -97,7 +112,31 @@ export async function startScaleLoad(options: ScaleLoadOptions): Promise<ScaleLo
   const lost = new Set<number>();
   const lastRenewedMs: number[] = [];
 
-  const register = (index: number) =>
+  const registerRetries: Record<string, number> = {};
+  let maxPushbackMs = 0;
+  const RETRIED: ReadonlySet<number> = new Set([
+    status.RESOURCE_EXHAUSTED,
+    status.UNAVAILABLE,
+    status.DEADLINE_EXCEEDED,
+  ]);
+  /** Registers instance `index`, retrying as a registrar does; undefined once `untilMs` passed. */
+  const register = async (index: number, untilMs: number): Promise<RegisterResponse | undefined> => {
+    const backoff = new Backoff({ initialDelayMs: 100, multiplier: 1.6, maxDelayMs: 1000 });
+    for (;;) {
+      if (Date.now() >= untilMs) return undefined;
+      try {
+        return await registerOnce(index);
+      } catch (error) {
+        const code = (error as Partial<ServiceError>).code;
+        if (isClosed || code === undefined || !RETRIED.has(code)) throw error;
+        registerRetries[String(code)] = (registerRetries[String(code)] ?? 0) + 1;
+        const pushbackMs = retryPushbackMs(error);
+        maxPushbackMs = Math.max(maxPushbackMs, pushbackMs ?? 0);
+        await sleep(Math.max(pushbackMs ?? 0, backoff.next()));
+      }
+    }
+  };
+  const registerOnce = (index: number) =>
     new Promise<RegisterResponse>((resolve, reject) => {
       registerClient.register(
         {
@@ -110,6 +149,9 @@ export async function startScaleLoad(options: ScaleLoadOptions): Promise<ScaleLo
           metricsAddress: "",
           ttlSeconds: String(options.ttlSeconds),
           status: InstanceStatus.INSTANCE_STATUS_SERVING,
+          // As a registrar: a retried Register adopts what an earlier attempt (cut at its
+          // deadline, completed later) granted, instead of ALREADY_EXISTS.
+          registrationId: `scale-load-${index}`,
         },
         new Metadata(),
         { deadline: Date.now() + 30_000 },
@@ -173,11 +215,14 @@ export async function startScaleLoad(options: ScaleLoadOptions): Promise<ScaleLo
 
   let registered = 0;
   let next = 0;
+  const registerUntilMs = Date.now() + (options.registerForMs ?? Number.POSITIVE_INFINITY);
   await Promise.all(
     Array.from({ length: concurrency }, async () => {
-      while (next < options.instances) {
+      while (next < options.instances && Date.now() < registerUntilMs) {
         const index = next++;
-        holdAlive(index, await register(index));
+        const registration = await register(index, registerUntilMs);
+        if (registration === undefined) return;
+        holdAlive(index, registration);
         registered += 1;
       }
     }),
@@ -210,6 +255,8 @@ export async function startScaleLoad(options: ScaleLoadOptions): Promise<ScaleLo
     leases,
     counts: () => ({
       registered,
+      registerRetries: { ...registerRetries },
+      maxPushbackMs,
       renewals,
       lostLeases: lost.size,
       keepAliveErrors: { ...keepAliveErrors },

@@ -1,0 +1,196 @@
+import { monitorEventLoopDelay, type IntervalHistogram } from "node:perf_hooks";
+import { RegistryError } from "../registry-error.js";
+
+/**
+ * Thresholds of Register load shedding (README, "Operating": overload protection). Each is a
+ * positive integer; the defaults are in {@link DEFAULT_OVERLOAD_OPTIONS}.
+ */
+export interface OverloadOptions {
+  /**
+   * Event-loop delay, p99 over the last ~{@link EVENT_LOOP_WINDOW_MS} (perf_hooks
+   * `monitorEventLoopDelay`), in ms, above which new Registers are shed; default 1000. A loop that
+   * late answers keepalives late: the collapse of issue 10 showed 0.2–4.3 s stalls before leases went.
+   */
+  maxEventLoopDelayMs?: number | undefined;
+  /**
+   * Keepalive lag on the shared etcd keepalive streams, in ms, above which new Registers are shed:
+   * the age of the oldest renewal waiting for etcd, or the slowest renewal etcd answered in the last
+   * 5–10 s, whichever is longer. Default 1000 (half the 2 s after which a renewal fails
+   * UNAVAILABLE; a lease is lost once its holder has no renewal for a whole TTL).
+   */
+  maxKeepAliveLagMs?: number | undefined;
+  /** Registers waiting for etcd at once (grant + txn each) beyond which new ones are shed; default 1024. */
+  maxRegistersInFlight?: number | undefined;
+  /**
+   * The `grpc-retry-pushback-ms` a shed Register carries (gRFC A6), in ms: drawn uniformly from
+   * [pushbackMs, 2 × pushbackMs) so refused callers do not come back together; default 1000. The
+   * registry keeps shedding for at least the pushback it announced after each overloaded reading.
+   */
+  pushbackMs?: number | undefined;
+}
+
+/** {@link OverloadOptions} resolved: every threshold set. */
+export type ResolvedOverloadOptions = { readonly [K in keyof OverloadOptions]-?: number };
+
+/** The defaults of {@link OverloadOptions}. */
+export const DEFAULT_OVERLOAD_OPTIONS: ResolvedOverloadOptions = Object.freeze({
+  maxEventLoopDelayMs: 1000,
+  maxKeepAliveLagMs: 1000,
+  maxRegistersInFlight: 1024,
+  pushbackMs: 1000,
+});
+
+/**
+ * Validates overload options (each a positive integer) and applies the defaults.
+ * @throws RegistryError `invalid_argument` naming the option.
+ */
+export function resolveOverloadOptions(options: OverloadOptions = {}): ResolvedOverloadOptions {
+  const resolved: Record<string, number> = {};
+  for (const [name, fallback] of Object.entries(DEFAULT_OVERLOAD_OPTIONS)) {
+    const value = options[name as keyof OverloadOptions] ?? fallback;
+    if (!Number.isSafeInteger(value) || value < 1) {
+      throw new RegistryError(
+        "invalid_argument",
+        `RegistryOptions.overload.${name} must be a positive integer, got ${value}`,
+      );
+    }
+    resolved[name] = value;
+  }
+  return Object.freeze(resolved) as ResolvedOverloadOptions;
+}
+
+/** The readings the guard decides on, each read when a Register arrives. */
+export interface OverloadSignals {
+  /** Event-loop delay, ms (see {@link EventLoopDelay}). */
+  eventLoopDelayMs(): number;
+  /** Keepalive lag, ms (see {@link OverloadOptions.maxKeepAliveLagMs}); 0 when none waits and none was slow. */
+  keepAliveLagMs(): number;
+  /** Registers waiting for etcd now. */
+  registersInFlight(): number;
+}
+
+/** Values of the `limit` label that count shed Registers in `leasehold_registry_limited_total`. */
+export type OverloadSignal =
+  "overload_event_loop_delay" | "overload_keepalive_lag" | "overload_registers_in_flight";
+
+/** A Register admitted, or shed with the signal that tripped and the pushback to announce. */
+export type OverloadDecision =
+  | { readonly isShed: false }
+  | {
+      readonly isShed: true;
+      readonly signal: OverloadSignal;
+      readonly pushbackMs: number;
+      readonly message: string;
+    };
+
+/**
+ * Decides whether a new Register is admitted (load shedding that protects the leases already
+ * held: KeepAlive renewals are never asked). Shed when a reading is over its threshold, and for the
+ * pushback announced after it (the registry does not admit before it told callers to come back),
+ * naming the reading that tripped last. Pure: readings, clock and random are injected.
+ */
+export class OverloadGuard {
+  readonly #options: ResolvedOverloadOptions;
+  readonly #signals: OverloadSignals;
+  readonly #nowMs: () => number;
+  readonly #random: () => number;
+  /** Until when Registers are shed (Unix ms), and why. */
+  #shedUntilMs = Number.NEGATIVE_INFINITY;
+  #trip: { signal: OverloadSignal; message: string } | undefined;
+
+  constructor(options: {
+    overload: ResolvedOverloadOptions;
+    signals: OverloadSignals;
+    /** Clock in ms; default `Date.now`. */
+    nowMs?: () => number;
+    /** Random in [0, 1); default `Math.random`. */
+    random?: () => number;
+  }) {
+    this.#options = options.overload;
+    this.#signals = options.signals;
+    this.#nowMs = options.nowMs ?? Date.now;
+    this.#random = options.random ?? Math.random;
+  }
+
+  /** Reads the signals once and decides for one new Register. */
+  admitRegister(): OverloadDecision {
+    const nowMs = this.#nowMs();
+    const pushbackMs = Math.round(this.#options.pushbackMs * (1 + this.#random()));
+    const trip = this.#overloaded();
+    if (trip !== undefined) {
+      this.#trip = trip;
+      this.#shedUntilMs = Math.max(this.#shedUntilMs, nowMs + pushbackMs);
+    }
+    if (nowMs >= this.#shedUntilMs || this.#trip === undefined) return { isShed: false };
+    return {
+      isShed: true,
+      signal: this.#trip.signal,
+      pushbackMs: Math.max(pushbackMs, Math.ceil(this.#shedUntilMs - nowMs)),
+      message: `registry overloaded (${this.#trip.message}); Register again after the grpc-retry-pushback-ms trailer's delay`,
+    };
+  }
+
+  #overloaded(): { signal: OverloadSignal; message: string } | undefined {
+    const options = this.#options;
+    const lagMs = this.#signals.keepAliveLagMs();
+    if (lagMs > options.maxKeepAliveLagMs) {
+      return {
+        signal: "overload_keepalive_lag",
+        message: `a keepalive renewal has waited ${Math.round(lagMs)} ms for etcd, over maxKeepAliveLagMs ${options.maxKeepAliveLagMs}`,
+      };
+    }
+    const delayMs = this.#signals.eventLoopDelayMs();
+    if (delayMs > options.maxEventLoopDelayMs) {
+      return {
+        signal: "overload_event_loop_delay",
+        message: `event-loop delay p99 ${Math.round(delayMs)} ms, over maxEventLoopDelayMs ${options.maxEventLoopDelayMs}`,
+      };
+    }
+    const inFlight = this.#signals.registersInFlight();
+    if (inFlight >= options.maxRegistersInFlight) {
+      return {
+        signal: "overload_registers_in_flight",
+        message: `${inFlight} Registers wait for etcd, maxRegistersInFlight ${options.maxRegistersInFlight}`,
+      };
+    }
+    return undefined;
+  }
+}
+
+/** Length of one event-loop delay window, ms. */
+export const EVENT_LOOP_WINDOW_MS = 1000;
+
+/**
+ * The process's event-loop delay (perf_hooks `monitorEventLoopDelay`, sampled every 20 ms): the
+ * p99 of the current window and the previous one, whichever is larger, so a stall stays visible
+ * for one to two windows. Windows turn when read, not on a timer. {@link close} stops sampling.
+ */
+export class EventLoopDelay {
+  readonly #histogram: IntervalHistogram = monitorEventLoopDelay({ resolution: 20 });
+  #previousMs = 0;
+  #windowStartMs = Date.now();
+  #isEnabled = false;
+
+  /** The delay in ms (0 until sampled). Starts sampling on the first read. */
+  readMs(): number {
+    if (!this.#isEnabled) {
+      this.#isEnabled = true;
+      this.#histogram.enable();
+    }
+    const currentMs = this.#histogram.count > 0 ? this.#histogram.percentile(99) / 1e6 : 0;
+    const nowMs = Date.now();
+    if (nowMs - this.#windowStartMs >= EVENT_LOOP_WINDOW_MS) {
+      this.#previousMs = currentMs;
+      this.#histogram.reset();
+      this.#windowStartMs = nowMs;
+      return currentMs;
+    }
+    return Math.max(this.#previousMs, currentMs);
+  }
+
+  /** Stops sampling. Idempotent. */
+  close(): void {
+    this.#histogram.disable();
+    this.#isEnabled = false;
+  }
+}
