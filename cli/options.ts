@@ -1,6 +1,6 @@
 import { hostname } from "node:os";
 import { InvalidArgumentError } from "commander";
-import { splitHostPort } from "../client/server/http-endpoints.js";
+import { splitHostPort } from "../client/server/host-port.js";
 
 /** Commander parser for an integer in [min, max]; bad input is one clear line and exit status 2. */
 export function integerIn(min: number, max: number) {

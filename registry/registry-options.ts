@@ -1,7 +1,7 @@
 import { pino, type Logger } from "pino";
 import { Registry } from "prom-client";
 import { RegistryError } from "./registry-error.js";
-import { splitHostPort, type HostPort } from "../client/server/http-endpoints.js";
+import { splitHostPort, type HostPort } from "../client/server/host-port.js";
 import type { TlsFiles } from "../client/tls/tls-files.js";
 import { resolveRegistryLimits, type RegistryLimitOptions, type RegistryLimits } from "./registry-limits.js";
 import {

@@ -18,13 +18,8 @@ import {
 import { Registrar } from "../client/registration/registrar.js";
 import { instrumentService } from "../client/server/grpc-server-metrics.js";
 import { LoadReporter, type SimulatedCpu } from "../client/server/load-reporter.js";
-import {
-  isSameHost,
-  isWildcardHost,
-  metricsRoute,
-  splitHostPort,
-  startHttpEndpoints,
-} from "../client/server/http-endpoints.js";
+import { isSameHost, isWildcardHost, splitHostPort } from "../client/server/host-port.js";
+import { metricsRoute, startHttpEndpoints } from "../client/server/http-endpoints.js";
 import { routableHost } from "../client/server/routable-host.js";
 import { shutdownGrpcServer } from "../client/server/shutdown-grpc-server.js";
 import type { DemoService } from "./demo-service.js";

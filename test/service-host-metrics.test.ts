@@ -1,5 +1,5 @@
 import test from "ava";
-import { splitHostPort } from "../client/server/http-endpoints.js";
+import { splitHostPort } from "../client/server/host-port.js";
 import { DEMO_SERVICES } from "../services/index.js";
 import { startServiceInstance, type ServiceInstance } from "../services/service-host.js";
 import { eventually } from "./helpers/eventually.js";

@@ -1,6 +1,8 @@
 import { addSecurityOptions } from "../security-options.js";
 import { type Command, InvalidArgumentError } from "commander";
-import { isPolicyName, POLICY_NAMES, type PolicyName } from "../../client/balancing/policies.js";
+// picker.js, not policies.js: the pickers (and the ORCA protobuf code behind least_loaded) load
+// only when a call runs, not for `--help` (issue 10, CLI start).
+import { isPolicyName, POLICY_NAMES, type PolicyName } from "../../client/balancing/picker.js";
 import type { CallFlags } from "../call/run-call.js";
 import { hostPort, hostPortList, integerIn, keyValue, numberIn, REGISTRY_DEFAULT } from "../options.js";
 

@@ -21,12 +21,8 @@ import { ClientMetrics } from "../../client/metrics/client-metrics.js";
 import { collectProcessMetrics } from "../../client/metrics/process-metrics.js";
 import { CALLER_SERVICE, startCallerEntry } from "../../client/registration/caller-entry.js";
 import type { Registrar } from "../../client/registration/registrar.js";
-import {
-  metricsRoute,
-  splitHostPort,
-  startHttpEndpoints,
-  type HttpEndpoints,
-} from "../../client/server/http-endpoints.js";
+import { splitHostPort } from "../../client/server/host-port.js";
+import { metricsRoute, startHttpEndpoints, type HttpEndpoints } from "../../client/server/http-endpoints.js";
 import { routableHost } from "../../client/server/routable-host.js";
 import { connectRegistry } from "../../client/registry-connection.js";
 import { channelCredentials, type ClientSecurity, type TlsFiles } from "../../client/tls/tls-files.js";

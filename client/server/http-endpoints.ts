@@ -3,46 +3,7 @@ import { createServer as createHttpsServer } from "node:https";
 import type { AddressInfo, Socket } from "node:net";
 import type { Registry } from "prom-client";
 import { isTlsOn, tlsServerOptions, watchTlsFiles, type TlsFiles } from "../tls/tls-files.js";
-
-/** A host and port, e.g. from `127.0.0.1:0` or `[::]:7100`. */
-export interface HostPort {
-  /** As written, brackets kept for IPv6 (`[::]`). */
-  readonly host: string;
-  readonly port: number;
-}
-
-/**
- * Splits `host:port` (IPv6 as `[::1]:port`; port 0 picks a free one).
- * @throws RangeError naming the bad value.
- */
-export function splitHostPort(value: string): HostPort {
-  const match = /^(\[[0-9A-Fa-f:.]+\]|[^:[\]\s]+):(\d{1,5})$/.exec(value);
-  const port = Number(match?.[2]);
-  if (match === null || match[1] === undefined || port > 65_535) {
-    throw new RangeError(`"${value}" is not host:port`);
-  }
-  return { host: match[1], port };
-}
-
-/** True for the any-address hosts `0.0.0.0` and `[::]` (also `::`). */
-export function isWildcardHost(host: string): boolean {
-  return host === "0.0.0.0" || host === "[::]" || host === "::";
-}
-
-/**
- * True when two `host:port` addresses name the same host: hosts compared without IPv6 brackets
- * and case-insensitively (DNS names); ports are ignored. False if either is not `host:port`.
- */
-export function isSameHost(a: string, b: string): boolean {
-  const hostOf = (address: string): string | undefined =>
-    /^(?:\[([^\]]+)\]|([^:[\]]+)):\d+$/
-      .exec(address)
-      ?.slice(1)
-      .find((part) => part !== undefined)
-      ?.toLowerCase();
-  const host = hostOf(a);
-  return host !== undefined && host === hostOf(b);
-}
+import { splitHostPort, type HostPort } from "./host-port.js";
 
 /** What a route answers. */
 export interface HttpAnswer {

@@ -1,13 +1,12 @@
 import type { Registry } from "prom-client";
+import { splitHostPort, type HostPort } from "../../client/server/host-port.js";
 import {
   metricsRoute,
   startHttpEndpoints,
-  type HostPort,
   type HttpAnswer,
   type HttpHandler,
   type HttpEndpoints,
   type HttpRoutes,
-  splitHostPort,
 } from "../../client/server/http-endpoints.js";
 import { routableHost } from "../../client/server/routable-host.js";
 import type { Instance } from "../../proto/gen/leasehold/registry/v1/registry.js";

@@ -8,7 +8,7 @@ import {
   type WatchRequest,
 } from "../../proto/gen/leasehold/registry/v1/registry.js";
 import { isIPv4, isIPv6 } from "node:net";
-import { isSameHost } from "../../client/server/http-endpoints.js";
+import { isSameHost } from "../../client/server/host-port.js";
 import { RegistryError } from "../registry-error.js";
 import { MAX_REGISTRATION_TOKEN_LENGTH, hashRegistrationToken } from "../registration-token.js";
 
