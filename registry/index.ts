@@ -103,6 +103,7 @@ export async function startRegistry(options: RegistryOptions): Promise<RunningRe
     historyMaxDeltas: resolved.historyMaxDeltas,
     streamLimits: { maxQueuedBytes: resolved.maxQueuedWatchBytes, maxBehindMs: resolved.maxWatchBehindMs },
     progressIntervalMs: resolved.progressIntervalMs,
+    minSendIntervalMs: resolved.watchDebounceMs,
     // Resumes that read etcd share one read per service and revision, and are capped per second.
     listAt: (revision, service) => resumes(revision, service),
     metrics,

@@ -63,6 +63,7 @@ function hubWith(
     maxQueuedBytes?: number;
     maxBehindMs?: number;
     now?: () => number;
+    minSendIntervalMs?: number;
   } = {},
 ) {
   const metricsRegistry = new Registry();
@@ -73,6 +74,7 @@ function hubWith(
       maxBehindMs: options.maxBehindMs ?? 30_000,
     },
     progressIntervalMs: 60_000,
+    minSendIntervalMs: options.minSendIntervalMs ?? 0,
     listAt: options.listAt ?? (() => Promise.resolve([])),
     metrics: new RegistryMetrics(metricsRegistry),
     logger: pino({ level: "silent" }),
@@ -141,6 +143,33 @@ test("changes of one event-loop turn go out as one delta at the latest revision;
     [["2", 5]],
     "2's second version is not merged into its first",
   );
+});
+
+test("with minSendIntervalMs, a change after a quiet spell goes out at once; faster ones wait and share one delta", async (t) => {
+  let clock = 1000;
+  const { hub } = hubWith({ minSendIntervalMs: 10_000, now: () => clock });
+  hub.synced([instance("a", "1", 5)], 10n);
+  const sink = new FakeSink();
+  await hub.subscribe(sink, { service: "a", startRevision: 0n }, new AbortController().signal);
+  put(hub, 11, instance("a", "2", 11));
+  await turn();
+  t.deepEqual(sink.kinds(), ["snapshot@10", "delta@11"], "the first change is not held back");
+  clock = 1010; // 10 ms after that send: the next waits for the rest of the 10 s
+  put(hub, 12, instance("a", "3", 12));
+  await turn();
+  t.deepEqual(sink.kinds(), ["snapshot@10", "delta@11"], "a change within the interval waits");
+  put(hub, 13, instance("a", "4", 13));
+  hub.staleChanged(true); // a progress sends what waits first, as one delta
+  t.deepEqual(sink.kinds(), ["snapshot@10", "delta@11", "delta@13", "progress@13"]);
+  t.deepEqual(
+    deltaOf(sink.written[2])?.upserted.map((i) => i.instanceId),
+    ["3", "4"],
+  );
+  clock = 20_000; // quiet again
+  put(hub, 14, instance("a", "5", 14));
+  await turn();
+  t.deepEqual(sink.kinds(), ["snapshot@10", "delta@11", "delta@13", "progress@13", "delta@14"]);
+  hub.close(); // clears the debounce timer
 });
 
 test("a re-list after a watch failure is applied as one delta of the differences", async (t) => {

@@ -33,6 +33,12 @@ export function registryCommand(program: Command): void {
     )
     .option("--prefix <prefix>", "etcd key prefix", process.env["LEASEHOLD_PREFIX"] ?? "/leasehold/")
     .option(
+      "--watch-debounce-ms <ms>",
+      "least time between two deltas on a Watch stream: faster changes share one delta (0: none)",
+      integerIn(0, 1000),
+      20,
+    )
+    .option(
       "--allow-foreign-metrics-address",
       "accept a metrics_address on another host than the instance's address (listed for Prometheus)",
     )

@@ -18,6 +18,7 @@ export interface RegistryFlags extends SecurityFlags {
   adminListen: string;
   httpApi: boolean;
   prefix: string;
+  watchDebounceMs?: number;
   allowForeignMetricsAddress?: boolean;
   maxInstancesPerService?: number;
   maxWatchStreamsPerConnection?: number;
@@ -78,6 +79,7 @@ export async function runRegistry(flags: RegistryFlags): Promise<void> {
       httpApi: flags.httpApi,
       etcdEndpoints: flags.etcd,
       prefix: flags.prefix,
+      watchDebounceMs: flags.watchDebounceMs,
       allowForeignMetricsAddress: flags.allowForeignMetricsAddress === true,
       limits: limitsOf(flags),
       overload: overloadOf(flags),

@@ -27,6 +27,13 @@ export interface WatchHubOptions {
   readonly streamLimits: WatchStreamLimits;
   /** Interval of `progress` messages, in milliseconds. */
   readonly progressIntervalMs: number;
+  /**
+   * Least time between two deltas sent to the streams, in milliseconds (a debounce, as Istio's
+   * pilot debounces pushes to Envoys): a change that comes at least this long after the last send
+   * goes out at the end of its event-loop turn; one that comes sooner waits for the rest of the
+   * interval, with every other change until then, in one delta. 0: every turn's changes at once.
+   */
+  readonly minSendIntervalMs: number;
   /** Reads the instances of a service (or all) at a past revision; `undefined` when compacted. */
   readonly listAt: (
     revision: bigint,
@@ -79,6 +86,10 @@ export class WatchHub implements ServicesWatchListener {
    */
   #unsent: UnsentChanges | undefined;
   #isSendScheduled = false;
+  /** The debounce timer (see `minSendIntervalMs`), cleared by close(). */
+  #sendTimer: NodeJS.Timeout | undefined;
+  /** When changes were last sent, from `#now`. */
+  #lastSentAtMs = Number.NEGATIVE_INFINITY;
   #progressTimer: NodeJS.Timeout | undefined;
   #behindTimer: NodeJS.Timeout | undefined;
   readonly #now: () => number;
@@ -130,6 +141,7 @@ export class WatchHub implements ServicesWatchListener {
   close(): void {
     this.#sendUnsent();
     this.#isClosed = true;
+    clearTimeout(this.#sendTimer);
     clearInterval(this.#progressTimer);
     clearInterval(this.#behindTimer);
     for (const subscription of [...this.#subscriptions]) {
@@ -302,10 +314,13 @@ export class WatchHub implements ServicesWatchListener {
       this.#unsent = { deltas: [], keys: new Set(), services: new Set() };
       if (!this.#isSendScheduled) {
         this.#isSendScheduled = true;
-        setImmediate(() => {
+        const send = (): void => {
           this.#isSendScheduled = false;
           this.#sendUnsent();
-        });
+        };
+        const waitMs = this.#lastSentAtMs + this.#options.minSendIntervalMs - this.#now();
+        if (waitMs > 0) this.#sendTimer = setTimeout(send, waitMs);
+        else setImmediate(send);
       }
     }
     this.#unsent.deltas.push(delta);
@@ -318,6 +333,10 @@ export class WatchHub implements ServicesWatchListener {
     const unsent = this.#unsent;
     if (unsent === undefined) return;
     this.#unsent = undefined;
+    this.#lastSentAtMs = this.#now();
+    // Sent early (a second version, a progress, a subscriber): the next change schedules afresh.
+    clearTimeout(this.#sendTimer);
+    this.#isSendScheduled = false;
     const parts = new DeltaParts(unsent.deltas);
     // Only the streams of the services changed, and those of every service: a stream of another
     // service learns the revision from the next progress. No copy of a set: a subscription that
