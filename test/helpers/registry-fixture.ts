@@ -45,11 +45,14 @@ export async function startFixtureFor(
   return fixture;
 }
 
-/** ava's `test` with one fixture shared by the whole file (`t.context`), closed after all tests. */
-export function testWithSharedFixture(): TestFn<RegistryFixture> {
+/**
+ * ava's `test` with one fixture shared by the whole file (`t.context`), closed after all tests;
+ * `options` go to its registry.
+ */
+export function testWithSharedFixture(options: Partial<RegistryOptions> = {}): TestFn<RegistryFixture> {
   const test = anyTest as TestFn<RegistryFixture>;
   test.before(async (t) => {
-    t.context = await startRegistryFixture();
+    t.context = await startRegistryFixture(options);
   });
   test.after.always(async (t) => {
     await t.context.close?.();
