@@ -69,19 +69,25 @@ class LeaseKeepAliveStream {
   #failedAtMs = 0;
   #isClosed = false;
 
-  readonly #answered: (latencyMs: number) => void;
+  readonly #answered: (latencyMs: number, sentAtMs: number) => void;
+  readonly #recovered: () => void;
 
-  /** No I/O: the etcd stream opens on the first renewal. `answered` hears each answer's latency in ms. */
+  /**
+   * No I/O: the etcd stream opens on the first renewal. `answered` hears each answer's latency and
+   * when its renewal was sent (ms); `recovered`, the first answer after etcd was unavailable.
+   */
   constructor(
     leaseClient: LeaseClient,
     metrics: RegistryMetrics,
     episodes: UnavailableEpisodes,
-    answered: (latencyMs: number) => void,
+    answered: (latencyMs: number, sentAtMs: number) => void,
+    recovered: () => void,
   ) {
     this.#leaseClient = leaseClient;
     this.#metrics = metrics;
     this.#episodes = episodes;
     this.#answered = answered;
+    this.#recovered = recovered;
   }
 
   /**
@@ -174,10 +180,13 @@ class LeaseKeepAliveStream {
     const renewals = this.#inFlight.get(response.ID);
     if (renewals === undefined) return; // answered already (a failure rejected it)
     this.#inFlight.delete(response.ID);
-    this.#episodes.recovered();
+    if (this.#episodes.isFailing) {
+      this.#episodes.recovered();
+      this.#recovered();
+    }
     const latencyMs = Date.now() - renewals.sinceMs;
     this.#metrics.observeEtcd("keepalive", latencyMs / 1000);
-    this.#answered(latencyMs);
+    this.#answered(latencyMs, renewals.sinceMs);
     const ttlSeconds = Math.max(0, Number(response.TTL));
     for (const waiter of renewals.waiters) waiter.resolve(ttlSeconds);
     if (this.#queued.has(response.ID)) this.#scheduleFlush();
@@ -252,16 +261,26 @@ export class SharedLeaseKeepAlive {
   readonly #streams: readonly LeaseKeepAliveStream[];
   /** The slowest answer of the current and the previous {@link SLOW_ANSWER_WINDOW_MS}, ms. */
   #slowest = { currentMs: 0, previousMs: 0, windowStartMs: Date.now() };
+  /** When etcd last answered again after being unavailable (ms); earlier renewals are not load. */
+  #recoveredAtMs = 0;
 
   /** No I/O: each etcd stream opens on its first renewal. */
   constructor(leaseClient: LeaseClient, metrics: RegistryMetrics, episodes: UnavailableEpisodes) {
-    const answered = (latencyMs: number) => {
+    const answered = (latencyMs: number, sentAtMs: number) => {
+      // A renewal that waited out an etcd outage says nothing about load: after a stall, the
+      // instances that lost leases must re-register at once, not be shed (chaos etcd-sigstop).
+      if (sentAtMs < this.#recoveredAtMs) return;
       this.#turnWindow(Date.now());
       this.#slowest.currentMs = Math.max(this.#slowest.currentMs, latencyMs);
     };
+    const recovered = () => {
+      const nowMs = Date.now();
+      this.#recoveredAtMs = nowMs;
+      this.#slowest = { currentMs: 0, previousMs: 0, windowStartMs: nowMs };
+    };
     this.#streams = Array.from(
       { length: KEEPALIVE_STREAMS },
-      () => new LeaseKeepAliveStream(leaseClient, metrics, episodes, answered),
+      () => new LeaseKeepAliveStream(leaseClient, metrics, episodes, answered, recovered),
     );
   }
 
