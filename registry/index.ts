@@ -35,7 +35,11 @@ export {
   type RegistryLimits,
 } from "./registry-limits.js";
 export { RegistryError, type RegistryErrorCode } from "./registry-error.js";
-export { DEFAULT_OVERLOAD_OPTIONS, type OverloadOptions } from "./api/overload-guard.js";
+export {
+  DEFAULT_OVERLOAD_OPTIONS,
+  type OverloadOptions,
+  type ResolvedOverloadOptions,
+} from "./api/overload-guard.js";
 
 /** A running registry; see {@link startRegistry}. */
 export interface RunningRegistry {
