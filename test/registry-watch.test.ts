@@ -8,9 +8,7 @@ import {
   type RegistryFixture,
 } from "./helpers/registry-fixture.js";
 
-// No debounce: these tests follow every change to its own delta and revision (the changes come a
-// few ms apart). The 20 ms debounce is tested in registry-watch-hub.test.ts.
-const test = testWithSharedFixture({ watchDebounceMs: 0 });
+const test = testWithSharedFixture();
 
 /** Registers, updates and deregisters on `service`, returning the revision of every change in order. */
 async function churn(fixture: RegistryFixture, service: string, suffix: string): Promise<string[]> {

@@ -45,14 +45,11 @@ export async function startFixtureFor(
   return fixture;
 }
 
-/**
- * ava's `test` with one fixture shared by the whole file (`t.context`), closed after all tests;
- * `options` go to its registry.
- */
-export function testWithSharedFixture(options: Partial<RegistryOptions> = {}): TestFn<RegistryFixture> {
+/** ava's `test` with one fixture shared by the whole file (`t.context`), closed after all tests. */
+export function testWithSharedFixture(): TestFn<RegistryFixture> {
   const test = anyTest as TestFn<RegistryFixture>;
   test.before(async (t) => {
-    t.context = await startRegistryFixture(options);
+    t.context = await startRegistryFixture();
   });
   test.after.always(async (t) => {
     await t.context.close?.();
