@@ -38,10 +38,11 @@ export interface RegistryOptions {
    */
   maxWatchBehindMs?: number | undefined;
   /**
-   * Least time between two deltas sent to Watch streams, in milliseconds; default 20 (at most 50
-   * deltas per second per stream). A change after a quieter spell goes out at once; changes that
-   * come faster share a delta, which cuts the registry's per-message CPU under churn (issue 10).
-   * 0 sends every event-loop turn's changes at once.
+   * Least time between two deltas sent to Watch streams, in milliseconds; default 0 (every
+   * event-loop turn's changes at once). With N > 0 a change after a quieter spell goes out at
+   * once and faster ones share a delta: under churn that cuts the registry's per-message CPU
+   * (issue 10: fan-out 2.05× → 1.43× raw etcd at 20 ms), but it delays every change of a stream
+   * that changes about once per N ms or faster by up to N ms (push p99 at 50 changes/s: 3.8 → 21 ms).
    */
   watchDebounceMs?: number | undefined;
   /** Quotas (instances per service, Watch streams per connection, rates, message sizes); see {@link RegistryLimitOptions} for each default. */
@@ -109,7 +110,7 @@ export interface ResolvedRegistryOptions {
   readonly maxQueuedWatchBytes: number;
   /** See {@link RegistryOptions.maxWatchBehindMs}: default 30000 ms. */
   readonly maxWatchBehindMs: number;
-  /** See {@link RegistryOptions.watchDebounceMs}: default 20 ms. */
+  /** See {@link RegistryOptions.watchDebounceMs}: default 0 ms. */
   readonly watchDebounceMs: number;
   /**
    * The etcd watch's currency check: a linearizable read every 1000 ms, each allowed 1000 ms; the
@@ -150,7 +151,7 @@ export function resolveRegistryOptions(options: RegistryOptions): ResolvedRegist
   if (!Number.isInteger(maxWatchBehindMs) || maxWatchBehindMs < 30) {
     throw invalid(`maxWatchBehindMs must be an integer >= 30, got ${maxWatchBehindMs}`);
   }
-  const watchDebounceMs = options.watchDebounceMs ?? 20;
+  const watchDebounceMs = options.watchDebounceMs ?? 0;
   if (!Number.isInteger(watchDebounceMs) || watchDebounceMs < 0 || watchDebounceMs > 1000) {
     throw invalid(`watchDebounceMs must be an integer from 0 to 1000, got ${watchDebounceMs}`);
   }
