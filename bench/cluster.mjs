@@ -225,6 +225,24 @@ export function instanceValue(service, instanceId, metadata = {}) {
 /** The registry's key prefix of `service` (DESIGN §2). */
 export const servicePrefix = (service) => `/leasehold/v1/services/${service}/`;
 
+/**
+ * A RegisterRequest (ts-proto shape) for the register benchmarks: instance `i-INDEX` of service
+ * `SERVICE`, a distinct address per index, a zone and one metadata entry, as real instances send.
+ */
+export function registerRequest(service, index, ttlSeconds) {
+  return {
+    service,
+    instanceId: `i-${index}`,
+    address: `10.0.${(index >> 8) & 255}.${index & 255}:9000`,
+    weight: 1,
+    zone: "z1",
+    metadata: { version: "1.2.3" },
+    metricsAddress: "",
+    ttlSeconds: String(ttlSeconds),
+    status: 1,
+  };
+}
+
 /** Runs `task(i)` for i in [0, count) with at most `concurrency` in flight; resolves with the results. */
 export async function pool(count, concurrency, task) {
   const results = new Array(count);

@@ -19,7 +19,7 @@ import {
   RegistryServiceClient,
   RegistryServiceService,
 } from "../dist/proto/gen/leasehold/registry/v1/registry.js";
-import { processCpuMs, sleep } from "./cluster.mjs";
+import { processCpuMs, registerRequest, sleep } from "./cluster.mjs";
 import { environment, gitState, median, writeRecord } from "./harness.mjs";
 
 const self = fileURLToPath(import.meta.url);
@@ -110,17 +110,7 @@ if (process.env.LEASEHOLD_FLOOR_ETCD !== undefined) {
     const register = (client, round, index) =>
       new Promise((resolve, reject) =>
         client.register(
-          {
-            service: `floor-${round}`,
-            instanceId: `i-${index}`,
-            address: `10.0.${(index >> 8) & 255}.${index & 255}:9000`,
-            weight: 1,
-            zone: "z1",
-            metadata: { version: "1.2.3" },
-            metricsAddress: "",
-            ttlSeconds: "10",
-            status: 1,
-          },
+          registerRequest(`floor-${round}`, index, 10),
           new Metadata(),
           { deadline: Date.now() + 30_000 },
           (error) => (error === null ? resolve() : reject(error)),

@@ -19,7 +19,7 @@ import { credentials, Metadata } from "@grpc/grpc-js";
 import { Etcd3 } from "etcd3";
 import { freePort, startLocalEtcd } from "../dist/cli/local-etcd.js";
 import { RegistryServiceClient } from "../dist/proto/gen/leasehold/registry/v1/registry.js";
-import { processCpuMs, sleep } from "./cluster.mjs";
+import { processCpuMs, registerRequest, sleep } from "./cluster.mjs";
 import { environment, gitState, median, writeRecord } from "./harness.mjs";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
@@ -52,19 +52,7 @@ async function rate(task) {
   return count / (Number(process.hrtime.bigint() - startedNs) / 1e9);
 }
 
-function instance(round, index) {
-  return {
-    service: `rate-${round}`,
-    instanceId: `i-${index}`,
-    address: `10.0.${(index >> 8) & 255}.${index & 255}:9000`,
-    weight: 1,
-    zone: "z1",
-    metadata: { version: "1.2.3" },
-    metricsAddress: "",
-    ttlSeconds: String(ttlSeconds),
-    status: 1,
-  };
-}
+const instance = (round, index) => registerRequest(`rate-${round}`, index, ttlSeconds);
 
 const etcd = await startLocalEtcd();
 const [port, adminPort] = [await freePort(), await freePort()];
