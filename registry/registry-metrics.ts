@@ -90,7 +90,7 @@ export class RegistryMetrics {
     });
     this.limited = new Counter({
       name: "leasehold_registry_limited_total",
-      help: "Requests refused with RESOURCE_EXHAUSTED by a registry quota: instances_per_service, watch_streams_per_connection, keepalive_rate, resume_rate.",
+      help: "Requests refused with RESOURCE_EXHAUSTED by a registry quota: instances_per_service, watch_streams_per_connection, keepalive_rate, resume_rate, renewals_per_second (projected renewal capacity), overload_* (load shedding).",
       labelNames: ["limit"],
       registers,
     });

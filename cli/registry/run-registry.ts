@@ -31,6 +31,7 @@ export interface RegistryFlags extends SecurityFlags {
   overloadKeepaliveLagMs?: number;
   overloadRegistersInFlight?: number;
   overloadPushbackMs?: number;
+  maxRenewalsPerSecond?: number;
 }
 
 /** The overload thresholds the flags set (unset ones keep their defaults). */
@@ -39,6 +40,7 @@ function overloadOf(flags: RegistryFlags): OverloadOptions {
     maxEventLoopDelayMs: flags.overloadEventLoopDelayMs,
     maxKeepAliveLagMs: flags.overloadKeepaliveLagMs,
     maxRegistersInFlight: flags.overloadRegistersInFlight,
+    maxRenewalsPerSecond: flags.maxRenewalsPerSecond,
     pushbackMs: flags.overloadPushbackMs,
   };
 }
