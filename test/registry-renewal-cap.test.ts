@@ -16,7 +16,7 @@ test("a Register beyond the projected renewal cap gets RESOURCE_EXHAUSTED with a
     metricsRegistry: metrics,
     overload: {
       maxRenewalsPerSecond: 1,
-      pushbackMs: 2000,
+      pushbackMs: 200,
       maxEventLoopDelayMs: 60_000,
       maxKeepAliveLagMs: 60_000,
     },
@@ -77,6 +77,7 @@ test("a Register beyond the projected renewal cap gets RESOURCE_EXHAUSTED with a
     refused.details,
     "registry at capacity (1 renewals/s projected, limit 1); add a replica or raise --max-renewals-per-second",
   );
+  // Ten times the overload pushback: capacity frees only as leases leave.
   t.true(pushbackOf(refused) >= 2000, `pushback ${pushbackOf(refused)} ms`);
   const limited = await metrics.getSingleMetric("leasehold_registry_limited_total")?.get();
   t.is(limited?.values.find((value) => value.labels["limit"] === "renewals_per_second")?.value, 2);

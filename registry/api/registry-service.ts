@@ -33,7 +33,7 @@ import {
   type OverloadSignal,
   type ResolvedOverloadOptions,
 } from "./overload-guard.js";
-import { RenewalLoad } from "./renewal-load.js";
+import { CAPACITY_PUSHBACK_FACTOR, RenewalLoad } from "./renewal-load.js";
 import { getServicePage, type ServicePageSources } from "./service-pages.js";
 import { watchSink } from "./watch-writer.js";
 import {
@@ -253,7 +253,7 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
       }
       shed = {
         signal: "renewals_per_second",
-        pushbackMs: Math.round(overload.pushbackMs * (1 + Math.random())),
+        pushbackMs: Math.round(CAPACITY_PUSHBACK_FACTOR * overload.pushbackMs * (1 + Math.random())),
         message: reserved.message,
       };
     }

@@ -4,6 +4,13 @@
  */
 export const RENEWALS_PER_TTL = 3;
 
+/**
+ * A Register refused at capacity carries this many times the overload pushback (10–20 s by
+ * default): capacity frees only as leases leave, and a fleet of refused registrars retrying every
+ * 1–2 s would cost the replica a Register's work each time for nothing.
+ */
+export const CAPACITY_PUSHBACK_FACTOR = 10;
+
 /** Why a new lease was refused: the projection it would have exceeded. */
 export interface RenewalRefusal {
   /** Renewals/s this replica projects now (held leases and admitted Registers), rounded. */
