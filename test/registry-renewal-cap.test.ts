@@ -81,4 +81,6 @@ test("a Register beyond the projected renewal cap gets RESOURCE_EXHAUSTED with a
   t.true(pushbackOf(refused) >= 2000, `pushback ${pushbackOf(refused)} ms`);
   const limited = await metrics.getSingleMetric("leasehold_registry_limited_total")?.get();
   t.is(limited?.values.find((value) => value.labels["limit"] === "renewals_per_second")?.value, 2);
+  const projected = await metrics.getSingleMetric("leasehold_registry_projected_renewals_per_second")?.get();
+  t.is(Math.round((projected?.values[0]?.value ?? NaN) * 10) / 10, 1); // b, c, d, e and f: 5 × 0.2
 });

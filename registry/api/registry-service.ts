@@ -164,6 +164,7 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
   const overload = deps.overload ?? DEFAULT_OVERLOAD_OPTIONS;
   /** This replica's projected renewals/s, capped by `overload.maxRenewalsPerSecond`. */
   const renewalLoad = new RenewalLoad({ maxRenewalsPerSecond: overload.maxRenewalsPerSecond });
+  metrics.projectRenewalsWith(() => renewalLoad.projectedPerSecond());
 
   /**
    * Leases whose ownership etcd confirmed: lease id → the token hash and principal proven for it.
