@@ -33,7 +33,7 @@ import {
   type OverloadSignal,
   type ResolvedOverloadOptions,
 } from "./overload-guard.js";
-import { CAPACITY_PUSHBACK_FACTOR, RenewalLoad } from "./renewal-load.js";
+import { CAPACITY_PUSHBACK_FACTOR, RenewalLoad, type RenewalReservation } from "./renewal-load.js";
 import { getServicePage, type ServicePageSources } from "./service-pages.js";
 import { watchSink } from "./watch-writer.js";
 import {
@@ -241,21 +241,21 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
    * counted in `leasehold_registry_limited_total{limit}`, logged once per episode. The admitted
    * Register holds its share of the projection until `release` (after `renewalLoad.held`).
    */
-  const admitRegister = (ttlSeconds: number): { readonly release: () => void } => {
+  const admitRegister = (ttlSeconds: number): RenewalReservation => {
     const overloaded = overloadGuard.admitRegister();
     let shed: { signal: OverloadSignal; pushbackMs: number; message: string };
     if (overloaded.isShed) shed = overloaded;
     else {
       const reserved = renewalLoad.reserve(ttlSeconds);
-      if ("release" in reserved) {
+      if (reserved.ok) {
         if (shedInEpisode !== undefined) logger.info({ shed: shedInEpisode }, "admitting Registers again");
         shedInEpisode = undefined;
-        return reserved;
+        return reserved.value;
       }
       shed = {
         signal: "renewals_per_second",
         pushbackMs: Math.round(CAPACITY_PUSHBACK_FACTOR * overload.pushbackMs * (1 + Math.random())),
-        message: reserved.message,
+        message: reserved.error.message,
       };
     }
     if (shedInEpisode === undefined) {
@@ -271,7 +271,7 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
 
   const operations: RegistryOperations = {
     register: operation("Register", async (request: RegisterRequest, callerScope, caller) => {
-      let reservation: { readonly release: () => void } | undefined;
+      let reservation: RenewalReservation | undefined;
       try {
         requireWriter(caller);
         const { instance, ttlSeconds, registrationId } = valueOf(

@@ -11,6 +11,11 @@ export const RENEWALS_PER_TTL = 3;
  */
 export const CAPACITY_PUSHBACK_FACTOR = 10;
 
+/** An admitted lease's share of the projection, held until `release` (idempotent). */
+export interface RenewalReservation {
+  readonly release: () => void;
+}
+
 /** Why a new lease was refused: the projection it would have exceeded. */
 export interface RenewalRefusal {
   /** Renewals/s this replica projects now (held leases and admitted Registers), rounded. */
@@ -62,30 +67,34 @@ export class RenewalLoad {
   }
 
   /**
-   * Admits one new lease of `ttlSeconds` (> 0) into the projection until the returned `release`
-   * is called (call it once etcd answered, after {@link held} on success); or refuses it when the
-   * projection would go over the cap.
+   * Admits one new lease of `ttlSeconds` (> 0) into the projection until the reservation's
+   * `release` (call it once etcd answered, after {@link held} on success); or refuses it, as a
+   * value, when the projection would go over the cap.
    */
-  reserve(ttlSeconds: number): { readonly release: () => void } | RenewalRefusal {
+  reserve(
+    ttlSeconds: number,
+  ): { ok: true; value: RenewalReservation } | { ok: false; error: RenewalRefusal } {
     const perSecond = RENEWALS_PER_TTL / ttlSeconds;
     const projected = this.projectedPerSecond();
     // A small tolerance, so N leases of exactly the cap are admitted despite float sums.
     if (projected + perSecond > this.#maxPerSecond * (1 + 1e-9)) {
       const shown = Math.round(projected);
       return {
-        projectedPerSecond: shown,
-        message: `registry at capacity (${shown} renewals/s projected, limit ${this.#maxPerSecond}); add a replica or raise --max-renewals-per-second`,
+        ok: false,
+        error: {
+          projectedPerSecond: shown,
+          message: `registry at capacity (${shown} renewals/s projected, limit ${this.#maxPerSecond}); add a replica or raise --max-renewals-per-second`,
+        },
       };
     }
     this.#reservedPerSecond += perSecond;
     let isReleased = false;
-    return {
-      release: () => {
-        if (isReleased) return;
-        isReleased = true;
-        this.#reservedPerSecond = Math.max(0, this.#reservedPerSecond - perSecond);
-      },
+    const release = () => {
+      if (isReleased) return;
+      isReleased = true;
+      this.#reservedPerSecond = Math.max(0, this.#reservedPerSecond - perSecond);
     };
+    return { ok: true, value: { release } };
   }
 
   /** Records that lease `leaseId` of `ttlSeconds` (> 0) was registered or renewed here now. */
