@@ -139,6 +139,6 @@ const overloadFlags: readonly (readonly [string, keyof OverloadOptions, string])
   [
     "--overload-pushback-ms",
     "pushbackMs",
-    "grpc-retry-pushback-ms of a shed Register (drawn from [n, 2n)), in ms",
+    "grpc-retry-pushback-ms of a shed Register (drawn from [n, 2n); 10x that at capacity), in ms",
   ],
 ];
