@@ -156,9 +156,14 @@ async function runOnce() {
     const counts = load.counts();
     // Shed Registers and the registry's own view of them (leasehold_registry_limited_total).
     const shedByRegistry = Object.fromEntries(
-      [...metrics.matchAll(/^leasehold_registry_limited_total\{limit="(overload_\w+)"\} (\S+)$/gm)].map(
-        ([, limit, value]) => [limit, Number(value)],
-      ),
+      [
+        ...metrics.matchAll(
+          /^leasehold_registry_limited_total\{limit="(overload_\w+|renewals_per_second)"\} (\S+)$/gm,
+        ),
+      ].map(([, limit, value]) => [limit, Number(value)]),
+    );
+    const projectedRenewalsPerSecond = Number(
+      /^leasehold_registry_projected_renewals_per_second (\S+)$/m.exec(metrics)?.[1] ?? NaN,
     );
     const keys = await etcd3.getAll().prefix("/leasehold/v1/services/scale-").exec();
     const held = new Map(
@@ -177,6 +182,7 @@ async function runOnce() {
       registerPerSecond: Math.round(counts.registered / registerSeconds),
       keysNotHeldByTheirLease: keysMoved,
       shedByRegistry,
+      projectedRenewalsPerSecond,
       uptimeBefore,
       uptimeAfterRegister,
       uptimeEnd: execFileSync("uptime", { encoding: "utf8" }).trim(),
@@ -212,6 +218,7 @@ for (let run = 0; run < runs; run += 1) {
     `run ${run + 1}/${runs}: ${result.registered} of ${instances} instances registered + ${watchers} Watch streams, TTL ${ttlSeconds} s, held ${holdSeconds} s${etcdStallSeconds > 0 ? ` (etcd frozen ${etcdStallSeconds} s)` : ""}: ` +
       `lost leases ${result.lostLeases}, keys not held by their lease ${result.keysNotHeldByTheirLease}, ` +
       `register retries ${JSON.stringify(result.registerRetries)} (max pushback ${result.maxPushbackMs} ms), ` +
+      `refused by the registry ${JSON.stringify(result.shedByRegistry)}, projected renewals/s ${Math.round(result.projectedRenewalsPerSecond)}, ` +
       `KeepAlive errors ${JSON.stringify(result.keepAliveErrors)}, registry RSS peak ${result.registryRssMb.peak} MB ` +
       `(idle ${result.registryRssMb.idle}, end ${result.registryRssMb.end}; JS heap used ${result.registryMemoryMb.heapUsed} of ${result.registryMemoryMb.heapTotal}, external ${result.registryMemoryMb.external}), registry CPU ${result.registryCpuPercentWhileHolding} % holding, ${result.registryCpuPercentWhileRegistering} % registering, ` +
       `Register ${result.registerPerSecond}/s; uptime at end: ${result.uptimeEnd}`,

@@ -40,6 +40,8 @@ export class RegistryMetrics {
   /** Instance counts of the services summed under `service="other"`. */
   readonly #otherServices = new Map<string, number>();
   #otherInstances = 0;
+  /** Reads this replica's projected renewals/s for the gauge (see {@link projectRenewalsWith}). */
+  #projectedRenewals: () => number = () => 0;
 
   /**
    * @param maxServiceLabels distinct `service` values of `leasehold_registry_instances` (default
@@ -88,12 +90,26 @@ export class RegistryMetrics {
         writeHistogram(this, etcdDurations.values());
       },
     });
+    const projectedRenewals = () => this.#projectedRenewals();
+    new Gauge({
+      name: "leasehold_registry_projected_renewals_per_second",
+      help: "Renewals per second this replica's leases will cost (sum of 3/TTL over held leases and admitted Registers); Registers that would take it over --max-renewals-per-second are refused.",
+      registers,
+      collect() {
+        this.set(projectedRenewals());
+      },
+    });
     this.limited = new Counter({
       name: "leasehold_registry_limited_total",
-      help: "Requests refused with RESOURCE_EXHAUSTED by a registry quota: instances_per_service, watch_streams_per_connection, keepalive_rate, resume_rate.",
+      help: "Requests refused with RESOURCE_EXHAUSTED by a registry quota: instances_per_service, watch_streams_per_connection, keepalive_rate, resume_rate, renewals_per_second (projected renewal capacity), overload_* (load shedding).",
       labelNames: ["limit"],
       registers,
     });
+  }
+
+  /** Sets what `leasehold_registry_projected_renewals_per_second` reads at each scrape. */
+  projectRenewalsWith(read: () => number): void {
+    this.#projectedRenewals = read;
   }
 
   /** Runs `request` and observes its duration (successful or not) under `op`. */

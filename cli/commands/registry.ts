@@ -77,7 +77,8 @@ export function registryCommand(program: Command): void {
     );
   }
   // Overload protection: new Registers are shed (RESOURCE_EXHAUSTED + grpc-retry-pushback-ms),
-  // KeepAlives never; counted in leasehold_registry_limited_total{limit="overload_..."}.
+  // KeepAlives never; counted in leasehold_registry_limited_total{limit="overload_..." or
+  // "renewals_per_second"}.
   for (const [flag, option, description] of overloadFlags) {
     command.option(
       `${flag} <n>`,
@@ -137,8 +138,13 @@ const overloadFlags: readonly (readonly [string, keyof OverloadOptions, string])
     "shed new Registers while this many wait for etcd",
   ],
   [
+    "--max-renewals-per-second",
+    "maxRenewalsPerSecond",
+    "refuse new Registers whose lease would take this replica's projected renewals/s (3/TTL per lease) over this",
+  ],
+  [
     "--overload-pushback-ms",
     "pushbackMs",
-    "grpc-retry-pushback-ms of a shed Register (drawn from [n, 2n)), in ms",
+    "grpc-retry-pushback-ms of a shed Register (drawn from [n, 2n); 10x that at capacity), in ms",
   ],
 ];

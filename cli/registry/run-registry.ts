@@ -32,6 +32,7 @@ export interface RegistryFlags extends SecurityFlags {
   overloadKeepaliveLagMs?: number;
   overloadRegistersInFlight?: number;
   overloadPushbackMs?: number;
+  maxRenewalsPerSecond?: number;
 }
 
 /** The overload thresholds the flags set (unset ones keep their defaults). */
@@ -40,6 +41,7 @@ function overloadOf(flags: RegistryFlags): OverloadOptions {
     maxEventLoopDelayMs: flags.overloadEventLoopDelayMs,
     maxKeepAliveLagMs: flags.overloadKeepaliveLagMs,
     maxRegistersInFlight: flags.overloadRegistersInFlight,
+    maxRenewalsPerSecond: flags.maxRenewalsPerSecond,
     pushbackMs: flags.overloadPushbackMs,
   };
 }

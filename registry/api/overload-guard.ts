@@ -22,6 +22,14 @@ export interface OverloadOptions {
   /** Registers waiting for etcd at once (grant + txn each) beyond which new ones are shed; default 1024. */
   maxRegistersInFlight?: number | undefined;
   /**
+   * Cap on this replica's projected renewal rate, renewals/s: Σ 3/TTL over the leases it holds
+   * and the Registers it admitted (registry/api/renewal-load.ts). A new Register whose lease would take
+   * the projection over it is refused; default 4000 (13,333 instances at TTL 10 s). Per replica:
+   * etcd's capacity is shared by every replica. Measured on a shared 2-core box with a local etcd
+   * (bench/registry-scale.mjs): 3,000/s held every lease; 15,000/s lost 37,370 of 50,000.
+   */
+  maxRenewalsPerSecond?: number | undefined;
+  /**
    * The `grpc-retry-pushback-ms` a shed Register carries (gRFC A6), in ms: drawn uniformly from
    * [pushbackMs, 2 × pushbackMs) so refused callers do not come back together; default 1000. The
    * registry keeps shedding for at least the pushback it announced after each overloaded reading.
@@ -37,6 +45,7 @@ export const DEFAULT_OVERLOAD_OPTIONS: ResolvedOverloadOptions = Object.freeze({
   maxEventLoopDelayMs: 1000,
   maxKeepAliveLagMs: 1000,
   maxRegistersInFlight: 1024,
+  maxRenewalsPerSecond: 4000,
   pushbackMs: 1000,
 });
 
@@ -71,7 +80,10 @@ export interface OverloadSignals {
 
 /** Values of the `limit` label that count shed Registers in `leasehold_registry_limited_total`. */
 export type OverloadSignal =
-  "overload_event_loop_delay" | "overload_keepalive_lag" | "overload_registers_in_flight";
+  | "overload_event_loop_delay"
+  | "overload_keepalive_lag"
+  | "overload_registers_in_flight"
+  | "renewals_per_second";
 
 /** A Register admitted, or shed with the signal that tripped and the pushback to announce. */
 export type OverloadDecision =

@@ -27,7 +27,13 @@ import type { LeaseKeepAlive } from "../store/lease-keep-alive.js";
 import type { WatchHub } from "../watch/watch-hub.js";
 import type { WatchSink } from "../watch/watch-subscription.js";
 import { toServiceError } from "./grpc-status.js";
-import { DEFAULT_OVERLOAD_OPTIONS, OverloadGuard, type ResolvedOverloadOptions } from "./overload-guard.js";
+import {
+  DEFAULT_OVERLOAD_OPTIONS,
+  OverloadGuard,
+  type OverloadSignal,
+  type ResolvedOverloadOptions,
+} from "./overload-guard.js";
+import { CAPACITY_PUSHBACK_FACTOR, RenewalLoad, type RenewalReservation } from "./renewal-load.js";
 import { getServicePage, type ServicePageSources } from "./service-pages.js";
 import { watchSink } from "./watch-writer.js";
 import {
@@ -155,6 +161,11 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
         throw failed(method, error);
       });
 
+  const overload = deps.overload ?? DEFAULT_OVERLOAD_OPTIONS;
+  /** This replica's projected renewals/s, capped by `overload.maxRenewalsPerSecond`. */
+  const renewalLoad = new RenewalLoad({ maxRenewalsPerSecond: overload.maxRenewalsPerSecond });
+  metrics.projectRenewalsWith(() => renewalLoad.projectedPerSecond());
+
   /**
    * Leases whose ownership etcd confirmed: lease id → the token hash and principal proven for it.
    * Shared by every KeepAlive stream of this registry, so a registrar that reconnects (after a
@@ -205,57 +216,69 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
     const ttlSeconds = await keepAlive.renew(leaseId);
     if (ttlSeconds <= 0) {
       provenLeases.delete(leaseId);
+      renewalLoad.dropped(leaseId);
       throw new RegistryError("not_found", `lease ${leaseId} not found (expired or revoked); register again`);
     }
+    renewalLoad.held(leaseId, ttlSeconds);
     return { leaseId, ttlSeconds: String(ttlSeconds) };
   };
 
   let registersInFlight = 0;
   const overloadGuard = new OverloadGuard({
-    overload: deps.overload ?? DEFAULT_OVERLOAD_OPTIONS,
+    overload,
     signals: {
       eventLoopDelayMs: deps.eventLoopDelayMs ?? (() => 0),
       keepAliveLagMs: () => store.keepAliveLagMs(),
       registersInFlight: () => registersInFlight,
     },
   });
-  /** Registers shed in the current overload episode; undefined while admitting. */
+  /** Registers shed in the current episode (overload or capacity); undefined while admitting. */
   let shedInEpisode: number | undefined;
   /**
-   * Sheds a new Register while the registry is overloaded (KeepAlives are never shed: they are
-   * the leases being protected): RESOURCE_EXHAUSTED with a `grpc-retry-pushback-ms` trailer,
-   * counted in `leasehold_registry_limited_total{limit="overload_..."}`, logged once per episode.
+   * Admits a new Register of a `ttlSeconds` lease, or sheds it while the registry is overloaded or
+   * its lease would take the projected renewal rate over the cap (KeepAlives are never shed: they
+   * are the leases being protected): RESOURCE_EXHAUSTED with a `grpc-retry-pushback-ms` trailer,
+   * counted in `leasehold_registry_limited_total{limit}`, logged once per episode. The admitted
+   * Register holds its share of the projection until `release` (after `renewalLoad.held`).
    */
-  const admitRegister = () => {
-    const decision = overloadGuard.admitRegister();
-    if (!decision.isShed) {
-      if (shedInEpisode !== undefined)
-        logger.info({ shed: shedInEpisode }, "overload over; admitting Registers");
-      shedInEpisode = undefined;
-      return;
+  const admitRegister = (ttlSeconds: number): RenewalReservation => {
+    const overloaded = overloadGuard.admitRegister();
+    let shed: { signal: OverloadSignal; pushbackMs: number; message: string };
+    if (overloaded.isShed) shed = overloaded;
+    else {
+      const reserved = renewalLoad.reserve(ttlSeconds);
+      if (reserved.ok) {
+        if (shedInEpisode !== undefined) logger.info({ shed: shedInEpisode }, "admitting Registers again");
+        shedInEpisode = undefined;
+        return reserved.value;
+      }
+      shed = {
+        signal: "renewals_per_second",
+        pushbackMs: Math.round(CAPACITY_PUSHBACK_FACTOR * overload.pushbackMs * (1 + Math.random())),
+        message: reserved.error.message,
+      };
     }
     if (shedInEpisode === undefined) {
       logger.warn(
-        { signal: decision.signal, reason: decision.message },
-        "registry overloaded; shedding new Registers (logged once per episode)",
+        { signal: shed.signal, reason: shed.message },
+        "registry overloaded or at capacity; shedding new Registers (logged once per episode)",
       );
     }
     shedInEpisode = (shedInEpisode ?? 0) + 1;
-    metrics.limited.inc({ limit: decision.signal });
-    throw new RegistryError("resource_exhausted", decision.message, { retryPushbackMs: decision.pushbackMs });
+    metrics.limited.inc({ limit: shed.signal });
+    throw new RegistryError("resource_exhausted", shed.message, { retryPushbackMs: shed.pushbackMs });
   };
 
   const operations: RegistryOperations = {
     register: operation("Register", async (request: RegisterRequest, callerScope, caller) => {
-      let isCounted = false;
+      let reservation: RenewalReservation | undefined;
       try {
         requireWriter(caller);
         const { instance, ttlSeconds, registrationId } = valueOf(
           validateRegister(request, now().toISOString(), deps.validation),
         );
-        admitRegister();
+        reservation = admitRegister(ttlSeconds);
         registersInFlight += 1;
-        isCounted = true;
         const scope = owned(callerScope, caller, instance.service);
         const registrationHash =
           registrationId === undefined ? undefined : hashRegistrationId(registrationId);
@@ -270,6 +293,7 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
         // first KeepAlive needs no etcd reads (two per instance, 100,000 at 50,000 instances). An
         // adopted lease now carries the new token, which replaces the old one's proof.
         remember(registration.leaseId, `${token.hash} ${scope.owner ?? ""}`);
+        renewalLoad.held(registration.leaseId, registration.ttlSeconds);
         metrics.countRegistration(registration.isAdopted ? "adopted" : "ok");
         // Debug, not info: one line per Register cost measurable registry CPU at thousands per
         // second (issue 10); the registrations counter counts them.
@@ -295,7 +319,10 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
         metrics.countRegistration(RegistryError.from(error).code);
         throw error;
       } finally {
-        if (isCounted) registersInFlight -= 1;
+        if (reservation !== undefined) {
+          registersInFlight -= 1;
+          reservation.release();
+        }
       }
     }),
 
@@ -325,6 +352,7 @@ export function createRegistryService(deps: RegistryServiceDeps): RegistryServic
       const { key, ...fence } = valueOf(validateDeregister(request));
       const scope = owned(callerScope, caller, key.service);
       const revision = await store.deregister(key, fence, scope);
+      renewalLoad.dropped(fence.leaseId);
       logger.info({ service: key.service, instanceId: key.instanceId }, "deregistered");
       return { revision };
     }),
