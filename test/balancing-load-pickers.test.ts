@@ -11,6 +11,7 @@ import {
 } from "../client/balancing/load-report.js";
 import { createPicker, type Pickable, type PolicyName } from "../client/balancing/policies.js";
 import { resolvePolicyConfig, type PolicyConfig } from "../client/balancing/policy-config.js";
+import { fakePickable } from "./helpers/fake-pickable.js";
 import { seeded } from "./helpers/seeded-random.js";
 
 interface FakeInstance extends Pickable {
@@ -19,18 +20,8 @@ interface FakeInstance extends Pickable {
   readonly rtt: PeakEwma;
 }
 
-function instance(instanceId: string, weight = 1): FakeInstance {
-  return {
-    instanceId,
-    weight,
-    isServing: true,
-    isBreakerAdmitting: true,
-    isReady: true,
-    outstanding: 0,
-    load: new InstanceLoadState(),
-    rtt: new PeakEwma(),
-  };
-}
+const instance = (instanceId: string, weight = 1): FakeInstance =>
+  fakePickable(instanceId, weight, { load: new InstanceLoadState(), rtt: new PeakEwma() });
 
 function report(fields: Partial<OrcaLoadReport>): OrcaLoadReport {
   return OrcaLoadReport.fromPartial(fields);

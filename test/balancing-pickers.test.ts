@@ -7,23 +7,15 @@ import {
   type PolicyName,
 } from "../client/balancing/policies.js";
 import { WeightedRoundRobinPicker } from "../client/balancing/weighted-round-robin-picker.js";
+import { fakePickable } from "./helpers/fake-pickable.js";
 import { seeded } from "./helpers/seeded-random.js";
 
 interface FakeInstance extends Pickable {
   outstanding: number;
 }
 
-function instance(instanceId: string, weight = 1, overrides: Partial<FakeInstance> = {}): FakeInstance {
-  return {
-    instanceId,
-    weight,
-    isServing: true,
-    isBreakerAdmitting: true,
-    isReady: true,
-    outstanding: 0,
-    ...overrides,
-  };
-}
+const instance = (instanceId: string, weight = 1, overrides: Partial<FakeInstance> = {}): FakeInstance =>
+  fakePickable(instanceId, weight, overrides);
 
 function counts(picks: readonly (Pickable | undefined)[]): Record<string, number> {
   const result: Record<string, number> = {};

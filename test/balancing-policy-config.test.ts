@@ -4,19 +4,11 @@ import { resolvePolicyConfig, slowStartFactor } from "../client/balancing/policy
 import { hashKey, RingHashPicker } from "../client/balancing/ring-hash-picker.js";
 import { ZonePicker } from "../client/balancing/zone-picker.js";
 import { LeaseholdError } from "../client/errors.js";
+import { fakePickable } from "./helpers/fake-pickable.js";
 import { seeded } from "./helpers/seeded-random.js";
 
-function instance(instanceId: string, weight = 1, overrides: Partial<Pickable> = {}): Pickable {
-  return {
-    instanceId,
-    weight,
-    isServing: true,
-    isBreakerAdmitting: true,
-    isReady: true,
-    outstanding: 0,
-    ...overrides,
-  };
-}
+const instance = (instanceId: string, weight = 1, overrides: Partial<Pickable> = {}): Pickable =>
+  fakePickable(instanceId, weight, overrides);
 
 function tally(pick: () => Pickable | undefined, n: number): Record<string, number> {
   const result: Record<string, number> = {};
