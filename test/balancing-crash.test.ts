@@ -101,7 +101,33 @@ test("SIGKILL of 1 of 4 instances under load: no attempt reaches it once its con
   t.is(run.failed, 0, `calls failed after retries: ${run.errors.join("; ")}`);
 });
 
-test("SIGKILL of 1 of 4 instances under load: a stock grpc-js client with the default retry policy fails 0 calls", async (t) => {
+/**
+ * A per-call client interceptor noting whether the call received response headers: once it has,
+ * gRFC A6 commits the call, and no retry policy may send it again.
+ */
+function headersSeen(state: { headers: boolean }): grpc.Interceptor {
+  return (options, nextCall) =>
+    new grpc.InterceptingCall(nextCall(options), {
+      start(metadata, _listener, next) {
+        next(
+          metadata,
+          new grpc.ListenerBuilder()
+            .withOnReceiveMetadata((received, onward) => {
+              state.headers = true;
+              onward(received);
+            })
+            .build(),
+        );
+      },
+    });
+}
+
+// grpc-js servers send a unary answer's trailers (its status) in a later write than its headers and
+// message (on http2's `wantTrailers`, after the message is flushed). A SIGKILL between the two
+// leaves a call that got headers and message but no status: "Connection dropped", committed, so a
+// stock client cannot retry it (gRFC A6). Seen on loaded runs (2 calls of 8 in flight); the
+// balanced client retries such a unary call itself.
+test("SIGKILL of 1 of 4 instances under load: a stock grpc-js client with the default retry policy fails no call the killed instance had not begun to answer", async (t) => {
   const fixture = await startFixtureFor(t);
   const registry = fixture.registry.address;
   const processes = await Promise.all(
@@ -113,19 +139,28 @@ test("SIGKILL of 1 of 4 instances under load: a stock grpc-js client with the de
   const client = new EchoServiceClient("leasehold:///echo", grpc.credentials.createInsecure());
   t.teardown(() => client.close());
   const seen = new Set<string>();
-  const echo = (): Promise<string> =>
-    new Promise((resolve, reject) =>
+  let failedAfterHeaders = 0;
+  const echo = (): Promise<string> => {
+    const state = { headers: false };
+    return new Promise((resolve, reject) =>
       client.echo(
         { message: "x" },
         new grpc.Metadata(),
-        { deadline: Date.now() + 5000 },
+        { deadline: Date.now() + 5000, interceptors: [headersSeen(state)] },
         (error, response?: EchoResponse) => {
-          if (error !== null || response === undefined) return reject(error ?? new Error("no response"));
-          seen.add(response.instanceId);
-          resolve(response.instanceId);
+          if (error === null && response !== undefined) {
+            seen.add(response.instanceId);
+            return resolve(response.instanceId);
+          }
+          if (state.headers && error?.code === grpc.status.UNAVAILABLE) {
+            failedAfterHeaders += 1;
+            return resolve("committed, then the connection dropped");
+          }
+          reject(error ?? new Error("no response"));
         },
       ),
     );
+  };
   const stop = new AbortController();
   const run = load(echo, stop.signal);
   await eventually(() => seen.size === 4, { what: "answers from all four instances" });
@@ -134,5 +169,9 @@ test("SIGKILL of 1 of 4 instances under load: a stock grpc-js client with the de
   await eventually(() => run.ok > okAtKill + 500, { what: "500 more calls after the kill" });
   stop.abort();
   await run.done;
-  t.is(run.failed, 0, `calls failed after retries: ${run.errors.join("; ")}`);
+  t.log(
+    `calls that got headers, then UNAVAILABLE: ${failedAfterHeaders} (at most the ${CONCURRENCY} in flight)`,
+  );
+  t.true(failedAfterHeaders <= CONCURRENCY);
+  t.is(run.failed, 0, `calls failed before any answer began, after retries: ${run.errors.join("; ")}`);
 });
