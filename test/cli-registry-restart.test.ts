@@ -96,6 +96,7 @@ test("watch says when callers enter panic mode: 3 of 4 serving instances leave a
   const watch = spawnCli(t, ["watch", "panicky", `--registry=${address}`, "--json"]);
   await eventually(() => watch.stdout.filter((line) => line.includes('"snapshot"')).length === 4, {
     what: "watch's snapshot of 4",
+    timeoutMs: 30_000, // a CLI process starting on a loaded box (10 s ran out at load 20)
   });
   t.false(watch.stdout.some((line) => line.includes('"panic"')));
   await Promise.all(

@@ -118,7 +118,7 @@ async function startInstances(fixture: RegistryFixture, started: ServiceInstance
 }
 
 test.before(async (t) => {
-  t.timeout(120_000, "npm pack (tsc) and npm install of the tarball");
+  t.timeout(300_000, "npm pack (tsc) and npm install of the tarball");
   const directory = await mkdtemp(join(tmpdir(), "leasehold-consumer-"));
   const fixture = await startRegistryFixture();
   const instances: ServiceInstance[] = [];
