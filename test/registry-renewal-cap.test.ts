@@ -13,6 +13,7 @@ test("a Register beyond the projected renewal cap gets RESOURCE_EXHAUSTED with a
   // TTL 15 s: 3/15 = 0.2 renewals/s per lease, so a cap of 1/s holds five leases. The other
   // shedding readings are set out of reach: only the cap may refuse here, even on a loaded box.
   const fixture = await startFixtureFor(t, {
+    adminListen: "127.0.0.1:0",
     metricsRegistry: metrics,
     overload: {
       maxRenewalsPerSecond: 1,
@@ -44,6 +45,16 @@ test("a Register beyond the projected renewal cap gets RESOURCE_EXHAUSTED with a
   }
   const stillRefused = await failure(api.register(asked("f")));
   events.push(`register f ${status[stillRefused.code]}`);
+  // The HTTP API refuses it too, its pushback as Retry-After (seconds).
+  const overHttp = await fetch(
+    `http://${fixture.registry.adminAddress}/leasehold.registry.v1.RegistryService/Register`,
+    {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ service: "capped", instanceId: "g", address: "127.0.0.1:9002", ttlSeconds: 15 }),
+    },
+  );
+  events.push(`register g over HTTP ${overHttp.status}`);
 
   const [first] = held;
   if (first === undefined) throw new Error("no lease held");
@@ -70,6 +81,7 @@ test("a Register beyond the projected renewal cap gets RESOURCE_EXHAUSTED with a
     "keepalive d ttl>0 true",
     "keepalive e ttl>0 true",
     "register f RESOURCE_EXHAUSTED",
+    "register g over HTTP 429",
     "deregister a",
     "register f OK",
   ]);
@@ -79,8 +91,12 @@ test("a Register beyond the projected renewal cap gets RESOURCE_EXHAUSTED with a
   );
   // Ten times the overload pushback: capacity frees only as leases leave.
   t.true(pushbackOf(refused) >= 2000, `pushback ${pushbackOf(refused)} ms`);
+  t.true(
+    Number(overHttp.headers.get("retry-after")) >= 2,
+    `Retry-After ${overHttp.headers.get("retry-after")}`,
+  );
   const limited = await metrics.getSingleMetric("leasehold_registry_limited_total")?.get();
-  t.is(limited?.values.find((value) => value.labels["limit"] === "renewals_per_second")?.value, 2);
+  t.is(limited?.values.find((value) => value.labels["limit"] === "renewals_per_second")?.value, 3);
   const projected = await metrics.getSingleMetric("leasehold_registry_projected_renewals_per_second")?.get();
   t.is(Math.round((projected?.values[0]?.value ?? NaN) * 10) / 10, 1); // b, c, d, e and f: 5 × 0.2
 });

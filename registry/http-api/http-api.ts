@@ -95,7 +95,8 @@ interface GrpcCodec {
  * {@link RegistryOperations} as the gRPC handlers: one validation, one behaviour, and fields added
  * to the .proto flow through without edits here. Errors carry the gRPC code (Connect's codes are
  * gRPC's) and message: `invalid_argument` → 400 naming the field, `not_found` → 404,
- * `already_exists` → 409, `unauthenticated` → 401, `permission_denied` → 403, `unavailable` → 503.
+ * `already_exists` → 409, `unauthenticated` → 401, `permission_denied` → 403, `unavailable` → 503,
+ * `resource_exhausted` → 429 (with `Retry-After` when the registry sheds a Register).
  * With auth on, the operations authenticate the caller from the request (see {@link callerOf}):
  * an `Authorization: Bearer TOKEN` header, or the verified client certificate of an HTTPS admin
  * port, exactly as a gRPC call's metadata and certificate. An unknown method is 404
@@ -291,9 +292,17 @@ function scopeOf(context: HandlerContext): RequestScope {
   return { signal: context.signal, deadlineMs: timeoutMs === undefined ? undefined : Date.now() + timeoutMs };
 }
 
+/**
+ * `error` as a ConnectError: its gRPC code and message, and, when the registry advises a wait (a
+ * shed Register's pushback), a `Retry-After` header in whole seconds (RFC 9110 §10.2.3), the HTTP
+ * form of the gRPC `grpc-retry-pushback-ms` trailer.
+ */
 function toConnectError(error: unknown): ConnectError {
   const { code, details } = statusOf(error);
-  return new ConnectError(details, code as number);
+  const pushbackMs = error instanceof RegistryError ? error.retryPushbackMs : undefined;
+  const headers =
+    pushbackMs === undefined ? undefined : { "retry-after": String(Math.ceil(pushbackMs / 1000)) };
+  return new ConnectError(details, code as number, headers);
 }
 
 /** Answers `error` as Connect's unary error: its HTTP status and `{"code","message"}`. */
