@@ -67,7 +67,7 @@ const serverOptions = {
 
 /**
  * Starts the registry facade (DESIGN §3): `leasehold.registry.v1.RegistryService`,
- * `grpc.health.v1.Health` (SERVING only while etcd answers; probed every second) and server
+ * `grpc.health.v1.Health` (SERVING while etcd answers; probed every second, NOT_SERVING after 2 failed probes in a row) and server
  * reflection on `listen`, plus the admin HTTP server on `adminListen` (with the HTTP/JSON API
  * unless `httpApi` is false). It first lists every
  * instance from etcd and starts the one etcd watch that feeds GetService, ListServices and Watch.
