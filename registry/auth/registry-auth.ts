@@ -1,4 +1,4 @@
-import { createHash, timingSafeEqual } from "node:crypto";
+import { hash, timingSafeEqual } from "node:crypto";
 import { readFileSync } from "node:fs";
 import type { Metadata, ServerUnaryCall } from "@grpc/grpc-js";
 import { RegistryError } from "../registry-error.js";
@@ -69,7 +69,7 @@ export function parseTokenFile(text: string, source = "auth tokens"): ReadonlyMa
 
 /** Hex SHA-256 of a bearer token: what a token file lists. */
 export function hashToken(token: string): string {
-  return createHash("sha256").update(token).digest("hex");
+  return hash("sha256", token, "hex");
 }
 
 /** What a call presents: its metadata and its TLS peer (any grpc-js server call). */

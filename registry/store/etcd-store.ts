@@ -1,4 +1,4 @@
-import { createHash } from "node:crypto";
+import { hash } from "node:crypto";
 import { Etcd3, Range, type IKeyValue, type IRangeRequest, type IRangeResponse } from "etcd3";
 import { noop } from "cockatiel";
 import type { Logger } from "pino";
@@ -126,7 +126,7 @@ const REGISTER_ATTEMPTS = 3;
 
 /** Hex SHA-256 of a registration id: what the etcd value stores instead of the id. */
 export function hashRegistrationId(registrationId: string): string {
-  return createHash("sha256").update(registrationId).digest("hex");
+  return hash("sha256", registrationId, "hex");
 }
 
 /**
