@@ -777,11 +777,14 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
     exclude: string | undefined,
     nowMs: number,
   ): grpc.Metadata {
-    const metadata = new grpc.Metadata(this.#newAttemptCall(callOptions, nowMs));
+    const attempt = this.#newAttemptCall(callOptions, nowMs);
+    const metadata = new grpc.Metadata(attempt);
     const given = callOptions?.metadata;
     if (given !== undefined) metadata.merge(given);
     this.#addHashKey(metadata, request);
     if (exclude !== undefined) metadata.set(EXCLUDE_METADATA, exclude);
+    attempt.isExcluding =
+      exclude !== undefined || (given !== undefined && metadata.get(EXCLUDE_METADATA).length > 0);
     return metadata;
   }
 

@@ -220,10 +220,14 @@ class LeaseholdPicker implements GrpcPicker {
 
   pick(args: PickArgs): PickResult {
     let exclude: Set<string> | undefined;
-    const excluded = args.metadata.get(EXCLUDE_METADATA);
-    if (excluded.length > 0) {
-      args.metadata.remove(EXCLUDE_METADATA); // the channel passes a per-attempt clone
-      exclude = this.#balancer.instanceIdsAt(excluded);
+    const tag = args.metadata.getOptions();
+    const isTagged = tag instanceof AttemptTag;
+    if (!isTagged || tag.isExcluding) {
+      const excluded = args.metadata.get(EXCLUDE_METADATA);
+      if (excluded.length > 0) {
+        args.metadata.remove(EXCLUDE_METADATA); // the channel passes a per-attempt clone
+        exclude = this.#balancer.instanceIdsAt(excluded);
+      }
     }
     const nowMs = Date.now();
     const balancer = this.#balancer;
@@ -261,8 +265,7 @@ class LeaseholdPicker implements GrpcPicker {
       const metrics = this.#balancer.context.metrics;
       if (metrics !== undefined && args.metadata.get("grpc-previous-rpc-attempts").length > 0)
         metrics.retries.inc({ service: child.instance.service, method });
-      const tag = args.metadata.getOptions();
-      if (tag instanceof AttemptTag) tag.address = child.instance.address;
+      if (isTagged) tag.address = child.instance.address;
       return new TrackedCall(this.#balancer, child, method, result.subchannel);
     }
     return {
