@@ -24,7 +24,7 @@ import {
 import { Instance, InstanceStatus } from "../../proto/gen/leasehold/registry/v1/registry.js";
 import {
   BREAKER_STATE_VALUE,
-  CallOutcome,
+  type CallOutcome,
   InstanceBreaker,
   isEndpointFault,
 } from "../breaker/instance-breaker.js";

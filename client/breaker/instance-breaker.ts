@@ -115,7 +115,6 @@ export function isEndpointFault(code: LeaseholdErrorCode): boolean {
 
 type Attempt = () => Promise<unknown>;
 
-
 /**
  * The outcome of a call that ends by callback (a gRPC call), as the thenable opossum's action
  * returns: opossum attaches its handlers with `then(onSuccess).catch(onFailure)` (any thenable
