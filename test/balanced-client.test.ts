@@ -2,6 +2,7 @@ import * as grpc from "@grpc/grpc-js";
 import test, { type ExecutionContext } from "ava";
 import net from "node:net";
 import { createBalancedClient } from "../client/balancing/balanced-client.js";
+import { EXCLUDE_METADATA } from "../client/balancing/leasehold-load-balancer.js";
 import { staticMembership } from "../client/discovery/membership.js";
 import type { ClientMetrics } from "../client/metrics/client-metrics.js";
 import { LeaseholdError } from "../client/errors.js";
@@ -72,6 +73,25 @@ test("a call failing with UNAVAILABLE is retried on another instance and the cal
   t.is(counts["a Unavailable"], a.calls);
   t.is((counts["b OK"] ?? 0) + (counts["c OK"] ?? 0), 30);
   t.like(client.stats()[0], { instanceId: "a", calls: a.calls, errors: a.calls });
+});
+
+test("a retry never goes back to an instance already tried, and a call's own leasehold-exclude header is honoured", async (t) => {
+  const [a, b] = await Promise.all(["a", "b"].map((id) => startEchoServer(t, id)));
+  if (a === undefined || b === undefined) throw new Error("servers");
+  a.failWith = grpc.status.UNAVAILABLE;
+  const { client } = newClient(t, {
+    membership: staticMembership("echo", [instanceOf(a), instanceOf(b)]),
+    policy: "random",
+    random: () => 0, // every first pick is a: only the exclusion moves a retry to b
+    breaker: { volumeThreshold: 1000, consecutiveFailures: 0 },
+  });
+  await connected(client, 2);
+  for (let i = 0; i < 5; i++) t.is((await client.methods.echo({ message: `m${i}` })).instanceId, "b");
+  t.is(a.calls, 5, "one attempt on a per call, then b");
+  const metadata = new grpc.Metadata();
+  metadata.set(EXCLUDE_METADATA, a.address);
+  t.is((await client.methods.echo({ message: "x" }, { metadata })).instanceId, "b");
+  t.is(a.calls, 5, "the call's own exclusion kept it off a");
 });
 
 test("INVALID_ARGUMENT reaches the caller, is not retried and never trips the breaker", async (t) => {

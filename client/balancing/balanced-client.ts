@@ -217,9 +217,15 @@ type AnyMethod = grpc.MethodDefinition<unknown, unknown>;
  */
 class AttemptCall extends AttemptTag {
   call: grpc.ClientUnaryCall | undefined = undefined;
-  readonly startedMs = Date.now();
   /** Set when it was moved off a stalled instance: how long it had waited, ms. */
   stalledAfterMs: number | undefined = undefined;
+
+  constructor(
+    /** When it started, epoch ms. */
+    readonly startedMs: number,
+  ) {
+    super();
+  }
 }
 
 /**
@@ -246,8 +252,8 @@ class UnaryCall {
   exclude: string | undefined = undefined;
   attemptTimeoutMs = Number.POSITIVE_INFINITY;
   attemptDeadline = 0;
-  /** performance.now() at its start. */
-  startedAt = 0;
+  /** When it started, epoch ms (its latency, in whole ms, feeds the attempt timeout). */
+  startedMs = 0;
 
   constructor(
     readonly method: AnyMethod,
@@ -504,13 +510,13 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
 
   // ---- calls ----
 
-  /** Checks the client and the call; returns the call's deadline (epoch ms). */
-  #begin(callOptions: BalancedCallOptions | undefined): number {
+  /** Checks the client and the call; returns the call's deadline (epoch ms) from `nowMs`. */
+  #begin(callOptions: BalancedCallOptions | undefined, nowMs: number = Date.now()): number {
     if (this.#isClosed)
       throw new LeaseholdError("FAILED_PRECONDITION", `balanced client of service ${this.service} is closed`);
     const signal = callOptions?.signal;
     if (signal?.aborted === true) throw abortedError(signal);
-    return Date.now() + checkDeadline(callOptions?.deadlineMs ?? this.#options.deadlineMs);
+    return nowMs + checkDeadline(callOptions?.deadlineMs ?? this.#options.deadlineMs);
   }
 
   /**
@@ -524,9 +530,10 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
     request: unknown,
     callOptions: BalancedCallOptions | undefined,
   ): Promise<unknown> {
+    const nowMs = Date.now(); // one clock read for the call's deadline and its first attempt
     let deadline: number;
     try {
-      deadline = this.#begin(callOptions);
+      deadline = this.#begin(callOptions, nowMs);
     } catch (error) {
       return Promise.reject(LeaseholdError.from(error));
     }
@@ -538,7 +545,7 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
         call.onAbort = () => this.#abort(call, signal);
         signal.addEventListener("abort", call.onAbort, { once: true });
       }
-      this.#startAttempt(call);
+      this.#startAttempt(call, nowMs);
     });
   }
 
@@ -600,24 +607,27 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
     const cap = Math.min(MAX_RETRY_BACKOFF_MS, BASE_RETRY_BACKOFF_MS * 2 ** (call.attempts - 1));
     const delayMs = cap / 2 + (this.#context.random() * cap) / 2;
     const waitMs = Math.min(call.deadline, Date.now() + delayMs) - Date.now();
-    if (waitMs <= 0) return this.#startAttempt(call);
+    if (waitMs <= 0) return this.#startAttempt(call, Date.now());
     call.timer = setTimeout(() => {
       call.timer = undefined;
-      this.#startAttempt(call);
+      this.#startAttempt(call, Date.now());
     }, waitMs);
   }
 
-  /** Starts an attempt: a grpc-js call, and with `hedgeAfterMs` the timer of its hedge. */
-  #startAttempt(call: UnaryCall): void {
+  /**
+   * Starts an attempt at `nowMs` (epoch ms): a grpc-js call, and with `hedgeAfterMs` the timer of
+   * its hedge.
+   */
+  #startAttempt(call: UnaryCall, nowMs: number): void {
     try {
       call.attempts++;
       const exclude = call.tried?.join(",");
-      const metadata = this.#attemptMetadata(call.request, call.callOptions, exclude);
+      const metadata = this.#attemptMetadata(call.request, call.callOptions, exclude, nowMs);
       // Only with somewhere else to go: a lone instance gets the whole deadline.
       call.attemptTimeoutMs =
-        this.#pickableCount() > 1 ? this.#latency.attemptTimeoutMs() : Number.POSITIVE_INFINITY;
-      call.attemptDeadline = Math.min(call.deadline, Date.now() + call.attemptTimeoutMs);
-      call.startedAt = performance.now();
+        this.#pickableCount() > 1 ? this.#latency.attemptTimeoutMs(nowMs) : Number.POSITIVE_INFINITY;
+      call.attemptDeadline = Math.min(call.deadline, nowMs + call.attemptTimeoutMs);
+      call.startedMs = nowMs;
       call.exclude = exclude;
       call.isAttemptSettled = false;
       call.hedge = undefined;
@@ -640,7 +650,7 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
     const tried = call.exclude === undefined ? [] : [call.exclude];
     const firstAddress = call.first?.address;
     if (firstAddress !== undefined) tried.push(firstAddress); // undefined while its pick waits
-    const hedged = this.#attemptMetadata(call.request, call.callOptions, tried.join(","));
+    const hedged = this.#attemptMetadata(call.request, call.callOptions, tried.join(","), Date.now());
     const attempt = hedged.getOptions() as AttemptCall;
     call.hedge = attempt;
     try {
@@ -685,7 +695,7 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
     if (error === null) {
       call.isAttemptSettled = true;
       if (call.hedge !== undefined) this.#cancelLoser(call);
-      this.#latency.record(performance.now() - call.startedAt);
+      this.#latency.record(Date.now() - call.startedMs);
       this.#succeed(call, response);
       return;
     }
@@ -746,8 +756,11 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
     return lastError;
   }
   /** The options object of an attempt's metadata: the call's own metadata options, plus the tag. */
-  #newAttemptCall(callOptions: BalancedCallOptions | undefined): AttemptCall & grpc.MetadataOptions {
-    const attempt: AttemptCall & grpc.MetadataOptions = new AttemptCall();
+  #newAttemptCall(
+    callOptions: BalancedCallOptions | undefined,
+    nowMs: number,
+  ): AttemptCall & grpc.MetadataOptions {
+    const attempt: AttemptCall & grpc.MetadataOptions = new AttemptCall(nowMs);
     const given = callOptions?.metadata;
     if (given !== undefined) Object.assign(attempt, given.getOptions());
     return attempt;
@@ -762,12 +775,16 @@ class BalancedClientImpl<D extends grpc.ServiceDefinition> implements BalancedCl
     request: unknown,
     callOptions: BalancedCallOptions | undefined,
     exclude: string | undefined,
+    nowMs: number,
   ): grpc.Metadata {
-    const metadata = new grpc.Metadata(this.#newAttemptCall(callOptions));
+    const attempt = this.#newAttemptCall(callOptions, nowMs);
+    const metadata = new grpc.Metadata(attempt);
     const given = callOptions?.metadata;
     if (given !== undefined) metadata.merge(given);
     this.#addHashKey(metadata, request);
     if (exclude !== undefined) metadata.set(EXCLUDE_METADATA, exclude);
+    attempt.isExcluding =
+      exclude !== undefined || (given !== undefined && metadata.get(EXCLUDE_METADATA).length > 0);
     return metadata;
   }
 
@@ -911,11 +928,10 @@ class LatencyTracker {
   }
 
   /** Infinity until {@link MIN_LATENCY_SAMPLES} attempts succeeded (connections are warm by then). */
-  attemptTimeoutMs(): number {
+  attemptTimeoutMs(nowMs: number): number {
     if (this.#count < MIN_LATENCY_SAMPLES) return Number.POSITIVE_INFINITY;
-    const now = Date.now();
-    if (now - this.#computedAtMs >= 1000) {
-      this.#computedAtMs = now;
+    if (nowMs - this.#computedAtMs >= 1000) {
+      this.#computedAtMs = nowMs;
       const p99 = quantileOf(this.#samples, this.#count, 0.99);
       this.#timeoutMs = Math.max(this.#floorMs, Math.ceil(4 * p99));
     }

@@ -22,6 +22,11 @@ import { DEFAULT_STALL_FLOOR_MS } from "./stall-detector.js";
 export class AttemptTag {
   /** `host:port` of the picked instance; undefined until picked. */
   address: string | undefined = undefined;
+  /**
+   * Whether the attempt's metadata lists addresses to avoid (`leasehold-exclude`): when false the
+   * picker does not look (a first attempt, most of them).
+   */
+  isExcluding = false;
 }
 
 /** Channel option naming the {@link BalancerContext} of a channel (a string id). */

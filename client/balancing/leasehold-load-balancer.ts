@@ -24,12 +24,12 @@ import {
 import { Instance, InstanceStatus } from "../../proto/gen/leasehold/registry/v1/registry.js";
 import {
   BREAKER_STATE_VALUE,
-  CallOutcome,
+  type CallOutcome,
   InstanceBreaker,
   isEndpointFault,
 } from "../breaker/instance-breaker.js";
 import type { MembershipSnapshot } from "../discovery/membership.js";
-import { LeaseholdError, statusCodeName } from "../errors.js";
+import { statusCodeName } from "../errors.js";
 import type { InstanceLoad } from "../metrics/client-metrics.js";
 import { quantileOf } from "../metrics/quantile.js";
 import {
@@ -128,7 +128,7 @@ class Child implements Pickable {
   weightFactor = 1;
   /** Its last ORCA load report (from call trailers) and A58 weight state. */
   readonly load = new InstanceLoadState();
-  /** Peak EWMA of its latency, for `peak_ewma`. */
+  /** Peak EWMA of its latency, observed under `peak_ewma` only. */
   readonly rtt = new PeakEwma();
 
   constructor(instance: Instance, leaf: experimental.LeafLoadBalancer, breaker: InstanceBreaker) {
@@ -220,10 +220,14 @@ class LeaseholdPicker implements GrpcPicker {
 
   pick(args: PickArgs): PickResult {
     let exclude: Set<string> | undefined;
-    const excluded = args.metadata.get(EXCLUDE_METADATA);
-    if (excluded.length > 0) {
-      args.metadata.remove(EXCLUDE_METADATA); // the channel passes a per-attempt clone
-      exclude = this.#balancer.instanceIdsAt(excluded);
+    const tag = args.metadata.getOptions();
+    const isTagged = tag instanceof AttemptTag;
+    if (!isTagged || tag.isExcluding) {
+      const excluded = args.metadata.get(EXCLUDE_METADATA);
+      if (excluded.length > 0) {
+        args.metadata.remove(EXCLUDE_METADATA); // the channel passes a per-attempt clone
+        exclude = this.#balancer.instanceIdsAt(excluded);
+      }
     }
     const nowMs = Date.now();
     const balancer = this.#balancer;
@@ -261,8 +265,7 @@ class LeaseholdPicker implements GrpcPicker {
       const metrics = this.#balancer.context.metrics;
       if (metrics !== undefined && args.metadata.get("grpc-previous-rpc-attempts").length > 0)
         metrics.retries.inc({ service: child.instance.service, method });
-      const tag = args.metadata.getOptions();
-      if (tag instanceof AttemptTag) tag.address = child.instance.address;
+      if (isTagged) tag.address = child.instance.address;
       return new TrackedCall(this.#balancer, child, method, result.subchannel);
     }
     return {
@@ -290,13 +293,15 @@ class TrackedCall implements PickResult {
   readonly #balancer: LeaseholdLoadBalancer;
   readonly #child: Child;
   readonly #method: string;
+  /** When it started: epoch ms, and performance.now() for its latency. */
+  #startedMs = 0;
   #startedAt = 0;
   /** The balancer's answer count when the call started (see {@link ended}). */
   #answersAtStart = 0;
   /** Whether other instances had attempts in flight at the start (or at the end). */
   #othersInFlight = false;
-  /** Its outcome, as the child's breaker counts it (a thenable: never the pick result itself). */
-  readonly #outcome = new CallOutcome();
+  /** How the child's breaker counts it: what its `callStarted` returned (false: not counted). */
+  #counted: CallOutcome | boolean = false;
 
   constructor(
     balancer: LeaseholdLoadBalancer,
@@ -311,13 +316,15 @@ class TrackedCall implements PickResult {
   }
 
   started(): void {
-    this.#child.progress.started(this.#child.outstanding, Date.now(), this.#balancer.answers);
+    const nowMs = Date.now();
+    this.#child.progress.started(this.#child.outstanding, nowMs, this.#balancer.answers);
+    this.#startedMs = nowMs;
     this.#othersInFlight = this.#balancer.inFlight > this.#child.outstanding;
     this.#child.outstanding++;
     this.#balancer.inFlight++;
     this.#startedAt = performance.now();
     this.#answersAtStart = this.#balancer.answers;
-    this.#child.breaker.track(this.#outcome); // settled when the call ends
+    this.#counted = this.#child.breaker.callStarted();
   }
 
   ended(code: Status, details: string, trailers: Metadata | undefined): void {
@@ -325,12 +332,15 @@ class TrackedCall implements PickResult {
     child.outstanding--;
     this.#balancer.inFlight--;
     const name = statusCodeName(code);
-    const nowMs = Date.now();
+    const ms = performance.now() - this.#startedAt;
+    // One clock read: the end on the epoch clock is the start plus the monotonic latency.
+    const nowMs = this.#startedMs + ms;
     // ORCA (gRFC A51): the instance's load report, on every call it answers.
     const report = trailers?.get(LOAD_REPORT_TRAILER)[0];
     if (report instanceof Buffer) child.load.receive(report, nowMs);
-    const ms = performance.now() - this.#startedAt;
-    if (code !== Status.CANCELLED) child.rtt.observe(ms, nowMs, this.#balancer.policyConfig.peakEwma.decayMs);
+    const balancer = this.#balancer;
+    if (code !== Status.CANCELLED && balancer.policy === "peak_ewma")
+      child.rtt.observe(ms, nowMs, balancer.policyConfig.peakEwma.decayMs);
     if (code !== Status.CANCELLED && code !== Status.DEADLINE_EXCEEDED) {
       // The instance itself answered. Only answers that are no endpoint fault count as others'
       // progress: three instances failing fast must not make the one healthy, busy one "stalled".
@@ -350,8 +360,7 @@ class TrackedCall implements PickResult {
       (this.#othersInFlight || this.#balancer.inFlight > child.outstanding) &&
       this.#balancer.answers - this.#answersAtStart < STALL_MIN_ANSWERS;
     const outcome = isSharedStall ? "CANCELLED" : name;
-    this.#outcome.settle(outcome === "OK" ? undefined : new LeaseholdError(outcome, details));
-    child.breaker.noteOutcome(outcome);
+    child.breaker.callEnded(this.#counted, outcome, details);
     if (child.isRemoved) return; // left meanwhile: its series are gone and must stay gone
     child.calls++;
     if (name !== "OK") child.errors++;
@@ -451,6 +460,11 @@ export class LeaseholdLoadBalancer implements LoadBalancer, BalancerView {
 
   get context(): BalancerContext {
     return (this.#context ??= contextOf(undefined));
+  }
+
+  /** The policy of the channel's config. */
+  get policy(): PolicyName {
+    return this.#policy;
   }
 
   /** The policy's resolved settings. */

@@ -3,6 +3,7 @@
  * imports it. opossum's EventEmitter stays in here; callers see a state, a guarded `fire` and a
  * state-change callback.
  */
+import { EventEmitter } from "node:events";
 import CircuitBreaker from "opossum";
 import { LeaseholdError, type LeaseholdErrorCode } from "../errors.js";
 
@@ -149,6 +150,13 @@ export class CallOutcome {
 /** opossum's options plus one its types lack (`enableSnapshots`, opossum ≥ 6). */
 type OpossumOptions = CircuitBreaker.Options<[Attempt | CallOutcome]> & { enableSnapshots: boolean };
 
+/** The bucket opossum's `Status` counts into now (`window` is a copy of its array of buckets). */
+function newestBucket(status: CircuitBreaker.Status): CircuitBreaker.Bucket {
+  const bucket = status.window[0];
+  if (bucket === undefined) throw new Error("opossum's rolling window has no bucket");
+  return bucket;
+}
+
 /** Absorbs opossum's promise of a tracked call: its outcome is counted, nobody else awaits it. */
 const ignore = (): undefined => undefined;
 
@@ -173,6 +181,14 @@ export class InstanceBreaker {
   #isShutdown = false;
   #consecutiveFaults = 0;
   readonly #options: ResolvedBreakerOptions;
+  /**
+   * The newest bucket of opossum's rolling window, which a call fired while closed counts into as
+   * opossum's own `fire`, `success` and `failure` listeners would (`Status.increment`), less the
+   * latency it also pushes onto the bucket for percentiles, which are off: one array push per call.
+   */
+  #bucket: CircuitBreaker.Bucket;
+  /** Turns opossum's window (its `rotateBucketController`), then takes the new bucket. */
+  readonly #rotationTimer: NodeJS.Timeout;
 
   /**
    * @param name instance id, for opossum's stats and traces
@@ -183,6 +199,7 @@ export class InstanceBreaker {
     options: ResolvedBreakerOptions,
     onStateChange: (state: BreakerState, previous: BreakerState) => void = () => undefined,
   ) {
+    const rotation = new EventEmitter();
     const opossumOptions: OpossumOptions = {
       name,
       timeout: false,
@@ -195,6 +212,7 @@ export class InstanceBreaker {
       // compute the stats every bucket interval per breaker. Neither is used here.
       rollingPercentilesEnabled: false,
       enableSnapshots: false,
+      rotateBucketController: rotation,
       // A filtered error counts as a success for opossum: caller faults must not trip the breaker.
       errorFilter: (error: unknown) => !isEndpointFault(LeaseholdError.from(error).code),
     };
@@ -205,6 +223,17 @@ export class InstanceBreaker {
         work instanceof CallOutcome ? (work as unknown as Promise<unknown>) : work(),
       opossumOptions,
     );
+    const status = this.#breaker.status;
+    this.#bucket = newestBucket(status);
+    // What opossum's own timer does (status.js), and then the new bucket is known here.
+    this.#rotationTimer = setInterval(
+      () => {
+        rotation.emit("rotate");
+        this.#bucket = newestBucket(status);
+      },
+      Math.floor(options.rollingCountTimeoutMs / options.rollingCountBuckets),
+    );
+    this.#rotationTimer.unref(); // as opossum's: statistics never keep a process alive
     // opossum reads options.resetTimeout each time it opens: set the next delay ahead of time.
     const live = (this.#breaker as unknown as { options: { resetTimeout: number } }).options;
     const move = (to: BreakerState) => () => {
@@ -256,44 +285,79 @@ export class InstanceBreaker {
   }
 
   /**
-   * Counts a call that ends by callback under the breaker, as `fire` does for a promise: settle
-   * `outcome` once when the call ends. The picker only starts calls the breaker admits; a call it
-   * refuses all the same (`EOPENBREAKER`, `ESHUTDOWN`) is not counted, and its outcome's `settle`
-   * does nothing.
+   * Counts the start of a call that ends by callback under the breaker, as `fire` does for a
+   * promise; report its end once with {@link callEnded} and what this returned. The picker only
+   * starts calls the breaker admits; a call it refuses all the same (open, shut down) is not
+   * counted (`false`). A half-open trial goes through opossum's `fire()`, which admits only one,
+   * and returns the {@link CallOutcome} to settle.
    */
-  track(outcome: CallOutcome): void {
+  callStarted(): CallOutcome | boolean {
     // opossum would reject it with an Error (a stack trace each) that nobody reads: an open
     // breaker kept in the pick set by the max-ejection cap sees every call of its share.
-    if (!this.isCallPermitted) return;
+    if (!this.isCallPermitted) return false;
     if (!this.#breaker.closed) {
-      this.#breaker.fire(outcome).catch(ignore); // the half-open trial: opossum admits only one
-      return;
+      const outcome = new CallOutcome();
+      this.#breaker.fire(outcome).catch(ignore); // the half-open trial
+      return outcome;
     }
-    // Closed: what opossum's fire() does for a call, without its promises, closures and semaphore
-    // (about a microsecond per call): the same events, which its statistics and state count.
-    this.#breaker.emit("fire", NO_ARGS);
-    outcome.then(this.#countSuccess, this.#countFailure);
+    // Closed: what opossum's fire() counts for a call (its `fire` event, whose one listener is
+    // this increment of its rolling window), without its promises, closures and semaphore.
+    this.#bucket.fires++;
+    return true;
   }
 
-  /** opossum's success path (circuit.js `call`): its `success` event. */
-  readonly #countSuccess = (): void => {
-    this.#breaker.emit("success", undefined, 0);
-  };
+  /**
+   * Reports the end of a call counted by {@link callStarted} (`started` is what that returned)
+   * with its status `code`, then counts it toward `consecutiveFailures` ({@link noteOutcome}).
+   * Caller faults count as successes (opossum's `errorFilter`).
+   */
+  callEnded(started: CallOutcome | boolean, code: LeaseholdErrorCode | "OK", details: string): void {
+    if (started === true) this.#countClosedCall(code, details);
+    else if (started !== false) started.settle(code === "OK" ? undefined : new LeaseholdError(code, details));
+    this.noteOutcome(code);
+  }
+
+  /** The end of a call started while closed: opossum's success and failure paths (circuit.js). */
+  #countClosedCall(code: LeaseholdErrorCode | "OK", details: string): void {
+    const breaker = this.#breaker;
+    const isFault = code !== "OK" && isEndpointFault(code);
+    if (!breaker.closed) {
+      // It opened (or went half-open) meanwhile: opossum's own events, whose listeners act on
+      // that state (a success closes a half-open breaker).
+      if (!isFault) breaker.emit("success", undefined, 0);
+      else this.#countFailure(new LeaseholdError(code, details));
+      return;
+    }
+    // Closed, the one state in which opossum's `success` and `failure` listeners do nothing but
+    // this increment: no event, no LeaseholdError.
+    if (!isFault) {
+      this.#bucket.successes++;
+      return;
+    }
+    this.#bucket.failures++;
+    this.#openOnFailureRate();
+  }
 
   /** opossum's failure path (circuit.js `handleError` and `fail`), for a call fired while closed. */
-  readonly #countFailure = (error: unknown): void => {
+  #countFailure(error: unknown): void {
     const breaker = this.#breaker;
     if (!isEndpointFault(LeaseholdError.from(error).code)) {
       breaker.emit("success", error, 0); // the errorFilter: a caller fault counts as a success
       return;
     }
     breaker.emit("failure", error, 0, NO_ARGS);
+    this.#openOnFailureRate();
+  }
+
+  /** opossum's `fail`: opens the breaker once the window's failure rate passes the threshold. */
+  #openOnFailureRate(): void {
+    const breaker = this.#breaker;
     if (breaker.warmUp) return;
     const stats = breaker.stats;
     if (stats.fires < breaker.volumeThreshold && !breaker.halfOpen) return;
     if ((stats.failures / stats.fires) * 100 > this.#options.errorThresholdPercentage || breaker.halfOpen)
       breaker.open();
-  };
+  }
 
   /**
    * Endpoint faults among the calls that ran in the rolling window (opossum's stats), 0–1; 0 when
@@ -328,6 +392,7 @@ export class InstanceBreaker {
   shutdown(): void {
     if (this.#isShutdown) return;
     this.#isShutdown = true;
+    clearInterval(this.#rotationTimer);
     this.#breaker.shutdown();
   }
 }
