@@ -3,7 +3,6 @@
  * imports it. opossum's EventEmitter stays in here; callers see a state, a guarded `fire` and a
  * state-change callback.
  */
-import { EventEmitter } from "node:events";
 import CircuitBreaker from "opossum";
 import { LeaseholdError, type LeaseholdErrorCode } from "../errors.js";
 
@@ -115,6 +114,11 @@ export function isEndpointFault(code: LeaseholdErrorCode): boolean {
 
 type Attempt = () => Promise<unknown>;
 
+/** The part of opossum's `Status` (status.js) its listeners call; its types lack `increment`. */
+interface OpossumStatus {
+  increment(property: "fires" | "successes" | "failures", latencyMs?: number): void;
+}
+
 /**
  * The outcome of a call that ends by callback (a gRPC call), as the thenable opossum's action
  * returns: opossum attaches its handlers with `then(onSuccess).catch(onFailure)` (any thenable
@@ -150,13 +154,6 @@ export class CallOutcome {
 /** opossum's options plus one its types lack (`enableSnapshots`, opossum ≥ 6). */
 type OpossumOptions = CircuitBreaker.Options<[Attempt | CallOutcome]> & { enableSnapshots: boolean };
 
-/** The bucket opossum's `Status` counts into now (`window` is a copy of its array of buckets). */
-function newestBucket(status: CircuitBreaker.Status): CircuitBreaker.Bucket {
-  const bucket = status.window[0];
-  if (bucket === undefined) throw new Error("opossum's rolling window has no bucket");
-  return bucket;
-}
-
 /** Absorbs opossum's promise of a tracked call: its outcome is counted, nobody else awaits it. */
 const ignore = (): undefined => undefined;
 
@@ -181,14 +178,8 @@ export class InstanceBreaker {
   #isShutdown = false;
   #consecutiveFaults = 0;
   readonly #options: ResolvedBreakerOptions;
-  /**
-   * The newest bucket of opossum's rolling window, which a call fired while closed counts into as
-   * opossum's own `fire`, `success` and `failure` listeners would (`Status.increment`), less the
-   * latency it also pushes onto the bucket for percentiles, which are off: one array push per call.
-   */
-  #bucket: CircuitBreaker.Bucket;
-  /** Turns opossum's window (its `rotateBucketController`), then takes the new bucket. */
-  readonly #rotationTimer: NodeJS.Timeout;
+  /** opossum's rolling window, which its own `fire`, `success` and `failure` listeners increment. */
+  readonly #status: OpossumStatus;
 
   /**
    * @param name instance id, for opossum's stats and traces
@@ -199,7 +190,6 @@ export class InstanceBreaker {
     options: ResolvedBreakerOptions,
     onStateChange: (state: BreakerState, previous: BreakerState) => void = () => undefined,
   ) {
-    const rotation = new EventEmitter();
     const opossumOptions: OpossumOptions = {
       name,
       timeout: false,
@@ -212,7 +202,6 @@ export class InstanceBreaker {
       // compute the stats every bucket interval per breaker. Neither is used here.
       rollingPercentilesEnabled: false,
       enableSnapshots: false,
-      rotateBucketController: rotation,
       // A filtered error counts as a success for opossum: caller faults must not trip the breaker.
       errorFilter: (error: unknown) => !isEndpointFault(LeaseholdError.from(error).code),
     };
@@ -223,17 +212,7 @@ export class InstanceBreaker {
         work instanceof CallOutcome ? (work as unknown as Promise<unknown>) : work(),
       opossumOptions,
     );
-    const status = this.#breaker.status;
-    this.#bucket = newestBucket(status);
-    // What opossum's own timer does (status.js), and then the new bucket is known here.
-    this.#rotationTimer = setInterval(
-      () => {
-        rotation.emit("rotate");
-        this.#bucket = newestBucket(status);
-      },
-      Math.floor(options.rollingCountTimeoutMs / options.rollingCountBuckets),
-    );
-    this.#rotationTimer.unref(); // as opossum's: statistics never keep a process alive
+    this.#status = this.#breaker.status as unknown as OpossumStatus;
     // opossum reads options.resetTimeout each time it opens: set the next delay ahead of time.
     const live = (this.#breaker as unknown as { options: { resetTimeout: number } }).options;
     const move = (to: BreakerState) => () => {
@@ -302,7 +281,7 @@ export class InstanceBreaker {
     }
     // Closed: what opossum's fire() counts for a call (its `fire` event, whose one listener is
     // this increment of its rolling window), without its promises, closures and semaphore.
-    this.#bucket.fires++;
+    this.#status.increment("fires");
     return true;
   }
 
@@ -331,10 +310,10 @@ export class InstanceBreaker {
     // Closed, the one state in which opossum's `success` and `failure` listeners do nothing but
     // this increment: no event, no LeaseholdError.
     if (!isFault) {
-      this.#bucket.successes++;
+      this.#status.increment("successes", 0);
       return;
     }
-    this.#bucket.failures++;
+    this.#status.increment("failures", 0);
     this.#openOnFailureRate();
   }
 
@@ -392,7 +371,6 @@ export class InstanceBreaker {
   shutdown(): void {
     if (this.#isShutdown) return;
     this.#isShutdown = true;
-    clearInterval(this.#rotationTimer);
     this.#breaker.shutdown();
   }
 }
