@@ -96,7 +96,10 @@ function remove(hub: WatchHub, revision: number, service: string, instanceId: st
   });
 }
 
-/** Lets the hub send the changes of this event-loop turn (it sends them from a `setImmediate`). */
+/**
+ * Lets the hub send the changes of this event-loop turn (a busy hub sends them from a
+ * `setImmediate`, an idle one from a microtask).
+ */
 const turn = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 function deltaOf(message: WatchResponse | undefined) {
@@ -115,11 +118,33 @@ test("a subscriber gets a snapshot, then only the deltas of its service", async 
     revision: "12",
     observedAtUnixMs: "0",
   });
-  t.deepEqual(sink.kinds(), ["snapshot@10"], "changes go out at the end of the turn");
+  t.deepEqual(sink.kinds(), ["snapshot@10"], "changes go out once the task that brought them ends");
   await turn();
   t.deepEqual(sink.kinds(), ["snapshot@10", "delta@12"]);
   const delta = sink.written[1]?.event;
   t.deepEqual(delta?.$case === "delta" ? delta.value.removed : undefined, [], "b's removal is filtered out");
+});
+
+test("an idle hub sends a task's changes as soon as the task ends; a busy one waits for the end of the event-loop turn, and is idle again after a turn without a send", async (t) => {
+  const { hub } = hubWith();
+  hub.synced([instance("a", "1", 5)], 10n);
+  const sink = new FakeSink();
+  await hub.subscribe(sink, { service: "a", startRevision: 0n }, new AbortController().signal);
+  put(hub, 11, instance("a", "2", 11));
+  put(hub, 12, instance("a", "3", 12));
+  await Promise.resolve();
+  t.deepEqual(sink.kinds(), ["snapshot@10", "delta@12"], "idle: one delta, without waiting for the turn");
+  put(hub, 13, instance("a", "4", 13));
+  await Promise.resolve();
+  put(hub, 14, instance("a", "5", 14));
+  await Promise.resolve();
+  t.deepEqual(sink.kinds(), ["snapshot@10", "delta@12"], "busy: the turn's changes wait for its end");
+  await turn();
+  t.deepEqual(sink.kinds(), ["snapshot@10", "delta@12", "delta@14"]);
+  for (let i = 0; i < 3; i += 1) await turn();
+  put(hub, 15, instance("a", "6", 15));
+  await Promise.resolve();
+  t.deepEqual(sink.kinds(), ["snapshot@10", "delta@12", "delta@14", "delta@15"], "idle again");
 });
 
 test("changes of one event-loop turn go out as one delta at the latest revision; a second version of an instance goes out in the next", async (t) => {
