@@ -7,6 +7,7 @@ import {
   type WatchResponse,
 } from "../../proto/gen/leasehold/registry/v1/registry.js";
 import { Backoff, sleep, type BackoffOptions } from "../backoff.js";
+import { LeaseholdError } from "../errors.js";
 import type { ClientMetrics } from "../metrics/client-metrics.js";
 import type { MembershipSnapshot, MembershipSource } from "./membership.js";
 
@@ -203,12 +204,12 @@ export class MembershipWatcher implements MembershipSource {
         for (const listener of this.#errorListeners) listener(error);
         // One warning per outage, not per reconnect attempt; the rest at debug.
         this.#failedAttempts++;
+        // The code and message, no stack: a registry restart is an expected event, not a bug.
         const log = this.#options.logger;
-        if (this.#failedAttempts === 1) {
-          log?.warn({ err: error, service: this.#options.service }, "membership stream broke; resuming");
-        } else {
-          log?.debug({ err: error, service: this.#options.service }, "membership stream still down");
-        }
+        const { code, message } = LeaseholdError.from(error);
+        const fields = { code, reason: message, service: this.#options.service };
+        if (this.#failedAttempts === 1) log?.warn(fields, "membership stream broke; resuming");
+        else log?.debug(fields, "membership stream still down");
       }
       this.#isConnected = false;
       this.#noticeStaleness();
