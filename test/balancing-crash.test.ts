@@ -5,6 +5,7 @@
  */
 import * as grpc from "@grpc/grpc-js";
 import test from "ava";
+import { headersSeen } from "../chaos/lib/stock-caller.js";
 import { createBalancedClient } from "../client/balancing/balanced-client.js";
 import { registerLeasehold } from "../client/leasehold.js";
 import {
@@ -100,27 +101,6 @@ test("SIGKILL of 1 of 4 instances under load: no attempt reaches it once its con
   );
   t.is(run.failed, 0, `calls failed after retries: ${run.errors.join("; ")}`);
 });
-
-/**
- * A per-call client interceptor noting whether the call received response headers: once it has,
- * gRFC A6 commits the call, and no retry policy may send it again.
- */
-function headersSeen(state: { headers: boolean }): grpc.Interceptor {
-  return (options, nextCall) =>
-    new grpc.InterceptingCall(nextCall(options), {
-      start(metadata, _listener, next) {
-        next(
-          metadata,
-          new grpc.ListenerBuilder()
-            .withOnReceiveMetadata((received, onward) => {
-              state.headers = true;
-              onward(received);
-            })
-            .build(),
-        );
-      },
-    });
-}
 
 // grpc-js servers send a unary answer's trailers (its status) in a later write than its headers and
 // message (on http2's `wantTrailers`, after the message is flushed). A SIGKILL between the two

@@ -58,7 +58,8 @@ export async function runScenario(scenario: Scenario, options: RunOptions): Prom
           check(
             "0 failed calls",
             stock.failed === 0,
-            `${stock.failed} failed calls${stock.failed > 0 ? ` (${stock.failureSummary()})` : ""}`,
+            `${stock.failed} failed calls${stock.failed > 0 ? ` (${stock.failureSummary()})` : ""}` +
+              `; ${stock.committed} committed by their headers, then dropped (not retryable, gRFC A6)`,
             true,
           ),
         ],

@@ -5,7 +5,15 @@
  * `leasehold_client_requests_total` series sampled every 250 ms (series of departed instances are
  * removed, so the highest value seen per instance is kept), failed attempts.
  */
-import { credentials, Metadata } from "@grpc/grpc-js";
+import {
+  credentials,
+  InterceptingCall,
+  ListenerBuilder,
+  Metadata,
+  status,
+  type Interceptor,
+  type ServiceError,
+} from "@grpc/grpc-js";
 import { Registry } from "prom-client";
 import { POLICY_OPTION } from "../../client/discovery/leasehold-resolver.js";
 import { registerLeasehold } from "../../client/leasehold.js";
@@ -14,13 +22,40 @@ import { EchoServiceClient } from "../../proto/gen/leasehold/demo/v1/echo.js";
 import { BUCKET_MS, type Failure } from "./load.js";
 import { type Scope, messageOf, sleep } from "./scope.js";
 
+/**
+ * A per-call client interceptor noting whether the call received response headers: once it has,
+ * gRFC A6 commits the call and no retry policy may send it again. grpc-js servers write a unary
+ * status in a later write than its headers and message (on http2's `wantTrailers`), so an
+ * instance SIGKILLed in between leaves such a call UNAVAILABLE ("Connection dropped", "read
+ * ECONNRESET") with nothing a stock client may do (README, Development).
+ */
+export function headersSeen(state: { headers: boolean }): Interceptor {
+  return (options, nextCall) =>
+    new InterceptingCall(nextCall(options), {
+      start(metadata, _listener, next) {
+        next(
+          metadata,
+          new ListenerBuilder()
+            .withOnReceiveMetadata((received, onward) => {
+              state.headers = true;
+              onward(received);
+            })
+            .build(),
+        );
+      },
+    });
+}
+
 export class StockCaller {
   readonly policy = "round_robin (stock grpc-js client)";
   readonly concurrency: number;
   readonly metricsRegistry = new Registry();
   readonly client: EchoServiceClient;
   ok = 0;
+  /** Calls that failed before any answer began: what a retry policy should have hidden. */
   failed = 0;
+  /** Calls that failed UNAVAILABLE after their response headers came: committed, not retryable. */
+  committed = 0;
   readonly failures: Failure[] = [];
   readonly #failedAttempts = new Map<string, number>();
   readonly #stop = new AbortController();
@@ -40,7 +75,7 @@ export class StockCaller {
   }
 
   get calls(): number {
-    return this.ok + this.failed;
+    return this.ok + this.failed + this.committed;
   }
 
   /** Waits until a call succeeds, then starts the workers. */
@@ -48,7 +83,7 @@ export class StockCaller {
     for (let attempt = 0; attempt < 200; attempt++) {
       if (
         await this.#echo().then(
-          () => true,
+          (isAnswered) => isAnswered,
           () => false,
         )
       )
@@ -61,10 +96,19 @@ export class StockCaller {
     );
   }
 
-  #echo(): Promise<void> {
+  /** One call; resolves `false` when it failed UNAVAILABLE after its response headers came. */
+  #echo(): Promise<boolean> {
+    const state = { headers: false };
     return new Promise((resolve, reject) => {
-      this.client.echo({ message: "chaos" }, new Metadata(), { deadline: Date.now() + 5000 }, (error) =>
-        error === null ? resolve() : reject(error),
+      this.client.echo(
+        { message: "chaos" },
+        new Metadata(),
+        { deadline: Date.now() + 5000, interceptors: [headersSeen(state)] },
+        (error: ServiceError | null) => {
+          if (error === null) resolve(true);
+          else if (state.headers && error.code === status.UNAVAILABLE) resolve(false);
+          else reject(error);
+        },
       );
     });
   }
@@ -72,8 +116,8 @@ export class StockCaller {
   async #worker(): Promise<void> {
     while (!this.#stop.signal.aborted) {
       try {
-        await this.#echo();
-        this.ok++;
+        if (await this.#echo()) this.ok++;
+        else this.committed++;
       } catch (error) {
         this.failed++;
         if (this.failures.length < 10_000)
