@@ -17,7 +17,7 @@ export interface CliProcess {
   readonly exited: Promise<number | string>;
 }
 
-/** Spawns `node leasehold.mjs ...args`; killed (SIGKILL) at teardown if still running. */
+/** Spawns `node leasehold.mjs ...args` in its own process group; the group is SIGKILLed at teardown if it still runs. */
 export function spawnCli(
   t: ExecutionContext,
   args: readonly string[],
@@ -25,6 +25,8 @@ export function spawnCli(
 ): CliProcess {
   const child = spawn(process.execPath, [BIN, ...args], {
     stdio: ["pipe", "pipe", "pipe"],
+    // Its own process group, so teardown also kills what it spawned (the demo's instances).
+    detached: true,
     env: { ...process.env, LEASEHOLD_LOG_LEVEL: "warn", ...env },
   });
   const result: CliProcess = {
@@ -48,10 +50,19 @@ export function spawnCli(
   });
   child.stderr.setEncoding("utf8").on("data", (chunk: string) => (result.stderr += chunk));
   child.stdin.on("error", () => undefined);
+  // SIGKILL of the whole group, then wait for "exit", not "close": a demo SIGKILLed alone left its
+  // instances running with its stdout open, so "close" never came and a CI run hung after its
+  // last test (a loaded run, where hostile-input's demo outlived the test).
   t.teardown(async () => {
     if (child.exitCode === null && child.signalCode === null) {
-      child.kill("SIGKILL");
-      await result.exited;
+      const exited = once(child, "exit");
+      try {
+        if (child.pid === undefined) throw new Error("not spawned"); // never kill(0): our own group
+        process.kill(-child.pid, "SIGKILL");
+      } catch {
+        child.kill("SIGKILL");
+      }
+      await exited;
     }
   });
   return result;
